@@ -1,0 +1,85 @@
+"""Configuration of Deep LoRA adapters, a PEFT method.
+
+Deep LoRA (Yaras et al. 2024, Sec. 4) adds to a frozen weight W (d_out×d_in) the update
+
+    ΔW = W_L ⋯ W_2 W_1,   W_1 (r×d_in),  W_2 … W_{L-1} (r×r),  W_L (d_out×r),
+
+with every factor ε·(semi-)orthogonal at initialization and no α/r scaling. ``init="lora"``
+with ``depth=2`` is the paper's vanilla LoRA baseline (A ~ N(0, 1), B = 0, no scaling), and
+``init="compressed"`` holds the narrow form of a full-width depth-L Deep LoRA built by
+:func:`deeplora.adapters.compress_adapters` (L + 2 factors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from peft import PeftConfig
+
+from deeplora.factorization.init import check_scale
+
+PEFT_TYPE = "DEEPLORA"
+INITS = ("orthogonal", "lora", "compressed")
+
+
+@dataclass
+class DeepLoraConfig(PeftConfig):
+    """Deep LoRA adapter settings; pass to ``peft.get_peft_model(model, config)``.
+
+    Args:
+        r: rank (width of the inner factors), ``1 <= r <= min(d_in, d_out)`` of every target.
+        depth: L >= 2, the number of factors (for ``init="compressed"``: the depth of the
+            full-width Deep LoRA that was compressed; the layer then holds L + 2 factors).
+        init_scale: ε > 0, the singular value of every factor at initialization.
+        init: ``"orthogonal"`` (paper), ``"lora"`` (vanilla LoRA baseline, needs ``depth=2``)
+            or ``"compressed"`` (needs an even ``r``).
+        target_modules: module names (exact or dotted suffix), a regex (full match), or a
+            preset: ``"query-value"``, ``"attention-mlp"``, ``"all-linear"`` (see
+            :mod:`deeplora.adapters.targets`). Resolved to explicit names on injection.
+        dropout: dropout probability on the adapter input.
+        modules_to_save: extra trainable modules saved with the adapter (e.g. a task head).
+        target_shapes: ``{name: [d_out, d_in]}``, recorded on injection and checked when the
+            adapter is loaded into a model.
+    """
+
+    r: int = field(default=8, metadata={"help": "Rank r of the adapter."})
+    depth: int = field(default=3, metadata={"help": "Number of factors L >= 2."})
+    init_scale: float = field(default=1e-3, metadata={"help": "Initial singular value ε."})
+    init: str = field(default="orthogonal", metadata={"help": f"One of {INITS}."})
+    target_modules: list[str] | str | None = field(
+        default="query-value", metadata={"help": "Names, regex or preset of modules to adapt."}
+    )
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter input."})
+    modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Extra modules trained and saved with the adapter."}
+    )
+    target_shapes: dict[str, list[int]] | None = field(
+        default=None, metadata={"help": "(d_out, d_in) per adapted module, set on injection."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PEFT_TYPE
+        if isinstance(self.r, bool) or not (isinstance(self.r, int) and self.r >= 1):
+            raise ValueError(f"r must be an integer >= 1, got {self.r!r}")
+        if isinstance(self.depth, bool) or not (isinstance(self.depth, int) and self.depth >= 2):
+            raise ValueError(f"depth must be an integer >= 2, got {self.depth!r}")
+        self.init_scale = check_scale(self.init_scale)
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.init == "lora" and self.depth != 2:
+            raise ValueError(f'init="lora" is the depth-2 LoRA baseline, got depth={self.depth}')
+        if self.init == "compressed" and self.r % 2:
+            raise ValueError(f'init="compressed" needs an even r (half from the gradient), '
+                             f"got r={self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.target_modules is None:
+            raise ValueError("target_modules is required: names, a regex or a preset")
+        if not isinstance(self.target_modules, str):
+            self.target_modules = list(self.target_modules)
+
+    @property
+    def num_factors(self) -> int:
+        """Factors per adapted layer: ``depth``, or ``depth + 2`` when compressed."""
+        return self.depth + 2 if self.init == "compressed" else self.depth

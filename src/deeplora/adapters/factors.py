@@ -1,0 +1,61 @@
+"""The factors of one adapted layer, as a core :class:`DeepFactorization` (d_out×d_in)."""
+
+from __future__ import annotations
+
+import torch
+
+from deeplora.adapters.config import DeepLoraConfig
+from deeplora.factorization.deep import DeepFactorization
+from deeplora.factorization.init import orthogonal_, scaled_identity_
+
+
+def adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:
+    """Adapters compute in float64 on a float64 base and in float32 otherwise.
+
+    With ε = 1e-3 and L = 3, ΔW at initialization is about 1e-9: it would underflow in
+    float16/bfloat16, so half-precision bases keep float32 adapters.
+    """
+    return torch.float64 if base_dtype == torch.float64 else torch.float32
+
+
+def check_rank(r: int, d_out: int, d_in: int, name: str = "layer") -> None:
+    """Raise unless ``1 <= r <= min(d_out, d_in)``."""
+    if not 1 <= r <= min(d_out, d_in):
+        raise ValueError(
+            f"rank r={r} must be in [1, min(d_out, d_in)] = [1, {min(d_out, d_in)}] for {name} "
+            f"(d_out={d_out}, d_in={d_in})"
+        )
+
+
+def init_factors(
+    d_out: int,
+    d_in: int,
+    config: DeepLoraConfig,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> DeepFactorization:
+    """Factors ``[W_1 (r×d_in), …, W_L (d_out×r)]`` initialized as ``config.init`` says.
+
+    - ``"orthogonal"``: every factor ε·semi-orthogonal (all singular values ε), ΔW(0) has
+      singular values ε^L;
+    - ``"lora"``: ``A = W_1 ~ N(0, 1)``, ``B = W_2 = 0``, so ΔW(0) = 0;
+    - ``"compressed"``: placeholder until :func:`deeplora.adapters.compress_adapters`:
+      ``[Vᵀ, εI, …, εI, U]`` with L inner ``εI`` and random orthonormal ``V`` (d_in×r), ``U``
+      (d_out×r).
+
+    Draws from torch's global generator.
+    """
+    check_rank(config.r, d_out, d_in)
+    r, scale = config.r, config.init_scale
+    if config.init == "orthogonal":
+        return DeepFactorization(d_out, d_in, depth=config.depth, width=r, init="orthogonal",
+                                 scale=scale, dtype=dtype, device=device)
+    if config.init == "lora":
+        factors = [torch.randn(r, d_in, dtype=dtype, device=device),
+                   torch.zeros(d_out, r, dtype=dtype, device=device)]
+    else:
+        inner = scaled_identity_(torch.empty(r, r, dtype=dtype, device=device), scale)
+        factors = [orthogonal_(torch.empty(r, d_in, dtype=dtype, device=device), 1.0),
+                   *[inner] * config.depth,
+                   orthogonal_(torch.empty(d_out, r, dtype=dtype, device=device), 1.0)]
+    return DeepFactorization.from_factors(factors, init=config.init, scale=scale)

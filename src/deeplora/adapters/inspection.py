@@ -1,0 +1,65 @@
+"""Per-layer analysis of adapter updates ΔW (the inputs of the paper's figures).
+
+Take ``deltas = adapter_deltas(model)`` (``{name: ΔW (d_out×d_in)}``) at checkpoints, then:
+singular values, numerical ranks, and principal angles between the top-r singular subspaces of
+two checkpoints. All computed in float64 on the CPU by :mod:`deeplora.factorization.subspace`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from torch import Tensor
+
+from deeplora.factorization.subspace import (
+    largest_principal_angle_cos,
+    numerical_rank,
+    principal_angles,
+    singular_values,
+    top_singular_subspaces,
+)
+
+
+def adapter_singular_values(deltas: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Singular values of each ΔW, descending (float64)."""
+    return {name: singular_values(delta) for name, delta in deltas.items()}
+
+
+def adapter_numerical_ranks(
+    deltas: Mapping[str, Tensor], atol: float | None = None, rtol: float | None = None
+) -> dict[str, int]:
+    """Numerical rank of each ΔW: the number of singular values above ``max(atol, rtol·σ_max)``.
+
+    Defaults (NumPy's ``matrix_rank``): ``atol = 0``, ``rtol = max(d_out, d_in)·2.2e-16``. The
+    paper counts Deep LoRA ranks with ``atol=1e-3`` (singular values above 1e-3).
+    """
+    return {name: numerical_rank(delta, atol=atol, rtol=rtol) for name, delta in deltas.items()}
+
+
+def adapter_principal_angles(
+    deltas_a: Mapping[str, Tensor],
+    deltas_b: Mapping[str, Tensor],
+    rank: int = 8,
+    side: str = "left",
+) -> dict[str, np.ndarray]:
+    """Principal angles (radians, descending) between the top-``rank`` left (or right)
+    singular subspaces of ΔW at two checkpoints, for every layer present in both."""
+    if side not in ("left", "right"):
+        raise ValueError(f'side must be "left" or "right", got {side!r}')
+    index = 0 if side == "left" else 2
+    angles = {}
+    for name in deltas_a.keys() & deltas_b.keys():
+        a = top_singular_subspaces(deltas_a[name].detach().cpu().double(), rank)[index]
+        b = top_singular_subspaces(deltas_b[name].detach().cpu().double(), rank)[index]
+        angles[name] = principal_angles(a, b)
+    return angles
+
+
+def adapter_subspace_cosines(
+    deltas_a: Mapping[str, Tensor], deltas_b: Mapping[str, Tensor], rank: int = 8
+) -> dict[str, float]:
+    """cos of the largest principal angle between top-``rank`` left singular subspaces (the
+    paper's Figure 1): 1 = same subspace, 0 = some direction orthogonal."""
+    return {name: largest_principal_angle_cos(deltas_a[name], deltas_b[name], rank)
+            for name in deltas_a.keys() & deltas_b.keys()}

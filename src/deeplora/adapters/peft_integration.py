@@ -1,0 +1,287 @@
+"""Deep LoRA as a PEFT method: the only module that touches PEFT internals.
+
+PEFT 0.21 registers methods with ``peft.utils.register_peft_method``, which insists that the
+name be a member of the closed ``PeftType`` enum, so an outside package cannot call it. PEFT
+does support string ``peft_type`` values (huggingface/peft#2635): we fill the same three
+registries that ``register_peft_method`` fills (``peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING``,
+``PEFT_TYPE_TO_TUNER_MAPPING``, ``PEFT_TYPE_TO_PREFIX_MAPPING``) under the key ``"DEEPLORA"``.
+Importing :mod:`deeplora.adapters` (or ``from deeplora import DeepLoraConfig``) registers it;
+after that ``get_peft_model``, ``save_pretrained``, ``PeftModel.from_pretrained`` and
+``merge_and_unload`` work as for any built-in method. The tuner follows ``BaseTuner`` /
+``BaseTunerLayer``; the hooks overridden are ``_prepare_model``, ``_create_and_replace``,
+``_remove_adapter_name_from_key`` and the layer's ``_move_adapter_to_device_of_base_layer``.
+``pyproject.toml`` requires peft 0.21.x and transformers 5.x; the tests prove peft 0.21.2 with
+transformers 5.24.0.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import torch
+from peft.mapping import (
+    PEFT_TYPE_TO_CONFIG_MAPPING,
+    PEFT_TYPE_TO_PREFIX_MAPPING,
+    PEFT_TYPE_TO_TUNER_MAPPING,
+)
+from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_adapters_to_merge
+from torch import Tensor, nn
+from torch.nn import functional as F
+from transformers.pytorch_utils import Conv1D
+
+from deeplora.adapters.config import PEFT_TYPE, DeepLoraConfig
+from deeplora.adapters.factors import adapter_dtype, check_rank, init_factors
+from deeplora.adapters.targets import linear_shape, resolve_target_modules, unwrap
+from deeplora.factorization.deep import DeepFactorization
+
+
+class DeepLoraLayer(nn.Module, BaseTunerLayer):
+    """A frozen Linear/Conv1D plus ``ΔW x = W_L(⋯(W_1 x))`` per adapter.
+
+    Input x (…, d_in) -> output (…, d_out). The adapter path runs on the (optionally dropped
+    out) input cast to the adapter dtype (float32, or float64 for a float64 base), one thin
+    matmul per factor, and is cast back to the base output dtype; ΔW is only formed to merge.
+    """
+
+    adapter_layer_names = ("deeplora_factors",)
+    other_param_names = ("deeplora_dropout",)
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: DeepLoraConfig) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.deeplora_factors = nn.ModuleDict()
+        self.deeplora_dropout = nn.ModuleDict()
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        shape = linear_shape(self.get_base_layer())
+        if shape is None:
+            raise TypeError(f"Deep LoRA adapts Linear/Conv1D, got {type(base_layer).__name__}")
+        self.out_features, self.in_features = shape
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config)
+
+    def update_layer(self, adapter_name: str, config: DeepLoraConfig) -> None:
+        """Add adapter ``adapter_name`` with fresh factors as ``config`` says."""
+        check_rank(config.r, self.out_features, self.in_features)
+        weight = self.get_base_layer().weight
+        self.deeplora_factors[adapter_name] = init_factors(
+            self.out_features, self.in_features, config, adapter_dtype(weight.dtype), weight.device
+        )
+        self.deeplora_dropout[adapter_name] = (
+            nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        )
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    def set_factors(self, adapter_name: str, factors: Sequence[Tensor], init: str, scale: float
+                    ) -> None:
+        """Replace the factors of ``adapter_name`` (shapes may change), keeping dtype, device
+        and ``requires_grad``."""
+        old = self.deeplora_factors[adapter_name].factors[0]
+        new = DeepFactorization.from_factors(
+            [f.to(dtype=old.dtype, device=old.device) for f in factors], init=init, scale=scale
+        )
+        new.requires_grad_(old.requires_grad)
+        self.deeplora_factors[adapter_name] = new
+
+    def get_delta_weight(self, adapter_name: str) -> Tensor:
+        """ΔW = W_L ⋯ W_1 (d_out×d_in), in the adapter dtype."""
+        return self.deeplora_factors[adapter_name].product()
+
+    def _delta_in_base_layout(self, adapter_name: str) -> Tensor:
+        base = self.get_base_layer()
+        delta = self.get_delta_weight(adapter_name).detach()
+        if isinstance(base, Conv1D):
+            delta = delta.T
+        return delta.to(dtype=base.weight.dtype, device=base.weight.device)
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Add ΔW of the active (or given) adapters into the base weight."""
+        weight = self.get_base_layer().weight
+        for name in check_adapters_to_merge(self, adapter_names):
+            if name not in self.deeplora_factors:
+                continue
+            delta = self._delta_in_base_layout(name)
+            with torch.no_grad():
+                if safe_merge:
+                    merged = weight.data + delta
+                    if not torch.isfinite(merged).all():
+                        raise ValueError(f"merging adapter {name!r} gives non-finite weights")
+                    weight.data = merged
+                else:
+                    weight.data += delta
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        """Subtract ΔW of every merged adapter from the base weight, last merged first."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
+            return
+        weight = self.get_base_layer().weight
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            with torch.no_grad():
+                weight.data -= self._delta_in_base_layout(name)
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return result
+        for name in self.active_adapters:
+            if name not in self.deeplora_factors:
+                continue
+            factors = self.deeplora_factors[name].factors
+            h = self.deeplora_dropout[name](x).to(factors[0].dtype)
+            for factor in factors:
+                h = F.linear(h, factor)
+            result = result + h.to(result.dtype)
+        return result
+
+    def _move_adapter_to_device_of_base_layer(
+        self, adapter_name: str, device: torch.device | None = None
+    ) -> None:
+        """Follow the base layer's device but keep the adapter dtype (PEFT would cast a
+        half-precision base's adapters to half, where ΔW(0) ≈ ε^L underflows)."""
+        target = device if device is not None else self.get_base_layer().weight.device
+        for attr in self.adapter_layer_names + self.other_param_names:
+            container = getattr(self, attr)
+            if adapter_name in container:
+                container[adapter_name] = container[adapter_name].to(target)
+
+    def __repr__(self) -> str:
+        return "deeplora." + super().__repr__()
+
+
+def prepare_targets(model: nn.Module, config: DeepLoraConfig) -> None:
+    """Resolve ``config.target_modules`` on ``model`` to explicit names and check every target.
+
+    Checks, before anything is modified: the targets exist and are Linear/Conv1D, ``r`` fits
+    each of them, and their shapes equal ``config.target_shapes`` when recorded (an adapter
+    saved from another model). Then records names and shapes in ``config``.
+    """
+    names = resolve_target_modules(model, config.target_modules, config.modules_to_save)
+    modules = dict(model.named_modules())
+    shapes = {n: list(linear_shape(unwrap(modules[n]))) for n in names}
+    for name, (d_out, d_in) in shapes.items():
+        check_rank(config.r, d_out, d_in, name)
+    if config.target_shapes is not None:
+        wrong = {
+            n: f"adapter {tuple(s)} vs model {tuple(shapes[n]) if n in shapes else 'missing'}"
+            for n, s in config.target_shapes.items()
+            if list(s) != shapes.get(n)
+        }
+        if wrong:
+            raise ValueError(f"adapter does not fit this model; (d_out, d_in) differ: {wrong}")
+    config.target_modules = names
+    config.target_shapes = shapes
+
+
+class DeepLoraModel(BaseTuner):
+    """PEFT tuner that replaces each target Linear/Conv1D by a :class:`DeepLoraLayer`."""
+
+    prefix: str = "deeplora_"
+    tuner_layer_cls = DeepLoraLayer
+    target_module_mapping: ClassVar[dict[str, list[str]]] = {}
+
+    def _prepare_model(self, peft_config: DeepLoraConfig, model: nn.Module) -> None:
+        """Runs in every injection (new model, ``add_adapter``, loading) before any change."""
+        prepare_targets(model, peft_config)
+
+    def _create_and_replace(
+        self,
+        peft_config: DeepLoraConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(target, DeepLoraLayer):
+            target.update_layer(adapter_name, peft_config)
+            return
+        new_module = DeepLoraLayer(target, adapter_name, peft_config)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        """``….deeplora_factors.<adapter>.factors.0`` -> ``….deeplora_factors.factors.0``."""
+        return key.replace(f".deeplora_factors.{adapter_name}.", ".deeplora_factors.")
+
+
+def register() -> None:
+    """Register Deep LoRA in PEFT's method registries (idempotent)."""
+    PEFT_TYPE_TO_CONFIG_MAPPING.setdefault(PEFT_TYPE, DeepLoraConfig)
+    PEFT_TYPE_TO_TUNER_MAPPING.setdefault(PEFT_TYPE, DeepLoraModel)
+    PEFT_TYPE_TO_PREFIX_MAPPING.setdefault(PEFT_TYPE, DeepLoraModel.prefix)
+
+
+register()
+
+
+def base_model_of(model: nn.Module) -> nn.Module:
+    """The wrapped transformers/torch model of a ``PeftModel``; ``model`` itself otherwise."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+def active_adapter_name(model: nn.Module, adapter_name: str | None) -> str:
+    """``adapter_name``, or the one adapter active in the PEFT layers of ``model``."""
+    if adapter_name is not None:
+        return adapter_name
+    active = {name for module in model.modules() if isinstance(module, BaseTunerLayer)
+              for name in module.active_adapters}
+    if len(active) > 1:
+        raise ValueError(f"several adapters are active ({sorted(active)}); pass adapter_name")
+    return active.pop() if active else "default"
+
+
+def deeplora_layers(model: nn.Module, adapter_name: str) -> Iterator[tuple[str, DeepLoraLayer]]:
+    """``(name, layer)`` of every Deep LoRA layer holding ``adapter_name``; names relative to
+    the base model."""
+    for name, module in base_model_of(model).named_modules():
+        if isinstance(module, DeepLoraLayer) and adapter_name in module.deeplora_factors:
+            yield name, module
+
+
+def adapter_factorizations(model: nn.Module, adapter_name: str | None = None
+                           ) -> dict[str, DeepFactorization]:
+    """Factors of every Deep LoRA layer of ``model`` (active adapter by default)."""
+    adapter_name = active_adapter_name(model, adapter_name)
+    return {name: layer.deeplora_factors[adapter_name]
+            for name, layer in deeplora_layers(model, adapter_name)}
+
+
+def adapter_deltas(model: nn.Module, adapter_name: str | None = None) -> dict[str, Tensor]:
+    """ΔW (d_out×d_in, detached) of every adapted layer, by module name (base-model relative).
+
+    Covers Deep LoRA / vanilla LoRA layers (``W_L ⋯ W_1``) and PEFT's own LoRA layers
+    (``(α/r)·B A``); the active adapter unless ``adapter_name`` is given.
+    """
+    adapter_name = active_adapter_name(model, adapter_name)
+    deltas = {}
+    for name, module in base_model_of(model).named_modules():
+        if isinstance(module, DeepLoraLayer) and adapter_name in module.deeplora_factors:
+            deltas[name] = module.get_delta_weight(adapter_name).detach()
+        elif isinstance(module, LoraLayer) and adapter_name in module.lora_A:
+            a, b = module.lora_A[adapter_name].weight, module.lora_B[adapter_name].weight
+            deltas[name] = (b @ a).detach() * module.scaling[adapter_name]
+    if not deltas:
+        raise ValueError(f"model has no LoRA or Deep LoRA layer with adapter {adapter_name!r}")
+    return deltas
+
+
+def deeplora_config(model: nn.Module, adapter_name: str) -> DeepLoraConfig:
+    """The :class:`DeepLoraConfig` of ``adapter_name`` on a PEFT model."""
+    config = getattr(model, "peft_config", {}).get(adapter_name)
+    if not isinstance(config, DeepLoraConfig):
+        raise ValueError(f"adapter {adapter_name!r} of this model is not a Deep LoRA adapter")
+    return config

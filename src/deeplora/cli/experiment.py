@@ -1,0 +1,39 @@
+"""``deeplora experiment NAME``: run one of the paper's figures/tables (see
+:mod:`deeplora.experiments`)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from deeplora.cli.output import check_writable_dir
+from deeplora.experiments import Runner, load_all
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("experiment", help="run a paper figure or table",
+                              description="Run a named experiment; it writes PNG, JSON and "
+                              "Markdown files to --out.")
+    names = p.add_subparsers(dest="experiment", required=True, metavar="NAME")
+    for name, exp in sorted(load_all().items()):
+        sub = names.add_parser(name, help=exp.help, description=exp.help,
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sub.add_argument("--out", default=f"runs/{name}", help="output folder")
+        sub.add_argument("--fast", action="store_true",
+                         help="smaller settings for a smoke test (minutes on 2 cores)")
+        for arg in exp.arguments:
+            sub.add_argument(arg.flag, **arg.kwargs)
+        sub.set_defaults(func=_runner(exp.run))
+
+
+def _runner(run: Runner) -> Callable[[argparse.Namespace], int]:
+    def call(args: argparse.Namespace) -> int:
+        check_writable_dir(args.out)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        run(args, out)
+        print(f"wrote results to {out}/")
+        return 0
+
+    return call

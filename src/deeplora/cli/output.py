@@ -1,0 +1,76 @@
+"""Output files written all at once: checked before the work, renamed into place after it."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def check_writable(path: str | os.PathLike[str] | None) -> None:
+    """Raise ``OSError`` now if ``path`` (a file to be created later) could not be written.
+
+    ``None`` and ``"-"`` (stdout) always pass. Creates nothing.
+    """
+    if path is None or str(path) == "-":
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise OSError(f"output path {str(target)!r} is a directory")
+    parent = target.parent if str(target.parent) else Path(".")
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise OSError(f"cannot write {str(target)!r}: {str(existing)!r} is not a writable folder")
+
+
+def check_writable_dir(path: str | os.PathLike[str]) -> None:
+    """Raise ``OSError`` now if ``path`` could not be created or written as a folder."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise OSError(f"output folder {str(folder)!r} exists and is not a folder")
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OSError(f"cannot write to {str(folder)!r}: {str(existing)!r} is not writable")
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
+
+    Nothing is left at ``path`` (or beside it) if ``write`` raises.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with non-finite floats replaced by ``None`` (JSON has no NaN/inf)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(value) for value in obj]
+    return obj
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically, or to stdout if ``path`` is ``"-"``."""
+    text = json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n"
+    if str(path) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    write_atomic(path, lambda tmp: tmp.write_text(text))

@@ -1,0 +1,80 @@
+"""The three methods a user picks by name, built for a given problem.
+
+- ``original``: the wide deep factorization (width max(m, n)), ε-orthogonal init.
+- ``compressed``: width 2r̂, built from the wide model's first gradient
+  (:func:`deeplora.factorization.compress`), outer factors at γ·η.
+- ``narrow``: width 2r̂, random ε-orthogonal init, no construction (the paper's ablation).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from deeplora.completion.problems import Problem
+from deeplora.factorization import DeepFactorization, compress
+
+METHODS = ("original", "compressed", "narrow")
+
+DEFAULT_OPTIMIZER = "adam"
+# Adam's (lr, γ) per method. Adam's scale invariance escapes the ε-small initialization in a
+# few hundred steps, where GD at the paper's step sits on a ~19,000-step plateau; see
+# BENCHMARKS.md for the measurements behind these values.
+ADAM_DEFAULTS: dict[str, tuple[float, float]] = {
+    "compressed": (3e-2, 0.1),
+    "narrow": (3e-2, 1.0),
+    "original": (1e-3, 1.0),
+}
+# The authors' GD step on ½ Σ_Ω (X − Φ)² / (m n); on our mean-over-Ω loss it is
+# PAPER_GD_STEP · |Ω| / (m n). Their γ for the compressed model is 0.01.
+PAPER_GD_STEP = 5e3
+PAPER_GD_GAMMA = 0.01
+
+
+def default_settings(method: str, optimizer: str | None = None, lr: float | None = None,
+                     gamma: float | None = None, observed_fraction: float = 1.0
+                     ) -> tuple[str, float, float]:
+    """``(optimizer, lr, γ)`` for ``method``, each taken from the arguments when given.
+
+    Adam: :data:`ADAM_DEFAULTS`. GD: the paper's step (:data:`PAPER_GD_STEP` rescaled to
+    our loss) and γ = 0.01 for ``compressed``. γ is 1 for ``original`` and ``narrow``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    optimizer = optimizer or DEFAULT_OPTIMIZER
+    if optimizer == "adam":
+        default_lr, default_gamma = ADAM_DEFAULTS[method]
+    else:
+        default_lr = PAPER_GD_STEP * observed_fraction
+        default_gamma = PAPER_GD_GAMMA if method == "compressed" else 1.0
+    return (optimizer, default_lr if lr is None else lr,
+            default_gamma if gamma is None else gamma)
+
+
+def build_model(
+    method: str,
+    problem: Problem,
+    depth: int = 3,
+    rank: int = 5,
+    scale: float = 1e-3,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[DeepFactorization, float]:
+    """Return ``(model, seconds it took to build)`` for ``method`` on ``problem``.
+
+    ``rank`` is r̂, the assumed rank (compressed and narrow have width 2r̂).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    m, n = problem.shape
+    if not (isinstance(rank, int) and rank >= 1 and 2 * rank <= min(m, n)):
+        raise ValueError(f"rank must be an integer with 1 <= rank and 2*rank <= min(m, n) = "
+                         f"{min(m, n)}, got {rank!r}")
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    width = 2 * rank if method == "narrow" else None
+    model = DeepFactorization(m, n, depth, width, "orthogonal", scale, gen, dtype)
+    if method == "compressed":
+        model = compress(model, problem.loss, rank)
+    return model, time.perf_counter() - start

@@ -1,0 +1,96 @@
+"""Training loop for recovery problems: GD or Adam, discrepant rates, history, early stop."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from tqdm.auto import tqdm
+
+from deeplora.completion.problems import Problem
+from deeplora.factorization import DeepFactorization, discrepant_param_groups, make_optimizer
+
+
+@dataclass
+class History:
+    """What was measured at each evaluation.
+
+    ``seconds`` is wall time since the start of model construction (``build_seconds``
+    included), excluding the time spent evaluating the recovery error itself.
+    """
+
+    steps: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    recovery_error: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    build_seconds: float = 0.0
+
+    def record(self, step: int, loss: float, error: float, seconds: float) -> None:
+        self.steps.append(step)
+        self.train_loss.append(loss)
+        self.recovery_error.append(error)
+        self.seconds.append(seconds)
+
+    def first_below(self, threshold: float) -> tuple[int, float] | None:
+        """(step, seconds) of the first evaluation with recovery error <= threshold."""
+        for step, error, seconds in zip(self.steps, self.recovery_error, self.seconds,
+                                        strict=True):
+            if error <= threshold:
+                return step, seconds
+        return None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"steps": self.steps, "train_loss": self.train_loss,
+                "recovery_error": self.recovery_error, "seconds": self.seconds,
+                "build_seconds": self.build_seconds}
+
+
+def fit(
+    model: DeepFactorization,
+    problem: Problem,
+    optimizer: str = "gd",
+    lr: float = 1.0,
+    gamma: float = 1.0,
+    steps: int = 1000,
+    tol: float = 0.0,
+    target_error: float = 0.0,
+    eval_every: int = 10,
+    progress: bool = True,
+    build_seconds: float = 0.0,
+    **optimizer_kwargs: object,
+) -> History:
+    """Train ``model`` on ``problem`` in place and return its :class:`History`.
+
+    Outer factors (``model.outer_parameters()``) step at ``gamma·lr``, the others at ``lr``.
+    Stops after ``steps`` steps, when the train loss falls to ``tol``, when the recovery error
+    falls to ``target_error``, or when the loss becomes non-finite (divergence; recorded).
+    """
+    if not (isinstance(steps, int) and steps >= 0):
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    if not (isinstance(eval_every, int) and eval_every >= 1):
+        raise ValueError(f"eval_every must be an integer >= 1, got {eval_every!r}")
+    outer = model.outer_parameters()
+    groups = discrepant_param_groups(outer, model.inner_parameters(), lr, gamma)
+    opt = make_optimizer(optimizer, groups, **optimizer_kwargs)
+    history = History(build_seconds=build_seconds)
+    elapsed = build_seconds
+    bar = tqdm(total=steps, disable=not progress, desc="fit", unit="step", leave=False)
+    clock = time.perf_counter()
+    for step in range(steps + 1):
+        opt.zero_grad(set_to_none=True)
+        loss = problem.loss(model)
+        value = float(loss.detach())
+        if step % eval_every == 0 or step == steps or not math.isfinite(value) or value <= tol:
+            elapsed += time.perf_counter() - clock
+            error = problem.recovery_error(model) if math.isfinite(value) else math.inf
+            history.record(step, value, error, elapsed)
+            bar.set_postfix(loss=f"{value:.2e}", error=f"{error:.2e}", refresh=False)
+            clock = time.perf_counter()
+            if step == steps or not math.isfinite(value) or value <= tol or error <= target_error:
+                break
+        loss.backward()
+        opt.step()
+        bar.update()
+    bar.close()
+    return history

@@ -1,0 +1,66 @@
+"""The paper's figures and tables as named, declarative experiments.
+
+Each module in this package registers its experiments with :func:`experiment`::
+
+    @experiment("dmc-efficiency", help="…", arguments=[Arg("--size", type=int, default=500)])
+    def dmc_efficiency(args: argparse.Namespace, out: Path) -> dict: ...
+
+``deeplora experiment NAME [--out DIR] [--fast] [options]`` then parses the declared options,
+checks that ``--out`` is writable, and calls the function, which writes its PNG/JSON/Markdown
+files into ``out``. Registered experiments are listed in :data:`EXPERIMENTS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+Runner = Callable[[argparse.Namespace, Path], Any]
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One command-line option: ``Arg("--size", type=int, default=500, help="…")``."""
+
+    flag: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, flag: str, **kwargs: Any) -> None:
+        object.__setattr__(self, "flag", flag)
+        object.__setattr__(self, "kwargs", kwargs)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    help: str
+    arguments: tuple[Arg, ...]
+    run: Runner
+
+
+EXPERIMENTS: dict[str, Experiment] = {}
+
+
+def experiment(name: str, help: str, arguments: list[Arg] | tuple[Arg, ...] = ()
+               ) -> Callable[[Runner], Runner]:
+    """Register the decorated function as experiment ``name``."""
+
+    def register(run: Runner) -> Runner:
+        if name in EXPERIMENTS:
+            raise ValueError(f"experiment {name!r} is registered twice")
+        EXPERIMENTS[name] = Experiment(name, help, tuple(arguments), run)
+        return run
+
+    return register
+
+
+def load_all() -> dict[str, Experiment]:
+    """Import every module of this package so that its experiments register."""
+    for info in pkgutil.iter_modules(__path__):
+        import_module(f"{__name__}.{info.name}")
+    return EXPERIMENTS

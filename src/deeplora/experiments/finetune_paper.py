@@ -1,0 +1,225 @@
+"""The paper's Deep LoRA experiments (Yaras et al. 2024, Sec. 4) as resumable sweeps.
+
+Each experiment is a list of :class:`Cell` s (one config, the seeds to run, and the labels it is
+reported under). :func:`run_experiment` runs every cell through
+:func:`deeplora.finetune.runs.run_sweep` (so a rerun skips finished seeds), then writes
+``summary.md`` / ``summary.json`` and a PNG via :mod:`deeplora.experiments.finetune_report`.
+Every few-shot table gets a zero-shot row (untouched model, ``bi`` head, seed 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from deeplora.experiments import Arg, experiment
+from deeplora.finetune.config import PRESETS, FinetuneConfig, preset
+from deeplora.finetune.data import DATA_DIR_ENV, DataError, available_tasks, resolve_data_dir
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One config of an experiment, its seeds and its labels (e.g. ``{"samples": 16}``)."""
+
+    config: FinetuneConfig
+    seeds: tuple[int, ...]
+    labels: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Options:
+    """User choices shared by all experiments; ``seeds=None`` means the experiment's default."""
+
+    fast: bool = False
+    seeds: tuple[int, ...] | None = None
+    heads: tuple[str, ...] = ("cross", "bi")
+    preset: str = "paper"
+    model: str | None = None
+
+    def seed_list(self, paper_count: int) -> tuple[int, ...]:
+        if self.seeds is not None:
+            return self.seeds
+        return tuple(range(2 if self.fast else paper_count))
+
+    def config(self, steps: int, **overrides: Any) -> FinetuneConfig:
+        """The preset with ``overrides``; ``--fast`` cuts steps to 3, dev to 64 rows, 64 tokens
+        and dynamic padding."""
+        fast = {"steps": min(steps, 3), "dev_samples": 64, "max_length": 64,
+                "pad_to_max_length": False, "eval_every": 0}
+        values = {"model": self.model, "steps": steps, **overrides}
+        if self.fast:
+            values.update(fast, eval_every=1 if overrides.get("eval_every") else 0)
+        return preset(self.preset, **values)
+
+
+def zero_shot_cells(options: Options, task: str = "stsb") -> list[Cell]:
+    """The untouched model with the ``bi`` head (what a user gets without fine-tuning)."""
+    config = options.config(0, task=task, method="zero-shot", head="bi", samples=1)
+    return [Cell(config, (0,), {"method": "zero-shot", "head": "bi"})]
+
+
+def _pairs(options: Options, seeds: int, steps: int, axis: str, values: Sequence[Any],
+           **fixed: Any) -> list[Cell]:
+    cells = []
+    for head in options.heads:
+        for value in values:
+            for method in ("deep-lora", "lora"):
+                config = options.config(steps, method=method, head=head, **{axis: value}, **fixed)
+                labels = {"method": method, "head": head, axis: value}
+                cells.append(Cell(config, options.seed_list(seeds), labels))
+    return cells
+
+
+def stsb_fewshot(options: Options, data_dir: Path | None) -> list[Cell]:
+    """Dev Pearson vs n ∈ {16, 64, 256} training samples, 500 steps, 20 seeds."""
+    return zero_shot_cells(options) + _pairs(options, 20, 500, "samples", (16, 64, 256),
+                                             task="stsb")
+
+
+def stsb_ranks(options: Options, data_dir: Path | None) -> list[Cell]:
+    """Dev Pearson vs r ∈ {8, 16, 32, 64}, 16 samples, 400 steps, 5 seeds."""
+    return zero_shot_cells(options) + _pairs(options, 5, 400, "rank", (8, 16, 32, 64),
+                                             task="stsb", samples=16)
+
+
+def rank_histogram(options: Options, data_dir: Path | None) -> list[Cell]:
+    """Numerical ranks of every adapted ΔW, 256 samples, 500 steps, 5 seeds."""
+    return zero_shot_cells(options) + _pairs(options, 5, 500, "samples", (256,), task="stsb")
+
+
+NARROW_VS_WIDE_WIDTH = 384
+"""Full width of the query/value adapters of the embedded model (its hidden size)."""
+
+
+def narrow_vs_wide(options: Options, data_dir: Path | None) -> list[Cell]:
+    """Query/value adapters, 16 samples, 200 steps, evaluated every 10 steps: full-width Deep
+    LoRA (lr 1e-4), width-8 random orthogonal init (lr 1e-4), width-8 compressed init (lr 1e-2,
+    γ = 1e-2 on the outer factors)."""
+    variants = [
+        ("wide", "deep-lora", NARROW_VS_WIDE_WIDTH, 1e-4),
+        ("narrow random", "deep-lora", 8, 1e-4),
+        ("compressed", "deep-lora-compressed", 8, 1e-2),
+    ]
+    cells = []
+    for head in options.heads:
+        for label, method, rank, lr in variants:
+            config = options.config(200, task="stsb", method=method, head=head, rank=rank, lr=lr,
+                                    samples=16, targets="query-value", eval_every=10)
+            cells.append(Cell(config, options.seed_list(3), {"method": label, "head": head}))
+    return cells
+
+
+SNAPSHOT_STEPS = (0, 1, 10, 20, 30, 100, 500, 1000, 1500, 2000)
+
+
+def subspace_dynamics(options: Options, data_dir: Path | None) -> list[Cell]:
+    """Deep LoRA on attention and MLP layers, 2000 steps, lr decaying to 0.1·lr; top-8 left
+    subspace of each ΔW at the paper's checkpoints vs the end."""
+    cells = []
+    for head in options.heads:
+        config = options.config(2000, task="stsb", method="deep-lora", head=head, samples=16,
+                                targets="attention-mlp", decay_ratio=0.1)
+        steps = tuple(s for s in SNAPSHOT_STEPS if s <= config.steps)
+        config = replace(config, snapshot_steps=steps)
+        cells.append(Cell(config, options.seed_list(1), {"method": "deep-lora", "head": head}))
+    return cells
+
+
+def glue_fewshot(options: Options, data_dir: Path | None) -> list[Cell]:
+    """Every GLUE task with data: 1024 samples, 1000 steps, 10 seeds, Deep LoRA vs LoRA."""
+    if data_dir is None:
+        raise DataError("glue-fewshot needs --data-dir or DEEPLORA_DATA_DIR to find the tasks")
+    tasks = available_tasks(data_dir)
+    if not tasks:
+        raise DataError(f"{data_dir}: no GLUE task has both train and dev files")
+    cells = []
+    for task in tasks:
+        cells += zero_shot_cells(options, task)
+        cells += _pairs(options, 10, 1000, "task", (task,), samples=1024)
+    for cell in cells:
+        cell.labels["task"] = cell.config.task
+    return cells
+
+
+PLANS: dict[str, Callable[[Options, Path | None], list[Cell]]] = {
+    "stsb-fewshot": stsb_fewshot,
+    "stsb-ranks": stsb_ranks,
+    "rank-histogram": rank_histogram,
+    "narrow-vs-wide": narrow_vs_wide,
+    "subspace-dynamics": subspace_dynamics,
+    "glue-fewshot": glue_fewshot,
+}
+
+
+def plan(name: str, options: Options, data_dir: str | os.PathLike[str] | None) -> list[Cell]:
+    """The cells of experiment ``name``."""
+    if name not in PLANS:
+        raise DataError(f"unknown experiment {name!r}; choose one of {', '.join(PLANS)}")
+    return PLANS[name](options, resolve_data_dir(data_dir))
+
+
+def run_experiment(
+    name: str,
+    options: Options,
+    out: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) experiment ``name`` with runs under ``out/runs/`` and write its report
+    (``summary.md``, ``summary.json``, ``<name>.png``) into ``out``.
+
+    Every distinct (task, model, samples) is validated before the first training step.
+    Returns the summary (see :func:`deeplora.experiments.finetune_report.write_report`).
+    """
+    from deeplora.experiments.finetune_report import write_report
+    from deeplora.finetune.runs import load_results, run_sweep
+    from deeplora.finetune.train import Prepared
+
+    cells = plan(name, options, data_dir)
+    checked = set()
+    for cell in cells:
+        key = (cell.config.task, cell.config.model, cell.config.samples)
+        if key not in checked:
+            Prepared(cell.config, cell.seeds[0], data_dir)
+            checked.add(key)
+    root = Path(out)
+    for cell in cells:
+        run_sweep(cell.config, cell.seeds, root / "runs", data_dir, progress=progress)
+    results = [(cell, load_results(root / "runs", cell.config, cell.seeds)) for cell in cells]
+    return write_report(name, results, root)
+
+
+ARGUMENTS = (
+    Arg("--seeds", default=None,
+        help="seeds, e.g. 0-4 or 0,3,7 (default: the paper's count; 2 with --fast)"),
+    Arg("--head", choices=("cross", "bi", "both"), default="both", help="model head(s)"),
+    Arg("--preset", choices=PRESETS, default="paper", help="training preset"),
+    Arg("--model", default=None, help="transformers model id or folder (default: embedded "
+        "all-MiniLM-L6-v2)"),
+    Arg("--data-dir", default=None, help=f"GLUE folder (default: ${DATA_DIR_ENV}, else the hub)"),
+    Arg("--quiet", action="store_true", help="no progress bars"),
+)
+
+
+def _register(name: str) -> None:
+    def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+        from deeplora.finetune.cli import parse_seeds, quiet_transformers
+
+        quiet_transformers()
+        heads = ("cross", "bi") if args.head == "both" else (args.head,)
+        seeds = None if args.seeds is None else parse_seeds(args.seeds)
+        options = Options(fast=args.fast, seeds=seeds, heads=heads, preset=args.preset,
+                          model=args.model)
+        summary = run_experiment(name, options, out, args.data_dir, progress=not args.quiet)
+        print((out / "summary.md").read_text())
+        return summary
+
+    experiment(name, help=(PLANS[name].__doc__ or "").split("\n")[0], arguments=ARGUMENTS)(run)
+
+
+for _name in PLANS:
+    _register(_name)

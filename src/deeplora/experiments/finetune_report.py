@@ -1,0 +1,293 @@
+"""Summary tables and figures of the Deep LoRA experiments.
+
+Table rows: mean ± sample std (ddof = 1) of the task's main dev metric over seeds per method and
+setting; paired differences: Deep LoRA − LoRA per seed (same seed = same few-shot subset and
+head), their mean and a 95% percentile bootstrap interval (``scipy.stats.bootstrap``, 10,000
+resamples, fixed random state). Fewer than two pairs give no interval.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import stats
+
+from deeplora.cli.output import write_atomic, write_json
+from deeplora.finetune.data import get_task
+from deeplora.plotting import new_figure, save_figure
+
+if TYPE_CHECKING:
+    from deeplora.experiments.finetune_paper import Cell
+
+Results = list[tuple["Cell", list[dict[str, Any]]]]
+COLORS = {"deep-lora": "tab:blue", "lora": "tab:orange", "zero-shot": "gray",
+          "wide": "tab:green", "narrow random": "tab:red", "compressed": "tab:blue"}
+
+
+def main_metric(result: dict[str, Any]) -> float:
+    """The task's main dev metric of a result (NaN if it was undefined, e.g. constant output)."""
+    value = result["metrics"].get(get_task(result["config"]["task"]).main_metric)
+    return float("nan") if value is None else float(value)
+
+
+def bootstrap_ci(values: Sequence[float]) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean; NaNs if fewer than two finite values."""
+    data = np.asarray([v for v in values if np.isfinite(v)], float)
+    if data.size < 2 or np.ptp(data) == 0:
+        mean = float(data.mean()) if data.size else float("nan")
+        return (mean, mean) if data.size >= 2 else (float("nan"), float("nan"))
+    res = stats.bootstrap((data,), np.mean, confidence_level=0.95, n_resamples=10_000,
+                          method="percentile", random_state=0)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _setting(labels: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((k, v) for k, v in labels.items() if k != "method"))
+
+
+def _fmt_setting(setting: tuple[tuple[str, Any], ...]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in setting) or "-"
+
+
+def summarize(results: Results) -> dict[str, Any]:
+    """Per-cell statistics and paired Deep LoRA − LoRA differences per setting."""
+    rows, by_setting = [], defaultdict(dict)
+    for cell, runs in results:
+        values = [main_metric(r) for r in runs]
+        finite = [v for v in values if np.isfinite(v)]
+        metric = get_task(cell.config.task).main_metric
+        rows.append({
+            **cell.labels, "metric": metric, "seeds": [r["seed"] for r in runs],
+            "values": values, "n": len(runs),
+            "mean": float(np.mean(finite)) if finite else float("nan"),
+            "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else float("nan"),
+            "wall_time_s": float(np.mean([r["wall_time_s"] for r in runs])) if runs else None,
+        })
+        by_setting[_setting(cell.labels)][cell.labels["method"]] = runs
+    diffs = []
+    for setting, methods in by_setting.items():
+        if "deep-lora" not in methods or "lora" not in methods:
+            continue
+        lora = {r["seed"]: main_metric(r) for r in methods["lora"]}
+        paired = {r["seed"]: main_metric(r) - lora[r["seed"]]
+                  for r in methods["deep-lora"] if r["seed"] in lora}
+        values = [paired[s] for s in sorted(paired)]
+        low, high = bootstrap_ci(values)
+        diffs.append({**dict(setting), "seeds": sorted(paired), "values": values,
+                      "n": len(values), "mean": float(np.nanmean(values)) if values else None,
+                      "ci_low": low, "ci_high": high})
+    return {"rows": rows, "differences": diffs}
+
+
+def _pm(mean: float, std: float) -> str:
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:.4f} ± {std:.4f}" if np.isfinite(std) else f"{mean:.4f}"
+
+
+def markdown(name: str, summary: dict[str, Any]) -> str:
+    """The summary as Markdown: per-method table, then the paired-difference table."""
+    lines = [f"# {name}", "", "| setting | method | metric | seeds | mean ± std | s/run |",
+             "|---|---|---|---|---|---|"]
+    for row in summary["rows"]:
+        setting = _fmt_setting(_setting({k: row[k] for k in row if k in _LABEL_KEYS}))
+        wall = f"{row['wall_time_s']:.0f}" if row["wall_time_s"] is not None else "-"
+        lines.append(f"| {setting} | {row['method']} | {row['metric']} | {row['n']} | "
+                     f"{_pm(row['mean'], row['std'])} | {wall} |")
+    if summary["differences"]:
+        lines += ["", "Paired difference Deep LoRA − LoRA (same seeds), bootstrap 95% interval:",
+                  "", "| setting | pairs | mean difference | 95% CI |", "|---|---|---|---|"]
+        for d in summary["differences"]:
+            setting = _fmt_setting(_setting({k: d[k] for k in d if k in _LABEL_KEYS}))
+            mean = "n/a" if d["mean"] is None else f"{d['mean']:+.4f}"
+            ci = (f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
+                  if np.isfinite(d["ci_low"]) else "n/a (< 2 pairs)")
+            lines.append(f"| {setting} | {d['n']} | {mean} | {ci} |")
+    if "rank_counts" in summary:
+        lines += ["", "Numerical ranks of ΔW (σ > 1e-3), layers × seeds:", "",
+                  "| head | method | rank: count |", "|---|---|---|"]
+        for item in summary["rank_counts"]:
+            counts = ", ".join(f"{k}: {v}" for k, v in sorted(item["counts"].items()))
+            lines.append(f"| {item['head']} | {item['method']} | {counts} |")
+    return "\n".join(lines) + "\n"
+
+
+_LABEL_KEYS = ("head", "samples", "rank", "task")
+
+
+def _by_head(results: Results) -> dict[str, Results]:
+    heads: dict[str, Results] = defaultdict(list)
+    for cell, runs in results:
+        heads[cell.labels["head"]].append((cell, runs))
+    return heads
+
+
+def _zero_shot(results: Results) -> float | None:
+    values = [main_metric(r) for cell, runs in results if cell.labels["method"] == "zero-shot"
+              for r in runs]
+    return values[0] if values else None
+
+
+def plot_curve(results: Results, axis: str, xlabel: str, path: Path) -> None:
+    """Main metric (mean ± std over seeds) against ``axis`` per method, one panel per head."""
+    zero = _zero_shot(results)
+    heads = {h: r for h, r in _by_head(results).items()
+             if any(c.labels["method"] != "zero-shot" for c, _ in r)}
+    fig, axes = new_figure(ncols=len(heads))
+    for ax, (head, cells) in zip(axes, heads.items(), strict=True):
+        for method in ("deep-lora", "lora"):
+            points = sorted((c.labels[axis], [main_metric(r) for r in runs])
+                            for c, runs in cells if c.labels["method"] == method and runs)
+            if points:
+                xs = [x for x, _ in points]
+                ax.errorbar(xs, [np.nanmean(v) for _, v in points],
+                            yerr=[np.nanstd(v, ddof=1) if len(v) > 1 else 0 for _, v in points],
+                            marker="o", capsize=3, label=method, color=COLORS[method])
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(xs, [str(x) for x in xs])
+        if zero is not None:
+            ax.axhline(zero, ls="--", color=COLORS["zero-shot"], label="zero-shot (bi)")
+        ax.set(xlabel=xlabel, ylabel="dev Pearson", title=f"STS-B, {head} head")
+        ax.legend()
+    save_figure(fig, path)
+
+
+def rank_counts(results: Results) -> list[dict[str, Any]]:
+    """Histogram of the numerical ranks of ΔW over layers and seeds, per head and method."""
+    out = []
+    for cell, runs in results:
+        if cell.labels["method"] in ("deep-lora", "lora"):
+            counts = Counter(layer["numerical_rank"] for r in runs
+                             for layer in r["layers"].values())
+            out.append({"head": cell.labels["head"], "method": cell.labels["method"],
+                        "counts": {str(k): v for k, v in sorted(counts.items())}})
+    return out
+
+
+def plot_rank_histogram(counts: list[dict[str, Any]], max_rank: int, path: Path) -> None:
+    heads = sorted({c["head"] for c in counts})
+    fig, axes = new_figure(ncols=len(heads))
+    ranks = np.arange(max_rank + 1)
+    for ax, head in zip(axes, heads, strict=True):
+        items = [c for c in counts if c["head"] == head]
+        for i, item in enumerate(items):
+            heights = [item["counts"].get(str(k), 0) for k in ranks]
+            ax.bar(ranks + (i - 0.5) * 0.4, heights, width=0.4, label=item["method"],
+                   color=COLORS[item["method"]])
+        ax.set(xlabel="numerical rank of ΔW (σ > 1e-3)", ylabel="layers × seeds",
+               title=f"STS-B, 256 samples, {head} head", xticks=ranks)
+        ax.legend()
+    save_figure(fig, path)
+
+
+def plot_narrow_vs_wide(results: Results, path: Path) -> None:
+    """Train loss and dev Pearson over steps (mean over seeds) per variant, a row per head."""
+    heads = _by_head(results)
+    fig, axes = new_figure(ncols=2, nrows=len(heads))
+    for row, (head, cells) in enumerate(heads.items()):
+        loss_ax, dev_ax = axes[2 * row], axes[2 * row + 1]
+        for cell, runs in cells:
+            if not runs:
+                continue
+            label, color = cell.labels["method"], COLORS[cell.labels["method"]]
+            losses = np.mean([r["train_loss"] for r in runs], axis=0)
+            loss_ax.plot(np.arange(1, len(losses) + 1), losses, label=label, color=color)
+            steps = [h["step"] for h in runs[0]["history"]]
+            dev = np.nanmean([[main_metric({**r, "metrics": h["metrics"]}) for h in r["history"]]
+                              for r in runs], axis=0)
+            dev_ax.plot(steps, dev, marker=".", label=label, color=color)
+        loss_ax.set(xlabel="step", ylabel="train loss", yscale="log", title=f"{head} head")
+        dev_ax.set(xlabel="step", ylabel="dev Pearson", title=f"{head} head")
+        loss_ax.legend()
+        dev_ax.legend()
+    save_figure(fig, path)
+
+
+def plot_subspace(results: Results, path: Path) -> None:
+    """Per head: singular values of every ΔW at the end, and cos of the largest principal angle
+    of its top-r left subspace at each saved step vs the end (one line per layer)."""
+    cells = [(c, runs[0]) for c, runs in results if runs]
+    fig, axes = new_figure(ncols=2, nrows=len(cells))
+    for row, (cell, run) in enumerate(cells):
+        sv_ax, cos_ax = axes[2 * row], axes[2 * row + 1]
+        for layer in run["layers"].values():
+            sv_ax.plot(np.arange(1, len(layer["singular_values"]) + 1), layer["singular_values"],
+                       color="tab:blue", alpha=0.4, lw=1)
+        for layer in run.get("subspace", {}).values():
+            cos_ax.plot(layer["steps"], layer["cos"], color="tab:blue", alpha=0.4, lw=1,
+                        marker=".")
+        head = cell.labels["head"]
+        sv_ax.set(xlabel="index i", ylabel="σ_i(ΔW) at the end", yscale="log",
+                  title=f"{head} head, {len(run['layers'])} layers")
+        cos_ax.set(xlabel="step", ylabel="cos largest principal angle vs end",
+                   xscale="symlog", ylim=(-0.02, 1.02),
+                   title=f"{head} head, top-{cell.config.rank}")
+    save_figure(fig, path)
+
+
+def overall_difference(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per head: per seed the mean over tasks of Deep LoRA − LoRA, its mean and bootstrap CI."""
+    out = {}
+    for head in sorted({d["head"] for d in summary["differences"]}):
+        per_seed: dict[int, list[float]] = defaultdict(list)
+        items = [d for d in summary["differences"] if d["head"] == head]
+        for d in items:
+            for seed, value in zip(d["seeds"], d["values"], strict=True):
+                per_seed[seed].append(value)
+        values = [np.mean(v) for s, v in sorted(per_seed.items()) if len(v) == len(items)]
+        low, high = bootstrap_ci(values)
+        out[head] = {"n": len(values), "mean": float(np.mean(values)) if values else float("nan"),
+                     "ci_low": low, "ci_high": high}
+    return out
+
+
+def plot_glue(summary: dict[str, Any], path: Path) -> None:
+    heads = sorted({d["head"] for d in summary["differences"]})
+    fig, axes = new_figure(ncols=len(heads), width=6.0)
+    for ax, head in zip(axes, heads, strict=True):
+        items = [d for d in summary["differences"] if d["head"] == head]
+        overall = summary["overall_by_head"][head]
+        names = [d["task"] for d in items] + ["overall"]
+        means = [d["mean"] for d in items] + [overall["mean"]]
+        lows = [d["ci_low"] for d in items] + [overall["ci_low"]]
+        highs = [d["ci_high"] for d in items] + [overall["ci_high"]]
+        err = np.nan_to_num([np.subtract(means, lows), np.subtract(highs, means)])
+        ax.bar(names, means, yerr=err, capsize=4, color="tab:blue")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set(xlabel="GLUE task (1024 samples)", ylabel="Deep LoRA − LoRA (main metric)",
+               title=f"{head} head, 95% bootstrap CI")
+    save_figure(fig, path)
+
+
+def write_report(name: str, results: Results, out: Path) -> dict[str, Any]:
+    """Write ``summary.json``, ``summary.md`` and ``<name>.png`` into ``out``; return the
+    summary."""
+    summary = summarize(results)
+    png = out / f"{name}.png"
+    if name == "stsb-fewshot":
+        plot_curve(results, "samples", "training samples", png)
+    elif name == "stsb-ranks":
+        plot_curve(results, "rank", "adapter rank r", png)
+    elif name == "rank-histogram":
+        summary["rank_counts"] = rank_counts(results)
+        max_rank = max(c.config.rank for c, _ in results)
+        plot_rank_histogram(summary["rank_counts"], max_rank, png)
+    elif name == "narrow-vs-wide":
+        plot_narrow_vs_wide(results, png)
+    elif name == "subspace-dynamics":
+        plot_subspace(results, png)
+    elif name == "glue-fewshot":
+        summary["overall_by_head"] = overall_difference(summary)
+        plot_glue(summary, png)
+    write_json(out / "summary.json", summary)
+    text = markdown(name, summary)
+    for head, o in summary.get("overall_by_head", {}).items():
+        text += (f"\nOverall ({head} head): mean over tasks of Deep LoRA − LoRA "
+                 f"{o['mean']:+.4f}, 95% CI [{o['ci_low']:+.4f}, {o['ci_high']:+.4f}], "
+                 f"{o['n']} seeds\n")
+    write_atomic(out / "summary.md", lambda tmp: tmp.write_text(text))
+    return summary

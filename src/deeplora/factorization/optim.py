@@ -1,0 +1,59 @@
+"""Discrepant learning rates: outer factors train at γ·η, inner factors at η.
+
+The compressed factorization ``U · W̃_L…W̃_1 · Vᵀ`` (and compressed Deep LoRA) keeps the outer
+factors close to the subspaces found at initialization by giving them a smaller step, γ·η with
+γ ≪ 1 (the paper uses γ = 0.01). γ = 0 freezes them, γ = 1 is ordinary training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+OPTIMIZERS = ("gd", "sgd", "adam", "adamw")
+
+
+def discrepant_param_groups(
+    outer: Iterable[nn.Parameter],
+    inner: Iterable[nn.Parameter],
+    lr: float,
+    gamma: float,
+) -> list[dict[str, Any]]:
+    """Parameter groups ``[{"params": outer, "lr": γ·η}, {"params": inner, "lr": η}]``.
+
+    Groups are tagged with ``"name"`` (``"outer"``/``"inner"``) so schedulers and logs can tell
+    them apart. Parameters must not be shared between the two iterables.
+    """
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"learning rate must be a finite number > 0, got {lr!r}")
+    if not (math.isfinite(gamma) and gamma >= 0):
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+    outer, inner = list(outer), list(inner)
+    if {id(p) for p in outer} & {id(p) for p in inner}:
+        raise ValueError("a parameter is both outer and inner")
+    groups = [{"params": inner, "lr": lr, "name": "inner"}]
+    if outer:
+        groups.insert(0, {"params": outer, "lr": gamma * lr, "name": "outer"})
+    return groups
+
+
+def make_optimizer(
+    name: str, groups: list[dict[str, Any]], **kwargs: Any
+) -> torch.optim.Optimizer:
+    """Build an optimizer over ``groups`` by name.
+
+    ``"gd"``/``"sgd"``: :class:`torch.optim.SGD` (plain gradient descent when the whole problem
+    is one batch); ``"adam"``/``"adamw"``: :class:`torch.optim.Adam` / ``AdamW``. ``kwargs`` go
+    to the optimizer (e.g. ``betas``, ``eps``, ``weight_decay``, ``momentum``).
+    """
+    if name in ("gd", "sgd"):
+        return torch.optim.SGD(groups, lr=groups[0]["lr"], **kwargs)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=groups[0]["lr"], **kwargs)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=groups[0]["lr"], **kwargs)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")

@@ -1,0 +1,116 @@
+"""Subspace analysis: singular values, numerical rank, principal angles, and the paper's theorem.
+
+Theorem (Yaras et al. 2024, Thm. 1). For ``W_L…W_1`` with every layer ε-scaled orthogonal at
+t = 0 and gradient descent on a loss whose gradient w.r.t. the end-to-end matrix has rank <= r,
+there are orthogonal ``U_l, V_l`` fixed at initialization with
+
+    W_l(t) = U_l [[W̃_l(t), 0], [0, ρ_l(t) I]] V_lᵀ,      W̃_l(t) ∈ R^{2r×2r},
+
+i.e. each layer changes only inside a 2r-dimensional left and right subspace; outside them it
+stays a multiple ρ_l(t) of its initialization. :func:`invariant_subspace_deviation` measures how
+far a trained layer is from that form.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+import torch
+from torch import Tensor
+
+
+def singular_values(matrix: Tensor) -> Tensor:
+    """Singular values of a 2-D tensor, descending, computed in float64 on the CPU."""
+    return torch.linalg.svdvals(matrix.detach().to("cpu", torch.float64))
+
+
+def numerical_rank(matrix: Tensor, atol: float | None = None, rtol: float | None = None) -> int:
+    """Number of singular values above ``max(atol, rtol · σ_max)``.
+
+    Default: ``rtol = max(rows, cols) · float64 eps`` (NumPy's ``matrix_rank`` convention) and
+    ``atol = 0``. The paper counts Deep LoRA ranks with ``atol = 1e-3`` on the spectral norm scale.
+    """
+    s = singular_values(matrix)
+    if s.numel() == 0 or s[0] == 0:
+        return 0
+    if rtol is None:
+        rtol = max(matrix.shape) * torch.finfo(torch.float64).eps
+    threshold = max(atol or 0.0, rtol * float(s[0]))
+    return int((s > threshold).sum())
+
+
+def principal_angles(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> np.ndarray:
+    """Principal angles (radians, descending) between the column spaces of ``a`` and ``b``.
+
+    ``a`` (n×p) and ``b`` (n×q) need not be orthonormal; uses :func:`scipy.linalg.subspace_angles`.
+    """
+    a = a.detach().cpu().double().numpy() if isinstance(a, Tensor) else np.asarray(a, float)
+    b = b.detach().cpu().double().numpy() if isinstance(b, Tensor) else np.asarray(b, float)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+        raise ValueError(f"subspaces must be n×p and n×q, got {a.shape} and {b.shape}")
+    return scipy.linalg.subspace_angles(a, b)
+
+
+def top_singular_subspaces(matrix: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Top-``rank`` singular triplets ``(U (m×r), S (r), V (n×r))`` of a dense 2-D tensor."""
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    return u[:, :rank], s[:rank], vh[:rank].T
+
+
+def largest_principal_angle_cos(a: Tensor, b: Tensor, rank: int) -> float:
+    """cos of the largest principal angle between the top-``rank`` left singular subspaces.
+
+    The paper's Figure 1 quantity: 1 means the subspaces coincide, 0 means some direction of one
+    is orthogonal to the other.
+    """
+    ua = top_singular_subspaces(a.detach().double(), rank)[0]
+    ub = top_singular_subspaces(b.detach().double(), rank)[0]
+    return float(np.cos(principal_angles(ua, ub).max()))
+
+
+def largest_repeated_cluster(values: Tensor, rtol: float) -> int:
+    """Size of the largest set of ``values`` lying within ``rtol`` (relative) of each other."""
+    s = torch.sort(values.detach().double().flatten(), descending=True).values
+    best, start = 0, 0
+    for stop in range(s.numel()):
+        while s[start] - s[stop] > rtol * abs(float(s[start])):
+            start += 1
+        best = max(best, stop - start + 1)
+    return best
+
+
+def complement_projector(basis: Tensor) -> Tensor:
+    """``I − Q Qᵀ`` for an orthonormal basis ``Q`` (n×p) of a subspace."""
+    return torch.eye(basis.shape[0], dtype=basis.dtype, device=basis.device) - basis @ basis.T
+
+
+def invariant_subspace_deviation(
+    layer: Tensor, layer_at_init: Tensor, right_basis: Tensor, scale: float
+) -> float:
+    """Relative distance of a trained layer from the theorem's block form.
+
+    With ``O = W_l(0)/ε`` orthogonal, right basis ``V`` (n×2r, orthonormal) and left basis
+    ``U = O V``, the theorem says ``W_l(t) = U Uᵀ W_l(t) V Vᵀ + ρ(t) · O (I − V Vᵀ)``. Returns
+    ``‖W_l(t) − that‖_F / ‖W_l(t)‖_F`` with the best-fitting ρ(t).
+    """
+    orth = layer_at_init / scale
+    left_basis = orth @ right_basis
+    outside = orth @ complement_projector(right_basis)
+    inside = left_basis @ (left_basis.T @ layer @ right_basis) @ right_basis.T
+    rho = torch.sum(layer * outside) / torch.sum(outside * outside)
+    residual = layer - inside - rho * outside
+    return float(torch.linalg.matrix_norm(residual) / torch.linalg.matrix_norm(layer))
+
+
+def orthonormal_union(a: Tensor, b: Tensor) -> Tensor:
+    """Orthonormal basis (n×(p+q)) of ``span(a) + span(b)`` for ``a`` (n×p), ``b`` (n×q).
+
+    Each part is orthonormalized on its own first, so the result does not depend on the
+    relative scale of ``a`` and ``b`` (stacking an ε-small block next to an O(1) one and taking
+    the top singular vectors would let noise directions of the larger block win). If the spans
+    overlap, the basis is completed with the next most significant directions.
+    """
+    qa = torch.linalg.qr(a).Q
+    qb = torch.linalg.qr(b).Q
+    basis = torch.linalg.svd(torch.cat([qa, qb], dim=1), full_matrices=False).U
+    return basis[:, : a.shape[1] + b.shape[1]]

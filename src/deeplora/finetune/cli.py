@@ -1,0 +1,93 @@
+"""``deeplora finetune``: a few-shot fine-tuning sweep over seeds, resumable.
+
+Choices (task, method, head, preset) are validated by :class:`FinetuneConfig` rather than by
+argparse, so a bad value is one line ``deeplora: error: …`` (exit 2) like every other error.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from deeplora.cli.output import check_writable_dir
+from deeplora.finetune.config import HEADS, METHODS, PRESETS, TARGETS, preset
+from deeplora.finetune.data import DATA_DIR_ENV, TASKS, get_task
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"0-4"`` → (0, 1, 2, 3, 4); ``"0,3,7-8"`` → (0, 3, 7, 8); duplicates removed."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            low, _, high = part.strip().partition("-")
+            first, last = int(low), int(high) if high else int(low)
+            if first < 0 or last < first:
+                raise ValueError
+            seeds += range(first, last + 1)
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected e.g. 0-4 or 0,3,7") from None
+    return tuple(dict.fromkeys(seeds))
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' load reports and weight-loading bars (tqdm bars of runs stay)."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "finetune",
+        help="few-shot fine-tuning on a GLUE task over several seeds",
+        description="Fine-tune a transformers model (default: the embedded all-MiniLM-L6-v2) "
+        "with Deep LoRA, LoRA or PEFT LoRA on N training examples of a GLUE task, one result "
+        "file per seed under --out; rerunning skips finished seeds.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--task", default="stsb", help=f"one of {', '.join(TASKS)}")
+    p.add_argument("--method", default="deep-lora", help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--rank", type=int, default=8, help="adapter rank r")
+    p.add_argument("--samples", type=int, default=16, help="training examples (seeded subset)")
+    p.add_argument("--steps", type=int, default=500, help="optimizer steps")
+    p.add_argument("--seeds", default="0-4", help="seeds, e.g. 0-4 or 0,3,7")
+    p.add_argument("--head", default="cross", help=f"one of {', '.join(HEADS)}")
+    p.add_argument("--preset", default="paper", help=f"one of {', '.join(PRESETS)}")
+    p.add_argument("--targets", default="all-dense", help=f"one of {', '.join(TARGETS)}")
+    p.add_argument("--model", default=None,
+                   help="transformers model id or folder (default: embedded all-MiniLM-L6-v2)")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate")
+    p.add_argument("--eval-every", type=int, default=0, help="steps between dev evaluations "
+                   "(0: only at the end)")
+    p.add_argument("--dev-samples", type=int, default=None,
+                   help="evaluate on this many dev rows (default: all)")
+    p.add_argument("--data-dir", default=None,
+                   help=f"GLUE folder (default: ${DATA_DIR_ENV}, else the hub nyu-mll/glue)")
+    p.add_argument("--out", default="runs/finetune", help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    seeds = parse_seeds(args.seeds)
+    config = preset(args.preset, task=args.task, method=args.method, rank=args.rank,
+                    samples=args.samples, steps=args.steps, head=args.head,
+                    targets=args.targets, model=args.model, lr=args.lr,
+                    eval_every=args.eval_every, dev_samples=args.dev_samples)
+    check_writable_dir(args.out)
+    quiet_transformers()
+    from deeplora.experiments.finetune_report import main_metric
+    from deeplora.finetune.runs import result_path, run_sweep
+
+    results = run_sweep(config, seeds, Path(args.out), args.data_dir, progress=not args.quiet)
+    values = [main_metric(r) for r in results]
+    for result, value in zip(results, values, strict=True):
+        print(f"seed {result['seed']}: {value:.4f} ({result['wall_time_s']:.0f} s)")
+    std = np.std(values, ddof=1) if len(values) > 1 else 0.0
+    print(f"{config.task} {config.method} ({config.head} head): dev "
+          f"{get_task(config.task).main_metric} {np.mean(values):.4f} ± {std:.4f} over "
+          f"{len(values)} seeds; results in {result_path(args.out, config, seeds[0]).parent}/")
+    return 0

@@ -1,0 +1,214 @@
+"""GLUE tasks from a local ``glue_data`` folder (original TSV layout) or the Hugging Face hub.
+
+Local layout: ``<dir>/<Folder>/train.tsv`` and ``dev.tsv`` (MNLI: ``dev_matched.tsv``), tab
+separated, quote characters are data (parsed with ``csv.QUOTE_NONE``). Every file has a header
+line except CoLA's train/dev files. Columns are read by header name where there is a header, by
+position otherwise. Rows come back as a :class:`datasets.Dataset` with the same column names and
+integer/float labels as the hub's ``nyu-mll/glue`` configs, so both sources are interchangeable.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import datasets
+
+DATA_DIR_ENV = "DEEPLORA_DATA_DIR"
+HUB_DATASET = "nyu-mll/glue"
+
+
+class DataError(ValueError):
+    """A task, split or data file that cannot be used; the message is one line."""
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    """How one GLUE task is stored and scored.
+
+    ``columns`` maps our (hub) column names to the TSV header names; ``positions`` gives the
+    column indices for header-less files. ``labels`` lists label strings in id order
+    (``None`` for STS-B's float score).
+    """
+
+    name: str
+    folder: str
+    text_columns: tuple[str, ...]
+    columns: dict[str, str]
+    labels: tuple[str, ...] | None
+    metrics: tuple[str, ...]
+    main_metric: str
+    dev_file: str = "dev.tsv"
+    header: bool = True
+    positions: dict[str, int] = field(default_factory=dict)
+    n_fields: int | None = None
+    hub_dev_split: str = "validation"
+
+    @property
+    def is_regression(self) -> bool:
+        return self.labels is None
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.labels is None else len(self.labels)
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.text_columns) == 2
+
+
+TASKS: dict[str, GlueTask] = {
+    task.name: task
+    for task in [
+        GlueTask(
+            "cola", "CoLA", ("sentence",), {}, ("0", "1"), ("matthews",), "matthews",
+            header=False, positions={"label": 1, "sentence": 3}, n_fields=4,
+        ),
+        GlueTask(
+            "sst2", "SST-2", ("sentence",), {"sentence": "sentence", "label": "label"},
+            ("0", "1"), ("accuracy",), "accuracy",
+        ),
+        GlueTask(
+            "mrpc", "MRPC", ("sentence1", "sentence2"),
+            {"sentence1": "#1 String", "sentence2": "#2 String", "label": "Quality"},
+            ("0", "1"), ("accuracy", "f1"), "f1",
+        ),
+        GlueTask(
+            "qqp", "QQP", ("question1", "question2"),
+            {"question1": "question1", "question2": "question2", "label": "is_duplicate"},
+            ("0", "1"), ("accuracy", "f1"), "f1",
+        ),
+        GlueTask(
+            "stsb", "STS-B", ("sentence1", "sentence2"),
+            {"sentence1": "sentence1", "sentence2": "sentence2", "label": "score"},
+            None, ("pearson", "spearman"), "pearson",
+        ),
+        GlueTask(
+            "mnli", "MNLI", ("premise", "hypothesis"),
+            {"premise": "sentence1", "hypothesis": "sentence2", "label": "gold_label"},
+            ("entailment", "neutral", "contradiction"), ("accuracy",), "accuracy",
+            dev_file="dev_matched.tsv", hub_dev_split="validation_matched",
+        ),
+        GlueTask(
+            "qnli", "QNLI", ("question", "sentence"),
+            {"question": "question", "sentence": "sentence", "label": "label"},
+            ("entailment", "not_entailment"), ("accuracy",), "accuracy",
+        ),
+        GlueTask(
+            "rte", "RTE", ("sentence1", "sentence2"),
+            {"sentence1": "sentence1", "sentence2": "sentence2", "label": "label"},
+            ("entailment", "not_entailment"), ("accuracy",), "accuracy",
+        ),
+    ]
+}
+
+SPLITS = ("train", "dev")
+
+
+def get_task(name: str) -> GlueTask:
+    """The :class:`GlueTask` called ``name`` (case-insensitive; ``sts-b``/``sst-2`` accepted)."""
+    key = name.lower().replace("-", "")
+    if key not in TASKS:
+        raise DataError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    return TASKS[key]
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path | None:
+    """``data_dir``, else ``$DEEPLORA_DATA_DIR``, else ``None`` (meaning: use the hub)."""
+    chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
+    return None if chosen is None else Path(chosen)
+
+
+def task_file(task: GlueTask, split: str, data_dir: Path) -> Path:
+    """Path of ``split`` (``"train"`` or ``"dev"``) of ``task`` under a GLUE folder."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    return data_dir / task.folder / ("train.tsv" if split == "train" else task.dev_file)
+
+
+def _parse_label(task: GlueTask, raw: str, where: str) -> int | float:
+    if task.labels is None:
+        try:
+            return float(raw)
+        except ValueError:
+            raise DataError(f"{where}: score {raw!r} is not a number") from None
+    if raw not in task.labels:
+        raise DataError(f"{where}: label {raw!r} is not one of {list(task.labels)}")
+    return task.labels.index(raw)
+
+
+def read_tsv(task: GlueTask, path: Path) -> datasets.Dataset:
+    """Parse one GLUE TSV file; raise :class:`DataError` naming ``path:line`` on a bad row."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (task {task.name} needs it)")
+    wanted = (*task.text_columns, "label")
+    rows: dict[str, list[int | float | str]] = {name: [] for name in wanted}
+    # utf-8-sig: MRPC's header line starts with a byte-order mark.
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        if task.header:
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{path}:1: empty file, expected a header line")
+            missing = [task.columns[c] for c in wanted if task.columns[c] not in header]
+            if missing:
+                raise DataError(f"{path}:1: header lacks column(s) {missing}")
+            index = {c: header.index(task.columns[c]) for c in wanted}
+            n_fields = len(header)
+        else:
+            index, n_fields = task.positions, task.n_fields
+        for fields in reader:
+            where = f"{path}:{reader.line_num}"
+            if len(fields) != n_fields:
+                raise DataError(
+                    f"{where}: expected {n_fields} tab-separated fields, got {len(fields)}"
+                )
+            for name in task.text_columns:
+                rows[name].append(fields[index[name]])
+            rows["label"].append(_parse_label(task, fields[index["label"]], where))
+    if not rows["label"]:
+        raise DataError(f"{path}: no data rows")
+    import datasets
+
+    return datasets.Dataset.from_dict(rows)
+
+
+def load_split(
+    task: str | GlueTask, split: str, data_dir: str | os.PathLike[str] | None = None
+) -> datasets.Dataset:
+    """One split of a GLUE task, from ``data_dir`` / ``$DEEPLORA_DATA_DIR`` or else the hub.
+
+    Columns: the task's ``text_columns`` plus ``label`` (class id, or the 0–5 score for STS-B).
+    """
+    task = get_task(task) if isinstance(task, str) else task
+    folder = resolve_data_dir(data_dir)
+    if folder is not None:
+        if not (folder / task.folder).is_dir():
+            raise DataError(f"{folder}: no {task.folder}/ folder for task {task.name}")
+        return read_tsv(task, task_file(task, split, folder))
+    import datasets
+
+    hub_split = "train" if split == "train" else task.hub_dev_split
+    loaded = datasets.load_dataset(HUB_DATASET, task.name, split=hub_split)
+    return loaded.select_columns([*task.text_columns, "label"])
+
+
+def few_shot(dataset: datasets.Dataset, n: int, seed: int) -> datasets.Dataset:
+    """``n`` rows drawn without replacement, the same ones for the same ``seed``."""
+    if not 0 < n <= len(dataset):
+        raise DataError(f"--samples {n} is not in 1..{len(dataset)} (size of the training split)")
+    return dataset.shuffle(seed=seed).select(range(n))
+
+
+def available_tasks(data_dir: str | os.PathLike[str]) -> list[str]:
+    """Tasks whose train and dev files both exist under ``data_dir``."""
+    folder = Path(data_dir)
+    return [
+        name
+        for name, task in TASKS.items()
+        if all(task_file(task, split, folder).is_file() for split in SPLITS)
+    ]

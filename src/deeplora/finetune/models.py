@@ -1,0 +1,200 @@
+"""Task models: a transformers backbone, a head, and the batches they consume.
+
+Every task model maps a batch to its training loss (``forward``, so that ``accelerate`` can
+wrap it for multi-GPU) and exposes ``predict(batch) -> (n,)``; the training loop never looks
+inside, and a generation model (e.g. T5 on E2E NLG) fits the same
+interface with its own collator.
+
+- :class:`CrossEncoder` (the paper's): ``[CLS] a [SEP] b [SEP]`` through
+  ``AutoModelForSequenceClassification``; regression (MSE on the 0–5 score) for STS-B.
+- :class:`BiEncoder` (how all-MiniLM-L6-v2 is trained): ``u = mean-pool(enc(a))``,
+  ``v = mean-pool(enc(b))``; STS-B regresses ``cos(u, v)`` onto ``score / 5``; classification
+  puts ``Linear(3h → k)`` on ``(u, v, |u − v|)`` (``Linear(h → k)`` on ``u`` for single
+  sentences).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel, get_peft_model
+from torch import Tensor, nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from deeplora.adapters import build_adapter_config, embedded_model_path
+from deeplora.finetune.config import FinetuneConfig
+from deeplora.finetune.data import DataError, GlueTask, get_task
+
+Batch = dict[str, Any]
+
+
+def resolve_model(name: str | None) -> str:
+    """``name`` checked to be a transformers model (id or folder); ``None`` → embedded model."""
+    path = embedded_model_path() if name is None else name
+    try:
+        AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: not a transformers model ({first})") from None
+    return path
+
+
+def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``hidden`` (n, t, h) over the tokens where ``mask`` (n, t) is 1 → (n, h)."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+class CrossEncoder(nn.Module):
+    """Both texts in one input through a sequence-classification model."""
+
+    def __init__(self, model: PreTrainedModel | PeftModel, task: GlueTask) -> None:
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, batch: Batch) -> Tensor:
+        """The training loss of ``batch`` (a scalar)."""
+        return self.model(**batch["inputs"], labels=batch["labels"]).loss
+
+    def predict(self, batch: Batch) -> Tensor:
+        logits = self.model(**batch["inputs"]).logits
+        return logits.squeeze(-1) if self.task.is_regression else logits.argmax(-1)
+
+
+class BiEncoder(nn.Module):
+    """Each text encoded alone and mean-pooled; cosine (STS-B) or a linear head on top."""
+
+    def __init__(self, encoder: PreTrainedModel | PeftModel, task: GlueTask) -> None:
+        super().__init__()
+        self.encoder, self.task = encoder, task
+        hidden = encoder.config.hidden_size
+        width = 3 * hidden if task.is_pair else hidden
+        self.head = None if task.is_regression else nn.Linear(width, task.num_labels)
+
+    def embed(self, inputs: Batch) -> Tensor:
+        return mean_pool(self.encoder(**inputs).last_hidden_state, inputs["attention_mask"])
+
+    def _output(self, batch: Batch) -> Tensor:
+        u, *rest = (self.embed(inputs) for inputs in batch["inputs"])
+        if self.head is None:
+            return F.cosine_similarity(u, rest[0], dim=-1)
+        features = torch.cat([u, rest[0], (u - rest[0]).abs()], -1) if rest else u
+        return self.head(features)
+
+    def forward(self, batch: Batch) -> Tensor:
+        """The training loss of ``batch`` (a scalar)."""
+        out = self._output(batch)
+        if self.head is None:
+            return F.mse_loss(out, batch["labels"].to(out.dtype) / 5.0)
+        return F.cross_entropy(out, batch["labels"])
+
+    def predict(self, batch: Batch) -> Tensor:
+        out = self._output(batch)
+        return out if self.head is None else out.argmax(-1)
+
+
+class Collator:
+    """Tokenize rows into a batch: ``cross``: one input per pair, ``bi``: one per text."""
+
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, task: GlueTask, head: str, max_length: int,
+        pad_to_max_length: bool,
+    ) -> None:
+        self.tokenizer, self.task, self.head = tokenizer, task, head
+        self.kwargs = {
+            "truncation": True,
+            "max_length": max_length,
+            "padding": "max_length" if pad_to_max_length else "longest",
+            "return_tensors": "pt",
+        }
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> Batch:
+        texts = [[row[col] for row in rows] for col in self.task.text_columns]
+        dtype = torch.float32 if self.task.is_regression else torch.long
+        labels = torch.tensor([row["label"] for row in rows], dtype=dtype)
+        if self.head == "cross":
+            return {"inputs": dict(self.tokenizer(*texts, **self.kwargs)), "labels": labels}
+        return {"inputs": [dict(self.tokenizer(t, **self.kwargs)) for t in texts], "labels": labels}
+
+
+def head_module_names(model: PreTrainedModel) -> list[str]:
+    """Top-level children of a task model that hold parameters and are not the backbone."""
+    return [
+        name
+        for name, child in model.named_children()
+        if name != model.base_model_prefix and any(True for _ in child.parameters())
+    ]
+
+
+def target_modules(config: FinetuneConfig) -> str:
+    """The adapters' target preset for ``config.targets``.
+
+    ``all-dense`` is the paper's set: every dense layer of the backbone including the pooler
+    (preset ``all-linear``); the ``bi`` head never reads the pooler, so there it is
+    ``attention-mlp`` (the same set without the pooler).
+    """
+    if config.targets == "all-dense":
+        return "all-linear" if config.head == "cross" else "attention-mlp"
+    return config.targets
+
+
+def adapter_peft_config(config: FinetuneConfig, model: nn.Module,
+                        modules_to_save: list[str] | None) -> Any:
+    """PEFT config of ``config.method`` for ``model`` (presets resolved against it)."""
+    extra: dict[str, Any] = {}
+    if config.method.startswith("deep-lora"):
+        extra = {"depth": config.depth, "init_scale": config.init_scale}
+    return build_adapter_config(
+        config.method, r=config.rank, target_modules=target_modules(config),
+        modules_to_save=modules_to_save, model=model, **extra,
+    )
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(path)
+
+
+def build_task_model(config: FinetuneConfig, path: str) -> CrossEncoder | BiEncoder:
+    """Backbone from ``path`` with the head for ``config.head`` and adapters for ``config.method``.
+
+    Call after seeding: the random head and the adapters draw from torch's global generator.
+    Trainable parameters: the adapters, plus the head when ``config.train_head``. With
+    ``method == "zero-shot"`` nothing is adapted or trainable. ``deep-lora-compressed`` layers
+    get their factors from one gradient in the training loop
+    (:func:`deeplora.adapters.compress_adapters`).
+    """
+    task = get_task(config.task)
+    adapt = config.method != "zero-shot"
+    if config.head == "cross":
+        kwargs: dict[str, Any] = {"num_labels": task.num_labels}
+        if task.is_regression:
+            kwargs["problem_type"] = "regression"
+        backbone = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        heads = head_module_names(backbone)
+        if adapt:
+            saved = heads if config.train_head else None
+            peft_config = adapter_peft_config(config, backbone, saved)
+            backbone = get_peft_model(backbone, peft_config)
+        else:
+            backbone.requires_grad_(False)
+        return CrossEncoder(backbone, task)
+    encoder = AutoModel.from_pretrained(path)
+    if adapt:
+        peft_config = adapter_peft_config(config, encoder, None)
+        encoder = get_peft_model(encoder, peft_config)
+    else:
+        encoder.requires_grad_(False)
+    model = BiEncoder(encoder, task)
+    if model.head is not None:
+        model.head.requires_grad_(adapt and config.train_head)
+    return model

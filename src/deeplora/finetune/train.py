@@ -1,0 +1,266 @@
+"""One few-shot fine-tuning run: data, model, Adam + linear schedule through ``accelerate``.
+
+Given a config and a seed the run is deterministic on CPU: the seed fixes the few-shot subset,
+the head and adapter initialization, dropout and the batch order. The dev subset (when
+``dev_samples`` is set) is drawn with seed 0 so all runs are scored on the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from contextlib import nullcontext
+from typing import IO, Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import send_to_device, set_seed
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from deeplora.adapters import adapter_deltas, adapter_param_groups, compress_adapters
+from deeplora.factorization.subspace import (
+    principal_angles,
+    singular_values,
+    top_singular_subspaces,
+)
+from deeplora.finetune.config import FinetuneConfig
+from deeplora.finetune.data import few_shot, get_task, load_split
+from deeplora.finetune.metrics import compute_metrics
+from deeplora.finetune.models import (
+    BiEncoder,
+    Collator,
+    CrossEncoder,
+    build_task_model,
+    load_tokenizer,
+    resolve_model,
+)
+
+RANK_ATOL = 1e-3
+"""Numerical rank of ΔW counts singular values above this (the paper's threshold)."""
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and the libraries a result depends on."""
+    import accelerate
+    import datasets
+    import peft
+    import transformers
+
+    import deeplora
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+        "datasets": datasets.__version__,
+        "deeplora": deeplora.__version__,
+    }
+
+
+def adapted_backbone(model: CrossEncoder | BiEncoder) -> nn.Module:
+    return model.model if isinstance(model, CrossEncoder) else model.encoder
+
+
+def spectra(deltas: dict[str, Tensor], keep: int) -> dict[str, dict[str, Any]]:
+    """Per layer: the top ``keep`` singular values of ΔW and its numerical rank, the number of
+    singular values above :data:`RANK_ATOL` (one SVD per layer)."""
+    out = {}
+    for name, delta in deltas.items():
+        values = singular_values(delta)
+        out[name] = {"singular_values": values[:keep].tolist(),
+                     "numerical_rank": int((values > RANK_ATOL).sum())}
+    return out
+
+
+@torch.no_grad()
+def evaluate(
+    model: CrossEncoder | BiEncoder, loader: DataLoader, accelerator: Accelerator
+) -> dict[str, float]:
+    """The task's GLUE metrics of ``model`` on every row of ``loader``."""
+    model.eval()
+    predictions, labels = [], []
+    for batch in loader:
+        pred = accelerator.unwrap_model(model).predict(batch)
+        pred, gold = accelerator.gather_for_metrics((pred, batch["labels"]))
+        predictions.append(pred.float().cpu().numpy())
+        labels.append(gold.float().cpu().numpy())
+    model.train()
+    task = accelerator.unwrap_model(model).task
+    return compute_metrics(task, np.concatenate(predictions), np.concatenate(labels))
+
+
+class Prepared:
+    """Everything a run needs, built and validated before any training step."""
+
+    def __init__(self, config: FinetuneConfig, seed: int, data_dir: str | os.PathLike[str] | None):
+        self.task = get_task(config.task)
+        self.model_path = resolve_model(config.model)
+        self.train = few_shot(load_split(self.task, "train", data_dir), config.samples, seed)
+        dev = load_split(self.task, "dev", data_dir)
+        if config.dev_samples is not None and config.dev_samples < len(dev):
+            dev = few_shot(dev, config.dev_samples, seed=0)
+        self.dev = dev
+
+
+def _log(handle: IO[str] | None, record: dict[str, Any]) -> None:
+    if handle is not None:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+
+
+def run_finetune(
+    config: FinetuneConfig,
+    seed: int,
+    data_dir: str | os.PathLike[str] | None = None,
+    log_path: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    prepared: Prepared | None = None,
+) -> dict[str, Any]:
+    """Train ``config`` with ``seed`` and return the result record (JSON-serializable).
+
+    Keys: ``config``, ``seed``, ``versions``, ``metrics`` (final dev metrics), ``history``
+    (``[{"step", "metrics"}]`` at each evaluation), ``train_loss`` (per step), ``wall_time_s``,
+    ``layers`` (per adapted layer: top-2r singular values and numerical rank of ΔW at the end)
+    and, when ``config.snapshot_steps`` is set, ``subspace``: per layer the cosine of the largest
+    principal angle between the top-r left singular subspace of ΔW at each snapshot step and at
+    the end. ``log_path`` receives one JSON line per step (loss, lr) and per evaluation.
+    """
+    start = time.perf_counter()
+    prepared = prepared or Prepared(config, seed, data_dir)
+    set_seed(seed)
+    tokenizer = load_tokenizer(prepared.model_path)
+    model = build_task_model(config, prepared.model_path)
+    collate = Collator(tokenizer, prepared.task, config.head, config.max_length,
+                       config.pad_to_max_length)
+    generator = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(prepared.train, batch_size=config.batch_size, shuffle=True,
+                              collate_fn=collate, generator=generator, drop_last=False)
+    # Evaluation always pads per batch: same outputs (masked), far less work than 128 tokens.
+    dev_collate = Collator(tokenizer, prepared.task, config.head, config.max_length, False)
+    dev_loader = DataLoader(prepared.dev, batch_size=config.eval_batch_size,
+                            collate_fn=dev_collate)
+    accelerator = Accelerator()
+    training = config.method != "zero-shot" and config.steps > 0
+    if config.method == "deep-lora-compressed":
+        _compress(model, collate, prepared, config, seed, accelerator)
+    model, train_loader, dev_loader = accelerator.prepare(model, train_loader, dev_loader)
+    task_model = accelerator.unwrap_model(model)
+    history: list[dict[str, Any]] = []
+    losses: list[float] = []
+    snapshots: dict[int, dict[str, Tensor]] = {}
+    track = training and bool(config.snapshot_steps)
+
+    def snapshot(step: int) -> None:
+        if track and step in config.snapshot_steps:
+            snapshots[step] = {
+                name: top_singular_subspaces(delta.double().cpu(), config.rank)[0]
+                for name, delta in adapter_deltas(adapted_backbone(task_model)).items()
+            }
+
+    def record_eval(step: int) -> dict[str, float]:
+        metrics = evaluate(model, dev_loader, accelerator)
+        history.append({"step": step, "metrics": metrics})
+        _log(handle, {"step": step, "eval": metrics})
+        return metrics
+
+    with (open(log_path, "w") if log_path is not None else nullcontext()) as handle:
+        if training:
+            optimizer, scheduler = _optimizer(config, model)
+            optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+            model.train()
+            snapshot(0)
+            if config.eval_every:
+                record_eval(0)
+            bar = tqdm(total=config.steps, desc=f"{config.method} seed {seed}",
+                       disable=not progress or not accelerator.is_local_main_process)
+            step = 0
+            while step < config.steps:
+                for batch in train_loader:
+                    loss = model(batch)
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                    step += 1
+                    losses.append(float(loss.detach()))
+                    _log(handle, {"step": step, "loss": losses[-1],
+                                  "lr": scheduler.get_last_lr()[-1]})
+                    bar.update()
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                    snapshot(step)
+                    if config.eval_every and step % config.eval_every == 0 and step < config.steps:
+                        record_eval(step)
+                    if step == config.steps:
+                        break
+            bar.close()
+        final = record_eval(config.steps if training else 0)
+    result: dict[str, Any] = {
+        "config": config.to_dict(),
+        "seed": seed,
+        "versions": library_versions(),
+        "device": str(accelerator.device),
+        "metrics": final,
+        "history": history,
+        "train_loss": losses,
+    }
+    if config.method != "zero-shot":
+        deltas = adapter_deltas(adapted_backbone(task_model))
+        result["layers"] = spectra(deltas, keep=2 * config.rank)
+        if snapshots:
+            result["subspace"] = _subspace_cosines(snapshots, deltas, config.rank)
+    result["wall_time_s"] = time.perf_counter() - start
+    return result
+
+
+def _compress(model: CrossEncoder | BiEncoder, collate: Collator, prepared: Prepared,
+              config: FinetuneConfig, seed: int, accelerator: Accelerator) -> None:
+    """Build the narrow factors from one gradient (no dropout) on the first training batch."""
+    rows = prepared.train.select(range(min(config.batch_size, len(prepared.train))))
+    batch = send_to_device(collate(list(rows)), accelerator.device)
+    model.eval()
+    compress_adapters(adapted_backbone(model), lambda _: model(batch),
+                      generator=torch.Generator().manual_seed(seed))
+    model.train()
+
+
+def _subspace_cosines(
+    snapshots: dict[int, dict[str, Tensor]], final: dict[str, Tensor], rank: int
+) -> dict[str, dict[str, list[float]]]:
+    """cos of the largest principal angle, top-``rank`` left subspace at each step vs the end."""
+    steps = sorted(snapshots)
+    out = {}
+    for name, delta in final.items():
+        end = top_singular_subspaces(delta.double().cpu(), rank)[0]
+        cosines = [float(np.cos(principal_angles(snapshots[s][name], end).max())) for s in steps]
+        out[name] = {"steps": steps, "cos": cosines}
+    return out
+
+
+def _optimizer(
+    config: FinetuneConfig, model: CrossEncoder | BiEncoder
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Adam(β=(0.9, 0.999), eps=1e-6, no weight decay) and a linear lr → decay_ratio·lr.
+
+    Compressed Deep LoRA trains its outer factors at γ·lr (``lr_outer_ratio``), all other
+    trainable parameters at lr.
+    """
+    if config.method == "deep-lora-compressed":
+        groups = adapter_param_groups(adapted_backbone(model), config.lr, config.lr_outer_ratio)
+    else:
+        groups = [{"params": [], "lr": config.lr}]
+    grouped = {id(p) for group in groups for p in group["params"]}
+    groups[-1]["params"] += [p for p in model.parameters()
+                             if p.requires_grad and id(p) not in grouped]
+    optimizer = torch.optim.Adam(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-6,
+                                 weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LinearLR(
+        optimizer, start_factor=1.0, end_factor=config.decay_ratio, total_iters=config.steps
+    )
+    return optimizer, scheduler

@@ -1,0 +1,40 @@
+import math
+
+import pytest
+
+import deeplora
+from deeplora.adapters import DeepLoraConfig
+
+
+def test_defaults_follow_the_paper() -> None:
+    config = DeepLoraConfig()
+    assert (config.r, config.depth, config.init_scale, config.init) == (8, 3, 1e-3, "orthogonal")
+    assert config.peft_type == "DEEPLORA"
+    assert config.num_factors == 3
+    assert deeplora.DeepLoraConfig is DeepLoraConfig
+
+
+def test_compressed_holds_depth_plus_two_factors() -> None:
+    assert DeepLoraConfig(init="compressed", depth=3).num_factors == 5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"r": 0}, "r must be"),
+        ({"r": -3}, "r must be"),
+        ({"r": 2.0}, "r must be"),
+        ({"depth": 1}, "depth must be"),
+        ({"init_scale": 0.0}, "init scale"),
+        ({"init_scale": -1e-3}, "init scale"),
+        ({"init_scale": math.nan}, "init scale"),
+        ({"init": "kaiming"}, "init must be"),
+        ({"init": "lora", "depth": 3}, "depth-2"),
+        ({"init": "compressed", "r": 5}, "even r"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"target_modules": None}, "target_modules"),
+    ],
+)
+def test_bad_settings_raise_one_clear_error(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DeepLoraConfig(**kwargs)

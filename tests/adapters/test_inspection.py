@@ -1,0 +1,81 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from peft import get_peft_model
+
+from deeplora.adapters import (
+    DeepLoraConfig,
+    adapter_deltas,
+    adapter_numerical_ranks,
+    adapter_principal_angles,
+    adapter_singular_values,
+    adapter_subspace_cosines,
+    build_adapter_config,
+)
+
+from .helpers import tiny_bert, tiny_gpt2
+
+
+def test_deltas_of_deep_lora_are_the_factor_products() -> None:
+    model = get_peft_model(tiny_bert(), DeepLoraConfig(r=4, target_modules="query-value"))
+    deltas = adapter_deltas(model)
+    assert sorted(deltas) == [f"bert.encoder.layer.{i}.attention.self.{m}"
+                              for i in range(2) for m in ("query", "value")]
+    layer = model.get_base_model().get_submodule("bert.encoder.layer.0.attention.self.query")
+    w1, w2, w3 = layer.deeplora_factors["default"].factors
+    torch.testing.assert_close(deltas["bert.encoder.layer.0.attention.self.query"], w3 @ w2 @ w1)
+    assert not any(d.requires_grad for d in deltas.values())
+
+
+def test_deltas_of_peft_lora_include_its_scaling_and_are_d_out_by_d_in() -> None:
+    base = tiny_gpt2()
+    config = build_adapter_config("peft-lora", r=4, target_modules=["c_attn"],
+                                  init_lora_weights=False)
+    model = get_peft_model(base, config)
+    layer = model.get_base_model().transformer.h[0].attn.c_attn
+    delta = adapter_deltas(model)["transformer.h.0.attn.c_attn"]
+    assert delta.shape == (48, 16) and layer.scaling["default"] == 1.0
+    torch.testing.assert_close(delta, layer.get_delta_weight("default").T)
+
+
+def test_no_adapter_layers_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no LoRA or Deep LoRA layer"):
+        adapter_deltas(tiny_bert())
+
+
+def test_spectrum_and_rank_of_a_fresh_deep_lora() -> None:
+    eps, depth, r = 1e-2, 3, 4
+    model = get_peft_model(tiny_bert(), DeepLoraConfig(r=r, depth=depth, init_scale=eps))
+    deltas = adapter_deltas(model)
+    for values in adapter_singular_values(deltas).values():
+        assert values.dtype == torch.float64 and values.shape == (16,)
+        torch.testing.assert_close(values[:r], torch.full((r,), eps**depth, dtype=torch.float64),
+                                   rtol=1e-4, atol=0)
+    assert set(adapter_numerical_ranks(deltas, rtol=1e-3).values()) == {r}
+    assert set(adapter_numerical_ranks(deltas, atol=1e-3).values()) == {0}
+
+
+def rotated(theta: float) -> torch.Tensor:
+    """A rank-2 6×6 matrix whose top-2 left subspace is span(e₀, cos θ e₁ + sin θ e₂)."""
+    left = torch.zeros(6, 2, dtype=torch.float64)
+    left[0, 0] = 1.0
+    left[1, 1], left[2, 1] = math.cos(theta), math.sin(theta)
+    return left @ torch.diag(torch.tensor([3.0, 2.0], dtype=torch.float64)) @ torch.eye(2, 6,
+                                                                                     dtype=left.dtype)
+
+
+def test_principal_angles_between_two_checkpoints() -> None:
+    before = {"q": rotated(0.0), "v": rotated(0.0)}
+    after = {"q": rotated(0.3), "v": rotated(0.0), "only_after": rotated(1.0)}
+    angles = adapter_principal_angles(before, after, rank=2)
+    assert sorted(angles) == ["q", "v"]
+    np.testing.assert_allclose(angles["q"], [0.3, 0.0], atol=1e-12)
+    np.testing.assert_allclose(angles["v"], [0.0, 0.0], atol=1e-7)
+    np.testing.assert_allclose(adapter_principal_angles(before, after, 2, side="right")["q"],
+                               [0.0, 0.0], atol=1e-7)
+    cosines = adapter_subspace_cosines(before, after, rank=2)
+    assert cosines["q"] == pytest.approx(math.cos(0.3)) and cosines["v"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="side"):
+        adapter_principal_angles(before, after, side="up")

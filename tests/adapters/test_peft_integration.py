@@ -1,0 +1,269 @@
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from torch import nn
+from transformers import BertConfig, BertForSequenceClassification, PreTrainedModel
+
+from deeplora.adapters import DeepLoraConfig, DeepLoraLayer, adapter_deltas
+from deeplora.factorization.deep import DeepFactorization
+
+from .helpers import TINY, inputs_for, logits, tiny_bert, tiny_gpt2
+
+
+def wrap(model: PreTrainedModel, seed: int = 0, **kwargs: object) -> PeftModel:
+    torch.manual_seed(seed)
+    kwargs.setdefault("r", 4)
+    kwargs.setdefault("target_modules", "all-linear")
+    return get_peft_model(model, DeepLoraConfig(**kwargs))
+
+
+def perturb(model: nn.Module, seed: int = 3, scale: float = 0.3) -> None:
+    """Move every trainable parameter away from its (tiny) initialization, as training would."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_untouched(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    assert not any(isinstance(m, DeepLoraLayer) for m in model.modules())
+    assert not hasattr(model, "peft_config")
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+@pytest.mark.parametrize(("kind", "depth"), [("bert", 3), ("bert", 2), ("t5", 3), ("gpt2", 3)])
+def test_fresh_adapter_moves_outputs_by_order_eps_to_the_depth(kind: str, depth: int) -> None:
+    """A fresh wrap changes the outputs by O(ε^L): halving ε divides the change by 2^L."""
+    base = TINY[kind](dtype=torch.float64)
+    inputs = inputs_for(base)
+    reference = logits(base, inputs)
+
+    def deviation(eps: float) -> float:
+        model = wrap(TINY[kind](dtype=torch.float64), depth=depth, init_scale=eps)
+        return float((logits(model, inputs) - reference).abs().max())
+
+    ratio = deviation(0.1) / deviation(0.05)
+    assert abs(ratio - 2**depth) < 0.15 * 2**depth
+    tiny = deviation(1e-3)
+    assert 0 < tiny < 1e-3**depth * 100 * float(reference.abs().max())
+
+
+def test_forward_and_backward_never_form_delta_w(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = wrap(tiny_bert())
+
+    def refuse(self: DeepFactorization) -> torch.Tensor:
+        raise AssertionError("ΔW formed")
+
+    monkeypatch.setattr(DeepFactorization, "product", refuse)
+    model(**inputs_for(model)).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_merge_unmerge_round_trip(kind: str) -> None:
+    base = TINY[kind]()
+    original = snapshot(base)
+    model = wrap(base)
+    perturb(model)
+    inputs = inputs_for(model)
+    unmerged = logits(model, inputs)
+    layer_name, delta = next(iter(adapter_deltas(model).items()))
+    layer = model.get_base_model().get_submodule(layer_name)
+    weight_key = f"{layer_name}.weight"
+
+    model.merge_adapter()
+    merged_weight = layer.get_base_layer().weight
+    expected = original[weight_key] + (delta.T if kind == "gpt2" else delta)
+    torch.testing.assert_close(merged_weight, expected)
+    torch.testing.assert_close(logits(model, inputs), unmerged, rtol=1e-5, atol=1e-5)
+
+    model.unmerge_adapter()
+    torch.testing.assert_close(layer.get_base_layer().weight, original[weight_key])
+    torch.testing.assert_close(logits(model, inputs), unmerged, rtol=1e-6, atol=1e-6)
+
+    plain = model.merge_and_unload()
+    assert not any(isinstance(m, DeepLoraLayer) for m in plain.modules())
+    torch.testing.assert_close(logits(plain, inputs), unmerged, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["bert", "t5", "gpt2"])
+def test_save_load_round_trip_gives_identical_outputs(kind: str, tmp_path: Path) -> None:
+    save = ["classifier"] if kind == "bert" else None
+    model = wrap(TINY[kind](), modules_to_save=save)
+    perturb(model)
+    inputs = inputs_for(model)
+    expected = logits(model, inputs)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+
+    for name in ("default", "other"):
+        loaded = PeftModel.from_pretrained(TINY[kind](), tmp_path, adapter_name=name)
+        assert isinstance(loaded.peft_config[name], DeepLoraConfig)
+        assert torch.equal(logits(loaded, inputs), expected)
+
+
+def test_only_adapters_and_modules_to_save_train() -> None:
+    model = wrap(tiny_bert(), modules_to_save=["classifier"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable
+    assert all(".deeplora_factors." in n or ".modules_to_save." in n for n in trainable)
+    assert any(".modules_to_save." in n for n in trainable)
+    assert len([n for n in trainable if ".deeplora_factors." in n]) == 13 * 3
+
+
+def test_dropout_acts_on_the_adapter_input_in_training_only() -> None:
+    model = wrap(tiny_bert(), dropout=0.5, target_modules="query-value")
+    base = model.get_base_model()
+    base.bert.embeddings.dropout.p = 0.0
+    for layer in base.bert.encoder.layer:  # leave the adapters as the only source of randomness
+        layer.attention.self.dropout.p = layer.attention.output.dropout.p = 0.0
+        layer.output.dropout.p = 0.0
+    base.dropout.p = 0.0
+    perturb(model)
+    inputs = {k: v for k, v in inputs_for(model).items() if k != "labels"}
+    model.train()
+    assert not torch.equal(model(**inputs).logits, model(**inputs).logits)
+    model.eval()
+    assert torch.equal(model(**inputs).logits, model(**inputs).logits)
+
+
+def test_second_adapter_and_switching() -> None:
+    model = wrap(tiny_bert(), target_modules="query-value")
+    perturb(model)
+    inputs = inputs_for(model)
+    first = logits(model, inputs)
+    model.add_adapter("second", DeepLoraConfig(r=2, depth=4, target_modules="query-value"))
+    model.set_adapter("second")
+    assert not torch.allclose(logits(model, inputs), first)
+    model.set_adapter("default")
+    assert torch.equal(logits(model, inputs), first)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_base_keeps_fp32_adapters(dtype: torch.dtype) -> None:
+    eps, depth = 1e-3, 3
+    model = wrap(tiny_bert(dtype=dtype), init_scale=eps, depth=depth)
+    adapters = [p for p in model.parameters() if p.requires_grad]
+    assert {p.dtype for p in adapters} == {torch.float32}
+    for delta in adapter_deltas(model).values():
+        top = torch.linalg.svdvals(delta.double())[:4]
+        torch.testing.assert_close(top, torch.full_like(top, eps**depth), rtol=1e-4, atol=0)
+        assert torch.count_nonzero(delta.half()) == 0  # what an fp16 adapter would hold
+    output = model(**inputs_for(model))
+    assert output.logits.dtype == dtype
+    output.loss.backward()
+    for p in adapters:
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+def bad_wrap_leaves_model_untouched(model: PreTrainedModel, config: DeepLoraConfig,
+                                    message: str) -> None:
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=message):
+        get_peft_model(model, config)
+    assert_untouched(model, before)
+
+
+def test_rank_too_large_is_refused_before_any_change() -> None:
+    bad_wrap_leaves_model_untouched(tiny_bert(), DeepLoraConfig(r=17, target_modules="all-linear"),
+                                    r"r=17 must be in \[1, min\(d_out, d_in\)\] = \[1, 16\]")
+
+
+def test_unknown_target_names_are_refused_before_any_change() -> None:
+    bad_wrap_leaves_model_untouched(tiny_bert(), DeepLoraConfig(target_modules=["query", "qq"]),
+                                    r"\['qq'\] match no module")
+
+
+def test_loading_into_a_model_of_other_shapes_is_refused(tmp_path: Path) -> None:
+    wrap(tiny_bert()).save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    other = BertForSequenceClassification(BertConfig(
+        vocab_size=64, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=32, num_labels=2))
+    before = snapshot(other)
+    with pytest.raises(ValueError, match=r"\(d_out, d_in\) differ.*adapter \(16, 16\) vs model "
+                                         r"\(24, 24\)"):
+        PeftModel.from_pretrained(other, tmp_path)
+    assert_untouched(other, before)
+
+
+def test_conv1d_adapter_delta_is_d_out_by_d_in() -> None:
+    model = wrap(tiny_gpt2(), target_modules="query-value")
+    deltas = adapter_deltas(model)
+    assert {tuple(d.shape) for d in deltas.values()} == {(48, 16)}
+
+
+def test_embedded_minilm_wrap_save_load_merge(minilm: PreTrainedModel, tmp_path: Path) -> None:
+    inputs = {"input_ids": torch.randint(1000, 2000, (2, 16), generator=torch.Generator()
+                                         .manual_seed(0))}
+    with torch.no_grad():
+        reference = minilm(**inputs).last_hidden_state
+    model = wrap(minilm, r=8)
+    with torch.no_grad():
+        fresh = model(**inputs).last_hidden_state
+    torch.testing.assert_close(fresh, reference, rtol=0, atol=1e-5)
+    perturb(model, scale=0.05)
+    with torch.no_grad():
+        trained = model(**inputs).last_hidden_state
+    assert (trained - reference).abs().max() > 1e-2
+    model.save_pretrained(tmp_path)
+    from transformers import AutoModel
+
+    from deeplora.adapters import embedded_model_path
+
+    loaded = PeftModel.from_pretrained(AutoModel.from_pretrained(embedded_model_path()), tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).last_hidden_state, trained)
+        merged = loaded.merge_and_unload()
+        torch.testing.assert_close(merged(**inputs).last_hidden_state, trained, rtol=1e-4,
+                                   atol=1e-4)
+
+
+class FixedBatches(torch.utils.data.Dataset):
+    """The same 8 labelled sequences, as a Trainer dataset."""
+
+    def __init__(self) -> None:
+        generator = torch.Generator().manual_seed(5)
+        self.ids = torch.randint(1, 64, (8, 10), generator=generator)
+        self.labels = torch.arange(8) % 2
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[index], "labels": self.labels[index]}
+
+
+def test_stock_trainer_trains_the_adapters(tmp_path: Path) -> None:
+    from transformers import Trainer, TrainingArguments
+
+    data = FixedBatches()
+    base = tiny_bert()
+    torch.nn.init.normal_(base.classifier.weight, std=1.0)  # a frozen head the output can move
+    model = wrap(base)
+    base_before = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    adapters_before = {n: p.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return float(model(input_ids=data.ids, labels=data.labels).loss)
+
+    initial = loss()
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=20, per_device_train_batch_size=8,
+                             learning_rate=1e-2, use_cpu=True, report_to="none",
+                             save_strategy="no", logging_strategy="no", seed=0)
+    Trainer(model=model, args=args, train_dataset=data).train()
+    assert loss() < 0.9 * initial
+    params = dict(model.named_parameters())
+    assert all(not torch.equal(params[n], p) for n, p in adapters_before.items())
+    assert all(torch.equal(params[n], p) for n, p in base_before.items())

@@ -1,0 +1,67 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from deeplora.cli import main
+
+
+def test_complete_json_to_stdout(capsys):
+    assert main(["complete", "--size", "60", "--rank", "2", "--steps", "600", "--quiet",
+                 "--json", "-"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("method", "size", "cols", "rank", "depth", "observed", "steps", "seconds",
+                "recovery_error", "train_loss", "seconds_to_1e-2"):
+        assert key in result
+    assert result["method"] == "compressed" and result["cols"] == 60
+    assert result["recovery_error"] < 1e-2 and result["seconds_to_1e-2"] > 0
+
+
+def test_complete_writes_json_and_plot(tmp_path):
+    out, png = tmp_path / "sub" / "r.json", tmp_path / "r.png"
+    assert main(["complete", "--size", "40", "--cols", "30", "--rank", "2", "--method",
+                 "narrow", "--steps", "50", "--quiet", "--json", str(out),
+                 "--plot", str(png)]) == 0
+    assert json.loads(out.read_text())["cols"] == 30
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["r.json", "r.png", "sub"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--depth", "1"], "--depth must be >= 2"),
+    (["--rank", "0"], "--rank must be >= 1"),
+    (["--size", "10", "--rank", "6"], "2 × rank must be <= min(size, cols) = 10"),
+    (["--observed", "0"], "--observed must be in (0, 1]"),
+    (["--observed", "1.5"], "--observed must be in (0, 1]"),
+    (["--init-scale", "0"], "--init-scale must be > 0"),
+])
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, message):
+    out = tmp_path / "r.json"
+    assert main(["complete", "--quiet", "--json", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err and err.startswith("deeplora: error:")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_nonroot(tmp_path, capsys):  # pragma: no cover - CI runs as root
+    tmp_path.chmod(0o500)
+    assert main(["complete", "--json", str(tmp_path / "x.json")]) == 2
+
+
+def test_unwritable_output(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["complete", "--size", "20", "--rank", "2", "--json",
+                 str(blocker / "r.json")]) == 2
+    assert "not a writable folder" in capsys.readouterr().err
+    assert main(["complete", "--size", "20", "--rank", "2", "--plot", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_console_script_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "deeplora.cli", "--help"], capture_output=True,
+                          text=True, check=True)
+    assert "complete" in proc.stdout and "experiment" in proc.stdout

@@ -1,0 +1,85 @@
+import math
+
+import pytest
+import torch
+
+from deeplora.completion import (
+    MatrixCompletion,
+    MatrixFactorization,
+    MatrixSensing,
+    random_entries,
+    random_low_rank,
+)
+from deeplora.factorization import DeepFactorization, singular_values
+
+
+def test_random_low_rank_given_singular_values():
+    target = random_low_rank(30, 20, 3, [3.0, 2.0, 1.0], seed=0)
+    s = singular_values(target.dense())
+    torch.testing.assert_close(s[:3], torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64))
+    assert s[3] < 1e-12
+    assert target.frobenius_norm() == pytest.approx(math.sqrt(14))
+
+
+def test_random_low_rank_is_best_approximation_of_gaussian():
+    target = random_low_rank(30, 20, 2, seed=4)
+    gaussian = torch.randn(30, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    s = singular_values(gaussian)
+    torch.testing.assert_close(singular_values(target.dense())[:2], s[:2])
+
+
+def test_random_entries_distinct_and_seeded():
+    rows, cols = random_entries(10, 7, 0.3, seed=1)
+    assert rows.numel() == 21
+    assert len(set(zip(rows.tolist(), cols.tolist(), strict=False))) == 21
+    again = random_entries(10, 7, 0.3, seed=1)
+    assert torch.equal(rows, again[0]) and torch.equal(cols, again[1])
+
+
+def test_completion_loss_by_hand():
+    target = random_low_rank(4, 3, 1, [1.0], seed=0)
+    problem = MatrixCompletion(target, torch.tensor([0, 3]), torch.tensor([2, 0]))
+    model = DeepFactorization(4, 3, 2, scale=0.5, dtype=torch.float64)
+    x, phi = model.product().detach(), target.dense()
+    expected = 0.5 * ((x[0, 2] - phi[0, 2]) ** 2 + (x[3, 0] - phi[3, 0]) ** 2) / 2
+    assert float(problem.loss(model)) == pytest.approx(float(expected))
+    assert problem.observed_fraction == pytest.approx(2 / 12)
+
+
+@pytest.mark.parametrize("width", [2, 40])
+def test_recovery_error_gram_and_dense_paths(width):
+    target = random_low_rank(40, 30, 2, seed=0)
+    model = DeepFactorization(40, 30, 3, width, scale=1.0, dtype=torch.float64)
+    phi = target.dense()
+    expected = torch.linalg.matrix_norm(model.product() - phi) / torch.linalg.matrix_norm(phi)
+    problem = MatrixFactorization(target)
+    assert problem.recovery_error(model) == pytest.approx(float(expected), rel=1e-8)
+
+
+def test_sensing_loss_matches_operator():
+    target = random_low_rank(5, 4, 1, seed=0)
+    problem = MatrixSensing(target, 30, seed=0)
+    model = DeepFactorization(5, 4, 2, scale=1.0, dtype=torch.float64)
+    residual = problem.operator @ (model.product().detach() - target.dense()).reshape(-1)
+    assert float(problem.loss(model)) == pytest.approx(0.5 * float(residual @ residual))
+
+
+def test_bad_input():
+    target = random_low_rank(4, 3, 1, seed=0)
+    with pytest.raises(ValueError, match="rank"):
+        random_low_rank(4, 3, 4)
+    with pytest.raises(ValueError, match="rank"):
+        random_low_rank(4, 3, 0)
+    with pytest.raises(ValueError, match="singular values"):
+        random_low_rank(4, 3, 2, [1.0, -1.0])
+    for fraction in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="fraction"):
+            random_entries(4, 3, fraction)
+    with pytest.raises(ValueError, match="finite"):
+        MatrixCompletion(target, torch.tensor([0]), torch.tensor([0]), torch.tensor([math.nan]))
+    with pytest.raises(ValueError, match="equal length"):
+        MatrixCompletion(target, torch.tensor([0, 1]), torch.tensor([0]))
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        MatrixCompletion(target, torch.tensor([4]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="values must have shape"):
+        MatrixCompletion(target, torch.tensor([0]), torch.tensor([0]), torch.tensor([1.0, 2.0]))

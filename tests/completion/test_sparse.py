@@ -1,0 +1,129 @@
+"""Sparse path: sampled product and its CSR backward, sparse compressed init, sampling."""
+
+import numpy as np
+import pytest
+import torch
+
+from deeplora.completion import MatrixCompletion, random_low_rank
+from deeplora.completion.sparse import (
+    ObservedIndex,
+    RandomDCT,
+    compressed_factorization,
+    random_observations,
+    sampled_product,
+)
+from deeplora.factorization import DeepFactorization, compress, principal_angles
+
+
+def _pair(m: int, n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(m, k, dtype=torch.float64, generator=gen, requires_grad=True),
+            torch.randn(n, k, dtype=torch.float64, generator=gen, requires_grad=True))
+
+
+def test_sampled_product_matches_dense_unsorted_with_duplicates() -> None:
+    a, b = _pair(7, 5, 3)
+    rows, cols = torch.tensor([3, 0, 0, 6, 2, 2, 0]), torch.tensor([1, 4, 4, 0, 3, 2, 4])
+    got = sampled_product(a, b, rows, cols)
+    want = (a @ b.T)[rows, cols]
+    torch.testing.assert_close(got, want)
+    weights = torch.arange(7, dtype=torch.float64)
+    grads = torch.autograd.grad(got @ weights, (a, b))
+    want_grads = torch.autograd.grad(want @ weights, (a, b))
+    for g, w in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w)
+
+
+def test_sampled_product_gradcheck() -> None:
+    a, b = _pair(6, 4, 2, seed=1)
+    rows, cols = torch.tensor([5, 0, 3, 3, 1]), torch.tensor([0, 3, 1, 1, 2])
+    assert torch.autograd.gradcheck(lambda x, y: sampled_product(x, y, rows, cols), (a, b))
+
+
+def test_index_cache_reuses_only_same_unmodified_tensors() -> None:
+    rows, cols = torch.tensor([1, 0]), torch.tensor([0, 1])
+    first = ObservedIndex.of(rows, cols, (2, 2))
+    assert ObservedIndex.of(rows, cols, (2, 2)) is first
+    assert ObservedIndex.of(rows.clone(), cols, (2, 2)) is not first
+    rows[0] = 0
+    assert ObservedIndex.of(rows, cols, (2, 2)) is not first
+
+
+@pytest.mark.parametrize(("rows", "cols", "match"), [
+    ([0, 3], [0, 0], r"\[0, 3\)"), ([-1, 0], [0, 0], r"\[0, 3\)"),
+    ([0.5, 1.0], [0, 0], "integer"), ([0, 1], [0], "equal length")])
+def test_index_rejects_bad_indices(rows: list, cols: list, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ObservedIndex(torch.tensor(rows), torch.tensor(cols), (3, 3))
+
+
+def test_sparse_and_dense_paths_agree_on_completion_loss() -> None:
+    problem = MatrixCompletion.random(random_low_rank(20, 30, 2, seed=0), 0.3, seed=1)
+    model = DeepFactorization(20, 30, depth=3, width=6, dtype=torch.float64,
+                              generator=torch.Generator().manual_seed(0))
+    sparse_loss = problem.loss(model)  # sampled path: 180 entries × width 6 < 600
+    sparse_grads = torch.autograd.grad(sparse_loss, list(model.factors))
+    dense = 0.5 * torch.mean((model.product()[problem.rows, problem.cols] - problem.values) ** 2)
+    dense_grads = torch.autograd.grad(dense, list(model.factors))
+    torch.testing.assert_close(sparse_loss, dense)
+    for s, d in zip(sparse_grads, dense_grads, strict=True):
+        torch.testing.assert_close(s, d)
+
+
+def test_random_dct_is_semi_orthogonal_with_exact_entries() -> None:
+    for m, n in ((6, 9), (9, 6)):
+        q = RandomDCT(m, n, np.random.default_rng(0))
+        dense = q.dense()
+        gram = dense @ dense.T if m <= n else dense.T @ dense
+        np.testing.assert_allclose(gram, np.eye(min(m, n)), atol=1e-12)
+        np.testing.assert_allclose(q.rmatmul(np.eye(m)), dense.T, atol=1e-12)
+        r, c = np.meshgrid(np.arange(m), np.arange(n), indexing="ij")
+        np.testing.assert_allclose(q.entries(r.ravel(), c.ravel()), dense.ravel(), atol=1e-12)
+
+
+@pytest.mark.parametrize(("m", "n"), [(24, 30), (30, 24)])
+def test_sparse_compressed_init_matches_dense_compress(m: int, n: int) -> None:
+    """Same Q in both: wide model W_1 = εM[:, :n], W_2 = εI, W_3 = ε[I_m 0], so W_{3:1} = ε³Q."""
+    rank, eps, k = 2, 0.3, max(m, n)
+    problem = MatrixCompletion.random(random_low_rank(m, n, rank, seed=3), 0.4, seed=4)
+    q = RandomDCT(m, n, np.random.default_rng(7))
+    full = torch.from_numpy(RandomDCT(k, k, np.random.default_rng(7)).dense())
+    torch.testing.assert_close(full[:m, :n], torch.from_numpy(q.dense()))
+    wide = DeepFactorization.from_factors(
+        [eps * full[:, :n], eps * torch.eye(k, dtype=torch.float64),
+         eps * torch.eye(m, k, dtype=torch.float64)], init="orthogonal", scale=eps)
+    dense = compress(wide, problem.loss, rank)
+    index = ObservedIndex(problem.rows, problem.cols, (m, n))
+    sparse = compressed_factorization(index, problem.values, rank, depth=3, scale=eps,
+                                      dtype=torch.float64, end_to_end=q)
+    assert [f.shape for f in sparse.factors] == [f.shape for f in dense.factors]
+    for d, s in ((dense.factors[0].T, sparse.factors[0].T), (dense.factors[-1],
+                                                             sparse.factors[-1])):
+        assert principal_angles(d.detach(), s.detach()).max() < 1e-8
+    # Same trajectory under GD (equivariant to the basis choice inside the subspaces).
+    for model in (dense, sparse):
+        opt = torch.optim.SGD([{"params": model.outer_parameters(), "lr": 1e-2},
+                               {"params": model.inner_parameters(), "lr": 1.0}])
+        for _ in range(200):
+            opt.zero_grad()
+            problem.loss(model).backward()
+            opt.step()
+    torch.testing.assert_close(sparse.product(), dense.product(), rtol=1e-6, atol=1e-12)
+    assert problem.recovery_error(sparse) < 0.95  # it left the initialization
+
+
+def test_compressed_factorization_rejects_bad_rank() -> None:
+    index = ObservedIndex(torch.tensor([0, 1]), torch.tensor([1, 0]), (3, 4))
+    with pytest.raises(ValueError, match="rank"):
+        compressed_factorization(index, torch.ones(2), rank=2)
+
+
+def test_random_observations_distinct_sorted_and_excluding() -> None:
+    rows, cols = random_observations(50, 40, 300, seed=0)
+    flat = rows * 40 + cols
+    assert flat.numel() == 300 == torch.unique(flat).numel()
+    assert bool((flat[1:] > flat[:-1]).all())
+    r2, c2 = random_observations(50, 40, 200, seed=1, exclude=flat)
+    assert not np.intersect1d((r2 * 40 + c2).numpy(), flat.numpy()).size
+    dense_rows, _ = random_observations(5, 4, 18, seed=0)
+    assert dense_rows.numel() == 18

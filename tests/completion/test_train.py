@@ -1,0 +1,51 @@
+import math
+
+import pytest
+import torch
+
+from deeplora.completion import MatrixCompletion, build_model, fit, random_low_rank
+
+
+@pytest.fixture
+def problem():
+    return MatrixCompletion.random(random_low_rank(40, 40, 2, seed=0), 0.5, seed=1)
+
+
+@pytest.mark.parametrize("method", ["original", "compressed", "narrow"])
+def test_fit_recovers_small_problem(problem, method):
+    model, _ = build_model(method, problem, depth=3, rank=2, seed=0, dtype=torch.float64)
+    history = fit(model, problem, "adam", 3e-2 if method != "original" else 1e-2,
+                  gamma=0.01 if method == "compressed" else 1.0, steps=800, progress=False)
+    assert history.recovery_error[0] == pytest.approx(1.0, abs=1e-3)
+    assert history.recovery_error[-1] < 1e-2
+    assert history.first_below(1e-2) is not None
+    assert history.seconds == sorted(history.seconds)
+
+
+def test_stops_at_tolerance_and_target_error(problem):
+    model, _ = build_model("compressed", problem, rank=2, dtype=torch.float64)
+    history = fit(model, problem, "adam", 3e-2, 0.01, steps=2000, target_error=0.1,
+                  progress=False)
+    assert history.recovery_error[-1] <= 0.1 < history.recovery_error[-2]
+    model, _ = build_model("compressed", problem, rank=2, dtype=torch.float64)
+    history = fit(model, problem, "adam", 3e-2, 0.01, steps=2000, tol=1e-3, progress=False)
+    assert history.train_loss[-1] <= 1e-3 and history.steps[-1] < 2000
+
+
+def test_divergence_is_recorded_not_raised(problem):
+    model, _ = build_model("narrow", problem, rank=2, scale=1.0, dtype=torch.float64)
+    history = fit(model, problem, "gd", 1e6, steps=50, progress=False)
+    assert not math.isfinite(history.train_loss[-1])
+    assert history.steps[-1] < 50
+
+
+def test_bad_arguments(problem):
+    model, _ = build_model("narrow", problem, rank=2)
+    with pytest.raises(ValueError, match="steps"):
+        fit(model, problem, steps=-1, progress=False)
+    with pytest.raises(ValueError, match="eval_every"):
+        fit(model, problem, eval_every=0, progress=False)
+    with pytest.raises(ValueError, match="unknown method"):
+        build_model("wide", problem)
+    with pytest.raises(ValueError, match="rank"):
+        build_model("compressed", problem, rank=21)

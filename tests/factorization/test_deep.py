@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from deeplora.factorization import DeepFactorization
+
+
+def make(depth=3, width=None, dtype=torch.float64):
+    return DeepFactorization(7, 5, depth, width, scale=0.7, dtype=dtype,
+                             generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("depth", [2, 3, 5])
+def test_shapes_and_product(depth):
+    model = make(depth)
+    assert [tuple(f.shape) for f in model.factors] == (
+        [(7, 5)] + [(7, 7)] * (depth - 2) + [(7, 7)])
+    assert model.shape == (7, 5) and model.width == 7 and model.depth == depth
+    expected = model.factors[0]
+    for f in model.factors[1:]:
+        expected = f @ expected
+    torch.testing.assert_close(model.product(), expected)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    torch.testing.assert_close(model.matmul(x), expected @ x)
+
+
+@pytest.mark.parametrize("width", [2, None])
+def test_entries_gather_and_dense_paths_agree(width):
+    model = make(3, width)
+    rows, cols = torch.tensor([0, 6, 3, 3]), torch.tensor([4, 0, 2, 1])
+    torch.testing.assert_close(model.entries(rows, cols), model.product()[rows, cols])
+
+
+def test_gradients_match_finite_differences():
+    model = make(3, 4)
+    target = torch.randn(7, 5, dtype=torch.float64)
+
+    def loss(*factors):
+        x = factors[0]
+        for f in factors[1:]:
+            x = f @ x
+        return 0.5 * ((x - target) ** 2).sum()
+
+    factors = tuple(f.detach().clone().requires_grad_() for f in model.factors)
+    assert torch.autograd.gradcheck(loss, factors)
+    (0.5 * ((model.product() - target) ** 2).sum()).backward()
+    expected = torch.autograd.grad(loss(*factors), factors)
+    for param, grad in zip(model.factors, expected, strict=False):
+        torch.testing.assert_close(param.grad, grad)
+
+
+def test_outer_and_inner_parameters():
+    model = make(4)
+    assert model.outer_parameters() == [model.factors[0], model.factors[3]]
+    assert model.inner_parameters() == [model.factors[1], model.factors[2]]
+    assert make(2).inner_parameters() == []
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="depth"):
+        DeepFactorization(3, 3, depth=1)
+    with pytest.raises(ValueError, match="width"):
+        DeepFactorization(3, 3, width=0)
+    with pytest.raises(ValueError, match="chain"):
+        DeepFactorization.from_factors([torch.zeros(2, 3), torch.zeros(4, 5)])

@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from deeplora.factorization import DeepFactorization, discrepant_param_groups, make_optimizer
+
+
+def test_groups_give_outer_factors_gamma_lr():
+    model = DeepFactorization(6, 5, depth=4, width=4)
+    groups = discrepant_param_groups(model.outer_parameters(), model.inner_parameters(), 0.1, 0.01)
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["outer"]["lr"] == pytest.approx(1e-3)
+    assert by_name["inner"]["lr"] == pytest.approx(0.1)
+    assert len(by_name["outer"]["params"]) == 2 and len(by_name["inner"]["params"]) == 2
+
+
+@pytest.mark.parametrize("name", ["gd", "sgd", "adam", "adamw"])
+def test_gamma_zero_freezes_outer(name):
+    model = DeepFactorization(6, 5, depth=3, width=4, scale=0.5)
+    outer_before = [p.detach().clone() for p in model.outer_parameters()]
+    inner_before = [p.detach().clone() for p in model.inner_parameters()]
+    opt = make_optimizer(name, discrepant_param_groups(model.outer_parameters(),
+                                                       model.inner_parameters(), 0.1, 0.0))
+    model.product().sum().backward()
+    opt.step()
+    outer, inner = model.outer_parameters(), model.inner_parameters()
+    assert all(torch.equal(a, p) for a, p in zip(outer_before, outer, strict=True))
+    assert not any(torch.equal(a, p) for a, p in zip(inner_before, inner, strict=True))
+
+
+def test_bad_arguments():
+    p = torch.nn.Parameter(torch.zeros(1))
+    with pytest.raises(ValueError, match="learning rate"):
+        discrepant_param_groups([], [p], 0.0, 0.1)
+    with pytest.raises(ValueError, match="gamma"):
+        discrepant_param_groups([], [p], 0.1, -1.0)
+    with pytest.raises(ValueError, match="both outer and inner"):
+        discrepant_param_groups([p], [p], 0.1, 0.1)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_optimizer("lbfgs", [{"params": [p], "lr": 0.1}])

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+import torch
+
+from deeplora.factorization import (
+    invariant_subspace_deviation,
+    largest_principal_angle_cos,
+    largest_repeated_cluster,
+    numerical_rank,
+    orthonormal_union,
+    principal_angles,
+)
+
+
+def test_principal_angles_known_case():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    b = torch.tensor([[1.0], [0.0], [1.0]])
+    assert principal_angles(a, b) == pytest.approx([np.pi / 4])
+    assert principal_angles(a, a * 3) == pytest.approx([0.0, 0.0], abs=1e-7)
+    with pytest.raises(ValueError, match="n×p"):
+        principal_angles(a, torch.ones(4, 1))
+
+
+def test_numerical_rank_and_cos():
+    x = torch.diag(torch.tensor([1.0, 1e-2, 1e-17], dtype=torch.float64))
+    assert numerical_rank(x) == 2
+    assert numerical_rank(x, atol=1e-1) == 1
+    assert largest_principal_angle_cos(x, 2 * x, 2) == pytest.approx(1.0)
+
+
+def test_largest_repeated_cluster():
+    s = torch.tensor([3.0, 1.0, 1.0 + 1e-12, 1.0 - 1e-12, 0.5])
+    assert largest_repeated_cluster(s, 1e-9) == 3
+    assert largest_repeated_cluster(s, 1e-15) == 1
+
+
+def test_orthonormal_union_is_scale_invariant():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(20, 2, dtype=torch.float64, generator=gen)
+    b = torch.randn(20, 2, dtype=torch.float64, generator=gen)
+    q = orthonormal_union(a, 1e-9 * b)
+    torch.testing.assert_close(q.T @ q, torch.eye(4, dtype=torch.float64))
+    assert principal_angles(q, torch.cat([a, b], 1)).max() < 1e-8
+
+
+def test_deviation_zero_for_block_form_and_positive_otherwise():
+    gen = torch.Generator().manual_seed(1)
+    d, p, eps = 8, 2, 1e-3
+    orth = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64, generator=gen)).Q
+    v = torch.linalg.qr(torch.randn(d, p, dtype=torch.float64, generator=gen)).Q
+    u = orth @ v
+    inner = torch.randn(p, p, dtype=torch.float64, generator=gen)
+    block = u @ inner @ v.T + 0.7 * eps * orth @ (torch.eye(d, dtype=torch.float64) - v @ v.T)
+    assert invariant_subspace_deviation(block, eps * orth, v, eps) < 1e-12
+    off = block + 1e-3 * torch.randn(d, d, dtype=torch.float64, generator=gen)
+    assert invariant_subspace_deviation(off, eps * orth, v, eps) > 1e-5

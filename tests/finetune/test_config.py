@@ -1,0 +1,44 @@
+"""Run configuration, presets and their validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from deeplora.finetune.config import FinetuneConfig, preset
+from deeplora.finetune.data import DataError
+
+
+def test_presets_differ_only_in_head_and_padding() -> None:
+    paper, practical = preset("paper").to_dict(), preset("practical").to_dict()
+    assert paper["lr"] == 1e-4 and paper["batch_size"] == 16 and paper["max_length"] == 128
+    assert paper["depth"] == 3 and paper["rank"] == 8 and paper["init_scale"] == 1e-3
+    assert paper["targets"] == "all-dense" and paper["decay_ratio"] == 1.0
+    diff = {k for k in paper if paper[k] != practical[k]}
+    assert diff == {"preset", "train_head", "pad_to_max_length"}
+    assert not paper["train_head"] and practical["train_head"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"task": "wnli"}, "unknown task 'wnli'"),
+        ({"method": "dora"}, "unknown method 'dora'"),
+        ({"head": "pooled"}, "unknown head 'pooled'"),
+        ({"samples": 0}, "samples must be >= 1"),
+        ({"decay_ratio": 0.0}, "decay_ratio must be in"),
+    ],
+)
+def test_bad_values_are_one_line_errors(overrides: dict, message: str) -> None:
+    with pytest.raises(DataError, match=message) as info:
+        preset("paper", **overrides)
+    assert "\n" not in str(info.value)
+    with pytest.raises(DataError, match="unknown preset"):
+        preset("fast")
+
+
+def test_key_is_stable_and_unique() -> None:
+    a = preset("paper", samples=16)
+    assert a.key() == preset("paper", samples=16).key()
+    assert a.key().startswith("stsb-deep-lora-cross-paper-r8-n16-t500-")
+    assert a.key() != preset("paper", samples=16, lr=2e-4).key()
+    assert FinetuneConfig.from_dict(a.to_dict()) == a

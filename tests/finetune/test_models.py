@@ -1,0 +1,71 @@
+"""Heads, adapters and which parameters train."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deeplora.finetune.config import preset
+from deeplora.finetune.data import DataError
+from deeplora.finetune.models import BiEncoder, Collator, CrossEncoder, build_task_model, \
+    load_tokenizer, mean_pool, resolve_model
+
+
+def _trainable(model: torch.nn.Module) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_mean_pool_ignores_padding() -> None:
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    assert torch.equal(mean_pool(hidden, torch.tensor([[1, 1, 0]])), torch.tensor([[2.0, 3.0]]))
+
+
+@pytest.mark.parametrize("head", ["cross", "bi"])
+@pytest.mark.parametrize("task", ["stsb", "mrpc"])
+def test_paper_trains_adapters_only_practical_trains_head(tiny_model: str, head: str,
+                                                          task: str) -> None:
+    torch.manual_seed(0)
+    paper = build_task_model(preset("paper", task=task, head=head, model=tiny_model), tiny_model)
+    names = _trainable(paper)
+    assert names and all("deeplora" in n for n in names), names
+    practical = build_task_model(preset("practical", task=task, head=head), tiny_model)
+    extra = _trainable(practical) - {n for n in _trainable(practical) if "deeplora" in n}
+    if head == "bi" and task == "stsb":
+        assert extra == set()  # cosine similarity has no head
+    else:
+        assert extra and all("classifier" in n or n.startswith("head.") for n in extra), extra
+
+
+def test_pooler_adapted_for_cross_only(tiny_model: str) -> None:
+    cross = build_task_model(preset("paper", head="cross"), tiny_model)
+    bi = build_task_model(preset("paper", head="bi"), tiny_model)
+    assert any("pooler" in n for n in _trainable(cross))
+    assert not any("pooler" in n for n in _trainable(bi))
+
+
+def test_zero_shot_trains_nothing(tiny_model: str) -> None:
+    model = build_task_model(preset("paper", method="zero-shot", head="bi"), tiny_model)
+    assert _trainable(model) == set()
+
+
+@pytest.mark.parametrize(("head", "cls", "n_inputs"), [("cross", CrossEncoder, 1),
+                                                      ("bi", BiEncoder, 2)])
+def test_batches_give_loss_and_predictions(tiny_model: str, head: str, cls: type,
+                                           n_inputs: int) -> None:
+    config = preset("paper", head=head, max_length=16)
+    model = build_task_model(config, tiny_model)
+    assert isinstance(model, cls)
+    collate = Collator(load_tokenizer(tiny_model), model.task, head, 16, True)
+    rows = [{"sentence1": "a man", "sentence2": "a dog", "label": 4.0},
+            {"sentence1": "cat", "sentence2": "the plane is taking off", "label": 1.0}]
+    batch = collate(rows)
+    inputs = [batch["inputs"]] if head == "cross" else batch["inputs"]
+    assert len(inputs) == n_inputs and all(x["input_ids"].shape == (2, 16) for x in inputs)
+    loss = model(batch)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert model.predict(batch).shape == (2,)
+
+
+def test_not_a_transformers_model(tmp_path) -> None:
+    with pytest.raises(DataError, match=f"{tmp_path}: not a transformers model"):
+        resolve_model(str(tmp_path))

@@ -1,0 +1,71 @@
+"""One run: determinism, logs, results, compression and subspace snapshots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deeplora.finetune.config import preset
+from deeplora.finetune.train import run_finetune
+
+
+@pytest.fixture(scope="module")
+def stsb_run(glue_dir: Path, tiny_model: str, tmp_path_factory: pytest.TempPathFactory):
+    config = preset("paper", model=tiny_model, steps=4, samples=8, max_length=24, eval_every=2,
+                    snapshot_steps=(0, 2, 4))
+    log = tmp_path_factory.mktemp("log") / "run.jsonl"
+    return config, run_finetune(config, 3, glue_dir, log_path=log, progress=False), log
+
+
+def test_same_seed_same_run_other_seed_differs(stsb_run, glue_dir: Path) -> None:
+    config, first, _ = stsb_run
+    again = run_finetune(config, 3, glue_dir, progress=False)
+    assert again["train_loss"] == first["train_loss"] and again["metrics"] == first["metrics"]
+    other = run_finetune(config, 4, glue_dir, progress=False)
+    assert other["train_loss"] != first["train_loss"]
+
+
+def test_result_record(stsb_run) -> None:
+    config, result, _ = stsb_run
+    assert result["config"] == config.to_dict() and result["seed"] == 3
+    assert {"torch", "transformers", "peft", "accelerate", "datasets"} <= set(result["versions"])
+    assert [h["step"] for h in result["history"]] == [0, 2, 4]
+    assert result["history"][-1]["metrics"] == result["metrics"]
+    assert len(result["train_loss"]) == 4 and result["wall_time_s"] > 0
+    layers = result["layers"]
+    assert len(layers) == 2 * 6 + 1  # 2 blocks × (q, k, v, attn-out, intermediate, out) + pooler
+    for layer in layers.values():
+        values = layer["singular_values"]
+        assert len(values) == 16 and values == sorted(values, reverse=True)
+        assert layer["numerical_rank"] == sum(v > 1e-3 for v in values)
+    cosines = next(iter(result["subspace"].values()))
+    assert cosines["steps"] == [0, 2, 4] and cosines["cos"][-1] == pytest.approx(1.0)
+
+
+def test_jsonl_log(stsb_run) -> None:
+    _, result, log = stsb_run
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert [r["loss"] for r in steps] == result["train_loss"]
+    assert all(r["lr"] == pytest.approx(1e-4) for r in steps)  # decay_ratio 1: constant
+    assert [r["step"] for r in records if "eval" in r] == [0, 2, 4]
+
+
+def test_linear_decay_and_compressed_bi(glue_dir: Path, tiny_model: str, tmp_path: Path) -> None:
+    config = preset("practical", model=tiny_model, head="bi", method="deep-lora-compressed",
+                    steps=4, samples=8, lr=1e-2, decay_ratio=0.1, targets="query-value")
+    log = tmp_path / "log.jsonl"
+    result = run_finetune(config, 0, glue_dir, log_path=log, progress=False)
+    lrs = [json.loads(line)["lr"] for line in log.read_text().splitlines()[:4]]
+    assert lrs == pytest.approx([1e-2 * (1 - 0.9 * k / 4) for k in range(1, 5)])
+    assert len(result["layers"]) == 2 * 2  # query and value of 2 blocks
+
+
+def test_zero_shot_has_no_training(glue_dir: Path, tiny_model: str) -> None:
+    config = preset("paper", model=tiny_model, head="bi", method="zero-shot", samples=1)
+    result = run_finetune(config, 0, glue_dir, progress=False)
+    assert result["train_loss"] == [] and "layers" not in result
+    assert set(result["metrics"]) == {"pearson", "spearman", "score"}
