@@ -67,6 +67,12 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def rotated(items: list[str], shift: int) -> list[str]:
+    """``items`` started at position ``shift``: each round runs them in another order."""
+    shift %= len(items)
+    return items[shift:] + items[:shift]
+
+
 def make_batch(args: argparse.Namespace, device: torch.device) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 29000, (args.batch, args.length), generator=generator)
@@ -119,7 +125,7 @@ def main(argv: list[str]) -> None:
     times: dict[str, list[float]] = {m: [] for m in METHODS}
     peaks: dict[str, float] = {}
     for round_ in range(args.warmup + args.steps):
-        for method in METHODS:
+        for method in rotated(list(METHODS), round_):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             elapsed = timed(lambda method=method: step(method), device)
@@ -140,7 +146,8 @@ def main(argv: list[str]) -> None:
     infer_times: dict[str, list[float]] = {k: [] for k in inference}
     with torch.no_grad():
         for round_ in range(args.warmup + args.steps):
-            for name, model in inference.items():
+            for name in rotated(list(inference), round_):
+                model = inference[name]
                 elapsed = timed(lambda model=model: model(**inputs), device)
                 if round_ >= args.warmup:
                     infer_times[name].append(elapsed)
@@ -148,6 +155,7 @@ def main(argv: list[str]) -> None:
 
     median = {k: statistics.median(v) for k, v in times.items()}
     infer = {k: statistics.median(v) for k, v in infer_times.items()}
+    fastest = {k: min(v) for k, v in (times | infer_times).items()}
     print(f"Command: `python {shlex.join(['benchmarks/bench_adapters.py', *argv])}`")
     print(f"Device: {device.type} ({platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load average "
@@ -155,21 +163,24 @@ def main(argv: list[str]) -> None:
           f"{transformers.__version__}, peft {peft.__version__}")
     print(f"Model: all-MiniLM-L6-v2 + regression head, batch {args.batch}, length "
           f"{args.length}, r = {args.rank}, all-linear (37 layers), Adam; median of "
-          f"{args.steps} steps after {args.warmup} warm-up, methods interleaved\n")
+          f"{args.steps} steps after {args.warmup} warm-up, methods interleaved in rotating "
+          "order\n")
     memory = "peak allocated (MiB)" if device.type == "cuda" else "saved for backward (MiB)"
-    print(f"| method | step time (s) | vs vanilla LoRA | vs PEFT LoRA | {memory} "
+    print(f"| method | step time (s), median (min) | vs vanilla LoRA | vs PEFT LoRA | {memory} "
           "| adapter state (MiB) |")
     print("|---|---|---|---|---|---|")
     for method, label in METHODS.items():
         mem = peaks[method] if device.type == "cuda" else saved[method]
-        print(f"| {label} | {median[method]:.3f} | {median[method] / median['lora']:.3f}× "
+        print(f"| {label} | {median[method]:.3f} ({fastest[method]:.3f}) "
+              f"| {median[method] / median['lora']:.3f}× "
               f"| {median[method] / median['peft-lora']:.3f}× | {mem:.1f} | "
               f"{state[method]:.2f} |")
-    print("\n| inference (no grad) | time (s) | vs base |")
+    print("\n| inference (no grad) | time (s), median (min) | vs base |")
     print("|---|---|---|")
     for name, label in (("base", "base model"), ("merged", "Deep LoRA merged"),
                         ("unmerged", "Deep LoRA unmerged")):
-        print(f"| {label} | {infer[name]:.3f} | {infer[name] / infer['base']:.3f}× |")
+        print(f"| {label} | {infer[name]:.3f} ({fastest[name]:.3f}) "
+              f"| {infer[name] / infer['base']:.3f}× |")
     print(f"\nmerged vs unmerged logits: max |difference| = {max_diff:.2e}")
     print(f"Targets: Deep LoRA step ≤ 1.05× vanilla LoRA: "
           f"{'met' if median['deep-lora'] <= 1.05 * median['lora'] else 'NOT met'}; "

@@ -30,12 +30,9 @@ import numpy as np
 import torch
 
 from deeplora.completion import default_settings, random_low_rank
-from deeplora.completion.sparse import (
-    ObservedIndex,
-    compressed_factorization,
-    random_observations,
-)
+from deeplora.completion.sparse import compressed_factorization, random_observations
 from deeplora.factorization import discrepant_param_groups, make_optimizer
+from deeplora.factorization.sampled import ObservedIndex
 
 
 def _entries(target: Any, rows: torch.Tensor, cols: torch.Tensor, chunk: int = 1 << 21

@@ -2,7 +2,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import PeftModel, get_peft_model
+from peft import (
+    PeftModel,
+    get_peft_model,
+    get_peft_model_state_dict,
+    inject_adapter_in_model,
+    set_peft_model_state_dict,
+)
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedModel
 
@@ -105,10 +111,23 @@ def test_save_load_round_trip_gives_identical_outputs(kind: str, tmp_path: Path)
     model.save_pretrained(tmp_path)
     assert (tmp_path / "adapter_model.safetensors").is_file()
 
-    for name in ("default", "other"):
-        loaded = PeftModel.from_pretrained(TINY[kind](), tmp_path, adapter_name=name)
+    for name, low_memory in (("default", False), ("other", True)):
+        loaded = PeftModel.from_pretrained(TINY[kind](), tmp_path, adapter_name=name,
+                                           low_cpu_mem_usage=low_memory)
         assert isinstance(loaded.peft_config[name], DeepLoraConfig)
         assert torch.equal(logits(loaded, inputs), expected)
+
+
+def test_low_level_peft_api() -> None:
+    model = inject_adapter_in_model(DeepLoraConfig(r=4), tiny_bert())
+    perturb(model)
+    state = get_peft_model_state_dict(model)
+    assert all(".deeplora_factors.factors." in key for key in state)
+    other = inject_adapter_in_model(DeepLoraConfig(r=4), tiny_bert())
+    result = set_peft_model_state_dict(other, state)
+    assert not result.unexpected_keys
+    inputs = inputs_for(model)
+    assert torch.equal(logits(other, inputs), logits(model, inputs))
 
 
 def test_only_adapters_and_modules_to_save_train() -> None:

@@ -5,14 +5,9 @@ import pytest
 import torch
 
 from deeplora.completion import MatrixCompletion, random_low_rank
-from deeplora.completion.sparse import (
-    ObservedIndex,
-    RandomDCT,
-    compressed_factorization,
-    random_observations,
-    sampled_product,
-)
+from deeplora.completion.sparse import RandomDCT, compressed_factorization, random_observations
 from deeplora.factorization import DeepFactorization, compress, principal_angles
+from deeplora.factorization.sampled import ObservedIndex, sampled_product
 
 
 def _pair(m: int, n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ def test_numerical_rank_and_cos():
 
 
 def test_largest_repeated_cluster():
-    s = torch.tensor([3.0, 1.0, 1.0 + 1e-12, 1.0 - 1e-12, 0.5])
+    s = torch.tensor([3.0, 1.0, 1.0 + 1e-12, 1.0 - 1e-12, 0.5], dtype=torch.float64)
     assert largest_repeated_cluster(s, 1e-9) == 3
     assert largest_repeated_cluster(s, 1e-15) == 1
 

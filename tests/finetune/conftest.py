@@ -9,11 +9,13 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-WORDS = ("a man is playing the guitar woman cat dog eating food plane taking off flute "
-         "riding horse child sad happy film good bad it is not").split()
+WORDS = [*"a man is playing the guitar woman cat dog eating food plane taking off".split(),
+         *"flute riding horse child sad happy film good bad it is not".split()]
 
 # Per task: folder -> {file: text}; every GLUE layout and header convention, tiny.
-STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+STSB_HEADER = ("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\t"
+               "sentence2\tscore")
+               "sentence2\tscore")
 MNLI_TRAIN_HEADER = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\t"
                      "sentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\t"
                      "sentence2\tlabel1\tgold_label")
@@ -96,3 +98,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest single-threaded, especially on a shared CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -7,8 +7,15 @@ import torch
 
 from deeplora.finetune.config import preset
 from deeplora.finetune.data import DataError
-from deeplora.finetune.models import BiEncoder, Collator, CrossEncoder, build_task_model, \
-    load_tokenizer, mean_pool, resolve_model
+from deeplora.finetune.models import (
+    BiEncoder,
+    Collator,
+    CrossEncoder,
+    build_task_model,
+    load_tokenizer,
+    mean_pool,
+    resolve_model,
+)
 
 
 def _trainable(model: torch.nn.Module) -> set[str]:

@@ -171,10 +171,12 @@ def prepare_targets(model: nn.Module, config: DeepLoraConfig) -> None:
     for name, (d_out, d_in) in shapes.items():
         check_rank(config.r, d_out, d_in, name)
     if config.target_shapes is not None:
+        recorded = {n: list(s) for n, s in config.target_shapes.items()}
         wrong = {
-            n: f"adapter {tuple(s)} vs model {tuple(shapes[n]) if n in shapes else 'missing'}"
-            for n, s in config.target_shapes.items()
-            if list(s) != shapes.get(n)
+            n: f"adapter {tuple(recorded.get(n, ())) or 'none'} vs model "
+               f"{tuple(shapes.get(n, ())) or 'none'}"
+            for n in sorted(recorded.keys() | shapes.keys())
+            if recorded.get(n) != shapes.get(n)
         }
         if wrong:
             raise ValueError(f"adapter does not fit this model; (d_out, d_in) differ: {wrong}")
@@ -260,6 +262,7 @@ def adapter_factorizations(model: nn.Module, adapter_name: str | None = None
             for name, layer in deeplora_layers(model, adapter_name)}
 
 
+@torch.no_grad()
 def adapter_deltas(model: nn.Module, adapter_name: str | None = None) -> dict[str, Tensor]:
     """ΔW (d_out×d_in, detached) of every adapted layer, by module name (base-model relative).
 
@@ -270,10 +273,10 @@ def adapter_deltas(model: nn.Module, adapter_name: str | None = None) -> dict[st
     deltas = {}
     for name, module in base_model_of(model).named_modules():
         if isinstance(module, DeepLoraLayer) and adapter_name in module.deeplora_factors:
-            deltas[name] = module.get_delta_weight(adapter_name).detach()
+            deltas[name] = module.get_delta_weight(adapter_name)
         elif isinstance(module, LoraLayer) and adapter_name in module.lora_A:
             a, b = module.lora_A[adapter_name].weight, module.lora_B[adapter_name].weight
-            deltas[name] = (b @ a).detach() * module.scaling[adapter_name]
+            deltas[name] = (b @ a) * module.scaling[adapter_name]
     if not deltas:
         raise ValueError(f"model has no LoRA or Deep LoRA layer with adapter {adapter_name!r}")
     return deltas

@@ -46,22 +46,22 @@ def unwrap(module: nn.Module) -> nn.Module:
     return module
 
 
+def _under(name: str, prefixes: Iterable[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
 def _candidates(model: nn.Module) -> dict[str, nn.Module]:
     """Named modules, with adapter wrappers standing for their base layer and their insides
     (base layer, factors) skipped."""
     wrappers: set[str] = set()
     found: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
-        if not name or any(name.startswith(w + ".") for w in wrappers):
+        if not name or _under(name, wrappers):
             continue
         if unwrap(module) is not module:
             wrappers.add(name)
         found[name] = module
     return found
-
-
-def _under(name: str, prefixes: Iterable[str]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 def _saved(name: str, modules_to_save: Iterable[str]) -> bool:

@@ -24,9 +24,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from deeplora.completion.methods import default_settings
-from deeplora.completion.sparse import ObservedIndex, compressed_factorization, sampled_product
+from deeplora.completion.sparse import compressed_factorization
 from deeplora.factorization import DeepFactorization, discrepant_param_groups, make_optimizer
 from deeplora.factorization.optim import OPTIMIZERS
+from deeplora.factorization.sampled import ObservedIndex, sampled_product
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -300,6 +301,21 @@ class DeepMatrixCompletion(BaseEstimator):
                                   self.shape_)
             out.append((index, torch.from_numpy(values[part]).to(dtype)))
         return out
+
+    @property
+    def global_bias_(self) -> float:
+        """μ."""
+        return float(self._mean.detach())
+
+    @property
+    def row_bias_(self) -> np.ndarray:
+        """b (m,), zeros unless ``bias="all"``."""
+        return self._row_bias.detach().double().numpy().copy()
+
+    @property
+    def col_bias_(self) -> np.ndarray:
+        """c (n,), zeros unless ``bias="all"``."""
+        return self._col_bias.detach().double().numpy().copy()
 
     def _raw_predict(self, index: ObservedIndex) -> Tensor:
         """``μ + b_i + c_j + X_ij`` at the entries of ``index`` (no clipping)."""

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from deeplora.factorization.init import check_scale, init_
-
-if TYPE_CHECKING:
-    from deeplora.completion.sparse import ObservedIndex
+from deeplora.factorization.sampled import ObservedIndex, sampled_product
 
 
 def _check_shape(rows: int, cols: int, depth: int, width: int) -> None:
@@ -118,15 +115,13 @@ class DeepFactorization(nn.Module):
 
     def entries(self, rows: Tensor | ObservedIndex, cols: Tensor | None = None) -> Tensor:
         """``X[rows, cols]`` (|Ω|,) for index tensors of equal length, or for a precomputed
-        :class:`~deeplora.completion.sparse.ObservedIndex` passed as ``rows`` (``cols`` omitted).
+        :class:`~deeplora.factorization.sampled.ObservedIndex` passed as ``rows`` (no ``cols``).
 
         With ``A = W_L ⋯ W_2`` (m×k) and ``B = W_1ᵀ`` (n×k), returns ``⟨A[i], B[j]⟩`` by
-        :func:`~deeplora.completion.sparse.sampled_product` (cost O(|Ω|·k + (m + n)·k²), sparse
+        :func:`~deeplora.factorization.sampled.sampled_product` (cost O(|Ω|·k + (m + n)·k²), sparse
         CSR backward) when that touches fewer numbers than the m×n product; otherwise forms the
         product and indexes it.
         """
-        from deeplora.completion.sparse import ObservedIndex, sampled_product
-
         m, n = self.shape
         first = self.factors[0]
         if not isinstance(rows, ObservedIndex) and rows.numel() * first.shape[0] > m * n:

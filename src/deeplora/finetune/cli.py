@@ -7,11 +7,10 @@ argparse, so a bad value is one line ``deeplora: error: …`` (exit 2) like ever
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
-from deeplora.cli.output import check_writable_dir
+from deeplora.cli.output import check_writable_dir, write_atomic
 from deeplora.finetune.config import HEADS, METHODS, PRESETS, TARGETS, preset
 from deeplora.finetune.data import DATA_DIR_ENV, TASKS, get_task
 
@@ -45,11 +44,15 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         help="few-shot fine-tuning on a GLUE task over several seeds",
         description="Fine-tune a transformers model (default: the embedded all-MiniLM-L6-v2) "
         "with Deep LoRA, LoRA or PEFT LoRA on N training examples of a GLUE task, one result "
-        "file per seed under --out; rerunning skips finished seeds.",
+        "file per (method, seed) under --out; rerunning skips finished seeds. Prints and "
+        "writes --out/summary.md: mean ± std per method and the paired Deep LoRA − LoRA "
+        "difference with a bootstrap 95% interval.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--task", default="stsb", help=f"one of {', '.join(TASKS)}")
-    p.add_argument("--method", default="deep-lora", help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--method", default="deep-lora,lora",
+                   help=f"one or more (comma-separated) of {', '.join(METHODS)}; with several, "
+                   "a zero-shot row and the paired Deep LoRA − LoRA difference are added")
     p.add_argument("--rank", type=int, default=8, help="adapter rank r")
     p.add_argument("--samples", type=int, default=16, help="training examples (seeded subset)")
     p.add_argument("--steps", type=int, default=500, help="optimizer steps")
@@ -73,21 +76,34 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
-    config = preset(args.preset, task=args.task, method=args.method, rank=args.rank,
-                    samples=args.samples, steps=args.steps, head=args.head,
-                    targets=args.targets, model=args.model, lr=args.lr,
-                    eval_every=args.eval_every, dev_samples=args.dev_samples)
+    methods = tuple(dict.fromkeys(m.strip() for m in args.method.split(",")))
+    configs = [
+        preset(args.preset, task=args.task, method=method, rank=args.rank, samples=args.samples,
+               steps=args.steps, head=args.head, targets=args.targets, model=args.model,
+               lr=args.lr, eval_every=args.eval_every, dev_samples=args.dev_samples)
+        for method in methods
+    ]
     check_writable_dir(args.out)
     quiet_transformers()
-    from deeplora.experiments.finetune_report import main_metric
-    from deeplora.finetune.runs import result_path, run_sweep
+    from deeplora.experiments.finetune_paper import Cell, Options, zero_shot_cells
+    from deeplora.experiments.finetune_report import main_metric, markdown, summarize
+    from deeplora.finetune.runs import load_results, run_sweep
+    from deeplora.finetune.train import Prepared
 
-    results = run_sweep(config, seeds, Path(args.out), args.data_dir, progress=not args.quiet)
-    values = [main_metric(r) for r in results]
-    for result, value in zip(results, values, strict=True):
-        print(f"seed {result['seed']}: {value:.4f} ({result['wall_time_s']:.0f} s)")
-    std = np.std(values, ddof=1) if len(values) > 1 else 0.0
-    print(f"{config.task} {config.method} ({config.head} head): dev "
-          f"{get_task(config.task).main_metric} {np.mean(values):.4f} ± {std:.4f} over "
-          f"{len(values)} seeds; results in {result_path(args.out, config, seeds[0]).parent}/")
+    cells = [Cell(c, seeds, {"method": c.method, "head": c.head}) for c in configs]
+    if len(cells) > 1:
+        zero = zero_shot_cells(Options(model=args.model, preset=args.preset), args.task)[0]
+        cells.insert(0, replace(zero, config=replace(zero.config, dev_samples=args.dev_samples)))
+    Prepared(configs[0], seeds[0], args.data_dir)  # validate data and model before any run
+    out = Path(args.out)
+    for cell in cells:
+        for result in run_sweep(cell.config, cell.seeds, out, args.data_dir,
+                                progress=not args.quiet):
+            print(f"{cell.config.method} seed {result['seed']}: "
+                  f"{get_task(args.task).main_metric} {main_metric(result):.4f} "
+                  f"({result['wall_time_s']:.0f} s)")
+    results = [(cell, load_results(out, cell.config, cell.seeds)) for cell in cells]
+    text = markdown(f"{args.task}: {', '.join(methods)}", summarize(results))
+    write_atomic(out / "summary.md", lambda tmp: tmp.write_text(text))
+    print(text, end="")
     return 0

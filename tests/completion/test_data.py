@@ -1,0 +1,67 @@
+"""Ratings files, id re-indexing, MovieLens 100K layout."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deeplora.completion.data import IdIndex, find_movielens_100k, movielens_100k, read_ratings
+
+
+def test_movielens_layout_and_reindexing(tmp_path: Path) -> None:
+    (tmp_path / "u.data").write_text("1\t10\t5\t100\n")
+    (tmp_path / "u1.base").write_text("7\t10\t4\t1\n3\t20\t2\t2\n7\t20\t5\t3\n")
+    (tmp_path / "u1.test").write_text("3\t10\t1\t4\n9\t20\t3\t5\n")
+    train, test = movielens_100k("u1", root=tmp_path)
+    assert len(train) == 3 and train.times is not None and train.times[2] == 3
+    ids = IdIndex.fit(train)
+    assert ids.shape == (2, 2)
+    rows, cols = ids.transform(train)
+    np.testing.assert_array_equal(cols, [0, 1, 1])
+    np.testing.assert_array_equal(rows, [1, 0, 1])  # 3 -> 0, 7 -> 1
+    test_rows, test_cols = ids.transform(test)
+    np.testing.assert_array_equal(test_rows, [0, 2])  # unknown user 9 -> len(users)
+    np.testing.assert_array_equal(test_cols, [0, 1])
+
+
+def test_csv_with_named_columns_and_string_ids(tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text("when,movie,who,stars\n1,a,u1,4.5\n2,b,u2,3\n")
+    ratings = read_ratings(path, "csv", user_col="who", item_col="movie", rating_col="stars",
+                           time_col="when")
+    assert list(ratings.users) == ["u1", "u2"] and list(ratings.items) == ["a", "b"]
+    np.testing.assert_array_equal(ratings.values, [4.5, 3.0])
+    tsv = tmp_path / "r.tsv"
+    tsv.write_text("user\titem\trating\n1\t2\t3\n")
+    assert read_ratings(tsv, "csv").items[0] == 2
+
+
+@pytest.mark.parametrize(("text", "fmt", "match"), [
+    ("", "movielens", "no ratings"),
+    ("1\t2\tnan\t0\n", "movielens", "finite"),
+    ("1\t2\tfive\t0\n", "movielens", "not a number"),
+    ("1\t2\n", "movielens", "fields"),
+    ("user,item\n1,2\n", "csv", "rating"),
+])
+def test_bad_files(tmp_path: Path, text: str, fmt: str, match: str) -> None:
+    path = tmp_path / "bad.data"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        read_ratings(path, fmt)
+
+
+def test_missing_dataset_and_bad_split(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"u\.data"):
+        find_movielens_100k(tmp_path)
+    with pytest.raises(ValueError, match="split"):
+        movielens_100k("u9", root=tmp_path)
+
+
+def test_real_movielens_100k_if_present() -> None:
+    try:
+        folder = find_movielens_100k()
+    except FileNotFoundError:
+        pytest.skip("ml-100k not available")
+    train, test = movielens_100k("u1", folder)
+    assert (len(train), len(test)) == (80000, 20000)
+    assert set(np.unique(train.values)) <= {1.0, 2.0, 3.0, 4.0, 5.0}

@@ -1,0 +1,98 @@
+"""The paper's Deep LoRA experiments: plans, summary statistics, and a --fast end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deeplora.experiments.finetune_paper import Cell, Options, plan
+from deeplora.experiments.finetune_report import bootstrap_ci, summarize
+from deeplora.finetune.config import preset
+
+GLUE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "glue"
+
+
+def test_paper_settings() -> None:
+    cells = plan("stsb-fewshot", Options(), None)
+    assert cells[0].labels == {"method": "zero-shot", "head": "bi"}
+    trained = cells[1:]
+    assert len(trained) == 2 * 3 * 2  # heads × samples × methods
+    assert {c.config.samples for c in trained} == {16, 64, 256}
+    assert all(c.config.steps == 500 and len(c.seeds) == 20 for c in trained)
+    ranks = plan("stsb-ranks", Options(heads=("bi",)), None)[1:]
+    assert sorted({c.config.rank for c in ranks}) == [8, 16, 32, 64]
+    assert all(c.config.steps == 400 and len(c.seeds) == 5 for c in ranks)
+    narrow = plan("narrow-vs-wide", Options(heads=("cross",)), None)
+    assert [(c.config.rank, c.config.lr, c.config.method) for c in narrow] == [
+        (384, 1e-4, "deep-lora"), (8, 1e-4, "deep-lora"), (8, 1e-2, "deep-lora-compressed")]
+    assert all(c.config.targets == "query-value" and c.config.eval_every for c in narrow)
+    (dynamics,) = plan("subspace-dynamics", Options(heads=("bi",)), None)
+    assert dynamics.config.snapshot_steps[-1] == 2000 == dynamics.config.steps
+    fast = plan("stsb-fewshot", Options(fast=True, seeds=(4,)), None)[1:]
+    assert all(c.config.steps <= 2 and c.seeds == (4,) and c.config.dev_samples for c in fast)
+
+
+def test_glue_fewshot_uses_available_tasks(tmp_path: Path) -> None:
+    from tests.finetune.conftest import write_glue
+
+    root = write_glue(tmp_path)
+    for name in ("MNLI", "QQP", "QNLI", "RTE", "SST-2", "MRPC"):
+        for file in (root / name).iterdir():
+            file.unlink()
+    cells = plan("glue-fewshot", Options(heads=("cross",)), root)
+    assert {c.config.task for c in cells} == {"cola", "stsb"}
+    assert {c.config.samples for c in cells if c.labels["method"] != "zero-shot"} == {1024}
+    assert all(len(c.seeds) == 10 for c in cells if c.labels["method"] != "zero-shot")
+
+
+def _result(method: str, seed: int, pearson: float) -> dict:
+    return {"config": preset("paper", method=method).to_dict(), "seed": seed,
+            "metrics": {"pearson": pearson}, "wall_time_s": 1.0}
+
+
+def test_paired_difference_and_bootstrap() -> None:
+    deep = [0.5, 0.7, 0.6, 0.9]
+    lora = [0.4, 0.5, 0.6, 0.6]
+    results = [
+        (Cell(preset("paper", method=m), (0, 1, 2, 3), {"method": m, "head": "cross"}),
+         [_result(m, s, v[s]) for s in range(4)])
+        for m, v in (("deep-lora", deep), ("lora", lora))
+    ]
+    summary = summarize(results)
+    row = summary["rows"][0]
+    assert row["mean"] == pytest.approx(0.675) and row["std"] == pytest.approx(np.std(deep, ddof=1))
+    (diff,) = summary["differences"]
+    assert diff["values"] == pytest.approx([0.1, 0.2, 0.0, 0.3])
+    assert diff["mean"] == pytest.approx(0.15)
+    assert 0.0 <= diff["ci_low"] < 0.15 < diff["ci_high"] <= 0.3
+    assert all(np.isnan(bootstrap_ci([0.2])))
+
+
+@pytest.mark.skipif(not (GLUE / "STS-B" / "dev.tsv").is_file(),
+                    reason=f"real STS-B files not found at {GLUE}")
+def test_stsb_fewshot_fast_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from deeplora.cli import main
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        argv = ["experiment", "stsb-fewshot", "--fast", "--seeds", "0-1", "--head", "bi",
+                "--out", str(tmp_path), "--data-dir", str(GLUE), "--quiet"]
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert "Deep LoRA − LoRA" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(summary["differences"]) == 3  # sample sizes
+    assert all(d["n"] == 2 for d in summary["differences"])
+    zero = next(r for r in summary["rows"] if r["method"] == "zero-shot")
+    assert zero["mean"] > 0.5  # the embedded bi-encoder without fine-tuning
+    assert (tmp_path / "stsb-fewshot.png").stat().st_size > 10_000
+    assert len(list(tmp_path.glob("runs/*/seed-*.json"))) == 1 + 3 * 2 * 2

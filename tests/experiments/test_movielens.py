@@ -1,0 +1,82 @@
+"""``deeplora experiment movielens`` and ``deeplora complete --ratings`` on a tiny ml-100k."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deeplora.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Tiny matrices: one torch thread."""
+
+
+@pytest.fixture
+def ml100k(tmp_path: Path) -> Path:
+    """A 30-user × 25-item low-rank ratings set in ml-100k's layout (split u1 only)."""
+    rng = np.random.default_rng(0)
+    full = np.clip(np.rint(3 + rng.standard_normal((30, 2)) @ rng.standard_normal((2, 25))),
+                   1, 5)
+    rows, cols = np.nonzero(rng.random((30, 25)) < 0.6)
+    lines = [f"{r + 1}\t{c + 1}\t{int(full[r, c])}\t{i}" for i, (r, c) in
+             enumerate(zip(rows, cols, strict=True))]
+    test = rng.random(len(lines)) < 0.2
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    (folder / "u.data").write_text("\n".join(lines) + "\n")
+    (folder / "u1.base").write_text("\n".join(np.array(lines)[~test]) + "\n")
+    (folder / "u1.test").write_text("\n".join(np.array(lines)[test]) + "\n")
+    return folder
+
+
+def test_experiment_writes_table_plot_json(ml100k: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["experiment", "movielens", "--fast", "--root", str(ml100k), "--out",
+                 str(out), "--rank", "2"]) == 0
+    summary = json.loads((out / "movielens.json").read_text())
+    results = summary["results"]
+    assert set(results) == set(summary["sources"]) and len(results) == 5
+    assert all(f["split"] == "u1" and 0 < f["rmse"] < 2 for r in results.values() for f in r)
+    table = (out / "movielens.md").read_text()
+    assert "| deep compressed (ours) |" in table and " ± " in table
+    assert (out / "movielens.png").stat().st_size > 0
+
+
+def test_experiment_missing_data_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["experiment", "movielens", "--fast", "--root", str(tmp_path / "none"),
+                 "--out", str(out)]) == 2
+    assert not any(out.glob("*"))
+
+
+def test_complete_ratings_json(ml100k: Path, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["complete", "--ratings", str(ml100k / "u1.base"), "--test", str(ml100k / "u1.test"),
+            "--rank", "2", "--steps", "100", "--quiet", "--json", "-"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"rmse", "mae", "seconds", "method", "rank", "depth"} <= set(result)
+    assert result["rank"] == 2 and result["evaluated_on"] == "test" and result["rmse"] < 2
+
+
+@pytest.mark.parametrize(("extra", "content", "match"), [
+    (["--method", "original"], None, "compressed or narrow"),
+    ([], "", "no ratings"),
+    (["--rank", "50"], None, "2 × rank"),
+])
+def test_complete_ratings_bad_input(ml100k: Path, tmp_path: Path, extra: list[str],
+                                    content: str | None, match: str,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    test = ml100k / "u1.test"
+    if content is not None:
+        test = tmp_path / "empty.test"
+        test.write_text(content)
+    out = tmp_path / "r.json"
+    args = ["complete", "--ratings", str(ml100k / "u1.base"), "--test", str(test), "--steps",
+            "5", "--quiet", "--json", str(out), *extra]
+    assert main(args) == 2
+    assert match in capsys.readouterr().err
+    assert not out.exists()

@@ -1,0 +1,68 @@
+"""``deeplora finetune``: output and one-line errors before any file is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deeplora.cli import main
+from deeplora.finetune.cli import parse_seeds
+
+
+def test_parse_seeds() -> None:
+    assert parse_seeds("0-4") == (0, 1, 2, 3, 4)
+    assert parse_seeds("3,0-1,3") == (3, 0, 1)
+    for bad in ("", "a", "4-2", "-1"):
+        with pytest.raises(ValueError, match="--seeds"):
+            parse_seeds(bad)
+
+
+def test_finetune_compares_and_resumes(glue_dir: Path, tiny_model: str, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["finetune", "--task", "mrpc", "--method", "deep-lora,lora", "--model", tiny_model,
+            "--samples", "4", "--steps", "1", "--seeds", "0-1", "--data-dir", str(glue_dir),
+            "--out", str(tmp_path), "--quiet", "--preset", "practical"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "lora seed 1: f1" in out and "deep-lora seed 0: f1" in out
+    assert "| head=bi | zero-shot | f1 | 1 |" in out
+    assert "| head=cross | 2 |" in out  # the paired-difference row
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("*/seed-*.json"))
+    assert len(files) == 1 + 2 * 2
+    assert (tmp_path / "summary.md").read_text() == out
+    assert main(argv) == 0
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("*/seed-*.json")) == files
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "wnli"], "unknown task 'wnli'"),
+        (["--method", "dora"], "unknown method 'dora'"),
+        (["--samples", "1000"], "--samples 1000 is not in 1..40"),
+        (["--seeds", "x"], "--seeds 'x'"),
+        (["--task", "qnli", "--data-dir", "EMPTY"], "no QNLI/ folder"),
+        (["--task", "rte", "--data-dir", "BROKEN"], "RTE/train.tsv:2: label 'maybe'"),
+        (["--model", "NOTMODEL"], "not a transformers model"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_nothing_written(
+    glue_dir: Path, tiny_model: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    args: list[str], message: str,
+) -> None:
+    from .conftest import write_glue
+
+    broken = write_glue(tmp_path / "broken", n=5)
+    rte = broken / "RTE" / "train.tsv"
+    rte.write_text(rte.read_text().replace("\tentailment", "\tmaybe", 1))
+    replace = {"EMPTY": str(tmp_path / "empty"), "BROKEN": str(broken),
+               "NOTMODEL": str(tmp_path / "empty")}
+    (tmp_path / "empty").mkdir()
+    args = [replace.get(a, a) for a in args]
+    base = ["finetune", "--model", tiny_model, "--data-dir", str(glue_dir), "--steps", "1",
+            "--out", str(tmp_path / "out"), "--quiet"]
+    assert main(base + args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("deeplora: error: ") and "\n" not in err and message in err, err
+    assert not (tmp_path / "out").exists()
