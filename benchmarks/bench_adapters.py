@@ -156,11 +156,11 @@ def main(argv: list[str]) -> None:
     median = {k: statistics.median(v) for k, v in times.items()}
     infer = {k: statistics.median(v) for k, v in infer_times.items()}
     fastest = {k: min(v) for k, v in (times | infer_times).items()}
-    print(f"Command: `python {shlex.join(['benchmarks/bench_adapters.py', *argv])}`")
+    print(f"Command: `python {shlex.join(['benchmarks/bench_adapters.py', *argv])}`\n")
     print(f"Device: {device.type} ({platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load average "
           f"{os.getloadavg()[0]:.1f} at the end); torch {torch.__version__}, transformers "
-          f"{transformers.__version__}, peft {peft.__version__}")
+          f"{transformers.__version__}, peft {peft.__version__}\n")
     print(f"Model: all-MiniLM-L6-v2 + regression head, batch {args.batch}, length "
           f"{args.length}, r = {args.rank}, all-linear (37 layers), Adam; median of "
           f"{args.steps} steps after {args.warmup} warm-up, methods interleaved in rotating "

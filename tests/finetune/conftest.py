@@ -9,12 +9,12 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-WORDS = [*"a man is playing the guitar woman cat dog eating food plane taking off".split(),
-         *"flute riding horse child sad happy film good bad it is not".split()]
+_TEXT = ("a man is playing the guitar woman cat dog eating food plane taking off flute riding "
+         "horse child sad happy film good bad it is not")
+WORDS = _TEXT.split(" ")
 
 # Per task: folder -> {file: text}; every GLUE layout and header convention, tiny.
 STSB_HEADER = ("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\t"
-               "sentence2\tscore")
                "sentence2\tscore")
 MNLI_TRAIN_HEADER = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\t"
                      "sentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\t"

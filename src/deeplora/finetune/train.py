@@ -224,7 +224,7 @@ def _compress(model: CrossEncoder | BiEncoder, collate: Collator, prepared: Prep
     """Build the narrow factors from one gradient (no dropout) on the first training batch."""
     rows = prepared.train.select(range(min(config.batch_size, len(prepared.train))))
     batch = send_to_device(collate(list(rows)), accelerator.device)
-    model.eval()
+    model.to(accelerator.device).eval()
     compress_adapters(adapted_backbone(model), lambda _: model(batch),
                       generator=torch.Generator().manual_seed(seed))
     model.train()
