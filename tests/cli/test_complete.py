@@ -9,7 +9,8 @@ from deeplora.cli import main
 
 
 def test_complete_json_to_stdout(capsys):
-    assert main(["complete", "--size", "60", "--rank", "2", "--steps", "600", "--quiet",
+    assert main(["complete", "--size", "60", "--rank", "2", "--observed", "0.5", "--steps", "800",
+                 "--quiet",
                  "--json", "-"]) == 0
     result = json.loads(capsys.readouterr().out)
     for key in ("method", "size", "cols", "rank", "depth", "observed", "steps", "seconds",

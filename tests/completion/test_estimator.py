@@ -19,7 +19,8 @@ def _low_rank_ratings(m: int = 40, n: int = 30, fraction: float = 0.5, seed: int
 
 def test_fit_predict_save_load_round_trip(tmp_path: Path) -> None:
     rows, cols, values, full, mask = _low_rank_ratings()
-    est = DeepMatrixCompletion(rank=3, max_steps=400, validation_fraction=0.1, patience=20)
+    est = DeepMatrixCompletion(rank=3, gamma=0.1, max_steps=400, validation_fraction=0.1,
+                               patience=20)  # small problem: outer factors must move
     est.fit(rows, cols, values)
     hidden = np.nonzero(~mask)
     error = est.evaluate(*hidden, full[hidden])

@@ -6,12 +6,9 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from deeplora.experiments.finetune_paper import Cell, Options, plan
-from deeplora.experiments.finetune_report import bootstrap_ci, summarize
-from deeplora.finetune.config import preset
+from deeplora.experiments.finetune_paper import Options, plan
 
 GLUE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "glue"
 
@@ -49,29 +46,7 @@ def test_glue_fewshot_uses_available_tasks(tmp_path: Path) -> None:
     assert all(len(c.seeds) == 10 for c in cells if c.labels["method"] != "zero-shot")
 
 
-def _result(method: str, seed: int, pearson: float) -> dict:
-    return {"config": preset("paper", method=method).to_dict(), "seed": seed,
-            "metrics": {"pearson": pearson}, "wall_time_s": 1.0}
-
-
-def test_paired_difference_and_bootstrap() -> None:
-    deep = [0.5, 0.7, 0.6, 0.9]
-    lora = [0.4, 0.5, 0.6, 0.6]
-    results = [
-        (Cell(preset("paper", method=m), (0, 1, 2, 3), {"method": m, "head": "cross"}),
-         [_result(m, s, v[s]) for s in range(4)])
-        for m, v in (("deep-lora", deep), ("lora", lora))
-    ]
-    summary = summarize(results)
-    row = summary["rows"][0]
-    assert row["mean"] == pytest.approx(0.675) and row["std"] == pytest.approx(np.std(deep, ddof=1))
-    (diff,) = summary["differences"]
-    assert diff["values"] == pytest.approx([0.1, 0.2, 0.0, 0.3])
-    assert diff["mean"] == pytest.approx(0.15)
-    assert 0.0 <= diff["ci_low"] < 0.15 < diff["ci_high"] <= 0.3
-    assert all(np.isnan(bootstrap_ci([0.2])))
-
-
+@pytest.mark.slow
 @pytest.mark.skipif(not (GLUE / "STS-B" / "dev.tsv").is_file(),
                     reason=f"real STS-B files not found at {GLUE}")
 def test_stsb_fewshot_fast_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -30,7 +30,7 @@ def test_finetune_compares_and_resumes(glue_dir: Path, tiny_model: str, tmp_path
     assert "| head=cross | 2 |" in out  # the paired-difference row
     files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("*/seed-*.json"))
     assert len(files) == 1 + 2 * 2
-    assert (tmp_path / "summary.md").read_text() == out
+    assert out.endswith((tmp_path / "summary.md").read_text())
     assert main(argv) == 0
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("*/seed-*.json")) == files
 

@@ -50,6 +50,18 @@ def test_pooler_adapted_for_cross_only(tiny_model: str) -> None:
     assert not any("pooler" in n for n in _trainable(bi))
 
 
+@pytest.mark.parametrize("head", ["cross", "bi"])
+def test_same_seed_same_head_for_every_method(tiny_model: str, head: str) -> None:
+    heads = []
+    for method in ("deep-lora", "lora", "zero-shot"):
+        torch.manual_seed(7)
+        model = build_task_model(preset("paper", task="mrpc", head=head, method=method),
+                                 tiny_model)
+        heads.append({n.split("classifier.")[-1]: p for n, p in model.named_parameters()
+                      if "classifier" in n or n.startswith("head.")})
+    assert heads[0] and all(torch.equal(heads[0][k], h[k]) for h in heads[1:] for k in h)
+
+
 def test_zero_shot_trains_nothing(tiny_model: str) -> None:
     model = build_task_model(preset("paper", method="zero-shot", head="bi"), tiny_model)
     assert _trainable(model) == set()

@@ -48,8 +48,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="step size η (default: per method and optimizer; for gd the paper's "
                    "step, 5e3 · observed on our mean-over-Ω loss)")
     p.add_argument("--gamma", type=float, default=None,
-                   help="discrepant rate γ of the outer factors (default for compressed: 0.1 "
-                   "with adam, 0.01 with gd; 1 otherwise)")
+                   help="discrepant rate γ of the outer factors (default 0.01 for compressed, "
+                   "1 otherwise)")
     p.add_argument("--init-scale", type=float, default=1e-3, help="ε")
     p.add_argument("--steps", type=int, default=5000, help="maximum number of steps")
     p.add_argument("--tol", type=float, default=1e-12, help="stop when the train loss <= tol")

@@ -22,7 +22,7 @@ DEFAULT_OPTIMIZER = "adam"
 # few hundred steps, where GD at the paper's step sits on a ~19,000-step plateau; see
 # BENCHMARKS.md for the measurements behind these values.
 ADAM_DEFAULTS: dict[str, tuple[float, float]] = {
-    "compressed": (3e-2, 0.1),
+    "compressed": (3e-2, 1e-2),
     "narrow": (3e-2, 1.0),
     "original": (1e-3, 1.0),
 }

@@ -56,10 +56,10 @@ class Options:
         return preset(self.preset, **values)
 
 
-def zero_shot_cells(options: Options, task: str = "stsb") -> list[Cell]:
+def zero_shot_cell(options: Options, task: str = "stsb") -> Cell:
     """The untouched model with the ``bi`` head (what a user gets without fine-tuning)."""
     config = options.config(0, task=task, method="zero-shot", head="bi", samples=1)
-    return [Cell(config, (0,), {"method": "zero-shot", "head": "bi"})]
+    return Cell(config, (0,), {"method": "zero-shot", "head": "bi"})
 
 
 def _pairs(options: Options, seeds: int, steps: int, axis: str, values: Sequence[Any],
@@ -76,31 +76,32 @@ def _pairs(options: Options, seeds: int, steps: int, axis: str, values: Sequence
 
 def stsb_fewshot(options: Options, data_dir: Path | None) -> list[Cell]:
     """Dev Pearson vs n ∈ {16, 64, 256} training samples, 500 steps, 20 seeds."""
-    return zero_shot_cells(options) + _pairs(options, 20, 500, "samples", (16, 64, 256),
-                                             task="stsb")
+    return [zero_shot_cell(options), *_pairs(options, 20, 500, "samples", (16, 64, 256),
+                                             task="stsb")]
 
 
 def stsb_ranks(options: Options, data_dir: Path | None) -> list[Cell]:
     """Dev Pearson vs r ∈ {8, 16, 32, 64}, 16 samples, 400 steps, 5 seeds."""
-    return zero_shot_cells(options) + _pairs(options, 5, 400, "rank", (8, 16, 32, 64),
-                                             task="stsb", samples=16)
+    return [zero_shot_cell(options), *_pairs(options, 5, 400, "rank", (8, 16, 32, 64),
+                                             task="stsb", samples=16)]
 
 
 def rank_histogram(options: Options, data_dir: Path | None) -> list[Cell]:
     """Numerical ranks of every adapted ΔW, 256 samples, 500 steps, 5 seeds."""
-    return zero_shot_cells(options) + _pairs(options, 5, 500, "samples", (256,), task="stsb")
-
-
-NARROW_VS_WIDE_WIDTH = 384
-"""Full width of the query/value adapters of the embedded model (its hidden size)."""
+    return [zero_shot_cell(options), *_pairs(options, 5, 500, "samples", (256,), task="stsb")]
 
 
 def narrow_vs_wide(options: Options, data_dir: Path | None) -> list[Cell]:
     """Query/value adapters, 16 samples, 200 steps, evaluated every 10 steps: full-width Deep
-    LoRA (lr 1e-4), width-8 random orthogonal init (lr 1e-4), width-8 compressed init (lr 1e-2,
-    γ = 1e-2 on the outer factors)."""
+    LoRA (r = hidden size, lr 1e-4), width-8 random orthogonal init (lr 1e-4), width-8
+    compressed init (lr 1e-2, γ = 1e-2 on the outer factors)."""
+    from transformers import AutoConfig
+
+    from deeplora.finetune.models import resolve_model
+
+    width = AutoConfig.from_pretrained(resolve_model(options.model)).hidden_size
     variants = [
-        ("wide", "deep-lora", NARROW_VS_WIDE_WIDTH, 1e-4),
+        ("wide", "deep-lora", width, 1e-4),
         ("narrow random", "deep-lora", 8, 1e-4),
         ("compressed", "deep-lora-compressed", 8, 1e-2),
     ]
@@ -138,7 +139,7 @@ def glue_fewshot(options: Options, data_dir: Path | None) -> list[Cell]:
         raise DataError(f"{data_dir}: no GLUE task has both train and dev files")
     cells = []
     for task in tasks:
-        cells += zero_shot_cells(options, task)
+        cells.append(zero_shot_cell(options, task))
         cells += _pairs(options, 10, 1000, "task", (task,), samples=1024)
     for cell in cells:
         cell.labels["task"] = cell.config.task
@@ -193,14 +194,23 @@ def run_experiment(
     return write_report(name, results, root)
 
 
+HELP = {
+    "stsb-fewshot": "STS-B dev Pearson vs 16/64/256 samples, Deep LoRA vs LoRA",
+    "stsb-ranks": "STS-B dev Pearson vs adapter rank 8…64 at 16 samples (rank robustness)",
+    "rank-histogram": "numerical ranks of the learned ΔW of every layer, Deep LoRA vs LoRA",
+    "narrow-vs-wide": "train loss and dev Pearson: full-width vs narrow vs compressed Deep LoRA",
+    "subspace-dynamics": "singular values and subspace stability of each ΔW (paper Fig. 1)",
+    "glue-fewshot": "Deep LoRA − LoRA per GLUE task with 1024 samples, and overall",
+}
+
 ARGUMENTS = (
     Arg("--seeds", default=None,
-        help="seeds, e.g. 0-4 or 0,3,7 (default: the paper's count; 2 with --fast)"),
+        help="seeds, e.g. 0-4 or 0,3,7; unset: the paper's count (2 with --fast)"),
     Arg("--head", choices=("cross", "bi", "both"), default="both", help="model head(s)"),
     Arg("--preset", choices=PRESETS, default="paper", help="training preset"),
-    Arg("--model", default=None, help="transformers model id or folder (default: embedded "
-        "all-MiniLM-L6-v2)"),
-    Arg("--data-dir", default=None, help=f"GLUE folder (default: ${DATA_DIR_ENV}, else the hub)"),
+    Arg("--model", default=None,
+        help="transformers model id or folder; unset: the embedded all-MiniLM-L6-v2"),
+    Arg("--data-dir", default=None, help=f"GLUE folder; unset: ${DATA_DIR_ENV}, else the hub"),
     Arg("--quiet", action="store_true", help="no progress bars"),
 )
 
@@ -218,7 +228,7 @@ def _register(name: str) -> None:
         print((out / "summary.md").read_text())
         return summary
 
-    experiment(name, help=(PLANS[name].__doc__ or "").split("\n")[0], arguments=ARGUMENTS)(run)
+    experiment(name, help=HELP[name], arguments=ARGUMENTS)(run)
 
 
 for _name in PLANS:

@@ -152,6 +152,7 @@ def plot_curve(results: Results, axis: str, xlabel: str, path: Path) -> None:
         if zero is not None:
             ax.axhline(zero, ls="--", color=COLORS["zero-shot"], label="zero-shot (bi)")
         ax.set(xlabel=xlabel, ylabel="dev Pearson", title=f"STS-B, {head} head")
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.legend()
     save_figure(fig, path)
 
@@ -202,6 +203,7 @@ def plot_narrow_vs_wide(results: Results, path: Path) -> None:
             dev_ax.plot(steps, dev, marker=".", label=label, color=color)
         loss_ax.set(xlabel="step", ylabel="train loss", yscale="log", title=f"{head} head")
         dev_ax.set(xlabel="step", ylabel="dev Pearson", title=f"{head} head")
+        dev_ax.ticklabel_format(axis="y", useOffset=False)
         loss_ax.legend()
         dev_ax.legend()
     save_figure(fig, path)
@@ -223,9 +225,12 @@ def plot_subspace(results: Results, path: Path) -> None:
         head = cell.labels["head"]
         sv_ax.set(xlabel="index i", ylabel="σ_i(ΔW) at the end", yscale="log",
                   title=f"{head} head, {len(run['layers'])} layers")
+        last = max(cell.config.snapshot_steps, default=1)
+        ticks = sorted({t for t in (0, 1, 10, 100, 1000) if t <= last} | {last})
+        cos_ax.set_xscale("symlog", linthresh=1)
+        cos_ax.set_xticks(ticks, [str(t) for t in ticks])
         cos_ax.set(xlabel="step", ylabel="cos largest principal angle vs end",
-                   xscale="symlog", ylim=(-0.02, 1.02),
-                   title=f"{head} head, top-{cell.config.rank}")
+                   ylim=(-0.02, 1.02), title=f"{head} head, top-{cell.config.rank}")
     save_figure(fig, path)
 
 

@@ -119,12 +119,12 @@ class DeepFactorization(nn.Module):
 
         With ``A = W_L ⋯ W_2`` (m×k) and ``B = W_1ᵀ`` (n×k), returns ``⟨A[i], B[j]⟩`` by
         :func:`~deeplora.factorization.sampled.sampled_product` (cost O(|Ω|·k + (m + n)·k²), sparse
-        CSR backward) when that touches fewer numbers than the m×n product; otherwise forms the
-        product and indexes it.
+        CSR backward) when the model is narrow (k < min(m, n)); a wide model forms the m×n
+        product (cost O(m·n·k), as forming A already costs O(m·k²)) and indexes it.
         """
         m, n = self.shape
         first = self.factors[0]
-        if not isinstance(rows, ObservedIndex) and rows.numel() * first.shape[0] > m * n:
+        if not isinstance(rows, ObservedIndex) and self.width >= min(m, n):
             return self.product()[rows, cols]
         return sampled_product(_chain(list(reversed(self.factors[1:]))), first.T, rows, cols)
 

@@ -85,14 +85,14 @@ def run(args: argparse.Namespace) -> int:
     ]
     check_writable_dir(args.out)
     quiet_transformers()
-    from deeplora.experiments.finetune_paper import Cell, Options, zero_shot_cells
+    from deeplora.experiments.finetune_paper import Cell, Options, zero_shot_cell
     from deeplora.experiments.finetune_report import main_metric, markdown, summarize
     from deeplora.finetune.runs import load_results, run_sweep
     from deeplora.finetune.train import Prepared
 
     cells = [Cell(c, seeds, {"method": c.method, "head": c.head}) for c in configs]
     if len(cells) > 1:
-        zero = zero_shot_cells(Options(model=args.model, preset=args.preset), args.task)[0]
+        zero = zero_shot_cell(Options(model=args.model, preset=args.preset), args.task)
         cells.insert(0, replace(zero, config=replace(zero.config, dev_samples=args.dev_samples)))
     Prepared(configs[0], seeds[0], args.data_dir)  # validate data and model before any run
     out = Path(args.out)

@@ -167,7 +167,8 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
 def build_task_model(config: FinetuneConfig, path: str) -> CrossEncoder | BiEncoder:
     """Backbone from ``path`` with the head for ``config.head`` and adapters for ``config.method``.
 
-    Call after seeding: the random head and the adapters draw from torch's global generator.
+    Call after seeding: the random head and then the adapters draw from torch's global
+    generator, so one seed gives every method the same head.
     Trainable parameters: the adapters, plus the head when ``config.train_head``. With
     ``method == "zero-shot"`` nothing is adapted or trainable. ``deep-lora-compressed`` layers
     get their factors from one gradient in the training loop
@@ -188,13 +189,12 @@ def build_task_model(config: FinetuneConfig, path: str) -> CrossEncoder | BiEnco
         else:
             backbone.requires_grad_(False)
         return CrossEncoder(backbone, task)
-    encoder = AutoModel.from_pretrained(path)
+    model = BiEncoder(AutoModel.from_pretrained(path), task)  # head drawn before adapters
     if adapt:
-        peft_config = adapter_peft_config(config, encoder, None)
-        encoder = get_peft_model(encoder, peft_config)
+        model.encoder = get_peft_model(model.encoder, adapter_peft_config(config, model.encoder,
+                                                                          None))
     else:
-        encoder.requires_grad_(False)
-    model = BiEncoder(encoder, task)
+        model.encoder.requires_grad_(False)
     if model.head is not None:
         model.head.requires_grad_(adapt and config.train_head)
     return model

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
+
 from deeplora.cli.output import write_json
 from deeplora.finetune.config import FinetuneConfig
 from deeplora.finetune.train import Prepared, run_finetune
@@ -49,9 +51,13 @@ def run_sweep(
             results.append(json.loads(path.read_text()))
             continue
         prepared = Prepared(config, seed, data_dir)
-        write_json(path.parent / "config.json", config.to_dict())
-        result = run_finetune(config, seed, data_dir, log_path=path.with_suffix(".log.jsonl"),
-                              progress=progress, prepared=prepared)
-        write_json(path, result)
+        main = PartialState().is_main_process  # under `accelerate launch`: one writer
+        if main:
+            write_json(path.parent / "config.json", config.to_dict())
+        log = path.with_suffix(".log.jsonl") if main else None
+        result = run_finetune(config, seed, data_dir, log_path=log, progress=progress,
+                              prepared=prepared)
+        if main:
+            write_json(path, result)
         results.append(result)
     return results
