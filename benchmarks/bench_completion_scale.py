@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from deeplora.completion import default_settings, random_low_rank
+from deeplora.completion.methods import optimizer_options
 from deeplora.completion.sparse import compressed_factorization, random_observations
 from deeplora.factorization import discrepant_param_groups, make_optimizer
 from deeplora.factorization.sampled import ObservedIndex
@@ -63,7 +64,7 @@ def run_one(size: int, fraction: float, rank: int, steps: int, target_error: flo
     build_seconds = time.perf_counter() - start
     groups = discrepant_param_groups(model.outer_parameters(), model.inner_parameters(), lr,
                                      gamma)
-    opt = make_optimizer("adam", groups)
+    opt = make_optimizer("adam", groups, **optimizer_options("adam"))
     norm = float(torch.linalg.vector_norm(h_values))
     curve: list[tuple[int, float, float]] = []
     step_seconds: list[float] = []

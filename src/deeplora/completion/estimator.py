@@ -23,7 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from deeplora.completion.methods import default_settings
+from deeplora.completion.methods import default_settings, optimizer_options
 from deeplora.completion.sparse import compressed_factorization
 from deeplora.factorization import DeepFactorization, discrepant_param_groups, make_optimizer
 from deeplora.factorization.optim import OPTIMIZERS
@@ -348,7 +348,8 @@ class DeepMatrixCompletion(BaseEstimator):
         if self.bias == "all":
             inner += [self._mean, self._row_bias, self._col_bias]
         groups = discrepant_param_groups(outer, inner, lr, gamma)
-        opt = make_optimizer(self.optimizer, groups, weight_decay=self.weight_decay)
+        opt = make_optimizer(self.optimizer, groups, weight_decay=self.weight_decay,
+                             **optimizer_options(self.optimizer))
         self.history_: dict[str, list[float]] = {"step": [], "train_loss": [], "val_rmse": [],
                                                  "seconds": []}
         best, best_state, self.best_step_, stale = math.inf, self._state(), 0, 0

@@ -26,6 +26,18 @@ ADAM_DEFAULTS: dict[str, tuple[float, float]] = {
     "narrow": (3e-2, 1.0),
     "original": (1e-3, 1.0),
 }
+# Adam's ε (the denominator guard, not the init scale). The mean-over-Ω loss makes the first
+# gradients of the ε-small inner factors tiny (≈ ε^{L-1}·σ(Φ)·|Ω|/(m n)/|Ω|: 1e-13 at
+# m = n = 50,000), far below torch's default 1e-8, which would turn Adam into slow SGD on the
+# plateau; 1e-16 keeps its updates scale-invariant from the first step.
+ADAM_EPS = 1e-16
+
+
+def optimizer_options(optimizer: str) -> dict[str, float]:
+    """Extra keyword arguments for :func:`~deeplora.factorization.make_optimizer`."""
+    return {"eps": ADAM_EPS} if optimizer in ("adam", "adamw") else {}
+
+
 # The authors' GD step on ½ Σ_Ω (X − Φ)² / (m n); on our mean-over-Ω loss it is
 # PAPER_GD_STEP · |Ω| / (m n). Their γ for the compressed model is 0.01.
 PAPER_GD_STEP = 5e3

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
+from deeplora.completion.methods import optimizer_options
 from deeplora.completion.problems import Problem
 from deeplora.factorization import DeepFactorization, discrepant_param_groups, make_optimizer
 
@@ -63,8 +64,10 @@ def fit(
     """Train ``model`` on ``problem`` in place and return its :class:`History`.
 
     Outer factors (``model.outer_parameters()``) step at ``gamma·lr``, the others at ``lr``.
-    Stops after ``steps`` steps, when the train loss falls to ``tol``, when the recovery error
-    falls to ``target_error``, or when the loss becomes non-finite (divergence; recorded).
+    Adam's denominator guard defaults to :data:`~deeplora.completion.methods.ADAM_EPS`;
+    ``optimizer_kwargs`` override it. Stops after ``steps`` steps, when the train loss falls
+    to ``tol``, when the recovery error falls to ``target_error``, or when the loss becomes
+    non-finite (divergence; recorded).
     """
     if not (isinstance(steps, int) and steps >= 0):
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
@@ -72,7 +75,8 @@ def fit(
         raise ValueError(f"eval_every must be an integer >= 1, got {eval_every!r}")
     outer = model.outer_parameters()
     groups = discrepant_param_groups(outer, model.inner_parameters(), lr, gamma)
-    opt = make_optimizer(optimizer, groups, **optimizer_kwargs)
+    options = {**optimizer_options(optimizer), **optimizer_kwargs}
+    opt = make_optimizer(optimizer, groups, **options)
     history = History(build_seconds=build_seconds)
     elapsed = build_seconds
     bar = tqdm(total=steps, disable=not progress, desc="fit", unit="step", leave=False)
