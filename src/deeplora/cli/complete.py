@@ -58,6 +58,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-every", type=int, default=10, help="steps between evaluations")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: 1 for compressed/narrow, whose steps are too "
+                   "small to gain from more and slow down badly on a busy machine; torch's "
+                   "default for original)")
     p.add_argument("--json", metavar="PATH|-", default=None, help="write the result as JSON")
     p.add_argument("--plot", metavar="PATH", default=None, help="write a PNG of the run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -132,11 +136,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--observed must be in (0, 1], got {args.observed}")
     if not (math.isfinite(args.init_scale) and args.init_scale > 0):
         raise ValueError(f"--init-scale must be > 0, got {args.init_scale}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     optimizer, lr, gamma = default_settings(args.method, args.optimizer, args.lr, args.gamma,
                                             args.observed)
     check_writable(args.json)
     check_writable(args.plot)
 
+    if args.threads or args.method != "original":
+        torch.set_num_threads(args.threads or 1)
     target = random_low_rank(args.size, cols, args.rank, seed=args.seed)
     problem = MatrixCompletion.random(target, args.observed, seed=args.seed + 1)
     model, build_seconds = build_model(args.method, problem, args.depth, rank_hat,
