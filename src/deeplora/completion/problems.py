@@ -169,6 +169,7 @@ class MatrixCompletion(Problem):
         if not bool(torch.isfinite(values).all()):
             raise ValueError("observed values must be finite (found NaN or inf)")
         self.target, self.rows, self.cols, self.values = target, rows, cols, values
+        self._values_as = values
 
     @classmethod
     def random(cls, target: LowRankMatrix, fraction: float, seed: int = 0) -> MatrixCompletion:
@@ -181,8 +182,10 @@ class MatrixCompletion(Problem):
         return self.rows.numel() / (m * n)
 
     def loss(self, model: DeepFactorization) -> Tensor:
-        values = self.values.to(model.factors[0].dtype)
-        return 0.5 * torch.mean((model.entries(self.rows, self.cols) - values) ** 2)
+        dtype = model.factors[0].dtype
+        if self._values_as.dtype != dtype:  # cast once, not every step
+            self._values_as = self.values.to(dtype)
+        return 0.5 * torch.mean((model.entries(self.rows, self.cols) - self._values_as) ** 2)
 
 
 class MatrixSensing(Problem):
