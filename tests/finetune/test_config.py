@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deeplora.finetune.config import FinetuneConfig, preset
+from deeplora.finetune.config import FinetuneConfig, padding_override, preset
 from deeplora.finetune.data import DataError
 
 
@@ -42,3 +42,11 @@ def test_key_is_stable_and_unique() -> None:
     assert a.key().startswith("stsb-deep-lora-cross-paper-r8-n16-t500-")
     assert a.key() != preset("paper", samples=16, lr=2e-4).key()
     assert FinetuneConfig.from_dict(a.to_dict()) == a
+
+
+def test_padding_override_keeps_or_replaces_the_presets_choice() -> None:
+    assert preset("paper", **padding_override(None)).pad_to_max_length
+    assert not preset("paper", **padding_override("longest")).pad_to_max_length
+    assert preset("practical", **padding_override("max-length")).pad_to_max_length
+    with pytest.raises(DataError, match="unknown padding 'none'; choose one of max-length"):
+        padding_override("none")

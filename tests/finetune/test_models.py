@@ -88,3 +88,26 @@ def test_batches_give_loss_and_predictions(tiny_model: str, head: str, cls: type
 def test_not_a_transformers_model(tmp_path) -> None:
     with pytest.raises(DataError, match=f"{tmp_path}: not a transformers model"):
         resolve_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("head", ["cross", "bi"])
+def test_padding_to_max_length_changes_nothing_but_cost(tiny_model: str, head: str) -> None:
+    """``--padding longest`` is the same computation as max-length padding (dropout off)."""
+    torch.manual_seed(0)
+    model = build_task_model(preset("paper", head=head, max_length=24), tiny_model).eval()
+    rows = [{"sentence1": "a man", "sentence2": "a dog is eating food", "label": 4.0},
+            {"sentence1": "cat", "sentence2": "the plane is taking off", "label": 1.0}]
+    grads = []
+    for pad in (True, False):
+        batch = Collator(load_tokenizer(tiny_model), model.task, head, 24, pad)(rows)
+        model.zero_grad()
+        loss = model(batch)
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()
+                                      if p.requires_grad]))
+    (padded, padded_grads), (longest, longest_grads) = grads
+    torch.testing.assert_close(padded, longest, rtol=1e-5, atol=1e-7)
+    assert padded_grads
+    for a, b in zip(padded_grads, longest_grads, strict=True):
+        assert a.abs().max() > 0
+        assert (a - b).abs().max() <= 1e-4 * a.abs().max()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from deeplora.experiments import Arg, experiment
-from deeplora.finetune.config import PRESETS, FinetuneConfig, preset
+from deeplora.finetune.config import PADDINGS, PRESETS, FinetuneConfig, padding_override, preset
 from deeplora.finetune.data import DATA_DIR_ENV, DataError, available_tasks, resolve_data_dir
 
 
@@ -39,6 +39,7 @@ class Options:
     heads: tuple[str, ...] = ("cross", "bi")
     preset: str = "paper"
     model: str | None = None
+    padding: str | None = None
 
     def seed_list(self, paper_count: int) -> tuple[int, ...]:
         if self.seeds is not None:
@@ -50,7 +51,8 @@ class Options:
         to 32 tokens with dynamic padding (a smoke test: the numbers mean nothing)."""
         fast = {"steps": min(steps, 2), "dev_samples": 32, "max_length": 32,
                 "pad_to_max_length": False, "eval_every": 0}
-        values = {"model": self.model, "steps": steps, **overrides}
+        values = {"model": self.model, "steps": steps, **padding_override(self.padding),
+                  **overrides}
         if self.fast:
             values.update(fast, eval_every=1 if overrides.get("eval_every") else 0)
         return preset(self.preset, **values)
@@ -210,6 +212,9 @@ ARGUMENTS = (
     Arg("--preset", choices=PRESETS, default="paper", help="training preset"),
     Arg("--model", default=None,
         help="transformers model id or folder; unset: the embedded all-MiniLM-L6-v2"),
+    Arg("--padding", choices=PADDINGS, default=None,
+        help="pad training batches to max-length (128) or to their longest input; unset: "
+        "the preset's choice (paper: max-length)"),
     Arg("--data-dir", default=None, help=f"GLUE folder; unset: ${DATA_DIR_ENV}, else the hub"),
     Arg("--quiet", action="store_true", help="no progress bars"),
 )
@@ -223,7 +228,7 @@ def _register(name: str) -> None:
         heads = ("cross", "bi") if args.head == "both" else (args.head,)
         seeds = None if args.seeds is None else parse_seeds(args.seeds)
         options = Options(fast=args.fast, seeds=seeds, heads=heads, preset=args.preset,
-                          model=args.model)
+                          model=args.model, padding=args.padding)
         summary = run_experiment(name, options, out, args.data_dir, progress=not args.quiet)
         print((out / "summary.md").read_text())
         return summary

@@ -11,7 +11,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from deeplora.cli.output import check_writable_dir, write_atomic
-from deeplora.finetune.config import HEADS, METHODS, PRESETS, TARGETS, preset
+from deeplora.finetune.config import (
+    HEADS,
+    METHODS,
+    PADDINGS,
+    PRESETS,
+    TARGETS,
+    padding_override,
+    preset,
+)
 from deeplora.finetune.data import DATA_DIR_ENV, TASKS, get_task
 
 
@@ -67,6 +75,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                    "(0: only at the end)")
     p.add_argument("--dev-samples", type=int, default=None,
                    help="evaluate on this many dev rows (default: all)")
+    p.add_argument("--padding", default=None,
+                   help=f"one of {', '.join(PADDINGS)}: pad training batches to 128 tokens or "
+                   "to their longest input (same outputs, padding is masked; default: the "
+                   "preset's, paper: max-length)")
     p.add_argument("--data-dir", default=None,
                    help=f"GLUE folder (default: ${DATA_DIR_ENV}, else the hub nyu-mll/glue)")
     p.add_argument("--out", default="runs/finetune", help="output folder")
@@ -80,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     configs = [
         preset(args.preset, task=args.task, method=method, rank=args.rank, samples=args.samples,
                steps=args.steps, head=args.head, targets=args.targets, model=args.model,
-               lr=args.lr, eval_every=args.eval_every, dev_samples=args.dev_samples)
+               lr=args.lr, eval_every=args.eval_every, dev_samples=args.dev_samples,
+               **padding_override(args.padding))
         for method in methods
     ]
     check_writable_dir(args.out)
@@ -92,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
 
     cells = [Cell(c, seeds, {"method": c.method, "head": c.head}) for c in configs]
     if len(cells) > 1:
-        zero = zero_shot_cell(Options(model=args.model, preset=args.preset), args.task)
+        zero = zero_shot_cell(Options(model=args.model, preset=args.preset,
+                                      padding=args.padding), args.task)
         cells.insert(0, replace(zero, config=replace(zero.config, dev_samples=args.dev_samples)))
     Prepared(configs[0], seeds[0], args.data_dir)  # validate data and model before any run
     out = Path(args.out)

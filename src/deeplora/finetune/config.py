@@ -21,6 +21,7 @@ METHODS = ("deep-lora", "lora", "peft-lora", "deep-lora-compressed", "zero-shot"
 HEADS = ("cross", "bi")
 PRESETS = ("paper", "practical")
 TARGETS = ("all-dense", "attention-mlp", "query-value")
+PADDINGS = ("max-length", "longest")
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,17 @@ class FinetuneConfig:
             f"{self.task}-{self.method}-{self.head}-{self.preset}-r{self.rank}"
             f"-n{self.samples}-t{self.steps}-{digest[:10]}"
         )
+
+
+def padding_override(padding: str | None) -> dict[str, bool]:
+    """``{"pad_to_max_length": …}`` for ``padding`` in :data:`PADDINGS`; ``{}`` for ``None``
+    (keep the preset's choice). Both give the same model outputs (padding is masked); only
+    dropout masks, drawn per padded shape, and the cost differ."""
+    if padding is None:
+        return {}
+    if padding not in PADDINGS:
+        raise DataError(f"unknown padding {padding!r}; choose one of {', '.join(PADDINGS)}")
+    return {"pad_to_max_length": padding == "max-length"}
 
 
 def preset(name: str, **overrides: Any) -> FinetuneConfig:
