@@ -7,7 +7,20 @@ import torch
 from deeplora.completion import MatrixCompletion, random_low_rank
 from deeplora.completion.sparse import RandomDCT, compressed_factorization, random_observations
 from deeplora.factorization import DeepFactorization, compress, principal_angles
-from deeplora.factorization.sampled import ObservedIndex, sampled_product
+from deeplora.factorization.sampled import (
+    ObservedIndex,
+    sampled_product,
+    squared_loss_and_grads,
+)
+
+# DENSE_FRACTION values that force each forward: gather from A Bᵀ, or a sampled product.
+FORWARDS = {"dense": 1 << 30, "sampled": 0}
+
+
+@pytest.fixture(params=sorted(FORWARDS))
+def forward(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(ObservedIndex, "DENSE_FRACTION", FORWARDS[request.param])
+    return request.param
 
 
 def _pair(m: int, n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -16,7 +29,7 @@ def _pair(m: int, n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Te
             torch.randn(n, k, dtype=torch.float64, generator=gen, requires_grad=True))
 
 
-def test_sampled_product_matches_dense_unsorted_with_duplicates() -> None:
+def test_sampled_product_matches_dense_unsorted_with_duplicates(forward: str) -> None:
     a, b = _pair(7, 5, 3)
     rows, cols = torch.tensor([3, 0, 0, 6, 2, 2, 0]), torch.tensor([1, 4, 4, 0, 3, 2, 4])
     got = sampled_product(a, b, rows, cols)
@@ -29,10 +42,29 @@ def test_sampled_product_matches_dense_unsorted_with_duplicates() -> None:
         torch.testing.assert_close(g, w)
 
 
-def test_sampled_product_gradcheck() -> None:
+def test_sampled_product_gradcheck(forward: str) -> None:
     a, b = _pair(6, 4, 2, seed=1)
     rows, cols = torch.tensor([5, 0, 3, 3, 1]), torch.tensor([0, 3, 1, 1, 2])
     assert torch.autograd.gradcheck(lambda x, y: sampled_product(x, y, rows, cols), (a, b))
+
+
+@pytest.mark.parametrize("depth", [2, 3, 5])
+def test_closed_form_loss_and_grads_match_autograd(forward: str, depth: int) -> None:
+    gen = torch.Generator().manual_seed(depth)
+    m, n, k = 9, 7, 3
+    shapes = [(k, n), *[(k, k)] * (depth - 2), (m, k)]
+    factors = [torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)
+               for shape in shapes]
+    rows = torch.tensor([8, 0, 0, 4, 2, 2, 0, 5, 1])  # unsorted, (0, 6) twice
+    cols = torch.tensor([1, 6, 6, 0, 3, 2, 5, 4, 4])
+    values = torch.randn(9, dtype=torch.float64, generator=gen)
+    loss, grads = squared_loss_and_grads(factors, ObservedIndex(rows, cols, (m, n)), values)
+    product = torch.linalg.multi_dot(factors[::-1])
+    want = 0.5 * torch.mean((product[rows, cols] - values) ** 2)
+    torch.testing.assert_close(loss, want.detach())
+    for got, expected in zip(grads, torch.autograd.grad(want, factors), strict=True):
+        assert got.is_contiguous()
+        torch.testing.assert_close(got, expected)
 
 
 def test_index_cache_reuses_only_same_unmodified_tensors() -> None:

@@ -37,3 +37,10 @@ def test_bad_arguments():
         discrepant_param_groups([p], [p], 0.1, 0.1)
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer("lbfgs", [{"params": [p], "lr": 0.1}])
+
+
+def test_adam_is_fused_unless_told_otherwise():
+    model = DeepFactorization(4, 3, depth=2, generator=torch.Generator().manual_seed(0))
+    groups = discrepant_param_groups([], model.parameters(), 0.1, 1.0)
+    assert make_optimizer("adam", groups).defaults["fused"]
+    assert not make_optimizer("adamw", groups, foreach=True).defaults["fused"]

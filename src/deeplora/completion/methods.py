@@ -12,7 +12,8 @@ import time
 
 import torch
 
-from deeplora.completion.problems import Problem
+from deeplora.completion.problems import MatrixCompletion, Problem
+from deeplora.completion.sparse import compressed_factorization
 from deeplora.factorization import DeepFactorization, compress
 
 METHODS = ("original", "compressed", "narrow")
@@ -75,7 +76,12 @@ def build_model(
 ) -> tuple[DeepFactorization, float]:
     """Return ``(model, seconds it took to build)`` for ``method`` on ``problem``.
 
-    ``rank`` is r̂, the assumed rank (compressed and narrow have width 2r̂).
+    ``rank`` is r̂, the assumed rank (compressed and narrow have width 2r̂). For matrix
+    completion the compressed model is built from Ω alone
+    (:func:`~deeplora.completion.sparse.compressed_factorization`: the first gradient as a
+    sparse matrix, its top-r̂ singular vectors, an implicit random orthogonal end-to-end
+    initialization), without forming the wide model; otherwise by
+    :func:`~deeplora.factorization.compress` from a wide ε-orthogonal model.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
@@ -84,6 +90,10 @@ def build_model(
         raise ValueError(f"rank must be an integer with 1 <= rank and 2*rank <= min(m, n) = "
                          f"{min(m, n)}, got {rank!r}")
     start = time.perf_counter()
+    if method == "compressed" and isinstance(problem, MatrixCompletion):
+        index, values = problem.observed_index, problem.values
+        model = compressed_factorization(index, values, rank, depth, scale, seed, dtype)
+        return model, time.perf_counter() - start
     gen = torch.Generator().manual_seed(seed)
     width = 2 * rank if method == "narrow" else None
     model = DeepFactorization(m, n, depth, width, "orthogonal", scale, gen, dtype)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from deeplora.factorization import DeepFactorization
+from deeplora.factorization.sampled import ObservedIndex, squared_loss_and_grads
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,11 @@ class Problem:
     def loss(self, model: DeepFactorization) -> Tensor:
         raise NotImplementedError
 
+    def loss_and_grads(self, model: DeepFactorization) -> tuple[Tensor, list[Tensor]]:
+        """The loss (0-dim, detached) and its gradient w.r.t. each of ``model.factors``."""
+        loss = self.loss(model)
+        return loss.detach(), list(torch.autograd.grad(loss, model.factors))
+
     def recovery_error(self, model: DeepFactorization) -> float:
         """``‖X − Φ‖_F / ‖Φ‖_F`` over all m·n entries."""
         return _relative_error(model, self.target)
@@ -170,6 +176,7 @@ class MatrixCompletion(Problem):
             raise ValueError("observed values must be finite (found NaN or inf)")
         self.target, self.rows, self.cols, self.values = target, rows, cols, values
         self._values_as = values
+        self._index: ObservedIndex | None = None
 
     @classmethod
     def random(cls, target: LowRankMatrix, fraction: float, seed: int = 0) -> MatrixCompletion:
@@ -181,11 +188,34 @@ class MatrixCompletion(Problem):
         m, n = self.shape
         return self.rows.numel() / (m * n)
 
-    def loss(self, model: DeepFactorization) -> Tensor:
-        dtype = model.factors[0].dtype
-        if self._values_as.dtype != dtype:  # cast once, not every step
+    @property
+    def observed_index(self) -> ObservedIndex:
+        """Ω as an :class:`~deeplora.factorization.sampled.ObservedIndex` (built once)."""
+        if self._index is None:
+            self._index = ObservedIndex(self.rows, self.cols, self.shape)
+        return self._index
+
+    def _observed(self, dtype: torch.dtype) -> tuple[ObservedIndex, Tensor]:
+        """Ω and the observed values in ``dtype`` (cast once, not every step)."""
+        if self._values_as.dtype != dtype:
             self._values_as = self.values.to(dtype)
-        return 0.5 * torch.mean((model.entries(self.rows, self.cols) - self._values_as) ** 2)
+        return self.observed_index, self._values_as
+
+    def loss(self, model: DeepFactorization) -> Tensor:
+        index, values = self._observed(model.factors[0].dtype)
+        m, n = self.shape
+        entries = (model.product()[self.rows, self.cols] if model.width >= min(m, n)
+                   else model.entries(index))
+        return 0.5 * torch.mean((entries - values) ** 2)
+
+    def loss_and_grads(self, model: DeepFactorization) -> tuple[Tensor, list[Tensor]]:
+        """Closed form for a narrow model
+        (:func:`~deeplora.factorization.sampled.squared_loss_and_grads`), autograd otherwise."""
+        m, n = self.shape
+        if model.width >= min(m, n):
+            return super().loss_and_grads(model)
+        index, values = self._observed(model.factors[0].dtype)
+        return squared_loss_and_grads(list(model.factors), index, values)
 
 
 class MatrixSensing(Problem):

@@ -82,9 +82,8 @@ def fit(
     bar = tqdm(total=steps, disable=not progress, desc="fit", unit="step", leave=False)
     clock = time.perf_counter()
     for step in range(steps + 1):
-        opt.zero_grad(set_to_none=True)
-        loss = problem.loss(model)
-        value = float(loss.detach())
+        loss, grads = problem.loss_and_grads(model)
+        value = float(loss)
         if step % eval_every == 0 or step == steps or not math.isfinite(value) or value <= tol:
             elapsed += time.perf_counter() - clock
             error = problem.recovery_error(model) if math.isfinite(value) else math.inf
@@ -93,7 +92,8 @@ def fit(
             clock = time.perf_counter()
             if step == steps or not math.isfinite(value) or value <= tol or error <= target_error:
                 break
-        loss.backward()
+        for factor, grad in zip(model.factors, grads, strict=True):
+            factor.grad = grad.contiguous()  # fused Adam reads grads in the parameter's layout
         opt.step()
         bar.update()
     bar.close()

@@ -1,19 +1,25 @@
 """Entries of a low-rank product at a sparse set of positions, with a sparse backward.
 
 Observed entries Ω = {(i_ω, j_ω)} of an m×n matrix are held as an :class:`ObservedIndex`, a CSR
-sparsity pattern computed once. For a factorization ``X = A Bᵀ`` with A (m×k), B (n×k),
-:func:`sampled_product` returns ``X[i_ω, j_ω]`` by a sampled dense-dense product
-(:func:`torch.sparse.sampled_addmm`) and backpropagates a gradient ``g`` (|Ω|) as
+sparsity pattern (and its transpose) computed once. For a factorization ``X = A Bᵀ`` with
+A (m×k), B (n×k), :func:`sampled_product` returns ``X[i_ω, j_ω]`` and backpropagates a gradient
+``g`` (|Ω|) as
 
     ∂/∂A = R B,    ∂/∂B = Rᵀ A,    R = Σ_ω g_ω e_{i_ω} e_{j_ωᵀ}  (m×n, CSR, |Ω| non-zeros),
 
 two sparse-dense products (cost O(|Ω|·k)), instead of autograd's scatter-based index backward.
+The forward is a sampled dense-dense product (:func:`torch.sparse.sampled_addmm`, O(|Ω|·k)),
+or, when at least 1/16 of a not too large matrix is observed, one dense GEMM and a gather,
+which is faster there. :func:`squared_loss_and_grads` gives ``½ mean_Ω (X − y)²`` of a deep
+product and the gradient of every factor in closed form, without autograd's per-op overhead.
 """
 
 from __future__ import annotations
 
 import warnings
 import weakref
+from collections.abc import Sequence
+from functools import cached_property
 from typing import Any, ClassVar
 
 import scipy.sparse
@@ -57,7 +63,13 @@ class ObservedIndex:
     Entries keep the caller's order in :func:`sampled_product`; internally they are sorted
     row-major (``order``), which costs nothing when the caller's entries already are. Duplicate
     pairs are allowed: each one is a separate term of the loss. Tensors live on the CPU.
+    ``key`` holds the sorted flat positions ``i·n + j``.
     """
+
+    # Gather from a dense A Bᵀ instead of a sampled product when |Ω| >= m·n / DENSE_FRACTION
+    # and m·n <= DENSE_LIMIT (measured on one CPU core: 2× faster at 20 % of 500×500).
+    DENSE_FRACTION: ClassVar[int] = 16
+    DENSE_LIMIT: ClassVar[int] = 1 << 24
 
     _cache: ClassVar[list[tuple[Any, Any, int, int, tuple[int, int], ObservedIndex]]] = []
 
@@ -70,6 +82,7 @@ class ObservedIndex:
             self.order = None
         else:
             key, self.order = torch.sort(key, stable=True)
+        self.key = key
         sorted_rows, self.col = key // n, key % n
         self.crow = _crow(sorted_rows, m)
 
@@ -113,15 +126,40 @@ class ObservedIndex:
             (sorted_values.detach().numpy(), self.col.numpy(), self.crow.numpy()),
             shape=self.shape)
 
+    @cached_property
+    def _transposed(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(order, crow, col)`` of Ωᵀ as CSR (n×m): ``order`` re-sorts row-major-sorted
+        entries column-major."""
+        m, n = self.shape
+        sorted_rows = torch.repeat_interleave(torch.arange(m), torch.diff(self.crow))
+        key, order = torch.sort(self.col * m + sorted_rows, stable=True)
+        return order, _crow(key // m, n), key % m
+
+    def sample(self, a: Tensor, b: Tensor) -> Tensor:
+        """``(a bᵀ)`` at Ω in row-major-sorted order, for a (m×k), b (n×k); no autograd."""
+        m, n = self.shape
+        if m * n <= self.DENSE_LIMIT and self.nnz * self.DENSE_FRACTION >= m * n:
+            return (a @ b.T).view(-1).index_select(0, self.key)
+        pattern = _csr(self.crow, self.col, a.new_zeros(self.nnz), self.shape)
+        return torch.sparse.sampled_addmm(pattern, a, b.T, beta=0.0).values()
+
+    def left(self, sorted_values: Tensor, b: Tensor) -> Tensor:
+        """``R b`` (m×k) for R with the row-major-sorted ``sorted_values`` at Ω, b (n×k)."""
+        return _csr(self.crow, self.col, sorted_values, self.shape) @ b
+
+    def right(self, sorted_values: Tensor, a: Tensor) -> Tensor:
+        """``Rᵀ a`` (n×k) for R with the row-major-sorted ``sorted_values`` at Ω, a (m×k)."""
+        order, crow, col = self._transposed
+        values = sorted_values.index_select(0, order)
+        return _csr(crow, col, values, (self.shape[1], self.shape[0])) @ a
+
 
 class _SampledProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, a: Tensor, b: Tensor, index: ObservedIndex) -> Tensor:
         ctx.save_for_backward(a, b)
         ctx.index = index
-        pattern = _csr(index.crow, index.col, a.new_zeros(index.nnz), index.shape)
-        sampled = torch.sparse.sampled_addmm(pattern, a, b.T, beta=0.0).values()
-        return index.from_sorted(sampled)
+        return index.from_sorted(index.sample(a, b))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -129,11 +167,8 @@ class _SampledProduct(torch.autograd.Function):
         a, b = ctx.saved_tensors
         index: ObservedIndex = ctx.index
         g = index.to_sorted(grad.contiguous())
-        grad_a = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_a = _csr(index.crow, index.col, g, index.shape) @ b
-        if ctx.needs_input_grad[1]:  # SciPy's CSR.T @ dense runs column-wise, no transpose copy
-            grad_b = torch.from_numpy(index._scipy_sorted(g).T @ a.detach().contiguous().numpy())
+        grad_a = index.left(g, b) if ctx.needs_input_grad[0] else None
+        grad_b = index.right(g, a) if ctx.needs_input_grad[1] else None
         return grad_a, grad_b, None
 
 
@@ -156,3 +191,42 @@ def sampled_product(a: Tensor, b: Tensor, rows: Tensor | ObservedIndex,
             raise ValueError("cols is required when rows is a tensor")
         index = ObservedIndex.of(rows, cols, shape)
     return _SampledProduct.apply(a, b, index)
+
+
+def squared_loss_and_grads(
+    factors: Sequence[Tensor], index: ObservedIndex, values: Tensor
+) -> tuple[Tensor, list[Tensor]]:
+    """``ℒ = ½ mean_Ω (X_ω − y_ω)²`` for ``X = W_L ⋯ W_1`` and ``[∇_{W_1} ℒ, …, ∇_{W_L} ℒ]``.
+
+    ``factors`` = ``[W_1 (k×n), W_2 … W_{L-1} (k×k), W_L (m×k)]``, L >= 2; ``values`` (|Ω|) in
+    the caller's order of ``index``. With ``R = P_Ω(X − y)/|Ω|`` (m×n, sparse),
+    ``A = W_L ⋯ W_2`` (m×k) and ``H = R W_1ᵀ`` (m×k):
+
+        ∇W_1 = (Rᵀ A)ᵀ,    ∇W_l = (W_L ⋯ W_{l+1})ᵀ H (W_{l−1} ⋯ W_2)ᵀ   (l >= 2),
+
+    the same arithmetic as autograd (two sparse products, O(|Ω|·k), the rest k×k products and
+    O((m + n)·k²)) without its per-op overhead, which dominates the step of a narrow model.
+    Computed without building an autograd graph; the loss is a 0-dim tensor.
+    """
+    depth = len(factors)
+    if depth < 2:
+        raise ValueError(f"need at least 2 factors, got {depth}")
+    with torch.no_grad():
+        first, last = factors[0], factors[-1]
+        # suffix[i] = W_{i+1} ⋯ W_2 (k×k) for the inner factors; suffix[0] = None stands for I.
+        suffix: list[Tensor | None] = [None]
+        for w in factors[1:-1]:
+            suffix.append(w if suffix[-1] is None else w @ suffix[-1])
+        a = last if suffix[-1] is None else last @ suffix[-1]
+        residual = (index.sample(a, first.T) - index.to_sorted(values)) / index.nnz
+        loss = 0.5 * index.nnz * torch.dot(residual, residual)
+        grads = [index.right(residual, a).T.contiguous()]
+        # left = (W_L ⋯ W_{i+2})ᵀ R W_1ᵀ, from W_L down to W_2 (= factors[i]).
+        left = index.left(residual, first.T)
+        inner_grads = []
+        for i in range(depth - 1, 0, -1):
+            inner_grads.append(left if suffix[i - 1] is None else left @ suffix[i - 1].T)
+            if i > 1:
+                left = factors[i].T @ left
+        grads.extend(reversed(inner_grads))
+    return loss, grads
