@@ -13,13 +13,16 @@ from deeplora.factorization.sampled import (
     squared_loss_and_grads,
 )
 
-# DENSE_FRACTION values that force each forward: gather from A Bᵀ, or a sampled product.
-FORWARDS = {"dense": 1 << 30, "sampled": 0}
+# (DENSE_FRACTION, TRANSPOSE_LIMIT) that force each kernel pair: gather from A Bᵀ and torch's
+# transposed CSR, or a sampled product and SciPy's column-wise CSR.
+KERNELS = {"dense-torch": (1 << 30, 1 << 30), "sampled-scipy": (0, 0)}
 
 
-@pytest.fixture(params=sorted(FORWARDS))
+@pytest.fixture(params=sorted(KERNELS))
 def forward(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setattr(ObservedIndex, "DENSE_FRACTION", FORWARDS[request.param])
+    dense_fraction, transpose_limit = KERNELS[request.param]
+    monkeypatch.setattr(ObservedIndex, "DENSE_FRACTION", dense_fraction)
+    monkeypatch.setattr(ObservedIndex, "TRANSPOSE_LIMIT", transpose_limit)
     return request.param
 
 
