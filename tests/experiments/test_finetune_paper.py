@@ -64,7 +64,7 @@ def test_stsb_fewshot_fast_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     finally:
         torch.set_num_threads(threads)
     assert "Deep LoRA − LoRA" in capsys.readouterr().out
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary = json.loads((tmp_path / "stsb-fewshot.json").read_text())
     assert len(summary["differences"]) == 3  # sample sizes
     assert all(d["n"] == 2 for d in summary["differences"])
     zero = next(r for r in summary["rows"] if r["method"] == "zero-shot")

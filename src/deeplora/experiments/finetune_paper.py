@@ -3,7 +3,7 @@
 Each experiment is a list of :class:`Cell` s (one config, the seeds to run, and the labels it is
 reported under). :func:`run_experiment` runs every cell through
 :func:`deeplora.finetune.runs.run_sweep` (so a rerun skips finished seeds), then writes
-``summary.md`` / ``summary.json`` and a PNG via :mod:`deeplora.experiments.finetune_report`.
+``NAME.md`` / ``NAME.json`` and ``NAME.png`` via :mod:`deeplora.experiments.finetune_report`.
 Every few-shot table gets a zero-shot row (untouched model, ``bi`` head, seed 0).
 """
 
@@ -173,7 +173,7 @@ def run_experiment(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) experiment ``name`` with runs under ``out/runs/`` and write its report
-    (``summary.md``, ``summary.json``, ``<name>.png``) into ``out``.
+    (``<name>.md``, ``<name>.json``, ``<name>.png``) into ``out``.
 
     Every distinct (task, model, samples) is validated before the first training step.
     Returns the summary (see :func:`deeplora.experiments.finetune_report.write_report`).
@@ -230,7 +230,7 @@ def _register(name: str) -> None:
         options = Options(fast=args.fast, seeds=seeds, heads=heads, preset=args.preset,
                           model=args.model, padding=args.padding)
         summary = run_experiment(name, options, out, args.data_dir, progress=not args.quiet)
-        print((out / "summary.md").read_text())
+        print((out / f"{name}.md").read_text())
         return summary
 
     experiment(name, help=HELP[name], arguments=ARGUMENTS)(run)

@@ -269,8 +269,9 @@ def plot_glue(summary: dict[str, Any], path: Path) -> None:
 
 
 def write_report(name: str, results: Results, out: Path) -> dict[str, Any]:
-    """Write ``summary.json``, ``summary.md`` and ``<name>.png`` into ``out``; return the
-    summary."""
+    """Write ``<name>.json``, ``<name>.md`` and ``<name>.png`` into ``out``; return the
+    summary. Named after the experiment, so experiments sharing ``out`` (and its runs, e.g.
+    ``rank-histogram`` and the 256-sample cells of ``stsb-fewshot``) keep their reports."""
     summary = summarize(results)
     png = out / f"{name}.png"
     if name == "stsb-fewshot":
@@ -288,11 +289,11 @@ def write_report(name: str, results: Results, out: Path) -> dict[str, Any]:
     elif name == "glue-fewshot":
         summary["overall_by_head"] = overall_difference(summary)
         plot_glue(summary, png)
-    write_json(out / "summary.json", summary)
+    write_json(out / f"{name}.json", summary)
     text = markdown(name, summary)
     for head, o in summary.get("overall_by_head", {}).items():
         text += (f"\nOverall ({head} head): mean over tasks of Deep LoRA − LoRA "
                  f"{o['mean']:+.4f}, 95% CI [{o['ci_low']:+.4f}, {o['ci_high']:+.4f}], "
                  f"{o['n']} seeds\n")
-    write_atomic(out / "summary.md", lambda tmp: tmp.write_text(text))
+    write_atomic(out / f"{name}.md", lambda tmp: tmp.write_text(text))
     return summary
