@@ -71,3 +71,9 @@ def test_stsb_fewshot_fast_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     assert zero["mean"] > 0.5  # the embedded bi-encoder without fine-tuning
     assert (tmp_path / "stsb-fewshot.png").stat().st_size > 10_000
     assert len(list(tmp_path.glob("runs/*/seed-*.json"))) == 1 + 3 * 2 * 2
+    # --report-only with more seeds than finished: trains nothing, reports what exists
+    argv[argv.index("0-1")] = "0-3"
+    assert main([*argv, "--report-only"]) == 0
+    assert len(list(tmp_path.glob("runs/*/seed-*.json"))) == 1 + 3 * 2 * 2
+    summary = json.loads((tmp_path / "stsb-fewshot.json").read_text())
+    assert all(d["n"] == 2 for d in summary["differences"])

@@ -171,11 +171,14 @@ def run_experiment(
     out: str | os.PathLike[str],
     data_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    train: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) experiment ``name`` with runs under ``out/runs/`` and write its report
     (``<name>.md``, ``<name>.json``, ``<name>.png``) into ``out``.
 
-    Every distinct (task, model, samples) is validated before the first training step.
+    Every distinct (task, model, samples) is validated before the first training step. With
+    ``train=False`` nothing runs: the report covers the seeds already finished (a sweep run in
+    slices, or on several machines, can be looked at before it completes).
     Returns the summary (see :func:`deeplora.experiments.finetune_report.write_report`).
     """
     from deeplora.experiments.finetune_report import write_report
@@ -183,14 +186,14 @@ def run_experiment(
     from deeplora.finetune.train import Prepared
 
     cells = plan(name, options, data_dir)
+    root = Path(out)
     checked = set()
-    for cell in cells:
+    for cell in cells if train else ():
         key = (cell.config.task, cell.config.model, cell.config.samples)
         if key not in checked:
             Prepared(cell.config, cell.seeds[0], data_dir)
             checked.add(key)
-    root = Path(out)
-    for cell in cells:
+    for cell in cells if train else ():
         run_sweep(cell.config, cell.seeds, root / "runs", data_dir, progress=progress)
     results = [(cell, load_results(root / "runs", cell.config, cell.seeds)) for cell in cells]
     return write_report(name, results, root)
@@ -216,6 +219,8 @@ ARGUMENTS = (
         help="pad training batches to max-length (128) or to their longest input; unset: "
         "the preset's choice (paper: max-length)"),
     Arg("--data-dir", default=None, help=f"GLUE folder; unset: ${DATA_DIR_ENV}, else the hub"),
+    Arg("--report-only", action="store_true",
+        help="write the report from the runs already finished under --out; train nothing"),
     Arg("--quiet", action="store_true", help="no progress bars"),
 )
 
@@ -229,7 +234,8 @@ def _register(name: str) -> None:
         seeds = None if args.seeds is None else parse_seeds(args.seeds)
         options = Options(fast=args.fast, seeds=seeds, heads=heads, preset=args.preset,
                           model=args.model, padding=args.padding)
-        summary = run_experiment(name, options, out, args.data_dir, progress=not args.quiet)
+        summary = run_experiment(name, options, out, args.data_dir, progress=not args.quiet,
+                                 train=not args.report_only)
         print((out / f"{name}.md").read_text())
         return summary
 
