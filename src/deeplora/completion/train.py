@@ -93,7 +93,9 @@ def fit(
             if step == steps or not math.isfinite(value) or value <= tol or error <= target_error:
                 break
         for factor, grad in zip(model.factors, grads, strict=True):
-            factor.grad = grad.contiguous()  # fused Adam reads grads in the parameter's layout
+            # fused Adam reads a grad in its parameter's layout (pytorch/pytorch#106951); a
+            # transposed one gave silently wrong steps on CPU here
+            factor.grad = grad.contiguous()
         opt.step()
         bar.update()
     bar.close()
