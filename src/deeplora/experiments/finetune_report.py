@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from deeplora.experiments.finetune_paper import Cell
 
 Results = list[tuple["Cell", list[dict[str, Any]]]]
+LABELS = {"deep-lora": "Deep LoRA", "lora": "vanilla LoRA"}
 COLORS = {"deep-lora": "tab:blue", "lora": "tab:orange", "zero-shot": "gray",
           "wide": "tab:green", "narrow random": "tab:red", "compressed": "tab:blue"}
 
@@ -146,12 +147,13 @@ def plot_curve(results: Results, axis: str, xlabel: str, path: Path) -> None:
                 xs = [x for x, _ in points]
                 ax.errorbar(xs, [np.nanmean(v) for _, v in points],
                             yerr=[np.nanstd(v, ddof=1) if len(v) > 1 else 0 for _, v in points],
-                            marker="o", capsize=3, label=method, color=COLORS[method])
+                            marker="o", capsize=3, label=LABELS[method], color=COLORS[method])
                 ax.set_xscale("log", base=2)
                 ax.set_xticks(xs, [str(x) for x in xs])
         if zero is not None:
             ax.axhline(zero, ls="--", color=COLORS["zero-shot"], label="zero-shot (bi)")
-        ax.set(xlabel=xlabel, ylabel="dev Pearson", title=f"STS-B, {head} head")
+        ax.set(xlabel=xlabel, ylabel="dev Pearson (mean ± std over seeds)",
+               title=f"STS-B, {head} head")
         ax.ticklabel_format(axis="y", useOffset=False)
         ax.legend()
     save_figure(fig, path)
