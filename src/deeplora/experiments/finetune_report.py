@@ -140,6 +140,7 @@ def plot_curve(results: Results, axis: str, xlabel: str, path: Path) -> None:
              if any(c.labels["method"] != "zero-shot" for c, _ in r)}
     fig, axes = new_figure(ncols=len(heads))
     for ax, (head, cells) in zip(axes, heads.items(), strict=True):
+        ticks: set[Any] = set()
         for method in ("deep-lora", "lora"):
             points = sorted((c.labels[axis], [main_metric(r) for r in runs])
                             for c, runs in cells if c.labels["method"] == method and runs)
@@ -149,7 +150,8 @@ def plot_curve(results: Results, axis: str, xlabel: str, path: Path) -> None:
                             yerr=[np.nanstd(v, ddof=1) if len(v) > 1 else 0 for _, v in points],
                             marker="o", capsize=3, label=LABELS[method], color=COLORS[method])
                 ax.set_xscale("log", base=2)
-                ax.set_xticks(xs, [str(x) for x in xs])
+                ticks.update(xs)
+                ax.set_xticks(sorted(ticks), [str(x) for x in sorted(ticks)])
         if zero is not None:
             ax.axhline(zero, ls="--", color=COLORS["zero-shot"], label="zero-shot (bi)")
         ax.set(xlabel=xlabel, ylabel="dev Pearson (mean ± std over seeds)",
@@ -179,7 +181,7 @@ def plot_rank_histogram(counts: list[dict[str, Any]], max_rank: int, path: Path)
         items = [c for c in counts if c["head"] == head]
         for i, item in enumerate(items):
             heights = [item["counts"].get(str(k), 0) for k in ranks]
-            ax.bar(ranks + (i - 0.5) * 0.4, heights, width=0.4, label=item["method"],
+            ax.bar(ranks + (i - 0.5) * 0.4, heights, width=0.4, label=LABELS[item["method"]],
                    color=COLORS[item["method"]])
         ax.set(xlabel="numerical rank of ΔW (σ > 1e-3)", ylabel="layers × seeds",
                title=f"STS-B, 256 samples, {head} head", xticks=ranks)
