@@ -190,9 +190,10 @@ class MatrixCompletion(Problem):
 
     @property
     def observed_index(self) -> ObservedIndex:
-        """Ω as an :class:`~deeplora.factorization.sampled.ObservedIndex` (built once)."""
+        """Ω as an :class:`~deeplora.factorization.sampled.ObservedIndex`, built once and the
+        same object :meth:`DeepFactorization.entries` finds for ``(rows, cols)``."""
         if self._index is None:
-            self._index = ObservedIndex(self.rows, self.cols, self.shape)
+            self._index = ObservedIndex.of(self.rows, self.cols, self.shape)
         return self._index
 
     def _observed(self, dtype: torch.dtype) -> tuple[ObservedIndex, Tensor]:
@@ -202,17 +203,13 @@ class MatrixCompletion(Problem):
         return self.observed_index, self._values_as
 
     def loss(self, model: DeepFactorization) -> Tensor:
-        index, values = self._observed(model.factors[0].dtype)
-        m, n = self.shape
-        entries = (model.product()[self.rows, self.cols] if model.width >= min(m, n)
-                   else model.entries(index))
-        return 0.5 * torch.mean((entries - values) ** 2)
+        _, values = self._observed(model.factors[0].dtype)
+        return 0.5 * torch.mean((model.entries(self.rows, self.cols) - values) ** 2)
 
     def loss_and_grads(self, model: DeepFactorization) -> tuple[Tensor, list[Tensor]]:
         """Closed form for a narrow model
         (:func:`~deeplora.factorization.sampled.squared_loss_and_grads`), autograd otherwise."""
-        m, n = self.shape
-        if model.width >= min(m, n):
+        if not model.narrow:
             return super().loss_and_grads(model)
         index, values = self._observed(model.factors[0].dtype)
         return squared_loss_and_grads(list(model.factors), index, values)

@@ -187,14 +187,15 @@ def run_experiment(
 
     cells = plan(name, options, data_dir)
     root = Path(out)
-    checked = set()
-    for cell in cells if train else ():
-        key = (cell.config.task, cell.config.model, cell.config.samples)
-        if key not in checked:
-            Prepared(cell.config, cell.seeds[0], data_dir)
-            checked.add(key)
-    for cell in cells if train else ():
-        run_sweep(cell.config, cell.seeds, root / "runs", data_dir, progress=progress)
+    if train:
+        checked = set()
+        for cell in cells:
+            key = (cell.config.task, cell.config.model, cell.config.samples)
+            if key not in checked:
+                Prepared(cell.config, cell.seeds[0], data_dir)
+                checked.add(key)
+        for cell in cells:
+            run_sweep(cell.config, cell.seeds, root / "runs", data_dir, progress=progress)
     results = [(cell, load_results(root / "runs", cell.config, cell.seeds)) for cell in cells]
     return write_report(name, results, root)
 

@@ -93,6 +93,13 @@ class DeepFactorization(nn.Module):
         """Largest inner dimension k."""
         return max(f.shape[0] for f in self.factors[:-1])
 
+    @property
+    def narrow(self) -> bool:
+        """Width below min(m, n): entries are sampled from the factors, the m×n product is
+        never formed (:meth:`entries`, closed-form completion gradients)."""
+        m, n = self.shape
+        return self.width < min(m, n)
+
     def outer_parameters(self) -> list[nn.Parameter]:
         """``[W_1, W_L]``: the factors that get γ·η under discrepant learning rates."""
         return [self.factors[0], self.factors[-1]]
@@ -122,9 +129,8 @@ class DeepFactorization(nn.Module):
         CSR backward) when the model is narrow (k < min(m, n)); a wide model forms the m×n
         product (cost O(m·n·k), as forming A already costs O(m·k²)) and indexes it.
         """
-        m, n = self.shape
         first = self.factors[0]
-        if not isinstance(rows, ObservedIndex) and self.width >= min(m, n):
+        if not isinstance(rows, ObservedIndex) and not self.narrow:
             return self.product()[rows, cols]
         return sampled_product(_chain(list(reversed(self.factors[1:]))), first.T, rows, cols)
 

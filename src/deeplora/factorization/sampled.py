@@ -67,7 +67,7 @@ class ObservedIndex:
     """
 
     # Gather from a dense A Bᵀ instead of a sampled product when |Ω| >= m·n / DENSE_FRACTION
-    # and m·n <= DENSE_LIMIT (measured on one CPU core: 2× faster at 20 % of 500×500).
+    # and m·n <= DENSE_LIMIT (measured on one CPU core: 1.8× faster at 20 % of 500×500).
     DENSE_FRACTION: ClassVar[int] = 16
     DENSE_LIMIT: ClassVar[int] = 1 << 24
     # Rᵀa by torch with a transposed copy of Ω up to this many entries (0.4 ms of a 1.8 ms step
