@@ -37,6 +37,7 @@ def test_complete_writes_json_and_plot(tmp_path):
     (["--observed", "0"], "--observed must be in (0, 1]"),
     (["--observed", "1.5"], "--observed must be in (0, 1]"),
     (["--init-scale", "0"], "--init-scale must be > 0"),
+    (["--lr-patience", "-1"], "--lr-patience must be >= 0"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, message):
     out = tmp_path / "r.json"

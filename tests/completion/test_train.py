@@ -46,6 +46,8 @@ def test_bad_arguments(problem):
         fit(model, problem, steps=-1, progress=False)
     with pytest.raises(ValueError, match="eval_every"):
         fit(model, problem, eval_every=0, progress=False)
+    with pytest.raises(ValueError, match="lr_patience"):
+        fit(model, problem, lr_patience=-1, progress=False)
     with pytest.raises(ValueError, match="unknown method"):
         build_model("wide", problem)
     with pytest.raises(ValueError, match="rank"):
@@ -67,3 +69,18 @@ def test_closed_form_fused_step_follows_autograd_and_default_adam(problem, metho
         runs.append([f.detach() for f in model.factors])
     for a, b in zip(*runs, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_lr_patience_damps_adam_spikes(problem):
+    """At a step size where Adam spikes back far above 1e-2 after reaching it, halving the step
+    sizes when the loss stalls keeps the error near 1e-2 and ends lower."""
+    worst, last = {}, {}
+    for patience in (None, 2):
+        model, _ = build_model("narrow", problem, rank=2, seed=0, dtype=torch.float64)
+        history = fit(model, problem, "adam", 0.1, steps=800, eval_every=1, progress=False,
+                      lr_patience=patience)
+        reached, _ = history.first_below(1e-2)
+        worst[patience] = max(history.recovery_error[reached:])
+        last[patience] = history.recovery_error[-1]
+    assert worst[None] > 5e-2 and worst[2] < 2e-2
+    assert last[2] < last[None]

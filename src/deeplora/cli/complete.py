@@ -50,6 +50,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gamma", type=float, default=None,
                    help="discrepant rate γ of the outer factors (default 0.01 for compressed, "
                    "1 otherwise)")
+    p.add_argument("--lr-patience", type=int, default=None, metavar="P",
+                   help="halve the step sizes whenever the train loss has not decreased for P "
+                   "steps in a row (default: fixed step sizes)")
     p.add_argument("--init-scale", type=float, default=1e-3, help="ε")
     p.add_argument("--steps", type=int, default=5000, help="maximum number of steps")
     p.add_argument("--tol", type=float, default=1e-12, help="stop when the train loss <= tol")
@@ -138,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--init-scale must be > 0, got {args.init_scale}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.lr_patience is not None and args.lr_patience < 0:
+        raise ValueError(f"--lr-patience must be >= 0, got {args.lr_patience}")
     optimizer, lr, gamma = default_settings(args.method, args.optimizer, args.lr, args.gamma,
                                             args.observed)
     check_writable(args.json)
@@ -151,12 +156,13 @@ def run(args: argparse.Namespace) -> int:
                                        args.init_scale, args.seed, DTYPES[args.dtype])
     history = fit(model, problem, optimizer, lr, gamma, args.steps, args.tol,
                   args.target_error, args.eval_every, progress=not args.quiet,
-                  build_seconds=build_seconds)
+                  build_seconds=build_seconds, lr_patience=args.lr_patience)
     reached = history.first_below(1e-2)
     result: dict[str, Any] = {
         "method": args.method, "size": args.size, "cols": cols, "rank": args.rank,
         "assumed_rank": rank_hat, "depth": args.depth, "observed": args.observed,
-        "optimizer": optimizer, "lr": lr, "gamma": gamma, "init_scale": args.init_scale,
+        "optimizer": optimizer, "lr": lr, "gamma": gamma, "lr_patience": args.lr_patience,
+        "init_scale": args.init_scale,
         "dtype": args.dtype, "seed": args.seed,
         "steps": history.steps[-1], "seconds": history.seconds[-1],
         "build_seconds": build_seconds,

@@ -6,6 +6,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import torch
 from tqdm.auto import tqdm
 
 from deeplora.completion.methods import optimizer_options
@@ -59,6 +60,7 @@ def fit(
     eval_every: int = 10,
     progress: bool = True,
     build_seconds: float = 0.0,
+    lr_patience: int | None = None,
     **optimizer_kwargs: object,
 ) -> History:
     """Train ``model`` on ``problem`` in place and return its :class:`History`.
@@ -67,16 +69,23 @@ def fit(
     Adam's denominator guard defaults to :data:`~deeplora.completion.methods.ADAM_EPS`;
     ``optimizer_kwargs`` override it. Stops after ``steps`` steps, when the train loss falls
     to ``tol``, when the recovery error falls to ``target_error``, or when the loss becomes
-    non-finite (divergence; recorded).
+    non-finite (divergence; recorded). With ``lr_patience`` = p, every step size is halved
+    whenever the train loss has not decreased for p steps in a row
+    (:class:`torch.optim.lr_scheduler.ReduceLROnPlateau`): it damps the late oscillations of
+    Adam at a fixed step size.
     """
     if not (isinstance(steps, int) and steps >= 0):
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     if not (isinstance(eval_every, int) and eval_every >= 1):
         raise ValueError(f"eval_every must be an integer >= 1, got {eval_every!r}")
+    if lr_patience is not None and not (isinstance(lr_patience, int) and lr_patience >= 0):
+        raise ValueError(f"lr_patience must be an integer >= 0 or None, got {lr_patience!r}")
     outer = model.outer_parameters()
     groups = discrepant_param_groups(outer, model.inner_parameters(), lr, gamma)
     options = {**optimizer_options(optimizer), **optimizer_kwargs}
     opt = make_optimizer(optimizer, groups, **options)
+    scheduler = None if lr_patience is None else torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=0.5, patience=lr_patience, threshold=0.0)
     history = History(build_seconds=build_seconds)
     elapsed = build_seconds
     bar = tqdm(total=steps, disable=not progress, desc="fit", unit="step", leave=False)
@@ -97,6 +106,8 @@ def fit(
             # transposed one gave silently wrong steps on CPU here
             factor.grad = grad.contiguous()
         opt.step()
+        if scheduler is not None:
+            scheduler.step(value)
         bar.update()
     bar.close()
     return history
