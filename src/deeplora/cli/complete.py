@@ -51,8 +51,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="discrepant rate γ of the outer factors (default 0.01 for compressed, "
                    "1 otherwise)")
     p.add_argument("--lr-patience", type=int, default=None, metavar="P",
-                   help="halve the step sizes whenever the train loss has not decreased for P "
-                   "steps in a row (default: fixed step sizes)")
+                   help="halve the step sizes whenever the train loss has gone more than P "
+                   "steps without a new minimum (default: fixed step sizes)")
     p.add_argument("--init-scale", type=float, default=1e-3, help="ε")
     p.add_argument("--steps", type=int, default=5000, help="maximum number of steps")
     p.add_argument("--tol", type=float, default=1e-12, help="stop when the train loss <= tol")

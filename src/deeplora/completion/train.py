@@ -70,7 +70,7 @@ def fit(
     ``optimizer_kwargs`` override it. Stops after ``steps`` steps, when the train loss falls
     to ``tol``, when the recovery error falls to ``target_error``, or when the loss becomes
     non-finite (divergence; recorded). With ``lr_patience`` = p, every step size is halved
-    whenever the train loss has not decreased for p steps in a row
+    whenever the train loss has gone more than p steps without a new minimum
     (:class:`torch.optim.lr_scheduler.ReduceLROnPlateau`): it damps the late oscillations of
     Adam at a fixed step size.
     """
