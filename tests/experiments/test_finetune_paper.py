@@ -77,3 +77,13 @@ def test_stsb_fewshot_fast_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     assert len(list(tmp_path.glob("runs/*/seed-*.json"))) == 1 + 3 * 2 * 2
     summary = json.loads((tmp_path / "stsb-fewshot.json").read_text())
     assert all(d["n"] == 2 for d in summary["differences"])
+
+
+def test_bad_jobs_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from deeplora.cli import main
+
+    out = tmp_path / "out"
+    assert main(["experiment", "stsb-ranks", "--jobs", "0", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "deeplora: error: --jobs must be >= 1, got 0"
+    assert not out.exists() or not any(out.iterdir())

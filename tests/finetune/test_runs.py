@@ -40,6 +40,29 @@ def test_interrupted_sweep_resumes(glue_dir: Path, tiny_model: str, tmp_path: Pa
     assert len(runs.load_results(tmp_path, config, range(10))) == 4
 
 
+def test_parallel_runs_match_sequential_and_resume(glue_dir: Path, tiny_model: str,
+                                                   tmp_path: Path) -> None:
+    configs = [preset("practical", model=tiny_model, steps=2, samples=4, max_length=16,
+                      method=method) for method in ("deep-lora", "lora")]
+    runs.run_sweep(configs[0], [1], tmp_path / "parallel", glue_dir, progress=False)
+    done = tmp_path / "parallel" / configs[0].key() / "seed-1.json"
+    before = done.read_text()
+    runs.run_parallel([(c, [0, 1]) for c in configs], tmp_path / "parallel", glue_dir, jobs=2,
+                      progress=False)
+    assert done.read_text() == before  # a finished seed is not run again
+    for config in configs:
+        sequential = runs.run_sweep(config, [0, 1], tmp_path / "sequential", glue_dir,
+                                    progress=False)
+        parallel = runs.load_results(tmp_path / "parallel", config, [0, 1])
+        assert [r["seed"] for r in parallel] == [0, 1]
+        for a, b in zip(sequential, parallel, strict=True):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+            assert a["metrics"] == pytest.approx(b["metrics"], rel=1e-5)
+    assert not list((tmp_path / "parallel").glob("*/.*"))  # no temporary files left
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        runs.run_parallel([(configs[0], [0])], tmp_path / "parallel", glue_dir, jobs=0)
+
+
 def test_bad_input_writes_nothing(glue_dir: Path, tiny_model: str, tmp_path: Path) -> None:
     config = preset("paper", model=tiny_model, samples=41)
     with pytest.raises(DataError, match="--samples 41"):

@@ -31,6 +31,7 @@ def test_result_record(stsb_run) -> None:
     config, result, _ = stsb_run
     assert result["config"] == config.to_dict() and result["seed"] == 3
     assert {"torch", "transformers", "peft", "accelerate", "datasets"} <= set(result["versions"])
+    assert result["device"] == "cpu" and result["device_name"].startswith("cpu (")
     assert [h["step"] for h in result["history"]] == [0, 2, 4]
     assert result["history"][-1]["metrics"] == result["metrics"]
     assert len(result["train_loss"]) == 4 and result["wall_time_s"] > 0

@@ -172,9 +172,13 @@ def run_experiment(
     data_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     train: bool = True,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Run (or resume) experiment ``name`` with runs under ``out/runs/`` and write its report
     (``<name>.md``, ``<name>.json``, ``<name>.png``) into ``out``.
+
+    ``jobs`` > 1 trains that many runs at once in worker processes
+    (:func:`deeplora.finetune.runs.run_parallel`); the results are the same files.
 
     Every distinct (task, model, samples) is validated before the first training step. With
     ``train=False`` nothing runs: the report covers the seeds already finished (a sweep run in
@@ -182,9 +186,11 @@ def run_experiment(
     Returns the summary (see :func:`deeplora.experiments.finetune_report.write_report`).
     """
     from deeplora.experiments.finetune_report import write_report
-    from deeplora.finetune.runs import load_results, run_sweep
+    from deeplora.finetune.runs import load_results, run_parallel, run_sweep
     from deeplora.finetune.train import Prepared
 
+    if jobs < 1:
+        raise DataError(f"--jobs must be >= 1, got {jobs}")
     cells = plan(name, options, data_dir)
     root = Path(out)
     if train:
@@ -194,8 +200,12 @@ def run_experiment(
             if key not in checked:
                 Prepared(cell.config, cell.seeds[0], data_dir)
                 checked.add(key)
-        for cell in cells:
-            run_sweep(cell.config, cell.seeds, root / "runs", data_dir, progress=progress)
+        if jobs > 1:
+            run_parallel([(cell.config, cell.seeds) for cell in cells], root / "runs", data_dir,
+                         jobs=jobs, progress=progress)
+        else:
+            for cell in cells:
+                run_sweep(cell.config, cell.seeds, root / "runs", data_dir, progress=progress)
     results = [(cell, load_results(root / "runs", cell.config, cell.seeds)) for cell in cells]
     return write_report(name, results, root)
 
@@ -222,6 +232,9 @@ ARGUMENTS = (
     Arg("--data-dir", default=None, help=f"GLUE folder; unset: ${DATA_DIR_ENV}, else the hub"),
     Arg("--report-only", action="store_true",
         help="write the report from the runs already finished under --out; train nothing"),
+    Arg("--jobs", type=int, default=1,
+        help="train this many runs at once, in separate processes that split the CPU cores "
+        "(and share the GPU, if any)"),
     Arg("--quiet", action="store_true", help="no progress bars"),
 )
 
@@ -236,7 +249,7 @@ def _register(name: str) -> None:
         options = Options(fast=args.fast, seeds=seeds, heads=heads, preset=args.preset,
                           model=args.model, padding=args.padding)
         summary = run_experiment(name, options, out, args.data_dir, progress=not args.quiet,
-                                 train=not args.report_only)
+                                 train=not args.report_only, jobs=args.jobs)
         print((out / f"{name}.md").read_text())
         return summary
 

@@ -82,12 +82,17 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", default=None,
                    help=f"GLUE folder (default: ${DATA_DIR_ENV}, else the hub nyu-mll/glue)")
     p.add_argument("--out", default="runs/finetune", help="output folder")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="train this many runs at once, in separate processes that split the CPU "
+                   "cores (and share the GPU, if any)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     methods = tuple(dict.fromkeys(m.strip() for m in args.method.split(",")))
     configs = [
         preset(args.preset, task=args.task, method=method, rank=args.rank, samples=args.samples,
@@ -100,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     quiet_transformers()
     from deeplora.experiments.finetune_paper import Cell, Options, zero_shot_cell
     from deeplora.experiments.finetune_report import main_metric, markdown, summarize
-    from deeplora.finetune.runs import load_results, run_sweep
+    from deeplora.finetune.runs import load_results, run_parallel, run_sweep
     from deeplora.finetune.train import Prepared
 
     cells = [Cell(c, seeds, {"method": c.method, "head": c.head}) for c in configs]
@@ -110,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
         cells.insert(0, replace(zero, config=replace(zero.config, dev_samples=args.dev_samples)))
     Prepared(configs[0], seeds[0], args.data_dir)  # validate data and model before any run
     out = Path(args.out)
+    if args.jobs > 1:
+        run_parallel([(cell.config, cell.seeds) for cell in cells], out, args.data_dir,
+                     jobs=args.jobs, progress=not args.quiet)
     for cell in cells:
         for result in run_sweep(cell.config, cell.seeds, out, args.data_dir,
                                 progress=not args.quiet):

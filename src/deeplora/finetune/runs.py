@@ -1,4 +1,5 @@
-"""Sweeps over seeds with one atomically written result file per (config, seed), resumable.
+"""Sweeps over seeds with one atomically written result file per (config, seed), resumable,
+run one after another (:func:`run_sweep`) or in worker processes (:func:`run_parallel`).
 
 Layout: ``<out>/<config.key()>/config.json`` and ``seed-<k>.json`` (the result) plus
 ``seed-<k>.log.jsonl`` (the training log). A result file appears only complete (temp file +
@@ -9,12 +10,16 @@ rerun trains exactly the seeds without one.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import PartialState
+from tqdm.auto import tqdm
 
 from deeplora.cli.output import write_json
 from deeplora.finetune.config import FinetuneConfig
@@ -61,3 +66,45 @@ def run_sweep(
             write_json(path, result)
         results.append(result)
     return results
+
+
+def run_parallel(
+    sweeps: Sequence[tuple[FinetuneConfig, Sequence[int]]],
+    out: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    jobs: int = 2,
+    progress: bool = True,
+) -> None:
+    """Run every (config, seed) of ``sweeps`` that has no result file in ``jobs`` processes.
+
+    Runs go seed-major (the first seed of every config, then the second, …) so that a sweep
+    stopped early holds complete pairs. Each worker uses ``torch.get_num_threads() // jobs``
+    threads (at least 1); on a GPU machine the workers share the GPU. Results are the same
+    files :func:`run_sweep` writes. The first failing run stops the runs not yet started and
+    its error is raised.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    longest = max((len(seeds) for _, seeds in sweeps), default=0)
+    todo = [(config, seeds[i]) for i in range(longest) for config, seeds in sweeps
+            if i < len(seeds) and not result_path(out, config, seeds[i]).is_file()]
+    threads = max(1, torch.get_num_threads() // jobs)
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(threads,))
+    try:
+        futures = [pool.submit(run_sweep, config, (seed,), out, data_dir, False)
+                   for config, seed in todo]
+        for future in tqdm(as_completed(futures), total=len(futures), desc=f"runs ({jobs} jobs)",
+                           disable=not progress):
+            future.result()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def _init_worker(threads: int) -> None:
+    from deeplora.finetune.cli import quiet_transformers
+
+    torch.set_num_threads(threads)
+    quiet_transformers()

@@ -44,6 +44,13 @@ RANK_ATOL = 1e-3
 """Numerical rank of ΔW counts singular values above this (the paper's threshold)."""
 
 
+def device_name(device: torch.device) -> str:
+    """What ran the run: the GPU's name (e.g. ``"NVIDIA H100 80GB HBM3"``), else CPU cores."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({os.cpu_count()} cores, {platform.machine()})"
+
+
 def library_versions() -> dict[str, str]:
     """Versions of Python and the libraries a result depends on."""
     import accelerate
@@ -125,7 +132,8 @@ def run_finetune(
 ) -> dict[str, Any]:
     """Train ``config`` with ``seed`` and return the result record (JSON-serializable).
 
-    Keys: ``config``, ``seed``, ``versions``, ``metrics`` (final dev metrics), ``history``
+    Keys: ``config``, ``seed``, ``versions``, ``device`` (e.g. ``"cuda:0"``), ``device_name``
+    (the GPU's name, or ``"cpu"`` with the core count), ``metrics`` (final dev metrics), ``history``
     (``[{"step", "metrics"}]`` at each evaluation), ``train_loss`` (per step), ``wall_time_s``,
     ``layers`` (per adapted layer: top-2r singular values and numerical rank of ΔW at the end)
     and, when ``config.snapshot_steps`` is set, ``subspace``: per layer the cosine of the largest
@@ -206,6 +214,7 @@ def run_finetune(
         "seed": seed,
         "versions": library_versions(),
         "device": str(accelerator.device),
+        "device_name": device_name(accelerator.device),
         "metrics": final,
         "history": history,
         "train_loss": losses,
