@@ -189,8 +189,6 @@ def run_experiment(
     from deeplora.finetune.runs import load_results, run_parallel, run_sweep
     from deeplora.finetune.train import Prepared
 
-    if jobs < 1:
-        raise DataError(f"--jobs must be >= 1, got {jobs}")
     cells = plan(name, options, data_dir)
     root = Path(out)
     if train:
@@ -200,12 +198,12 @@ def run_experiment(
             if key not in checked:
                 Prepared(cell.config, cell.seeds[0], data_dir)
                 checked.add(key)
-        if jobs > 1:
-            run_parallel([(cell.config, cell.seeds) for cell in cells], root / "runs", data_dir,
-                         jobs=jobs, progress=progress)
-        else:
+        if jobs == 1:
             for cell in cells:
                 run_sweep(cell.config, cell.seeds, root / "runs", data_dir, progress=progress)
+        else:  # run_parallel rejects jobs < 1
+            run_parallel([(cell.config, cell.seeds) for cell in cells], root / "runs", data_dir,
+                         jobs=jobs, progress=progress)
     results = [(cell, load_results(root / "runs", cell.config, cell.seeds)) for cell in cells]
     return write_report(name, results, root)
 
@@ -241,8 +239,9 @@ ARGUMENTS = (
 
 def _register(name: str) -> None:
     def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-        from deeplora.finetune.cli import parse_seeds, quiet_transformers
+        from deeplora.finetune.cli import check_jobs, parse_seeds, quiet_transformers
 
+        check_jobs(args.jobs)
         quiet_transformers()
         heads = ("cross", "bi") if args.head == "both" else (args.head,)
         seeds = None if args.seeds is None else parse_seeds(args.seeds)

@@ -38,6 +38,12 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(seeds))
 
 
+def check_jobs(jobs: int) -> None:
+    """``ValueError`` naming the flag unless ``--jobs`` is at least 1."""
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+
+
 def quiet_transformers() -> None:
     """Silence transformers' load reports and weight-loading bars (tqdm bars of runs stay)."""
     from transformers.utils import logging
@@ -91,8 +97,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    check_jobs(args.jobs)
     methods = tuple(dict.fromkeys(m.strip() for m in args.method.split(",")))
     configs = [
         preset(args.preset, task=args.task, method=method, rank=args.rank, samples=args.samples,
