@@ -70,6 +70,58 @@ def test_closed_form_loss_and_grads_match_autograd(forward: str, depth: int) -> 
         torch.testing.assert_close(got, expected)
 
 
+def _unique_entries(m: int, n: int, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` distinct entries in a random (not row-major) order."""
+    flat = torch.randperm(m * n, generator=torch.Generator().manual_seed(seed))[:count]
+    return flat // n, flat % n
+
+
+@pytest.mark.parametrize("depth", [2, 3, 5])
+def test_dense_residual_path_matches_sparse_path_and_autograd(
+        depth: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = torch.Generator().manual_seed(depth)
+    m, n, k = 9, 7, 3
+    factors = [torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)
+               for shape in [(k, n), *[(k, k)] * (depth - 2), (m, k)]]
+    rows, cols = _unique_entries(m, n, 30, seed=depth)
+    values = torch.randn(30, dtype=torch.float64, generator=gen)
+    product = torch.linalg.multi_dot(factors[::-1])
+    want = 0.5 * torch.mean((product[rows, cols] - values) ** 2)
+    want_grads = torch.autograd.grad(want, factors)
+    index = ObservedIndex(rows, cols, (m, n))
+    for dense in (True, False):  # 30 of 63 entries observed
+        monkeypatch.setattr(ObservedIndex, "DENSE_RESIDUAL_FRACTION", 1 << 30 if dense else 1)
+        assert index.dense_residual is dense
+        loss, grads = squared_loss_and_grads(factors, index, values)
+        torch.testing.assert_close(loss, want.detach())
+        for got, expected in zip(grads, want_grads, strict=True):
+            assert got.is_contiguous()
+            torch.testing.assert_close(got, expected)
+
+
+def test_dense_residual_path_needs_distinct_entries_and_follows_new_values(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ObservedIndex, "DENSE_RESIDUAL_FRACTION", 1 << 30)
+    repeated = ObservedIndex(torch.tensor([1, 0, 1]), torch.tensor([2, 0, 2]), (3, 3))
+    assert repeated.repeated and not repeated.dense_residual
+    rows, cols = _unique_entries(6, 5, 12, seed=0)
+    index = ObservedIndex(rows, cols, (6, 5))
+    assert index.dense_residual
+    factors = [torch.randn(2, 5, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)]
+    values = torch.randn(12, dtype=torch.float64)
+    product = factors[1] @ factors[0]
+
+    def expected() -> torch.Tensor:
+        return 0.5 * torch.mean((product[rows, cols] - values) ** 2)
+
+    torch.testing.assert_close(squared_loss_and_grads(factors, index, values)[0], expected())
+    values.mul_(-2.0)  # same tensor, new contents: the cached dense targets must not be reused
+    torch.testing.assert_close(squared_loss_and_grads(factors, index, values)[0], expected())
+    other = torch.zeros(12, dtype=torch.float64)
+    torch.testing.assert_close(squared_loss_and_grads(factors, index, other)[0],
+                               0.5 * torch.mean(product[rows, cols] ** 2))
+
+
 def test_index_cache_reuses_only_same_unmodified_tensors() -> None:
     rows, cols = torch.tensor([1, 0]), torch.tensor([0, 1])
     first = ObservedIndex.of(rows, cols, (2, 2))

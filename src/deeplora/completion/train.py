@@ -86,6 +86,7 @@ def fit(
     opt = make_optimizer(optimizer, groups, **options)
     scheduler = None if lr_patience is None else torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, factor=0.5, patience=lr_patience, threshold=0.0)
+    factors = list(model.factors)
     history = History(build_seconds=build_seconds)
     elapsed = build_seconds
     bar = tqdm(total=steps, disable=not progress, desc="fit", unit="step", leave=False)
@@ -101,7 +102,7 @@ def fit(
             clock = time.perf_counter()
             if step == steps or not math.isfinite(value) or value <= tol or error <= target_error:
                 break
-        for factor, grad in zip(model.factors, grads, strict=True):
+        for factor, grad in zip(factors, grads, strict=True):
             # fused Adam reads a grad in its parameter's layout (pytorch/pytorch#106951); a
             # transposed one gave silently wrong steps on CPU here
             factor.grad = grad.contiguous()

@@ -91,7 +91,7 @@ class DeepFactorization(nn.Module):
     @property
     def width(self) -> int:
         """Largest inner dimension k."""
-        return max(f.shape[0] for f in self.factors[:-1])
+        return max(f.shape[0] for f in list(self.factors)[:-1])  # a slice would build a Module
 
     @property
     def narrow(self) -> bool:
