@@ -26,6 +26,18 @@ import scipy.sparse
 import torch
 from torch import Tensor
 
+_Stamp = tuple[weakref.ref, int]
+
+
+def _stamp(tensor: Tensor) -> _Stamp:
+    """What identifies ``tensor`` as it is now: the object (weakly held) and its version."""
+    return weakref.ref(tensor), tensor._version
+
+
+def _same(stamp: _Stamp, tensor: object) -> bool:
+    """Whether ``tensor`` is the stamped tensor, alive and not modified in place since."""
+    return stamp[0]() is tensor and stamp[1] == getattr(tensor, "_version", None)
+
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
     with warnings.catch_warnings():
@@ -82,7 +94,7 @@ class ObservedIndex:
     DENSE_RESIDUAL_FRACTION: ClassVar[int] = 5
     DENSE_RESIDUAL_LIMIT: ClassVar[int] = 1 << 21
 
-    _cache: ClassVar[list[tuple[Any, Any, int, int, tuple[int, int], ObservedIndex]]] = []
+    _cache: ClassVar[list[tuple[_Stamp, _Stamp, tuple[int, int], ObservedIndex]]] = []
 
     def __init__(self, rows: Tensor, cols: Tensor, shape: tuple[int, int]) -> None:
         rows, cols = check_indices(rows, cols, shape)
@@ -96,21 +108,18 @@ class ObservedIndex:
         self.key = key
         sorted_rows, self.col = key // n, key % n
         self.crow = _crow(sorted_rows, m)
-        self._dense_targets: tuple[Any, int, Tensor, Tensor] | None = None
+        self._dense_targets: tuple[_Stamp, Tensor, Tensor] | None = None
 
     @classmethod
     def of(cls, rows: Tensor, cols: Tensor, shape: tuple[int, int]) -> ObservedIndex:
         """Index for ``(rows, cols)``, reused while these same tensor objects are alive and
         unmodified (the last 4 are kept), so that a loss evaluated every step sorts once."""
-        versions = (getattr(rows, "_version", -1), getattr(cols, "_version", -1))
-        for ref_r, ref_c, ver_r, ver_c, cached_shape, index in cls._cache:
-            if (ref_r() is rows and ref_c() is cols and (ver_r, ver_c) == versions
-                    and cached_shape == tuple(shape) and versions != (-1, -1)):
+        for stamp_r, stamp_c, cached_shape, index in cls._cache:
+            if _same(stamp_r, rows) and _same(stamp_c, cols) and cached_shape == tuple(shape):
                 return index
         index = cls(rows, cols, shape)
         if isinstance(rows, Tensor) and isinstance(cols, Tensor):
-            cls._cache = [*cls._cache[-3:],
-                          (weakref.ref(rows), weakref.ref(cols), *versions, tuple(shape), index)]
+            cls._cache = [*cls._cache[-3:], (_stamp(rows), _stamp(cols), tuple(shape), index)]
         return index
 
     @cached_property
@@ -130,14 +139,14 @@ class ObservedIndex:
         0 elsewhere, for the caller-ordered ``values`` (no repeated entries). Kept for the last
         ``values`` tensor seen while it is alive and unmodified."""
         cached = self._dense_targets
-        if cached is not None and cached[0]() is values and cached[1] == values._version:
-            return cached[2], cached[3]
+        if cached is not None and _same(cached[0], values):
+            return cached[1], cached[2]
         m, n = self.shape
         mask = values.new_zeros(m * n).index_fill_(0, self.key, 1.0 / self.nnz)
         target = values.new_zeros(m * n).index_copy_(0, self.key,
                                                      self.to_sorted(values) / self.nnz)
         mask, target = mask.view(m, n), target.view(m, n)
-        self._dense_targets = (weakref.ref(values), values._version, mask, target)
+        self._dense_targets = (_stamp(values), mask, target)
         return mask, target
 
     def to_sorted(self, values: Tensor) -> Tensor:
