@@ -104,3 +104,101 @@ def test_rank_larger_than_dimension_and_unfitted(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no observations"):
         DeepMatrixCompletion(rank=1, max_steps=1).fit([0, 1, 2], [0, 1, 2], [1., 2, 3]).evaluate(
             [], [], [])
+
+
+def _frame(rows: np.ndarray, cols: np.ndarray, values: np.ndarray):
+    pd = pytest.importorskip("pandas")
+    return pd.DataFrame({"userId": [f"u{r}" for r in rows], "movieId": cols + 100,
+                         "rating": values, "timestamp": np.arange(rows.size)})
+
+
+def test_ratings_preset_regularization_and_sklearn_clone() -> None:
+    from sklearn.base import clone
+
+    est = DeepMatrixCompletion.ratings(max_steps=7)
+    assert est.reg > 0 and est.clip == "auto" and est.max_steps == 7
+    copy = clone(est)
+    assert copy.get_params() == est.get_params() and copy is not est
+    copy.set_params(reg=0.5, rank=2)
+    assert (copy.reg, copy.rank, est.reg) == (0.5, 2, 0.05)
+    rows, cols, values, *_ = _low_rank_ratings(seed=3)
+    fitted = copy.fit(rows, cols, values)
+    assert fitted.clip_ == (values.min(), values.max())
+    # λ shrinks the factors: a heavily regularized fit has a smaller interaction term
+    free = DeepMatrixCompletion(rank=2, max_steps=300, validation_fraction=0.0,
+                                lr=0.1).fit(rows, cols, values)
+    tight = clone(free).set_params(reg=5.0).fit(rows, cols, values)
+    size = [np.linalg.norm(e._end_to_end()[0].detach().numpy() @ e._end_to_end()[1].detach()
+                           .numpy().T) for e in (free, tight)]
+    assert size[1] < 0.5 * size[0]
+
+
+def test_device_parameter_on_cpu() -> None:
+    rows, cols, values, *_ = _low_rank_ratings(seed=4)
+    est = DeepMatrixCompletion(rank=2, max_steps=5, device="cpu").fit(rows, cols, values)
+    assert est.model_.factors[0].device.type == "cpu"
+    auto = DeepMatrixCompletion(rank=2, max_steps=5).fit(rows, cols, values)  # "auto"
+    np.testing.assert_allclose(auto.predict(rows, cols), est.predict(rows, cols), rtol=1e-5)
+    with pytest.raises(ValueError, match="device"):
+        DeepMatrixCompletion(device="nonsense").fit(rows, cols, values)
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            DeepMatrixCompletion(device="cuda").fit(rows, cols, values)
+
+
+def test_dataframe_fit_predict_recommend_raw_ids(tmp_path: Path) -> None:
+    rows, cols, values, full, mask = _low_rank_ratings(seed=5)
+    frame = _frame(rows, cols, values)
+    est = DeepMatrixCompletion(rank=3, gamma=0.1, max_steps=300, patience=20).fit(frame)
+    assert est.ids_ is not None and est.shape_ == full.shape
+    np.testing.assert_allclose(est.predict(frame), est.predict(frame["userId"],
+                                                                frame["movieId"]))
+    assert est.evaluate(frame)["rmse"] < 0.5
+    items, ratings = est.recommend(["u0", "u1", "nobody"], k=5)
+    assert items.shape == ratings.shape == (3, 5)
+    seen = set(cols[rows == 0] + 100)
+    assert not seen & set(items[0]) and all(isinstance(i, int | np.integer) for i in items[0])
+    assert np.all(np.diff(ratings[0]) <= 1e-12)  # best first
+    # the top unseen items are those with the highest predicted rating among unseen ones
+    unseen = np.setdiff1d(np.arange(full.shape[1]), cols[rows == 0])
+    scores = est.predict(np.full(unseen.size, "u0"), unseen + 100)
+    assert set(items[0]) == set(unseen[np.argsort(-scores)[:5]] + 100)
+    # unknown user: the items with the largest column bias
+    assert list(items[2]) == list(est.ids_.items[np.argsort(-est.col_bias_)[:5]])
+    path = tmp_path / "m.pt"
+    est.save(path)
+    loaded = DeepMatrixCompletion.load(path)
+    again, _ = loaded.recommend(["u0", "u1", "nobody"], k=5)
+    np.testing.assert_array_equal(again, items)
+
+
+def test_recommend_batches_exclude_seen_and_padding() -> None:
+    rows, cols, values, full, _ = _low_rank_ratings(m=12, n=8, fraction=0.7, seed=6)
+    est = DeepMatrixCompletion(rank=2, max_steps=50).fit(rows, cols, values, shape=(12, 8))
+    one, r1 = est.recommend(np.arange(12), k=8, batch_size=1)
+    all_, r2 = est.recommend(np.arange(12), k=8)
+    np.testing.assert_array_equal(one, all_)
+    for user in range(12):
+        seen = set(cols[rows == user])
+        left = [i for i in all_[user] if i >= 0]
+        assert not seen & set(left) and len(left) == 8 - len(seen)
+        assert np.isnan(r2[user, len(left):]).all()
+    with_seen, _ = est.recommend([0], k=8, exclude_seen=False)
+    assert sorted(with_seen[0]) == list(range(8))
+    with pytest.raises(ValueError, match="k must be"):
+        est.recommend([0], k=9)
+
+
+def test_ranking_metrics_of_estimator() -> None:
+    rows, cols, values, full, mask = _low_rank_ratings(m=30, n=25, fraction=0.5, seed=7)
+    est = DeepMatrixCompletion(rank=2, gamma=0.1, max_steps=300).fit(rows, cols, values)
+    hidden_rows, hidden_cols = np.nonzero(~mask)
+    hidden = full[hidden_rows, hidden_cols]
+    metrics = est.ranking_metrics(hidden_rows, hidden_cols, hidden, k=5, threshold=4.0)
+    assert {"precision@5", "recall@5", "ndcg@5", "map@5", "users"} <= set(metrics)
+    assert all(0 <= metrics[key] <= 1 for key in ("precision@5", "recall@5", "ndcg@5", "map@5"))
+    # a well-fitted low-rank model ranks far better than chance
+    chance = np.mean(hidden >= 4.0)
+    assert metrics["precision@5"] > 2 * chance
+    with pytest.raises(ValueError, match="no held-out rating"):
+        est.ranking_metrics(hidden_rows, hidden_cols, hidden, threshold=100.0)

@@ -1,8 +1,11 @@
 """Ratings files: (user, item, rating[, time]) triples, id re-indexing, MovieLens 100K.
 
-- :func:`read_ratings` reads MovieLens' tab-separated ``user item rating timestamp`` layout
-  (``format="movielens"``) or a CSV/TSV file with a header naming the columns (``"csv"``;
-  the separator is a tab for ``.tsv``/``.tab``/``.data`` files, else a comma, or ``sep``).
+- :func:`read_ratings` reads a ratings file into :class:`Ratings`: CSV/TSV with or without a
+  header, MovieLens' tab-separated ``user item rating timestamp`` layout, or Parquet. Columns
+  are found by name (:data:`COLUMN_NAMES`: ``userId,movieId,rating``,
+  ``user_id,item_id,rating``, …) or given explicitly; a headerless file is read as
+  ``user, item, rating[, time]``. Ids stay as read (integers if all are, else strings).
+- :func:`ratings_from_frame` does the same for a pandas DataFrame.
 - :class:`IdIndex` maps raw ids to 0-based indices, fitted on the training file. An id it has
   not seen maps to index ``len(ids)`` (one past the end), which
   :class:`~deeplora.completion.estimator.DeepMatrixCompletion` and the baselines treat as
@@ -14,14 +17,15 @@
 
 from __future__ import annotations
 
-import csv
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-FORMATS = ("movielens", "csv")
+FORMATS = ("auto", "csv", "movielens", "parquet")
 MOVIELENS_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 MOVIELENS_ENV = "DEEPLORA_MOVIELENS_100K"
 
@@ -66,60 +70,243 @@ def _lookup(known: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.where(found, pos, known.size).astype(np.int64)
 
 
-def _parse_ids(column: list[str]) -> np.ndarray:
+# Accepted column names, compared after lower-casing and dropping "_", "-", " " and ".".
+COLUMN_NAMES: dict[str, tuple[str, ...]] = {
+    "user": ("user", "userid", "users", "uid", "u", "customer", "customerid", "reviewerid",
+             "member", "memberid", "visitorid", "client", "clientid"),
+    "item": ("item", "itemid", "items", "iid", "i", "movie", "movieid", "product", "productid",
+             "asin", "book", "bookid", "isbn", "song", "songid", "track", "trackid", "artist",
+             "artistid", "business", "businessid", "anime", "animeid", "recipe", "recipeid",
+             "article", "articleid", "game", "gameid"),
+    "rating": ("rating", "ratings", "score", "stars", "star", "value", "overall", "preference",
+               "label", "y"),
+    "time": ("timestamp", "time", "ts", "date", "datetime", "unixreviewtime"),
+}
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def _normalize(name: object) -> str:
+    return "".join(ch for ch in str(name).strip().lower() if ch not in "_- .")
+
+
+def _parse_ids(column: np.ndarray) -> np.ndarray:
     """Integers if every id is one, else strings."""
+    if np.issubdtype(column.dtype, np.integer):
+        return column.astype(np.int64)
+    text = np.asarray([str(x).strip() for x in column], dtype=str)
     try:
-        return np.array([int(x) for x in column], dtype=np.int64)
+        return np.array([int(x) for x in text], dtype=np.int64)
+    except (ValueError, OverflowError):
+        return text
+
+
+def _find_column(names: list, role: str, given: str | None, where: str) -> object | None:
+    if given is not None:
+        if given not in names:
+            raise ValueError(f"{where}: no column {given!r} (the {role} column) in {names}")
+        return given
+    wanted = COLUMN_NAMES[role]
+    for name in names:
+        if _normalize(name) in wanted:
+            return name
+    if role == "time":
+        return None
+    raise ValueError(f"{where}: no {role} column in {names}; expected one of "
+                     f"{list(wanted[:6])}… or pass it explicitly (--{role}-col)")
+
+
+def ratings_from_frame(
+    frame: Any,
+    user_col: str | None = None,
+    item_col: str | None = None,
+    rating_col: str | None = None,
+    time_col: str | None = None,
+    *,
+    duplicates: str = "raise",
+    require_rating: bool = True,
+    where: str = "DataFrame",
+    first_line: int = 0,
+) -> Ratings:
+    """:class:`Ratings` from a pandas DataFrame, columns found as in :func:`read_ratings`.
+
+    ``ValueError`` naming ``where`` and the line (``first_line`` + row position) on: no rows,
+    a missing column, an empty id, a rating that is not a number or not finite, and (unless
+    ``duplicates="mean"``, which averages them, or ``"keep"``) a repeated (user, item) pair.
+    Without ``require_rating`` a frame with no rating column gives NaN ratings.
+    """
+    if duplicates not in ("raise", "mean", "keep"):
+        raise ValueError(f"duplicates must be 'raise', 'mean' or 'keep', got {duplicates!r}")
+    names = list(frame.columns)
+    user = _find_column(names, "user", user_col, where)
+    item = _find_column(names, "item", item_col, where)
+    rating = (_find_column(names, "rating", rating_col, where)
+              if require_rating or rating_col is not None else None)
+    if rating is None and not require_rating:
+        rating = next((c for c in names if _normalize(c) in COLUMN_NAMES["rating"]), None)
+    time = _find_column(names, "time", time_col, where)
+    if len(frame) == 0:
+        raise ValueError(f"{where} has no ratings")
+    ids = {}
+    for role, column in (("user", user), ("item", item)):
+        raw = frame[column].to_numpy()
+        empty = np.array([x is None or (isinstance(x, float) and not np.isfinite(x))
+                          or str(x).strip() == "" for x in raw]) if raw.dtype == object \
+            else ~np.isfinite(raw) if np.issubdtype(raw.dtype, np.floating) else None
+        if empty is not None and empty.any():
+            raise ValueError(f"{where} line {first_line + int(np.argmax(empty)) + 1}: empty "
+                             f"{role} id")
+        if np.issubdtype(raw.dtype, np.floating):  # ids read as floats: 3.0 -> 3
+            raw = raw.astype(np.int64 if np.all(raw == np.round(raw)) else str)
+        ids[role] = _parse_ids(raw)
+    values = (np.full(len(frame), np.nan) if rating is None
+              else _numbers(frame[rating], "rating", where, first_line))
+    times = None if time is None else _numbers(frame[time], "time", where, first_line,
+                                                 allow_dates=True)
+    out = Ratings(ids["user"], ids["item"], values, times)
+    return out if duplicates == "keep" else _deduplicate(out, duplicates, where, first_line)
+
+
+def _numbers(column: Any, role: str, where: str, first_line: int,
+             allow_dates: bool = False) -> np.ndarray:
+    """Finite float64 values of ``column`` (times may also be dates: seconds since 1970)."""
+    import pandas as pd
+
+    parsed = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(parsed)
+    if bad.any() and allow_dates:
+        try:
+            return pd.to_datetime(column, format="mixed").astype("int64").to_numpy() / 1e9
+        except (ValueError, TypeError):
+            pass
+    if bad.any():
+        i = int(np.argmax(bad))
+        raw = column.iloc[i]
+        what = "not finite" if _is_number(raw) else "not a number"
+        raise ValueError(f"{where} line {first_line + i + 1}: {role} {str(raw)!r} is {what} "
+                         f"({int(bad.sum())} bad {role}(s) in all)")
+    return parsed
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(str(value))
     except ValueError:
-        return np.array(column, dtype=str)
+        return False
+    return True
+
+
+def _deduplicate(ratings: Ratings, duplicates: str, where: str, first_line: int) -> Ratings:
+    users = np.unique(ratings.users, return_inverse=True)[1]
+    items = np.unique(ratings.items, return_inverse=True)[1]
+    key = users.astype(np.int64) * (int(items.max()) + 1) + items
+    order = np.argsort(key, kind="stable")
+    repeated = np.flatnonzero(key[order][1:] == key[order][:-1])
+    if not repeated.size:
+        return ratings
+    if duplicates == "raise":
+        first, second = sorted(int(order[repeated[0] + d]) for d in (0, 1))
+        user, item = ratings.users[first].item(), ratings.items[first].item()
+        raise ValueError(f"{where}: {repeated.size} repeated (user, item) pair(s), e.g. user "
+                         f"{user!r}, item {item!r} on lines "
+                         f"{first_line + first + 1} and {first_line + second + 1}; keep one "
+                         f"rating per pair (or average them)")
+    _, first_index, inverse = np.unique(key, return_index=True, return_inverse=True)
+    values = np.bincount(inverse, weights=ratings.values) / np.bincount(inverse)
+    times = (None if ratings.times is None
+             else np.bincount(inverse, weights=ratings.times) / np.bincount(inverse))
+    return Ratings(ratings.users[first_index], ratings.items[first_index], values, times)
+
+
+def _first_line(path: Path) -> str:
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if line.strip():
+                return line.rstrip("\r\n")
+    return ""
+
+
+def _delimiter(line: str, path: Path, sep: str | None) -> str:
+    if sep:
+        return sep
+    if "\t" in line or path.suffix in (".tsv", ".tab"):
+        return "\t"
+    for candidate in ("::", ",", ";", "|"):
+        if candidate in line:
+            return candidate
+    return r"\s+"
 
 
 def read_ratings(
     path: str | os.PathLike[str],
-    format: str = "movielens",
+    format: str = "auto",
     sep: str | None = None,
-    user_col: str = "user",
-    item_col: str = "item",
-    rating_col: str = "rating",
+    user_col: str | None = None,
+    item_col: str | None = None,
+    rating_col: str | None = None,
     time_col: str | None = None,
+    duplicates: str = "raise",
 ) -> Ratings:
-    """Read a ratings file (see the module docstring). Raises ``ValueError`` on an empty file,
-    missing columns, ragged lines or ratings that are not finite numbers."""
+    """Read a ratings file.
+
+    ``format``: ``"auto"`` (Parquet by suffix ``.parquet``/``.pq``; else a delimited text file
+    whose first line is a header unless its first three fields are numbers), ``"csv"``
+    (delimited, with a header), ``"movielens"`` (delimited, no header: user, item,
+    rating[, time]) or ``"parquet"``. The delimiter is ``sep``, else a tab when the first line
+    has one (or the suffix is ``.tsv``/``.tab``), else ``::``, ``,``, ``;``, ``|`` or
+    whitespace. Columns: ``user_col``… or the first header name in :data:`COLUMN_NAMES`.
+
+    Raises ``ValueError`` naming the file (and the line where there is one) on: no ratings,
+    missing columns, ragged lines, empty ids, ratings that are not finite numbers, repeated
+    (user, item) pairs (``duplicates="mean"`` averages them instead).
+    """
+    import pandas as pd
+
     if format not in FORMATS:
         raise ValueError(f"format must be one of {list(FORMATS)}, got {format!r}")
     path = Path(path)
-    with path.open(newline="") as handle:
-        if format == "movielens":
-            reader = csv.reader(handle, delimiter=sep or "\t")
-            names, want = None, (0, 1, 2, 3)
-        else:
-            delimiter = sep or ("\t" if path.suffix in (".tsv", ".tab", ".data") else ",")
-            reader = csv.reader(handle, delimiter=delimiter)
-            names = [name.strip() for name in next(reader, [])]
-            columns = [user_col, item_col, rating_col] + ([time_col] if time_col else [])
-            missing = [c for c in columns if c not in names]
-            if missing:
-                raise ValueError(f"{str(path)!r}: no column(s) {missing} in header {names}")
-            want = tuple(names.index(c) for c in columns)
-        rows = [line for line in reader if line and any(cell.strip() for cell in line)]
-    if not rows:
-        raise ValueError(f"{str(path)!r} has no ratings")
-    needed = max(want if time_col else want[:3]) + 1
-    for number, line in enumerate(rows, start=2 if names else 1):
-        if len(line) < needed:
-            raise ValueError(f"{str(path)!r} line {number}: expected at least {needed} fields, "
-                             f"got {len(line)}")
+    where = repr(str(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: no such file")
+    if format == "parquet" or (format == "auto" and path.suffix.lower() in PARQUET_SUFFIXES):
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError, ImportError) as exc:
+            raise ValueError(f"{where}: cannot read as Parquet ({exc})") from None
+        return ratings_from_frame(frame, user_col, item_col, rating_col, time_col,
+                                  duplicates=duplicates, where=where, first_line=1)
+    line = _first_line(path)
+    if not line:
+        raise ValueError(f"{where} has no ratings")
+    delimiter = _delimiter(line, path, sep)
+    fields = [f.strip() for f in (line.split() if delimiter == r"\s+" else line.split(delimiter))]
+    header = format == "csv" or (format == "auto" and not (
+        len(fields) >= 3 and all(_is_number(f) for f in fields[:3])))
     try:
-        values = np.array([float(line[want[2]]) for line in rows])
-    except ValueError as exc:
-        raise ValueError(f"{str(path)!r}: rating is not a number ({exc})") from None
-    if not np.all(np.isfinite(values)):
-        raise ValueError(f"{str(path)!r}: ratings must be finite (found NaN or inf)")
-    times = None
-    if time_col or (format == "movielens" and all(len(line) > 3 for line in rows)):
-        times = np.array([float(line[want[3]]) for line in rows])
-    return Ratings(_parse_ids([line[want[0]].strip() for line in rows]),
-                   _parse_ids([line[want[1]].strip() for line in rows]), values, times)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, sep=delimiter, header=0 if header else None, dtype=str,
+                                keep_default_na=False, skipinitialspace=True, index_col=False,
+                                engine="python" if len(delimiter) > 1 else "c")
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{where} has no ratings") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{where}: not a delimited ratings file ({exc})") from None
+    except pd.errors.ParserWarning:
+        raise ValueError(f"{where}: some line has more fields than the header") from None
+    if not header:
+        if frame.shape[1] < 3:
+            raise ValueError(f"{where} line 1: expected at least 3 fields (user, item, rating), "
+                             f"got {frame.shape[1]}")
+        names = ["user", "item", "rating", "timestamp"][: min(frame.shape[1], 4)]
+        frame = frame.iloc[:, : len(names)].set_axis(names, axis=1)
+        given = [c for c in (user_col, item_col, rating_col, time_col) if c is not None]
+        if given:
+            raise ValueError(f"{where} has no header, so no column names ({given}) to pick")
+    missing = frame.isna().any(axis=1).to_numpy()
+    if missing.any():
+        raise ValueError(f"{where} line {int(np.argmax(missing)) + 1 + header}: too few fields")
+    return ratings_from_frame(frame, user_col, item_col, rating_col, time_col,
+                              duplicates=duplicates, where=where, first_line=int(header))
 
 
 def find_movielens_100k(root: str | os.PathLike[str] | None = None) -> Path:
@@ -145,4 +332,5 @@ def movielens_100k(split: str = "u1", root: str | os.PathLike[str] | None = None
     if split not in MOVIELENS_SPLITS:
         raise ValueError(f"split must be one of {list(MOVIELENS_SPLITS)}, got {split!r}")
     folder = find_movielens_100k(root)
-    return (read_ratings(folder / f"{split}.base"), read_ratings(folder / f"{split}.test"))
+    return (read_ratings(folder / f"{split}.base", "movielens"),
+            read_ratings(folder / f"{split}.test", "movielens"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 import time
 from typing import Any
 
@@ -23,7 +24,9 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from deeplora.completion.data import IdIndex, _lookup, ratings_from_frame
 from deeplora.completion.methods import default_settings, optimizer_options
+from deeplora.completion.ranking import ranking_metrics
 from deeplora.completion.sparse import compressed_factorization
 from deeplora.factorization import DeepFactorization, discrepant_param_groups, make_optimizer
 from deeplora.factorization.optim import OPTIMIZERS
@@ -117,7 +120,12 @@ class DeepMatrixCompletion(BaseEstimator):
             partition drawn once; their order is reshuffled every epoch.
         bias: ``"none"``, ``"global"`` (μ, the training mean, fixed) or ``"all"`` (trainable
             μ, row biases b, column biases c).
-        clip: ``(low, high)`` to clip predictions to (e.g. ``(1, 5)`` for ratings), or ``None``.
+        reg: λ, L2 penalty on the end-to-end factors ``A = W_L ⋯ W_2`` and ``B = W_1ᵀ``,
+            weighted by how often each row/column is observed (as per-rating SGD
+            regularization does): ``+ ½λ Σ_ω (‖a_{i_ω}‖² + ‖b_{j_ω}‖²) / |Ω|``.
+        bias_reg: the same penalty on the row and column biases.
+        clip: ``(low, high)`` to clip predictions to (e.g. ``(1, 5)`` for ratings), ``"auto"``
+            (the training ratings' range, ``clip_`` after fit), or ``None``.
         validation_fraction: share of the observations held out for early stopping (0: none).
         patience: stop after this many evaluations without a better validation RMSE; the best
             parameters are restored.
@@ -127,11 +135,20 @@ class DeepMatrixCompletion(BaseEstimator):
             μ plus the known side's bias (X's term is 0); ``"raise"``: error.
         dtype: ``"float32"`` or ``"float64"``.
         random_state: seeds the split, the batches and the initialization.
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
+            Parameters and the observed index live there; the compressed model's construction
+            (a sparse SVD) runs on the CPU first.
         progress: show a progress bar.
+
+    :meth:`ratings` gives the settings tuned for explicit ratings (:data:`RATINGS_PRESET`).
+    Observations come as triples of 0-based indices, a SciPy sparse matrix, or a pandas
+    DataFrame with user/item/rating columns (raw ids of any kind, re-indexed:
+    ``ids_`` holds them; predict/recommend then take and return raw ids).
 
     Attributes after :meth:`fit`: ``model_``, ``shape_``, ``global_bias_``, ``row_bias_``,
     ``col_bias_``, ``history_`` (lists ``step``, ``train_loss``, ``val_rmse``, ``seconds``),
-    ``best_step_``, ``n_steps_``, ``build_seconds_``, ``fit_seconds_``.
+    ``best_step_``, ``n_steps_``, ``build_seconds_``, ``fit_seconds_``, ``clip_``, ``ids_``
+    (an :class:`~deeplora.completion.data.IdIndex` or ``None``).
     """
 
     def __init__(
@@ -144,10 +161,12 @@ class DeepMatrixCompletion(BaseEstimator):
         lr: float | None = None,
         gamma: float | None = None,
         weight_decay: float = 0.0,
+        reg: float = 0.0,
+        bias_reg: float = 0.0,
         max_steps: int = 1000,
         batch_size: int | None = None,
         bias: str = "all",
-        clip: tuple[float, float] | None = None,
+        clip: tuple[float, float] | str | None = None,
         validation_fraction: float = 0.1,
         patience: int = 10,
         eval_every: int = 10,
@@ -155,6 +174,7 @@ class DeepMatrixCompletion(BaseEstimator):
         unknown: str = "bias",
         dtype: str = "float32",
         random_state: int = 0,
+        device: str = "auto",
         progress: bool = False,
     ) -> None:
         self.depth = depth
@@ -165,6 +185,8 @@ class DeepMatrixCompletion(BaseEstimator):
         self.lr = lr
         self.gamma = gamma
         self.weight_decay = weight_decay
+        self.reg = reg
+        self.bias_reg = bias_reg
         self.max_steps = max_steps
         self.batch_size = batch_size
         self.bias = bias
@@ -176,6 +198,7 @@ class DeepMatrixCompletion(BaseEstimator):
         self.unknown = unknown
         self.dtype = dtype
         self.random_state = random_state
+        self.device = device
         self.progress = progress
 
     def _check_params(self) -> None:
@@ -212,6 +235,8 @@ class DeepMatrixCompletion(BaseEstimator):
         number("lr", 0, strict=True, optional=True)
         number("gamma", 0, strict=False, optional=True)
         number("weight_decay", 0, strict=False)
+        number("reg", 0, strict=False)
+        number("bias_reg", 0, strict=False)
         number("validation_fraction", 0, strict=False)
         if self.validation_fraction >= 1:
             raise ValueError(f"validation_fraction must be < 1, got {self.validation_fraction}")
@@ -221,21 +246,50 @@ class DeepMatrixCompletion(BaseEstimator):
         choice("duplicates", ("raise", "mean"))
         choice("unknown", ("bias", "raise"))
         choice("dtype", tuple(DTYPES))
-        if self.clip is not None:
+        if not isinstance(self.device, str):
+            raise ValueError(f"device must be a string, got {self.device!r}")
+        self._device()
+        if self.clip is not None and self.clip != "auto":
             clip = tuple(self.clip)
             if not (len(clip) == 2 and all(isinstance(c, int | float) and math.isfinite(c)
                                            for c in clip) and clip[0] < clip[1]):
-                raise ValueError(f"clip must be None or (low, high) with low < high, got "
+                raise ValueError(f"clip must be None, 'auto' or (low, high) with low < high, got "
                                  f"{self.clip!r}")
 
     # ----------------------------------------------------------------------------------------
+    @classmethod
+    def ratings(cls, **overrides: Any) -> DeepMatrixCompletion:
+        """An estimator with :data:`RATINGS_PRESET` (explicit ratings), ``overrides`` on top."""
+        return cls(**{**RATINGS_PRESET, **overrides})
+
+    def _device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as exc:
+            raise ValueError(f"device: {exc}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r}: CUDA is not available here")
+        return device
+
     def fit(self, rows: Any, cols: Any = None, values: Any = None,
             shape: tuple[int, int] | None = None) -> DeepMatrixCompletion:
-        """Fit on triples ``(rows, cols, values)``, or on a SciPy sparse matrix passed as
-        ``rows`` (its stored entries, explicit zeros included, are the observations and its
-        shape is m×n). ``shape`` defaults to ``(max row + 1, max col + 1)``."""
+        """Fit on triples ``(rows, cols, values)`` of 0-based indices, on a SciPy sparse matrix
+        passed as ``rows`` (its stored entries, explicit zeros included, are the observations
+        and its shape is m×n), or on a pandas DataFrame passed as ``rows`` with user, item
+        and rating columns (names as in :data:`~deeplora.completion.data.COLUMN_NAMES`, raw
+        ids re-indexed). ``shape`` defaults to ``(max row + 1, max col + 1)``."""
         self._check_params()
-        if scipy.sparse.issparse(rows):
+        self.ids_: IdIndex | None = None
+        if _is_frame(rows):
+            if cols is not None or values is not None or shape is not None:
+                raise ValueError("pass either a DataFrame or (rows, cols, values)")
+            ratings = ratings_from_frame(rows, duplicates=self.duplicates)
+            self.ids_ = IdIndex.fit(ratings)
+            (rows, cols), values, shape = (self.ids_.transform(ratings), ratings.values,
+                                           self.ids_.shape)
+        elif scipy.sparse.issparse(rows):
             if cols is not None or values is not None:
                 raise ValueError("pass either a sparse matrix or (rows, cols, values)")
             coo = scipy.sparse.coo_array(rows)
@@ -245,6 +299,10 @@ class DeepMatrixCompletion(BaseEstimator):
         rows, cols, values, shape = check_observations(rows, cols, values, shape,
                                                        self.duplicates)
         m, n = shape
+        self.clip_ = (None if self.clip is None else tuple(float(c) for c in self.clip)
+                      if self.clip != "auto" else (float(values.min()), float(values.max())))
+        if self.clip_ is not None and self.clip_[0] >= self.clip_[1]:
+            self.clip_ = None
         if 2 * self.rank > min(m, n):
             raise ValueError(f"2 × rank must be <= min(m, n) = {min(m, n)}, got rank "
                              f"{self.rank}")
@@ -257,15 +315,17 @@ class DeepMatrixCompletion(BaseEstimator):
         val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         start = time.perf_counter()
         self.shape_ = (m, n)
+        self._seen = (torch.from_numpy(_crow(rows, m)), torch.from_numpy(cols))
+        device = self._device()
         mean = float(values[train].mean()) if self.bias != "none" else 0.0
         self._set_model(self._init_model(rows[train], cols[train], values[train] - mean,
-                                         torch_dtype),
-                        mean, torch.zeros(m, dtype=torch_dtype),
-                        torch.zeros(n, dtype=torch_dtype))
+                                         torch_dtype).to(device),
+                        mean, torch.zeros(m, dtype=torch_dtype, device=device),
+                        torch.zeros(n, dtype=torch_dtype, device=device))
         self.build_seconds_ = time.perf_counter() - start
         batches = self._batches(rows[train], cols[train], values[train], rng, torch_dtype)
         val_index = (ObservedIndex(torch.from_numpy(rows[val]), torch.from_numpy(cols[val]),
-                                   shape) if n_val else None)
+                                   shape).to(device) if n_val else None)
         self._train(batches, val_index, values[val], rng, start)
         return self
 
@@ -284,8 +344,8 @@ class DeepMatrixCompletion(BaseEstimator):
     def _set_model(self, model: DeepFactorization, mean: float, row_bias: Tensor,
                    col_bias: Tensor) -> None:
         self.model_ = model
-        dtype = model.factors[0].dtype
-        self._mean = nn.Parameter(torch.tensor(mean, dtype=dtype))
+        dtype, device = model.factors[0].dtype, model.factors[0].device
+        self._mean = nn.Parameter(torch.tensor(mean, dtype=dtype, device=device))
         self._row_bias, self._col_bias = nn.Parameter(row_bias), nn.Parameter(col_bias)
 
     def _batches(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
@@ -298,8 +358,8 @@ class DeepMatrixCompletion(BaseEstimator):
         for part in parts:
             part = np.sort(part)  # keeps row-major order: no permutation inside the index
             index = ObservedIndex(torch.from_numpy(rows[part]), torch.from_numpy(cols[part]),
-                                  self.shape_)
-            out.append((index, torch.from_numpy(values[part]).to(dtype)))
+                                  self.shape_).to(self._device())
+            out.append((index, torch.from_numpy(values[part]).to(self._device(), dtype)))
         return out
 
     @property
@@ -310,27 +370,32 @@ class DeepMatrixCompletion(BaseEstimator):
     @property
     def row_bias_(self) -> np.ndarray:
         """b (m,), zeros unless ``bias="all"``."""
-        return self._row_bias.detach().double().numpy().copy()
+        return self._row_bias.detach().double().cpu().numpy().copy()
 
     @property
     def col_bias_(self) -> np.ndarray:
         """c (n,), zeros unless ``bias="all"``."""
-        return self._col_bias.detach().double().numpy().copy()
+        return self._col_bias.detach().double().cpu().numpy().copy()
 
-    def _raw_predict(self, index: ObservedIndex) -> Tensor:
-        """``μ + b_i + c_j + X_ij`` at the entries of ``index`` (no clipping)."""
+    def _end_to_end(self) -> tuple[Tensor, Tensor]:
+        """``(A, B)`` with ``X = A Bᵀ``: A = W_L ⋯ W_2 (m×2r̂), B = W_1ᵀ (n×2r̂)."""
         factors = list(self.model_.factors)
         a = factors[1] if len(factors) == 2 else torch.linalg.multi_dot(factors[:0:-1])
-        b = factors[0].T
+        return a, factors[0].T
+
+    def _raw_predict(self, index: ObservedIndex,
+                     end_to_end: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``μ + b_i + c_j + X_ij`` at the entries of ``index`` (no clipping)."""
+        a, b = self._end_to_end() if end_to_end is None else end_to_end
         if self.bias == "all":
-            ones = torch.ones(a.shape[0], 1, dtype=a.dtype)
+            ones = torch.ones(a.shape[0], 1, dtype=a.dtype, device=a.device)
             a = torch.cat([a, self._row_bias[:, None], ones], dim=1)
-            b = torch.cat([b, torch.ones(b.shape[0], 1, dtype=a.dtype),
+            b = torch.cat([b, torch.ones(b.shape[0], 1, dtype=a.dtype, device=a.device),
                            self._col_bias[:, None]], dim=1)
         return sampled_product(a, b, index) + self._mean
 
     def _clip(self, predicted: np.ndarray) -> np.ndarray:
-        return predicted if self.clip is None else np.clip(predicted, *self.clip)
+        return predicted if self.clip_ is None else np.clip(predicted, *self.clip_)
 
     def _state(self) -> list[Tensor]:
         return [p.detach().clone() for p in self._parameters_list()]
@@ -340,7 +405,13 @@ class DeepMatrixCompletion(BaseEstimator):
 
     def _train(self, batches: list[tuple[ObservedIndex, Tensor]], val_index: ObservedIndex | None,
                val_values: np.ndarray, rng: np.random.Generator, start: float) -> None:
-        fraction = sum(index.nnz for index, _ in batches) / (self.shape_[0] * self.shape_[1])
+        m, n = self.shape_
+        total = sum(index.nnz for index, _ in batches)
+        dtype = self._mean.dtype
+        row_weight = sum(torch.diff(index.crow) for index, _ in batches).to(dtype) / total
+        col_weight = sum(torch.bincount(index.col, minlength=n)
+                         for index, _ in batches).to(dtype) / total
+        fraction = total / (m * n)
         _, lr, gamma = default_settings(self.method, self.optimizer, self.lr, self.gamma,
                                         fraction)
         outer = self.model_.outer_parameters() if self.method == "compressed" else []
@@ -362,15 +433,22 @@ class DeepMatrixCompletion(BaseEstimator):
                 order = list(rng.permutation(len(batches)))
             index, target = batches[order.pop()]
             opt.zero_grad(set_to_none=True)
-            loss = 0.5 * torch.mean((self._raw_predict(index) - target) ** 2)
+            a, b = self._end_to_end()
+            loss = 0.5 * torch.mean((self._raw_predict(index, (a, b)) - target) ** 2)
             value = float(loss.detach())
+            if self.reg:
+                loss = loss + 0.5 * self.reg * (row_weight @ (a * a).sum(1)
+                                                + col_weight @ (b * b).sum(1))
+            if self.bias_reg and self.bias == "all":
+                loss = loss + 0.5 * self.bias_reg * (row_weight @ self._row_bias**2
+                                                     + col_weight @ self._col_bias**2)
             if not math.isfinite(value):
                 break
             if step % self.eval_every == 0 or step == self.max_steps:
                 score = value
                 if val_index is not None:
                     with torch.no_grad():
-                        predicted = self._raw_predict(val_index).double().numpy()
+                        predicted = self._raw_predict(val_index).double().cpu().numpy()
                     score = rmse(self._clip(predicted), val_values)
                 for key, item in (("step", step), ("train_loss", value), ("val_rmse", score),
                                   ("seconds", time.perf_counter() - start)):
@@ -395,10 +473,30 @@ class DeepMatrixCompletion(BaseEstimator):
         self.fit_seconds_ = time.perf_counter() - start
 
     # ----------------------------------------------------------------------------------------
-    def predict(self, rows: Any, cols: Any) -> np.ndarray:
-        """Predictions (float64) at entries ``(rows[t], cols[t])``; unknown ids per ``unknown``."""
+    def _indices(self, rows: Any, cols: Any) -> tuple[np.ndarray, np.ndarray]:
+        """0-based ``(rows, cols)`` from indices, raw ids (when fitted on a DataFrame) or a
+        DataFrame's user/item columns; unknown raw ids map one past the end."""
+        if _is_frame(rows):
+            if cols is not None:
+                raise ValueError("pass either a DataFrame or (rows, cols)")
+            ratings = ratings_from_frame(rows, duplicates="keep", require_rating=False)
+            rows, cols = ratings.users, ratings.items
+        elif cols is None:
+            raise ValueError("need (rows, cols) or a DataFrame with user and item columns")
+        if self.ids_ is not None:
+            return self._lookup_users(rows), _lookup_raw(self.ids_.items, cols)
+        return _as_index("rows", rows), _as_index("cols", cols)
+
+    def _lookup_users(self, users: Any) -> np.ndarray:
+        if self.ids_ is None:
+            return _as_index("users", users)
+        return _lookup_raw(self.ids_.users, users)
+
+    def predict(self, rows: Any, cols: Any = None) -> np.ndarray:
+        """Predictions (float64) at entries ``(rows[t], cols[t])`` (or a DataFrame's user and
+        item columns); unknown ids per ``unknown``."""
         check_is_fitted(self, "model_")
-        rows, cols = _as_index("rows", rows), _as_index("cols", cols)
+        rows, cols = self._indices(rows, cols)
         if rows.shape != cols.shape:
             raise ValueError(f"rows and cols must have equal length, got {rows.shape} and "
                              f"{cols.shape}")
@@ -409,18 +507,26 @@ class DeepMatrixCompletion(BaseEstimator):
         with torch.no_grad():
             out = np.full(rows.size, float(self._mean))
             if self.bias == "all":
-                out[known_row] += self._row_bias.double().numpy()[rows[known_row]]
-                out[known_col] += self._col_bias.double().numpy()[cols[known_col]]
+                out[known_row] += self.row_bias_[rows[known_row]]
+                out[known_col] += self.col_bias_[cols[known_col]]
             both = np.flatnonzero(known_row & known_col)
             if both.size:
                 index = ObservedIndex(torch.from_numpy(rows[both]), torch.from_numpy(cols[both]),
-                                      self.shape_)
-                out[both] = self._raw_predict(index).double().numpy()
+                                      self.shape_).to(self._mean.device)
+                out[both] = self._raw_predict(index).double().cpu().numpy()
         return self._clip(out)
 
-    def evaluate(self, rows: Any, cols: Any, values: Any) -> dict[str, float]:
-        """``{"rmse": …, "mae": …}`` of :meth:`predict` against ``values``."""
-        values = np.asarray(values, dtype=np.float64)
+    def _targets(self, rows: Any, cols: Any, values: Any) -> tuple[Any, Any, np.ndarray]:
+        if _is_frame(rows):
+            if cols is not None or values is not None:
+                raise ValueError("pass either a DataFrame or (rows, cols, values)")
+            ratings = ratings_from_frame(rows, duplicates="keep")
+            return ratings.users, ratings.items, ratings.values
+        return rows, cols, np.asarray(values, dtype=np.float64)
+
+    def evaluate(self, rows: Any, cols: Any = None, values: Any = None) -> dict[str, float]:
+        """``{"rmse": …, "mae": …}`` of :meth:`predict` against ``values`` (or a DataFrame)."""
+        rows, cols, values = self._targets(rows, cols, values)
         if values.size == 0:
             raise ValueError("no observations to evaluate on")
         predicted = self.predict(rows, cols)
@@ -428,47 +534,196 @@ class DeepMatrixCompletion(BaseEstimator):
             raise ValueError(f"values must have shape {predicted.shape}, got {values.shape}")
         return {"rmse": rmse(predicted, values), "mae": mae(predicted, values)}
 
-    def score(self, rows: Any, cols: Any, values: Any) -> float:
+    def score(self, rows: Any, cols: Any = None, values: Any = None) -> float:
         """Coefficient of determination R² of the predictions (scikit-learn's regressor score;
         higher is better). Use :meth:`evaluate` for RMSE/MAE."""
-        values = np.asarray(values, dtype=np.float64)
+        rows, cols, values = self._targets(rows, cols, values)
         residual = self.evaluate(rows, cols, values)["rmse"] ** 2
         return 1.0 - residual / float(np.var(values)) if np.var(values) > 0 else 0.0
 
     # ----------------------------------------------------------------------------------------
+    def recommend(self, users: Any, k: int = 10, exclude_seen: bool = True,
+                  batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items for each of ``users``: ``(items, ratings)``, each (len(users), k),
+        best first.
+
+        Scores ``μ + b_u + c_j + (A Bᵀ)_uj`` for a block of users at a time (``batch_size``
+        users; default: as many as fit in ~2²² scores), so memory is O(batch·n), never m×n;
+        ``exclude_seen`` drops the user's training items. Items are ranked by the unclipped
+        score; the ratings returned are clipped like :meth:`predict`. A user unknown to the
+        model gets the items with the highest ``c_j``. Slots left empty (fewer than k unseen
+        items) hold index -1 (or ``None`` for raw ids) and rating NaN. ``users`` are indices,
+        or raw ids when the model was fitted on a DataFrame; so are the returned items.
+        """
+        check_is_fitted(self, "model_")
+        n = self.shape_[1]
+        if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= n):
+            raise ValueError(f"k must be an integer in [1, {n}], got {k!r}")
+        if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if exclude_seen and getattr(self, "_seen", None) is None:
+            raise ValueError("this model does not know its training entries (saved before "
+                             "format 2); pass exclude_seen=False")
+        items, ratings = self._top_k(self._lookup_users(np.atleast_1d(np.asarray(users))), k,
+                                     exclude_seen, batch_size)
+        if self.ids_ is None:
+            return items, ratings
+        raw = np.empty(items.shape, dtype=object)
+        raw[items >= 0] = self.ids_.items[items[items >= 0]]
+        return raw, ratings
+
+    def _top_k(self, rows: np.ndarray, k: int, exclude_seen: bool, batch_size: int | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`recommend` for row indices (>= m: unknown), item indices out."""
+        m, n = self.shape_
+        block = batch_size or max(1, (1 << 22) // n)
+        items = np.full((rows.size, k), -1, dtype=np.int64)
+        ratings = np.full((rows.size, k), np.nan)
+        device = self._mean.device
+        with torch.no_grad():
+            a, b = self._end_to_end()
+            row_bias, col_bias = self._row_bias, self._col_bias
+            if self.bias != "all":
+                row_bias, col_bias = torch.zeros_like(row_bias), torch.zeros_like(col_bias)
+            for start in range(0, rows.size, block):
+                part = rows[start:start + block]
+                known = torch.from_numpy(part < m).to(device)
+                index = torch.from_numpy(np.minimum(part, m - 1)).to(device)
+                scores = (a[index] @ b.T + row_bias[index, None]) * known[:, None]
+                scores += self._mean + col_bias[None, :]
+                if exclude_seen:
+                    seen_rows, seen_cols = self._seen_entries(part)
+                    scores[seen_rows.to(device), seen_cols.to(device)] = -math.inf
+                top = torch.topk(scores, k, dim=1)
+                found = torch.isfinite(top.values).cpu().numpy()
+                items[start:start + part.size][found] = top.indices.cpu().numpy()[found]
+                ratings[start:start + part.size][found] = top.values.double().cpu().numpy()[found]
+        return items, self._clip(ratings)
+
+    def _seen_entries(self, rows: np.ndarray) -> tuple[Tensor, Tensor]:
+        """``(positions in rows, columns)`` of the training entries of the given rows."""
+        crow, col = self._seen
+        m = self.shape_[0]
+        known = rows < m
+        safe = torch.from_numpy(np.where(known, rows, 0))
+        starts = crow[safe]
+        counts = torch.where(torch.from_numpy(known), crow[safe + 1] - starts, 0)
+        position = torch.repeat_interleave(torch.arange(rows.size), counts)
+        offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(
+            torch.cumsum(counts, 0) - counts, counts)
+        return position, col[starts[position] + offsets]
+
+    def ranking_metrics(self, rows: Any, cols: Any = None, values: Any = None, k: int = 10,
+                        threshold: float = 4.0, exclude_seen: bool = True) -> dict[str, float]:
+        """Precision@k, recall@k, NDCG@k and MAP@k on held-out ratings (or a DataFrame).
+
+        The relevant items of a user are its held-out items rated ``>= threshold``; every user
+        with at least one, and known to the model, gets :meth:`recommend` (k, excluding its
+        training items) and :func:`~deeplora.completion.ranking.ranking_metrics` averages over
+        them. Also returns ``users`` (evaluated) and ``skipped_unknown`` (relevant users the
+        model never saw)."""
+        check_is_fitted(self, "model_")
+        rows, cols, values = self._targets(rows, cols, values)
+        rows, cols = self._indices(rows, cols)
+        relevant = values >= threshold
+        m = self.shape_[0]
+        keep = relevant & (rows < m)
+        users, inverse = np.unique(rows[keep], return_inverse=True)
+        if users.size == 0:
+            raise ValueError(f"no held-out rating >= {threshold} by a known user")
+        truth = [cols[keep][inverse == u] for u in range(users.size)]
+        if not (isinstance(k, int) and 1 <= k <= self.shape_[1]):
+            raise ValueError(f"k must be an integer in [1, {self.shape_[1]}], got {k!r}")
+        recommended, _ = self._top_k(users, k, exclude_seen, None)
+        metrics = ranking_metrics(recommended, truth, k)
+        skipped = np.unique(rows[relevant & (rows >= m)]).size
+        return {**metrics, "users": int(users.size), "skipped_unknown": int(skipped)}
+
+    # ----------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write parameters and fitted state to ``path`` (``torch.save``, atomically)."""
+        """Write parameters and fitted state to ``path`` (``torch.save`` of tensors, lists and
+        strings only, atomically; read back with ``weights_only`` loading)."""
         from deeplora.cli.output import write_atomic
 
         check_is_fitted(self, "model_")
         params = self.get_params()
-        if params["clip"] is not None:
+        if params["clip"] is not None and params["clip"] != "auto":
             params["clip"] = [float(c) for c in params["clip"]]
-        state = {"format": 1, "params": params, "shape": list(self.shape_),
-                 "factors": [f.detach() for f in self.model_.factors],
+        ids = None if self.ids_ is None else [_id_list(self.ids_.users),
+                                              _id_list(self.ids_.items)]
+        state = {"format": 2, "params": params, "shape": list(self.shape_),
+                 "factors": [f.detach().cpu() for f in self.model_.factors],
                  "model_init": self.model_.init, "model_scale": self.model_.scale,
-                 "mean": self._mean.detach(), "row_bias": self._row_bias.detach(),
-                 "col_bias": self._col_bias.detach(), "history": self.history_,
+                 "mean": self._mean.detach().cpu(), "row_bias": self._row_bias.detach().cpu(),
+                 "col_bias": self._col_bias.detach().cpu(), "history": self.history_,
+                 "clip": None if self.clip_ is None else list(self.clip_), "ids": ids,
+                 "seen": list(self._seen),
                  "fitted": {k: getattr(self, k) for k in
                             ("best_step_", "n_steps_", "build_seconds_", "fit_seconds_")}}
         write_atomic(path, lambda tmp: torch.save(state, tmp))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DeepMatrixCompletion:
-        """Read an estimator written by :meth:`save`."""
-        state = torch.load(path, weights_only=True)
-        if not (isinstance(state, dict) and state.get("format") == 1):
+        """Read an estimator written by :meth:`save` (onto its ``device``)."""
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        if not (isinstance(state, dict) and state.get("format") in (1, 2)):
             raise ValueError(f"{os.fspath(path)!r} is not a saved DeepMatrixCompletion")
         params = copy.deepcopy(state["params"])
-        if params["clip"] is not None:
+        if params["clip"] is not None and params["clip"] != "auto":
             params["clip"] = tuple(params["clip"])
         est = cls(**params)
         est.shape_ = tuple(state["shape"])
         model = DeepFactorization.from_factors(state["factors"], init=state["model_init"],
                                                scale=state["model_scale"])
-        est._set_model(model, float(state["mean"]), state["row_bias"].clone(),
-                       state["col_bias"].clone())
+        est._set_model(model.to(est._device()), float(state["mean"]),
+                       state["row_bias"].to(est._device()), state["col_bias"].to(est._device()))
         est.history_ = state["history"]
+        est.clip_ = params["clip"] if state["format"] == 1 else (
+            None if state["clip"] is None else tuple(state["clip"]))
+        ids = state.get("ids")
+        est.ids_ = None if ids is None else IdIndex(_id_array(ids[0]), _id_array(ids[1]))
+        est._seen = tuple(state["seen"]) if state.get("seen") is not None else None
         for key, value in state["fitted"].items():
             setattr(est, key, value)
         return est
+
+
+RATINGS_PRESET: dict[str, Any] = {
+    "rank": 10, "depth": 3, "lr": 0.1, "reg": 0.05, "bias_reg": 0.01, "max_steps": 2000,
+    "validation_fraction": 0.1, "patience": 5, "eval_every": 10, "clip": "auto",
+}
+"""Settings of :meth:`DeepMatrixCompletion.ratings`, chosen on validation splits carved from
+MovieLens 100K's training files (``docs/results.md``): explicit per-rating L2 (``reg``,
+``bias_reg``) and early stopping on a 10 % validation split; Adam at η = 0.1."""
+
+
+def _is_frame(value: Any) -> bool:
+    """Whether ``value`` is a pandas DataFrame (without importing pandas)."""
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(value, pandas.DataFrame)
+
+
+def _crow(rows: np.ndarray, m: int) -> np.ndarray:
+    """CSR row pointer of row-major-sorted ``rows``."""
+    return np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=m))]).astype(np.int64)
+
+
+def _lookup_raw(known: np.ndarray, ids: Any) -> np.ndarray:
+    """Positions of raw ``ids`` in the sorted ``known`` ids; unknown ones map to len(known)."""
+    ids = np.atleast_1d(np.asarray(ids))
+    if known.dtype.kind in "iu":
+        try:
+            ids = ids.astype(np.int64)
+        except (ValueError, TypeError, OverflowError):
+            return np.full(ids.size, known.size, dtype=np.int64)
+    else:
+        ids = ids.astype(str)
+    return _lookup(known, ids)
+
+
+def _id_list(ids: np.ndarray) -> Tensor | list[str]:
+    return torch.from_numpy(ids) if ids.dtype.kind in "iu" else [str(x) for x in ids]
+
+
+def _id_array(ids: Tensor | list[str]) -> np.ndarray:
+    return ids.numpy() if isinstance(ids, Tensor) else np.array(ids, dtype=str)

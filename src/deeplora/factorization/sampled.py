@@ -74,7 +74,8 @@ class ObservedIndex:
 
     Entries keep the caller's order in :func:`sampled_product`; internally they are sorted
     row-major (``order``), which costs nothing when the caller's entries already are. Duplicate
-    pairs are allowed: each one is a separate term of the loss. Tensors live on the CPU.
+    pairs are allowed: each one is a separate term of the loss. Tensors are built on the CPU;
+    :meth:`to` moves them (e.g. to a GPU, where the factors must live too).
     ``key`` holds the sorted flat positions ``i·n + j``.
     """
 
@@ -121,6 +122,17 @@ class ObservedIndex:
         if isinstance(rows, Tensor) and isinstance(cols, Tensor):
             cls._cache = [*cls._cache[-3:], (_stamp(rows), _stamp(cols), tuple(shape), index)]
         return index
+
+    def to(self, device: torch.device | str) -> ObservedIndex:
+        """This index with its tensors on ``device`` (``self`` if already there)."""
+        device = torch.device(device)
+        if self.col.device == device:
+            return self
+        moved = object.__new__(ObservedIndex)
+        moved.shape, moved.nnz, moved._dense_targets = self.shape, self.nnz, None
+        moved.key, moved.col, moved.crow = (t.to(device) for t in (self.key, self.col, self.crow))
+        moved.order = None if self.order is None else self.order.to(device)
+        return moved
 
     @cached_property
     def repeated(self) -> bool:
@@ -192,7 +204,7 @@ class ObservedIndex:
         Up to :attr:`TRANSPOSE_LIMIT` entries: torch's CSR product with the transposed pattern
         (built once, 16 bytes per entry); above: SciPy's column-wise product over the same
         pattern, which needs no copy of Ω and is the faster one there."""
-        if self.nnz > self.TRANSPOSE_LIMIT:
+        if self.nnz > self.TRANSPOSE_LIMIT and self.col.device.type == "cpu":
             product = self._scipy_sorted(sorted_values).T @ a.detach().contiguous().numpy()
             return torch.from_numpy(product)
         order, crow, col = self._transposed
@@ -204,7 +216,8 @@ class ObservedIndex:
         """``(order, crow, col)`` of Ωᵀ as CSR (n×m): ``order`` re-sorts row-major-sorted
         entries column-major."""
         m, n = self.shape
-        sorted_rows = torch.repeat_interleave(torch.arange(m), torch.diff(self.crow))
+        sorted_rows = torch.repeat_interleave(torch.arange(m, device=self.crow.device),
+                                              torch.diff(self.crow))
         key, order = torch.sort(self.col * m + sorted_rows, stable=True)
         return order, _crow(key // m, n), key % m
 
