@@ -147,7 +147,7 @@ def test_device_parameter_on_cpu() -> None:
 
 
 def test_dataframe_fit_predict_recommend_raw_ids(tmp_path: Path) -> None:
-    rows, cols, values, full, mask = _low_rank_ratings(seed=5)
+    rows, cols, values, full, _mask = _low_rank_ratings(seed=5)
     frame = _frame(rows, cols, values)
     est = DeepMatrixCompletion(rank=3, gamma=0.1, max_steps=300, patience=20).fit(frame)
     assert est.ids_ is not None and est.shape_ == full.shape
@@ -173,9 +173,9 @@ def test_dataframe_fit_predict_recommend_raw_ids(tmp_path: Path) -> None:
 
 
 def test_recommend_batches_exclude_seen_and_padding() -> None:
-    rows, cols, values, full, _ = _low_rank_ratings(m=12, n=8, fraction=0.7, seed=6)
+    rows, cols, values, _full, _ = _low_rank_ratings(m=12, n=8, fraction=0.7, seed=6)
     est = DeepMatrixCompletion(rank=2, max_steps=50).fit(rows, cols, values, shape=(12, 8))
-    one, r1 = est.recommend(np.arange(12), k=8, batch_size=1)
+    one, _r1 = est.recommend(np.arange(12), k=8, batch_size=1)
     all_, r2 = est.recommend(np.arange(12), k=8)
     np.testing.assert_array_equal(one, all_)
     for user in range(12):
