@@ -35,13 +35,29 @@ def ml100k(tmp_path: Path) -> Path:
 def test_experiment_writes_table_plot_json(ml100k: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main(["experiment", "movielens", "--fast", "--root", str(ml100k), "--out",
-                 str(out), "--rank", "2"]) == 0
+                 str(out)]) == 0
     summary = json.loads((out / "movielens.json").read_text())
-    results = summary["results"]
-    assert set(results) == set(summary["sources"]) and len(results) == 5
+    results = summary["results"]["official folds"]
+    pytest.importorskip("surprise")  # an optional extra: its rows are there when installed
+    assert set(results) == set(summary["sources"]) and len(results) == 7
     assert all(f["split"] == "u1" and 0 < f["rmse"] < 2 for r in results.values() for f in r)
+    per_split = json.loads((out / "movielens-u1.json").read_text())
+    assert set(per_split["results"]) == set(results)
     table = (out / "movielens.md").read_text()
-    assert "| deep compressed (ours) |" in table and " ± " in table
+    assert "| official folds | deep compressed (ours) |" in table and "Surprise SVD++" in table
+
+
+def test_experiment_random_splits_same_for_every_method(ml100k: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["experiment", "movielens", "--root", str(ml100k), "--out", str(out),
+                 "--splits", "--random-seeds", "3", "--steps", "20", "--methods",
+                 "deep compressed (ours)", "biased MF (ALS-WR)"]) == 0
+    summary = json.loads((out / "movielens.json").read_text())
+    assert list(summary["results"]) == ["random 80/20 of u.data"]
+    split = json.loads((out / "movielens-random-3.json").read_text())
+    lines = (ml100k / "u.data").read_text().splitlines()
+    assert split["n_test"] == round(0.2 * len(lines)) and split["n_train"] + split["n_test"] \
+        == len(lines)
     assert (out / "movielens.png").stat().st_size > 0
 
 

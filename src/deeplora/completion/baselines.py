@@ -15,7 +15,11 @@ are unknown and get the global mean plus the known side's bias. Predictions are 
 - :class:`BiasedALS`: ``μ + b_u + c_i + p_uᵀ q_i`` by alternating least squares with
   weighted-λ regularization (Zhou et al. 2008), each half-step an exact batch of ridge solves.
 
-(``fancyimpute`` has a SoftImpute but pulls in TensorFlow; ``scikit-surprise`` needs a compiler.)
+- :class:`Surprise`: any algorithm of ``scikit-surprise`` (BaselineOnly, SVD, SVDpp,
+  KNNBaseline, …; Hug 2020) behind the same interface — the optional ``surprise`` extra.
+  SoftImpute and ALS-WR stay here because Surprise has no counterpart.
+
+(``fancyimpute`` has a SoftImpute but pulls in TensorFlow.)
 """
 
 from __future__ import annotations
@@ -231,3 +235,48 @@ class BiasedALS(_Baseline):
 
     def _interaction(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         return np.einsum("ij,ij->i", self.row_factors_[rows], self.col_factors_[cols])
+
+
+class Surprise:
+    """A ``scikit-surprise`` algorithm (``algorithm``: class name in ``surprise``, e.g.
+    ``"SVD"``, ``params``: its keyword arguments) with the interface of the baselines above.
+
+    Indices are Surprise's raw ids; an index it never saw gets Surprise's own fallback (the
+    global mean plus the known side's bias for the biased models). Predictions are clipped to
+    ``clip`` (Surprise's rating scale, default the training range).
+    """
+
+    def __init__(self, algorithm: str, clip: tuple[float, float] | None = None,
+                 random_state: int | None = 0, **params: Any) -> None:
+        self.algorithm, self.clip, self.random_state, self.params = (algorithm, clip,
+                                                                     random_state, params)
+
+    def fit(self, rows: Any, cols: Any, values: Any,
+            shape: tuple[int, int] | None = None) -> Surprise:
+        import surprise
+
+        rows, cols, values, self.shape_ = check_observations(rows, cols, values, shape)
+        scale = self.clip or (float(values.min()), float(values.max()))
+        data = surprise.Dataset.load_from_folds([], surprise.Reader(rating_scale=scale))
+        self.trainset_ = data.construct_trainset(
+            list(zip(rows.tolist(), cols.tolist(), values.tolist(), [None] * rows.size,
+                     strict=True)))
+        options = dict(self.params)
+        if self.random_state is not None and "random_state" in _signature(self.algorithm):
+            options["random_state"] = self.random_state
+        self.model_ = getattr(surprise, self.algorithm)(**options)
+        self.model_.fit(self.trainset_)
+        return self
+
+    def predict(self, rows: Any, cols: Any) -> np.ndarray:
+        rows, cols = _as_index("rows", rows), _as_index("cols", cols)
+        return np.array([self.model_.predict(r, c, clip=True).est
+                         for r, c in zip(rows.tolist(), cols.tolist(), strict=True)])
+
+
+def _signature(algorithm: str) -> set[str]:
+    import inspect
+
+    import surprise
+
+    return set(inspect.signature(getattr(surprise, algorithm).__init__).parameters)
