@@ -1,6 +1,7 @@
 """The ``deeplora`` command line: a thin layer over the library.
 
-Subcommands register themselves from :mod:`deeplora.cli.complete`, :mod:`deeplora.cli.experiment`
+Subcommands register themselves from :mod:`deeplora.cli.complete`, :mod:`deeplora.cli.recommend`,
+:mod:`deeplora.cli.experiment`
 and :mod:`deeplora.finetune.cli` (when present). Every error a user can cause is reported as one
 line ``deeplora: error: …`` with exit status 2, before any output file is written.
 """
@@ -15,7 +16,8 @@ from importlib import import_module
 from deeplora import __version__
 
 # Modules exposing ``register_cli(subparsers)``; each adds subcommands with a ``func`` default.
-_COMMAND_MODULES = ("deeplora.cli.complete", "deeplora.cli.experiment", "deeplora.finetune.cli")
+_COMMAND_MODULES = ("deeplora.cli.complete", "deeplora.cli.recommend", "deeplora.cli.experiment",
+                    "deeplora.finetune.cli")
 
 
 class UsageError(ValueError):

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from deeplora.cli.output import check_writable, write_json
+from deeplora.cli.recommend import add_ratings_file_arguments, read_ratings_file
 from deeplora.completion import (
     METHODS,
     MatrixCompletion,
@@ -18,11 +19,14 @@ from deeplora.completion import (
     default_settings,
     fit,
 )
-from deeplora.completion.data import FORMATS, IdIndex, read_ratings
+from deeplora.completion.data import IdIndex
 from deeplora.completion.estimator import DeepMatrixCompletion
 from deeplora.completion.problems import random_low_rank
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Defaults of the synthetic problem; with --ratings, unset options take the ratings preset's.
+SYNTHETIC_DEFAULTS = {"rank": 5, "steps": 5000, "depth": 3, "init_scale": 1e-3, "eval_every": 10}
+_RATINGS = "with --ratings: DeepMatrixCompletion.ratings()'s"
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -36,11 +40,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--size", type=int, default=1000, help="rows m")
     p.add_argument("--cols", type=int, default=None, help="columns n (default: --size)")
-    p.add_argument("--rank", type=int, default=5, help="rank r of the target")
+    p.add_argument("--rank", type=int, default=None,
+                   help=f"rank r of the target (default: 5; {_RATINGS} r̂)")
     p.add_argument("--assumed-rank", type=int, default=None,
                    help="r̂: compressed/narrow width is 2r̂ (default: --rank)")
     p.add_argument("--observed", type=float, default=0.2, help="fraction of entries observed")
-    p.add_argument("--depth", type=int, default=3, help="number of layers L")
+    p.add_argument("--depth", type=int, default=None,
+                   help=f"number of layers L (default: 3; {_RATINGS})")
     p.add_argument("--method", choices=METHODS, default="compressed")
     p.add_argument("--optimizer", choices=("gd", "adam"), default=None,
                    help="default: adam")
@@ -53,12 +59,15 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-patience", type=int, default=None, metavar="P",
                    help="halve the step sizes whenever the train loss has gone more than P "
                    "steps without a new minimum (default: fixed step sizes)")
-    p.add_argument("--init-scale", type=float, default=1e-3, help="ε")
-    p.add_argument("--steps", type=int, default=5000, help="maximum number of steps")
+    p.add_argument("--init-scale", type=float, default=None,
+                   help=f"ε (default: 1e-3; {_RATINGS})")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"maximum number of steps (default: 5000; {_RATINGS} max_steps)")
     p.add_argument("--tol", type=float, default=1e-12, help="stop when the train loss <= tol")
     p.add_argument("--target-error", type=float, default=0.0,
                    help="stop when the recovery error <= this")
-    p.add_argument("--eval-every", type=int, default=10, help="steps between evaluations")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help=f"steps between evaluations (default: 10; {_RATINGS})")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
@@ -69,15 +78,14 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", metavar="PATH", default=None, help="write a PNG of the run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     ratings = p.add_argument_group(
-        "ratings file", "with --ratings: fit DeepMatrixCompletion (sparse path) on a (user, "
-        "item, rating) file instead of a synthetic matrix; --rank is r̂, and --size, --cols, "
-        "--observed, --tol, --target-error, --plot are ignored")
+        "ratings file", "with --ratings: fit DeepMatrixCompletion.ratings() (the preset tuned "
+        "for ratings; options given here override it) on a (user, item, rating) file instead "
+        "of a synthetic matrix; --rank is r̂, and --size, --cols, --observed, --tol, "
+        "--target-error, --plot are ignored")
     ratings.add_argument("--ratings", metavar="PATH", default=None, help="training ratings")
     ratings.add_argument("--test", metavar="PATH", default=None,
                          help="ratings to report RMSE/MAE on (default: the training file)")
-    ratings.add_argument("--format", choices=FORMATS, default="movielens",
-                         help="movielens: tab-separated user item rating [time]; csv: header "
-                         "with columns user,item,rating (.tsv: tab-separated)")
+    add_ratings_file_arguments(ratings)
     ratings.add_argument("--clip", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
                          help="clip predictions (default: the training ratings' range)")
     p.set_defaults(func=run)
@@ -89,25 +97,26 @@ def run_ratings(args: argparse.Namespace) -> int:
         raise ValueError("--ratings supports --method compressed or narrow (the wide model "
                          "is m×n)")
     check_writable(args.json)
-    train = read_ratings(args.ratings, args.format)
-    test = read_ratings(args.test, args.format) if args.test else train
+    train = read_ratings_file(args, args.ratings)
+    test = read_ratings_file(args, args.test) if args.test else train
     ids = IdIndex.fit(train)
     rows, cols = ids.transform(train)
     clip = tuple(args.clip) if args.clip else (float(train.values.min()),
                                                 float(train.values.max()))
-    estimator = DeepMatrixCompletion(
-        depth=args.depth, rank=args.assumed_rank or args.rank, method=args.method,
-        init_scale=args.init_scale, optimizer=args.optimizer or "adam", lr=args.lr,
-        gamma=args.gamma, max_steps=args.steps, eval_every=args.eval_every,
-        clip=clip if clip[0] < clip[1] else None, dtype=args.dtype, random_state=args.seed,
-        progress=not args.quiet)
+    given = {"rank": args.assumed_rank or args.rank, "depth": args.depth,
+             "init_scale": args.init_scale, "optimizer": args.optimizer, "lr": args.lr,
+             "gamma": args.gamma, "max_steps": args.steps, "eval_every": args.eval_every}
+    estimator = DeepMatrixCompletion.ratings(
+        method=args.method, clip=clip if clip[0] < clip[1] else None, dtype=args.dtype,
+        random_state=args.seed, progress=not args.quiet,
+        **{key: value for key, value in given.items() if value is not None})
     start = time.perf_counter()
     estimator.fit(rows, cols, train.values, ids.shape)
     seconds = time.perf_counter() - start
     metrics = estimator.evaluate(*ids.transform(test), test.values)
     result: dict[str, Any] = {
         **metrics, "seconds": seconds, "method": args.method, "rank": estimator.rank,
-        "depth": args.depth, "ratings": str(args.ratings),
+        "depth": estimator.depth, "ratings": str(args.ratings),
         "test": str(args.test) if args.test else None, "evaluated_on": "test" if args.test
         else "train", "shape": list(ids.shape), "n_train": len(train), "n_test": len(test),
         "steps": estimator.n_steps_, "best_step": estimator.best_step_,
@@ -123,6 +132,9 @@ def run_ratings(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.ratings:
         return run_ratings(args)
+    for name, value in SYNTHETIC_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     cols = args.size if args.cols is None else args.cols
     rank_hat = args.rank if args.assumed_rank is None else args.assumed_rank
     for name, value in (("--size", args.size), ("--cols", cols), ("--steps", args.steps + 1)):

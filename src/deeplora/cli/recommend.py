@@ -1,0 +1,131 @@
+"""``deeplora recommend``: fit the ratings preset on a ratings file (or load a saved model) and
+write the top-k items of every user (or of ``--users``) to a CSV file.
+
+Also home of the ratings-file options shared with ``deeplora complete --ratings``
+(:func:`add_ratings_file_arguments`, :func:`read_ratings_file`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+
+from deeplora.cli.output import check_writable, write_atomic, write_json
+from deeplora.completion.data import FORMATS, Ratings, read_ratings
+
+
+def add_ratings_file_arguments(group: argparse._ArgumentGroup) -> None:
+    """``--format``, ``--sep``, ``--user-col``, ``--item-col``, ``--rating-col``."""
+    group.add_argument("--format", choices=FORMATS, default="auto",
+                       help="auto: Parquet by suffix, else a delimited file with a header "
+                       "(userId,movieId,rating / user_id,item_id,rating / …) or without one "
+                       "(user item rating [time], e.g. MovieLens' u.data); csv: delimited with "
+                       "a header; movielens: delimited, no header; parquet")
+    group.add_argument("--sep", default=None,
+                       help="field delimiter (default: guessed from the first line)")
+    for role in ("user", "item", "rating"):
+        group.add_argument(f"--{role}-col", default=None, metavar="NAME",
+                           help=f"name of the {role} column (default: recognized from the "
+                           f"header)")
+
+
+def read_ratings_file(args: argparse.Namespace, path: str) -> Ratings:
+    """:func:`~deeplora.completion.data.read_ratings` with the options above."""
+    return read_ratings(path, args.format, args.sep, args.user_col, args.item_col,
+                        args.rating_col)
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "recommend",
+        help="top-k recommendations per user from a ratings file, to CSV",
+        description="Fit DeepMatrixCompletion.ratings() on --ratings (or load --model) and "
+        "write the k best-predicted items of each user, excluding the items the user rated, "
+        "to --output as CSV with columns user,item,rank,predicted_rating. With --test: also "
+        "report RMSE/MAE and precision/recall/NDCG/MAP@k on held-out ratings.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--ratings", metavar="PATH", required=True, help="training ratings")
+    p.add_argument("--output", metavar="PATH", required=True, help="CSV file to write")
+    p.add_argument("--k", type=int, default=10, help="items per user")
+    p.add_argument("--users", nargs="+", default=None, metavar="ID",
+                   help="recommend for these user ids only (default: every user in --ratings)")
+    p.add_argument("--include-seen", action="store_true",
+                   help="also recommend items the user already rated")
+    p.add_argument("--test", metavar="PATH", default=None,
+                   help="held-out ratings: report RMSE/MAE and ranking metrics @k")
+    p.add_argument("--threshold", type=float, default=4.0,
+                   help="a held-out rating >= this is relevant (ranking metrics)")
+    p.add_argument("--model", metavar="PATH", default=None,
+                   help="load a model saved with --save-model instead of fitting")
+    p.add_argument("--save-model", metavar="PATH", default=None, help="save the fitted model")
+    p.add_argument("--rank", type=int, default=None, help="r̂ (default: the preset's)")
+    p.add_argument("--steps", type=int, default=None, help="maximum steps (default: preset)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH|-", default=None, help="write a summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_ratings_file_arguments(p.add_argument_group("ratings file format"))
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from deeplora.completion.estimator import DeepMatrixCompletion
+
+    if args.k < 1:
+        raise ValueError(f"--k must be >= 1, got {args.k}")
+    for path in (args.output, args.json, args.save_model):
+        check_writable(path)
+    train = read_ratings_file(args, args.ratings)
+    test = read_ratings_file(args, args.test) if args.test else None
+    frame = _frame(train)
+    start = time.perf_counter()
+    if args.model:
+        estimator = DeepMatrixCompletion.load(args.model)
+        if estimator.ids_ is None:
+            raise ValueError(f"{args.model!r} was not fitted on raw ids (a DataFrame or file)")
+    else:
+        overrides = {key: value for key, value in (("rank", args.rank),
+                                                   ("max_steps", args.steps)) if value is not None}
+        estimator = DeepMatrixCompletion.ratings(random_state=args.seed, device=args.device,
+                                                 progress=not args.quiet, **overrides)
+        estimator.fit(frame)
+    seconds = time.perf_counter() - start
+    users = np.unique(train.users) if args.users is None else np.asarray(args.users)
+    k = min(args.k, estimator.shape_[1])
+    items, ratings = estimator.recommend(users, k, exclude_seen=not args.include_seen)
+    found = np.array([[item is not None for item in row] for row in items], dtype=bool)
+    user_column = np.repeat(users, k).reshape(len(users), k)
+    rank_column = np.tile(np.arange(1, k + 1), (len(users), 1))
+    out = {"user": user_column[found], "item": items[found], "rank": rank_column[found],
+           "predicted_rating": np.round(ratings[found], 6)}
+    result: dict[str, Any] = {"ratings": str(args.ratings), "users": len(users), "k": k,
+                              "rows_written": int(found.sum()), "fit_seconds": seconds,
+                              "shape": list(estimator.shape_), "output": str(args.output)}
+    if test is not None:
+        held_out = _frame(test)
+        result["test"] = {**estimator.evaluate(held_out),
+                          **estimator.ranking_metrics(held_out, k=k, threshold=args.threshold)}
+    import pandas as pd
+
+    write_atomic(args.output, lambda tmp: pd.DataFrame(out).to_csv(tmp, index=False))
+    if args.save_model and not args.model:
+        estimator.save(args.save_model)
+    if args.json:
+        write_json(args.json, result)
+    if args.json != "-":
+        print(f"wrote {result['rows_written']} recommendations ({len(users)} users × top {k}) "
+              f"to {args.output}" + (f"; test RMSE {result['test']['rmse']:.4f}, "
+                                     f"precision@{k} {result['test'][f'precision@{k}']:.4f}, "
+                                     f"NDCG@{k} {result['test'][f'ndcg@{k}']:.4f}"
+                                     if test is not None else ""))
+    return 0
+
+
+def _frame(ratings: Ratings) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame({"user": ratings.users, "item": ratings.items, "rating": ratings.values})

@@ -1,0 +1,111 @@
+"""``deeplora recommend`` and ``deeplora complete --ratings`` on MovieLens-style CSV files."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deeplora.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Tiny matrices: one torch thread."""
+
+
+def _ratings_csv(path: Path, seed: int = 0, keep: float = 0.6) -> tuple[Path, Path]:
+    """ratings.csv / test.csv in the MovieLens (ml-latest) layout, 30 users × 25 movies."""
+    rng = np.random.default_rng(seed)
+    full = np.clip(np.rint(3 + rng.standard_normal((30, 2)) @ rng.standard_normal((2, 25))),
+                   1, 5)
+    rows, cols = np.nonzero(rng.random((30, 25)) < keep)
+    test = rng.random(rows.size) < 0.2
+    header = "userId,movieId,rating,timestamp\n"
+    lines = [f"{r + 1},{10 * c + 7},{full[r, c]:.1f},{1260759144 + i}\n"
+             for i, (r, c) in enumerate(zip(rows, cols, strict=True))]
+    train_path, test_path = path / "ratings.csv", path / "test.csv"
+    train_path.write_text(header + "".join(np.array(lines)[~test]))
+    test_path.write_text(header + "".join(np.array(lines)[test]))
+    return train_path, test_path
+
+
+def test_recommend_movielens_csv_end_to_end(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    train, test = _ratings_csv(tmp_path)
+    out, model = tmp_path / "recs.csv", tmp_path / "model.pt"
+    assert main(["recommend", "--ratings", str(train), "--test", str(test), "--k", "5",
+                 "--output", str(out), "--save-model", str(model), "--quiet", "--json",
+                 "-"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["users"] == 30 and summary["k"] == 5
+    assert 0 < summary["test"]["rmse"] < 2 and 0 <= summary["test"]["ndcg@5"] <= 1
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["user", "item", "rank", "predicted_rating"]
+    assert len(rows) == summary["rows_written"] == 150
+    seen = {(line.split(",")[0], line.split(",")[1])
+            for line in train.read_text().splitlines()[1:]}
+    assert not any((r["user"], r["item"]) in seen for r in rows)  # rated items excluded
+    assert {r["item"] for r in rows} <= {str(10 * c + 7) for c in range(25)}  # raw movie ids
+    first = [float(r["predicted_rating"]) for r in rows if r["user"] == "1"]
+    assert first == sorted(first, reverse=True) and len(first) == 5
+    # the saved model gives the same list for chosen users, without refitting
+    again = tmp_path / "again.csv"
+    assert main(["recommend", "--ratings", str(train), "--model", str(model), "--users", "1",
+                 "2", "--k", "5", "--output", str(again), "--quiet"]) == 0
+    with again.open() as handle:
+        chosen = list(csv.DictReader(handle))
+    assert [r for r in rows if r["user"] in ("1", "2")] == chosen
+
+
+def test_complete_ratings_uses_preset_on_csv(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    train, test = _ratings_csv(tmp_path, seed=1)
+    assert main(["complete", "--ratings", str(train), "--test", str(test), "--quiet",
+                 "--json", "-"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    from deeplora.completion.estimator import RATINGS_PRESET
+
+    assert result["rank"] == RATINGS_PRESET["rank"] and result["evaluated_on"] == "test"
+    assert result["clip"] == [1.0, 5.0] and result["rmse"] < 1.5
+
+
+@pytest.mark.parametrize(("text", "flags", "match"), [
+    ("userId,movieId\n1,2\n", [], "no rating column"),
+    ("userId,movieId,rating\n1,2,good\n", [], "line 2: rating 'good' is not a number"),
+    ("userId,movieId,rating\n1,2,nan\n", [], "line 2: rating 'nan' is not finite"),
+    ("userId,movieId,rating\n1,2,3\n1,2,4\n", [], "repeated"),
+    ("", [], "no ratings"),
+    ("userId,movieId,rating\n", [], "no ratings"),
+    ("who,what,stars\n1,2,3\n", ["--user-col", "whom"], "no column 'whom'"),
+])
+@pytest.mark.parametrize("command", ["recommend", "complete"])
+def test_bad_ratings_files_one_error_nothing_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, flags: list[str],
+        match: str, command: str) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(text)
+    out, summary = tmp_path / "recs.csv", tmp_path / "summary.json"
+    args = (["recommend", "--output", str(out)] if command == "recommend"
+            else ["complete"]) + ["--ratings", str(bad), "--json", str(summary), *flags]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1 and "bad.csv" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]
+
+
+def test_explicit_columns_tsv_string_ids(tmp_path: Path) -> None:
+    path = tmp_path / "r.tsv"
+    rng = np.random.default_rng(2)
+    lines = [f"{r}\tx{r}\tmovie-{c}\t{rng.integers(1, 6)}" for r in range(12) for c in range(10)
+             if rng.random() < 0.7]
+    path.write_text("when\twho\twhat\tstars\n" + "\n".join(lines) + "\n")
+    out = tmp_path / "recs.csv"
+    assert main(["recommend", "--ratings", str(path), "--user-col", "who", "--item-col",
+                 "what", "--rating-col", "stars", "--k", "3", "--rank", "2", "--output",
+                 str(out), "--quiet"]) == 0
+    text = out.read_text().splitlines()
+    assert text[0] == "user,item,rank,predicted_rating" and text[1].startswith("x")
+    assert all(line.split(",")[1].startswith("movie-") for line in text[1:])
