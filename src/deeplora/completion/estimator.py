@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 import torch
+import torch.distributed as dist
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
@@ -138,6 +139,15 @@ class DeepMatrixCompletion(BaseEstimator):
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
             Parameters and the observed index live there; the compressed model's construction
             (a sparse SVD) runs on the CPU first.
+        distributed: shard the training observations over the processes of the default
+            :mod:`torch.distributed` process group (e.g. started by ``torchrun``; gloo on CPU,
+            NCCL on GPUs). Every process passes the same data and settings; each computes the
+            loss and gradients on its 1/world share of every batch (and of the validation
+            split), the gradients of all parameters (the small factors, O((m + n)·r̂)) are
+            summed by one ``all_reduce`` per step, and every process takes the same optimizer
+            step, so all hold the same model. The compressed construction runs on every
+            process and rank 0's result is broadcast. With ``device="auto"`` and CUDA, process
+            ``LOCAL_RANK`` uses ``cuda:LOCAL_RANK``.
         progress: show a progress bar.
 
     :meth:`ratings` gives the settings tuned for explicit ratings (:data:`RATINGS_PRESET`).
@@ -147,8 +157,9 @@ class DeepMatrixCompletion(BaseEstimator):
 
     Attributes after :meth:`fit`: ``model_``, ``shape_``, ``global_bias_``, ``row_bias_``,
     ``col_bias_``, ``history_`` (lists ``step``, ``train_loss``, ``val_rmse``, ``seconds``),
-    ``best_step_``, ``n_steps_``, ``build_seconds_``, ``fit_seconds_``, ``clip_``, ``ids_``
-    (an :class:`~deeplora.completion.data.IdIndex` or ``None``).
+    ``best_step_``, ``n_steps_``, ``build_seconds_`` (the compressed construction),
+    ``eval_seconds_`` (validation and best-state copies), ``fit_seconds_`` (all), ``clip_``,
+    ``ids_`` (an :class:`~deeplora.completion.data.IdIndex` or ``None``).
     """
 
     def __init__(
@@ -175,6 +186,7 @@ class DeepMatrixCompletion(BaseEstimator):
         dtype: str = "float32",
         random_state: int = 0,
         device: str = "auto",
+        distributed: bool = False,
         progress: bool = False,
     ) -> None:
         self.depth = depth
@@ -199,6 +211,7 @@ class DeepMatrixCompletion(BaseEstimator):
         self.dtype = dtype
         self.random_state = random_state
         self.device = device
+        self.distributed = distributed
         self.progress = progress
 
     def _check_params(self) -> None:
@@ -249,6 +262,9 @@ class DeepMatrixCompletion(BaseEstimator):
         if not isinstance(self.device, str):
             raise ValueError(f"device must be a string, got {self.device!r}")
         self._device()
+        if self.distributed and not (dist.is_available() and dist.is_initialized()):
+            raise ValueError("distributed=True needs an initialized torch.distributed process "
+                             "group (launch with torchrun and call init_process_group)")
         if self.clip is not None and self.clip != "auto":
             clip = tuple(self.clip)
             if not (len(clip) == 2 and all(isinstance(c, int | float) and math.isfinite(c)
@@ -264,7 +280,10 @@ class DeepMatrixCompletion(BaseEstimator):
 
     def _device(self) -> torch.device:
         if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            if not torch.cuda.is_available():
+                return torch.device("cpu")
+            local = int(os.environ.get("LOCAL_RANK", "0")) if self.distributed else 0
+            return torch.device("cuda", local)
         try:
             device = torch.device(self.device)
         except RuntimeError as exc:
@@ -322,12 +341,28 @@ class DeepMatrixCompletion(BaseEstimator):
                                          torch_dtype).to(device),
                         mean, torch.zeros(m, dtype=torch_dtype, device=device),
                         torch.zeros(n, dtype=torch_dtype, device=device))
+        if self.distributed:
+            for param in self._parameters_list():
+                dist.broadcast(param.data, src=0)
         self.build_seconds_ = time.perf_counter() - start
         batches = self._batches(rows[train], cols[train], values[train], rng, torch_dtype)
+        val = self._shard(val)
         val_index = (ObservedIndex(torch.from_numpy(rows[val]), torch.from_numpy(cols[val]),
                                    shape).to(device) if n_val else None)
         self._train(batches, val_index, values[val], rng, start)
         return self
+
+    def _shard(self, part: np.ndarray) -> np.ndarray:
+        """This process's contiguous share of ``part`` (all of it unless distributed)."""
+        if not self.distributed:
+            return part
+        return np.array_split(part, dist.get_world_size())[dist.get_rank()]
+
+    def _all_reduce(self, tensor: Tensor) -> Tensor:
+        """Sum of ``tensor`` over the processes (in place; itself unless distributed)."""
+        if self.distributed:
+            dist.all_reduce(tensor)
+        return tensor
 
     def _init_model(self, rows: np.ndarray, cols: np.ndarray, residual: np.ndarray,
                     dtype: torch.dtype) -> DeepFactorization:
@@ -350,16 +385,18 @@ class DeepMatrixCompletion(BaseEstimator):
 
     def _batches(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
                  rng: np.random.Generator, dtype: torch.dtype
-                 ) -> list[tuple[ObservedIndex, Tensor]]:
+                 ) -> list[tuple[ObservedIndex, Tensor, int]]:
+        """``(index, targets, size of the whole batch)``; this process's share if distributed."""
         size = rows.size if self.batch_size is None else min(self.batch_size, rows.size)
         parts = ([np.arange(rows.size)] if size == rows.size
                  else np.array_split(rng.permutation(rows.size), math.ceil(rows.size / size)))
         out = []
-        for part in parts:
-            part = np.sort(part)  # keeps row-major order: no permutation inside the index
+        for whole in parts:
+            part = self._shard(np.sort(whole))  # row-major: no permutation inside the index
             index = ObservedIndex(torch.from_numpy(rows[part]), torch.from_numpy(cols[part]),
                                   self.shape_).to(self._device())
-            out.append((index, torch.from_numpy(values[part]).to(self._device(), dtype)))
+            out.append((index, torch.from_numpy(values[part]).to(self._device(), dtype),
+                        whole.size))
         return out
 
     @property
@@ -403,14 +440,20 @@ class DeepMatrixCompletion(BaseEstimator):
     def _parameters_list(self) -> list[nn.Parameter]:
         return [*self.model_.factors, self._mean, self._row_bias, self._col_bias]
 
-    def _train(self, batches: list[tuple[ObservedIndex, Tensor]], val_index: ObservedIndex | None,
-               val_values: np.ndarray, rng: np.random.Generator, start: float) -> None:
+    def _train(self, batches: list[tuple[ObservedIndex, Tensor, int]],
+               val_index: ObservedIndex | None, val_values: np.ndarray,
+               rng: np.random.Generator, start: float) -> None:
         m, n = self.shape_
-        total = sum(index.nnz for index, _ in batches)
+        total = sum(size for *_, size in batches)
         dtype = self._mean.dtype
-        row_weight = sum(torch.diff(index.crow) for index, _ in batches).to(dtype) / total
-        col_weight = sum(torch.bincount(index.col, minlength=n)
-                         for index, _ in batches).to(dtype) / total
+        row_weight = self._all_reduce(sum(torch.diff(index.crow) for index, *_ in batches)
+                                      .to(dtype)) / total
+        col_weight = self._all_reduce(sum(torch.bincount(index.col, minlength=n)
+                                          for index, *_ in batches).to(dtype)) / total
+        share = 1.0 / dist.get_world_size() if self.distributed else 1.0
+        n_val = int(self._all_reduce(torch.tensor([float(val_values.size)],
+                                                  dtype=torch.float64,
+                                                  device=self._mean.device)).item())
         fraction = total / (m * n)
         _, lr, gamma = default_settings(self.method, self.optimizer, self.lr, self.gamma,
                                         fraction)
@@ -424,6 +467,7 @@ class DeepMatrixCompletion(BaseEstimator):
         self.history_: dict[str, list[float]] = {"step": [], "train_loss": [], "val_rmse": [],
                                                  "seconds": []}
         best, best_state, self.best_step_, stale = math.inf, self._state(), 0, 0
+        self.eval_seconds_ = 0.0
         order: list[int] = []
         bar = tqdm(total=self.max_steps, disable=not self.progress, desc="fit", unit="step",
                    leave=False)
@@ -431,25 +475,32 @@ class DeepMatrixCompletion(BaseEstimator):
         for step in range(self.max_steps + 1):
             if not order:
                 order = list(rng.permutation(len(batches)))
-            index, target = batches[order.pop()]
+            index, target, size = batches[order.pop()]
             opt.zero_grad(set_to_none=True)
             a, b = self._end_to_end()
-            loss = 0.5 * torch.mean((self._raw_predict(index, (a, b)) - target) ** 2)
-            value = float(loss.detach())
-            if self.reg:
-                loss = loss + 0.5 * self.reg * (row_weight @ (a * a).sum(1)
-                                                + col_weight @ (b * b).sum(1))
+            loss = 0.5 * torch.sum((self._raw_predict(index, (a, b)) - target) ** 2) / size
+            data_loss = loss.detach()
+            if self.reg:  # each process adds its share of the penalty
+                loss = loss + 0.5 * self.reg * share * (row_weight @ (a * a).sum(1)
+                                                        + col_weight @ (b * b).sum(1))
             if self.bias_reg and self.bias == "all":
-                loss = loss + 0.5 * self.bias_reg * (row_weight @ self._row_bias**2
-                                                     + col_weight @ self._col_bias**2)
+                loss = loss + 0.5 * self.bias_reg * share * (row_weight @ self._row_bias**2
+                                                             + col_weight @ self._col_bias**2)
+            loss.backward()
+            value = self._reduce_gradients(data_loss)
             if not math.isfinite(value):
                 break
             if step % self.eval_every == 0 or step == self.max_steps:
+                clock = time.perf_counter()
                 score = value
-                if val_index is not None:
+                if n_val:
                     with torch.no_grad():
-                        predicted = self._raw_predict(val_index).double().cpu().numpy()
-                    score = rmse(self._clip(predicted), val_values)
+                        predicted = (self._raw_predict(val_index).double().cpu().numpy()
+                                     if val_values.size else np.zeros(0))
+                    squared = float(np.sum((self._clip(predicted) - val_values) ** 2))
+                    squared = float(self._all_reduce(torch.tensor(
+                        [squared], dtype=torch.float64, device=self._mean.device)).item())
+                    score = math.sqrt(squared / n_val)
                 for key, item in (("step", step), ("train_loss", value), ("val_rmse", score),
                                   ("seconds", time.perf_counter() - start)):
                     self.history_[key].append(item)
@@ -458,11 +509,11 @@ class DeepMatrixCompletion(BaseEstimator):
                     best, best_state, self.best_step_, stale = score, self._state(), step, 0
                 else:
                     stale += 1
-                    if val_index is not None and stale >= self.patience:
+                    if n_val and stale >= self.patience:
                         break
+                self.eval_seconds_ += time.perf_counter() - clock
             if step == self.max_steps:
                 break
-            loss.backward()
             opt.step()
             bar.update()
         bar.close()
@@ -471,6 +522,20 @@ class DeepMatrixCompletion(BaseEstimator):
                 param.copy_(saved)
         self.n_steps_ = step
         self.fit_seconds_ = time.perf_counter() - start
+
+    def _reduce_gradients(self, loss: Tensor) -> float:
+        """Sum the gradients (and the data loss) over the processes in one ``all_reduce``;
+        returns the loss of the whole batch."""
+        if not self.distributed:
+            return float(loss)
+        params = [p for p in self._parameters_list() if p.grad is not None]
+        flat = torch.cat([*(p.grad.reshape(-1) for p in params), loss.reshape(1)])
+        dist.all_reduce(flat)
+        offset = 0
+        for param in params:
+            param.grad.copy_(flat[offset:offset + param.numel()].view_as(param))
+            offset += param.numel()
+        return float(flat[-1])
 
     # ----------------------------------------------------------------------------------------
     def _indices(self, rows: Any, cols: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -659,7 +724,8 @@ class DeepMatrixCompletion(BaseEstimator):
                  "clip": None if self.clip_ is None else list(self.clip_), "ids": ids,
                  "seen": list(self._seen),
                  "fitted": {k: getattr(self, k) for k in
-                            ("best_step_", "n_steps_", "build_seconds_", "fit_seconds_")}}
+                            ("best_step_", "n_steps_", "build_seconds_", "eval_seconds_",
+                             "fit_seconds_")}}
         write_atomic(path, lambda tmp: torch.save(state, tmp))
 
     @classmethod
