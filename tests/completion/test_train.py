@@ -84,3 +84,15 @@ def test_lr_patience_damps_adam_spikes(problem):
         last[patience] = history.recovery_error[-1]
     assert worst[None] > 5e-2 and worst[2] < 2e-2
     assert last[2] < last[None]
+
+
+@pytest.mark.parametrize("method", ["compressed", "narrow", "original"])
+def test_device_parameter_on_cpu(method: str) -> None:
+    problem = MatrixCompletion.random(random_low_rank(20, 16, 2, seed=0), 0.5, seed=1)
+    model, _ = build_model(method, problem, rank=2, device="cpu")
+    default, _ = build_model(method, problem, rank=2)
+    assert all(f.device.type == "cpu" for f in model.factors)
+    for a, b in zip(model.factors, default.factors, strict=True):
+        assert torch.equal(a, b)
+    history = fit(model, problem, "adam", 1e-2, 1.0, steps=5, progress=False)
+    assert history.recovery_error[-1] <= 1.0

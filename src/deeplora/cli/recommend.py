@@ -66,6 +66,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="maximum steps (default: preset)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--distributed", action="store_true",
+                   help="shard the training ratings over the processes started by torchrun "
+                   "(gloo on CPU, NCCL on GPUs); rank 0 writes the outputs")
     p.add_argument("--json", metavar="PATH|-", default=None, help="write a summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_ratings_file_arguments(p.add_argument_group("ratings file format"))
@@ -73,12 +76,40 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from deeplora.completion.estimator import DeepMatrixCompletion
-
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
     for path in (args.output, args.json, args.save_model):
         check_writable(path)
+    if args.distributed:
+        if args.model:
+            raise ValueError("--distributed trains a model; it cannot be used with --model")
+        return _run_distributed(args)
+    return _run(args)
+
+
+def _run_distributed(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ:
+        raise ValueError("--distributed needs the environment torchrun sets up (RANK, "
+                         "WORLD_SIZE, MASTER_ADDR, …); launch with torchrun")
+    cuda = args.device != "cpu" and torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        if dist.get_rank() != 0:  # the others train their shards and write nothing
+            args.output = args.json = args.save_model = None
+            args.quiet = True
+        return _run(args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from deeplora.completion.estimator import DeepMatrixCompletion
+
     train = read_ratings_file(args, args.ratings)
     test = read_ratings_file(args, args.test) if args.test else None
     frame = _frame(train)
@@ -91,9 +122,12 @@ def run(args: argparse.Namespace) -> int:
         overrides = {key: value for key, value in (("rank", args.rank),
                                                    ("max_steps", args.steps)) if value is not None}
         estimator = DeepMatrixCompletion.ratings(random_state=args.seed, device=args.device,
+                                                 distributed=args.distributed,
                                                  progress=not args.quiet, **overrides)
         estimator.fit(frame)
     seconds = time.perf_counter() - start
+    if args.output is None:  # a distributed worker other than rank 0
+        return 0
     users = np.unique(train.users) if args.users is None else np.asarray(args.users)
     k = min(args.k, estimator.shape_[1])
     items, ratings = estimator.recommend(users, k, exclude_seen=not args.include_seen)

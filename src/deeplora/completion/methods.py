@@ -73,8 +73,10 @@ def build_model(
     scale: float = 1e-3,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> tuple[DeepFactorization, float]:
-    """Return ``(model, seconds it took to build)`` for ``method`` on ``problem``.
+    """Return ``(model, seconds it took to build)`` for ``method`` on ``problem``, on ``device``
+    (default: the CPU; e.g. ``"cuda"``: the problem's observations follow the model there).
 
     ``rank`` is r̂, the assumed rank (compressed and narrow have width 2r̂). For matrix
     completion the compressed model is built from Ω alone
@@ -93,10 +95,11 @@ def build_model(
     if method == "compressed" and isinstance(problem, MatrixCompletion):
         index, values = problem.observed_index, problem.values
         model = compressed_factorization(index, values, rank, depth, scale, seed, dtype)
-        return model, time.perf_counter() - start
+        return model.to(device or "cpu"), time.perf_counter() - start
     gen = torch.Generator().manual_seed(seed)
     width = 2 * rank if method == "narrow" else None
     model = DeepFactorization(m, n, depth, width, "orthogonal", scale, gen, dtype)
+    model = model.to(device or "cpu")
     if method == "compressed":
         model = compress(model, problem.loss, rank)
     return model, time.perf_counter() - start

@@ -108,14 +108,15 @@ def _relative_error(model: DeepFactorization, target: LowRankMatrix) -> float:
         factors = [f.detach().double() for f in model.factors]
         m, n = target.shape
         if model.width * (m + n) >= m * n:
-            diff = torch.linalg.multi_dot(list(reversed(factors))) - target.dense().double()
+            diff = (torch.linalg.multi_dot(list(reversed(factors)))
+                    - target.dense().to(factors[0].device).double())
             return float(torch.linalg.matrix_norm(diff)) / target.frobenius_norm()
         # X = A Bᵀ with A = W_L⋯W_2 (m×k), B = W_1ᵀ (n×k): ‖X−Φ‖² = ‖X‖² − 2⟨X,Φ⟩ + ‖Φ‖².
         a = factors[-1]
         for f in reversed(factors[1:-1]):
             a = a @ f
         b = factors[0].T
-        left, right = target.left.double(), target.right.double()
+        left, right = target.left.to(a.device).double(), target.right.to(a.device).double()
         x_sq = torch.sum((a.T @ a) * (b.T @ b))
         cross = torch.sum((a.T @ left) * (b.T @ right))
         phi_sq = target.frobenius_norm() ** 2
@@ -152,7 +153,8 @@ class MatrixFactorization(Problem):
         self._dense = target.dense()
 
     def loss(self, model: DeepFactorization) -> Tensor:
-        return 0.5 * torch.sum((model.product() - self._dense.to(model.factors[0].dtype)) ** 2)
+        first = model.factors[0]
+        return 0.5 * torch.sum((model.product() - self._dense.to(first.device, first.dtype)) ** 2)
 
 
 class MatrixCompletion(Problem):
@@ -196,22 +198,29 @@ class MatrixCompletion(Problem):
             self._index = ObservedIndex.of(self.rows, self.cols, self.shape)
         return self._index
 
-    def _observed(self, dtype: torch.dtype) -> tuple[ObservedIndex, Tensor]:
-        """Ω and the observed values in ``dtype`` (cast once, not every step)."""
-        if self._values_as.dtype != dtype:
-            self._values_as = self.values.to(dtype)
+    def _observed(self, model: DeepFactorization) -> tuple[ObservedIndex, Tensor]:
+        """Ω and the observed values in the model's dtype, on its device (moved once)."""
+        first = model.factors[0]
+        if self._values_as.dtype != first.dtype or self._values_as.device != first.device:
+            self._values_as = self.values.to(first.device, first.dtype)
+        if self.observed_index.col.device != first.device:
+            self._index = self.observed_index.to(first.device)
         return self.observed_index, self._values_as
 
     def loss(self, model: DeepFactorization) -> Tensor:
-        _, values = self._observed(model.factors[0].dtype)
-        return 0.5 * torch.mean((model.entries(self.rows, self.cols) - values) ** 2)
+        index, values = self._observed(model)
+        if model.factors[0].device.type == "cpu":
+            return 0.5 * torch.mean((model.entries(self.rows, self.cols) - values) ** 2)
+        rows, cols = self.rows.to(values.device), self.cols.to(values.device)
+        entries = model.entries(index) if model.narrow else model.product()[rows, cols]
+        return 0.5 * torch.mean((entries - values) ** 2)
 
     def loss_and_grads(self, model: DeepFactorization) -> tuple[Tensor, list[Tensor]]:
         """Closed form for a narrow model
         (:func:`~deeplora.factorization.sampled.squared_loss_and_grads`), autograd otherwise."""
         if not model.narrow:
             return super().loss_and_grads(model)
-        index, values = self._observed(model.factors[0].dtype)
+        index, values = self._observed(model)
         return squared_loss_and_grads(list(model.factors), index, values)
 
 
