@@ -5,6 +5,7 @@ import pytest
 import scipy.linalg
 import torch
 from peft import PeftModel, get_peft_model
+from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from deeplora.adapters import (
@@ -33,7 +34,8 @@ def outside(basis: torch.Tensor, vectors: torch.Tensor) -> float:
 
 def naive_compression(d_out: int, d_in: int, rank: int, depth: int, eps: float,
                       loss: Callable[[torch.Tensor], torch.Tensor]):
-    """The paper's construction on materialized full-width factors (width max(d_in, d_out)).
+    """The paper's construction on materialized full-width factors (width max(d_in, d_out)):
+    from the input side (W_1) when d_out <= d_in, on the transposed layer (from W_L) otherwise.
 
     Returns (V₁ (d_in×r), U (d_out×r), G = ∂ℒ/∂ΔW at ΔW(0), Q = W_{L:1}(0)/ε^L).
     """
@@ -43,16 +45,28 @@ def naive_compression(d_out: int, d_in: int, rank: int, depth: int, eps: float,
     wide = [orthogonal_(torch.empty(s, dtype=F64), eps, generator).requires_grad_()
             for s in shapes]
     product = torch.linalg.multi_dot(wide[::-1]) if depth > 2 else wide[1] @ wide[0]
-    (grad_first,) = torch.autograd.grad(loss(product), wide[0])
-    u_g, v_g = top(grad_first, rank // 2)
-    preimage = wide[0].detach().T @ u_g
-    # span(V_G) + span(W₁ᵀU_G) as the complement of the intersection of the two complements
-    both_complements = scipy.linalg.null_space(torch.cat([v_g, preimage], 1).T.numpy())
-    v1 = torch.from_numpy(scipy.linalg.null_space(both_complements.T))
-    u = product.detach() @ v1 / eps**depth
+    tall = d_out > d_in
+    outer = wide[-1] if tall else wide[0]
+    (grad_outer,) = torch.autograd.grad(loss(product), outer)
+    u_g, v_g = top(grad_outer, rank // 2)
+    # tall: span(U_H) + span(W_L V_H); wide: span(V_G) + span(W₁ᵀU_G), each as the complement
+    # of the intersection of the two complements (the authors' way)
+    parts = [u_g, outer.detach() @ v_g] if tall else [v_g, outer.detach().T @ u_g]
+    both_complements = scipy.linalg.null_space(torch.cat(parts, 1).T.numpy())
+    basis = torch.from_numpy(scipy.linalg.null_space(both_complements.T))
+    if tall:
+        u, v1 = basis, product.detach().T @ basis / eps**depth
+    else:
+        u, v1 = product.detach() @ basis / eps**depth, basis
     delta0 = product.detach().requires_grad_()
     (grad,) = torch.autograd.grad(loss(delta0), delta0)
     return v1, u, grad, product.detach() / eps**depth
+
+
+def span(vectors: torch.Tensor) -> torch.Tensor:
+    """Orthogonal projector onto the column span of ``vectors`` (full column rank)."""
+    q = torch.linalg.qr(vectors.double()).Q
+    return q @ q.T
 
 
 @pytest.mark.parametrize(("d_out", "d_in"), [(6, 6), (9, 5), (5, 9)])
@@ -74,8 +88,9 @@ def test_memory_light_construction_matches_the_naive_wide_one(
     assert len(inner) == depth
     for factor in inner:
         torch.testing.assert_close(factor, eps * torch.eye(rank, dtype=F64))
-    torch.testing.assert_close(first.T @ first, v1 @ v1.T, atol=1e-9, rtol=0)  # same V₁ span
-    torch.testing.assert_close(last @ first, u @ v1.T, atol=1e-9, rtol=0)  # same U (up to basis)
+    torch.testing.assert_close(span(first.T), span(v1), atol=1e-9, rtol=0)  # same V₁ span
+    torch.testing.assert_close(span(last), span(u), atol=1e-9, rtol=0)  # same U span
+    torch.testing.assert_close(last @ first, u @ v1.T, atol=1e-9, rtol=0)  # same ΔW(0)/ε^L
 
 
 @pytest.mark.parametrize(("d_out", "d_in"), [(8, 8), (12, 6), (6, 12)])
@@ -84,15 +99,50 @@ def test_sampled_isometry_keeps_the_gradient_directions(d_out: int, d_in: int) -
     grad = torch.randn(d_out, d_in, generator=torch.Generator().manual_seed(1), dtype=F64)
     factors = compressed_factors(grad, rank, depth, eps, generator=torch.Generator().manual_seed(2))
     v1, u = factors[0].T, factors[-1]
-    torch.testing.assert_close(v1.T @ v1, torch.eye(rank, dtype=F64))
-    left, right = top(grad, rank // 2)
-    assert outside(v1, right) < 1e-10
-    if d_out <= d_in:  # Q Qᵀ = I: U = Q V₁ holds Q Qᵀ U_G = U_G
-        assert outside(torch.linalg.qr(u).Q, left) < 1e-10
-    if d_out >= d_in:  # QᵀQ = I: U has orthonormal columns
-        torch.testing.assert_close(u.T @ u, torch.eye(rank, dtype=F64))
+    # the larger side's basis is orthonormal, the other is its image under Q or Qᵀ
+    orthonormal = u if d_out > d_in else v1
+    torch.testing.assert_close(orthonormal.T @ orthonormal, torch.eye(rank, dtype=F64))
+    left, right = top(grad, rank // 2)  # both of G's top singular spaces are kept
+    assert outside(torch.linalg.qr(v1).Q, right) < 1e-10
+    assert outside(torch.linalg.qr(u).Q, left) < 1e-10
     again = compressed_factors(grad, rank, depth, eps, generator=torch.Generator().manual_seed(2))
     assert all(torch.equal(a, b) for a, b in zip(factors, again, strict=True))
+
+
+def captured_gradient(factors: list[torch.Tensor], grad: torch.Tensor) -> float:
+    """‖P_U G P_V‖_F / ‖G‖_F for the compressed layer [V₁ᵀ, …, U]."""
+    return float(torch.linalg.matrix_norm(span(factors[-1]) @ grad.double() @ span(factors[0].T))
+                 / torch.linalg.matrix_norm(grad.double()))
+
+
+def single_layer_gradient(d_out: int, d_in: int, inputs: torch.Tensor, weights: torch.Tensor
+                          ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Compress a Deep LoRA on one Linear(d_in, d_out) under ℒ = Σ (y ⊙ weights), y the layer's
+    output for ``inputs``: G = weightsᵀ inputs. Returns (the layer's factors, G)."""
+    torch.manual_seed(0)
+    model = get_peft_model(nn.Sequential(nn.Linear(d_in, d_out, bias=False)),
+                           DeepLoraConfig(r=4, depth=3, init_scale=1e-3, target_modules=["0"]))
+    compress_adapters(model, lambda m: torch.sum(m(inputs) * weights),
+                      generator=torch.Generator().manual_seed(1))
+    (factorization,) = adapter_factorizations(model).values()
+    return [f.detach().double() for f in factorization.factors], weights.T @ inputs
+
+
+def test_tall_layer_follows_its_gradient_as_well_as_the_transposed_layer() -> None:
+    """A d_out > d_in layer (48×12) and the transposed layer (12×48) under the transposed
+    gradient: ‖P_U G P_V‖/‖G‖ at initialization at least that of the transposed layer − 0.05,
+    both through :func:`compress_adapters` (independent Haar Q) and with Q transposed."""
+    generator = torch.Generator().manual_seed(5)
+    inputs = torch.randn(3, 12, generator=generator)  # G = weightsᵀ inputs has rank 3 > r/2
+    weights = torch.randn(3, 48, generator=generator)
+    tall, grad = single_layer_gradient(48, 12, inputs, weights)
+    wide, grad_t = single_layer_gradient(12, 48, weights, inputs)
+    torch.testing.assert_close(grad_t, grad.T)
+    assert captured_gradient(tall, grad) >= captured_gradient(wide, grad_t) - 0.05
+    q = orthogonal_(torch.empty(48, 12, dtype=F64), 1.0, torch.Generator().manual_seed(2))
+    tall = compressed_factors(grad.double(), 4, 3, 1e-3, isometry=q)
+    wide = compressed_factors(grad_t.double(), 4, 3, 1e-3, isometry=q.T)
+    assert captured_gradient(tall, grad) >= captured_gradient(wide, grad_t) - 0.05
 
 
 def test_construction_refuses_odd_or_oversized_rank() -> None:
@@ -144,13 +194,12 @@ def test_compress_adapters_builds_narrow_factors_from_one_gradient(
         assert all(p.requires_grad and p.dtype == torch.float32 for p in factorization.factors)
         torch.testing.assert_close(inner[0], eps * torch.eye(rank))
         left, right = top(grads[name], rank // 2)
-        v1 = first.detach().double().T
-        assert outside(v1, right) < 1e-4
+        assert outside(torch.linalg.qr(first.detach().double().T).Q, right) < 1e-4
+        assert outside(torch.linalg.qr(last.detach().double()).Q, left) < 1e-4
         d_out, d_in = grads[name].shape
-        if d_out <= d_in:
-            assert outside(torch.linalg.qr(last.detach().double()).Q, left) < 1e-4
-        else:
-            torch.testing.assert_close(last.T @ last, torch.eye(rank), atol=1e-5, rtol=0)
+        orthonormal = last if d_out > d_in else first.T
+        torch.testing.assert_close(orthonormal.T @ orthonormal, torch.eye(rank), atol=1e-5,
+                                   rtol=0)
     compressed = logits(model, inputs)
     torch.testing.assert_close(compressed, reference, atol=1e-5, rtol=0)
 
@@ -189,3 +238,32 @@ def test_param_groups_give_outer_factors_gamma_lr() -> None:
     inner_ids = {id(p) for p in inner["params"]}
     assert all(id(p) in inner_ids for f in factorizations for p in f.factors[1:-1])
     assert len(inner["params"]) == 4 * 3 + 2  # L = 3 inner factors per layer, classifier w and b
+
+
+# Which of this module's checks each wrong construction (tests/conftest.py) fails.
+SHAPE_CHECKS = {
+    "naive-wide-construction": lambda: [
+        test_memory_light_construction_matches_the_naive_wide_one(d_out, d_in, depth)
+        for d_out, d_in in ((6, 6), (9, 5), (5, 9)) for depth in (2, 3)],
+    "gradient-directions": lambda: [
+        test_sampled_isometry_keeps_the_gradient_directions(d_out, d_in)
+        for d_out, d_in in ((8, 8), (12, 6), (6, 12))],
+    "tall-vs-transposed": test_tall_layer_follows_its_gradient_as_well_as_the_transposed_layer,
+}
+FAILS_WITH = {
+    "input-side": {"naive-wide-construction", "gradient-directions", "tall-vs-transposed"},
+    "stacked": {"naive-wide-construction", "gradient-directions", "tall-vs-transposed"},
+}
+
+
+@pytest.mark.parametrize("construction", sorted(FAILS_WITH))
+def test_wrong_constructions_fail_the_shape_checks(construction: str,
+                                                   wrong_construction) -> None:
+    wrong_construction(construction)
+    failed = set()
+    for name, check in SHAPE_CHECKS.items():
+        try:
+            check()
+        except AssertionError:
+            failed.add(name)
+    assert failed == FAILS_WITH[construction]

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from deeplora.completion import MatrixCompletion, random_low_rank
+from deeplora.completion import MatrixCompletion, fit, random_low_rank
+from deeplora.completion.problems import LowRankMatrix
 from deeplora.completion.sparse import RandomDCT, compressed_factorization, random_observations
 from deeplora.factorization import DeepFactorization, compress, principal_angles
 from deeplora.factorization.sampled import (
@@ -209,3 +210,116 @@ def test_random_observations_distinct_sorted_and_excluding() -> None:
     assert not np.intersect1d((r2 * 40 + c2).numpy(), flat.numpy()).size
     dense_rows, _ = random_observations(5, 4, 18, seed=0)
     assert dense_rows.numel() == 18
+
+
+class TransposedIsometry:
+    """Qᵀ of a :class:`RandomDCT` Q, with the same interface."""
+
+    def __init__(self, q: RandomDCT) -> None:
+        self.q, self.shape = q, q.shape[::-1]
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        return self.q.rmatmul(x)
+
+    def rmatmul(self, y: np.ndarray) -> np.ndarray:
+        return self.q.matmul(y)
+
+    def entries(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return self.q.entries(cols, rows)
+
+
+def _transposed(problem: MatrixCompletion) -> MatrixCompletion:
+    """The same completion problem for Φᵀ: target transposed, Ω transposed."""
+    target = LowRankMatrix(problem.target.right, problem.target.left)
+    return MatrixCompletion(target, problem.cols, problem.rows)
+
+
+def _captured(basis: torch.Tensor, matrix: torch.Tensor) -> float:
+    """‖P matrix‖²_F / ‖matrix‖²_F, P the projector onto span(basis)."""
+    q = torch.linalg.qr(basis.detach().double()).Q
+    norm = torch.linalg.matrix_norm
+    return float(norm(q.T @ matrix) ** 2 / norm(matrix) ** 2)
+
+
+def _bases(model: DeepFactorization) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, V) of a compressed model [Vᵀ, εI, …, εI, U]."""
+    return model.factors[-1].detach(), model.factors[0].detach().T
+
+
+def test_sparse_compressed_keeps_both_gradient_spaces_under_partial_observations() -> None:
+    """Ω 40 %: E = P_Ω(ε^L Q − Φ)/|Ω| has full rank. For every shape span(U) ⊇ U_E[:, :r̂] and
+    span(V) ⊇ V_E[:, :r̂]."""
+    rank, eps = 2, 1e-3
+    for m, n in ((36, 14), (14, 36), (20, 20)):
+        problem = MatrixCompletion.random(random_low_rank(m, n, 3, seed=m), 0.4, seed=n)
+        q = RandomDCT(m, n, np.random.default_rng(1))
+        model = compressed_factorization(problem.observed_index, problem.values, rank, 3, eps,
+                                         dtype=torch.float64, end_to_end=q)
+        observed = torch.zeros(m, n, dtype=torch.float64)
+        observed[problem.rows, problem.cols] = 1.0
+        grad = observed * (eps**3 * torch.from_numpy(q.dense()) - problem.target.dense())
+        assert int(torch.linalg.matrix_rank(grad)) == min(m, n)
+        u_e, _, vh_e = torch.linalg.svd(grad)
+        u, v = _bases(model)
+        assert principal_angles(u_e[:, :rank], u).max() < 1e-6, (m, n)
+        assert principal_angles(vh_e[:rank].T, v).max() < 1e-6, (m, n)
+
+
+def test_sparse_compressed_tall_and_transposed_completion_agree() -> None:
+    """A 40×20 completion problem and its transpose (target and Ω transposed).
+
+    Independent draws of Q (seeds 0–2): the mean fraction of Φ's column space captured at
+    initialization by span(U) (40×20) and by the transposed problem's span(V) agree within
+    0.05, likewise Φ's row space. The same Q transposed: GD with γ = 0.01 takes the same number
+    of steps to recovery error 1e-2 (within 10 %)."""
+    rank, eps = 2, 1e-2
+    problem = MatrixCompletion.random(random_low_rank(40, 20, rank, seed=0), 0.5, seed=10)
+    flipped = _transposed(problem)
+    phi = problem.target.dense()
+    fractions = np.zeros((2, 2))
+    for seed in range(3):
+        u, v = _bases(compressed_factorization(problem.observed_index, problem.values, rank, 3,
+                                               eps, seed, torch.float64))
+        u_t, v_t = _bases(compressed_factorization(flipped.observed_index, flipped.values, rank,
+                                                   3, eps, seed, torch.float64))
+        fractions += [[_captured(u, phi), _captured(v, phi.T)],
+                      [_captured(v_t, phi), _captured(u_t, phi.T)]]
+    fractions /= 3
+    assert np.abs(fractions[0] - fractions[1]).max() < 0.05, fractions
+    q = RandomDCT(40, 20, np.random.default_rng(3))
+    steps: list[int] = []
+    for prob, isometry in ((flipped, TransposedIsometry(q)), (problem, q)):
+        model = compressed_factorization(prob.observed_index, prob.values, rank, 3, eps,
+                                         dtype=torch.float64, end_to_end=isometry)
+        budget = int(1.1 * steps[0]) + 1 if steps else 4000  # fail fast once 10 % over
+        history = fit(model, prob, "gd", lr=10.0, gamma=0.01, steps=budget, target_error=1e-2,
+                      eval_every=1, progress=False)
+        reached = history.first_below(1e-2)
+        assert reached is not None, (prob.shape, steps)
+        steps.append(reached[0])
+    assert abs(steps[0] - steps[1]) <= 0.1 * min(steps), steps
+
+
+# Which of this module's checks each wrong construction (tests/conftest.py) fails.
+SHAPE_CHECKS = {
+    "partial-observations":
+        test_sparse_compressed_keeps_both_gradient_spaces_under_partial_observations,
+    "transposed-completion": test_sparse_compressed_tall_and_transposed_completion_agree,
+}
+FAILS_WITH = {
+    "input-side": {"partial-observations", "transposed-completion"},
+    "stacked": {"partial-observations", "transposed-completion"},
+}
+
+
+@pytest.mark.parametrize("construction", sorted(FAILS_WITH))
+def test_wrong_constructions_fail_the_shape_checks(construction: str,
+                                                   wrong_construction) -> None:
+    wrong_construction(construction)
+    failed = set()
+    for name, check in SHAPE_CHECKS.items():
+        try:
+            check()
+        except AssertionError:
+            failed.add(name)
+    assert failed == FAILS_WITH[construction]

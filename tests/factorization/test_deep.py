@@ -62,3 +62,13 @@ def test_bad_input():
         DeepFactorization(3, 3, width=0)
     with pytest.raises(ValueError, match="chain"):
         DeepFactorization.from_factors([torch.zeros(2, 3), torch.zeros(4, 5)])
+
+
+def test_from_factors_stores_contiguous_parameters():
+    """Transposed (strided) inputs are copied contiguously: fused Adam reads a grad in its
+    parameter's layout, and ``fit`` hands it contiguous grads."""
+    first, last = torch.randn(5, 3, dtype=torch.float64).T, torch.randn(3, 4, dtype=torch.float64).T
+    assert not first.is_contiguous()
+    model = DeepFactorization.from_factors([first, last], init="given")
+    assert all(f.is_contiguous() for f in model.factors)
+    torch.testing.assert_close(model.product(), last @ first)

@@ -6,26 +6,37 @@ w = max(d_in, d_out): ``W_1`` (w×d_in), ``W_2 … W_{L-1}`` (w×w), ``W_L`` (d_
 square, so ``P = O_L ⋯ O_2`` (d_out×w) has orthonormal rows, ``P Pᵀ = I``. Write
 ``Q = O_L ⋯ O_1 = W_{L:1}(0)/ε^L`` (d_out×d_in).
 
-**The construction** (PAPER.md, Sec. 3–4), with k = r/2 and ``G₁ = ∇_{W_1} ℒ(0) = U_G Σ V_Gᵀ``:
-``V₁ = orth[V_G[:, :k], W_1(0)ᵀ U_G[:, :k]]`` (d_in×r), narrow net ``[V₁ᵀ, εI, …, εI, U]``
-with L inner ``εI`` (r×r) and ``U = W_{L:1}(0) V₁ / ε^L`` (d_out×r), so that the narrow
-ΔW(0) = ε^L U V₁ᵀ = W_{L:1}(0) V₁V₁ᵀ.
+**The construction** (PAPER.md, Sec. 3–4; :mod:`deeplora.factorization.compress`), with
+k = r/2 and ``G = ∂ℒ/∂ΔW = U' Σ' V'ᵀ`` (d_out×d_in): the narrow net is ``[V₁ᵀ, εI, …, εI, U]``
+with L inner ``εI`` (r×r), so that ΔW(0) = ε^L U V₁ᵀ, and
 
-**Derivation of the memory-light form.** Let ``G = ∂ℒ/∂ΔW`` (d_out×d_in) with SVD
-``G = U' Σ' V'ᵀ``. By the chain rule ``G₁ = W_{L:2}(0)ᵀ G = ε^{L-1} Pᵀ G
+- d_out <= d_in (the paper's formula, from the input side): with ``G₁ = ∇_{W_1} ℒ(0) = U_G Σ
+  V_Gᵀ``, ``V₁ = orth[V_G[:, :k], W_1(0)ᵀ U_G[:, :k]]`` (d_in×r), ``U = W_{L:1}(0) V₁ / ε^L``;
+- d_out > d_in (the same on the transposed layer, from the output side): with
+  ``G_L = ∇_{W_L} ℒ(0) = U_H Σ V_Hᵀ``, ``U = orth[U_H[:, :k], W_L(0) V_H[:, :k]]`` (d_out×r),
+  ``V₁ = W_{L:1}(0)ᵀ U / ε^L``.
+
+The input-side formula on a tall layer would only keep Q Qᵀ U' — the gradient's column space
+projected onto the d_in-dimensional range of Q — in span(U).
+
+**Derivation of the memory-light form.** By the chain rule ``G₁ = W_{L:2}(0)ᵀ G
 = ε^{L-1} (Pᵀ U') Σ' V'ᵀ``, and ``Pᵀ U'`` has orthonormal columns because ``P Pᵀ = I``, so this
 *is* an SVD of G₁: ``V_G = V'`` and ``U_G = Pᵀ U'`` (up to signs, which do not change spans).
-Hence
+Likewise ``G_L = G W_{L-1:1}(0)ᵀ = ε^{L-1} U' Σ' (R V')ᵀ`` with ``R = O_{L-1} ⋯ O_1``
+(orthonormal columns), so ``U_H = U'`` and ``V_H = R V'``. Hence
 
-    W_1(0)ᵀ U_G[:, :k] = ε O_1ᵀ Pᵀ U'[:, :k] = ε Qᵀ U'[:, :k],     U = Q V₁.
+    W_1(0)ᵀ U_G[:, :k] = ε Qᵀ U'[:, :k],     W_L(0) V_H[:, :k] = ε Q V'[:, :k],
 
+and the two cases read ``V₁ = orth[V', Qᵀ U']``, ``U = Q V₁`` and ``U = orth[U', Q V']``,
+``V₁ = Qᵀ U`` (:func:`~deeplora.factorization.compress.compressed_bases`).
 Everything depends on G only through its top-k singular vectors and on the wide factors only
 through Q applied to thin matrices. As a product of independent Haar factors, Q is itself a
 Haar-distributed semi-orthogonal d_out×d_in matrix (orthonormal columns if d_out >= d_in, rows
 otherwise): one such matrix is sampled per layer instead of L wide factors. (A width above
 max(d_in, d_out) would make Q a truncated Haar matrix, no longer a partial isometry; below
-d_out, ``P Pᵀ ≠ I`` and V_G would no longer be G's.) G is evaluated where the wide model sits
-at initialization, ΔW(0) = O(ε^L): we take it at the adapter's current ΔW, also O(ε^L).
+max(d_in, d_out), ``P Pᵀ ≠ I`` or ``Rᵀ R ≠ I`` and the singular vectors would no longer be G's.)
+G is evaluated where the wide model sits at initialization, ΔW(0) = O(ε^L): we take it at the
+adapter's current ΔW, also O(ε^L).
 
 **Memory.** One backward pass; each layer's G = δᵀX (δ the gradient at the layer output, X its
 input, tokens flattened) is formed in a hook the moment the layer's last gradient arrives,
@@ -48,9 +59,9 @@ from deeplora.adapters.peft_integration import (
     deeplora_config,
     deeplora_layers,
 )
+from deeplora.factorization.compress import compressed_bases
 from deeplora.factorization.init import orthogonal_
 from deeplora.factorization.optim import discrepant_param_groups
-from deeplora.factorization.subspace import orthonormal_union, top_singular_subspaces
 
 LossSource = Callable[[nn.Module], Tensor] | Mapping[str, Any]
 
@@ -72,20 +83,20 @@ def compressed_factors(
         scale: ε.
         isometry: Q = W_{L:1}(0)/ε^L of a given wide model; by default a Haar semi-orthogonal
             d_out×d_in matrix is drawn from ``generator``.
+
+    V₁ has orthonormal columns when d_out <= d_in, U when d_out > d_in (module docstring).
     """
     d_out, d_in = grad.shape
     if rank % 2 or not 2 <= rank <= min(d_out, d_in):
         raise ValueError(f"rank must be even and in [2, {min(d_out, d_in)}], got {rank}")
-    half = rank // 2
-    left, _, right = top_singular_subspaces(grad.detach().double(), half)
     if isometry is None:
         q = orthogonal_(torch.empty(d_out, d_in, dtype=torch.float64, device=grad.device), 1.0,
                         generator)
     else:
         q = isometry.detach().to(dtype=torch.float64, device=grad.device)
-    v1 = orthonormal_union(right, q.T @ left)
+    u, v1 = compressed_bases(grad, rank // 2, lambda x: q @ x, lambda y: q.T @ y)
     inner = scale * torch.eye(rank, dtype=torch.float64, device=grad.device)
-    return [v1.T, *[inner] * depth, q @ v1]
+    return [v1.T.contiguous(), *[inner] * depth, u.contiguous()]
 
 
 def _loss(model: nn.Module, source: LossSource) -> Tensor:

@@ -15,15 +15,13 @@ import math
 
 import numpy as np
 import scipy.fft
-import scipy.sparse
-import scipy.sparse.linalg
 import torch
 from torch import Tensor
 
 from deeplora.factorization import DeepFactorization
+from deeplora.factorization.compress import compressed_bases
 from deeplora.factorization.init import check_scale
 from deeplora.factorization.sampled import ObservedIndex
-from deeplora.factorization.subspace import orthonormal_union
 
 
 class RandomDCT:
@@ -87,17 +85,17 @@ def compressed_factorization(
 ) -> DeepFactorization:
     """The compressed model of :func:`deeplora.factorization.compress`, from Ω alone.
 
-    Loss ``ℒ(X) = ½ mean_ω (X_ω − y_ω)²``. Wide model (width k = max(m, n), depth L, every
-    layer ε-orthogonal): ``W_{L:2}(0)ᵀ = ε^{L-1} P`` with P (k×m) orthonormal columns, and
-    ``X(0) = ε^L Q`` with ``Q = Pᵀ W_1(0)/ε`` (m×n, semi-orthogonal). With
-    ``E = ∇_X ℒ(X(0)) = (1/|Ω|) P_Ω(ε^L Q − y)`` (sparse m×n, SVD ``U_E S V_Eᵀ``):
+    Loss ``ℒ(X) = ½ mean_ω (X_ω − y_ω)²``. The wide model (width max(m, n), depth L, every
+    layer ε-orthogonal) starts at ``X(0) = ε^L Q`` with Q (m×n) a partial isometry, so only
+    ``E = ∇_X ℒ(X(0)) = (1/|Ω|) P_Ω(ε^L Q − y)`` (sparse m×n) and Q are needed:
+    :func:`~deeplora.factorization.compress.compressed_bases` takes E's top-r̂ singular
+    vectors ``U_E, V_E`` (ARPACK on the sparse E) and builds
 
-        G = ∇_{W_1} ℒ = W_{L:2}ᵀ E = ε^{L-1} P E  ⇒  U_G = P U_E,  V_G = V_E,
-        W_1(0)ᵀ U_G = W_1(0)ᵀ P U_E = ε Qᵀ U_E,
+        m <= n:  V = orth[V_E, Qᵀ U_E],  U = Q V;      m > n:  U = orth[U_E, Q V_E],  V = Qᵀ U,
 
-    so ``V = orth[V_E[:, :r̂], Qᵀ U_E[:, :r̂]]`` (n×2r̂) and ``U = W_{L:1}(0) V / ε^L = Q V``.
-    Only E's top-r̂ singular vectors (ARPACK on the sparse E) and products of Q with thin
-    matrices are computed. Q is ``end_to_end`` or a :class:`RandomDCT` drawn from ``seed``.
+    i.e. the paper's input-side construction, or the same on the transposed problem when the
+    matrix is tall (see :mod:`deeplora.factorization.compress` for why). Only products of Q with
+    thin matrices are computed. Q is ``end_to_end`` or a :class:`RandomDCT` drawn from ``seed``.
 
     Returns a :class:`DeepFactorization` with factors ``[Vᵀ, εI, …, εI, U]`` (depth L + 2).
     """
@@ -119,10 +117,9 @@ def compressed_factorization(
     x0 = scale**depth * q.entries(sorted_rows, index.col.numpy())
     residual = torch.from_numpy(x0) - index.to_sorted(values)
     grad = index._scipy_sorted(residual / index.nnz)
-    left_e, _, right_e_t = scipy.sparse.linalg.svds(grad, k=rank, v0=rng.standard_normal(min(m, n)))
-    right = orthonormal_union(torch.from_numpy(right_e_t.T.copy()),
-                              torch.from_numpy(q.rmatmul(left_e)))
-    left = torch.from_numpy(q.matmul(right.numpy()))
+    left, right = compressed_bases(grad, rank,
+                                   lambda x: torch.from_numpy(q.matmul(x.numpy())),
+                                   lambda y: torch.from_numpy(q.rmatmul(y.numpy())), rng)
     eye = torch.eye(2 * rank, dtype=dtype)
     return DeepFactorization.from_factors([right.T.to(dtype), *[scale * eye] * depth,
                                            left.to(dtype)], init="compressed", scale=scale)

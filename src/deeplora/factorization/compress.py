@@ -1,35 +1,98 @@
-"""Compressed deep factorization: width 2r̂ instead of max(m, n), same trajectory.
+r"""Compressed deep factorization: width 2r̂ instead of max(m, n), same trajectory.
 
-Construction (Yaras et al. 2024, Sec. 3). Let the wide model ``W_L ⋯ W_1`` have every layer
-ε-orthogonal at t = 0 and let ``G = ∇_{W_1} ℒ(0)`` (k×n) with SVD ``U_G Σ V_Gᵀ``. Take
+**Setting** (Yaras et al. 2024, Sec. 3). The wide model ``X = W_L ⋯ W_1`` (m×n, width
+k = max(m, n)) has every layer ε times a (semi-)orthogonal matrix at t = 0, so
+``Q = W_{L:1}(0)/ε^L`` (m×n) is a partial isometry: ``Q Qᵀ = I_m`` if m <= n, ``Qᵀ Q = I_n``
+if m >= n. Let ``E = ∇_X ℒ(X(0))`` (m×n) with top-r̂ singular vectors ``U_E`` (m×r̂),
+``V_E`` (n×r̂). Since ``W_{L:2}(0) = ε^{L-1} P`` with ``P Pᵀ = I_m`` and
+``W_{L-1:1}(0) = ε^{L-1} R`` with ``Rᵀ R = I_n``, the chain rule gives the outer factors'
+gradients ``G_1 = ε^{L-1} Pᵀ E`` and ``G_L = ε^{L-1} E Rᵀ``, whose SVDs share E's singular
+vectors: ``V_{G_1} = V_E``, ``U_{G_1} = Pᵀ U_E`` and ``U_{G_L} = U_E``, ``V_{G_L} = R V_E``.
 
-    V = orth[ V_G[:, :r̂] ,  W_1(0)ᵀ U_G[:, :r̂] ]              (n×2r̂)
-    U = W_L(0) ⋯ W_1(0) V / ε^L                             (m×2r̂)
+**The construction.** The compressed model ``X = U · W̃_L ⋯ W̃_1 · Vᵀ``, ``W̃_l(0) = ε I_{2r̂}``,
+keeps ``X(0) = ε^L U Vᵀ`` on the wide model's ``X(0)`` restricted to the subspaces, and follows
+the wide model exactly (γ = 0) when span(U) ⊇ span(U_E) and span(V) ⊇ span(V_E) together with
+their images under Q (the theorem in :mod:`deeplora.factorization.subspace`). Q maps the larger
+side *onto* the smaller one, so the basis is orthonormalized on the larger side and mapped:
 
-— the top-r̂ right singular directions of G plus the first layer's preimage of its top-r̂ left
-singular directions, each part orthonormalized separately (:func:`orthonormal_union`). The
-compressed model is the depth-(L+2) factorization
+- m <= n (wide; the paper's d×d case and its formula, built from the input side)::
 
-    X = U · W̃_L ⋯ W̃_1 · Vᵀ,    W̃_l(0) = ε I_{2r̂},
+      V = orth[ V_{G_1}[:, :r̂],  W_1(0)ᵀ U_{G_1}[:, :r̂] ] = orth[ V_E, Qᵀ U_E ]   (n×2r̂)
+      U = W_{L:1}(0) V / ε^L = Q V                                               (m×2r̂)
 
-so ``X(0) = W_{L:1}(0) V Vᵀ``. When the gradient of ℒ w.r.t. X has rank r̂ throughout (e.g.
-factorization of a rank-r̂ target), the theorem in :mod:`deeplora.factorization.subspace` says
-the wide model evolves as ``U_l diag(W̃_l, ρ_l I) V_lᵀ`` with ``V_1 = V`` and ``U_L ∝ U``, so
-with U, V frozen (γ = 0) gradient descent on the compressed model reproduces the wide model's
-end-to-end trajectory up to the ``ρ_L ⋯ ρ_1`` part (≈ ε^L) outside the subspaces. In completion
-the gradient is only approximately low rank, and training U, V at a small discrepant learning
-rate γ·η (γ ≈ 0.01) lets the subspaces follow.
+  span(U) ⊇ Q Qᵀ U_E = U_E because Q Qᵀ = I_m.
+
+- m > n (tall; the same construction on the transposed problem ``Xᵀ = W_1ᵀ ⋯ W_Lᵀ``, whose
+  input-side factor is W_Lᵀ, i.e. built from the output side)::
+
+      U = orth[ U_{G_L}[:, :r̂],  W_L(0) V_{G_L}[:, :r̂] ] = orth[ U_E, Q V_E ]     (m×2r̂)
+      V = W_{L:1}(0)ᵀ U / ε^L = Qᵀ U                                             (n×2r̂)
+
+  span(V) ⊇ Qᵀ Q V_E = V_E because Qᵀ Q = I_n.
+
+The input-side formula on a tall matrix gives span(U) ⊇ Q Qᵀ U_E only, the projection of the
+gradient's column space onto the n-dimensional range of Q: most of it is lost when m ≫ n. Each
+part is orthonormalized on its own (:func:`orthonormal_union`), so the result does not depend on
+ε; taking the top-2r̂ right singular vectors of G_1 stacked over G_1ᵀ W_1(0) (an ε-times smaller
+block) would let G's noise directions win whenever E has more than r̂ significant directions.
+For m = n both sides give the same spans. In completion E has full rank and the theorem only
+holds approximately; training U, V at a small discrepant rate γ·η (γ ≈ 0.01) lets them follow.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
 import torch
 from torch import Tensor
 
 from deeplora.factorization.deep import DeepFactorization
 from deeplora.factorization.subspace import orthonormal_union, top_singular_subspaces
+
+LinearMap = Callable[[Tensor], Tensor]
+
+
+def _top_singular_vectors(grad: Tensor | scipy.sparse.sparray | scipy.sparse.spmatrix,
+                          rank: int, generator: np.random.Generator | None
+                          ) -> tuple[Tensor, Tensor]:
+    """Top-``rank`` left (m×r̂) and right (n×r̂) singular vectors, float64: a dense SVD for a
+    tensor, ARPACK (started from ``generator``) for a SciPy sparse matrix."""
+    if isinstance(grad, Tensor):
+        left, _, right = top_singular_subspaces(grad.detach().double(), rank)
+        return left, right
+    v0 = None if generator is None else generator.standard_normal(min(grad.shape))
+    left, _, right_t = scipy.sparse.linalg.svds(grad, k=rank, v0=v0)
+    return torch.from_numpy(left.copy()), torch.from_numpy(right_t.T.copy())
+
+
+def compressed_bases(
+    grad: Tensor | scipy.sparse.sparray | scipy.sparse.spmatrix,
+    rank: int,
+    isometry: LinearMap,
+    isometry_t: LinearMap,
+    generator: np.random.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``(U (m×2r̂), V (n×2r̂))`` of the construction in the module docstring, float64.
+
+    Args:
+        grad: E = ∇_X ℒ at the wide model's initialization (m×n), dense or SciPy sparse.
+        rank: r̂; ``2 r̂ <= min(m, n)``.
+        isometry, isometry_t: ``x ↦ Q x`` (n×p → m×p) and ``y ↦ Qᵀ y`` (m×p → n×p) for the
+            partial isometry ``Q = W_{L:1}(0)/ε^L``.
+        generator: starts ARPACK for a sparse ``grad`` (reproducible runs).
+
+    The larger side's basis is orthonormal; the smaller side's is its image under Q or Qᵀ.
+    """
+    m, n = grad.shape
+    left, right = _top_singular_vectors(grad, rank, generator)
+    if m <= n:
+        right = orthonormal_union(right, isometry_t(left))
+        return isometry(right), right
+    left = orthonormal_union(left, isometry(right))
+    return left, isometry_t(left)
 
 
 def compress(
@@ -40,29 +103,41 @@ def compress(
     """Build the width-2r̂ compressed model from a wide model at initialization.
 
     Args:
-        wide: the overparameterized model, untrained, with ``init="orthogonal"``.
-        loss: ℒ(model) -> scalar; one backward pass gives ``G = ∇_{W_1} ℒ``.
-        rank: r̂, the assumed rank; needs ``2 r̂ <= min(m, n, k)``.
+        wide: the overparameterized model (width >= max(m, n)), untrained, with
+            ``init="orthogonal"``.
+        loss: ℒ(model) -> scalar, a function of the model's end-to-end matrix only
+            (:meth:`~DeepFactorization.product` / :meth:`~DeepFactorization.entries`); one
+            backward pass at ``X(0)`` gives E = ∇_X ℒ.
+        rank: r̂, the assumed rank; needs ``2 r̂ <= min(m, n)``.
 
     Returns:
-        A :class:`DeepFactorization` with factors ``[Vᵀ, εI, …, εI, U]`` (depth L + 2);
-        its :meth:`~DeepFactorization.outer_parameters` are ``Vᵀ`` and ``U``.
+        A :class:`DeepFactorization` with factors ``[Vᵀ, εI, …, εI, U]`` (depth L + 2) from
+        :func:`compressed_bases`; its :meth:`~DeepFactorization.outer_parameters` are ``Vᵀ``
+        and ``U``.
     """
     if wide.init != "orthogonal":
         raise ValueError(f"compression needs an orthogonal initialization, got {wide.init!r}")
     m, n = wide.shape
-    if not (isinstance(rank, int) and rank >= 1 and 2 * rank <= min(m, n, wide.width)):
-        raise ValueError(
-            f"assumed rank must be an integer with 1 <= rank and 2*rank <= min(m, n, width) = "
-            f"{min(m, n, wide.width)}, got {rank!r}"
-        )
+    if wide.width < max(m, n):
+        raise ValueError(f"compression needs the wide model (width >= max(m, n) = {max(m, n)}), "
+                         f"got width {wide.width}")
+    if not (isinstance(rank, int) and rank >= 1 and 2 * rank <= min(m, n)):
+        raise ValueError(f"assumed rank must be an integer with 1 <= rank and 2*rank <= "
+                         f"min(m, n) = {min(m, n)}, got {rank!r}")
     first = wide.factors[0]
-    (grad,) = torch.autograd.grad(loss(wide), first)
+    dtype, device, scale = first.dtype, first.device, wide.scale**wide.depth
     with torch.no_grad():
-        left_g, _, right_g = top_singular_subspaces(grad, rank)
-        right = orthonormal_union(right_g, first.T @ left_g)
-        left = wide.matmul(right) / wide.scale**wide.depth
-    eye = torch.eye(2 * rank, dtype=first.dtype, device=first.device)
+        start = wide.product()
+    # X itself as the trainable factor of a 2-factor model X·I: its gradient is E = ∇_X ℒ.
+    at_start = DeepFactorization.from_factors(
+        [torch.eye(n, dtype=dtype, device=device), start], init="given", scale=wide.scale)
+    (grad,) = torch.autograd.grad(loss(at_start), at_start.factors[1])
+    with torch.no_grad():
+        left, right = compressed_bases(
+            grad, rank,
+            lambda x: wide.matmul(x.to(dtype)).double() / scale,
+            lambda y: wide.rmatmul(y.to(dtype)).double() / scale)
+    eye = torch.eye(2 * rank, dtype=dtype, device=device)
     inner = [wide.scale * eye] * wide.depth
-    return DeepFactorization.from_factors([right.T, *inner, left], init="compressed",
-                                          scale=wide.scale)
+    return DeepFactorization.from_factors([right.T.to(dtype), *inner, left.to(dtype)],
+                                          init="compressed", scale=wide.scale)

@@ -77,7 +77,8 @@ class DeepFactorization(nn.Module):
         model = cls.__new__(cls)
         nn.Module.__init__(model)
         model.init, model.scale = init, check_scale(scale)
-        model.factors = nn.ParameterList(nn.Parameter(f.detach().clone()) for f in factors)
+        model.factors = nn.ParameterList(
+            nn.Parameter(f.detach().clone(memory_format=torch.contiguous_format)) for f in factors)
         return model
 
     @property
@@ -119,6 +120,12 @@ class DeepFactorization(nn.Module):
         for factor in self.factors:
             x = factor @ x
         return x
+
+    def rmatmul(self, y: Tensor) -> Tensor:
+        """``W_1ᵀ ⋯ W_Lᵀ y`` for ``y`` (m×p), layer by layer, never forming the product."""
+        for factor in reversed(self.factors):
+            y = factor.T @ y
+        return y
 
     def entries(self, rows: Tensor | ObservedIndex, cols: Tensor | None = None) -> Tensor:
         """``X[rows, cols]`` (|Ω|,) for index tensors of equal length, or for a precomputed
