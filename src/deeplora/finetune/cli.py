@@ -20,7 +20,7 @@ from deeplora.finetune.config import (
     padding_override,
     preset,
 )
-from deeplora.finetune.data import DATA_DIR_ENV, TASKS, get_task
+from deeplora.finetune.data import DATA_DIR_ENV, TASKS, DataError, get_task
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -63,30 +63,38 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "difference with a bootstrap 95% interval.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--task", default="stsb", help=f"one of {', '.join(TASKS)}")
+    p.add_argument("--task", default="stsb",
+                   help=f"one of {', '.join(TASKS)}, or e2e (E2E NLG generation, see "
+                   "docs/nlg.md)")
     p.add_argument("--method", default="deep-lora,lora",
                    help=f"one or more (comma-separated) of {', '.join(METHODS)}; with several, "
                    "a zero-shot row and the paired Deep LoRA − LoRA difference are added")
     p.add_argument("--rank", type=int, default=8, help="adapter rank r")
     p.add_argument("--samples", type=int, default=16, help="training examples (seeded subset)")
-    p.add_argument("--steps", type=int, default=500, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps (default: 500; e2e: the preset's, 400 or 20)")
     p.add_argument("--seeds", default="0-4", help="seeds, e.g. 0-4 or 0,3,7")
     p.add_argument("--head", default="cross", help=f"one of {', '.join(HEADS)}")
-    p.add_argument("--preset", default="paper", help=f"one of {', '.join(PRESETS)}")
+    p.add_argument("--preset", default="paper",
+                   help=f"one of {', '.join(PRESETS)} (e2e: paper or cpu)")
     p.add_argument("--targets", default="all-dense", help=f"one of {', '.join(TARGETS)}")
     p.add_argument("--model", default=None,
                    help="transformers model id or folder (default: embedded all-MiniLM-L6-v2)")
-    p.add_argument("--lr", type=float, default=1e-4, help="learning rate")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: 1e-4; e2e: the preset's, 1e-4 or 1e-3)")
     p.add_argument("--eval-every", type=int, default=0, help="steps between dev evaluations "
                    "(0: only at the end)")
     p.add_argument("--dev-samples", type=int, default=None,
-                   help="evaluate on this many dev rows (default: all)")
+                   help="evaluate on this many dev rows (default: all; e2e: this many test "
+                   "MRs, default the preset's)")
     p.add_argument("--padding", default=None,
                    help=f"one of {', '.join(PADDINGS)}: pad training batches to 128 tokens or "
                    "to their longest input (same outputs, padding is masked; default: the "
                    "preset's, paper: max-length)")
     p.add_argument("--data-dir", default=None,
-                   help=f"GLUE folder (default: ${DATA_DIR_ENV}, else the hub nyu-mll/glue)")
+                   help=f"GLUE folder (default: ${DATA_DIR_ENV}, else the hub nyu-mll/glue); "
+                   "e2e: the E2E folder (or one holding e2e/), default $DEEPLORA_E2E_DIR, else "
+                   "the hub GEM/e2e_nlg")
     p.add_argument("--out", default="runs/finetune", help="output folder")
     p.add_argument("--jobs", type=int, default=1,
                    help="train this many runs at once, in separate processes that split the CPU "
@@ -98,6 +106,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
     check_jobs(args.jobs)
+    if args.task.lower() == "e2e":
+        return run_e2e(args, seeds)
+    if args.task.lower().replace("-", "") not in TASKS:
+        raise DataError(f"unknown task {args.task!r}; choose one of {', '.join(TASKS)}, e2e")
+    args.steps = 500 if args.steps is None else args.steps
+    args.lr = 1e-4 if args.lr is None else args.lr
     methods = tuple(dict.fromkeys(m.strip() for m in args.method.split(",")))
     configs = [
         preset(args.preset, task=args.task, method=method, rank=args.rank, samples=args.samples,
@@ -132,5 +146,25 @@ def run(args: argparse.Namespace) -> int:
     results = [(cell, load_results(out, cell.config, cell.seeds)) for cell in cells]
     text = markdown(f"{args.task}: {', '.join(methods)}", summarize(results))
     write_atomic(out / "summary.md", lambda tmp: tmp.write_text(text))
+    print(text, end="")
+    return 0
+
+
+def run_e2e(args: argparse.Namespace, seeds: tuple[int, ...]) -> int:
+    """``--task e2e``: the methods on E2E NLG over ``seeds`` (zero-shot once, seed 0)."""
+    from deeplora.nlg.config import nlg_preset
+
+    methods = tuple(dict.fromkeys(m.strip() for m in args.method.split(",")))
+    cells = [(nlg_preset(args.preset, method=method, rank=args.rank, samples=args.samples,
+                         steps=args.steps, lr=args.lr, model=args.model,
+                         test_mrs=args.dev_samples),
+              (seeds[0],) if method == "zero-shot" else seeds)
+             for method in methods]
+    check_writable_dir(args.out)
+    quiet_transformers()
+    from deeplora.experiments.nlg_fewshot import run_nlg_experiment
+
+    run_nlg_experiment(cells, args.out, args.data_dir, progress=not args.quiet)
+    text = (Path(args.out) / "nlg-fewshot.md").read_text()
     print(text, end="")
     return 0

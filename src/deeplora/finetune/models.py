@@ -32,6 +32,7 @@ from transformers import (
 )
 
 from deeplora.adapters import build_adapter_config, embedded_model_path
+from deeplora.embedded_lm import embedded_lm_path, is_embedded_lm
 from deeplora.finetune.config import FinetuneConfig
 from deeplora.finetune.data import DataError, GlueTask, get_task
 
@@ -39,7 +40,11 @@ Batch = dict[str, Any]
 
 
 def resolve_model(name: str | None) -> str:
-    """``name`` checked to be a transformers model (id or folder); ``None`` → embedded model."""
+    """``name`` checked to be a transformers model (id or folder); ``None`` → the embedded
+    all-MiniLM-L6-v2, ``"smollm2-135m-instruct"`` → the embedded generative LM
+    (:func:`deeplora.embedded_lm.embedded_lm_path`)."""
+    if is_embedded_lm(name):
+        return embedded_lm_path()
     path = embedded_model_path() if name is None else name
     try:
         AutoConfig.from_pretrained(path)
@@ -104,7 +109,11 @@ class BiEncoder(nn.Module):
 
 
 class Collator:
-    """Tokenize rows into a batch: ``cross``: one input per pair, ``bi``: one per text."""
+    """Tokenize rows into a batch: ``cross``: one input per pair, ``bi``: one per text.
+
+    A tokenizer without a separator token (a decoder LM such as Llama) has no pair template, so
+    a ``cross`` pair is joined into one text ``"a\nb"``.
+    """
 
     def __init__(
         self, tokenizer: PreTrainedTokenizerBase, task: GlueTask, head: str, max_length: int,
@@ -123,6 +132,8 @@ class Collator:
         dtype = torch.float32 if self.task.is_regression else torch.long
         labels = torch.tensor([row["label"] for row in rows], dtype=dtype)
         if self.head == "cross":
+            if len(texts) == 2 and self.tokenizer.sep_token is None:
+                texts = [[f"{a}\n{b}" for a, b in zip(*texts, strict=True)]]
             return {"inputs": dict(self.tokenizer(*texts, **self.kwargs)), "labels": labels}
         return {"inputs": [dict(self.tokenizer(t, **self.kwargs)) for t in texts], "labels": labels}
 

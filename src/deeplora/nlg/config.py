@@ -1,0 +1,100 @@
+"""Run configuration of E2E NLG fine-tuning and its two presets.
+
+``paper`` is the authors' ``nlg_fewshot.py`` protocol: 16 training examples, batch 16, 400
+steps, Adam(β=(0.9, 0.999), eps=1e-6) at a constant lr 1e-4, inputs and outputs of at most 64
+tokens (padded to that length), beam search with 4 beams, every test MR. ``cpu`` is what fits a
+2-core CPU (one embedded-LM step at batch 16 costs 13–60 s there, depending on the load) and
+changes exactly this: batch 4 (Adam moves each weight by about lr per step whatever the batch,
+so small batches buy steps), 20 steps (5 epochs of the 16 examples) at lr 1e-3, greedy
+decoding, a fixed seeded subset of 24 test MRs (still with all their references), batches
+padded to their longest sequence (same outputs, padding is masked).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from deeplora.finetune.data import DataError
+
+TASKS = ("e2e",)
+METHODS = ("deep-lora", "lora", "peft-lora", "zero-shot")
+PRESETS = ("paper", "cpu")
+TARGETS = ("all-linear", "attention-mlp", "query-value")
+
+
+@dataclass(frozen=True)
+class NLGConfig:
+    """Everything that determines one E2E NLG run except the seed.
+
+    ``model``: ``None`` means the embedded SmolLM2-135M-Instruct (a causal LM); seq2seq models
+    (T5) are recognized from their config. ``targets``: the adapter preset (see
+    :mod:`deeplora.adapters.targets`). ``test_mrs``: evaluate on a seeded subset of this many
+    test MRs (``None``: all). ``num_beams`` 1 is greedy decoding.
+    """
+
+    task: str = "e2e"
+    method: str = "deep-lora"
+    model: str | None = None
+    preset: str = "paper"
+    rank: int = 8
+    depth: int = 3
+    init_scale: float = 1e-3
+    targets: str = "all-linear"
+    samples: int = 16
+    steps: int = 400
+    lr: float = 1e-4
+    batch_size: int = 16
+    eval_batch_size: int = 16
+    max_input_length: int = 64
+    max_output_length: int = 64
+    num_beams: int = 4
+    test_mrs: int | None = None
+    pad_to_max_length: bool = True
+
+    def __post_init__(self) -> None:
+        for value, allowed, what in [
+            (self.task, TASKS, "task"),
+            (self.method, METHODS, "method"),
+            (self.preset, PRESETS, "preset"),
+            (self.targets, TARGETS, "targets"),
+        ]:
+            if value not in allowed:
+                raise DataError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+        for name in ("rank", "samples", "batch_size", "eval_batch_size", "max_input_length",
+                     "max_output_length", "num_beams"):
+            if getattr(self, name) < 1:
+                raise DataError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.depth < 2 or self.steps < 0:
+            raise DataError("depth must be >= 2 and steps >= 0")
+        if self.test_mrs is not None and self.test_mrs < 1:
+            raise DataError(f"test_mrs must be >= 1, got {self.test_mrs}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        """Readable, unique directory name: main settings plus a hash of the whole config."""
+        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        return (f"{self.task}-{self.method}-{self.preset}-r{self.rank}-n{self.samples}"
+                f"-t{self.steps}-{digest[:10]}")
+
+
+PRESET_VALUES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "cpu": {"steps": 20, "lr": 1e-3, "batch_size": 4, "eval_batch_size": 24, "num_beams": 1,
+            "test_mrs": 24, "pad_to_max_length": False},
+}
+
+
+def nlg_preset(name: str, **overrides: Any) -> NLGConfig:
+    """An :class:`NLGConfig` for preset ``name`` with ``overrides`` (``None`` values ignored)."""
+    if name not in PRESETS:
+        raise DataError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    values = {**PRESET_VALUES[name], **{k: v for k, v in overrides.items() if v is not None}}
+    if values.get("method") == "zero-shot":
+        values["steps"] = 0
+    return NLGConfig(preset=name, **values)

@@ -1,0 +1,161 @@
+"""One E2E NLG run (train on the few-shot MRs, merge, generate, score) and resumable sweeps.
+
+Given a config and a seed a CPU run is deterministic: the seed fixes the training MRs and
+references, the adapter initialization and the batch order. Sweeps write one result file per
+(config, seed), ``<out>/<config.key()>/seed-<k>.json``, atomically (temp file + rename), so a
+killed sweep leaves no partial result and a rerun trains only the seeds without one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from deeplora.cli.output import write_json
+from deeplora.nlg.config import NLGConfig
+from deeplora.nlg.data import Example, eval_subset, few_shot, load_e2e
+from deeplora.nlg.metrics import generation_metrics
+from deeplora.nlg.models import (
+    Formatter,
+    add_adapters,
+    generate,
+    load_generative,
+    resolve_generative_model,
+)
+
+LEFT_INIT_ATOL = 1e-3
+"""A run whose every ΔW has spectral norm at most this never left its initialization."""
+
+
+class PreparedNLG:
+    """Model path, training examples and test MRs, checked before any training step."""
+
+    def __init__(self, config: NLGConfig, seed: int,
+                 data_dir: str | os.PathLike[str] | None) -> None:
+        self.model_path = resolve_generative_model(config.model)
+        self.train = few_shot(load_e2e("dev", data_dir), config.samples, seed)
+        self.test = eval_subset(load_e2e("test", data_dir), config.test_mrs)
+
+
+def _delta_norms(model: torch.nn.Module) -> dict[str, float]:
+    """Spectral norm of every adapted ΔW."""
+    from deeplora.adapters import adapter_deltas
+
+    return {name: float(torch.linalg.matrix_norm(delta.float(), ord=2))
+            for name, delta in adapter_deltas(model).items()}
+
+
+def run_nlg(config: NLGConfig, seed: int, data_dir: str | os.PathLike[str] | None = None,
+            progress: bool = True, prepared: PreparedNLG | None = None) -> dict[str, Any]:
+    """Train ``config`` with ``seed``, generate for the test MRs and score; the result record.
+
+    Keys: ``config``, ``seed``, ``versions``, ``device_name``, ``metrics`` (BLEU, ROUGE-1/2/L/
+    Lsum), ``train_loss`` (per step), ``mrs`` and ``predictions`` (per test MR),
+    ``delta_norm_max`` / ``left_init`` (largest spectral norm of any ΔW and whether it exceeds
+    :data:`LEFT_INIT_ATOL`; absent for zero-shot), ``train_seconds``, ``generate_seconds``,
+    ``wall_time_s``. Generation runs with the adapters merged into the weights.
+    """
+    from accelerate.utils import set_seed
+
+    from deeplora.finetune.train import device_name, library_versions
+
+    start = time.perf_counter()
+    prepared = prepared or PreparedNLG(config, seed, data_dir)
+    set_seed(seed)
+    base, tokenizer = load_generative(prepared.model_path)
+    formatter = Formatter(tokenizer, config, base.config.is_encoder_decoder)
+    model = add_adapters(base, config)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    losses: list[float] = []
+    train_start = time.perf_counter()
+    if config.method != "zero-shot" and config.steps > 0:
+        losses = _train(model, formatter, prepared.train, config, seed, progress)
+    train_seconds = time.perf_counter() - train_start
+    result: dict[str, Any] = {"config": config.to_dict(), "seed": seed,
+                              "versions": library_versions(), "device_name": device_name(device)}
+    if config.method != "zero-shot":
+        norms = _delta_norms(model)
+        result["delta_norm_max"] = max(norms.values())
+        result["left_init"] = result["delta_norm_max"] > LEFT_INIT_ATOL
+        result["adapted_layers"] = len(norms)
+        model.merge_adapter()
+    gen_start = time.perf_counter()
+    mrs = [e.mr for e in prepared.test]
+    predictions = generate(model, formatter, mrs, config.eval_batch_size, progress=progress,
+                           desc=f"generate {config.method} seed {seed}")
+    result["generate_seconds"] = time.perf_counter() - gen_start
+    result["metrics"] = generation_metrics(predictions, [e.refs for e in prepared.test])
+    result.update(train_loss=losses, train_mrs=[e.mr for e in prepared.train], mrs=mrs,
+                  predictions=predictions, train_seconds=train_seconds,
+                  wall_time_s=time.perf_counter() - start)
+    return result
+
+
+def _train(model: torch.nn.Module, formatter: Formatter, train: list[Example],
+           config: NLGConfig, seed: int, progress: bool) -> list[float]:
+    """Adam(β=(0.9, 0.999), eps=1e-6, no weight decay) at a constant lr over shuffled
+    batches (reshuffled each epoch with ``seed``); the per-step losses."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.999), eps=1e-6,
+                                 weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(total=config.steps, desc=f"{config.method} seed {seed}", disable=not progress)
+    while len(losses) < config.steps:
+        order = torch.randperm(len(train), generator=generator).tolist()
+        for i in range(0, len(order), config.batch_size):
+            batch = formatter.train_batch([train[j] for j in order[i:i + config.batch_size]])
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(float(loss.detach()))
+            bar.update()
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if len(losses) == config.steps:
+                break
+    bar.close()
+    return losses
+
+
+def result_path(out: str | os.PathLike[str], config: NLGConfig, seed: int) -> Path:
+    return Path(out) / config.key() / f"seed-{seed}.json"
+
+
+def load_nlg_results(out: str | os.PathLike[str], config: NLGConfig,
+                     seeds: Iterable[int]) -> list[dict[str, Any]]:
+    """The finished results of ``config`` among ``seeds`` (missing seeds left out)."""
+    paths = (result_path(out, config, seed) for seed in seeds)
+    return [json.loads(p.read_text()) for p in paths if p.is_file()]
+
+
+def run_nlg_sweep(config: NLGConfig, seeds: Iterable[int], out: str | os.PathLike[str],
+                  data_dir: str | os.PathLike[str] | None = None, progress: bool = True
+                  ) -> list[dict[str, Any]]:
+    """Run ``config`` for every seed without a result file under ``out``; all results.
+
+    Data and model are checked before a seed's run, so bad input raises
+    :class:`~deeplora.finetune.data.DataError` with nothing written.
+    """
+    results = []
+    for seed in seeds:
+        path = result_path(out, config, seed)
+        if path.is_file():
+            results.append(json.loads(path.read_text()))
+            continue
+        prepared = PreparedNLG(config, seed, data_dir)
+        result = run_nlg(config, seed, data_dir, progress=progress, prepared=prepared)
+        write_json(path.parent / "config.json", config.to_dict())
+        write_json(path, result)
+        results.append(result)
+    return results

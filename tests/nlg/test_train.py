@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deeplora.finetune.data import DataError
+from deeplora.nlg.config import nlg_preset
+from deeplora.nlg.train import result_path, run_nlg, run_nlg_sweep
+from tests.nlg.conftest import tiny_model, word_tokenizer
+
+
+def _config(model_dir: Path, **overrides):
+    values = {"model": str(model_dir), "rank": 4, "samples": 3, "steps": 3, "lr": 1e-2,
+              "max_output_length": 6, "batch_size": 2, **overrides}
+    return nlg_preset("cpu", **values)
+
+
+@pytest.mark.parametrize("method", ["deep-lora", "lora"])
+def test_run_trains_and_scores(model_dir: Path, e2e_dir: Path, method: str) -> None:
+    result = run_nlg(_config(model_dir, method=method), seed=0, data_dir=e2e_dir,
+                     progress=False)
+    assert len(result["train_loss"]) == 3
+    assert len(result["predictions"]) == len(result["mrs"]) == 3
+    assert set(result["metrics"]) == {"bleu", "rouge1", "rouge2", "rougeL", "rougeLsum"}
+    assert result["adapted_layers"] == 14  # 2 layers × 7 projections
+    assert result["left_init"] == (result["delta_norm_max"] > 1e-3)
+    assert len(set(result["train_mrs"])) == 3
+
+
+def test_deep_lora_that_never_moves_is_flagged(model_dir: Path, e2e_dir: Path) -> None:
+    result = run_nlg(_config(model_dir, method="deep-lora", steps=1, lr=1e-6), 0, e2e_dir,
+                     progress=False)
+    assert result["left_init"] is False and result["delta_norm_max"] < 1e-3
+
+
+def test_zero_shot_does_not_train(model_dir: Path, e2e_dir: Path) -> None:
+    result = run_nlg(_config(model_dir, method="zero-shot"), 0, e2e_dir, progress=False)
+    assert result["train_loss"] == [] and "left_init" not in result
+
+
+def test_seq2seq_run(tmp_path: Path, e2e_dir: Path) -> None:
+    folder = tmp_path / "tiny-t5"
+    tokenizer = word_tokenizer()
+    tiny_model("t5", len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    result = run_nlg(_config(folder, method="deep-lora"), 0, e2e_dir, progress=False)
+    assert result["adapted_layers"] == 2 * 6 + 2 * 10  # encoder: q,k,v,o,wi,wo; decoder + cross
+    assert len(result["predictions"]) == 3
+
+
+def test_sweep_resumes_and_checks_before_writing(model_dir: Path, e2e_dir: Path,
+                                                 tmp_path: Path) -> None:
+    config, out = _config(model_dir, method="lora", steps=1), tmp_path / "runs"
+    first = run_nlg_sweep(config, [0], out, e2e_dir, progress=False)
+    path = result_path(out, config, 0)
+    stamp = path.stat().st_mtime_ns
+    again = run_nlg_sweep(config, [0], out, e2e_dir, progress=False)
+    assert path.stat().st_mtime_ns == stamp and again == first
+    with pytest.raises(DataError, match="no such file"):
+        run_nlg_sweep(config, [1], tmp_path / "other", tmp_path / "nowhere", progress=False)
+    assert not (tmp_path / "other").exists()
