@@ -111,3 +111,15 @@ def test_padding_to_max_length_changes_nothing_but_cost(tiny_model: str, head: s
     for a, b in zip(padded_grads, longest_grads, strict=True):
         assert a.abs().max() > 0
         assert (a - b).abs().max() <= 1e-4 * a.abs().max()
+
+
+def test_decoder_lm_pairs_are_joined_by_a_newline() -> None:
+    """A tokenizer without a separator token (Llama) gets one text per STS-B pair."""
+    from deeplora.finetune.data import get_task
+    from deeplora.finetune.models import Collator
+    from tests.nlg.conftest import word_tokenizer
+
+    tokenizer = word_tokenizer()
+    collate = Collator(tokenizer, get_task("stsb"), "cross", 16, False)
+    batch = collate([{"sentence1": "The Eagle", "sentence2": "a pub", "label": 3.0}])
+    assert batch["inputs"]["input_ids"][0].tolist() == tokenizer("The Eagle\na pub")["input_ids"]
