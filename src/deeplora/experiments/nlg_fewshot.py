@@ -80,11 +80,15 @@ def bootstrap_ci(values: Sequence[float]) -> tuple[float, float]:
 def summarize_nlg(results: list[tuple[NLGConfig, list[dict[str, Any]]]]) -> dict[str, Any]:
     """Per method and metric mean ± std over seeds; paired Deep LoRA − LoRA per metric."""
     rows, by_method = [], {}
+    zero = next((runs[0] for config, runs in results if config.method == "zero-shot" and runs),
+                None)
     for config, runs in results:
         by_method[config.method] = {r["seed"]: r for r in runs}
+        same = [_same_as(r, zero) for r in runs] if zero is not None else []
         row: dict[str, Any] = {"method": config.method, "preset": config.preset,
                                "seeds": [r["seed"] for r in runs], "n": len(runs),
                                "left_init": sum(bool(r.get("left_init")) for r in runs),
+                               "same_as_zero_shot": float(np.mean(same)) if same else None,
                                "wall_time_s": float(np.mean([r["wall_time_s"] for r in runs]))
                                if runs else None}
         for name in METRICS:
@@ -105,6 +109,14 @@ def summarize_nlg(results: list[tuple[NLGConfig, list[dict[str, Any]]]]) -> dict
                           "mean": float(np.mean(values)) if values else float("nan"),
                           "ci_low": low, "ci_high": high})
     return {"rows": rows, "differences": diffs, "examples": examples(by_method)}
+
+
+def _same_as(run: dict[str, Any], zero: dict[str, Any]) -> float:
+    """Fraction of ``run``'s test MRs whose output equals the zero-shot output."""
+    theirs = dict(zip(zero["mrs"], zero["predictions"], strict=True))
+    pairs = [(p, theirs[m]) for m, p in zip(run["mrs"], run["predictions"], strict=True)
+             if m in theirs]
+    return float(np.mean([a == b for a, b in pairs])) if pairs else float("nan")
 
 
 def examples(by_method: dict[str, dict[int, dict[str, Any]]], count: int = 3
@@ -141,15 +153,18 @@ def markdown_nlg(name: str, summary: dict[str, Any]) -> str:
     lines = [f"# {name} ({', '.join(presets)} preset)", ""]
     lines += [f"Settings: {PRESET_TEXT[p]}." for p in presets]
     lines += ["", "BLEU (sacrebleu, all references) and ROUGE F1 (×100), mean ± std over seeds. "
-              "'left init': runs whose largest ‖ΔW‖₂ exceeds 1e-3.", "",
+              "'left init': runs whose largest ‖ΔW‖₂ exceeds 1e-3; '= zero-shot': share of test "
+              "outputs identical to the zero-shot output.", "",
               "| method | seeds | BLEU | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-Lsum | left init "
-              "| s/run |", "|---|---|---|---|---|---|---|---|---|"]
+              "| = zero-shot | s/run |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in summary["rows"]:
         cells = " | ".join(_pm(row[m], SCALE[m]) for m in METRICS)
         left = "-" if row["method"] == "zero-shot" else f"{row['left_init']}/{row['n']}"
         wall = f"{row['wall_time_s']:.0f}" if row["wall_time_s"] is not None else "-"
+        same = row["same_as_zero_shot"]
+        same_text = "-" if same is None or row["method"] == "zero-shot" else f"{same:.0%}"
         lines.append(f"| {LABELS.get(row['method'], row['method'])} | {row['n']} | {cells} | "
-                     f"{left} | {wall} |")
+                     f"{left} | {same_text} | {wall} |")
     if summary["differences"]:
         lines += ["", "Paired difference Deep LoRA − vanilla LoRA (same seeds), bootstrap 95% "
                   "interval:", "", "| metric | pairs | mean difference | 95% CI |",
