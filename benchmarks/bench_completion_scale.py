@@ -12,6 +12,11 @@ own process so that its peak RSS is its own.
         --steps 5 --out runs/bench_scale            # time per step vs |Ω|
     python benchmarks/bench_completion_scale.py --sizes 50000 --target-error 1e-2 \
         --out runs/bench_scale_full                 # time and memory to 1e-2
+    python benchmarks/bench_completion_scale.py --shape 480189 17770 \
+        --observed 1000000 10000000 --steps 5       # Netflix-prize shape, |Ω| given
+
+With ``--shape M N`` the matrix is M×N and ``--observed`` lists |Ω| (one process each);
+otherwise it is ``size × size`` for each of ``--sizes`` with |Ω| = ``fraction``·size².
 """
 
 from __future__ import annotations
@@ -42,24 +47,26 @@ def _entries(target: Any, rows: torch.Tensor, cols: torch.Tensor, chunk: int = 1
                       for i in range(0, rows.numel(), chunk)])
 
 
-def run_one(size: int, fraction: float, rank: int, steps: int, target_error: float,
+def run_one(shape: tuple[int, int], count: int, rank: int, steps: int, target_error: float,
             heldout: int, seed: int, eval_every: int, lr: float, gamma: float
             ) -> dict[str, Any]:
     """One process: build, train, measure. Returns a JSON-able record."""
     clock = time.perf_counter()
-    sigma = (math.sqrt(size) * 2 * np.linspace(1.0, 0.8, rank)).tolist()
-    target = random_low_rank(size, size, rank, sigma, seed=seed)
-    count = round(fraction * size * size)
-    rows, cols = random_observations(size, size, count, seed=seed + 1)
+    m, n = shape
+    sigma = ((math.sqrt(m) + math.sqrt(n)) * np.linspace(1.0, 0.8, rank)).tolist()
+    target = random_low_rank(m, n, rank, sigma, seed=seed)
+    rows, cols = random_observations(m, n, count, seed=seed + 1)
     values = _entries(target, rows, cols)
-    h_rows, h_cols = random_observations(size, size, heldout, seed=seed + 2,
-                                         exclude=rows * size + cols)
+    h_rows, h_cols = random_observations(m, n, heldout, seed=seed + 2,
+                                         exclude=rows * n + cols)
     h_values = _entries(target, h_rows, h_cols).double()
+    del target
     data_seconds = time.perf_counter() - clock
 
     start = time.perf_counter()
-    index = ObservedIndex(rows, cols, (size, size))
-    held = ObservedIndex(h_rows, h_cols, (size, size))
+    index = ObservedIndex(rows, cols, (m, n))
+    del rows, cols  # the index holds Ω (sorted flat keys and columns)
+    held = ObservedIndex(h_rows, h_cols, (m, n))
     model = compressed_factorization(index, values, rank, depth=3, scale=1e-3, seed=seed)
     build_seconds = time.perf_counter() - start
     groups = discrepant_param_groups(model.outer_parameters(), model.inner_parameters(), lr,
@@ -78,7 +85,7 @@ def run_one(size: int, fraction: float, rank: int, steps: int, target_error: flo
                                                        - h_values)) / norm
             eval_seconds += time.perf_counter() - tick
             curve.append((step, error, time.perf_counter() - start - eval_seconds))
-            print(f"n={size} step {step} held-out error {error:.3e} "
+            print(f"{m}x{n} |Ω|={count} step {step} held-out error {error:.3e} "
                   f"t={curve[-1][2]:.1f}s", file=sys.stderr, flush=True)
             if error <= target_error:
                 reached = curve[-1]
@@ -92,7 +99,8 @@ def run_one(size: int, fraction: float, rank: int, steps: int, target_error: flo
         opt.step()
         step_seconds.append(time.perf_counter() - tick)
     return {
-        "size": size, "observed": count, "fraction": fraction, "rank": rank, "lr": lr,
+        "size": m if m == n else None, "shape": [m, n], "observed": count,
+        "fraction": count / (m * n), "rank": rank, "lr": lr,
         "gamma": gamma,
         "threads": torch.get_num_threads(), "data_seconds": data_seconds,
         "build_seconds": build_seconds,
@@ -107,14 +115,15 @@ def run_one(size: int, fraction: float, rank: int, steps: int, target_error: flo
 
 
 def table(records: list[dict[str, Any]]) -> str:
-    lines = ["| m = n | \\|Ω\\| | build s | s / step | s / step per 10⁶ obs | steps | "
+    lines = ["| m × n | \\|Ω\\| | build s | s / step | s / step per 10⁶ obs | steps | "
              "error | s to target | peak RSS GiB |", "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         per = r["median_step_seconds"]
         reached = r["seconds_to_target"]
         reached = "—" if reached is None else f"{reached:.0f}"
         lines.append(
-            f"| {r['size']:,} | {r['observed']:,} | {r['build_seconds']:.1f} | "
+            f"| {r['shape'][0]:,} × {r['shape'][1]:,} | {r['observed']:,} | "
+            f"{r['build_seconds']:.1f} | "
             f"{per:.3f} | {per / r['observed'] * 1e6:.3f} | {r['steps_run']} | "
             f"{r['final_error']:.2e} | "
             f"{reached} | "
@@ -126,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[5000, 10000, 20000, 50000])
     p.add_argument("--fraction", type=float, default=0.01)
+    p.add_argument("--shape", type=int, nargs=2, default=None, metavar=("M", "N"),
+                   help="an M×N matrix (with --observed) instead of --sizes")
+    p.add_argument("--observed", type=int, nargs="+", default=None,
+                   help="|Ω| values to run with --shape")
     p.add_argument("--rank", type=int, default=10)
     p.add_argument("--steps", type=int, default=3000, help="maximum steps")
     p.add_argument("--target-error", type=float, default=0.0,
@@ -143,17 +156,22 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if (args.shape is None) != (args.observed is None):
+        p.error("--shape and --observed go together")
+    runs = ([(tuple(args.shape), count) for count in args.observed] if args.shape
+            else [((size, size), round(args.fraction * size * size)) for size in args.sizes])
     if args.one:
-        record = run_one(args.sizes[0], args.fraction, args.rank, args.steps, args.target_error,
+        record = run_one(*runs[0], args.rank, args.steps, args.target_error,
                          args.heldout, args.seed, args.eval_every, args.lr, args.gamma)
         print(json.dumps(record))
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
-    for size in args.sizes:
-        child = [sys.executable, __file__, "--one", "--sizes", str(size)]
-        for flag in ("fraction", "rank", "steps", "target_error", "lr", "gamma", "heldout",
+    for (m, n), count in runs:
+        child = [sys.executable, __file__, "--one", "--shape", str(m), str(n), "--observed",
+                 str(count)]
+        for flag in ("rank", "steps", "target_error", "lr", "gamma", "heldout",
                      "eval_every", "threads", "seed"):
             value = getattr(args, flag)
             if value is not None:
