@@ -1,5 +1,13 @@
+"""Shared fixtures: one-thread small-matrix tests, the wrong compressed constructions for
+mutation checks, synthetic GLUE folders and a tiny random BERT built in the test session (no
+downloads)."""
+
+from __future__ import annotations
+
 import importlib
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,3 +61,102 @@ def wrong_construction(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]
             monkeypatch.setattr(target, "compressed_bases", WRONG_CONSTRUCTIONS[name])
 
     return apply
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+_TEXT = ("a man is playing the guitar woman cat dog eating food plane taking off flute riding "
+         "horse child sad happy film good bad it is not")
+WORDS = _TEXT.split(" ")
+
+# Per task: folder -> {file: text}; every GLUE layout and header convention, tiny.
+STSB_HEADER = ("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\t"
+               "sentence2\tscore")
+MNLI_TRAIN_HEADER = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\t"
+                     "sentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\t"
+                     "sentence2\tlabel1\tgold_label")
+MNLI_DEV_HEADER = MNLI_TRAIN_HEADER.replace("label1\tgold_label",
+                                            "label1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label")
+
+
+def _sentence(i: int, shift: int = 0) -> str:
+    return " ".join(WORDS[(i * 3 + k + shift) % len(WORDS)] for k in range(4))
+
+
+def _stsb(n: int) -> str:
+    rows = [STSB_HEADER]
+    for i in range(n):
+        s1 = f'A "quoted" {_sentence(i)}' if i == 0 else _sentence(i)
+        rows.append(f"{i}\tmain-captions\tMSRvid\t2012test\t{i:04d}\tnone\tnone\t{s1}\t"
+                    f"{_sentence(i, i % 3)}\t{(i * 0.37) % 5:.3f}")
+    return "\n".join(rows) + "\n"
+
+
+def _files(n: int) -> dict[str, dict[str, str]]:
+    labels3 = ("entailment", "neutral", "contradiction")
+    nli2 = ("entailment", "not_entailment")
+    cola = "".join(f"gj04\t{i % 2}\t\t{_sentence(i)}\n" for i in range(n))
+    mnli_train = "\n".join([MNLI_TRAIN_HEADER] + [
+        f"{i}\t{i}\t{i}e\tfiction\t( x )\t( y )\t(S x)\t(S y)\t{_sentence(i)}\t"
+        f"{_sentence(i, 1)}\t{labels3[i % 3]}\t{labels3[i % 3]}" for i in range(n)]) + "\n"
+    mnli_dev = "\n".join([MNLI_DEV_HEADER] + [
+        f"{i}\t{i}\t{i}e\tfiction\t( x )\t( y )\t(S x)\t(S y)\t{_sentence(i)}\t"
+        f"{_sentence(i, 1)}\t{labels3[i % 3]}\tneutral\tneutral\tneutral\tneutral\t"
+        f"{labels3[i % 3]}" for i in range(n)]) + "\n"
+    return {
+        "CoLA": {"train.tsv": cola, "dev.tsv": cola.rstrip("\n")},  # no header, no final newline
+        "SST-2": {f: "sentence\tlabel\n" + "".join(f"{_sentence(i)} \t{i % 2}\n" for i in range(n))
+                  for f in ("train.tsv", "dev.tsv")},
+        "MRPC": {f: "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + "".join(
+            f"{i % 2}\t{100 + i}\t{200 + i}\t{_sentence(i)} \" .\t{_sentence(i, 2)}\n"
+            for i in range(n)) for f in ("train.tsv", "dev.tsv")},
+        "QQP": {f: "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n" + "".join(
+            f"{i}\t{2 * i}\t{2 * i + 1}\t{_sentence(i)}?\t{_sentence(i, 1)}?\t{i % 2}\n"
+            for i in range(n)) for f in ("train.tsv", "dev.tsv")},
+        "STS-B": {"train.tsv": _stsb(n), "dev.tsv": _stsb(n)},
+        "MNLI": {"train.tsv": mnli_train, "dev_matched.tsv": mnli_dev},
+        "QNLI": {f: "index\tquestion\tsentence\tlabel\n" + "".join(
+            f"{i}\t{_sentence(i)}?\t{_sentence(i, 2)}.\t{nli2[i % 2]}\n" for i in range(n))
+            for f in ("train.tsv", "dev.tsv")},
+        "RTE": {f: "index\tsentence1\tsentence2\tlabel\n" + "".join(
+            f"{i}\t{_sentence(i)}.\t{_sentence(i, 2)}.\t{nli2[i % 2]}\n" for i in range(n))
+            for f in ("train.tsv", "dev.tsv")},
+    }
+
+
+def write_glue(root: Path, n: int = 40) -> Path:
+    for folder, files in _files(n).items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (root / folder / name).write_text(text, encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def make_glue() -> Callable[..., Path]:
+    """``make_glue(root, n=40)`` writes all eight GLUE tasks with ``n`` rows per file."""
+    return write_glue
+
+
+@pytest.fixture(scope="session")
+def glue_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GLUE folder with all eight tasks, 40 rows per file (do not modify)."""
+    return write_glue(tmp_path_factory.mktemp("glue"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Folder of a random 2-layer, 32-wide BERT with a word-level vocabulary."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(WORDS), '"', ".", "?"]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return str(folder)

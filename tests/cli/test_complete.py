@@ -67,3 +67,38 @@ def test_console_script_entry_point():
     proc = subprocess.run([sys.executable, "-m", "deeplora.cli", "--help"], capture_output=True,
                           text=True, check=True)
     assert "complete" in proc.stdout and "experiment" in proc.stdout
+
+
+def test_ratings_use_the_estimators_defaults(tmp_path, monkeypatch):
+    from deeplora.completion import estimator
+
+    seen = {}
+
+    class Spy(estimator.DeepMatrixCompletion):
+        def fit(self, *args, **kwargs):
+            seen.update(self.get_params())
+            raise KeyboardInterrupt  # stop before training
+
+    monkeypatch.setattr(estimator, "DeepMatrixCompletion", Spy)
+    ratings = tmp_path / "r.tsv"
+    ratings.write_text("".join(f"{u}\t{i}\t{(u * i) % 5 + 1}\n" for u in range(30)
+                               for i in range(30) if (u + i) % 3))
+    assert main(["complete", "--ratings", str(ratings), "--quiet"]) == 130
+    defaults = estimator.DeepMatrixCompletion().get_params()
+    keys = ("rank", "depth", "init_scale", "optimizer", "lr", "gamma", "max_steps", "eval_every",
+            "method", "dtype")
+    assert {k: seen[k] for k in keys} == {k: defaults[k] for k in keys}
+    assert main(["complete", "--ratings", str(ratings), "--rank", "3", "--steps", "7",
+                 "--quiet"]) == 130
+    assert (seen["rank"], seen["max_steps"]) == (3, 7)
+
+
+@pytest.mark.parametrize("argv", [["complete"], ["recommend"], ["finetune"], ["experiment"],
+                                  ["experiment", "stsb-fewshot"], ["experiment", "dmc-efficiency"]])
+def test_help_states_each_default_once(argv, capsys):
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text
+    for option in text.split(" --")[1:]:
+        assert option.count("(default") <= 1, option

@@ -33,10 +33,8 @@ def test_paper_settings() -> None:
     assert all(c.config.steps <= 2 and c.seeds == (4,) and c.config.dev_samples for c in fast)
 
 
-def test_glue_fewshot_uses_available_tasks(tmp_path: Path) -> None:
-    from tests.finetune.conftest import write_glue
-
-    root = write_glue(tmp_path)
+def test_glue_fewshot_uses_available_tasks(tmp_path: Path, make_glue) -> None:
+    root = make_glue(tmp_path)
     for name in ("MNLI", "QQP", "QNLI", "RTE", "SST-2", "MRPC"):
         for file in (root / name).iterdir():
             file.unlink()

@@ -16,8 +16,6 @@ from deeplora.finetune.data import (
     load_split,
 )
 
-from .conftest import write_glue
-
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 @pytest.mark.parametrize("split", ["train", "dev"])
@@ -76,9 +74,9 @@ def test_available_tasks(glue_dir: Path, tmp_path: Path) -> None:
     ],
 )
 def test_malformed_row_names_file_and_line(
-    tmp_path: Path, folder: str, file: str, line: int, text: str, message: str
+    tmp_path: Path, make_glue, folder: str, file: str, line: int, text: str, message: str
 ) -> None:
-    root = write_glue(tmp_path, n=6)
+    root = make_glue(tmp_path, n=6)
     path = root / folder / file
     lines = path.read_text().splitlines()
     lines[line - 1] = text
@@ -88,8 +86,8 @@ def test_malformed_row_names_file_and_line(
         load_split(task.name, "train" if file == "train.tsv" else "dev", root)
 
 
-def test_missing_header_column_and_missing_files(tmp_path: Path) -> None:
-    root = write_glue(tmp_path, n=4)
+def test_missing_header_column_and_missing_files(tmp_path: Path, make_glue) -> None:
+    root = make_glue(tmp_path, n=4)
     (root / "SST-2" / "train.tsv").write_text("text\tlabel\nhi\t1\n")
     with pytest.raises(DataError, match=r"train.tsv:1: header lacks column\(s\) \['sentence'\]"):
         load_split("sst2", "train", root)

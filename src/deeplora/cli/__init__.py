@@ -1,9 +1,10 @@
 """The ``deeplora`` command line: a thin layer over the library.
 
-Subcommands register themselves from :mod:`deeplora.cli.complete`, :mod:`deeplora.cli.recommend`,
-:mod:`deeplora.cli.experiment`
-and :mod:`deeplora.finetune.cli` (when present). Every error a user can cause is reported as one
-line ``deeplora: error: …`` with exit status 2, before any output file is written.
+Each subcommand lives in its own module (:mod:`deeplora.cli.complete`,
+:mod:`deeplora.cli.recommend`, :mod:`deeplora.cli.experiment`, :mod:`deeplora.cli.finetune`) exposing
+``register_cli(subparsers)``; only the module of the command being run is imported, so
+``deeplora complete`` never loads transformers or PEFT. Every error a user can cause is reported
+as one line ``deeplora: error: …`` with exit status 2, before any output file is written.
 """
 
 from __future__ import annotations
@@ -15,35 +16,53 @@ from importlib import import_module
 
 from deeplora import __version__
 
-# Modules exposing ``register_cli(subparsers)``; each adds subcommands with a ``func`` default.
-_COMMAND_MODULES = ("deeplora.cli.complete", "deeplora.cli.recommend", "deeplora.cli.experiment",
-                    "deeplora.finetune.cli")
+# Command -> (module exposing ``register_cli(subparsers)``, its one-line help for ``deeplora -h``).
+COMMANDS = {
+    "complete": ("deeplora.cli.complete", "deep matrix completion of a synthetic rank-r matrix"),
+    "recommend": ("deeplora.cli.recommend",
+                  "top-k recommendations per user from a ratings file, to CSV"),
+    "experiment": ("deeplora.cli.experiment", "run a paper figure or table"),
+    "finetune": ("deeplora.cli.finetune",
+                 "few-shot fine-tuning on a GLUE task over several seeds"),
+}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: …)`` only where it informs: not to help that already states its
+    default, nor for ``None`` / ``False`` defaults."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help = action.help or ""
+        if "default" in help or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class UsageError(ValueError):
     """Bad input from the user; printed as one line, exit status 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser with the full options of the command named in ``argv`` (its first word that is
+    not an option); every other command is listed by its help line only, unimported."""
+    chosen = next((word for word in argv if not word.startswith("-")), None)
     parser = argparse.ArgumentParser(
         prog="deeplora",
         description="Compressed deep low-rank learning: matrix completion and Deep LoRA.",
     )
     parser.add_argument("--version", action="version", version=f"deeplora {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        try:
-            module = import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register_cli(subparsers)
+    for name, (module, help) in COMMANDS.items():
+        if name == chosen:
+            import_module(module).register_cli(subparsers)
+        else:
+            subparsers.add_parser(name, help=help)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

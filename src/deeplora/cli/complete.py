@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from deeplora.cli.output import check_writable, write_json
+from deeplora.cli import HelpFormatter
 from deeplora.cli.recommend import add_ratings_file_arguments, read_ratings_file
 from deeplora.completion import (
     METHODS,
@@ -20,8 +20,8 @@ from deeplora.completion import (
     fit,
 )
 from deeplora.completion.data import IdIndex
-from deeplora.completion.estimator import DeepMatrixCompletion
 from deeplora.completion.problems import random_low_rank
+from deeplora.output import check_writable, write_json
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Defaults of the synthetic problem; with --ratings, unset options take the ratings preset's.
@@ -36,7 +36,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         description="Recover a random rank-r m×n matrix (the best rank-r approximation of a "
         "Gaussian matrix) from a uniformly random fraction of its entries with a deep "
         "factorization, and report the recovery error on all entries.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--size", type=int, default=1000, help="rows m")
     p.add_argument("--cols", type=int, default=None, help="columns n (default: --size)")
@@ -47,9 +47,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--observed", type=float, default=0.2, help="fraction of entries observed")
     p.add_argument("--depth", type=int, default=None,
                    help=f"number of layers L (default: 3; {_RATINGS})")
-    p.add_argument("--method", choices=METHODS, default="compressed")
+    p.add_argument("--method", choices=METHODS, default="compressed",
+                   help="original: the full m×n deep factorization; compressed: width 2r̂ from "
+                   "the compressed initialization; narrow: width 2r̂, random orthogonal init")
     p.add_argument("--optimizer", choices=("gd", "adam"), default=None,
-                   help="default: adam")
+                   help="(default: adam)")
     p.add_argument("--lr", type=float, default=None,
                    help="step size η (default: per method and optimizer; for gd the paper's "
                    "step, 5e3 · observed on our mean-over-Ω loss)")
@@ -92,7 +94,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_ratings(args: argparse.Namespace) -> int:
-    """Fit on ``--ratings``, report RMSE/MAE on ``--test`` (or on the training file)."""
+    """Fit on ``--ratings``, report RMSE/MAE on ``--test`` (or on the training file).
+
+    Options left unset take :class:`DeepMatrixCompletion`'s defaults (tuned for ratings), not
+    the synthetic problem's."""
+    from deeplora.completion.estimator import DeepMatrixCompletion
+
     if args.method == "original":
         raise ValueError("--ratings supports --method compressed or narrow (the wide model "
                          "is m×n)")

@@ -7,8 +7,9 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from deeplora.cli.output import check_writable_dir
+from deeplora.cli import HelpFormatter
 from deeplora.experiments import Runner, load_all
+from deeplora.output import check_writable_dir
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +19,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     names = p.add_subparsers(dest="experiment", required=True, metavar="NAME")
     for name, exp in sorted(load_all().items()):
         sub = names.add_parser(name, help=exp.help, description=exp.help,
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                               formatter_class=HelpFormatter)
         sub.add_argument("--out", default=f"runs/{name}", help="output folder")
         sub.add_argument("--fast", action="store_true",
                          help="smaller settings for a smoke test (minutes on 2 cores)")

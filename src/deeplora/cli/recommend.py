@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from deeplora.cli.output import check_writable, write_atomic, write_json
+from deeplora.cli import HelpFormatter
 from deeplora.completion.data import FORMATS, Ratings, read_ratings
+from deeplora.output import check_writable, write_atomic, write_json
 
 
 def add_ratings_file_arguments(group: argparse._ArgumentGroup) -> None:
@@ -46,7 +47,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "write the k best-predicted items of each user, excluding the items the user rated, "
         "to --output as CSV with columns user,item,rank,predicted_rating. With --test: also "
         "report RMSE/MAE and precision/recall/NDCG/MAP@k on held-out ratings.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--ratings", metavar="PATH", required=True, help="training ratings")
     p.add_argument("--output", metavar="PATH", required=True, help="CSV file to write")

@@ -708,7 +708,7 @@ class DeepMatrixCompletion(BaseEstimator):
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write parameters and fitted state to ``path`` (``torch.save`` of tensors, lists and
         strings only, atomically; read back with ``weights_only`` loading)."""
-        from deeplora.cli.output import write_atomic
+        from deeplora.output import write_atomic
 
         check_is_fitted(self, "model_")
         params = self.get_params()

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from deeplora.cli.output import write_json
 from deeplora.completion import (
     METHODS,
     MatrixCompletion,
@@ -37,6 +36,7 @@ from deeplora.factorization import (
     principal_angles,
     singular_values,
 )
+from deeplora.output import write_json
 from deeplora.plotting import new_figure, save_figure
 
 

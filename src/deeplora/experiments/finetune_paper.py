@@ -12,56 +12,14 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from deeplora.experiments import Arg, experiment
-from deeplora.finetune.config import PADDINGS, PRESETS, FinetuneConfig, padding_override, preset
+from deeplora.finetune.config import PADDINGS, PRESETS
 from deeplora.finetune.data import DATA_DIR_ENV, DataError, available_tasks, resolve_data_dir
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One config of an experiment, its seeds and its labels (e.g. ``{"samples": 16}``)."""
-
-    config: FinetuneConfig
-    seeds: tuple[int, ...]
-    labels: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Options:
-    """User choices shared by all experiments; ``seeds=None`` means the experiment's default."""
-
-    fast: bool = False
-    seeds: tuple[int, ...] | None = None
-    heads: tuple[str, ...] = ("cross", "bi")
-    preset: str = "paper"
-    model: str | None = None
-    padding: str | None = None
-
-    def seed_list(self, paper_count: int) -> tuple[int, ...]:
-        if self.seeds is not None:
-            return self.seeds
-        return tuple(range(2 if self.fast else paper_count))
-
-    def config(self, steps: int, **overrides: Any) -> FinetuneConfig:
-        """The preset with ``overrides``; ``--fast`` cuts steps to 2, dev to 32 rows, inputs
-        to 32 tokens with dynamic padding (a smoke test: the numbers mean nothing)."""
-        fast = {"steps": min(steps, 2), "dev_samples": 32, "max_length": 32,
-                "pad_to_max_length": False, "eval_every": 0}
-        values = {"model": self.model, "steps": steps, **padding_override(self.padding),
-                  **overrides}
-        if self.fast:
-            values.update(fast, eval_every=1 if overrides.get("eval_every") else 0)
-        return preset(self.preset, **values)
-
-
-def zero_shot_cell(options: Options, task: str = "stsb") -> Cell:
-    """The untouched model with the ``bi`` head (what a user gets without fine-tuning)."""
-    config = options.config(0, task=task, method="zero-shot", head="bi", samples=1)
-    return Cell(config, (0,), {"method": "zero-shot", "head": "bi"})
+from deeplora.finetune.sweep import Cell, Options, check_jobs, parse_seeds, zero_shot_cell
 
 
 def _pairs(options: Options, seeds: int, steps: int, axis: str, values: Sequence[Any],
@@ -239,7 +197,7 @@ ARGUMENTS = (
 
 def _register(name: str) -> None:
     def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-        from deeplora.finetune.cli import check_jobs, parse_seeds, quiet_transformers
+        from deeplora.finetune.models import quiet_transformers
 
         check_jobs(args.jobs)
         quiet_transformers()

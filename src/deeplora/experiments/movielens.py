@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from deeplora.cli.output import write_atomic, write_json
 from deeplora.completion.baselines import BiasedALS, SoftImpute, Surprise
 from deeplora.completion.data import (
     IdIndex,
@@ -32,6 +31,7 @@ from deeplora.completion.data import (
 )
 from deeplora.completion.estimator import DeepMatrixCompletion, mae, rmse
 from deeplora.experiments import Arg, experiment
+from deeplora.output import write_atomic, write_json
 from deeplora.plotting import new_figure, save_figure
 
 CLIP = (1.0, 5.0)

@@ -72,7 +72,7 @@ def run_nlg_experiment(cells: Cells, out: str | os.PathLike[str],
 
 
 def bootstrap_ci(values: Sequence[float]) -> tuple[float, float]:
-    from deeplora.experiments.finetune_report import bootstrap_ci as ci
+    from deeplora.finetune.report import bootstrap_ci as ci
 
     return ci(values)
 
@@ -207,7 +207,7 @@ def plot_nlg(summary: dict[str, Any], path: Path) -> None:
 def write_nlg_report(name: str, results: list[tuple[NLGConfig, list[dict[str, Any]]]],
                      out: Path) -> dict[str, Any]:
     """Write ``<name>.json``, ``<name>.md`` and ``<name>.png`` into ``out``; the summary."""
-    from deeplora.cli.output import write_atomic, write_json
+    from deeplora.output import write_atomic, write_json
 
     summary = summarize_nlg(results)
     plot_nlg(summary, out / f"{name}.png")
@@ -237,7 +237,8 @@ ARGUMENTS = (
 @experiment("nlg-fewshot", help="E2E NLG with 16 examples: BLEU/ROUGE of Deep LoRA vs LoRA "
             "vs zero-shot", arguments=ARGUMENTS)
 def nlg_fewshot(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    from deeplora.finetune.cli import parse_seeds, quiet_transformers
+    from deeplora.finetune.models import quiet_transformers
+    from deeplora.finetune.sweep import parse_seeds
 
     quiet_transformers()
     if args.seeds is not None:

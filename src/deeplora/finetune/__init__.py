@@ -5,19 +5,31 @@
 - :mod:`~deeplora.finetune.config`: :class:`FinetuneConfig` and the ``paper`` / ``practical``
   presets;
 - :mod:`~deeplora.finetune.models`: cross- and bi-encoder heads with adapters;
-- :mod:`~deeplora.finetune.train`: one run; :mod:`~deeplora.finetune.runs`: resumable sweeps.
+- :mod:`~deeplora.finetune.train`: one run; :mod:`~deeplora.finetune.runs`: resumable sweeps;
+- :mod:`~deeplora.finetune.sweep`: what a sweep runs (cells, options, seeds);
+  :mod:`~deeplora.finetune.report`: its tables (means, paired differences, bootstrap intervals).
+
+The names below are imported on first use, so ``import deeplora.finetune.config`` stays light.
 """
 
-from deeplora.finetune.config import FinetuneConfig, preset
-from deeplora.finetune.data import DataError, few_shot, get_task, load_split
-from deeplora.finetune.metrics import compute_metrics
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "DataError",
-    "FinetuneConfig",
-    "compute_metrics",
-    "few_shot",
-    "get_task",
-    "load_split",
-    "preset",
-]
+_LAZY = {
+    "DataError": "deeplora.finetune.data",
+    "FinetuneConfig": "deeplora.finetune.config",
+    "compute_metrics": "deeplora.finetune.metrics",
+    "few_shot": "deeplora.finetune.data",
+    "get_task": "deeplora.finetune.data",
+    "load_split": "deeplora.finetune.data",
+    "preset": "deeplora.finetune.config",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'deeplora.finetune' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

@@ -39,6 +39,14 @@ from deeplora.finetune.data import DataError, GlueTask, get_task
 Batch = dict[str, Any]
 
 
+def quiet_transformers() -> None:
+    """Silence transformers' load reports and weight-loading bars (tqdm bars of runs stay)."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
 def resolve_model(name: str | None) -> str:
     """``name`` checked to be a transformers model (id or folder); ``None`` → the embedded
     all-MiniLM-L6-v2, ``"smollm2-135m-instruct"`` → the embedded generative LM

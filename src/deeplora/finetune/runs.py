@@ -21,9 +21,9 @@ import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from deeplora.cli.output import write_json
 from deeplora.finetune.config import FinetuneConfig
 from deeplora.finetune.train import Prepared, run_finetune
+from deeplora.output import write_json
 
 
 def result_path(out: str | os.PathLike[str], config: FinetuneConfig, seed: int) -> Path:
@@ -104,7 +104,7 @@ def run_parallel(
 
 
 def _init_worker(threads: int) -> None:
-    from deeplora.finetune.cli import quiet_transformers
+    from deeplora.finetune.models import quiet_transformers
 
     torch.set_num_threads(threads)
     quiet_transformers()

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from deeplora.cli.output import write_json
 from deeplora.nlg.config import NLGConfig
 from deeplora.nlg.data import Example, eval_subset, few_shot, load_e2e
 from deeplora.nlg.metrics import generation_metrics
@@ -29,6 +28,7 @@ from deeplora.nlg.models import (
     load_generative,
     resolve_generative_model,
 )
+from deeplora.output import write_json
 
 LEFT_INIT_ATOL = 1e-3
 """A run whose every ΔW has spectral norm at most this never left its initialization."""

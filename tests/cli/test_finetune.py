@@ -7,15 +7,6 @@ from pathlib import Path
 import pytest
 
 from deeplora.cli import main
-from deeplora.finetune.cli import parse_seeds
-
-
-def test_parse_seeds() -> None:
-    assert parse_seeds("0-4") == (0, 1, 2, 3, 4)
-    assert parse_seeds("3,0-1,3") == (3, 0, 1)
-    for bad in ("", "a", "4-2", "-1"):
-        with pytest.raises(ValueError, match="--seeds"):
-            parse_seeds(bad)
 
 
 def test_finetune_compares_and_resumes(glue_dir: Path, tiny_model: str, tmp_path: Path,
@@ -50,11 +41,9 @@ def test_finetune_compares_and_resumes(glue_dir: Path, tiny_model: str, tmp_path
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(
     glue_dir: Path, tiny_model: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    args: list[str], message: str,
+    make_glue, args: list[str], message: str,
 ) -> None:
-    from .conftest import write_glue
-
-    broken = write_glue(tmp_path / "broken", n=5)
+    broken = make_glue(tmp_path / "broken", n=5)
     rte = broken / "RTE" / "train.tsv"
     rte.write_text(rte.read_text().replace("\tentailment", "\tmaybe", 1))
     replace = {"EMPTY": str(tmp_path / "empty"), "BROKEN": str(broken),

@@ -1,13 +1,13 @@
-"""Summary statistics of the Deep LoRA experiments: means, paired differences, bootstrap."""
+"""Summary statistics of fine-tuning sweeps: means, paired differences, bootstrap."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from deeplora.experiments.finetune_paper import Cell
-from deeplora.experiments.finetune_report import bootstrap_ci, markdown, summarize
 from deeplora.finetune.config import preset
+from deeplora.finetune.report import bootstrap_ci, markdown, summarize
+from deeplora.finetune.sweep import Cell
 
 
 def _result(method: str, seed: int, pearson: float) -> dict:

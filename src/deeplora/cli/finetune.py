@@ -10,7 +10,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from deeplora.cli.output import check_writable_dir, write_atomic
+from deeplora.cli import HelpFormatter
 from deeplora.finetune.config import (
     HEADS,
     METHODS,
@@ -21,35 +21,8 @@ from deeplora.finetune.config import (
     preset,
 )
 from deeplora.finetune.data import DATA_DIR_ENV, TASKS, DataError, get_task
-
-
-def parse_seeds(text: str) -> tuple[int, ...]:
-    """``"0-4"`` → (0, 1, 2, 3, 4); ``"0,3,7-8"`` → (0, 3, 7, 8); duplicates removed."""
-    seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            low, _, high = part.strip().partition("-")
-            first, last = int(low), int(high) if high else int(low)
-            if first < 0 or last < first:
-                raise ValueError
-            seeds += range(first, last + 1)
-    except ValueError:
-        raise ValueError(f"--seeds {text!r}: expected e.g. 0-4 or 0,3,7") from None
-    return tuple(dict.fromkeys(seeds))
-
-
-def check_jobs(jobs: int) -> None:
-    """``ValueError`` naming the flag unless ``--jobs`` is at least 1."""
-    if jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {jobs}")
-
-
-def quiet_transformers() -> None:
-    """Silence transformers' load reports and weight-loading bars (tqdm bars of runs stay)."""
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
+from deeplora.finetune.sweep import Cell, Options, check_jobs, parse_seeds, zero_shot_cell
+from deeplora.output import check_writable_dir, write_atomic
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -61,7 +34,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "file per (method, seed) under --out; rerunning skips finished seeds. Prints and "
         "writes --out/summary.md: mean ± std per method and the paired Deep LoRA − LoRA "
         "difference with a bootstrap 95% interval.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--task", default="stsb",
                    help=f"one of {', '.join(TASKS)}, or e2e (E2E NLG generation, see "
@@ -121,12 +94,12 @@ def run(args: argparse.Namespace) -> int:
         for method in methods
     ]
     check_writable_dir(args.out)
-    quiet_transformers()
-    from deeplora.experiments.finetune_paper import Cell, Options, zero_shot_cell
-    from deeplora.experiments.finetune_report import main_metric, markdown, summarize
+    from deeplora.finetune.models import quiet_transformers
+    from deeplora.finetune.report import main_metric, markdown, summarize
     from deeplora.finetune.runs import load_results, run_parallel, run_sweep
     from deeplora.finetune.train import Prepared
 
+    quiet_transformers()
     cells = [Cell(c, seeds, {"method": c.method, "head": c.head}) for c in configs]
     if len(cells) > 1:
         zero = zero_shot_cell(Options(model=args.model, preset=args.preset,
@@ -161,8 +134,10 @@ def run_e2e(args: argparse.Namespace, seeds: tuple[int, ...]) -> int:
               (seeds[0],) if method == "zero-shot" else seeds)
              for method in methods]
     check_writable_dir(args.out)
-    quiet_transformers()
     from deeplora.experiments.nlg_fewshot import run_nlg_experiment
+    from deeplora.finetune.models import quiet_transformers
+
+    quiet_transformers()
 
     run_nlg_experiment(cells, args.out, args.data_dir, progress=not args.quiet)
     text = (Path(args.out) / "nlg-fewshot.md").read_text()

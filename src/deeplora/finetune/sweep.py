@@ -1,0 +1,77 @@
+"""What a sweep runs: :class:`Cell` s (a config, its seeds, its report labels), the user's
+:class:`Options` shared by every experiment, and the seed/jobs parsing of both commands.
+
+Light on imports (no torch/transformers), so command-line parsers can use it; the runs
+themselves are in :mod:`deeplora.finetune.runs`, the tables in :mod:`deeplora.finetune.report`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from deeplora.finetune.config import FinetuneConfig, padding_override, preset
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One config of an experiment, its seeds and its labels (e.g. ``{"samples": 16}``)."""
+
+    config: FinetuneConfig
+    seeds: tuple[int, ...]
+    labels: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Options:
+    """User choices shared by all experiments; ``seeds=None`` means the experiment's default."""
+
+    fast: bool = False
+    seeds: tuple[int, ...] | None = None
+    heads: tuple[str, ...] = ("cross", "bi")
+    preset: str = "paper"
+    model: str | None = None
+    padding: str | None = None
+
+    def seed_list(self, paper_count: int) -> tuple[int, ...]:
+        if self.seeds is not None:
+            return self.seeds
+        return tuple(range(2 if self.fast else paper_count))
+
+    def config(self, steps: int, **overrides: Any) -> FinetuneConfig:
+        """The preset with ``overrides``; ``--fast`` cuts steps to 2, dev to 32 rows, inputs
+        to 32 tokens with dynamic padding (a smoke test: the numbers mean nothing)."""
+        fast = {"steps": min(steps, 2), "dev_samples": 32, "max_length": 32,
+                "pad_to_max_length": False, "eval_every": 0}
+        values = {"model": self.model, "steps": steps, **padding_override(self.padding),
+                  **overrides}
+        if self.fast:
+            values.update(fast, eval_every=1 if overrides.get("eval_every") else 0)
+        return preset(self.preset, **values)
+
+
+def zero_shot_cell(options: Options, task: str = "stsb") -> Cell:
+    """The untouched model with the ``bi`` head (what a user gets without fine-tuning)."""
+    config = options.config(0, task=task, method="zero-shot", head="bi", samples=1)
+    return Cell(config, (0,), {"method": "zero-shot", "head": "bi"})
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"0-4"`` → (0, 1, 2, 3, 4); ``"0,3,7-8"`` → (0, 3, 7, 8); duplicates removed."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            low, _, high = part.strip().partition("-")
+            first, last = int(low), int(high) if high else int(low)
+            if first < 0 or last < first:
+                raise ValueError
+            seeds += range(first, last + 1)
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected e.g. 0-4 or 0,3,7") from None
+    return tuple(dict.fromkeys(seeds))
+
+
+def check_jobs(jobs: int) -> None:
+    """``ValueError`` naming the flag unless ``--jobs`` is at least 1."""
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
