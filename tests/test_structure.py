@@ -4,6 +4,7 @@ light start-up (a subcommand imports only what it uses)."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from importlib.util import resolve_name
@@ -84,9 +85,11 @@ def test_library_modules_do_not_import_the_command_line() -> None:
 
 
 def _imported_by(code: str) -> set[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(SRC.parent), os.environ.get("PYTHONPATH")]))}  # this deeplora
     proc = subprocess.run(
         [sys.executable, "-c", f"import sys\n{code}\nprint(' '.join(sorted(sys.modules)))"],
-        capture_output=True, text=True, check=True)
+        capture_output=True, text=True, check=True, env=env)
     return {name.split(".")[0] for name in proc.stdout.split()}
 
 
