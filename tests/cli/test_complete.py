@@ -69,7 +69,7 @@ def test_console_script_entry_point():
     assert "complete" in proc.stdout and "experiment" in proc.stdout
 
 
-def test_ratings_use_the_estimators_defaults(tmp_path, monkeypatch):
+def test_ratings_use_the_ratings_preset(tmp_path, monkeypatch):
     from deeplora.completion import estimator
 
     seen = {}
@@ -84,7 +84,7 @@ def test_ratings_use_the_estimators_defaults(tmp_path, monkeypatch):
     ratings.write_text("".join(f"{u}\t{i}\t{(u * i) % 5 + 1}\n" for u in range(30)
                                for i in range(30) if (u + i) % 3))
     assert main(["complete", "--ratings", str(ratings), "--quiet"]) == 130
-    defaults = estimator.DeepMatrixCompletion().get_params()
+    defaults = estimator.DeepMatrixCompletion.ratings().get_params()
     keys = ("rank", "depth", "init_scale", "optimizer", "lr", "gamma", "max_steps", "eval_every",
             "method", "dtype")
     assert {k: seen[k] for k in keys} == {k: defaults[k] for k in keys}

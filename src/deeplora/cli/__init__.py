@@ -1,8 +1,8 @@
 """The ``deeplora`` command line: a thin layer over the library.
 
 Each subcommand lives in its own module (:mod:`deeplora.cli.complete`,
-:mod:`deeplora.cli.recommend`, :mod:`deeplora.cli.experiment`, :mod:`deeplora.cli.finetune`) exposing
-``register_cli(subparsers)``; only the module of the command being run is imported, so
+:mod:`deeplora.cli.recommend`, :mod:`deeplora.cli.experiment`, :mod:`deeplora.cli.finetune`)
+exposing ``register_cli(subparsers)``; only the module of the command being run is imported, so
 ``deeplora complete`` never loads transformers or PEFT. Every error a user can cause is reported
 as one line ``deeplora: error: …`` with exit status 2, before any output file is written.
 """

@@ -96,7 +96,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 def run_ratings(args: argparse.Namespace) -> int:
     """Fit on ``--ratings``, report RMSE/MAE on ``--test`` (or on the training file).
 
-    Options left unset take :class:`DeepMatrixCompletion`'s defaults (tuned for ratings), not
+    Options left unset take :meth:`DeepMatrixCompletion.ratings`' preset (tuned for ratings), not
     the synthetic problem's."""
     from deeplora.completion.estimator import DeepMatrixCompletion
 
