@@ -46,18 +46,54 @@ def test_unknown_method_is_refused() -> None:
         build_adapter_config("dora")
 
 
-def test_vanilla_lora_starts_at_the_base_model_and_trains_b_first() -> None:
+@pytest.mark.parametrize(("method", "first_to_train"), [("lora", "0"), ("lora-hu", "1")])
+def test_vanilla_lora_starts_at_the_base_model_and_trains_the_zero_factor_first(
+    method: str, first_to_train: str
+) -> None:
+    """ΔW = B A = 0 at the start. "lora" (the authors'): B ~ N(0, 1), A = 0, so only A
+    (factor 0) gets a gradient at first; "lora-hu" (Hu et al.): only B (factor 1) does."""
     base = tiny_bert()
     inputs = inputs_for(base)
     reference = logits(base, inputs)
-    model = get_peft_model(base, build_adapter_config("lora", r=4, target_modules="all-linear"))
-    assert torch.equal(logits(model, inputs), reference)  # B = 0: ΔW = 0 exactly
+    model = get_peft_model(base, build_adapter_config(method, r=4, target_modules="all-dense"))
+    assert torch.equal(logits(model, inputs), reference)
     model(**inputs).loss.backward()
-    for name, param in model.named_parameters():
-        if name.endswith("factors.0"):  # A: no gradient while B = 0
-            assert torch.count_nonzero(param.grad) == 0
-        elif name.endswith("factors.1"):
-            assert torch.count_nonzero(param.grad) > 0
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert len(grads) == 2 * 15  # 12 block layers, pooler, word and position embeddings
+    for name, grad in grads.items():
+        if name.endswith(f"factors.{first_to_train}"):
+            assert torch.count_nonzero(grad) > 0, name
+        else:
+            assert torch.count_nonzero(grad) == 0, name
+
+
+def test_rectangular_layer_gaussian_side_per_method() -> None:
+    """On the 32×16 intermediate layer: "lora" draws B (32×r), "lora-hu" A (r×16)."""
+    for method, gaussian in (("lora", (32, 4)), ("lora-hu", (4, 16))):
+        model = get_peft_model(tiny_bert(), build_adapter_config(
+            method, r=4, target_modules=["layer.0.intermediate.dense"]))
+        a, b = next(iter(model.get_base_model().bert.encoder.layer[0].intermediate.dense
+                         .deeplora_factors.values())).factors
+        drawn = [f for f in (a, b) if torch.count_nonzero(f)]
+        assert [tuple(f.shape) for f in drawn] == [gaussian]
+
+
+def test_peft_lora_adapts_embeddings_of_the_paper_preset() -> None:
+    model = tiny_bert()
+    config = build_adapter_config("peft-lora", r=4, target_modules="all-dense", model=model)
+    wrapped = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in wrapped.named_parameters():
+            if "lora_embedding_A" in name:
+                param.normal_()  # PEFT starts embeddings at A = 0
+    deltas = adapter_deltas(wrapped)
+    assert len(deltas) == 15
+    word = deltas["bert.embeddings.word_embeddings"]
+    assert word.shape == (16, 64) and torch.count_nonzero(word) > 0  # (dim, vocab)
+    inputs = inputs_for(wrapped)
+    unmerged = logits(wrapped, inputs)
+    merged = wrapped.merge_and_unload()
+    torch.testing.assert_close(logits(merged, inputs), unmerged, rtol=1e-4, atol=1e-5)
 
 
 def test_embedded_model_path_holds_the_minilm_files() -> None:

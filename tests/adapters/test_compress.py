@@ -161,13 +161,15 @@ def true_gradients(model: PeftModel, loss: Callable[[PeftModel], torch.Tensor]
     loss(model).backward()
     grads = {}
     for name, layer in layers.items():
-        grads[name] = layer.weight.grad.T if isinstance(layer, Conv1D) else layer.weight.grad
+        stored_transposed = isinstance(layer, Conv1D | torch.nn.Embedding)
+        grads[name] = layer.weight.grad.T if stored_transposed else layer.weight.grad
         layer.weight.requires_grad_(False)
     model.zero_grad(set_to_none=True)
     return grads
 
 
-@pytest.mark.parametrize(("kind", "targets"), [("bert", "query-value"), ("gpt2", "all-linear")])
+@pytest.mark.parametrize(("kind", "targets"), [("bert", "query-value"), ("gpt2", "all-linear"),
+                                               ("bert", "all-dense")])
 def test_compress_adapters_builds_narrow_factors_from_one_gradient(
     kind: str, targets: str, tmp_path: Path
 ) -> None:

@@ -30,6 +30,7 @@ def test_compressed_holds_depth_plus_two_factors() -> None:
         ({"init_scale": math.nan}, "init scale"),
         ({"init": "kaiming"}, "init must be"),
         ({"init": "lora", "depth": 3}, "depth-2"),
+        ({"init": "lora-hu", "depth": 3}, "depth-2"),
         ({"init": "compressed", "r": 5}, "even r"),
         ({"dropout": 1.0}, "dropout"),
         ({"target_modules": None}, "target_modules"),

@@ -23,12 +23,16 @@ def test_orthogonal_init_has_every_singular_value_eps(depth: int) -> None:
     assert delta[4:].max() < 1e-12 * eps**depth
 
 
-def test_lora_init_is_gaussian_a_and_zero_b() -> None:
-    config = DeepLoraConfig(r=8, depth=2, init="lora")
+@pytest.mark.parametrize(("init", "gaussian"), [("lora", "B"), ("lora-hu", "A")])
+def test_lora_inits_put_the_gaussian_on_the_documented_side(init: str, gaussian: str) -> None:
+    """Rectangular layer (d_out 64 ≠ d_in 128): "lora" (the authors') draws B (d_out×r)
+    ~ N(0, 1) and A = 0, "lora-hu" (Hu et al.) the reverse."""
+    config = DeepLoraConfig(r=8, depth=2, init=init)
     a, b = (f.detach() for f in init_factors(64, 128, config).factors)
     assert a.shape == (8, 128) and b.shape == (64, 8)
-    assert abs(float(a.mean())) < 0.1 and abs(float(a.std()) - 1.0) < 0.1
-    assert torch.count_nonzero(b) == 0
+    drawn, zero = (b, a) if gaussian == "B" else (a, b)
+    assert abs(float(drawn.mean())) < 0.1 and abs(float(drawn.std()) - 1.0) < 0.1
+    assert torch.count_nonzero(zero) == 0
 
 
 def test_compressed_placeholder_is_orthonormal_outside_eps_identity_inside() -> None:

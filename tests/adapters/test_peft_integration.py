@@ -286,3 +286,84 @@ def test_stock_trainer_trains_the_adapters(tmp_path: Path) -> None:
     params = dict(model.named_parameters())
     assert all(not torch.equal(params[n], p) for n, p in adapters_before.items())
     assert all(torch.equal(params[n], p) for n, p in base_before.items())
+
+
+@pytest.mark.parametrize("init", ["orthogonal", "lora", "lora-hu"])
+def test_embedding_adapters_merge_unmerge_save_load(init: str, tmp_path: Path) -> None:
+    """Word and position embeddings (the paper's all-dense): ΔW is (dim × num_embeddings), the
+    merge adds ΔWᵀ to the stored weight, and outputs survive merge, unmerge, save and load."""
+    base = tiny_bert()
+    original = snapshot(base)
+    depth = 3 if init == "orthogonal" else 2
+    model = wrap(base, target_modules="all-dense", init=init, depth=depth, dropout=0.5)
+    perturb(model)
+    model.eval()
+    inputs = inputs_for(model)
+    unmerged = logits(model, inputs)
+    deltas = adapter_deltas(model)
+    key = "bert.embeddings.word_embeddings"
+    assert deltas[key].shape == (16, 64)
+    assert deltas["bert.embeddings.position_embeddings"].shape == (16, 32)
+    model.train()  # adapter dropout never touches token ids
+    model.get_base_model().bert.embeddings.dropout.p = 0.0
+    embeddings = model.get_base_model().bert.embeddings.word_embeddings
+    ids = inputs["input_ids"]
+    assert torch.equal(embeddings(ids), embeddings(ids))
+    torch.testing.assert_close(embeddings(ids), original[f"{key}.weight"][ids]
+                               + deltas[key].T[ids])
+    model.eval()
+
+    model.merge_adapter()
+    torch.testing.assert_close(embeddings.get_base_layer().weight,
+                               original[f"{key}.weight"] + deltas[key].T)
+    torch.testing.assert_close(logits(model, inputs), unmerged, rtol=1e-5, atol=1e-5)
+    model.unmerge_adapter()
+    torch.testing.assert_close(embeddings.get_base_layer().weight, original[f"{key}.weight"])
+
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(tiny_bert(), tmp_path)
+    assert torch.equal(logits(loaded, inputs), unmerged)
+    plain = loaded.merge_and_unload()
+    assert isinstance(plain.bert.embeddings.word_embeddings, nn.Embedding)
+    torch.testing.assert_close(logits(plain, inputs), unmerged, rtol=1e-5, atol=1e-5)
+
+
+def test_merging_an_embedding_tied_to_the_lm_head_is_refused() -> None:
+    model = wrap(tiny_gpt2(), target_modules="all-dense")
+    perturb(model)
+    before = snapshot(model)
+    inputs = inputs_for(model)
+    assert torch.isfinite(logits(model, inputs)).all()
+    with pytest.raises(ValueError, match=r"transformer\.wte.*tied to the output embeddings"):
+        model.merge_adapter()
+    with pytest.raises(ValueError, match="tied to the output embeddings"):
+        model.merge_and_unload()
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("target", ["bert.embeddings.word_embeddings",
+                                    "bert.encoder.layer.0.intermediate.dense"])
+def test_delta_weight_gradient_is_the_gradient_of_delta_w(target: str) -> None:
+    """The layer's ∂ℒ/∂ΔW from its input and output gradient (used by compression) equals
+    autograd's gradient with respect to a materialized ΔW."""
+    model = wrap(tiny_bert(dtype=torch.float64), target_modules=[target])
+    layer = model.get_base_model().get_submodule(target)
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        captured["x"] = args[0]
+        output.register_hook(lambda g: captured.__setitem__("g", g))
+
+    handle = layer.register_forward_hook(hook)
+    model(**inputs_for(model)).loss.backward()
+    handle.remove()
+    got = layer.delta_weight_gradient(captured["x"], captured["g"])
+
+    delta = layer.get_delta_weight("default").detach().requires_grad_(True)
+    plain = tiny_bert(dtype=torch.float64)
+    weight = plain.get_submodule(target).weight.detach()
+    merged = weight + (delta.T if layer.is_embedding else delta)
+    torch.func.functional_call(plain, {f"{target}.weight": merged},
+                               kwargs=inputs_for(plain)).loss.backward()
+    torch.testing.assert_close(got, delta.grad)

@@ -5,8 +5,8 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from deeplora.adapters import DeepLoraConfig, resolve_target_modules
-from deeplora.adapters.targets import linear_shape
+from deeplora.adapters import PRESETS, DeepLoraConfig, resolve_target_modules
+from deeplora.adapters.targets import layer_shape, register_preset
 
 from .helpers import tiny_bert, tiny_gpt2, tiny_t5
 
@@ -22,6 +22,43 @@ def test_bert_presets_select_by_type_and_keep_the_head_out() -> None:
     assert resolve_target_modules(model, "query-value") == [
         f"bert.encoder.layer.{i}.attention.self.{m}" for i in range(2) for m in ("query", "value")
     ]
+    embeddings = ["bert.embeddings.word_embeddings", "bert.embeddings.position_embeddings"]
+    assert resolve_target_modules(model, "all-dense") == [*embeddings, *blocks,
+                                                          "bert.pooler.dense"]
+
+
+def test_all_dense_selects_what_the_papers_512_rule_selects_in_bert_base() -> None:
+    """The authors adapt every 2-D weight with both dimensions >= 512 in BERT-base. On a
+    BERT-base-shaped model (meta device, no memory) that set equals the preset's weights."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    with torch.device("meta"):
+        model = BertForSequenceClassification(BertConfig(vocab_size=28996, num_labels=1))
+    by_rule = {n.removesuffix(".weight") for n, p in model.named_parameters()
+               if p.ndim == 2 and min(p.shape) >= 512}
+    assert len(by_rule) == 12 * 6 + 3
+    assert set(resolve_target_modules(model, "all-dense")) == by_rule
+
+
+def test_all_dense_on_gpt2_adds_token_and_position_embeddings() -> None:
+    names = resolve_target_modules(tiny_gpt2(), "all-dense")
+    assert names[:2] == ["transformer.wte", "transformer.wpe"]
+    assert names[2:] == resolve_target_modules(tiny_gpt2(), "all-linear")
+
+
+def test_all_dense_refuses_an_embedding_weight_shared_by_several_modules() -> None:
+    with pytest.raises(ValueError, match=r"shared by several modules.*encoder\.embed_tokens"):
+        resolve_target_modules(tiny_t5(), "all-dense")
+
+
+def test_registered_preset_resolves_like_a_builtin() -> None:
+    register_preset("keys", lambda model, candidates: [n for n in candidates
+                                                       if n.endswith(".key")])
+    try:
+        assert resolve_target_modules(tiny_bert(), "keys") == [
+            f"bert.encoder.layer.{i}.attention.self.key" for i in range(2)]
+    finally:
+        del PRESETS["keys"]
 
 
 def test_t5_presets_cover_encoder_and_decoder_but_not_the_lm_head() -> None:
@@ -40,7 +77,7 @@ def test_gpt2_presets_adapt_conv1d_and_the_fused_qkv() -> None:
     assert len(names) == 8 and "lm_head" not in names
     assert resolve_target_modules(model, "query-value") == [
         "transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]
-    assert linear_shape(model.transformer.h[0].attn.c_attn) == (48, 16)
+    assert layer_shape(model.transformer.h[0].attn.c_attn) == (48, 16)
 
 
 def test_names_regex_and_modules_to_save() -> None:
@@ -58,7 +95,7 @@ def test_names_regex_and_modules_to_save() -> None:
     [
         (["query", "nonexistent"], r"\['nonexistent'\] match no module"),
         ("no_such_.*", "matches no module"),
-        (["LayerNorm"], "only torch.nn.Linear and transformers Conv1D"),
+        (["LayerNorm"], "only torch.nn.Linear, transformers Conv1D and torch.nn.Embedding"),
         ([], "empty"),
     ],
 )
@@ -68,14 +105,15 @@ def test_bad_targets_raise_naming_the_problem(targets: object, message: str) -> 
 
 
 def test_preset_on_a_model_without_linear_layers_raises() -> None:
-    with pytest.raises(ValueError, match="preset 'all-linear' matches no"):
+    with pytest.raises(ValueError, match="preset 'all-linear' matches no adaptable layer"):
         resolve_target_modules(nn.Sequential(nn.ReLU()), "all-linear")
 
 
-def test_linear_shape_is_d_out_by_d_in() -> None:
-    assert linear_shape(nn.Linear(3, 5)) == (5, 3)
-    assert linear_shape(Conv1D(5, 3)) == (5, 3)
-    assert linear_shape(nn.LayerNorm(3)) is None
+def test_layer_shape_is_d_out_by_d_in() -> None:
+    assert layer_shape(nn.Linear(3, 5)) == (5, 3)
+    assert layer_shape(Conv1D(5, 3)) == (5, 3)
+    assert layer_shape(nn.Embedding(3, 5)) == (5, 3)  # ids of 3 tokens -> 5-dim vectors
+    assert layer_shape(nn.LayerNorm(3)) is None
 
 
 def trainable(model: nn.Module) -> int:
@@ -88,7 +126,10 @@ def trainable(model: nn.Module) -> int:
     # has 8·d_in + 8·8 + d_out·8 parameters: 6,208 on 384×384, 15,424 on 384↔1536.
     [("query-value", 12, 12 * 6_208),
      ("attention-mlp", 36, 6 * (4 * 6_208 + 2 * 15_424)),
-     ("all-linear", 37, 6 * (4 * 6_208 + 2 * 15_424) + 6_208)],
+     ("all-linear", 37, 6 * (4 * 6_208 + 2 * 15_424) + 6_208),
+     # + word embeddings (30522 tokens -> 384) and position embeddings (512 -> 384)
+     ("all-dense", 39, 6 * (4 * 6_208 + 2 * 15_424) + 6_208 + (8 * 30_522 + 64 + 384 * 8)
+      + (8 * 512 + 64 + 384 * 8))],
 )
 def test_parameter_counts_per_preset_on_minilm(
     minilm: PreTrainedModel, preset: str, modules: int, params: int

@@ -36,7 +36,8 @@ def test_result_record(stsb_run) -> None:
     assert result["history"][-1]["metrics"] == result["metrics"]
     assert len(result["train_loss"]) == 4 and result["wall_time_s"] > 0
     layers = result["layers"]
-    assert len(layers) == 2 * 6 + 1  # 2 blocks × (q, k, v, attn-out, intermediate, out) + pooler
+    # 2 blocks × (q, k, v, attn-out, intermediate, out) + pooler + word and position embeddings
+    assert len(layers) == 2 * 6 + 1 + 2
     for layer in layers.values():
         values = layer["singular_values"]
         assert len(values) == 16 and values == sorted(values, reverse=True)

@@ -12,7 +12,7 @@ from torch import nn
 from deeplora.adapters.config import DeepLoraConfig
 from deeplora.adapters.targets import PRESETS, resolve_target_modules
 
-METHODS = ("deep-lora", "lora", "peft-lora", "deep-lora-compressed")
+METHODS = ("deep-lora", "lora", "lora-hu", "peft-lora", "deep-lora-compressed")
 
 
 def build_adapter_config(
@@ -26,10 +26,14 @@ def build_adapter_config(
     """PEFT config of ``method`` for ``peft.get_peft_model``.
 
     - ``"deep-lora"``: :class:`DeepLoraConfig` (depth 3, ε-orthogonal, no scaling);
-    - ``"lora"``: the paper's vanilla LoRA, ``DeepLoraConfig(depth=2, init="lora")``:
-      A ~ N(0, 1), B = 0, ΔW = B A without α/r scaling;
-    - ``"peft-lora"``: PEFT's own ``LoraConfig`` (its init: Kaiming-uniform A, B = 0) with
-      ``lora_alpha = r`` so that its α/r scaling is 1 as in the paper;
+    - ``"lora"``: the paper's vanilla LoRA as the authors' code draws it,
+      ``DeepLoraConfig(depth=2, init="lora")``: ΔW = B A without α/r scaling, B (d_out×r)
+      ~ N(0, 1), A (r×d_in) = 0;
+    - ``"lora-hu"``: the same with Hu et al.'s orientation, A ~ N(0, 1), B = 0
+      (``init="lora-hu"``); the two differ in distribution on rectangular layers only;
+    - ``"peft-lora"``: PEFT's own ``LoraConfig`` (its init: Kaiming-uniform A, B = 0; on
+      Embedding layers A = 0, B ~ N(0, 1)) with ``lora_alpha = r`` so that its α/r scaling is
+      1 as in the paper;
     - ``"deep-lora-compressed"``: ``DeepLoraConfig(init="compressed")``; build the factors
       with :func:`deeplora.adapters.compress_adapters` (``depth`` is the full-width depth L).
 
@@ -52,8 +56,9 @@ def build_adapter_config(
         kwargs.setdefault("lora_dropout", kwargs.pop("dropout", 0.0))
         return LoraConfig(r=r, lora_alpha=r, target_modules=target_modules,
                           modules_to_save=modules_to_save, **kwargs)
-    init = {"deep-lora": "orthogonal", "lora": "lora", "deep-lora-compressed": "compressed"}
-    if method == "lora":
+    init = {"deep-lora": "orthogonal", "lora": "lora", "lora-hu": "lora-hu",
+            "deep-lora-compressed": "compressed"}
+    if method in ("lora", "lora-hu"):
         kwargs.setdefault("depth", 2)
     return DeepLoraConfig(r=r, init=init[method], target_modules=target_modules,
                           modules_to_save=modules_to_save, **kwargs)

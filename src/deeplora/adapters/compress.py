@@ -158,8 +158,7 @@ def compress_adapters(
         return forward_hook
 
     def accumulate(name: str, x: Tensor, delta: Tensor) -> None:
-        dtype = torch.promote_types(x.dtype, torch.float32)
-        grad = delta.reshape(-1, delta.shape[-1]).T.to(dtype) @ x.reshape(-1, x.shape[-1]).to(dtype)
+        grad = layers[name].delta_weight_gradient(x, delta)
         grads[name] = grads[name] + grad if name in grads else grad
         pending[name] -= 1
         if not pending[name]:  # last use of this layer in the pass: compress it, free G

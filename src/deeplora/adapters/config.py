@@ -4,10 +4,12 @@ Deep LoRA (Yaras et al. 2024, Sec. 4) adds to a frozen weight W (d_out×d_in) th
 
     ΔW = W_L ⋯ W_2 W_1,   W_1 (r×d_in),  W_2 … W_{L-1} (r×r),  W_L (d_out×r),
 
-with every factor ε·(semi-)orthogonal at initialization and no α/r scaling. ``init="lora"``
-with ``depth=2`` is the paper's vanilla LoRA baseline (A ~ N(0, 1), B = 0, no scaling), and
-``init="compressed"`` holds the narrow form of a full-width depth-L Deep LoRA built by
-:func:`deeplora.adapters.compress_adapters` (L + 2 factors).
+with every factor ε·(semi-)orthogonal at initialization and no α/r scaling. With ``depth=2``,
+``init="lora"`` is the paper's vanilla LoRA baseline as the authors' code draws it
+(ΔW = B A, B (d_out×r) ~ N(0, 1), A (r×d_in) = 0, no scaling) and ``init="lora-hu"`` Hu et
+al.'s orientation (A ~ N(0, 1), B = 0). ``init="compressed"`` holds the narrow form of a
+full-width depth-L Deep LoRA built by :func:`deeplora.adapters.compress_adapters` (L + 2
+factors).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from peft import PeftConfig
 from deeplora.factorization.init import check_scale
 
 PEFT_TYPE = "DEEPLORA"
-INITS = ("orthogonal", "lora", "compressed")
+INITS = ("orthogonal", "lora", "lora-hu", "compressed")
+LORA_INITS = ("lora", "lora-hu")
 
 
 @dataclass
@@ -31,12 +34,14 @@ class DeepLoraConfig(PeftConfig):
         depth: L >= 2, the number of factors (for ``init="compressed"``: the depth of the
             full-width Deep LoRA that was compressed; the layer then holds L + 2 factors).
         init_scale: ε > 0, the singular value of every factor at initialization.
-        init: ``"orthogonal"`` (paper), ``"lora"`` (vanilla LoRA baseline, needs ``depth=2``)
-            or ``"compressed"`` (needs an even ``r``).
+        init: ``"orthogonal"`` (paper), ``"lora"`` (vanilla LoRA as the authors draw it:
+            B ~ N(0, 1), A = 0), ``"lora-hu"`` (Hu et al.: A ~ N(0, 1), B = 0); both need
+            ``depth=2``; or ``"compressed"`` (needs an even ``r``).
         target_modules: module names (exact or dotted suffix), a regex (full match), or a
-            preset: ``"query-value"``, ``"attention-mlp"``, ``"all-linear"`` (see
-            :mod:`deeplora.adapters.targets`). Resolved to explicit names on injection.
-        dropout: dropout probability on the adapter input.
+            preset: ``"query-value"``, ``"attention-mlp"``, ``"all-linear"``, ``"all-dense"``
+            (see :mod:`deeplora.adapters.targets`). Resolved to explicit names on injection.
+        dropout: dropout probability on the adapter input (not applied on Embedding layers,
+            whose input is token ids, as in PEFT).
         modules_to_save: extra trainable modules saved with the adapter (e.g. a task head).
         target_shapes: ``{name: [d_out, d_in]}``, recorded on injection and checked when the
             adapter is loaded into a model.
@@ -67,8 +72,9 @@ class DeepLoraConfig(PeftConfig):
         self.init_scale = check_scale(self.init_scale)
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        if self.init == "lora" and self.depth != 2:
-            raise ValueError(f'init="lora" is the depth-2 LoRA baseline, got depth={self.depth}')
+        if self.init in LORA_INITS and self.depth != 2:
+            raise ValueError(f"init={self.init!r} is the depth-2 LoRA baseline, "
+                             f"got depth={self.depth}")
         if self.init == "compressed" and self.r % 2:
             raise ValueError(f'init="compressed" needs an even r (half from the gradient), '
                              f"got r={self.r}")

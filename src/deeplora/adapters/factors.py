@@ -38,7 +38,9 @@ def init_factors(
 
     - ``"orthogonal"``: every factor ε·semi-orthogonal (all singular values ε), ΔW(0) has
       singular values ε^L;
-    - ``"lora"``: ``A = W_1 ~ N(0, 1)``, ``B = W_2 = 0``, so ΔW(0) = 0;
+    - ``"lora"`` (the authors' vanilla LoRA): ``A = W_1 = 0``, ``B = W_2 ~ N(0, 1)``;
+    - ``"lora-hu"`` (Hu et al.'s LoRA): ``A = W_1 ~ N(0, 1)``, ``B = W_2 = 0``;
+      either way ΔW(0) = B A = 0;
     - ``"compressed"``: placeholder until :func:`deeplora.adapters.compress_adapters`:
       ``[Vᵀ, εI, …, εI, U]`` with L inner ``εI`` and random orthonormal ``V`` (d_in×r), ``U``
       (d_out×r).
@@ -50,9 +52,11 @@ def init_factors(
     if config.init == "orthogonal":
         return DeepFactorization(d_out, d_in, depth=config.depth, width=r, init="orthogonal",
                                  scale=scale, dtype=dtype, device=device)
-    if config.init == "lora":
-        factors = [torch.randn(r, d_in, dtype=dtype, device=device),
-                   torch.zeros(d_out, r, dtype=dtype, device=device)]
+    if config.init in ("lora", "lora-hu"):
+        gaussian_b = config.init == "lora"
+        a = torch.zeros if gaussian_b else torch.randn
+        b = torch.randn if gaussian_b else torch.zeros
+        factors = [a(r, d_in, dtype=dtype, device=device), b(d_out, r, dtype=dtype, device=device)]
     else:
         inner = scaled_identity_(torch.empty(r, r, dtype=dtype, device=device), scale)
         factors = [orthogonal_(torch.empty(r, d_in, dtype=dtype, device=device), 1.0),

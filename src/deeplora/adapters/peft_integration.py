@@ -34,16 +34,20 @@ from transformers.pytorch_utils import Conv1D
 
 from deeplora.adapters.config import PEFT_TYPE, DeepLoraConfig
 from deeplora.adapters.factors import adapter_dtype, check_rank, init_factors
-from deeplora.adapters.targets import linear_shape, resolve_target_modules, unwrap
+from deeplora.adapters.targets import embeddings_of, layer_shape, resolve_target_modules, unwrap
 from deeplora.factorization.deep import DeepFactorization
 
 
 class DeepLoraLayer(nn.Module, BaseTunerLayer):
-    """A frozen Linear/Conv1D plus ``ΔW x = W_L(⋯(W_1 x))`` per adapter.
+    """A frozen Linear/Conv1D/Embedding plus ``ΔW x = W_L(⋯(W_1 x))`` per adapter.
 
-    Input x (…, d_in) -> output (…, d_out). The adapter path runs on the (optionally dropped
-    out) input cast to the adapter dtype (float32, or float64 for a float64 base), one thin
-    matmul per factor, and is cast back to the base output dtype; ΔW is only formed to merge.
+    Linear/Conv1D: input x (…, d_in) -> output (…, d_out). The adapter path runs on the
+    (optionally dropped out) input cast to the adapter dtype (float32, or float64 for a float64
+    base), one thin matmul per factor, and is cast back to the base output dtype; ΔW is only
+    formed to merge. Embedding (weight num_embeddings×dim): token ids (…) -> (…, dim), x is the
+    one-hot id (d_in = num_embeddings, d_out = dim), so the first factor is looked up
+    (``W_1[:, ids]``) instead of multiplied, without dropout (as PEFT's LoRA); a scaled
+    embedding's ``embed_scale`` multiplies the adapter output too.
     """
 
     adapter_layer_names = ("deeplora_factors",)
@@ -56,10 +60,16 @@ class DeepLoraLayer(nn.Module, BaseTunerLayer):
         self.deeplora_dropout = nn.ModuleDict()
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
-        shape = linear_shape(self.get_base_layer())
+        base = self.get_base_layer()
+        shape = layer_shape(base)
         if shape is None:
-            raise TypeError(f"Deep LoRA adapts Linear/Conv1D, got {type(base_layer).__name__}")
+            raise TypeError(f"Deep LoRA adapts Linear/Conv1D/Embedding, got "
+                            f"{type(base_layer).__name__}")
+        if isinstance(base, nn.Embedding) and base.max_norm is not None:
+            raise ValueError("Deep LoRA cannot adapt an Embedding with max_norm (the lookup "
+                             "would renormalize the adapter factor in place)")
         self.out_features, self.in_features = shape
+        self.is_embedding = isinstance(base, nn.Embedding)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
 
@@ -93,7 +103,7 @@ class DeepLoraLayer(nn.Module, BaseTunerLayer):
     def _delta_in_base_layout(self, adapter_name: str) -> Tensor:
         base = self.get_base_layer()
         delta = self.get_delta_weight(adapter_name).detach()
-        if isinstance(base, Conv1D):
+        if isinstance(base, Conv1D | nn.Embedding):  # weight stored d_in×d_out
             delta = delta.T
         return delta.to(dtype=base.weight.dtype, device=base.weight.device)
 
@@ -136,12 +146,36 @@ class DeepLoraLayer(nn.Module, BaseTunerLayer):
         for name in self.active_adapters:
             if name not in self.deeplora_factors:
                 continue
-            factors = self.deeplora_factors[name].factors
-            h = self.deeplora_dropout[name](x).to(factors[0].dtype)
+            factors = list(self.deeplora_factors[name].factors)
+            if self.is_embedding:
+                h = self._lookup(x, factors.pop(0))
+            else:
+                h = self.deeplora_dropout[name](x).to(factors[0].dtype)
             for factor in factors:
                 h = F.linear(h, factor)
+            if self.is_embedding and (scale := self._get_embed_scale()) is not None:
+                h = h * scale.to(h.dtype)
             result = result + h.to(result.dtype)
         return result
+
+    def _lookup(self, ids: Tensor, first: Tensor) -> Tensor:
+        """``W_1 onehot(ids)`` (…, r) for an Embedding base: columns of W_1 (r×num_embeddings),
+        with the base's padding index and gradient scaling."""
+        base = self.get_base_layer()
+        return F.embedding(ids, first.T, padding_idx=base.padding_idx,
+                           scale_grad_by_freq=base.scale_grad_by_freq)
+
+    def delta_weight_gradient(self, x: Tensor, grad_output: Tensor) -> Tensor:
+        """∂ℒ/∂ΔW (d_out×d_in) from the layer input ``x`` and the gradient at its output
+        (…, d_out): ``Σ_tokens δ xᵀ``; for an Embedding, δ summed into the columns of the ids.
+        Computed in float32 at least."""
+        dtype = torch.promote_types(grad_output.dtype, torch.float32)
+        delta = grad_output.reshape(-1, grad_output.shape[-1]).to(dtype)
+        if self.is_embedding:
+            grad = torch.zeros(self.out_features, self.in_features, dtype=dtype,
+                               device=delta.device)
+            return grad.index_add_(1, x.reshape(-1), delta.T)
+        return delta.T @ x.reshape(-1, x.shape[-1]).to(dtype)
 
     def _move_adapter_to_device_of_base_layer(
         self, adapter_name: str, device: torch.device | None = None
@@ -161,13 +195,13 @@ class DeepLoraLayer(nn.Module, BaseTunerLayer):
 def prepare_targets(model: nn.Module, config: DeepLoraConfig) -> None:
     """Resolve ``config.target_modules`` on ``model`` to explicit names and check every target.
 
-    Checks, before anything is modified: the targets exist and are Linear/Conv1D, ``r`` fits
+    Checks, before anything is modified: the targets exist and are adaptable, ``r`` fits
     each of them, and their shapes equal ``config.target_shapes`` when recorded (an adapter
     saved from another model). Then records names and shapes in ``config``.
     """
     names = resolve_target_modules(model, config.target_modules, config.modules_to_save)
     modules = dict(model.named_modules())
-    shapes = {n: list(linear_shape(unwrap(modules[n]))) for n in names}
+    shapes = {n: list(layer_shape(unwrap(modules[n]))) for n in names}
     for name, (d_out, d_in) in shapes.items():
         check_rank(config.r, d_out, d_in, name)
     if config.target_shapes is not None:
@@ -185,7 +219,8 @@ def prepare_targets(model: nn.Module, config: DeepLoraConfig) -> None:
 
 
 class DeepLoraModel(BaseTuner):
-    """PEFT tuner that replaces each target Linear/Conv1D by a :class:`DeepLoraLayer`."""
+    """PEFT tuner that replaces each target Linear/Conv1D/Embedding by a
+    :class:`DeepLoraLayer`."""
 
     prefix: str = "deeplora_"
     tuner_layer_cls = DeepLoraLayer
@@ -212,6 +247,22 @@ class DeepLoraModel(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
+
+    def _check_merge_allowed(self) -> None:
+        """Refuse to merge into an embedding whose weight is also the output embedding's (tied
+        word embeddings): the unmerged adapter changes only the input lookup, a merge would
+        change the LM head too."""
+        output = embeddings_of(self.model, "output")
+        tied = [name for name, module in self.model.named_modules()
+                if isinstance(module, DeepLoraLayer) and module.is_embedding and output is not None
+                and module.get_base_layer().weight is output.weight]
+        if tied:
+            raise ValueError(
+                f"cannot merge Deep LoRA into {tied}: the weight is tied to the output embeddings, "
+                f"so a merge would add ΔW to the LM head too; keep the adapter unmerged, or untie "
+                f"first (load with tie_word_embeddings=False and copy the input embeddings into "
+                f"the LM head)"
+            )
 
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
@@ -267,7 +318,7 @@ def adapter_deltas(model: nn.Module, adapter_name: str | None = None) -> dict[st
     """ΔW (d_out×d_in, detached) of every adapted layer, by module name (base-model relative).
 
     Covers Deep LoRA / vanilla LoRA layers (``W_L ⋯ W_1``) and PEFT's own LoRA layers
-    (``(α/r)·B A``); the active adapter unless ``adapter_name`` is given.
+    (``(α/r)·B A``, Linear and Embedding); the active adapter unless ``adapter_name`` is given.
     """
     adapter_name = active_adapter_name(model, adapter_name)
     deltas = {}
@@ -277,6 +328,9 @@ def adapter_deltas(model: nn.Module, adapter_name: str | None = None) -> dict[st
         elif isinstance(module, LoraLayer) and adapter_name in module.lora_A:
             a, b = module.lora_A[adapter_name].weight, module.lora_B[adapter_name].weight
             deltas[name] = (b @ a) * module.scaling[adapter_name]
+        elif isinstance(module, LoraLayer) and adapter_name in module.lora_embedding_A:
+            a, b = module.lora_embedding_A[adapter_name], module.lora_embedding_B[adapter_name]
+            deltas[name] = (b @ a) * module.scaling[adapter_name]  # (dim×num_embeddings)
     if not deltas:
         raise ValueError(f"model has no LoRA or Deep LoRA layer with adapter {adapter_name!r}")
     return deltas

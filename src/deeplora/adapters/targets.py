@@ -1,9 +1,15 @@
 """Which layers to adapt: module names, regexes and the paper's presets.
 
-Only ``torch.nn.Linear`` and transformers' ``Conv1D`` (GPT-2 style, weight stored d_in×d_out)
-can be adapted. The presets select by module type, never by width (the paper's "≥ 512" rule
-would adapt nothing in a 384-wide model):
+Adaptable layers are ``torch.nn.Linear``, transformers' ``Conv1D`` (GPT-2 style, weight stored
+d_in×d_out) and ``torch.nn.Embedding`` (weight num_embeddings×dim, seen as the map
+ΔW (dim×num_embeddings) applied to one-hot token vectors, as PEFT's LoRA does). The presets
+select by module type, never by width (the paper's "both dimensions ≥ 512" rule would adapt
+nothing in a 384-wide model):
 
+- ``"all-dense"`` (the paper's): every Linear/Conv1D of the backbone (``all-linear``) plus the
+  input word embeddings and the absolute position embeddings (``position_embeddings``,
+  ``wpe``, ``embed_positions``); not the token-type embeddings nor the task head. On BERT-base
+  this is exactly the authors' set (every 2-D weight with both dimensions ≥ 512);
 - ``"all-linear"``: every Linear/Conv1D of the backbone (``model.base_model`` of a transformers
   model: encoder, decoder, pooler), never the task head nor the output embedding (LM head);
 - ``"attention-mlp"``: those of them inside the repeated transformer blocks (a numbered path
@@ -12,31 +18,47 @@ would adapt nothing in a 384-wide model):
 - ``"query-value"``: the query and value projections among them (``query``/``value``,
   ``q``/``v``, ``q_proj``/``v_proj``); models with a fused QKV projection (GPT-2's ``c_attn``,
   ``query_key_value``, ``qkv_proj``, ``Wqkv``) adapt the fused layer.
+
+A preset is a function ``(model, candidates) -> names`` in :data:`PRESETS`;
+:func:`register_preset` adds one (e.g. an architecture-specific set).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-PRESETS = ("query-value", "attention-mlp", "all-linear")
 QUERY_VALUE_NAMES = frozenset(
     {"query", "value", "q", "v", "q_proj", "v_proj", "c_attn", "query_key_value", "qkv_proj",
      "Wqkv"}
 )
+POSITION_EMBEDDING_NAMES = frozenset({"position_embeddings", "wpe", "embed_positions"})
+
+Preset = Callable[[nn.Module, dict[str, nn.Module]], list[str]]
+"""``(model, candidates) -> names``: candidates are ``{name: module}`` of every module that can
+be targeted, adapter wrappers standing for their (unwrapped) base layer."""
 
 
-def linear_shape(module: nn.Module) -> tuple[int, int] | None:
-    """``(d_out, d_in)`` of a Linear or Conv1D layer, ``None`` for any other module."""
+def layer_shape(module: nn.Module) -> tuple[int, int] | None:
+    """``(d_out, d_in)`` of an adaptable layer (Linear, Conv1D, Embedding), else ``None``.
+
+    An Embedding's weight (num_embeddings×dim) is ΔWᵀ's layout: d_out = dim,
+    d_in = num_embeddings.
+    """
     if isinstance(module, nn.Linear):
         return module.out_features, module.in_features
-    if isinstance(module, Conv1D):
+    if isinstance(module, Conv1D | nn.Embedding):
         d_in, d_out = module.weight.shape
         return d_out, d_in
     return None
+
+
+def is_linear(module: nn.Module) -> bool:
+    """Linear or Conv1D (a dense layer on activations)."""
+    return isinstance(module, nn.Linear | Conv1D)
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -50,18 +72,23 @@ def _under(name: str, prefixes: Iterable[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def _candidates(model: nn.Module) -> dict[str, nn.Module]:
-    """Named modules, with adapter wrappers standing for their base layer and their insides
-    (base layer, factors) skipped."""
+def _named(model: nn.Module, remove_duplicate: bool = True) -> list[tuple[str, nn.Module]]:
+    """Named modules, unwrapped: adapter wrappers stand for their base layer and their insides
+    (base layer, factors) are skipped. With ``remove_duplicate=False`` a module reachable
+    under several names (shared) is listed under each."""
     wrappers: set[str] = set()
-    found: dict[str, nn.Module] = {}
-    for name, module in model.named_modules():
+    found = []
+    for name, module in model.named_modules(remove_duplicate=remove_duplicate):
         if not name or _under(name, wrappers):
             continue
         if unwrap(module) is not module:
             wrappers.add(name)
-        found[name] = module
+        found.append((name, unwrap(module)))
     return found
+
+
+def _candidates(model: nn.Module) -> dict[str, nn.Module]:
+    return dict(_named(model))
 
 
 def _saved(name: str, modules_to_save: Iterable[str]) -> bool:
@@ -69,23 +96,94 @@ def _saved(name: str, modules_to_save: Iterable[str]) -> bool:
     return any(re.match(rf"(^|.*\.){m}($|\..*)", name) for m in modules_to_save)
 
 
-def _preset(model: nn.Module, candidates: dict[str, nn.Module], preset: str) -> list[str]:
-    output_embeddings = getattr(model, "get_output_embeddings", lambda: None)()
+def embeddings_of(model: nn.Module, which: str) -> nn.Module | None:
+    """``model.get_input_embeddings()`` (``which="input"``) or ``get_output_embeddings()``
+    (``"output"``) without adapter wrappers; ``None`` where the model has none."""
+    get = getattr(model, f"get_{which}_embeddings", None)
+    try:
+        module = get() if callable(get) else None
+    except NotImplementedError:
+        return None
+    return unwrap(module) if isinstance(module, nn.Module) else None
+
+
+def backbone_layers(model: nn.Module, candidates: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """Adaptable candidates inside the backbone (``model.base_model``), without the output
+    embedding (LM head)."""
+    output_embeddings = embeddings_of(model, "output")
     backbone = getattr(model, "base_model", model)
     backbone_name = next((n for n, m in model.named_modules() if m is backbone), "")
-    names = [
-        name
+    return {
+        name: module
         for name, module in candidates.items()
-        if linear_shape(unwrap(module)) is not None
+        if layer_shape(module) is not None
         and (not backbone_name or _under(name, [backbone_name]))
-        and unwrap(module) is not output_embeddings
+        and module is not output_embeddings
+    }
+
+
+def _all_linear(model: nn.Module, candidates: dict[str, nn.Module]) -> list[str]:
+    return [n for n, m in backbone_layers(model, candidates).items() if is_linear(m)]
+
+
+def _attention_mlp(model: nn.Module, candidates: dict[str, nn.Module]) -> list[str]:
+    return [n for n in _all_linear(model, candidates)
+            if any(part.isdigit() for part in n.split("."))]
+
+
+def _query_value(model: nn.Module, candidates: dict[str, nn.Module]) -> list[str]:
+    return [n for n in _attention_mlp(model, candidates)
+            if n.rsplit(".", 1)[-1] in QUERY_VALUE_NAMES]
+
+
+def _all_dense(model: nn.Module, candidates: dict[str, nn.Module]) -> list[str]:
+    """all-linear plus the word and absolute position embeddings, in module order.
+
+    An embedding weight tied to the LM head is adapted in the lookup only (the LM head keeps
+    the base weight, and merging is refused).
+
+    Raises:
+        ValueError: one of these embedding weights is shared with other modules besides the LM
+            head (e.g. T5's ``shared`` = ``encoder.embed_tokens`` = ``decoder.embed_tokens``):
+            wrapping one module would leave the others unadapted.
+    """
+    word = embeddings_of(model, "input")
+    output = embeddings_of(model, "output")
+    chosen = [
+        name for name, module in backbone_layers(model, candidates).items()
+        if is_linear(module)
+        or (isinstance(module, nn.Embedding)
+            and (module is word or name.rsplit(".", 1)[-1] in POSITION_EMBEDDING_NAMES))
     ]
-    if preset == "all-linear":
-        return names
-    names = [n for n in names if any(part.isdigit() for part in n.split("."))]
-    if preset == "attention-mlp":
-        return names
-    return [n for n in names if n.rsplit(".", 1)[-1] in QUERY_VALUE_NAMES]
+    holders: dict[int, list[str]] = {}
+    for name, module in _named(model, remove_duplicate=False):
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, nn.Parameter) and module is not output:
+            holders.setdefault(id(weight), []).append(name)
+    shared = {n: holders[id(candidates[n].weight)] for n in chosen
+              if isinstance(candidates[n], nn.Embedding)
+              and len(holders[id(candidates[n].weight)]) > 1}
+    if shared:
+        raise ValueError(
+            f"preset 'all-dense': embedding weights shared by several modules {shared}; "
+            f"adapting one module would leave the others unadapted: list the targets by name"
+        )
+    return chosen
+
+
+PRESETS: dict[str, Preset] = {
+    "all-dense": _all_dense,
+    "all-linear": _all_linear,
+    "attention-mlp": _attention_mlp,
+    "query-value": _query_value,
+}
+
+
+def register_preset(name: str, select: Preset) -> None:
+    """Add (or replace) preset ``name``: ``select(model, candidates)`` returns module names."""
+    if not name or not callable(select):
+        raise ValueError("register_preset needs a name and a callable (model, candidates) -> names")
+    PRESETS[name] = select
 
 
 def resolve_target_modules(
@@ -101,14 +199,14 @@ def resolve_target_modules(
 
     Raises:
         ValueError: a preset or regex matching nothing, any listed name matching no module, or
-            a matched module that is not a Linear/Conv1D layer.
+            a matched module that is not a Linear/Conv1D/Embedding layer.
     """
     candidates = _candidates(model)
     what = type(model).__name__
     if isinstance(target_modules, str) and target_modules in PRESETS:
-        names = _preset(model, candidates, target_modules)
+        names = PRESETS[target_modules](model, candidates)
         if not names:
-            raise ValueError(f"preset {target_modules!r} matches no Linear/Conv1D layer of {what}")
+            raise ValueError(f"preset {target_modules!r} matches no adaptable layer of {what}")
     elif isinstance(target_modules, str):
         names = [n for n in candidates if re.fullmatch(target_modules, n)]
         if not names:
@@ -126,14 +224,11 @@ def resolve_target_modules(
             raise ValueError(f"target_modules {unmatched} match no module of {what}")
         names = [n for n in candidates if any(hits(t, n) for t in wanted)]
     names = [n for n in names if not _saved(n, modules_to_save or ())]
-    unsupported = {
-        n: type(unwrap(candidates[n])).__name__
-        for n in names
-        if linear_shape(unwrap(candidates[n])) is None
-    }
+    unsupported = {n: type(candidates[n]).__name__ for n in names
+                   if layer_shape(candidates[n]) is None}
     if unsupported:
         raise ValueError(
-            f"only torch.nn.Linear and transformers Conv1D layers can be adapted; "
-            f"target_modules also matched {unsupported}"
+            f"only torch.nn.Linear, transformers Conv1D and torch.nn.Embedding layers can be "
+            f"adapted; target_modules also matched {unsupported}"
         )
     return names

@@ -20,8 +20,10 @@ from torch import Tensor
 
 
 def singular_values(matrix: Tensor) -> Tensor:
-    """Singular values of a 2-D tensor, descending, computed in float64 on the CPU."""
-    return torch.linalg.svdvals(matrix.detach().to("cpu", torch.float64))
+    """Singular values of a 2-D tensor, descending, computed in float64 on the CPU (of the tall
+    orientation: LAPACK is several times slower on very wide matrices, e.g. embedding ΔWs)."""
+    matrix = matrix.detach().to("cpu", torch.float64)
+    return torch.linalg.svdvals(matrix.T if matrix.shape[0] < matrix.shape[1] else matrix)
 
 
 def numerical_rank(matrix: Tensor, atol: float | None = None, rtol: float | None = None) -> int:

@@ -2,9 +2,10 @@
 
 ``paper`` is the authors' protocol (Yaras et al. 2024, Sec. 4): Adam(β=(0.9, 0.999), eps=1e-6),
 weight decay 0, lr 1e-4, linear schedule from lr to ``decay_ratio``·lr, batch 16, inputs padded
-to 128 tokens, adapters on every dense layer including the pooler, head frozen at its random
-initialization. ``practical`` differs only in that the head trains and batches are padded to
-their longest input (same math, about 2× faster on CPU).
+to 128 tokens, adapters on every dense layer including the pooler and on the word and position
+embeddings (the authors' "all-dense"), head frozen at its random initialization. ``practical``
+differs only in that the head trains and batches are padded to their longest input (same
+math, about 2× faster on CPU).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 from deeplora.finetune.data import DataError, get_task
 
-METHODS = ("deep-lora", "lora", "peft-lora", "deep-lora-compressed", "zero-shot")
+METHODS = ("deep-lora", "lora", "lora-hu", "peft-lora", "deep-lora-compressed", "zero-shot")
 HEADS = ("cross", "bi")
 PRESETS = ("paper", "practical")
 TARGETS = ("all-dense", "attention-mlp", "query-value")

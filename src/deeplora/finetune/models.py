@@ -31,7 +31,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from deeplora.adapters import build_adapter_config, embedded_model_path
+from deeplora.adapters import build_adapter_config, embedded_model_path, resolve_target_modules
 from deeplora.embedded_lm import embedded_lm_path, is_embedded_lm
 from deeplora.finetune.config import FinetuneConfig
 from deeplora.finetune.data import DataError, GlueTask, get_task
@@ -155,16 +155,19 @@ def head_module_names(model: PreTrainedModel) -> list[str]:
     ]
 
 
-def target_modules(config: FinetuneConfig) -> str:
-    """The adapters' target preset for ``config.targets``.
+def target_modules(config: FinetuneConfig, model: nn.Module) -> str | list[str]:
+    """The adapters' targets on ``model`` for ``config.targets``.
 
-    ``all-dense`` is the paper's set: every dense layer of the backbone including the pooler
-    (preset ``all-linear``); the ``bi`` head never reads the pooler, so there it is
-    ``attention-mlp`` (the same set without the pooler).
+    ``all-dense`` is the paper's set (preset ``all-dense``: every dense layer of the backbone
+    including the pooler, plus the word and position embeddings); the ``bi`` head never reads
+    the pooler, so there it is the same set without the pooler.
     """
-    if config.targets == "all-dense":
-        return "all-linear" if config.head == "cross" else "attention-mlp"
-    return config.targets
+    if config.targets != "all-dense" or config.head == "cross":
+        return config.targets
+    pooler = getattr(getattr(model, "base_model", model), "pooler", None)
+    inside = {id(m) for m in pooler.modules()} if isinstance(pooler, nn.Module) else set()
+    return [n for n in resolve_target_modules(model, "all-dense")
+            if id(model.get_submodule(n)) not in inside]
 
 
 def adapter_peft_config(config: FinetuneConfig, model: nn.Module,
@@ -174,7 +177,7 @@ def adapter_peft_config(config: FinetuneConfig, model: nn.Module,
     if config.method.startswith("deep-lora"):
         extra = {"depth": config.depth, "init_scale": config.init_scale}
     return build_adapter_config(
-        config.method, r=config.rank, target_modules=target_modules(config),
+        config.method, r=config.rank, target_modules=target_modules(config, model),
         modules_to_save=modules_to_save, model=model, **extra,
     )
 
