@@ -123,3 +123,10 @@ def test_decoder_lm_pairs_are_joined_by_a_newline() -> None:
     collate = Collator(tokenizer, get_task("stsb"), "cross", 16, False)
     batch = collate([{"sentence1": "The Eagle", "sentence2": "a pub", "label": 3.0}])
     assert batch["inputs"]["input_ids"][0].tolist() == tokenizer("The Eagle\na pub")["input_ids"]
+
+
+def test_embedded_lm_name_resolves_to_its_folder() -> None:
+    from deeplora.embedded_lm import embedded_lm_path
+    from deeplora.finetune.models import resolve_model
+
+    assert resolve_model("SmolLM2-135M-Instruct") == embedded_lm_path()
