@@ -132,7 +132,7 @@ def examples(by_method: dict[str, dict[int, dict[str, Any]]], count: int = 3
         for method in METHOD_ORDER:
             run = firsts.get(method)
             if run is not None and i < len(run["mrs"]) and run["mrs"][i] == mr:
-                item[f"{method} (seed {run['seed']})"] = run["predictions"][i]
+                item[f"{LABELS[method]} (seed {run['seed']})"] = run["predictions"][i]
         out.append(item)
     return out
 
