@@ -46,7 +46,7 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> T
 
 
 def _crow(sorted_rows: Tensor, rows: int) -> Tensor:
-    crow = torch.zeros(rows + 1, dtype=torch.long)
+    crow = torch.zeros(rows + 1, dtype=torch.long, device=sorted_rows.device)
     crow[1:] = torch.cumsum(torch.bincount(sorted_rows, minlength=rows), 0)
     return crow
 
