@@ -65,7 +65,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--save-model", metavar="PATH", default=None, help="save the fitted model")
     p.add_argument("--rank", type=int, default=None, help="r̂ (default: the preset's)")
     p.add_argument("--steps", type=int, default=None, help="maximum steps (default: preset)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when available), cpu, cuda, cuda:1, …")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--distributed", action="store_true",
                    help="shard the training ratings over the processes started by torchrun "
