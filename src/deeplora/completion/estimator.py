@@ -318,10 +318,12 @@ class DeepMatrixCompletion(BaseEstimator):
         rows, cols, values, shape = check_observations(rows, cols, values, shape,
                                                        self.duplicates)
         m, n = shape
-        self.clip_ = (None if self.clip is None else tuple(float(c) for c in self.clip)
-                      if self.clip != "auto" else (float(values.min()), float(values.max())))
-        if self.clip_ is not None and self.clip_[0] >= self.clip_[1]:
-            self.clip_ = None
+        self.clip_: tuple[float, float] | None = None
+        if self.clip == "auto":  # the training range; none if every rating is the same
+            low, high = float(values.min()), float(values.max())
+            self.clip_ = (low, high) if low < high else None
+        elif self.clip is not None:
+            self.clip_ = (float(self.clip[0]), float(self.clip[1]))
         if 2 * self.rank > min(m, n):
             raise ValueError(f"2 × rank must be <= min(m, n) = {min(m, n)}, got rank "
                              f"{self.rank}")
