@@ -96,3 +96,18 @@ def test_seq2seq_batch() -> None:
     long = Formatter(tokenizer, nlg_preset("paper"), encoder_decoder=True)
     gen = long.generation_batch(["name[Mill]", "name[The Eagle], eatType[pub]"])
     assert gen["attention_mask"][0].tolist() == [1] * 5 + [0] * 5  # right-padded inputs
+
+
+@pytest.mark.parametrize("method", ["deep-lora", "lora"])
+def test_all_dense_with_embeddings_generates_the_same_merged(method: str) -> None:
+    tokenizer = word_tokenizer(chat_template=True)
+    config = nlg_preset("paper", method=method, rank=4, num_beams=1, max_output_length=8)
+    assert config.targets == "all-dense"
+    formatter = Formatter(tokenizer, config, encoder_decoder=False)
+    mrs = ["name[The Eagle], eatType[pub]", "name[Mill], food[French]"]
+    model = add_adapters(tiny_model("llama", len(tokenizer)), config)
+    assert any("embed_tokens" in n for n, p in model.named_parameters() if p.requires_grad)
+    _perturb(model)
+    unmerged = generate(model, formatter, mrs, batch_size=2)
+    model.merge_adapter()
+    assert generate(model, formatter, mrs, batch_size=2) == unmerged

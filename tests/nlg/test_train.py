@@ -60,3 +60,20 @@ def test_sweep_resumes_and_checks_before_writing(model_dir: Path, e2e_dir: Path,
     with pytest.raises(DataError, match="no such file"):
         run_nlg_sweep(config, [1], tmp_path / "other", tmp_path / "nowhere", progress=False)
     assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_all_dense_adapts_embeddings_and_merges_unless_tied(tmp_path: Path, e2e_dir: Path,
+                                                            tied: bool) -> None:
+    folder = tmp_path / "llama"
+    tokenizer = word_tokenizer(chat_template=True)
+    model = tiny_model("llama", len(tokenizer))
+    if tied:
+        model.config.tie_word_embeddings = True
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    result = run_nlg(_config(folder, method="deep-lora", targets="all-dense"), 0, e2e_dir,
+                     progress=False)
+    assert result["adapted_layers"] == 14 + 1  # + the word embeddings
+    assert result["merged"] is not tied

@@ -2,12 +2,14 @@
 
 ``paper`` is the authors' ``nlg_fewshot.py`` protocol: 16 training examples, batch 16, 400
 steps, Adam(β=(0.9, 0.999), eps=1e-6) at a constant lr 1e-4, inputs and outputs of at most 64
-tokens (padded to that length), beam search with 4 beams, every test MR. ``cpu`` is what fits a
+tokens (padded to that length), beam search with 4 beams, every test MR, adapters on the
+``all-dense`` preset (every linear layer plus the word embeddings). ``cpu`` is what fits a
 2-core CPU (one embedded-LM step at batch 16 costs 13–60 s there, depending on the load) and
 changes exactly this: batch 4 (Adam moves each weight by about lr per step whatever the batch,
 so small batches buy steps), 20 steps (5 epochs of the 16 examples) at lr 1e-3, greedy
 decoding, a fixed seeded subset of 24 test MRs (still with all their references), batches
-padded to their longest sequence (same outputs, padding is masked).
+padded to their longest sequence (same outputs, padding is masked), adapters on the linear
+layers only (``all-linear``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from deeplora.finetune.data import DataError
 TASKS = ("e2e",)
 METHODS = ("deep-lora", "lora", "peft-lora", "zero-shot")
 PRESETS = ("paper", "cpu")
-TARGETS = ("all-linear", "attention-mlp", "query-value")
+TARGETS = ("all-dense", "all-linear", "attention-mlp", "query-value")
 
 
 @dataclass(frozen=True)
@@ -84,9 +86,9 @@ class NLGConfig:
 
 
 PRESET_VALUES: dict[str, dict[str, Any]] = {
-    "paper": {},
-    "cpu": {"steps": 20, "lr": 1e-3, "batch_size": 4, "eval_batch_size": 24, "num_beams": 1,
-            "test_mrs": 24, "pad_to_max_length": False},
+    "paper": {"targets": "all-dense"},
+    "cpu": {"targets": "all-linear", "steps": 20, "lr": 1e-3, "batch_size": 4,
+            "eval_batch_size": 24, "num_beams": 1, "test_mrs": 24, "pad_to_max_length": False},
 }
 
 

@@ -60,7 +60,8 @@ def run_nlg(config: NLGConfig, seed: int, data_dir: str | os.PathLike[str] | Non
     Lsum), ``train_loss`` (per step), ``mrs`` and ``predictions`` (per test MR),
     ``delta_norm_max`` / ``left_init`` (largest spectral norm of any ΔW and whether it exceeds
     :data:`LEFT_INIT_ATOL`; absent for zero-shot), ``train_seconds``, ``generate_seconds``,
-    ``wall_time_s``. Generation runs with the adapters merged into the weights.
+    ``wall_time_s``, ``merged``. Generation runs with the adapters merged into the weights,
+    unless a merge is refused (an adapted embedding tied to the LM head): then unmerged.
     """
     from accelerate.utils import set_seed
 
@@ -86,7 +87,7 @@ def run_nlg(config: NLGConfig, seed: int, data_dir: str | os.PathLike[str] | Non
         result["delta_norm_max"] = max(norms.values())
         result["left_init"] = result["delta_norm_max"] > LEFT_INIT_ATOL
         result["adapted_layers"] = len(norms)
-        model.merge_adapter()
+        result["merged"] = _merge(model)
     gen_start = time.perf_counter()
     mrs = [e.mr for e in prepared.test]
     predictions = generate(model, formatter, mrs, config.eval_batch_size, progress=progress,
@@ -97,6 +98,17 @@ def run_nlg(config: NLGConfig, seed: int, data_dir: str | os.PathLike[str] | Non
                   predictions=predictions, train_seconds=train_seconds,
                   wall_time_s=time.perf_counter() - start)
     return result
+
+
+def _merge(model: torch.nn.Module) -> bool:
+    """Merge the adapters into the weights; ``False`` (left unmerged) where that is refused."""
+    try:
+        model.merge_adapter()
+    except ValueError as exc:
+        if "tied" not in str(exc):
+            raise
+        return False
+    return True
 
 
 def _train(model: torch.nn.Module, formatter: Formatter, train: list[Example],
