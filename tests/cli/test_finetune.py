@@ -16,8 +16,8 @@ def test_finetune_compares_and_resumes(glue_dir: Path, tiny_model: str, tmp_path
             "--out", str(tmp_path), "--quiet", "--preset", "practical"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "lora seed 1: f1" in out and "deep-lora seed 0: f1" in out
-    assert "| head=bi | zero-shot | f1 | 1 |" in out
+    assert "lora seed 1: accuracy" in out and "deep-lora seed 0: accuracy" in out
+    assert "| head=bi | zero-shot | accuracy | 1 |" in out and " (f1 " in out
     assert "| head=cross | 2 |" in out  # the paired-difference row
     files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("*/seed-*.json"))
     assert len(files) == 1 + 2 * 2

@@ -8,14 +8,19 @@ from deeplora.finetune.config import FinetuneConfig, padding_override, preset
 from deeplora.finetune.data import DataError
 
 
-def test_presets_differ_only_in_head_and_padding() -> None:
+def test_presets_differ_in_head_padding_and_adam_eps() -> None:
     paper, practical = preset("paper").to_dict(), preset("practical").to_dict()
     assert paper["lr"] == 1e-4 and paper["batch_size"] == 16 and paper["max_length"] == 128
     assert paper["depth"] == 3 and paper["rank"] == 8 and paper["init_scale"] == 1e-3
     assert paper["targets"] == "all-dense" and paper["decay_ratio"] == 1.0
+    assert paper["adam_eps"] == 1e-6
     diff = {k for k in paper if paper[k] != practical[k]}
-    assert diff == {"preset", "train_head", "pad_to_max_length"}
+    assert diff == {"preset", "train_head", "pad_to_max_length", "adam_eps"}
     assert not paper["train_head"] and practical["train_head"]
+    # eps scaled to the factor gradients, ε^{L-1} times ∂L/∂ΔW
+    assert practical["adam_eps"] == pytest.approx(1e-12)
+    assert preset("practical", init_scale=1e-2, depth=2).adam_eps == pytest.approx(1e-8)
+    assert preset("practical", adam_eps=1e-7).adam_eps == 1e-7
 
 
 @pytest.mark.parametrize(
@@ -42,6 +47,8 @@ def test_key_is_stable_and_unique() -> None:
     assert a.key().startswith("stsb-deep-lora-cross-paper-r8-n16-t500-")
     assert a.key() != preset("paper", samples=16, lr=2e-4).key()
     assert FinetuneConfig.from_dict(a.to_dict()) == a
+    # only non-default fields enter the hash: a new field with a default keeps every key
+    assert FinetuneConfig().key() == "stsb-deep-lora-cross-paper-r8-n16-t500-44136fa355"
 
 
 def test_padding_override_keeps_or_replaces_the_presets_choice() -> None:

@@ -34,3 +34,38 @@ def test_paired_difference_and_bootstrap() -> None:
     text = markdown("t", summary)
     assert "| head=cross | 2 | +0.1500 |" not in text  # 4 pairs, not 2
     assert "| head=cross | 4 | +0.1500 |" in text
+
+
+def _trained(method: str, seed: int, sigma: float, pearson: float = 0.5) -> dict:
+    result = _result(method, seed, pearson)
+    result["layers"] = {f"l{i}": {"sigma_max": sigma * (i + 1), "singular_values": [sigma],
+                                  "numerical_rank": 1} for i in range(3)}
+    return result
+
+
+def test_runs_that_never_left_the_init_are_marked_and_left_out() -> None:
+    from deeplora.finetune.report import did_not_train, untrained_threshold
+
+    config = preset("paper", method="deep-lora").to_dict()
+    assert untrained_threshold(config) == pytest.approx(1e-8)  # 10·ε³
+    assert untrained_threshold(preset("paper", method="lora").to_dict()) == pytest.approx(1e-5)
+    assert did_not_train(_trained("deep-lora", 0, 1e-9))  # σ₁ ≈ ε³: still at the init
+    assert not did_not_train(_trained("deep-lora", 0, 5e-9))  # one layer above 1e-8
+    assert not did_not_train(_result("zero-shot", 0, 0.8))
+    results = [
+        (Cell(preset("paper", method="deep-lora"), (0, 1, 2), {"method": "deep-lora",
+                                                              "head": "bi"}),
+         [_trained("deep-lora", 0, 1e-9, 0.9), _trained("deep-lora", 1, 1e-2, 0.7),
+          _trained("deep-lora", 2, 1e-2, 0.6)]),
+        (Cell(preset("paper", method="lora"), (0, 1, 2), {"method": "lora", "head": "bi"}),
+         [_trained("lora", s, 1e-2, 0.5) for s in range(3)]),
+    ]
+    summary = summarize(results)
+    assert [row["did_not_train"] for row in summary["rows"]] == [1, 0]
+    (diff,) = summary["differences"]
+    assert diff["seeds"] == [1, 2] and diff["untrained_seeds"] == [0]
+    assert diff["mean"] == pytest.approx(0.15)
+    text = markdown("t", summary)
+    assert "| 1 of 3 |" in text and "did not train: seeds [0]" in text
+    stuck = [(cell, [_trained(cell.labels["method"], 0, 1e-9)]) for cell, _ in results[:1]]
+    assert "**all 1: no conclusion**" in markdown("t", summarize(stuck))

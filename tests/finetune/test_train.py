@@ -42,6 +42,7 @@ def test_result_record(stsb_run) -> None:
         values = layer["singular_values"]
         assert len(values) == 16 and values == sorted(values, reverse=True)
         assert layer["numerical_rank"] == sum(v > 1e-3 for v in values)
+        assert layer["sigma_max"] == pytest.approx(values[0])
     cosines = next(iter(result["subspace"].values()))
     assert cosines["steps"] == [0, 2, 4] and cosines["cos"][-1] == pytest.approx(1.0)
 
@@ -71,3 +72,19 @@ def test_zero_shot_has_no_training(glue_dir: Path, tiny_model: str) -> None:
     result = run_finetune(config, 0, glue_dir, progress=False)
     assert result["train_loss"] == [] and "layers" not in result
     assert set(result["metrics"]) == {"pearson", "spearman", "score"}
+
+
+def test_practical_eps_lets_deep_lora_leave_its_init_with_the_bi_head(glue_dir: Path,
+                                                                      tiny_model: str) -> None:
+    """The bi head's factor gradients (~ε² ∂L/∂ΔW) sit below the paper's eps = 1e-6, so Deep
+    LoRA stays at σ₁ ≈ ε³; practical's eps (1e-6·ε²) lets Adam take full-size steps."""
+    from deeplora.finetune.report import did_not_train
+
+    runs = {name: run_finetune(preset(name, model=tiny_model, head="bi", steps=8, samples=8,
+                                      max_length=16, dev_samples=8, targets="query-value"),
+                               0, glue_dir, progress=False)
+            for name in ("paper", "practical")}
+    sigma = {name: max(layer["sigma_max"] for layer in run["layers"].values())
+             for name, run in runs.items()}
+    assert sigma["practical"] > 30 * sigma["paper"], sigma
+    assert did_not_train(runs["paper"]) and not did_not_train(runs["practical"])

@@ -4,8 +4,12 @@
 weight decay 0, lr 1e-4, linear schedule from lr to ``decay_ratio``·lr, batch 16, inputs padded
 to 128 tokens, adapters on every dense layer including the pooler and on the word and position
 embeddings (the authors' "all-dense"), head frozen at its random initialization. ``practical``
-differs only in that the head trains and batches are padded to their longest input (same
-math, about 2× faster on CPU).
+differs in three ways: the head trains, batches are padded to their longest input (same math,
+about 2× faster on CPU), and Adam's eps is scaled to the factor gradients, 1e-6·ε^{L-1} (1e-12
+at ε = 1e-3, L = 3). A depth-L factor's gradient is about ε^{L-1} times ∂L/∂ΔW at the ε-small
+start; with the ``bi`` head that is ~1e-8, below the paper's eps = 1e-6, so under ``paper`` Adam
+degenerates to slow SGD and Deep LoRA never leaves its initialization (σ₁(ΔW) stays ≈ ε^L;
+reports mark such runs "did not train").
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class FinetuneConfig:
     eval_every: int = 0
     dev_samples: int | None = None
     snapshot_steps: tuple[int, ...] = ()
+    adam_eps: float = 1e-6
 
     def __post_init__(self) -> None:
         get_task(self.task)
@@ -73,6 +78,8 @@ class FinetuneConfig:
                 raise DataError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps < 0 or self.eval_every < 0:
             raise DataError("steps and eval_every must be >= 0")
+        if not self.adam_eps > 0:
+            raise DataError(f"adam_eps must be > 0, got {self.adam_eps}")
         if not 0 < self.decay_ratio <= 1:
             raise DataError(f"decay_ratio must be in (0, 1], got {self.decay_ratio}")
 
@@ -86,8 +93,11 @@ class FinetuneConfig:
         return cls(**values)
 
     def key(self) -> str:
-        """Readable, unique directory name: main settings plus a hash of the whole config."""
-        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        """Readable, unique directory name: main settings plus a hash of every field that differs
+        from its default (so adding a field with a default keeps existing keys)."""
+        defaults = FinetuneConfig().to_dict()
+        changed = {k: v for k, v in self.to_dict().items() if v != defaults[k]}
+        digest = hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()
         return (
             f"{self.task}-{self.method}-{self.head}-{self.preset}-r{self.rank}"
             f"-n{self.samples}-t{self.steps}-{digest[:10]}"
@@ -110,5 +120,11 @@ def preset(name: str, **overrides: Any) -> FinetuneConfig:
     if name not in PRESETS:
         raise DataError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     practical = name == "practical"
-    base = {"preset": name, "train_head": practical, "pad_to_max_length": not practical}
+    base: dict[str, Any] = {"preset": name, "train_head": practical,
+                            "pad_to_max_length": not practical}
+    if practical:
+        defaults = FinetuneConfig()
+        scale = overrides.get("init_scale", defaults.init_scale)
+        depth = overrides.get("depth", defaults.depth)
+        base["adam_eps"] = 1e-6 * scale ** (depth - 1)
     return FinetuneConfig(**{**base, **overrides})

@@ -75,12 +75,12 @@ TASKS: dict[str, GlueTask] = {
         GlueTask(
             "mrpc", "MRPC", ("sentence1", "sentence2"),
             {"sentence1": "#1 String", "sentence2": "#2 String", "label": "Quality"},
-            ("0", "1"), ("accuracy", "f1"), "f1",
+            ("0", "1"), ("accuracy", "f1"), "accuracy",
         ),
         GlueTask(
             "qqp", "QQP", ("question1", "question2"),
             {"question1": "question1", "question2": "question2", "label": "is_duplicate"},
-            ("0", "1"), ("accuracy", "f1"), "f1",
+            ("0", "1"), ("accuracy", "f1"), "accuracy",
         ),
         GlueTask(
             "stsb", "STS-B", ("sentence1", "sentence2"),

@@ -1,7 +1,8 @@
 """GLUE metrics, computed with scipy and scikit-learn.
 
 STS-B: Pearson and Spearman correlation of predicted and gold scores; CoLA: Matthews
-correlation; MRPC and QQP: accuracy and F1 of the positive class; the rest: accuracy.
+correlation; MRPC and QQP: accuracy (the main metric, as the paper reports them) and F1 of the
+positive class beside it; the rest: accuracy.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ Table rows: mean ± sample std (ddof = 1) of the task's main dev metric over see
 setting; paired differences: Deep LoRA − LoRA per seed (same seed = same few-shot subset and
 head), their mean and a 95% percentile bootstrap interval (``scipy.stats.bootstrap``, 10,000
 resamples, fixed random state). Fewer than two pairs give no interval.
+
+A run "did not train" when every adapted layer ends with σ₁(ΔW) < 10·ε^L (ε the init scale, L
+the adapter depth; 2 for LoRA): it never left its initialization, so it is no evidence. Rows
+count such runs; paired differences leave out every seed where either run did not train.
 """
 
 from __future__ import annotations
@@ -19,6 +23,23 @@ from deeplora.finetune.data import get_task
 from deeplora.finetune.sweep import Cell
 
 Results = list[tuple[Cell, list[dict[str, Any]]]]
+
+
+def untrained_threshold(config: dict[str, Any]) -> float:
+    """10·ε^L for the run's adapter: L = ``depth`` for Deep LoRA, 2 for LoRA."""
+    depth = config["depth"] if config["method"].startswith("deep-lora") else 2
+    return 10 * config["init_scale"] ** depth
+
+
+def did_not_train(result: dict[str, Any]) -> bool:
+    """Whether every adapted layer of ``result`` ends with σ₁(ΔW) below
+    :func:`untrained_threshold` (``False`` for runs without adapters, e.g. zero-shot)."""
+    layers = result.get("layers") or {}
+    if not layers:
+        return False
+    threshold = untrained_threshold(result["config"])
+    return all(layer.get("sigma_max", (layer["singular_values"] or [0.0])[0]) < threshold
+               for layer in layers.values())
 
 
 def main_metric(result: dict[str, Any]) -> float:
@@ -52,25 +73,34 @@ def summarize(results: Results) -> dict[str, Any]:
     for cell, runs in results:
         values = [main_metric(r) for r in runs]
         finite = [v for v in values if np.isfinite(v)]
-        metric = get_task(cell.config.task).main_metric
+        task = get_task(cell.config.task)
+        metric = task.main_metric
+        others = {name: [r["metrics"].get(name) for r in runs] for name in task.metrics
+                  if name != metric}
         rows.append({
             **cell.labels, "metric": metric, "seeds": [r["seed"] for r in runs],
             "values": values, "n": len(runs),
             "mean": float(np.mean(finite)) if finite else float("nan"),
             "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else float("nan"),
             "wall_time_s": float(np.mean([r["wall_time_s"] for r in runs])) if runs else None,
+            "did_not_train": sum(did_not_train(r) for r in runs),
+            "other_metrics": {name: float(np.mean([v for v in vs if v is not None]))
+                              for name, vs in others.items() if any(v is not None for v in vs)},
         })
         by_setting[_setting(cell.labels)][cell.labels["method"]] = runs
     diffs = []
     for setting, methods in by_setting.items():
         if "deep-lora" not in methods or "lora" not in methods:
             continue
-        lora = {r["seed"]: main_metric(r) for r in methods["lora"]}
+        lora = {r["seed"]: main_metric(r) for r in methods["lora"] if not did_not_train(r)}
         paired = {r["seed"]: main_metric(r) - lora[r["seed"]]
-                  for r in methods["deep-lora"] if r["seed"] in lora}
+                  for r in methods["deep-lora"] if r["seed"] in lora and not did_not_train(r)}
+        untrained = sorted({r["seed"] for runs in (methods["lora"], methods["deep-lora"])
+                            for r in runs if did_not_train(r)})
         values = [paired[s] for s in sorted(paired)]
         low, high = bootstrap_ci(values)
         diffs.append({**dict(setting), "seeds": sorted(paired), "values": values,
+                      "untrained_seeds": untrained,
                       "n": len(values), "mean": float(np.nanmean(values)) if values else None,
                       "ci_low": low, "ci_high": high})
     return {"rows": rows, "differences": diffs}
@@ -82,23 +112,37 @@ def _pm(mean: float, std: float) -> str:
     return f"{mean:.4f} ± {std:.4f}" if np.isfinite(std) else f"{mean:.4f}"
 
 
+def _others(row: dict[str, Any]) -> str:
+    """The task's other metrics (mean over seeds), e.g. ``" (f1 0.8123)"`` for MRPC."""
+    others = row.get("other_metrics") or {}
+    return " (" + ", ".join(f"{k} {v:.4f}" for k, v in others.items()) + ")" if others else ""
+
+
 def markdown(name: str, summary: dict[str, Any]) -> str:
     """The summary as Markdown: per-method table, then the paired-difference table."""
-    lines = [f"# {name}", "", "| setting | method | metric | seeds | mean ± std | s/run |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"# {name}", "",
+             "| setting | method | metric | seeds | mean ± std | s/run | did not train |",
+             "|---|---|---|---|---|---|---|"]
     for row in summary["rows"]:
         setting = _fmt_setting(_setting({k: row[k] for k in row if k in _LABEL_KEYS}))
         wall = f"{row['wall_time_s']:.0f}" if row["wall_time_s"] is not None else "-"
+        stuck = row.get("did_not_train", 0)
+        flag = ("-" if row["method"] == "zero-shot" else
+                f"**all {stuck}: no conclusion**" if stuck and stuck == row["n"] else
+                f"{stuck} of {row['n']}")
         lines.append(f"| {setting} | {row['method']} | {row['metric']} | {row['n']} | "
-                     f"{_pm(row['mean'], row['std'])} | {wall} |")
+                     f"{_pm(row['mean'], row['std'])}{_others(row)} | {wall} | {flag} |")
     if summary["differences"]:
-        lines += ["", "Paired difference Deep LoRA − LoRA (same seeds), bootstrap 95% interval:",
+        lines += ["", "Paired difference Deep LoRA − LoRA (same seeds, both runs trained), "
+                  "bootstrap 95% interval:",
                   "", "| setting | pairs | mean difference | 95% CI |", "|---|---|---|---|"]
         for d in summary["differences"]:
             setting = _fmt_setting(_setting({k: d[k] for k in d if k in _LABEL_KEYS}))
             mean = "n/a" if d["mean"] is None else f"{d['mean']:+.4f}"
             ci = (f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
                   if np.isfinite(d["ci_low"]) else "n/a (< 2 pairs)")
+            if d.get("untrained_seeds"):
+                ci += f"; left out, did not train: seeds {d['untrained_seeds']}"
             lines.append(f"| {setting} | {d['n']} | {mean} | {ci} |")
     return "\n".join(lines) + "\n"
 

@@ -76,12 +76,12 @@ def adapted_backbone(model: CrossEncoder | BiEncoder) -> nn.Module:
 
 
 def spectra(deltas: dict[str, Tensor], keep: int) -> dict[str, dict[str, Any]]:
-    """Per layer: the top ``keep`` singular values of ΔW and its numerical rank, the number of
-    singular values above :data:`RANK_ATOL` (one SVD per layer)."""
+    """Per layer: σ₁(ΔW) (``sigma_max``), the top ``keep`` singular values of ΔW and its
+    numerical rank, the number of singular values above :data:`RANK_ATOL` (one SVD per layer)."""
     out = {}
     for name, delta in deltas.items():
         values = singular_values(delta)
-        out[name] = {"singular_values": values[:keep].tolist(),
+        out[name] = {"sigma_max": float(values[0]), "singular_values": values[:keep].tolist(),
                      "numerical_rank": int((values > RANK_ATOL).sum())}
     return out
 
@@ -135,7 +135,8 @@ def run_finetune(
     Keys: ``config``, ``seed``, ``versions``, ``device`` (e.g. ``"cuda:0"``), ``device_name``
     (the GPU's name, or ``"cpu"`` with the core count), ``metrics`` (final dev metrics), ``history``
     (``[{"step", "metrics"}]`` at each evaluation), ``train_loss`` (per step), ``wall_time_s``,
-    ``layers`` (per adapted layer: top-2r singular values and numerical rank of ΔW at the end)
+    ``layers`` (per adapted layer: σ₁ as ``sigma_max``, the top-2r singular values and the
+    numerical rank of ΔW at the end)
     and, when ``config.snapshot_steps`` is set, ``subspace``: per layer the cosine of the largest
     principal angle between the top-r left singular subspace of ΔW at each snapshot step and at
     the end. ``log_path`` receives one JSON line per step (loss, lr) and per evaluation.
@@ -255,7 +256,8 @@ def _subspace_cosines(
 def _optimizer(
     config: FinetuneConfig, model: CrossEncoder | BiEncoder
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """Adam(β=(0.9, 0.999), eps=1e-6, no weight decay) and a linear lr → decay_ratio·lr.
+    """Adam(β=(0.9, 0.999), eps=``config.adam_eps``, no weight decay) and a linear
+    lr → decay_ratio·lr.
 
     Compressed Deep LoRA trains its outer factors at γ·lr (``lr_outer_ratio``), all other
     trainable parameters at lr.
@@ -267,7 +269,7 @@ def _optimizer(
     grouped = {id(p) for group in groups for p in group["params"]}
     groups[-1]["params"] += [p for p in model.parameters()
                              if p.requires_grad and id(p) not in grouped]
-    optimizer = torch.optim.Adam(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-6,
+    optimizer = torch.optim.Adam(groups, lr=config.lr, betas=(0.9, 0.999), eps=config.adam_eps,
                                  weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LinearLR(
         optimizer, start_factor=1.0, end_factor=config.decay_ratio, total_iters=config.steps
