@@ -12,8 +12,8 @@ from deeplora.cli import main
 def test_finetune_compares_and_resumes(glue_dir: Path, tiny_model: str, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["finetune", "--task", "mrpc", "--method", "deep-lora,lora", "--model", tiny_model,
-            "--samples", "4", "--steps", "1", "--seeds", "0-1", "--data-dir", str(glue_dir),
-            "--out", str(tmp_path), "--quiet", "--preset", "practical"]
+            "--samples", "4", "--steps", "2", "--lr", "1e-2", "--seeds", "0-1", "--data-dir",
+            str(glue_dir), "--out", str(tmp_path), "--quiet", "--preset", "practical"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "lora seed 1: accuracy" in out and "deep-lora seed 0: accuracy" in out

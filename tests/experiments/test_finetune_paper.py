@@ -29,6 +29,13 @@ def test_paper_settings() -> None:
     assert all(c.config.targets == "query-value" and c.config.eval_every for c in narrow)
     (dynamics,) = plan("subspace-dynamics", Options(heads=("bi",)), None)
     assert dynamics.config.snapshot_steps[-1] == 2000 == dynamics.config.steps
+    # the intro figure: full width, the whole train set, top-8 subspaces
+    assert (dynamics.config.rank, dynamics.config.samples) == (384, None)
+    assert dynamics.config.subspace_rank == 8 and dynamics.config.decay_ratio == 0.1
+    histogram = plan("rank-histogram", Options(heads=("cross",)), None)[1:]
+    assert [(c.config.method, c.config.rank, c.config.samples) for c in histogram] == [
+        ("deep-lora", 384, 256), ("lora", 8, 256)]
+    assert all(c.config.sampling == "authors" for c in histogram)  # the paper preset
     fast = plan("stsb-fewshot", Options(fast=True, seeds=(4,)), None)[1:]
     assert all(c.config.steps <= 2 and c.seeds == (4,) and c.config.dev_samples for c in fast)
 
@@ -64,7 +71,11 @@ def test_stsb_fewshot_fast_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "Deep LoRA − LoRA" in capsys.readouterr().out
     summary = json.loads((tmp_path / "stsb-fewshot.json").read_text())
     assert len(summary["differences"]) == 3  # sample sizes
-    assert all(d["n"] == 2 for d in summary["differences"])
+    # paper preset, bi head: Deep LoRA's factor gradients sit below Adam's eps, it never leaves
+    # its init; those runs are flagged and no pair is formed from them
+    deep = [r for r in summary["rows"] if r["method"] == "deep-lora"]
+    assert all(r["did_not_train"] == 2 for r in deep)
+    assert all(d["n"] == 0 and d["untrained_seeds"] == [0, 1] for d in summary["differences"])
     zero = next(r for r in summary["rows"] if r["method"] == "zero-shot")
     assert zero["mean"] > 0.5  # the embedded bi-encoder without fine-tuning
     assert (tmp_path / "stsb-fewshot.png").stat().st_size > 10_000
@@ -74,7 +85,7 @@ def test_stsb_fewshot_fast_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main([*argv, "--report-only"]) == 0
     assert len(list(tmp_path.glob("runs/*/seed-*.json"))) == 1 + 3 * 2 * 2
     summary = json.loads((tmp_path / "stsb-fewshot.json").read_text())
-    assert all(d["n"] == 2 for d in summary["differences"])
+    assert all(d["untrained_seeds"] == [0, 1] for d in summary["differences"])
 
 
 def test_bad_jobs_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -85,3 +96,13 @@ def test_bad_jobs_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err.strip()
     assert err == "deeplora: error: --jobs must be >= 1, got 0"
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_rank_counted_as_the_authors() -> None:
+    from deeplora.experiments.finetune_report import layer_rank
+
+    full = {"sigma_max": 0.5, "matrix_rank": 40, "numerical_rank": 3}
+    assert layer_rank("deep-lora", full) == 8  # capped at 8
+    assert layer_rank("deep-lora", {**full, "matrix_rank": 2}) == 2
+    assert layer_rank("deep-lora", {**full, "sigma_max": 5e-4}) == 0  # ‖ΔW‖₂ <= 1e-3
+    assert layer_rank("lora", {**full, "matrix_rank": 8}) == 8  # matrix_rank, no cap

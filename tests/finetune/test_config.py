@@ -8,14 +8,15 @@ from deeplora.finetune.config import FinetuneConfig, padding_override, preset
 from deeplora.finetune.data import DataError
 
 
-def test_presets_differ_in_head_padding_and_adam_eps() -> None:
+def test_presets_differ_in_head_padding_adam_eps_and_sampling() -> None:
     paper, practical = preset("paper").to_dict(), preset("practical").to_dict()
     assert paper["lr"] == 1e-4 and paper["batch_size"] == 16 and paper["max_length"] == 128
     assert paper["depth"] == 3 and paper["rank"] == 8 and paper["init_scale"] == 1e-3
     assert paper["targets"] == "all-dense" and paper["decay_ratio"] == 1.0
     assert paper["adam_eps"] == 1e-6
     diff = {k for k in paper if paper[k] != practical[k]}
-    assert diff == {"preset", "train_head", "pad_to_max_length", "adam_eps"}
+    assert diff == {"preset", "train_head", "pad_to_max_length", "adam_eps", "sampling"}
+    assert paper["sampling"] == "authors"  # drop long rows, draw with replacement
     assert not paper["train_head"] and practical["train_head"]
     # eps scaled to the factor gradients, ε^{L-1} times ∂L/∂ΔW
     assert practical["adam_eps"] == pytest.approx(1e-12)

@@ -64,7 +64,7 @@ def test_parallel_runs_match_sequential_and_resume(glue_dir: Path, tiny_model: s
 
 
 def test_bad_input_writes_nothing(glue_dir: Path, tiny_model: str, tmp_path: Path) -> None:
-    config = preset("paper", model=tiny_model, samples=41)
+    config = preset("practical", model=tiny_model, samples=41)  # distinct rows: 40 at most
     with pytest.raises(DataError, match="--samples 41"):
         runs.run_sweep(config, [0], tmp_path / "out", glue_dir, progress=False)
     assert not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from deeplora.finetune.config import preset
+from deeplora.finetune.data import get_task
 from deeplora.finetune.train import run_finetune
 
 
@@ -43,8 +44,11 @@ def test_result_record(stsb_run) -> None:
         assert len(values) == 16 and values == sorted(values, reverse=True)
         assert layer["numerical_rank"] == sum(v > 1e-3 for v in values)
         assert layer["sigma_max"] == pytest.approx(values[0])
-    cosines = next(iter(result["subspace"].values()))
-    assert cosines["steps"] == [0, 2, 4] and cosines["cos"][-1] == pytest.approx(1.0)
+    for cosines in result["subspace"].values():
+        assert cosines["steps"] == [0, 2, 4]
+        assert cosines["cos_smallest_angle"][-1] == pytest.approx(1.0)
+        assert all(big >= small - 1e-12 for big, small in
+                   zip(cosines["cos_smallest_angle"], cosines["cos_largest_angle"], strict=True))
 
 
 def test_jsonl_log(stsb_run) -> None:
@@ -88,3 +92,26 @@ def test_practical_eps_lets_deep_lora_leave_its_init_with_the_bi_head(glue_dir: 
              for name, run in runs.items()}
     assert sigma["practical"] > 30 * sigma["paper"], sigma
     assert did_not_train(runs["paper"]) and not did_not_train(runs["practical"])
+
+
+def test_authors_few_shot_rule_drops_long_rows_and_draws_with_replacement(
+        glue_dir: Path, tiny_model: str) -> None:
+    from deeplora.finetune.data import load_split
+    from deeplora.finetune.models import Collator, load_tokenizer
+    from deeplora.finetune.train import training_rows
+
+    split = load_split("stsb", "train", glue_dir)
+    collate = Collator(load_tokenizer(tiny_model), get_task("stsb"), "cross", 64, False)
+    lengths = collate.lengths(split)
+    limit = sorted(lengths)[len(lengths) // 2]  # drops about half the rows
+    config = preset("paper", model=tiny_model, samples=60, max_length=limit)
+    assert config.sampling == "authors" and preset("practical").sampling != "authors"
+    rows = training_rows(config, split, tiny_model, seed=1)
+    assert len(rows) == 60 > len(split) // 2  # with replacement: repeats
+    assert max(collate.lengths(rows)) <= limit
+    assert rows["sentence1"] == training_rows(config, split, tiny_model, seed=1)["sentence1"]
+    assert rows["sentence1"] != training_rows(config, split, tiny_model, seed=2)["sentence1"]
+    distinct = training_rows(preset("practical", samples=10), split, tiny_model, seed=1)
+    assert len(set(zip(distinct["sentence1"], distinct["sentence2"], strict=True))) == 10
+    everything = training_rows(preset("practical", samples=None), split, tiny_model, seed=1)
+    assert len(everything) == len(split)

@@ -46,20 +46,35 @@ def stsb_ranks(options: Options, data_dir: Path | None) -> list[Cell]:
                                              task="stsb", samples=16)]
 
 
+def _full_width(options: Options) -> int:
+    """The model's hidden size: a full-width adapter (the authors' ``rank=None``)."""
+    from transformers import AutoConfig
+
+    from deeplora.finetune.models import resolve_model
+
+    return AutoConfig.from_pretrained(resolve_model(options.model)).hidden_size
+
+
 def rank_histogram(options: Options, data_dir: Path | None) -> list[Cell]:
-    """Numerical ranks of every adapted ΔW, 256 samples, 500 steps, 5 seeds."""
-    return [zero_shot_cell(options), *_pairs(options, 5, 500, "samples", (256,), task="stsb")]
+    """Ranks of every adapted ΔW, 256 samples, 500 steps, 5 seeds, as the authors count them:
+    Deep LoRA at full width (r = hidden size), LoRA at r = 8 (see
+    :func:`deeplora.experiments.finetune_report.rank_counts`)."""
+    width = _full_width(options)
+    cells = [zero_shot_cell(options)]
+    for head in options.heads:
+        for method, rank in (("deep-lora", width), ("lora", 8)):
+            config = options.config(500, task="stsb", method=method, head=head, rank=rank,
+                                    samples=256)
+            cells.append(Cell(config, options.seed_list(5),
+                              {"method": method, "head": head, "samples": 256}))
+    return cells
 
 
 def narrow_vs_wide(options: Options, data_dir: Path | None) -> list[Cell]:
     """Query/value adapters, 16 samples, 200 steps, evaluated every 10 steps: full-width Deep
     LoRA (r = hidden size, lr 1e-4), width-8 random orthogonal init (lr 1e-4), width-8
     compressed init (lr 1e-2, γ = 1e-2 on the outer factors)."""
-    from transformers import AutoConfig
-
-    from deeplora.finetune.models import resolve_model
-
-    width = AutoConfig.from_pretrained(resolve_model(options.model)).hidden_size
+    width = _full_width(options)
     variants = [
         ("wide", "deep-lora", width, 1e-4),
         ("narrow random", "deep-lora", 8, 1e-4),
@@ -78,12 +93,16 @@ SNAPSHOT_STEPS = (0, 1, 10, 20, 30, 100, 500, 1000, 1500, 2000)
 
 
 def subspace_dynamics(options: Options, data_dir: Path | None) -> list[Cell]:
-    """Deep LoRA on attention and MLP layers, 2000 steps, lr decaying to 0.1·lr; top-8 left
-    subspace of each ΔW at the paper's checkpoints vs the end."""
+    """The introduction figure: full-width Deep LoRA on attention and MLP layers, the full STS-B
+    train set, 2000 steps, lr decaying to 0.1·lr; per layer the singular values of ΔW at the end
+    and the authors' cosine between the top-8 left singular subspaces of ΔW at the paper's
+    checkpoints and at the end (σ_max(U_tᵀU_T), the cosine of the smallest principal angle)."""
+    width = _full_width(options)
     cells = []
     for head in options.heads:
-        config = options.config(2000, task="stsb", method="deep-lora", head=head, samples=16,
-                                targets="attention-mlp", decay_ratio=0.1)
+        config = options.config(2000, task="stsb", method="deep-lora", head=head, samples=None,
+                                rank=width, targets="attention-mlp", decay_ratio=0.1,
+                                subspace_rank=8)
         steps = tuple(s for s in SNAPSHOT_STEPS if s <= config.steps)
         config = replace(config, snapshot_steps=steps)
         cells.append(Cell(config, options.seed_list(1), {"method": "deep-lora", "head": head}))
@@ -169,9 +188,10 @@ def run_experiment(
 HELP = {
     "stsb-fewshot": "STS-B dev Pearson vs 16/64/256 samples, Deep LoRA vs LoRA",
     "stsb-ranks": "STS-B dev Pearson vs adapter rank 8…64 at 16 samples (rank robustness)",
-    "rank-histogram": "numerical ranks of the learned ΔW of every layer, Deep LoRA vs LoRA",
+    "rank-histogram": "ranks of the learned ΔW of every layer, Deep LoRA (full width) vs LoRA",
     "narrow-vs-wide": "train loss and dev Pearson: full-width vs narrow vs compressed Deep LoRA",
-    "subspace-dynamics": "singular values and subspace stability of each ΔW (paper Fig. 1)",
+    "subspace-dynamics": "singular values of each ΔW and the cosine of the smallest principal "
+    "angle between its top-8 subspaces during training and at the end (the intro figure)",
     "glue-fewshot": "Deep LoRA − LoRA per GLUE task with 1024 samples, and overall",
 }
 

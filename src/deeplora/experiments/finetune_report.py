@@ -13,7 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from deeplora.finetune.report import Results, bootstrap_ci, main_metric, markdown, summarize
+from deeplora.finetune.report import (
+    Results,
+    bootstrap_ci,
+    did_not_train,
+    main_metric,
+    markdown,
+    summarize,
+)
 from deeplora.output import write_atomic, write_json
 from deeplora.plotting import new_figure, save_figure
 
@@ -63,26 +70,46 @@ def plot_curve(results: Results, axis: str, xlabel: str, path: Path) -> None:
     save_figure(fig, path)
 
 
+AUTHORS_RANK_CAP = 8
+AUTHORS_NORM_FLOOR = 1e-3
+
+
+def layer_rank(method: str, layer: dict[str, Any]) -> int:
+    """A layer's rank as the authors count it: Deep LoRA (full width) min(matrix_rank, 8) when
+    ‖ΔW‖₂ > 1e-3, else 0; LoRA ``matrix_rank`` at its default tolerance."""
+    rank = layer.get("matrix_rank", layer["numerical_rank"])
+    if method.startswith("deep-lora"):
+        return min(rank, AUTHORS_RANK_CAP) if layer["sigma_max"] > AUTHORS_NORM_FLOOR else 0
+    return rank
+
+
 def rank_counts(results: Results) -> list[dict[str, Any]]:
-    """Histogram of the numerical ranks of ΔW over layers and seeds, per head and method."""
+    """Histogram of the ranks of ΔW (:func:`layer_rank`) over layers and seeds, per head and
+    method; runs that did not train are left out."""
     out = []
     for cell, runs in results:
         if cell.labels["method"] in ("deep-lora", "lora"):
-            counts = Counter(layer["numerical_rank"] for r in runs
+            trained = [r for r in runs if not did_not_train(r)]
+            counts = Counter(layer_rank(cell.labels["method"], layer) for r in trained
                              for layer in r["layers"].values())
             out.append({"head": cell.labels["head"], "method": cell.labels["method"],
-                        "counts": {str(k): v for k, v in sorted(counts.items())}})
+                        "counts": {str(k): v for k, v in sorted(counts.items())},
+                        "runs": len(trained), "did_not_train": len(runs) - len(trained)})
     return out
 
 
 def _rank_count_section(summary: dict[str, Any]) -> str:
     if "rank_counts" not in summary:
         return ""
-    lines = ["", "Numerical ranks of ΔW (σ > 1e-3), layers × seeds:", "",
-             "| head | method | rank: count |", "|---|---|---|"]
+    lines = ["", "Ranks of ΔW, layers × seeds (Deep LoRA at full width: min(matrix_rank, 8) "
+             "where ‖ΔW‖₂ > 1e-3, else 0; LoRA: matrix_rank), runs that trained only:", "",
+             "| head | method | runs | rank: count |", "|---|---|---|---|"]
     for item in summary["rank_counts"]:
-        counts = ", ".join(f"{k}: {v}" for k, v in sorted(item["counts"].items()))
-        lines.append(f"| {item['head']} | {item['method']} | {counts} |")
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(item["counts"].items(), key=lambda
+                                                          kv: int(kv[0]))) or "-"
+        runs = f"{item['runs']}" + (f" ({item['did_not_train']} did not train)"
+                                    if item["did_not_train"] else "")
+        lines.append(f"| {item['head']} | {item['method']} | {runs} | {counts} |")
     return "\n".join(lines) + "\n"
 
 
@@ -96,7 +123,7 @@ def plot_rank_histogram(counts: list[dict[str, Any]], max_rank: int, path: Path)
             heights = [item["counts"].get(str(k), 0) for k in ranks]
             ax.bar(ranks + (i - 0.5) * 0.4, heights, width=0.4, label=LABELS[item["method"]],
                    color=COLORS[item["method"]])
-        ax.set(xlabel="numerical rank of ΔW (σ > 1e-3)", ylabel="layers × seeds",
+        ax.set(xlabel="rank of ΔW (authors' count)", ylabel="layers × seeds",
                title=f"STS-B, 256 samples, {head} head", xticks=ranks)
         ax.legend()
     save_figure(fig, path)
@@ -127,8 +154,9 @@ def plot_narrow_vs_wide(results: Results, path: Path) -> None:
 
 
 def plot_subspace(results: Results, path: Path) -> None:
-    """Per head: singular values of every ΔW at the end, and cos of the largest principal angle
-    of its top-r left subspace at each saved step vs the end (one line per layer)."""
+    """Per head: singular values of every ΔW at the end, and the authors' cosine σ_max(U_tᵀU_T)
+    (smallest principal angle) between its top-8 left subspace at each saved step and at the
+    end (one line per layer)."""
     cells = [(c, runs[0]) for c, runs in results if runs]
     fig, axes = new_figure(ncols=2, nrows=len(cells))
     for row, (cell, run) in enumerate(cells):
@@ -137,8 +165,8 @@ def plot_subspace(results: Results, path: Path) -> None:
             sv_ax.plot(np.arange(1, len(layer["singular_values"]) + 1), layer["singular_values"],
                        color="tab:blue", alpha=0.4, lw=1)
         for layer in run.get("subspace", {}).values():
-            cos_ax.plot(layer["steps"], layer["cos"], color="tab:blue", alpha=0.4, lw=1,
-                        marker=".")
+            cos_ax.plot(layer["steps"], layer["cos_smallest_angle"], color="tab:blue",
+                        alpha=0.4, lw=1, marker=".")
         head = cell.labels["head"]
         sv_ax.set(xlabel="index i", ylabel="σ_i(ΔW) at the end", yscale="log",
                   title=f"{head} head, {len(run['layers'])} layers")
@@ -146,8 +174,8 @@ def plot_subspace(results: Results, path: Path) -> None:
         ticks = sorted({t for t in (0, 1, 10, 100, 1000) if t <= last} | {last})
         cos_ax.set_xscale("symlog", linthresh=1)
         cos_ax.set_xticks(ticks, [str(t) for t in ticks])
-        cos_ax.set(xlabel="step", ylabel="cos largest principal angle vs end",
-                   ylim=(-0.02, 1.02), title=f"{head} head, top-{cell.config.rank}")
+        cos_ax.set(xlabel="step", ylabel="cos smallest principal angle vs end",
+                   ylim=(-0.02, 1.02), title=f"{head} head, top-{cell.config.subspace_rank}")
     save_figure(fig, path)
 
 
@@ -197,7 +225,8 @@ def write_report(name: str, results: Results, out: Path) -> dict[str, Any]:
         plot_curve(results, "rank", "adapter rank r", png)
     elif name == "rank-histogram":
         summary["rank_counts"] = rank_counts(results)
-        max_rank = max(c.config.rank for c, _ in results)
+        max_rank = max([AUTHORS_RANK_CAP, *(int(k) for item in summary["rank_counts"]
+                                            for k in item["counts"])])
         plot_rank_histogram(summary["rank_counts"], max_rank, png)
     elif name == "narrow-vs-wide":
         plot_narrow_vs_wide(results, png)

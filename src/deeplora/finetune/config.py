@@ -27,6 +27,7 @@ HEADS = ("cross", "bi")
 PRESETS = ("paper", "practical")
 TARGETS = ("all-dense", "attention-mlp", "query-value")
 PADDINGS = ("max-length", "longest")
+SAMPLINGS = ("without-replacement", "authors")
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class FinetuneConfig:
     depth: int = 3
     init_scale: float = 1e-3
     targets: str = "all-dense"
-    samples: int = 16
+    samples: int | None = 16
     steps: int = 500
     lr: float = 1e-4
     lr_outer_ratio: float = 1e-2
@@ -62,6 +63,8 @@ class FinetuneConfig:
     dev_samples: int | None = None
     snapshot_steps: tuple[int, ...] = ()
     adam_eps: float = 1e-6
+    sampling: Literal["without-replacement", "authors"] = "without-replacement"
+    subspace_rank: int = 8
 
     def __post_init__(self) -> None:
         get_task(self.task)
@@ -70,10 +73,14 @@ class FinetuneConfig:
             (self.head, HEADS, "head"),
             (self.preset, PRESETS, "preset"),
             (self.targets, TARGETS, "targets"),
+            (self.sampling, SAMPLINGS, "sampling"),
         ]:
             if value not in allowed:
                 raise DataError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
-        for name in ("rank", "samples", "batch_size", "eval_batch_size", "max_length", "depth"):
+        if self.samples is not None and self.samples < 1:
+            raise DataError(f"samples must be >= 1 (or None: the whole split), got {self.samples}")
+        for name in ("rank", "batch_size", "eval_batch_size", "max_length", "depth",
+                     "subspace_rank"):
             if getattr(self, name) < 1:
                 raise DataError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps < 0 or self.eval_every < 0:
@@ -100,7 +107,7 @@ class FinetuneConfig:
         digest = hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()
         return (
             f"{self.task}-{self.method}-{self.head}-{self.preset}-r{self.rank}"
-            f"-n{self.samples}-t{self.steps}-{digest[:10]}"
+            f"-n{'all' if self.samples is None else self.samples}-t{self.steps}-{digest[:10]}"
         )
 
 
@@ -121,7 +128,8 @@ def preset(name: str, **overrides: Any) -> FinetuneConfig:
         raise DataError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     practical = name == "practical"
     base: dict[str, Any] = {"preset": name, "train_head": practical,
-                            "pad_to_max_length": not practical}
+                            "pad_to_max_length": not practical,
+                            "sampling": "without-replacement" if practical else "authors"}
     if practical:
         defaults = FinetuneConfig()
         scale = overrides.get("init_scale", defaults.init_scale)

@@ -197,8 +197,17 @@ def load_split(
     return loaded.select_columns([*task.text_columns, "label"])
 
 
-def few_shot(dataset: datasets.Dataset, n: int, seed: int) -> datasets.Dataset:
-    """``n`` rows drawn without replacement, the same ones for the same ``seed``."""
+def few_shot(dataset: datasets.Dataset, n: int, seed: int, replace: bool = False
+             ) -> datasets.Dataset:
+    """``n`` rows, the same ones for the same ``seed``: drawn without replacement (a seeded
+    shuffle's first ``n``), or with ``replace=True`` with replacement (``n`` seeded uniform
+    draws, repeats possible, as the authors' ``jax.random.choice``; any ``n`` >= 1)."""
+    if replace:
+        if n < 1 or len(dataset) == 0:
+            raise DataError(f"--samples {n}: need n >= 1 and a non-empty training split")
+        import numpy as np
+
+        return dataset.select(np.random.default_rng(seed).integers(0, len(dataset), n))
     if not 0 < n <= len(dataset):
         raise DataError(f"--samples {n} is not in 1..{len(dataset)} (size of the training split)")
     return dataset.shuffle(seed=seed).select(range(n))

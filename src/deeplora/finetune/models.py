@@ -16,7 +16,7 @@ interface with its own collator.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,9 @@ from deeplora.adapters import build_adapter_config, embedded_model_path, resolve
 from deeplora.embedded_lm import embedded_lm_path, is_embedded_lm
 from deeplora.finetune.config import FinetuneConfig
 from deeplora.finetune.data import DataError, GlueTask, get_task
+
+if TYPE_CHECKING:
+    import datasets
 
 Batch = dict[str, Any]
 
@@ -144,6 +147,18 @@ class Collator:
                 texts = [[f"{a}\n{b}" for a, b in zip(*texts, strict=True)]]
             return {"inputs": dict(self.tokenizer(*texts, **self.kwargs)), "labels": labels}
         return {"inputs": [dict(self.tokenizer(t, **self.kwargs)) for t in texts], "labels": labels}
+
+
+    def lengths(self, rows: datasets.Dataset) -> list[int]:
+        """Untruncated token count of each row's longest input (the pair for ``cross``, the
+        longer text for ``bi``)."""
+        texts = [list(rows[col]) for col in self.task.text_columns]
+        if self.head == "cross":
+            if len(texts) == 2 and self.tokenizer.sep_token is None:
+                texts = [[f"{a}\n{b}" for a, b in zip(*texts, strict=True)]]
+            return [len(ids) for ids in self.tokenizer(*texts)["input_ids"]]
+        per_text = [[len(ids) for ids in self.tokenizer(t)["input_ids"]] for t in texts]
+        return [max(row) for row in zip(*per_text, strict=True)]
 
 
 def head_module_names(model: PreTrainedModel) -> list[str]:

@@ -12,7 +12,7 @@ import os
 import platform
 import time
 from contextlib import nullcontext
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from deeplora.finetune.models import (
     load_tokenizer,
     resolve_model,
 )
+
+if TYPE_CHECKING:
+    import datasets
 
 RANK_ATOL = 1e-3
 """Numerical rank of ΔW counts singular values above this (the paper's threshold)."""
@@ -76,13 +79,16 @@ def adapted_backbone(model: CrossEncoder | BiEncoder) -> nn.Module:
 
 
 def spectra(deltas: dict[str, Tensor], keep: int) -> dict[str, dict[str, Any]]:
-    """Per layer: σ₁(ΔW) (``sigma_max``), the top ``keep`` singular values of ΔW and its
-    numerical rank, the number of singular values above :data:`RANK_ATOL` (one SVD per layer)."""
+    """Per layer (one SVD each): σ₁(ΔW) (``sigma_max``), the top ``keep`` singular values,
+    ``numerical_rank`` (singular values above :data:`RANK_ATOL`) and ``matrix_rank`` (above
+    NumPy/torch ``matrix_rank``'s default tolerance σ₁·max(m, n)·eps of ΔW's dtype)."""
     out = {}
     for name, delta in deltas.items():
         values = singular_values(delta)
+        tol = float(values[0]) * max(delta.shape) * torch.finfo(delta.dtype).eps
         out[name] = {"sigma_max": float(values[0]), "singular_values": values[:keep].tolist(),
-                     "numerical_rank": int((values > RANK_ATOL).sum())}
+                     "numerical_rank": int((values > RANK_ATOL).sum()),
+                     "matrix_rank": int((values > tol).sum())}
     return out
 
 
@@ -103,13 +109,30 @@ def evaluate(
     return compute_metrics(task, np.concatenate(predictions), np.concatenate(labels))
 
 
+def training_rows(config: FinetuneConfig, train: datasets.Dataset, model_path: str,
+                  seed: int) -> datasets.Dataset:
+    """The run's training examples. ``samples=None``: the whole split. ``sampling``:
+    ``"without-replacement"``: ``samples`` distinct rows; ``"authors"`` (the paper preset): drop
+    the rows whose input is longer than ``max_length`` tokens, then draw ``samples`` rows with
+    replacement (the authors' rule), both seeded by ``seed``."""
+    if config.sampling == "authors":
+        collate = Collator(load_tokenizer(model_path), get_task(config.task), config.head,
+                           config.max_length, False)
+        keep = [i for i, n in enumerate(collate.lengths(train)) if n <= config.max_length]
+        train = train.select(keep)
+    if config.samples is None:
+        return train
+    return few_shot(train, config.samples, seed, replace=config.sampling == "authors")
+
+
 class Prepared:
     """Everything a run needs, built and validated before any training step."""
 
     def __init__(self, config: FinetuneConfig, seed: int, data_dir: str | os.PathLike[str] | None):
         self.task = get_task(config.task)
         self.model_path = resolve_model(config.model)
-        self.train = few_shot(load_split(self.task, "train", data_dir), config.samples, seed)
+        self.train = training_rows(config, load_split(self.task, "train", data_dir),
+                                   self.model_path, seed)
         dev = load_split(self.task, "dev", data_dir)
         if config.dev_samples is not None and config.dev_samples < len(dev):
             dev = few_shot(dev, config.dev_samples, seed=0)
@@ -135,11 +158,12 @@ def run_finetune(
     Keys: ``config``, ``seed``, ``versions``, ``device`` (e.g. ``"cuda:0"``), ``device_name``
     (the GPU's name, or ``"cpu"`` with the core count), ``metrics`` (final dev metrics), ``history``
     (``[{"step", "metrics"}]`` at each evaluation), ``train_loss`` (per step), ``wall_time_s``,
-    ``layers`` (per adapted layer: σ₁ as ``sigma_max``, the top-2r singular values and the
-    numerical rank of ΔW at the end)
-    and, when ``config.snapshot_steps`` is set, ``subspace``: per layer the cosine of the largest
-    principal angle between the top-r left singular subspace of ΔW at each snapshot step and at
-    the end. ``log_path`` receives one JSON line per step (loss, lr) and per evaluation.
+    ``layers`` (per adapted layer at the end: σ₁(ΔW) as ``sigma_max``, its top min(2r, 64)
+    singular values, ``numerical_rank`` and ``matrix_rank``, see :func:`spectra`)
+    and, when ``config.snapshot_steps`` is set, ``subspace``: per layer the cosines of the
+    smallest (the authors' quantity) and largest principal angle between the top-
+    ``subspace_rank`` left singular subspace of ΔW at each snapshot step and at the end.
+    ``log_path`` receives one JSON line per step (loss, lr) and per evaluation.
     """
     start = time.perf_counter()
     prepared = prepared or Prepared(config, seed, data_dir)
@@ -169,7 +193,7 @@ def run_finetune(
     def snapshot(step: int) -> None:
         if track and step in config.snapshot_steps:
             snapshots[step] = {
-                name: top_singular_subspaces(delta.double().cpu(), config.rank)[0]
+                name: top_singular_subspaces(delta.double().cpu(), config.subspace_rank)[0]
                 for name, delta in adapter_deltas(adapted_backbone(task_model)).items()
             }
 
@@ -222,9 +246,9 @@ def run_finetune(
     }
     if config.method != "zero-shot":
         deltas = adapter_deltas(adapted_backbone(task_model))
-        result["layers"] = spectra(deltas, keep=2 * config.rank)
+        result["layers"] = spectra(deltas, keep=min(2 * config.rank, 64))
         if snapshots:
-            result["subspace"] = _subspace_cosines(snapshots, deltas, config.rank)
+            result["subspace"] = _subspace_cosines(snapshots, deltas, config.subspace_rank)
     result["wall_time_s"] = time.perf_counter() - start
     return result
 
@@ -243,13 +267,17 @@ def _compress(model: CrossEncoder | BiEncoder, collate: Collator, prepared: Prep
 def _subspace_cosines(
     snapshots: dict[int, dict[str, Tensor]], final: dict[str, Tensor], rank: int
 ) -> dict[str, dict[str, list[float]]]:
-    """cos of the largest principal angle, top-``rank`` left subspace at each step vs the end."""
+    """Per layer, between the top-``rank`` left singular subspace of ΔW at each snapshot step
+    and at the end: ``cos_smallest_angle`` = σ_max(U_tᵀ U_T), the authors' Figure 1 quantity,
+    and ``cos_largest_angle`` = σ_min(U_tᵀ U_T), the stricter one (every direction kept)."""
     steps = sorted(snapshots)
     out = {}
     for name, delta in final.items():
         end = top_singular_subspaces(delta.double().cpu(), rank)[0]
-        cosines = [float(np.cos(principal_angles(snapshots[s][name], end).max())) for s in steps]
-        out[name] = {"steps": steps, "cos": cosines}
+        angles = [principal_angles(snapshots[s][name], end) for s in steps]
+        out[name] = {"steps": steps,
+                     "cos_smallest_angle": [float(np.cos(a.min())) for a in angles],
+                     "cos_largest_angle": [float(np.cos(a.max())) for a in angles]}
     return out
 
 
