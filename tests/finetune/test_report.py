@@ -67,5 +67,6 @@ def test_runs_that_never_left_the_init_are_marked_and_left_out() -> None:
     assert diff["mean"] == pytest.approx(0.15)
     text = markdown("t", summary)
     assert "| 1 of 3 |" in text and "did not train: seeds [0]" in text
+    assert "| 1.0e-02 | 1 of 3 |" in text  # median σ₁ over runs and layers
     stuck = [(cell, [_trained(cell.labels["method"], 0, 1e-9)]) for cell, _ in results[:1]]
     assert "**all 1: no conclusion**" in markdown("t", summarize(stuck))

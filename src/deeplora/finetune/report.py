@@ -42,6 +42,13 @@ def did_not_train(result: dict[str, Any]) -> bool:
                for layer in layers.values())
 
 
+def _median_sigma(runs: list[dict[str, Any]]) -> float | None:
+    """Median over runs and adapted layers of σ₁(ΔW) at the end (``None`` without adapters)."""
+    values = [layer.get("sigma_max", (layer["singular_values"] or [0.0])[0])
+              for r in runs for layer in (r.get("layers") or {}).values()]
+    return float(np.median(values)) if values else None
+
+
 def main_metric(result: dict[str, Any]) -> float:
     """The task's main dev metric of a result (NaN if it was undefined, e.g. constant output)."""
     value = result["metrics"].get(get_task(result["config"]["task"]).main_metric)
@@ -84,6 +91,7 @@ def summarize(results: Results) -> dict[str, Any]:
             "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else float("nan"),
             "wall_time_s": float(np.mean([r["wall_time_s"] for r in runs])) if runs else None,
             "did_not_train": sum(did_not_train(r) for r in runs),
+            "sigma_max_median": _median_sigma(runs),
             "other_metrics": {name: float(np.mean([v for v in vs if v is not None]))
                               for name, vs in others.items() if any(v is not None for v in vs)},
         })
@@ -121,17 +129,20 @@ def _others(row: dict[str, Any]) -> str:
 def markdown(name: str, summary: dict[str, Any]) -> str:
     """The summary as Markdown: per-method table, then the paired-difference table."""
     lines = [f"# {name}", "",
-             "| setting | method | metric | seeds | mean ± std | s/run | did not train |",
-             "|---|---|---|---|---|---|---|"]
+             "| setting | method | metric | seeds | mean ± std | s/run | median σ₁(ΔW) "
+             "| did not train |", "|---|---|---|---|---|---|---|---|"]
     for row in summary["rows"]:
         setting = _fmt_setting(_setting({k: row[k] for k in row if k in _LABEL_KEYS}))
         wall = f"{row['wall_time_s']:.0f}" if row["wall_time_s"] is not None else "-"
         stuck = row.get("did_not_train", 0)
-        flag = ("-" if row["method"] == "zero-shot" else
+        flag = ("-" if row["method"] == "zero-shot" or not row["n"] else
                 f"**all {stuck}: no conclusion**" if stuck and stuck == row["n"] else
                 f"{stuck} of {row['n']}")
+        sigma = row.get("sigma_max_median")
+        sigma = "-" if sigma is None else f"{sigma:.1e}"
         lines.append(f"| {setting} | {row['method']} | {row['metric']} | {row['n']} | "
-                     f"{_pm(row['mean'], row['std'])}{_others(row)} | {wall} | {flag} |")
+                     f"{_pm(row['mean'], row['std'])}{_others(row)} | {wall} | {sigma} "
+                     f"| {flag} |")
     if summary["differences"]:
         lines += ["", "Paired difference Deep LoRA − LoRA (same seeds, both runs trained), "
                   "bootstrap 95% interval:",
