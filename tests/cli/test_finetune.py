@@ -31,7 +31,7 @@ def test_finetune_compares_and_resumes(glue_dir: Path, tiny_model: str, tmp_path
     [
         (["--task", "wnli"], "unknown task 'wnli'"),
         (["--method", "dora"], "unknown method 'dora'"),
-        (["--samples", "1000"], "--samples 1000 is not in 1..40"),
+        (["--samples", "1000", "--preset", "practical"], "--samples 1000 is not in 1..40"),
         (["--seeds", "x"], "--seeds 'x'"),
         (["--jobs", "0"], "--jobs must be >= 1, got 0"),
         (["--task", "qnli", "--data-dir", "EMPTY"], "no QNLI/ folder"),
