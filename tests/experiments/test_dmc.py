@@ -17,9 +17,31 @@ def test_dmc_theory_fast(tmp_path):
 
 
 def test_dmc_efficiency_fast(tmp_path):
-    assert main(["experiment", "dmc-efficiency", "--fast", "--methods", "compressed", "narrow",
-                 "--out", str(tmp_path)]) == 0
+    assert main(["experiment", "dmc-efficiency", "--fast", "--adam-methods", "compressed",
+                 "narrow", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "dmc-efficiency.json").read_text())
-    assert set(summary["methods"]) == {"compressed", "narrow"}
-    assert summary["methods"]["compressed"]["final_error"] < 1e-2
-    assert (tmp_path / "dmc-efficiency.png").read_bytes()[:4] == b"\x89PNG"
+    assert summary["ranks"] == [2, 4]
+    assert summary["tol_ours"] == pytest.approx(summary["tol_authors"] / 0.6, rel=1e-2)
+    for method in ("compressed", "narrow"):
+        for rank in ("2", "4"):
+            run = summary["gd"][method][rank]
+            assert run["reached_tol"] and run["left_init"] and not run["diverged"]
+            assert run["steps"] == run["history"]["steps"][-1] > 0
+            assert run["history"]["train_loss"][-1] <= summary["tol_ours"]
+            assert run["final_error"] < 0.05
+    assert set(summary["adam"]) == {"compressed", "narrow"}
+    for name in ("dmc-efficiency.png", "dmc-efficiency-adam.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_dmc_depth_fast(tmp_path):
+    assert main(["experiment", "dmc-depth", "--fast", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "dmc-depth.json").read_text())
+    cells = {(run["fraction"], run["depth"], run["method"]) for run in summary["runs"]}
+    assert cells == {(f, d, m) for f in (0.4, 0.8) for d in (2, 3)
+                     for m in ("original", "compressed")}
+    for run in summary["runs"]:
+        assert run["lr"] == pytest.approx(0.05 * {2: 1e2, 3: 3e2}[run["depth"]] * run["fraction"],
+                                          rel=0.01)
+        assert run["left_init"] and not run["diverged"] and run["final_error"] < 1.0
+    assert (tmp_path / "dmc-depth.png").read_bytes()[:4] == b"\x89PNG"
