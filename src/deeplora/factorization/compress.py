@@ -10,10 +10,15 @@ gradients ``G_1 = ε^{L-1} Pᵀ E`` and ``G_L = ε^{L-1} E Rᵀ``, whose SVDs sh
 vectors: ``V_{G_1} = V_E``, ``U_{G_1} = Pᵀ U_E`` and ``U_{G_L} = U_E``, ``V_{G_L} = R V_E``.
 
 **The construction.** The compressed model ``X = U · W̃_L ⋯ W̃_1 · Vᵀ``, ``W̃_l(0) = ε I_{2r̂}``,
-keeps ``X(0) = ε^L U Vᵀ`` on the wide model's ``X(0)`` restricted to the subspaces, and follows
-the wide model exactly (γ = 0) when span(U) ⊇ span(U_E) and span(V) ⊇ span(V_E) together with
-their images under Q (the theorem in :mod:`deeplora.factorization.subspace`). Q maps the larger
-side *onto* the smaller one, so the basis is orthonormalized on the larger side and mapped:
+starts at ``X(0) = ε^L U Vᵀ``, the wide model's ``X(0)`` restricted to the subspaces. The wide
+model's first steps move X along E, so U and V must hold both of E's top singular spaces,
+span(U) ⊇ span(U_E) and span(V) ⊇ span(V_E), plus their images under Q. For m = n and a
+gradient of rank <= r̂ throughout, GD on the compressed model with U, V frozen (γ = 0) then
+reproduces the wide model's trajectory up to the ε^L part outside the subspaces (the theorem in
+:mod:`deeplora.factorization.subspace`); for m ≠ n the wide model's rectangular outer layer adds
+a small leak (~1e-3 relative at ε = 1e-2, tests/factorization/test_compress.py). Q or Qᵀ maps the
+larger side *onto* the smaller one, so the basis is orthonormalized on the larger side and
+mapped:
 
 - m <= n (wide; the paper's d×d case and its formula, built from the input side)::
 
