@@ -367,3 +367,61 @@ def test_delta_weight_gradient_is_the_gradient_of_delta_w(target: str) -> None:
     torch.func.functional_call(plain, {f"{target}.weight": merged},
                                kwargs=inputs_for(plain)).loss.backward()
     torch.testing.assert_close(got, delta.grad)
+
+
+def adapter_grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    model(**inputs_for(model)).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize(("targets", "reentrant"), [("query-value", True),
+                                                    ("query-value", False),
+                                                    ("all-dense", True)])
+def test_gradient_checkpointing_gives_the_same_gradients(targets: str, reentrant: bool) -> None:
+    """Checkpointing enabled on the base before wrapping: PEFT calls
+    ``enable_input_require_grads`` (needed by reentrant checkpointing when the embeddings are
+    frozen), and every adapter gradient equals the one without checkpointing."""
+    def build(checkpointing: bool) -> PeftModel:
+        base = tiny_bert(dtype=torch.float64)
+        if checkpointing:
+            base.gradient_checkpointing_enable({"use_reentrant": reentrant})
+        model = wrap(base, target_modules=targets)
+        perturb(model)
+        return model.train()  # checkpointing is active in training mode only (no dropout here)
+
+    for module in (plain := build(False)).modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    expected = adapter_grads(plain)
+    model = build(True)
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    assert model.get_base_model().is_gradient_checkpointing
+    got = adapter_grads(model)
+    assert got.keys() == expected.keys() and len(got) > 0
+    for name, grad in got.items():
+        assert torch.count_nonzero(grad) > 0, name
+        torch.testing.assert_close(grad, expected[name], rtol=1e-9, atol=1e-12)
+
+
+def test_torch_compile_matches_eager() -> None:
+    """Dynamo traces the Deep LoRA layers (Linear and Embedding) and AOT autograd builds their
+    backward; the ``aot_eager`` backend skips inductor's C++ code generation (minutes on this
+    CPU); inductor itself runs in ``benchmarks/bench_training_memory.py``."""
+    model = wrap(tiny_bert(), target_modules="all-dense")
+    perturb(model)
+    inputs = inputs_for(model)
+    runs = {}
+    for name, run in (("eager", model), ("compiled", torch.compile(model, backend="aot_eager"))):
+        model.zero_grad(set_to_none=True)
+        output = run(**inputs)
+        output.loss.backward()
+        runs[name] = (output.logits.detach(), {n: p.grad.clone() for n, p in
+                                               model.named_parameters() if p.requires_grad})
+    (expected_logits, expected), (got_logits, got) = runs["eager"], runs["compiled"]
+    torch.testing.assert_close(got_logits, expected_logits, rtol=1e-5, atol=1e-6)
+    assert got.keys() == expected.keys() and len(got) == 3 * 15
+    for name, grad in got.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from deeplora.adapters.config import DeepLoraConfig
 from deeplora.factorization.deep import DeepFactorization
@@ -63,3 +64,21 @@ def init_factors(
                    *[inner] * config.depth,
                    orthogonal_(torch.empty(d_out, r, dtype=dtype, device=device), 1.0)]
     return DeepFactorization.from_factors(factors, init=config.init, scale=scale)
+
+
+def balanced_factors(delta: Tensor, rank: int, depth: int) -> tuple[list[Tensor], float]:
+    """``depth`` balanced factors of the best rank-``rank`` approximation of ΔW (d_out×d_in).
+
+    With ΔW = U Σ Vᵀ: ``W_1 = Σ_r^{1/L} V_rᵀ`` (r×d_in), ``W_2 … W_{L-1} = Σ_r^{1/L}``
+    (diagonal r×r), ``W_L = U_r Σ_r^{1/L}`` (d_out×r), so that W_L ⋯ W_1 = U_r Σ_r V_rᵀ and
+    every factor has the same singular values (as gradient flow from a small balanced
+    initialization keeps them). Directions beyond ΔW's rank get zero singular values. Returns
+    the float64 factors and ``σ_{r+1}/σ_1`` (0 if nothing was cut or ΔW = 0).
+    """
+    check_rank(rank, *delta.shape)
+    u, s, vh = torch.linalg.svd(delta.detach().to("cpu", torch.float64), full_matrices=False)
+    top = float(s[0])
+    cut = float(s[rank]) / top if top > 0 and rank < s.numel() else 0.0
+    root = s[:rank] ** (1.0 / depth)
+    inner = [torch.diag(root)] * (depth - 2)
+    return [root[:, None] * vh[:rank], *inner, u[:, :rank] * root], cut

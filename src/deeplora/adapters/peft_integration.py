@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -33,7 +34,7 @@ from torch.nn import functional as F
 from transformers.pytorch_utils import Conv1D
 
 from deeplora.adapters.config import PEFT_TYPE, DeepLoraConfig
-from deeplora.adapters.factors import adapter_dtype, check_rank, init_factors
+from deeplora.adapters.factors import adapter_dtype, balanced_factors, check_rank, init_factors
 from deeplora.adapters.targets import embeddings_of, layer_shape, resolve_target_modules, unwrap
 from deeplora.factorization.deep import DeepFactorization
 
@@ -107,8 +108,20 @@ class DeepLoraLayer(nn.Module, BaseTunerLayer):
             delta = delta.T
         return delta.to(dtype=base.weight.dtype, device=base.weight.device)
 
+    @property
+    def quantized(self) -> bool:
+        """The base weight is not a float tensor (bitsandbytes 4-bit/8-bit packed integers)."""
+        return not self.get_base_layer().weight.is_floating_point()
+
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """Add ΔW of the active (or given) adapters into the base weight."""
+        """Add ΔW of the active (or given) adapters into the base weight.
+
+        Raises:
+            ValueError: the base weight is quantized (packed integers): adding ΔW to it would
+                be wrong, so nothing is merged.
+        """
+        if self.quantized:
+            raise ValueError(quantized_merge_message([type(self.get_base_layer()).__name__]))
         weight = self.get_base_layer().weight
         for name in check_adapters_to_merge(self, adapter_names):
             if name not in self.deeplora_factors:
@@ -192,6 +205,14 @@ class DeepLoraLayer(nn.Module, BaseTunerLayer):
         return "deeplora." + super().__repr__()
 
 
+def quantized_merge_message(layers: list[str]) -> str:
+    """Why a merge into quantized weights is refused."""
+    return (f"cannot merge Deep LoRA into quantized (bitsandbytes 4-bit/8-bit) weights of "
+            f"{layers}: they hold packed integers (and bitsandbytes may repack them for the CPU "
+            f"at inference), so adding ΔW would corrupt them. Use the adapter unmerged, or load "
+            f"the base model without quantization_config, load the adapter and merge there")
+
+
 def prepare_targets(model: nn.Module, config: DeepLoraConfig) -> None:
     """Resolve ``config.target_modules`` on ``model`` to explicit names and check every target.
 
@@ -249,9 +270,14 @@ class DeepLoraModel(BaseTuner):
         self._replace_module(parent, target_name, new_module, target)
 
     def _check_merge_allowed(self) -> None:
-        """Refuse to merge into an embedding whose weight is also the output embedding's (tied
-        word embeddings): the unmerged adapter changes only the input lookup, a merge would
-        change the LM head too."""
+        """Before any layer merges: refuse quantized base weights (see
+        :func:`quantized_merge_message`) and an embedding whose weight is also the output
+        embedding's (tied word embeddings): the unmerged adapter changes only the input lookup,
+        a merge would change the LM head too."""
+        quantized = [name for name, module in self.model.named_modules()
+                     if isinstance(module, DeepLoraLayer) and module.quantized]
+        if quantized:
+            raise ValueError(quantized_merge_message(quantized))
         output = embeddings_of(self.model, "output")
         tied = [name for name, module in self.model.named_modules()
                 if isinstance(module, DeepLoraLayer) and module.is_embedding and output is not None
@@ -263,6 +289,58 @@ class DeepLoraModel(BaseTuner):
                 f"first (load with tie_word_embeddings=False and copy the input embeddings into "
                 f"the LM head)"
             )
+
+    def add_weighted_adapter(
+        self,
+        adapters: list[str],
+        weights: list[float],
+        adapter_name: str,
+        r: int | None = None,
+        depth: int | None = None,
+    ) -> dict[str, float]:
+        """Add adapter ``adapter_name`` with ΔW = Σ_i weights[i]·ΔW_i on every layer that any of
+        ``adapters`` adapts, refactored by SVD into balanced Deep LoRA factors
+        (:func:`deeplora.adapters.factors.balanced_factors`), like LoRA's ``"svd"`` combination.
+
+        ``r`` defaults to the sum of the adapters' ranks (capped by the smallest layer), which
+        makes the result exact; ``depth`` to the first adapter's (number of factors). The new
+        adapter is frozen and inactive (``set_adapter`` to use it). Returns per layer the
+        relative spectral error σ_{r+1}/σ_1 of the truncation (0 when exact).
+
+        Raises:
+            ValueError: unknown or non-Deep-LoRA adapters, a taken name, weights of another
+                length, or adapters with ``modules_to_save`` (their heads cannot be summed).
+        """
+        if adapter_name in self.peft_config:
+            raise ValueError(f"adapter {adapter_name!r} already exists")
+        if not adapters or len(weights) != len(adapters):
+            raise ValueError(f"need one weight per adapter, got {len(weights)} for {adapters}")
+        configs = [self.peft_config.get(name) for name in adapters]
+        if not all(isinstance(c, DeepLoraConfig) for c in configs):
+            raise ValueError(f"all of {adapters} must be Deep LoRA adapters of this model")
+        if any(c.modules_to_save for c in configs):
+            raise ValueError("adapters with modules_to_save cannot be combined (a head is not "
+                             "a sum of updates)")
+        layers = {name: module for name, module in self.model.named_modules()
+                  if isinstance(module, DeepLoraLayer)
+                  and any(a in module.deeplora_factors for a in adapters)}
+        smallest = min(min(layer.out_features, layer.in_features) for layer in layers.values())
+        rank = min(sum(c.r for c in configs), smallest) if r is None else r
+        new_depth = configs[0].depth if depth is None else depth
+        self.peft_config[adapter_name] = replace(
+            configs[0], r=rank, depth=new_depth, init="orthogonal", target_modules=sorted(layers),
+            target_shapes=None, inference_mode=True,
+        )
+        self.inject_adapter(self.model, adapter_name)
+        cuts = {}
+        for name, layer in layers.items():
+            delta = sum(w * layer.get_delta_weight(a).double()
+                        for a, w in zip(adapters, weights, strict=True)
+                        if a in layer.deeplora_factors)
+            factors, cuts[name] = balanced_factors(delta, rank, new_depth)
+            layer.set_factors(adapter_name, factors, "combined", configs[0].init_scale)
+            layer.deeplora_factors[adapter_name].requires_grad_(False)
+        return cuts
 
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:

@@ -1,7 +1,8 @@
 """The ``deeplora`` command line: a thin layer over the library.
 
 Each subcommand lives in its own module (:mod:`deeplora.cli.complete`,
-:mod:`deeplora.cli.recommend`, :mod:`deeplora.cli.experiment`, :mod:`deeplora.cli.finetune`)
+:mod:`deeplora.cli.recommend`, :mod:`deeplora.cli.experiment`, :mod:`deeplora.cli.finetune`,
+:mod:`deeplora.cli.adapters`)
 exposing ``register_cli(subparsers)``; only the module of the command being run is imported, so
 ``deeplora complete`` never loads transformers or PEFT. Every error a user can cause is reported
 as one line ``deeplora: error: …`` with exit status 2, before any output file is written.
@@ -24,6 +25,8 @@ COMMANDS = {
     "experiment": ("deeplora.cli.experiment", "run a paper figure or table"),
     "finetune": ("deeplora.cli.finetune",
                  "few-shot fine-tuning on a GLUE task over several seeds"),
+    "export-lora": ("deeplora.cli.adapters",
+                    "convert a saved Deep LoRA adapter into a plain PEFT LoRA adapter folder"),
 }
 
 

@@ -97,9 +97,12 @@ def run(args: argparse.Namespace) -> int:
     from deeplora.finetune.models import quiet_transformers
     from deeplora.finetune.report import main_metric, markdown, summarize
     from deeplora.finetune.runs import load_results, run_parallel, run_sweep
-    from deeplora.finetune.train import Prepared
+    from deeplora.finetune.train import Prepared, distributed_state
 
     quiet_transformers()
+    state = distributed_state()  # under `accelerate launch`: the main process reports
+    if args.jobs > 1 and state.num_processes > 1:
+        raise ValueError("--jobs starts its own processes; under accelerate launch use --jobs 1")
     cells = [Cell(c, seeds, {"method": c.method, "head": c.head}) for c in configs]
     if len(cells) > 1:
         zero = zero_shot_cell(Options(model=args.model, preset=args.preset,
@@ -113,9 +116,12 @@ def run(args: argparse.Namespace) -> int:
     for cell in cells:
         for result in run_sweep(cell.config, cell.seeds, out, args.data_dir,
                                 progress=not args.quiet):
-            print(f"{cell.config.method} seed {result['seed']}: "
-                  f"{get_task(args.task).main_metric} {main_metric(result):.4f} "
-                  f"({result['wall_time_s']:.0f} s)")
+            if state.is_main_process:
+                print(f"{cell.config.method} seed {result['seed']}: "
+                      f"{get_task(args.task).main_metric} {main_metric(result):.4f} "
+                      f"({result['wall_time_s']:.0f} s)")
+    if not state.is_main_process:
+        return 0
     results = [(cell, load_results(out, cell.config, cell.seeds)) for cell in cells]
     text = markdown(f"{args.task}: {', '.join(methods)}", summarize(results))
     write_atomic(out / "summary.md", lambda tmp: tmp.write_text(text))

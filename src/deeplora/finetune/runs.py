@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from deeplora.finetune.config import FinetuneConfig
-from deeplora.finetune.train import Prepared, run_finetune
+from deeplora.finetune.train import Prepared, distributed_state, run_finetune
 from deeplora.output import write_json
 
 
@@ -56,7 +55,7 @@ def run_sweep(
             results.append(json.loads(path.read_text()))
             continue
         prepared = Prepared(config, seed, data_dir)
-        main = PartialState().is_main_process  # under `accelerate launch`: one writer
+        main = distributed_state().is_main_process  # under `accelerate launch`: one writer
         if main:
             write_json(path.parent / "config.json", config.to_dict())
         log = path.with_suffix(".log.jsonl") if main else None

@@ -16,8 +16,9 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import send_to_device, set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DataLoaderConfiguration, send_to_device, set_seed
+from accelerate.utils.environment import parse_flag_from_env
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -72,6 +73,42 @@ def library_versions() -> dict[str, str]:
         "datasets": datasets.__version__,
         "deeplora": deeplora.__version__,
     }
+
+
+UNSUPPORTED = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
+               "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+"""``accelerate launch`` sets these for sharded training, which ``deeplora finetune`` refuses."""
+
+
+def distributed_state() -> PartialState:
+    """The process group this run belongs to (one process without ``accelerate launch``).
+
+    Raises:
+        ValueError: FSDP, DeepSpeed or Megatron-LM (``deeplora finetune`` runs DDP only), or a
+            launch of several processes that accelerate does not join into one group (on a
+            CPU-only machine ``accelerate launch --multi_gpu`` needs ``ACCELERATE_USE_CPU=1``):
+            each process would otherwise train alone.
+    """
+    sharded = [name for flag, name in UNSUPPORTED.items() if parse_flag_from_env(flag)]
+    if sharded:
+        raise ValueError(f"deeplora finetune runs on one device or with DDP (accelerate launch "
+                         f"--multi_gpu); {sharded[0]} is not supported: see docs/adapters.md, "
+                         f"'Several devices'")
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and state.num_processes != world:
+        raise ValueError(f"launched as {world} processes but accelerate joined "
+                         f"{state.num_processes}: on a machine without GPUs set "
+                         f"ACCELERATE_USE_CPU=1 (gloo backend)")
+    return state
+
+
+def make_accelerator() -> Accelerator:
+    """The run's ``Accelerator``: under ``accelerate launch`` (DDP) every batch of
+    ``config.batch_size`` rows is split across the processes (``split_batches``), so the global
+    batch, and the gradient (averaged by DDP), are those of a one-process run."""
+    distributed_state()
+    return Accelerator(dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
 def adapted_backbone(model: CrossEncoder | BiEncoder) -> nn.Module:
@@ -156,8 +193,10 @@ def run_finetune(
     """Train ``config`` with ``seed`` and return the result record (JSON-serializable).
 
     Keys: ``config``, ``seed``, ``versions``, ``device`` (e.g. ``"cuda:0"``), ``device_name``
-    (the GPU's name, or ``"cpu"`` with the core count), ``metrics`` (final dev metrics), ``history``
-    (``[{"step", "metrics"}]`` at each evaluation), ``train_loss`` (per step), ``wall_time_s``,
+    (the GPU's name, or ``"cpu"`` with the core count), ``processes`` (data-parallel processes
+    sharing each batch), ``metrics`` (final dev metrics), ``history``
+    (``[{"step", "metrics"}]`` at each evaluation), ``train_loss`` (per step, of the whole batch
+    across processes), ``wall_time_s``,
     ``layers`` (per adapted layer at the end: σ₁(ΔW) as ``sigma_max``, its top min(2r, 64)
     singular values, ``numerical_rank`` and ``matrix_rank``, see :func:`spectra`)
     and, when ``config.snapshot_steps`` is set, ``subspace``: per layer the cosines of the
@@ -179,7 +218,7 @@ def run_finetune(
     dev_collate = Collator(tokenizer, prepared.task, config.head, config.max_length, False)
     dev_loader = DataLoader(prepared.dev, batch_size=config.eval_batch_size,
                             collate_fn=dev_collate)
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     training = config.method != "zero-shot" and config.steps > 0
     if config.method == "deep-lora-compressed":
         _compress(model, collate, prepared, config, seed, accelerator)
@@ -222,7 +261,7 @@ def run_finetune(
                     scheduler.step()
                     optimizer.zero_grad()
                     step += 1
-                    losses.append(float(loss.detach()))
+                    losses.append(float(accelerator.reduce(loss.detach(), "mean")))
                     _log(handle, {"step": step, "loss": losses[-1],
                                   "lr": scheduler.get_last_lr()[-1]})
                     bar.update()
@@ -240,6 +279,7 @@ def run_finetune(
         "versions": library_versions(),
         "device": str(accelerator.device),
         "device_name": device_name(accelerator.device),
+        "processes": accelerator.num_processes,
         "metrics": final,
         "history": history,
         "train_loss": losses,
