@@ -10,10 +10,24 @@ Low-Rank Learning & Adaptation* (ICML 2024):
 - :mod:`deeplora.finetune`, :mod:`deeplora.experiments`, :mod:`deeplora.cli`.
 """
 
+import logging
 from importlib import import_module
 from typing import Any
 
 __version__ = "0.1.0"
+
+
+class _KernelsNotice(logging.Filter):
+    """bitsandbytes >= 0.50 (imported by PEFT when installed) logs on every import, on CPUs with
+    AVX512-BF16, that the optional ``kernels`` package (a hub download) is missing; it then
+    uses its own CPU kernels. Drop that one record so every command's output is not prefixed
+    by it; other bitsandbytes messages pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward")
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_KernelsNotice())
 
 _LAZY = {
     "DeepLoraConfig": "deeplora.adapters",

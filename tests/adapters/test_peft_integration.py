@@ -425,3 +425,56 @@ def test_torch_compile_matches_eager() -> None:
     assert got.keys() == expected.keys() and len(got) == 3 * 15
     for name, grad in got.items():
         torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6)
+
+
+def test_auto_peft_classes_load_a_saved_deep_lora_folder(tmp_path: Path) -> None:
+    """``AutoPeftModelForSequenceClassification`` / ``…ForCausalLM`` rebuild base + adapter from
+    the folder alone (base_model_name_or_path, task_type) once deeplora is imported."""
+    from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    cases = [("bert", AutoModelForSequenceClassification, AutoPeftModelForSequenceClassification,
+              "SEQ_CLS"),
+             ("gpt2", AutoModelForCausalLM, AutoPeftModelForCausalLM, "CAUSAL_LM")]
+    for kind, auto, auto_peft, task in cases:
+        TINY[kind]().save_pretrained(tmp_path / kind)
+        model = wrap(auto.from_pretrained(tmp_path / kind), task_type=task,
+                     target_modules="all-dense" if kind == "bert" else "all-linear")
+        perturb(model)
+        model.eval()
+        inputs = inputs_for(model)
+        model.save_pretrained(tmp_path / f"{kind}-adapter")
+        loaded = auto_peft.from_pretrained(tmp_path / f"{kind}-adapter")
+        assert isinstance(loaded.peft_config["default"], DeepLoraConfig)
+        assert torch.equal(logits(loaded, inputs), logits(model, inputs))
+
+
+def test_add_weighted_adapter_sums_delta_w_and_refactors_it() -> None:
+    model = wrap(tiny_bert(dtype=torch.float64), r=2, target_modules="all-dense")
+    model.add_adapter("other", DeepLoraConfig(r=3, depth=2, target_modules="query-value"))
+    perturb(model)
+    for module in model.modules():  # perturb trains only the active adapter: move "other" too
+        if isinstance(module, DeepLoraLayer) and "other" in module.deeplora_factors:
+            for factor in module.deeplora_factors["other"].factors:
+                torch.nn.init.normal_(factor, std=0.3)
+    first, second = adapter_deltas(model, "default"), adapter_deltas(model, "other")
+    cuts = model.add_weighted_adapter(["default", "other"], [0.5, -2.0], "sum")
+    config = model.peft_config["sum"]
+    assert (config.r, config.depth, config.init) == (5, 3, "orthogonal")
+    combined = adapter_deltas(model, "sum")
+    assert combined.keys() == first.keys() and len(combined) == 15
+    assert max(cuts.values()) < 1e-12  # rank 2 + 3 = 5: the refactoring is exact
+    for name, delta in combined.items():
+        torch.testing.assert_close(delta, 0.5 * first[name] - 2.0 * second.get(name, 0.0))
+    layer = model.get_base_model().bert.encoder.layer[0].attention.self.query
+    factors = [f.detach() for f in layer.deeplora_factors["sum"].factors]
+    svals = [torch.linalg.svdvals(f)[:5] for f in factors]
+    for values in svals[1:]:  # balanced: every factor has the same singular values
+        torch.testing.assert_close(values, svals[0])
+
+    truncated = model.add_weighted_adapter(["default", "other"], [0.5, -2.0], "low", r=1)
+    assert max(truncated.values()) > 1e-3
+    with pytest.raises(ValueError, match="already exists"):
+        model.add_weighted_adapter(["default"], [1.0], "sum")
+    with pytest.raises(ValueError, match="one weight per adapter"):
+        model.add_weighted_adapter(["default", "other"], [1.0], "third")

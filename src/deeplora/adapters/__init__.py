@@ -14,6 +14,7 @@ works like any built-in PEFT method (``save_pretrained``, ``PeftModel.from_pretr
 from deeplora.adapters.baselines import METHODS, build_adapter_config, embedded_model_path
 from deeplora.adapters.compress import adapter_param_groups, compress_adapters, compressed_factors
 from deeplora.adapters.config import DeepLoraConfig
+from deeplora.adapters.export import export_lora, load_deeplora
 from deeplora.adapters.inspection import (
     adapter_numerical_ranks,
     adapter_principal_angles,
@@ -26,7 +27,7 @@ from deeplora.adapters.peft_integration import (
     adapter_deltas,
     adapter_factorizations,
 )
-from deeplora.adapters.targets import PRESETS, resolve_target_modules
+from deeplora.adapters.targets import PRESETS, register_preset, resolve_target_modules
 
 __all__ = [
     "METHODS",
@@ -45,5 +46,8 @@ __all__ = [
     "compress_adapters",
     "compressed_factors",
     "embedded_model_path",
+    "export_lora",
+    "load_deeplora",
+    "register_preset",
     "resolve_target_modules",
 ]

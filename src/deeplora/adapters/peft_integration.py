@@ -29,6 +29,7 @@ from peft.mapping import (
 )
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_adapters_to_merge
+from peft.utils import ModulesToSaveWrapper
 from torch import Tensor, nn
 from torch.nn import functional as F
 from transformers.pytorch_utils import Conv1D
@@ -304,12 +305,14 @@ class DeepLoraModel(BaseTuner):
 
         ``r`` defaults to the sum of the adapters' ranks (capped by the smallest layer), which
         makes the result exact; ``depth`` to the first adapter's (number of factors). The new
-        adapter is frozen and inactive (``set_adapter`` to use it). Returns per layer the
-        relative spectral error σ_{r+1}/σ_1 of the truncation (0 when exact).
+        adapter is frozen and inactive (``set_adapter`` to use it) and has no
+        ``modules_to_save``. Returns per layer the relative spectral error σ_{r+1}/σ_1 of the
+        truncation (0 when exact).
 
         Raises:
             ValueError: unknown or non-Deep-LoRA adapters, a taken name, weights of another
-                length, or adapters with ``modules_to_save`` (their heads cannot be summed).
+                length, or several of the adapters with their own copy of one module
+                (``modules_to_save``, e.g. two task heads: they cannot be summed).
         """
         if adapter_name in self.peft_config:
             raise ValueError(f"adapter {adapter_name!r} already exists")
@@ -318,9 +321,12 @@ class DeepLoraModel(BaseTuner):
         configs = [self.peft_config.get(name) for name in adapters]
         if not all(isinstance(c, DeepLoraConfig) for c in configs):
             raise ValueError(f"all of {adapters} must be Deep LoRA adapters of this model")
-        if any(c.modules_to_save for c in configs):
-            raise ValueError("adapters with modules_to_save cannot be combined (a head is not "
-                             "a sum of updates)")
+        heads = [name for name, module in self.model.named_modules()
+                 if isinstance(module, ModulesToSaveWrapper)
+                 and sum(a in module.modules_to_save for a in adapters) > 1]
+        if heads:  # PEFT's rule for LoRA's add_weighted_adapter
+            raise ValueError(f"several of {adapters} hold their own copy of {heads} "
+                             f"(modules_to_save): a trained head is not a sum of updates")
         layers = {name: module for name, module in self.model.named_modules()
                   if isinstance(module, DeepLoraLayer)
                   and any(a in module.deeplora_factors for a in adapters)}
@@ -329,7 +335,7 @@ class DeepLoraModel(BaseTuner):
         new_depth = configs[0].depth if depth is None else depth
         self.peft_config[adapter_name] = replace(
             configs[0], r=rank, depth=new_depth, init="orthogonal", target_modules=sorted(layers),
-            target_shapes=None, inference_mode=True,
+            target_shapes=None, inference_mode=True, modules_to_save=None,
         )
         self.inject_adapter(self.model, adapter_name)
         cuts = {}
