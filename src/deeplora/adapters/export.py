@@ -265,9 +265,7 @@ def load_deeplora(folder: str | os.PathLike[str], model: str | None = None,
     ``model`` or the adapter's ``base_model_name_or_path``; a sequence classifier gets
     ``num_labels`` or the size of the head saved with the adapter.
     """
-    import transformers
-
-    import deeplora.adapters  # noqa: F401  (registers DEEPLORA with PEFT)
+    import transformers  # (DEEPLORA is registered with PEFT: peft_integration is imported)
 
     config = read_adapter_config(folder)
     task = config.get("task_type")
