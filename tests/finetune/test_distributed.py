@@ -50,7 +50,8 @@ def test_two_cpu_processes_train_the_same_adapters_as_one(
     no_dropout_model: str, glue_dir: Path, tmp_path: Path
 ) -> None:
     """Same global batch of 16 (8 rows per process), gradients averaged by DDP over gloo: the
-    losses, dev metrics and every adapted layer's singular values agree to rtol 1e-4."""
+    losses, dev metrics and every adapted layer's singular values agree to a relative 1e-4
+    (the singular values below 1e-4·σ₁, float32 noise, to 1e-4·σ₁)."""
     from deeplora.cli import main
 
     assert main(finetune_args(no_dropout_model, glue_dir, tmp_path / "one")) == 0
@@ -71,9 +72,10 @@ def test_two_cpu_processes_train_the_same_adapters_as_one(
     # The run trained: at least the embeddings' and the pooler's ΔW left ε^L = 1e-9 far behind
     # (in 6 Adam steps the block layers' factor gradients, ~ε² ∂ℒ/∂ΔW, stay below Adam's eps).
     assert sum(layer["singular_values"][0] > 1e-3 for layer in one["layers"].values()) >= 3
-    for name, layer in one["layers"].items():
+    for name, layer in one["layers"].items():  # to 1e-4 relative, of σ₁ for the tiny tail
+        values = layer["singular_values"]
         assert two["layers"][name]["singular_values"] == pytest.approx(
-            layer["singular_values"], rel=1e-4, abs=1e-12), name
+            values, rel=1e-4, abs=1e-4 * values[0]), name
 
 
 def test_unjoined_processes_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
