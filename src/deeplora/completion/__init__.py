@@ -1,5 +1,6 @@
 """Low-rank matrix recovery: factorization, completion and sensing with deep factorizations."""
 
+from deeplora.completion.estimator import DeepMatrixCompletion
 from deeplora.completion.methods import METHODS, build_model, default_settings
 from deeplora.completion.problems import (
     LowRankMatrix,
@@ -14,6 +15,7 @@ from deeplora.completion.train import History, fit
 
 __all__ = [
     "METHODS",
+    "DeepMatrixCompletion",
     "History",
     "LowRankMatrix",
     "MatrixCompletion",
