@@ -38,6 +38,10 @@ def test_complete_writes_json_and_plot(tmp_path):
     (["--observed", "1.5"], "--observed must be in (0, 1]"),
     (["--init-scale", "0"], "--init-scale must be > 0"),
     (["--lr-patience", "-1"], "--lr-patience must be >= 0"),
+    (["--steps", "-1"], "--steps must be >= 0, got -1"),
+    (["--eval-every", "0"], "--eval-every must be >= 1, got 0"),
+    (["--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
+    (["--gamma", "nan"], "--gamma must be a finite number >= 0, got nan"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, message):
     out = tmp_path / "r.json"
@@ -102,3 +106,80 @@ def test_help_states_each_default_once(argv, capsys):
     assert "(default: None)" not in text
     for option in text.split(" --")[1:]:
         assert option.count("(default") <= 1, option
+
+
+def test_too_large_synthetic_problem_is_one_line_naming_what_fits(tmp_path, capsys, monkeypatch):
+    import deeplora.cli.complete
+
+    monkeypatch.setattr(deeplora.cli.complete, "available_bytes", lambda: 2**30)
+    out = tmp_path / "r.json"
+    assert main(["complete", "--size", "100000", "--quiet", "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("deeplora: error: --size 100000 --cols 100000 (compressed): the synthetic "
+                   "problem needs about 312.9 GiB, 1.0 GiB available; the largest square "
+                   "--size that fits is 5653\n")
+    assert list(tmp_path.iterdir()) == []
+    per_entry = 8 + 0.2 * 128  # randperm over m·n, then Ω's arrays and index: > 32 (dense SVD)
+    assert per_entry * 5653**2 <= 2**30 < per_entry * 5654**2
+
+
+def test_divergence_is_reported_in_json_and_exit_status(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["complete", "--size", "40", "--rank", "2", "--lr", "1e6", "--steps", "50",
+                 "--quiet", "--json", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("deeplora: run diverged: the train loss became ") and "--lr" in err
+    assert err.count("\n") == 1  # one line, no warning besides it
+    result = json.loads(out.read_text())  # valid JSON: no bare NaN/Infinity
+    assert result["diverged"] is True and result["recovery_error"] is None
+
+
+def _ratings(path, users, items):
+    path.write_text("".join(f"{u}\t{i}\t{1 + (u * 7 + i) % 5}\t0\n" for u in users for i in items))
+    return path
+
+
+def test_ratings_divergence_fallback_count_and_bad_clip(tmp_path, capsys):
+    train = _ratings(tmp_path / "train.tsv", range(12), range(10))
+    test = _ratings(tmp_path / "test.tsv", range(8, 16), range(3))  # users 12-15 unknown
+    out = tmp_path / "r.json"
+    args = ["complete", "--ratings", str(train), "--test", str(test), "--rank", "2",
+            "--steps", "20", "--quiet", "--json", str(out)]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["n_fallback"] == 12 and result["diverged"] is False
+    assert capsys.readouterr().err.startswith("12 of 24 test ratings (50%) have a user or item "
+                                              "not in ")
+    assert main([*args, "--lr", "1e6"]) == 1
+    assert json.loads(out.read_text())["diverged"] is True
+    assert "deeplora: run diverged" in capsys.readouterr().err
+    out.unlink()
+    assert main([*args, "--clip", "5", "1"]) == 2
+    assert capsys.readouterr().err == ("deeplora: error: --clip LOW HIGH needs finite LOW < "
+                                       "HIGH, got 5 1\n")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("error, line", [
+    (TypeError("bad\nthing"), "deeplora: internal error: TypeError: bad thing (set "
+     "DEEPLORA_TRACEBACK=1 for the traceback)\n"),
+    (RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory: you tried"),
+     "deeplora: error: out of memory ([enforce fail] DefaultCPUAllocator: can't allocate "
+     "memory: you tried); try smaller sizes\n"),
+    (EOFError("Ran out of input"), "deeplora: error: Ran out of input\n"),
+    (MemoryError(), "deeplora: error: MemoryError\n"),
+])
+def test_cli_boundary_never_prints_a_traceback(monkeypatch, capsys, error, line):
+    import deeplora.cli.complete
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(deeplora.cli.complete, "run", fail)
+    monkeypatch.delenv("DEEPLORA_TRACEBACK", raising=False)
+    assert main(["complete"]) == (1 if isinstance(error, TypeError) else 2)
+    assert capsys.readouterr().err == line
+    monkeypatch.setenv("DEEPLORA_TRACEBACK", "1")
+    if isinstance(error, TypeError):
+        with pytest.raises(TypeError):
+            main(["complete"])

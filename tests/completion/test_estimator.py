@@ -202,3 +202,37 @@ def test_ranking_metrics_of_estimator() -> None:
     assert metrics["precision@5"] > 2 * chance
     with pytest.raises(ValueError, match="no held-out rating"):
         est.ranking_metrics(hidden_rows, hidden_cols, hidden, threshold=100.0)
+
+
+def test_raw_ids_that_make_a_huge_shape_are_refused_with_advice() -> None:
+    with pytest.raises(ValueError, match=r"a 100000001×100000001 model \(2 distinct rows, 2 "
+                       r"distinct columns, rank 10\) needs about .* the ids look like raw "
+                       r"labels, not 0-based indices: fit on a DataFrame"):
+        DeepMatrixCompletion().fit([0, 10**8], [0, 10**8], [3.0, 4.0])
+    with pytest.raises(ValueError, match="integer indices"):  # beyond int64: no OverflowError
+        DeepMatrixCompletion().fit([2**70, 1], [0, 1], [3.0, 4.0])
+
+
+def test_divergence_is_flagged_warned_and_saved(tmp_path: Path) -> None:
+    rows, cols, values, _, _ = _low_rank_ratings()
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        est = DeepMatrixCompletion(rank=2, lr=1e6, max_steps=30).fit(rows, cols, values)
+    assert est.diverged_ and est.n_steps_ < 30
+    est.save(tmp_path / "m.pt")
+    assert DeepMatrixCompletion.load(tmp_path / "m.pt").diverged_
+    assert not DeepMatrixCompletion(rank=2, max_steps=3).fit(rows, cols, values).diverged_
+
+
+def test_load_names_the_path_of_missing_empty_truncated_or_foreign_files(tmp_path: Path) -> None:
+    rows, cols, values, _, _ = _low_rank_ratings()
+    good = tmp_path / "m.pt"
+    DeepMatrixCompletion(rank=2, max_steps=2).fit(rows, cols, values).save(good)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:200])
+    (tmp_path / "text.pt").write_text("not a model")
+    with pytest.raises(FileNotFoundError, match=r"no saved DeepMatrixCompletion at .*nope\.pt"):
+        DeepMatrixCompletion.load(tmp_path / "nope.pt")
+    for name in ("empty.pt", "cut.pt", "text.pt"):
+        with pytest.raises(ValueError, match=rf"{name}' is not a readable saved "
+                           r"DeepMatrixCompletion \(empty, truncated"):
+            DeepMatrixCompletion.load(tmp_path / name)

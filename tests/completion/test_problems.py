@@ -83,3 +83,18 @@ def test_bad_input():
         MatrixCompletion(target, torch.tensor([4]), torch.tensor([0]))
     with pytest.raises(ValueError, match="values must have shape"):
         MatrixCompletion(target, torch.tensor([0]), torch.tensor([0]), torch.tensor([1.0, 2.0]))
+
+
+def test_huge_synthetic_targets_refused_before_allocating(monkeypatch):
+    import deeplora.memory
+    from deeplora.completion.problems import random_entries
+
+    monkeypatch.setattr(deeplora.memory, "available_bytes", lambda device=None: 2**30)
+    with pytest.raises(deeplora.memory.TooLargeError,
+                       match=r"random_low_rank\(100000, 100000\): the dense Gaussian and its SVD "
+                             r"needs about 298.0 GiB, 1.0 GiB available; pass singular_values"):
+        random_low_rank(100_000, 100_000, 5)
+    target = random_low_rank(100_000, 100_000, 5, singular_values=[1.0] * 5)  # no dense work
+    assert target.shape == (100_000, 100_000)
+    with pytest.raises(deeplora.memory.TooLargeError, match="sampling 2,000,000,000 of"):
+        random_entries(100_000, 100_000, 0.2)

@@ -33,11 +33,35 @@ def test_stops_at_tolerance_and_target_error(problem):
     assert history.train_loss[-1] <= 1e-3 and history.steps[-1] < 2000
 
 
-def test_divergence_is_recorded_not_raised(problem):
+def test_divergence_is_recorded_and_warned_not_raised(problem):
     model, _ = build_model("narrow", problem, rank=2, scale=1.0, dtype=torch.float64)
-    history = fit(model, problem, "gd", 1e6, steps=50, progress=False)
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        history = fit(model, problem, "gd", 1e6, steps=50, progress=False)
     assert not math.isfinite(history.train_loss[-1])
     assert history.steps[-1] < 50
+    assert history.diverged and history.as_dict()["diverged"] is True
+    model, _ = build_model("narrow", problem, rank=2, dtype=torch.float64)
+    assert not fit(model, problem, "adam", 1e-2, steps=5, progress=False).diverged
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_refused(problem, dtype):
+    with pytest.raises(ValueError, match="cannot train a deep factorization"):
+        build_model("narrow", problem, rank=2, dtype=dtype)
+    model, _ = build_model("narrow", problem, rank=2)
+    model.to(dtype)
+    with pytest.raises(ValueError, match=r"use torch\.float32"):
+        fit(model, problem, steps=1, progress=False)
+
+
+def test_model_too_large_for_memory_refused(problem, monkeypatch):
+    import deeplora.memory
+
+    monkeypatch.setattr(deeplora.memory, "available_bytes", lambda device=None: 10_000)
+    with pytest.raises(deeplora.memory.TooLargeError,
+                       match=r"original model of a 40×40 matrix .* needs about .*available; "
+                             r"use method 'compressed'"):
+        build_model("original", problem, rank=2)
 
 
 def test_bad_arguments(problem):

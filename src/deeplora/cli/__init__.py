@@ -5,12 +5,15 @@ Each subcommand lives in its own module (:mod:`deeplora.cli.complete`,
 :mod:`deeplora.cli.adapters`)
 exposing ``register_cli(subparsers)``; only the module of the command being run is imported, so
 ``deeplora complete`` never loads transformers or PEFT. Every error a user can cause is reported
-as one line ``deeplora: error: …`` with exit status 2, before any output file is written.
+as one line ``deeplora: error: …`` with exit status 2, before any output file is written. A run that fails on its own (divergence) says so and exits 1;
+any other exception is one line ``deeplora: internal error: …`` (exit 1), with the traceback
+only when the environment variable ``DEEPLORA_TRACEBACK`` is set.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from importlib import import_module
@@ -63,18 +66,38 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+# Errors a user's input or environment causes (validation, files, memory): one line, exit 2.
+EXPECTED_ERRORS = (ValueError, OSError, EOFError, MemoryError)
+TRACEBACK_ENV = "DEEPLORA_TRACEBACK"
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line (whitespace runs collapsed)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError) as exc:  # UsageError, validation and I/O errors
-        print(f"deeplora: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("deeplora: interrupted", file=sys.stderr)
         return 130
+    except EXPECTED_ERRORS as exc:
+        print(f"deeplora: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        if "out of memory" in str(exc) or "can't allocate memory" in str(exc):
+            print(f"deeplora: error: out of memory ({one_line(exc)}); try smaller sizes",
+                  file=sys.stderr)
+            return 2
+        print(f"deeplora: internal error: {type(exc).__name__}: {one_line(exc)} (set "
+              f"{TRACEBACK_ENV}=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
+import warnings
 from typing import Any
 
+import numpy as np
 import torch
 
 from deeplora.cli import HelpFormatter
@@ -20,7 +23,9 @@ from deeplora.completion import (
     fit,
 )
 from deeplora.completion.data import IdIndex
-from deeplora.completion.problems import random_low_rank
+from deeplora.completion.methods import model_bytes
+from deeplora.completion.problems import dense_target_bytes, random_entries_bytes, random_low_rank
+from deeplora.memory import TooLargeError, available_bytes, gib
 from deeplora.output import check_writable, write_json
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -103,6 +108,10 @@ def run_ratings(args: argparse.Namespace) -> int:
     if args.method == "original":
         raise ValueError("--ratings supports --method compressed or narrow (the wide model "
                          "is m×n)")
+    if args.clip and not (all(math.isfinite(c) for c in args.clip)
+                          and args.clip[0] < args.clip[1]):
+        raise ValueError(f"--clip LOW HIGH needs finite LOW < HIGH, got {args.clip[0]:g} "
+                         f"{args.clip[1]:g}")
     check_writable(args.json)
     train = read_ratings_file(args, args.ratings)
     test = read_ratings_file(args, args.test) if args.test else train
@@ -118,18 +127,30 @@ def run_ratings(args: argparse.Namespace) -> int:
         random_state=args.seed, progress=not args.quiet,
         **{key: value for key, value in given.items() if value is not None})
     start = time.perf_counter()
-    estimator.fit(rows, cols, train.values, ids.shape)
+    with warnings.catch_warnings():  # divergence is reported below, once
+        warnings.simplefilter("ignore", RuntimeWarning)
+        estimator.fit(rows, cols, train.values, ids.shape)
     seconds = time.perf_counter() - start
-    metrics = estimator.evaluate(*ids.transform(test), test.values)
+    test_rows, test_cols = ids.transform(test)
+    fallback = int(np.count_nonzero((test_rows == ids.shape[0]) | (test_cols == ids.shape[1])))
+    metrics = estimator.evaluate(test_rows, test_cols, test.values)
     result: dict[str, Any] = {
         **metrics, "seconds": seconds, "method": args.method, "rank": estimator.rank,
         "depth": estimator.depth, "ratings": str(args.ratings),
         "test": str(args.test) if args.test else None, "evaluated_on": "test" if args.test
         else "train", "shape": list(ids.shape), "n_train": len(train), "n_test": len(test),
         "steps": estimator.n_steps_, "best_step": estimator.best_step_,
-        "clip": list(clip) if clip[0] < clip[1] else None, "seed": args.seed}
+        "clip": list(clip) if clip[0] < clip[1] else None, "seed": args.seed,
+        "n_fallback": fallback, "diverged": estimator.diverged_}
     if args.json:
         write_json(args.json, result)
+    if estimator.diverged_:
+        return report_divergence(f"the train loss became non-finite after step "
+                                 f"{estimator.best_step_}", estimator.lr)
+    if fallback:
+        print(f"{fallback} of {len(test)} {result['evaluated_on']} ratings "
+              f"({fallback / len(test):.0%}) have a user or item not in {args.ratings} and "
+              "were predicted from the biases alone", file=sys.stderr)
     if args.json != "-":
         print(f"{args.method}: RMSE {metrics['rmse']:.4f}, MAE {metrics['mae']:.4f} on "
               f"{result['evaluated_on']} ({len(test)} ratings), {seconds:.1f} s")
@@ -144,9 +165,13 @@ def run(args: argparse.Namespace) -> int:
             setattr(args, name, value)
     cols = args.size if args.cols is None else args.cols
     rank_hat = args.rank if args.assumed_rank is None else args.assumed_rank
-    for name, value in (("--size", args.size), ("--cols", cols), ("--steps", args.steps + 1)):
+    for name, value in (("--size", args.size), ("--cols", cols)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    for name, value in (("--steps", args.steps), ("--eval-every", args.eval_every - 1)):
+        if value < 0:
+            raise ValueError(f"{name} must be >= {0 if name == '--steps' else 1}, got "
+                             f"{value if name == '--steps' else args.eval_every}")
     if args.depth < 2:
         raise ValueError(f"--depth must be >= 2, got {args.depth}")
     if args.rank <= 0 or rank_hat <= 0:
@@ -164,6 +189,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--lr-patience must be >= 0, got {args.lr_patience}")
     optimizer, lr, gamma = default_settings(args.method, args.optimizer, args.lr, args.gamma,
                                             args.observed)
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"--lr must be a finite number > 0, got {lr}")
+    if not (math.isfinite(gamma) and gamma >= 0):
+        raise ValueError(f"--gamma must be a finite number >= 0, got {gamma}")
+    check_memory(args.method, args.size, cols, args.observed, args.depth, rank_hat,
+                 DTYPES[args.dtype].itemsize)
     check_writable(args.json)
     check_writable(args.plot)
 
@@ -173,9 +204,11 @@ def run(args: argparse.Namespace) -> int:
     problem = MatrixCompletion.random(target, args.observed, seed=args.seed + 1)
     model, build_seconds = build_model(args.method, problem, args.depth, rank_hat,
                                        args.init_scale, args.seed, DTYPES[args.dtype])
-    history = fit(model, problem, optimizer, lr, gamma, args.steps, args.tol,
-                  args.target_error, args.eval_every, progress=not args.quiet,
-                  build_seconds=build_seconds, lr_patience=args.lr_patience)
+    with warnings.catch_warnings():  # divergence is reported below, once
+        warnings.simplefilter("ignore", RuntimeWarning)
+        history = fit(model, problem, optimizer, lr, gamma, args.steps, args.tol,
+                      args.target_error, args.eval_every, progress=not args.quiet,
+                      build_seconds=build_seconds, lr_patience=args.lr_patience)
     reached = history.first_below(1e-2)
     result: dict[str, Any] = {
         "method": args.method, "size": args.size, "cols": cols, "rank": args.rank,
@@ -188,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         "recovery_error": history.recovery_error[-1], "train_loss": history.train_loss[-1],
         "steps_to_1e-2": reached[0] if reached else None,
         "seconds_to_1e-2": reached[1] if reached else None,
+        "diverged": history.diverged,
     }
     if args.plot:
         from deeplora.experiments.plots import plot_runs
@@ -196,8 +230,41 @@ def run(args: argparse.Namespace) -> int:
                   title=f"{args.size}×{cols}, rank {args.rank}, {args.observed:.0%} observed")
     if args.json:
         write_json(args.json, result)
+    if history.diverged:
+        return report_divergence(f"the train loss became {history.train_loss[-1]} at step "
+                                 f"{result['steps']}", lr)
     if args.json != "-":
         print(f"{args.method}: recovery error {result['recovery_error']:.3e} after "
               f"{result['steps']} steps, {result['seconds']:.2f} s; 1e-2 reached at "
               f"{f'step {reached[0]}' if reached else 'no step'}")
     return 0
+
+
+def report_divergence(what: str, lr: float | None) -> int:
+    """Say on stderr that the run diverged; the exit status 1."""
+    print(f"deeplora: run diverged: {what}; no result to report (the JSON says "
+          f'"diverged": true). Try a smaller --lr'
+          + (f" than {lr:g}" if lr is not None else ""), file=sys.stderr)
+    return 1
+
+
+def check_memory(method: str, rows: int, cols: int, observed: float, depth: int, rank: int,
+                 itemsize: int) -> None:
+    """:class:`~deeplora.memory.TooLargeError` naming the largest square ``--size`` that fits,
+    unless the synthetic problem and its model fit in the available memory."""
+
+    def needs(m: int, n: int) -> int:
+        return max(dense_target_bytes(m, n), random_entries_bytes(m, n, observed),
+                   model_bytes(method, (m, n), depth, rank, itemsize))
+
+    free = available_bytes()
+    if needs(rows, cols) <= free:
+        return
+    low, high = 2 * rank, max(rows, cols)  # largest s with needs(s, s) <= free, by bisection
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if needs(mid, mid) <= free else (low, mid - 1)
+    fits = (f"the largest square --size that fits is {low}" if needs(low, low) <= free
+            else "nothing fits")
+    raise TooLargeError(f"--size {rows} --cols {cols} ({method}): the synthetic problem needs "
+                        f"about {gib(needs(rows, cols))}, {gib(free)} available; {fits}")

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from deeplora.completion.sparse import compressed_factorization
 from deeplora.factorization import DeepFactorization, discrepant_param_groups, make_optimizer
 from deeplora.factorization.optim import OPTIMIZERS
 from deeplora.factorization.sampled import ObservedIndex, sampled_product
+from deeplora.memory import check_fits
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -158,8 +160,10 @@ class DeepMatrixCompletion(BaseEstimator):
     Attributes after :meth:`fit`: ``model_``, ``shape_``, ``global_bias_``, ``row_bias_``,
     ``col_bias_``, ``history_`` (lists ``step``, ``train_loss``, ``val_rmse``, ``seconds``),
     ``best_step_``, ``n_steps_``, ``build_seconds_`` (the compressed construction),
-    ``eval_seconds_`` (validation and best-state copies), ``fit_seconds_`` (all), ``clip_``,
-    ``ids_`` (an :class:`~deeplora.completion.data.IdIndex` or ``None``).
+    ``eval_seconds_`` (validation and best-state copies), ``fit_seconds_`` (all),
+    ``diverged_`` (the train loss became non-finite; training stopped, a warning was issued
+    and the best parameters before it were kept), ``clip_``, ``ids_`` (an
+    :class:`~deeplora.completion.data.IdIndex` or ``None``).
     """
 
     def __init__(
@@ -327,6 +331,7 @@ class DeepMatrixCompletion(BaseEstimator):
         if 2 * self.rank > min(m, n):
             raise ValueError(f"2 × rank must be <= min(m, n) = {min(m, n)}, got rank "
                              f"{self.rank}")
+        self._check_memory(rows, cols, (m, n))
         rng = np.random.default_rng(self.random_state)
         torch_dtype = DTYPES[self.dtype]
         n_val = round(self.validation_fraction * rows.size)
@@ -365,6 +370,20 @@ class DeepMatrixCompletion(BaseEstimator):
         if self.distributed:
             dist.all_reduce(tensor)
         return tensor
+
+    def _check_memory(self, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> None:
+        """:class:`~deeplora.memory.TooLargeError` unless an m×n model fits: per row and column
+        2r̂ + 1 parameters, each with its gradient, two Adam moments and a best-state copy."""
+        m, n = shape
+        itemsize = DTYPES[self.dtype].itemsize
+        needed = 5 * (m + n) * (2 * self.rank + 1) * itemsize + 8 * (m + 1)
+        distinct = np.unique(rows).size, np.unique(cols).size
+        advice = ("the ids look like raw labels, not 0-based indices: fit on a DataFrame (ids "
+                  "re-indexed) or re-index them with deeplora.completion.data.IdIndex, as "
+                  "`deeplora complete --ratings` does"
+                  if distinct[0] * distinct[1] < m * n / 4 else "use a smaller rank")
+        check_fits(needed, f"a {m}×{n} model ({distinct[0]} distinct rows, {distinct[1]} "
+                   f"distinct columns, rank {self.rank})", advice, self._device())
 
     def _init_model(self, rows: np.ndarray, cols: np.ndarray, residual: np.ndarray,
                     dtype: torch.dtype) -> DeepFactorization:
@@ -470,6 +489,7 @@ class DeepMatrixCompletion(BaseEstimator):
                                                  "seconds": []}
         best, best_state, self.best_step_, stale = math.inf, self._state(), 0, 0
         self.eval_seconds_ = 0.0
+        self.diverged_ = False
         order: list[int] = []
         bar = tqdm(total=self.max_steps, disable=not self.progress, desc="fit", unit="step",
                    leave=False)
@@ -491,6 +511,10 @@ class DeepMatrixCompletion(BaseEstimator):
             loss.backward()
             value = self._reduce_gradients(data_loss)
             if not math.isfinite(value):
+                self.diverged_ = True
+                warnings.warn(f"the train loss became {value} at step {step}: training "
+                              f"diverged (lr={lr:g} too large?); the parameters of step "
+                              f"{self.best_step_} are kept", RuntimeWarning, stacklevel=3)
                 break
             if step % self.eval_every == 0 or step == self.max_steps:
                 clock = time.perf_counter()
@@ -727,15 +751,34 @@ class DeepMatrixCompletion(BaseEstimator):
                  "seen": list(self._seen),
                  "fitted": {k: getattr(self, k) for k in
                             ("best_step_", "n_steps_", "build_seconds_", "eval_seconds_",
-                             "fit_seconds_")}}
+                             "fit_seconds_", "diverged_")}}
         write_atomic(path, lambda tmp: torch.save(state, tmp))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DeepMatrixCompletion:
-        """Read an estimator written by :meth:`save` (onto its ``device``)."""
-        state = torch.load(path, weights_only=True, map_location="cpu")
+        """Read an estimator written by :meth:`save` (onto its ``device``).
+
+        ``FileNotFoundError`` if ``path`` does not exist; ``ValueError`` naming ``path`` if it
+        is empty, truncated or not written by :meth:`save`."""
+        name = os.fspath(path)
+        if not os.path.isfile(name):
+            raise FileNotFoundError(f"no saved DeepMatrixCompletion at {name!r}")
+        try:
+            state = torch.load(name, weights_only=True, map_location="cpu")
+        except Exception as exc:  # torch raises EOFError, RuntimeError, UnpicklingError, …
+            raise ValueError(f"{name!r} is not a readable saved DeepMatrixCompletion (empty, "
+                             f"truncated or another kind of file: {type(exc).__name__})"
+                             ) from None
         if not (isinstance(state, dict) and state.get("format") in (1, 2)):
-            raise ValueError(f"{os.fspath(path)!r} is not a saved DeepMatrixCompletion")
+            raise ValueError(f"{name!r} is not a saved DeepMatrixCompletion")
+        try:
+            return cls._from_state(state)
+        except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as exc:
+            raise ValueError(f"{name!r} is an incomplete saved DeepMatrixCompletion "
+                             f"({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_state(cls, state: dict[str, Any]) -> DeepMatrixCompletion:
         params = copy.deepcopy(state["params"])
         if params["clip"] is not None and params["clip"] != "auto":
             params["clip"] = tuple(params["clip"])
@@ -751,6 +794,7 @@ class DeepMatrixCompletion(BaseEstimator):
         ids = state.get("ids")
         est.ids_ = None if ids is None else IdIndex(_id_array(ids[0]), _id_array(ids[1]))
         est._seen = tuple(state["seen"]) if state.get("seen") is not None else None
+        est.diverged_ = False
         for key, value in state["fitted"].items():
             setattr(est, key, value)
         return est

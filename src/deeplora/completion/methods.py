@@ -15,6 +15,7 @@ import torch
 from deeplora.completion.problems import MatrixCompletion, Problem
 from deeplora.completion.sparse import compressed_factorization
 from deeplora.factorization import DeepFactorization, compress
+from deeplora.memory import check_fits
 
 METHODS = ("original", "compressed", "narrow")
 
@@ -65,6 +66,30 @@ def default_settings(method: str, optimizer: str | None = None, lr: float | None
             default_gamma if gamma is None else gamma)
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def check_dtype(dtype: torch.dtype) -> None:
+    """``ValueError`` for half precision: the product of L ε-small factors (ε^L = 1e-9 at the
+    defaults) underflows float16 to exactly 0 and is lost in bfloat16's 8-bit mantissa, so
+    training never leaves the initialization (adapters keep fp32 factors for the same reason)."""
+    if dtype in HALF_DTYPES:
+        raise ValueError(f"dtype {dtype} cannot train a deep factorization (the product of "
+                         f"ε-small factors underflows); use torch.float32 or torch.float64")
+
+
+def model_bytes(method: str, shape: tuple[int, int], depth: int, rank: int,
+                itemsize: int = 4) -> int:
+    """Training memory of ``method``'s model: every factor with its gradient and two Adam
+    moments, plus (``original``) three dense m×n arrays (product, residual, its gradient)."""
+    m, n = shape
+    width = max(m, n) if method == "original" else 2 * rank
+    depth = depth if method != "compressed" else depth + 2
+    params = width * n + (depth - 2) * width * width + m * width
+    dense = 3 * m * n if method == "original" else 0
+    return (4 * params + dense) * itemsize
+
+
 def build_model(
     method: str,
     problem: Problem,
@@ -91,6 +116,10 @@ def build_model(
     if not (isinstance(rank, int) and rank >= 1 and 2 * rank <= min(m, n)):
         raise ValueError(f"rank must be an integer with 1 <= rank and 2*rank <= min(m, n) = "
                          f"{min(m, n)}, got {rank!r}")
+    check_dtype(dtype)
+    check_fits(model_bytes(method, (m, n), depth, rank, torch.finfo(dtype).bits // 8),
+               f"the {method} model of a {m}×{n} matrix (depth {depth})",
+               "use method 'compressed' or 'narrow'" if method == "original" else "")
     start = time.perf_counter()
     if method == "compressed" and isinstance(problem, MatrixCompletion):
         index, values = problem.observed_index, problem.values

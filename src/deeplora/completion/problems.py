@@ -22,6 +22,23 @@ from torch import Tensor
 
 from deeplora.factorization import DeepFactorization
 from deeplora.factorization.sampled import ObservedIndex, squared_loss_and_grads
+from deeplora.memory import check_fits
+
+# Bytes per observed entry while sampling Ω and indexing it (rows, cols, values, the CSR index
+# and its transposed copy), rounded up.
+OBSERVED_ENTRY_BYTES = 128
+
+
+def dense_target_bytes(rows: int, cols: int) -> int:
+    """Peak memory of :func:`random_low_rank`'s paper target: an m×n float64 Gaussian and its
+    thin SVD (input, LAPACK's copy, U and Vᵀ: about four m×n float64 arrays)."""
+    return 32 * rows * cols
+
+
+def random_entries_bytes(rows: int, cols: int, fraction: float) -> int:
+    """Peak memory of :func:`random_entries` and indexing its Ω: a permutation of all m·n
+    positions (int64) plus :data:`OBSERVED_ENTRY_BYTES` per observed entry."""
+    return 8 * rows * cols + OBSERVED_ENTRY_BYTES * max(1, round(fraction * rows * cols))
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,9 @@ def random_low_rank(
     _check_rank(rows, cols, rank)
     gen = torch.Generator().manual_seed(seed)
     if singular_values is None:
+        check_fits(dense_target_bytes(rows, cols),
+                   f"random_low_rank({rows}, {cols}): the dense Gaussian and its SVD",
+                   "pass singular_values=… for a target built without dense m×n work")
         u, s, vh = torch.linalg.svd(
             torch.randn(rows, cols, dtype=torch.float64, generator=gen), full_matrices=False
         )
@@ -97,6 +117,8 @@ def random_entries(
     if not (isinstance(fraction, int | float) and 0 < fraction <= 1):
         raise ValueError(f"observed fraction must be in (0, 1], got {fraction!r}")
     count = max(1, round(fraction * rows * cols))
+    check_fits(random_entries_bytes(rows, cols, fraction),
+               f"sampling {count:,} of {rows}×{cols} entries")
     gen = torch.Generator().manual_seed(seed)
     flat = torch.randperm(rows * cols, generator=gen)[:count].sort().values
     return flat // cols, flat % cols

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
-from deeplora.completion.methods import optimizer_options
+from deeplora.completion.methods import check_dtype, optimizer_options
 from deeplora.completion.problems import Problem
 from deeplora.factorization import DeepFactorization, discrepant_param_groups, make_optimizer
 
@@ -19,7 +20,8 @@ class History:
     """What was measured at each evaluation.
 
     ``seconds`` is wall time since the start of model construction (``build_seconds``
-    included), excluding the time spent evaluating the recovery error itself.
+    included), excluding the time spent evaluating the recovery error itself. ``diverged``:
+    the train loss became non-finite (at ``steps[-1]``) and training stopped there.
     """
 
     steps: list[int] = field(default_factory=list)
@@ -27,6 +29,7 @@ class History:
     recovery_error: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     build_seconds: float = 0.0
+    diverged: bool = False
 
     def record(self, step: int, loss: float, error: float, seconds: float) -> None:
         self.steps.append(step)
@@ -45,7 +48,7 @@ class History:
     def as_dict(self) -> dict[str, object]:
         return {"steps": self.steps, "train_loss": self.train_loss,
                 "recovery_error": self.recovery_error, "seconds": self.seconds,
-                "build_seconds": self.build_seconds}
+                "build_seconds": self.build_seconds, "diverged": self.diverged}
 
 
 def fit(
@@ -80,6 +83,7 @@ def fit(
         raise ValueError(f"eval_every must be an integer >= 1, got {eval_every!r}")
     if lr_patience is not None and not (isinstance(lr_patience, int) and lr_patience >= 0):
         raise ValueError(f"lr_patience must be an integer >= 0 or None, got {lr_patience!r}")
+    check_dtype(model.factors[0].dtype)
     outer = model.outer_parameters()
     groups = discrepant_param_groups(outer, model.inner_parameters(), lr, gamma)
     options = {**optimizer_options(optimizer), **optimizer_kwargs}
@@ -98,6 +102,11 @@ def fit(
             elapsed += time.perf_counter() - clock
             error = problem.recovery_error(model) if math.isfinite(value) else math.inf
             history.record(step, value, error, elapsed)
+            if not math.isfinite(value):
+                history.diverged = True
+                warnings.warn(f"the train loss became {value} at step {step}: training "
+                              f"diverged (step size lr={lr:g} too large?)", RuntimeWarning,
+                              stacklevel=2)
             bar.set_postfix(loss=f"{value:.2e}", error=f"{error:.2e}", refresh=False)
             clock = time.perf_counter()
             if step == steps or not math.isfinite(value) or value <= tol or error <= target_error:
