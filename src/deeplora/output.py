@@ -38,6 +38,13 @@ def check_writable_dir(path: str | os.PathLike[str]) -> None:
         raise OSError(f"cannot write to {str(folder)!r}: {str(existing)!r} is not writable")
 
 
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
 
@@ -46,6 +53,7 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; keep the user's umask
     os.close(fd)
     try:
         write(Path(tmp))
@@ -55,20 +63,20 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         raise
 
 
-def _finite(obj: Any) -> Any:
+def finite_json(obj: Any) -> Any:
     """``obj`` with non-finite floats replaced by ``None`` (JSON has no NaN/inf)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {key: _finite(value) for key, value in obj.items()}
+        return {key: finite_json(value) for key, value in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_finite(value) for value in obj]
+        return [finite_json(value) for value in obj]
     return obj
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` atomically, or to stdout if ``path`` is ``"-"``."""
-    text = json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(finite_json(obj), indent=2, allow_nan=False) + "\n"
     if str(path) == "-":
         sys.stdout.write(text)
         sys.stdout.flush()

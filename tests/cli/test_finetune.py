@@ -37,6 +37,12 @@ def test_finetune_compares_and_resumes(glue_dir: Path, tiny_model: str, tmp_path
         (["--task", "qnli", "--data-dir", "EMPTY"], "no QNLI/ folder"),
         (["--task", "rte", "--data-dir", "BROKEN"], "RTE/train.tsv:2: label 'maybe'"),
         (["--model", "NOTMODEL"], "not a transformers model"),
+        (["--rank", "1000", "--method", "deep-lora"], "1000"),
+        (["--lr", "-1"], "lr must be a finite number > 0, got -1.0"),
+        (["--dev-samples", "0"], "dev_samples must be >= 1 (or None: the whole dev split), "
+         "got 0"),
+        (["--task", "stsb", "--data-dir", "NANLABEL"], "STS-B/train.tsv:3: score 'nan' is not a "
+         "finite number"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(
@@ -46,7 +52,11 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     broken = make_glue(tmp_path / "broken", n=5)
     rte = broken / "RTE" / "train.tsv"
     rte.write_text(rte.read_text().replace("\tentailment", "\tmaybe", 1))
-    replace = {"EMPTY": str(tmp_path / "empty"), "BROKEN": str(broken),
+    stsb = broken / "STS-B" / "train.tsv"
+    lines = stsb.read_text().splitlines()
+    lines[2] = lines[2].rsplit("\t", 1)[0] + "\tnan"
+    stsb.write_text("\n".join(lines) + "\n")
+    replace = {"EMPTY": str(tmp_path / "empty"), "BROKEN": str(broken), "NANLABEL": str(broken),
                "NOTMODEL": str(tmp_path / "empty")}
     (tmp_path / "empty").mkdir()
     args = [replace.get(a, a) for a in args]
@@ -56,3 +66,21 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     err = capsys.readouterr().err.strip()
     assert err.startswith("deeplora: error: ") and "\n" not in err and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_diverged_runs_are_reported_and_exit_1(tiny_model: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from .conftest import write_glue
+
+    data = write_glue(tmp_path / "glue", n=8)
+    train = data / "STS-B" / "train.tsv"
+    lines = train.read_text().splitlines()
+    train.write_text("\n".join(line.rsplit("\t", 1)[0] + "\t1e30" if i else line
+                               for i, line in enumerate(lines)) + "\n")
+    argv = ["finetune", "--method", "lora", "--model", tiny_model, "--samples", "4", "--steps",
+            "3", "--seeds", "0", "--data-dir", str(data), "--out", str(tmp_path / "out"),
+            "--quiet", "--preset", "practical", "--dev-samples", "4"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "lora seed 0: diverged (training loss not finite at step 1)" in captured.out
+    assert captured.err == "deeplora: 1 run(s) diverged; lower --lr\n"

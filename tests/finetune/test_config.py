@@ -32,6 +32,11 @@ def test_presets_differ_in_head_padding_adam_eps_and_sampling() -> None:
         ({"head": "pooled"}, "unknown head 'pooled'"),
         ({"samples": 0}, "samples must be >= 1"),
         ({"decay_ratio": 0.0}, "decay_ratio must be in"),
+        ({"dev_samples": 0}, r"dev_samples must be >= 1 \(or None: the whole dev split\), got 0"),
+        ({"lr": -1.0}, "lr must be a finite number > 0, got -1.0"),
+        ({"lr": float("nan")}, "lr must be a finite number > 0, got nan"),
+        ({"init_scale": 0.0}, "init_scale must be a finite number > 0, got 0.0"),
+        ({"lr_outer_ratio": -1.0}, "lr_outer_ratio must be a finite number >= 0"),
     ],
 )
 def test_bad_values_are_one_line_errors(overrides: dict, message: str) -> None:

@@ -69,6 +69,9 @@ def test_available_tasks(glue_dir: Path, tmp_path: Path) -> None:
     [
         ("STS-B", "train.tsv", 3, "1\tg\tf\ty\t0\tn\tn\tonly\tnine", "expected 10 tab-separated"),
         ("STS-B", "dev.tsv", 5, "1\tg\tf\ty\t0\tn\tn\ta\tb\tfive", "score 'five' is not a number"),
+        ("STS-B", "train.tsv", 4, "1\tg\tf\ty\t0\tn\tn\ta\tb\tnan", "score 'nan' is not a finite"),
+        ("STS-B", "train.tsv", 2, "1\tg\tf\ty\t0\tn\tn\ta\tb\t1e400", "score '1e400' is not a fin"),
+        ("STS-B", "dev.tsv", 3, "1\tg\tf\ty\t0\tn\tn\ta\tb\t-inf", "score '-inf' is not a finite"),
         ("CoLA", "train.tsv", 2, "gj04\t7\t\tx", "label '7'"),
         ("RTE", "train.tsv", 4, "1\ta\tb\tmaybe", "label 'maybe'"),
     ],

@@ -68,3 +68,99 @@ def test_bad_input_writes_nothing(glue_dir: Path, tiny_model: str, tmp_path: Pat
     with pytest.raises(DataError, match="--samples 41"):
         runs.run_sweep(config, [0], tmp_path / "out", glue_dir, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def _strict_json(text: str):
+    def bare(token: str):
+        raise ValueError(f"bare {token} in JSON")
+
+    return json.loads(text, parse_constant=bare)
+
+
+def test_invalid_result_file_counts_as_unfinished(glue_dir: Path, tiny_model: str,
+                                                  tmp_path: Path, capsys) -> None:
+    config = preset("practical", model=tiny_model, steps=1, samples=4, max_length=16)
+    runs.run_sweep(config, [0], tmp_path, glue_dir, progress=False)
+    path = runs.result_path(tmp_path, config, 0)
+    path.write_text(path.read_text()[:100])  # cut short (a full disk, a crash outside us)
+    capsys.readouterr()
+    results = runs.run_sweep(config, [0], tmp_path, glue_dir, progress=False)
+    assert results[0]["seed"] == 0 and _strict_json(path.read_text())["seed"] == 0
+    err = capsys.readouterr().err
+    assert f"{path} is not a valid result" in err and "the seed runs again" in err
+    assert path.with_name("seed-0.json.invalid").read_text() != path.read_text()
+
+
+def test_non_finite_loss_stops_the_run_with_a_status(glue_dir: Path, tiny_model: str,
+                                                     tmp_path: Path) -> None:
+    from .conftest import write_glue
+
+    data = write_glue(tmp_path / "glue", n=8)
+    train = data / "STS-B" / "train.tsv"
+    lines = train.read_text().splitlines()
+    train.write_text("\n".join(line.rsplit("\t", 1)[0] + "\t1e30" if i else line
+                               for i, line in enumerate(lines)) + "\n")  # finite, (1e30)² not
+    config = preset("practical", model=tiny_model, steps=5, samples=4, max_length=16)
+    result = runs.run_sweep(config, [0], tmp_path / "out", data, progress=False)[0]
+    assert result["status"] == "diverged" and result["diverged_at_step"] == 1
+    assert result["metrics"] == {} and result["layers"] == {}
+    path = runs.result_path(tmp_path / "out", config, 0)
+    assert _strict_json(path.read_text())["train_loss"] == [None]  # inf written as null
+    log = [_strict_json(line) for line in path.with_suffix(".log.jsonl").read_text().splitlines()]
+    assert log[-1] == {"step": 1, "status": "diverged"} and log[-2]["loss"] is None
+
+
+def test_settings_rejected_by_the_model_write_nothing(glue_dir: Path, tiny_model: str,
+                                                      tmp_path: Path) -> None:
+    config = preset("paper", model=tiny_model, rank=1000, steps=1, samples=4)
+    with pytest.raises(ValueError, match="1000"):
+        runs.run_sweep(config, [0], tmp_path / "out", glue_dir, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+_WORKER = """
+import sys, time
+from pathlib import Path
+from deeplora.finetune import runs
+from deeplora.finetune.config import preset
+
+out, glue, model, me, other = sys.argv[1:]
+real = runs.run_finetune
+def slow(config, seed, *args, **kwargs):
+    with open(Path(out) / f"ran-{me}", "a") as f:
+        f.write(f"{seed}\\n")
+    time.sleep(1.5)
+    return real(config, seed, *args, **kwargs)
+runs.run_finetune = slow
+(Path(out) / f"ready-{me}").touch()
+while not (Path(out) / f"ready-{other}").exists():
+    time.sleep(0.05)
+config = preset("practical", model=model, steps=1, samples=4, max_length=16)
+results = runs.run_sweep(config, [0, 1, 2, 3], Path(out) / "runs", glue, progress=False)
+assert [r["seed"] for r in results] == [0, 1, 2, 3]
+"""
+
+
+def test_two_identical_sweeps_into_one_out_share_the_seeds(glue_dir: Path, tiny_model: str,
+                                                           tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(tmp_path), str(glue_dir),
+                               tiny_model, me, other], env=env, stderr=subprocess.PIPE,
+                              text=True)
+             for me, other in (("a", "b"), ("b", "a"))]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    ran = [(tmp_path / f"ran-{me}").read_text().split() if (tmp_path / f"ran-{me}").exists()
+           else [] for me in "ab"]
+    assert sorted(ran[0] + ran[1]) == ["0", "1", "2", "3"]  # every seed trained exactly once
+    assert ran[0] and ran[1]  # both did some of the work
+    assert "is being run by another process" in errors[0] + errors[1]
+    folder = tmp_path / "runs" / preset("practical", model=tiny_model, steps=1, samples=4,
+                                        max_length=16).key()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["config.json"] + [f"seed-{k}.{ext}" for k in range(4) for ext in ("json", "log.jsonl")])

@@ -7,6 +7,7 @@ argparse, so a bad value is one line ``deeplora: error: …`` (exit 2) like ever
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -113,20 +114,30 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs > 1:
         run_parallel([(cell.config, cell.seeds) for cell in cells], out, args.data_dir,
                      jobs=args.jobs, progress=not args.quiet)
+    diverged = 0
     for cell in cells:
         for result in run_sweep(cell.config, cell.seeds, out, args.data_dir,
                                 progress=not args.quiet):
-            if state.is_main_process:
-                print(f"{cell.config.method} seed {result['seed']}: "
-                      f"{get_task(args.task).main_metric} {main_metric(result):.4f} "
-                      f"({result['wall_time_s']:.0f} s)")
+            if not state.is_main_process:
+                continue
+            if result.get("status") == "diverged":
+                diverged += 1
+                print(f"{cell.config.method} seed {result['seed']}: diverged (training loss "
+                      f"not finite at step {result['diverged_at_step']}); recorded with status "
+                      "'diverged', no dev metrics")
+                continue
+            print(f"{cell.config.method} seed {result['seed']}: "
+                  f"{get_task(args.task).main_metric} {main_metric(result):.4f} "
+                  f"({result['wall_time_s']:.0f} s)")
     if not state.is_main_process:
         return 0
     results = [(cell, load_results(out, cell.config, cell.seeds)) for cell in cells]
     text = markdown(f"{args.task}: {', '.join(methods)}", summarize(results))
     write_atomic(out / "summary.md", lambda tmp: tmp.write_text(text))
     print(text, end="")
-    return 0
+    if diverged:
+        print(f"deeplora: {diverged} run(s) diverged; lower --lr", file=sys.stderr)
+    return 1 if diverged else 0
 
 
 def run_e2e(args: argparse.Namespace, seeds: tuple[int, ...]) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -87,6 +88,16 @@ class FinetuneConfig:
             raise DataError("steps and eval_every must be >= 0")
         if not self.adam_eps > 0:
             raise DataError(f"adam_eps must be > 0, got {self.adam_eps}")
+        if self.dev_samples is not None and self.dev_samples < 1:
+            raise DataError(f"dev_samples must be >= 1 (or None: the whole dev split), got "
+                            f"{self.dev_samples}")
+        for name in ("lr", "init_scale"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise DataError(f"{name} must be a finite number > 0, got {value}")
+        if not (math.isfinite(self.lr_outer_ratio) and self.lr_outer_ratio >= 0):
+            raise DataError(f"lr_outer_ratio must be a finite number >= 0, got "
+                            f"{self.lr_outer_ratio}")
         if not 0 < self.decay_ratio <= 1:
             raise DataError(f"decay_ratio must be in (0, 1], got {self.decay_ratio}")
 

@@ -10,6 +10,7 @@ integer/float labels as the hub's ``nyu-mll/glue`` configs, so both sources are 
 from __future__ import annotations
 
 import csv
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,9 +134,12 @@ def task_file(task: GlueTask, split: str, data_dir: Path) -> Path:
 def _parse_label(task: GlueTask, raw: str, where: str) -> int | float:
     if task.labels is None:
         try:
-            return float(raw)
+            score = float(raw)
         except ValueError:
             raise DataError(f"{where}: score {raw!r} is not a number") from None
+        if not math.isfinite(score):
+            raise DataError(f"{where}: score {raw!r} is not a finite number")
+        return score
     if raw not in task.labels:
         raise DataError(f"{where}: label {raw!r} is not one of {list(task.labels)}")
     return task.labels.index(raw)

@@ -4,16 +4,27 @@ run one after another (:func:`run_sweep`) or in worker processes (:func:`run_par
 Layout: ``<out>/<config.key()>/config.json`` and ``seed-<k>.json`` (the result) plus
 ``seed-<k>.log.jsonl`` (the training log). A result file appears only complete (temp file +
 ``os.replace``; NaN is written as null), so a killed sweep leaves no partial result and a
-rerun trains exactly the seeds without one.
+rerun trains exactly the seeds without one. A result file that is not valid JSON (cut by a
+full disk, edited by hand) counts as unfinished: it is renamed ``seed-<k>.json.invalid`` and
+the seed runs again, with a message.
+
+While a seed runs, its process holds an exclusive lock (``flock``) on ``seed-<k>.lock``;
+another sweep into the same ``out`` skips that seed, runs the others, then waits for the lock
+and reads the result (or runs the seed itself if the holder died or failed). A killed process
+releases its lock; the lock file is removed when the seed ends. Nothing is written for a seed
+whose data, model or settings are rejected.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import multiprocessing
 import os
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +40,58 @@ def result_path(out: str | os.PathLike[str], config: FinetuneConfig, seed: int) 
     return Path(out) / config.key() / f"seed-{seed}.json"
 
 
+def read_result(path: Path) -> dict[str, Any] | None:
+    """The result at ``path``; ``None`` if there is none or it is not valid JSON (then it is
+    renamed ``*.invalid``, with a message, so that the seed runs again)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as exc:
+        aside = path.with_name(path.name + ".invalid")
+        os.replace(path, aside)
+        tqdm.write(f"deeplora: {path} is not a valid result ({exc}); moved to {aside.name}, "
+                   "the seed runs again", file=sys.stderr)
+        return None
+
+
 def load_results(out: str | os.PathLike[str], config: FinetuneConfig,
                  seeds: Iterable[int]) -> list[dict[str, Any]]:
     """The finished results of ``config`` among ``seeds`` (missing seeds are left out)."""
-    paths = (result_path(out, config, seed) for seed in seeds)
-    return [json.loads(p.read_text()) for p in paths if p.is_file()]
+    results = (read_result(result_path(out, config, seed)) for seed in seeds)
+    return [r for r in results if r is not None]
+
+
+@contextmanager
+def claim(path: Path, wait: bool) -> Iterator[bool]:
+    """Hold the exclusive lock of result ``path`` (``seed-<k>.lock``) for the body; yields
+    ``False`` at once if another process holds it and ``wait`` is false. Folders created for
+    the lock are removed again if the body leaves them empty (e.g. the run was rejected)."""
+    lock = path.with_suffix(".lock")
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            yield False
+            return
+        try:  # the holder before us may have removed the file: lock the current one
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield True
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+        for folder in created:
+            with suppress(OSError):
+                folder.rmdir()  # only if empty
 
 
 def run_sweep(
@@ -48,23 +106,41 @@ def run_sweep(
     Data and model are validated for a seed before its run starts, so bad input raises
     :class:`~deeplora.finetune.data.DataError` without writing anything.
     """
-    results = []
-    for seed in seeds:
-        path = result_path(out, config, seed)
-        if path.is_file():
-            results.append(json.loads(path.read_text()))
-            continue
-        prepared = Prepared(config, seed, data_dir)
-        main = distributed_state().is_main_process  # under `accelerate launch`: one writer
-        if main:
-            write_json(path.parent / "config.json", config.to_dict())
-        log = path.with_suffix(".log.jsonl") if main else None
-        result = run_finetune(config, seed, data_dir, log_path=log, progress=progress,
-                              prepared=prepared)
-        if main:
-            write_json(path, result)
-        results.append(result)
-    return results
+    results: dict[int, dict[str, Any]] = {}
+    seeds = list(seeds)
+    main = distributed_state().is_main_process  # under `accelerate launch`: one writer
+    # first the seeds nobody runs, then wait for the others (processes of one `accelerate
+    # launch` must run the same seeds in step: they wait at once)
+    for wait in (False, True) if distributed_state().num_processes == 1 else (True,):
+        for seed in seeds:
+            if seed in results:
+                continue
+            path = result_path(out, config, seed)
+            found = read_result(path)
+            if found is None and main:
+                with claim(path, wait) as mine:
+                    if not mine:
+                        tqdm.write(f"deeplora: {config.method} seed {seed} is being run by "
+                                   "another process; it is awaited at the end", file=sys.stderr)
+                        continue
+                    found = read_result(path)  # finished while we waited for the lock
+                    if found is None:
+                        found = _run_one(config, seed, path, data_dir, progress)
+            elif found is None:
+                found = run_finetune(config, seed, data_dir, progress=progress)
+            results[seed] = found
+    return [results[seed] for seed in seeds]
+
+
+def _run_one(config: FinetuneConfig, seed: int, path: Path,
+             data_dir: str | os.PathLike[str] | None, progress: bool) -> dict[str, Any]:
+    """Validate, train, and write ``config.json``, the log and the result of one seed."""
+    prepared = Prepared(config, seed, data_dir)
+    result = run_finetune(config, seed, data_dir, log_path=path.with_suffix(".log.jsonl"),
+                          progress=progress, prepared=prepared)
+    write_json(path.parent / "config.json", config.to_dict())
+    write_json(path, result)
+    return result
 
 
 def run_parallel(
@@ -86,7 +162,7 @@ def run_parallel(
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     longest = max((len(seeds) for _, seeds in sweeps), default=0)
     todo = [(config, seeds[i]) for i in range(longest) for config, seeds in sweeps
-            if i < len(seeds) and not result_path(out, config, seeds[i]).is_file()]
+            if i < len(seeds) and read_result(result_path(out, config, seeds[i])) is None]
     threads = max(1, torch.get_num_threads() // jobs)
     pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(threads,))

@@ -8,6 +8,7 @@ the head and adapter initialization, dropout and the batch order. The dev subset
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from deeplora.adapters import adapter_deltas, adapter_param_groups, compress_adapters
+from deeplora.cli.output import finite_json
 from deeplora.factorization.subspace import (
     principal_angles,
     singular_values,
@@ -177,8 +179,9 @@ class Prepared:
 
 
 def _log(handle: IO[str] | None, record: dict[str, Any]) -> None:
+    """One JSON line; non-finite numbers are written as null (JSON has no NaN)."""
     if handle is not None:
-        handle.write(json.dumps(record) + "\n")
+        handle.write(json.dumps(finite_json(record), allow_nan=False) + "\n")
         handle.flush()
 
 
@@ -203,6 +206,8 @@ def run_finetune(
     smallest (the authors' quantity) and largest principal angle between the top-
     ``subspace_rank`` left singular subspace of ΔW at each snapshot step and at the end.
     ``log_path`` receives one JSON line per step (loss, lr) and per evaluation.
+    ``status`` is ``"finished"``, or ``"diverged"`` when the training loss became non-finite:
+    training stops at that step (``diverged_at_step``), ``metrics`` and ``layers`` are empty.
     """
     start = time.perf_counter()
     prepared = prepared or Prepared(config, seed, data_dir)
@@ -242,10 +247,13 @@ def run_finetune(
         _log(handle, {"step": step, "eval": metrics})
         return metrics
 
+    status, diverged_at = "finished", None
+    if training:
+        optimizer, scheduler = _optimizer(config, model)
+        optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+    # the log is opened only now: a model or setting that fails to build leaves no file behind
     with (open(log_path, "w") if log_path is not None else nullcontext()) as handle:
         if training:
-            optimizer, scheduler = _optimizer(config, model)
-            optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
             model.train()
             snapshot(0)
             if config.eval_every:
@@ -264,6 +272,10 @@ def run_finetune(
                     losses.append(float(accelerator.reduce(loss.detach(), "mean")))
                     _log(handle, {"step": step, "loss": losses[-1],
                                   "lr": scheduler.get_last_lr()[-1]})
+                    if not math.isfinite(losses[-1]):
+                        status, diverged_at = "diverged", step
+                        _log(handle, {"step": step, "status": status})
+                        break
                     bar.update()
                     bar.set_postfix(loss=f"{losses[-1]:.4f}")
                     snapshot(step)
@@ -271,8 +283,11 @@ def run_finetune(
                         record_eval(step)
                     if step == config.steps:
                         break
+                if status == "diverged":
+                    break
             bar.close()
-        final = record_eval(config.steps if training else 0)
+        # a diverged model predicts NaN: no dev metrics, no spectra of ΔW
+        final = record_eval(config.steps if training else 0) if status == "finished" else {}
     result: dict[str, Any] = {
         "config": config.to_dict(),
         "seed": seed,
@@ -280,11 +295,15 @@ def run_finetune(
         "device": str(accelerator.device),
         "device_name": device_name(accelerator.device),
         "processes": accelerator.num_processes,
+        "status": status,
+        "diverged_at_step": diverged_at,
         "metrics": final,
         "history": history,
         "train_loss": losses,
     }
-    if config.method != "zero-shot":
+    if status == "diverged":
+        result["layers"] = {}
+    elif config.method != "zero-shot":
         deltas = adapter_deltas(adapted_backbone(task_model))
         result["layers"] = spectra(deltas, keep=min(2 * config.rank, 64))
         if snapshots:

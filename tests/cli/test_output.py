@@ -1,0 +1,26 @@
+"""Output files: atomic, valid JSON, and created with the user's umask."""
+
+import json
+import os
+
+import pytest
+
+from deeplora.cli.output import write_atomic, write_json
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_files_keep_the_users_umask(tmp_path, umask, mode):
+    before = os.umask(umask)
+    try:
+        write_json(tmp_path / "r.json", {"x": 1})
+        write_atomic(tmp_path / "t.txt", lambda tmp: tmp.write_text("x"))
+    finally:
+        os.umask(before)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "t.txt").stat().st_mode & 0o777 == mode
+
+
+def test_json_never_holds_bare_nan(tmp_path):
+    write_json(tmp_path / "r.json", {"a": float("nan"), "b": [float("inf"), 1.5]})
+    text = (tmp_path / "r.json").read_text()
+    assert json.loads(text) == {"a": None, "b": [None, 1.5]} and "NaN" not in text
