@@ -21,6 +21,7 @@ from deeplora.adapters.inspection import (
     adapter_singular_values,
     adapter_subspace_cosines,
 )
+from deeplora.adapters.loading import check_adapter_folder, load_adapter
 from deeplora.adapters.peft_integration import (
     DeepLoraLayer,
     DeepLoraModel,
@@ -43,10 +44,12 @@ __all__ = [
     "adapter_singular_values",
     "adapter_subspace_cosines",
     "build_adapter_config",
+    "check_adapter_folder",
     "compress_adapters",
     "compressed_factors",
     "embedded_model_path",
     "export_lora",
+    "load_adapter",
     "load_deeplora",
     "register_preset",
     "resolve_target_modules",
