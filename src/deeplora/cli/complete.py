@@ -145,8 +145,8 @@ def run_ratings(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, result)
     if estimator.diverged_:
-        return report_divergence(f"the train loss became non-finite after step "
-                                 f"{estimator.best_step_}", estimator.lr)
+        return report_divergence(f"the train loss became non-finite at step "
+                                 f"{estimator.n_steps_}", estimator.lr)
     if fallback:
         print(f"{fallback} of {len(test)} {result['evaluated_on']} ratings "
               f"({fallback / len(test):.0%}) have a user or item not in {args.ratings} and "

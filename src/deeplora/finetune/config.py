@@ -84,8 +84,9 @@ class FinetuneConfig:
                      "subspace_rank"):
             if getattr(self, name) < 1:
                 raise DataError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.steps < 0 or self.eval_every < 0:
-            raise DataError("steps and eval_every must be >= 0")
+        for name in ("steps", "eval_every"):
+            if getattr(self, name) < 0:
+                raise DataError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.adam_eps > 0:
             raise DataError(f"adam_eps must be > 0, got {self.adam_eps}")
         if self.dev_samples is not None and self.dev_samples < 1:

@@ -1,0 +1,184 @@
+"""Runs every row of the bad-input table in docs/reliability.md and checks what the user sees.
+
+Each row runs in one shared temporary working folder holding the files the table names (built
+by :func:`make_files`); a ``deeplora …`` row runs the CLI in-process and compares its exit
+status and stderr, a Python row evaluates the expression and compares ``Type: message`` of
+what it raises. In the table's text ``…`` stands for any text (paths, memory sizes). After each
+row the folder must be exactly as before: nothing written. ``python tests/test_reliability.py``
+prints what every row shows now (for writing the table).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT / "docs" / "reliability.md"
+ROW = re.compile(r"^\|\s*(\d+)\s*\|\s*`(.+?)`\s*\|\s*(\S+)\s*\|\s*(.+?)\s*\|$")
+
+
+def table_rows() -> list[tuple[int, str, str, str]]:
+    """``(number, input, exit status or "raises", what the user sees)`` per table row."""
+    rows = []
+    for line in TABLE.read_text().splitlines():
+        if match := ROW.match(line.strip()):
+            number, command, status, seen = match.groups()
+            rows.append((int(number), command, status, seen.replace("\\|", "|")))
+    return rows
+
+
+def make_files(folder: Path) -> None:
+    """The inputs the table names: ratings files, GLUE folders, saved models and adapters."""
+    import numpy as np
+
+    ratings = "".join(f"{u}\t{i}\t{1 + (u * 7 + i) % 5}\t0\n" for u in range(12)
+                      for i in range(10))
+    (folder / "ratings.tsv").write_text(ratings)
+    (folder / "nan.tsv").write_text(ratings.replace("\t3\t0\n", "\tnan\t0\n", 1))
+    (folder / "words.tsv").write_text(ratings.replace("\t3\t0\n", "\tgood\t0\n", 1))
+    (folder / "empty.tsv").write_text("")
+    (folder / "empty.pt").write_bytes(b"")
+    from deeplora.completion import DeepMatrixCompletion
+
+    est = DeepMatrixCompletion(rank=2, max_steps=1).fit(np.arange(30) // 5, np.arange(30) % 5,
+                                                         np.linspace(1, 5, 30))
+    est.save(folder / "model.pt")
+    (folder / "cut.pt").write_bytes((folder / "model.pt").read_bytes()[:300])
+    (folder / "model.pt").unlink()
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from finetune.conftest import write_glue
+    finally:
+        sys.path.remove(str(ROOT / "tests"))
+    write_glue(folder / "glue", n=8)
+    (folder / "empty").mkdir()
+    write_glue(folder / "glue-nan", n=8)
+    stsb = folder / "glue-nan" / "STS-B" / "train.tsv"
+    lines = stsb.read_text().splitlines()
+    lines[2] = lines[2].rsplit("\t", 1)[0] + "\tnan"
+    stsb.write_text("\n".join(lines) + "\n")
+    from peft import get_peft_model
+
+    from deeplora.adapters import DeepLoraConfig
+
+    model = get_peft_model(_tiny_bert(), DeepLoraConfig(r=2, target_modules="query-value"))
+    for name in ("adapter-noweights", "adapter-badtype"):
+        model.save_pretrained(folder / name)
+    (folder / "adapter-noweights" / "adapter_model.safetensors").unlink()
+    config = folder / "adapter-badtype" / "adapter_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "peft_type": "NOPE"}))
+
+
+def _tiny_bert() -> Any:
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    return BertModel(BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1,
+                                num_attention_heads=2, intermediate_size=32))
+
+
+def namespace() -> dict[str, Any]:
+    """Names the table's Python rows use."""
+    import numpy as np
+    import torch
+
+    from deeplora.adapters import DeepLoraConfig, load_adapter
+    from deeplora.completion import (
+        DeepMatrixCompletion,
+        MatrixCompletion,
+        build_model,
+        fit,
+        random_low_rank,
+    )
+    from deeplora.finetune import preset
+
+    target = random_low_rank(20, 20, 2)
+    problem = MatrixCompletion.random(target, 0.5)
+    model, _ = build_model("narrow", problem, rank=2)
+    return {"np": np, "torch": torch, "tiny_bert": _tiny_bert, "DeepLoraConfig": DeepLoraConfig,
+            "load_adapter": load_adapter, "DeepMatrixCompletion": DeepMatrixCompletion,
+            "MatrixCompletion": MatrixCompletion, "build_model": build_model, "fit": fit,
+            "random_low_rank": random_low_rank, "preset": preset, "target": target,
+            "problem": problem, "model": model}
+
+
+def run_row(command: str, names: dict[str, Any]) -> tuple[str, str]:
+    """``(exit status or "raises"/"returns", what the user sees)`` of one table input."""
+    import warnings
+
+    from deeplora.cli import main
+
+    if command.startswith("deeplora "):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                status = main(shlex.split(command)[1:])
+            except SystemExit as exc:  # argparse
+                status = exc.code
+        return str(status), " ".join(err.getvalue().split())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            eval(command, names)
+    except Exception as exc:
+        return "raises", " ".join(f"{type(exc).__name__}: {exc}".split())
+    return "returns", ""
+
+
+def _snapshot(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*")
+            if "__pycache__" not in p.parts}
+
+
+def _pattern(seen: str) -> re.Pattern[str]:
+    return re.compile(".*".join(re.escape(part) for part in seen.split("…")), re.S)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("reliability")
+    make_files(folder)
+    return folder
+
+
+def test_table_has_at_least_50_distinct_inputs() -> None:
+    rows = table_rows()
+    assert len(rows) >= 50 and len({r[1] for r in rows}) == len(rows)
+    assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
+
+
+@pytest.mark.parametrize("row", table_rows(), ids=lambda r: f"{r[0]}")
+def test_row_shows_what_the_table_says_and_writes_nothing(
+        row: tuple[int, str, str, str], workdir: Path, monkeypatch: pytest.MonkeyPatch,
+        one_thread: None) -> None:
+    number, command, status, seen = row
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("DEEPLORA_DATA_DIR", raising=False)
+    before = _snapshot(workdir)
+    got_status, got = run_row(command, namespace())
+    assert (got_status, got) == (status, got) and _pattern(seen).fullmatch(got), (
+        f"row {number}: {command}\n  table: {status} {seen}\n  now:   {got_status} {got}")
+    assert _snapshot(workdir) == before, f"row {number} wrote files"
+
+
+if __name__ == "__main__":  # print what each row shows now
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        make_files(Path(tmp))
+        os.chdir(tmp)
+        names = namespace()
+        for number, command, _, _ in table_rows():
+            print(number, command, "=>", *run_row(command, names), sep=" | ")
