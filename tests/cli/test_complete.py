@@ -183,3 +183,12 @@ def test_cli_boundary_never_prints_a_traceback(monkeypatch, capsys, error, line)
     if isinstance(error, TypeError):
         with pytest.raises(TypeError):
             main(["complete"])
+
+
+def test_ratings_ids_beyond_int64_are_labels_not_an_overflow(tmp_path, capsys):
+    train = tmp_path / "big.tsv"
+    train.write_text("".join(f"{u}\t{i}\t{1 + (k % 5)}\n" for k, (u, i) in enumerate(
+        (u, i) for u in (1, 2, 3, 99999999999999999999999) for i in (7, 8, 9))))
+    assert main(["complete", "--ratings", str(train), "--rank", "1", "--steps", "2",
+                 "--quiet", "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["shape"] == [4, 3]
