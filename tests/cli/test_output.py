@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from deeplora.cli.output import write_atomic, write_json
+from deeplora.output import write_atomic, write_json
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])

@@ -5,9 +5,10 @@ Each subcommand lives in its own module (:mod:`deeplora.cli.complete`,
 :mod:`deeplora.cli.adapters`)
 exposing ``register_cli(subparsers)``; only the module of the command being run is imported, so
 ``deeplora complete`` never loads transformers or PEFT. Every error a user can cause is reported
-as one line ``deeplora: error: …`` with exit status 2, before any output file is written. A run that fails on its own (divergence) says so and exits 1;
-any other exception is one line ``deeplora: internal error: …`` (exit 1), with the traceback
-only when the environment variable ``DEEPLORA_TRACEBACK`` is set.
+as one line ``deeplora: error: …`` with exit status 2, before any output file is written. A run
+that fails on its own (divergence) says so and exits 1; any other exception is one line
+``deeplora: internal error: …`` (exit 1), with the traceback only when the environment variable
+``DEEPLORA_TRACEBACK`` is set.
 """
 
 from __future__ import annotations

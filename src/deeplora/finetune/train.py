@@ -25,7 +25,6 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from deeplora.adapters import adapter_deltas, adapter_param_groups, compress_adapters
-from deeplora.cli.output import finite_json
 from deeplora.factorization.subspace import (
     principal_angles,
     singular_values,
@@ -42,6 +41,7 @@ from deeplora.finetune.models import (
     load_tokenizer,
     resolve_model,
 )
+from deeplora.output import finite_json
 
 if TYPE_CHECKING:
     import datasets
