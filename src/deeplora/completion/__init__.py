@@ -1,6 +1,5 @@
 """Low-rank matrix recovery: factorization, completion and sensing with deep factorizations."""
 
-from deeplora.completion.estimator import DeepMatrixCompletion
 from deeplora.completion.methods import METHODS, build_model, default_settings
 from deeplora.completion.problems import (
     LowRankMatrix,
@@ -28,3 +27,13 @@ __all__ = [
     "random_entries",
     "random_low_rank",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``DeepMatrixCompletion`` is imported on first use (it pulls in scikit-learn, which
+    ``deeplora complete`` on a synthetic matrix does not need)."""
+    if name == "DeepMatrixCompletion":
+        from deeplora.completion.estimator import DeepMatrixCompletion
+
+        return DeepMatrixCompletion
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
