@@ -16,7 +16,7 @@ import json
 import os
 import re
 import shlex
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ def table_rows() -> list[tuple[int, str, str, str]]:
     return rows
 
 
-def make_files(folder: Path) -> None:
+def make_files(folder: Path, write_glue: Callable[..., Path]) -> None:
     """The inputs the table names: ratings files, GLUE folders, saved models and adapters."""
     import numpy as np
 
@@ -55,11 +55,6 @@ def make_files(folder: Path) -> None:
     est.save(folder / "model.pt")
     (folder / "cut.pt").write_bytes((folder / "model.pt").read_bytes()[:300])
     (folder / "model.pt").unlink()
-    sys.path.insert(0, str(ROOT / "tests"))
-    try:
-        from finetune.conftest import write_glue
-    finally:
-        sys.path.remove(str(ROOT / "tests"))
     write_glue(folder / "glue", n=8)
     (folder / "empty").mkdir()
     write_glue(folder / "glue-nan", n=8)
@@ -146,9 +141,9 @@ def _pattern(seen: str) -> re.Pattern[str]:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def workdir(tmp_path_factory: pytest.TempPathFactory, make_glue: Callable[..., Path]) -> Path:
     folder = tmp_path_factory.mktemp("reliability")
-    make_files(folder)
+    make_files(folder, make_glue)
     return folder
 
 
@@ -174,10 +169,14 @@ def test_row_shows_what_the_table_says_and_writes_nothing(
 
 
 if __name__ == "__main__":  # print what each row shows now
+    import sys
     import tempfile
 
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import write_glue
+
     with tempfile.TemporaryDirectory() as tmp:
-        make_files(Path(tmp))
+        make_files(Path(tmp), write_glue)
         os.chdir(tmp)
         names = namespace()
         for number, command, _, _ in table_rows():

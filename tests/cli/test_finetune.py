@@ -68,11 +68,9 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     assert not (tmp_path / "out").exists()
 
 
-def test_diverged_runs_are_reported_and_exit_1(tiny_model: str, tmp_path: Path,
+def test_diverged_runs_are_reported_and_exit_1(tiny_model: str, tmp_path: Path, make_glue,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    from .conftest import write_glue
-
-    data = write_glue(tmp_path / "glue", n=8)
+    data = make_glue(tmp_path / "glue", n=8)
     train = data / "STS-B" / "train.tsv"
     lines = train.read_text().splitlines()
     train.write_text("\n".join(line.rsplit("\t", 1)[0] + "\t1e30" if i else line

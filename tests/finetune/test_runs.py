@@ -91,11 +91,9 @@ def test_invalid_result_file_counts_as_unfinished(glue_dir: Path, tiny_model: st
     assert path.with_name("seed-0.json.invalid").read_text() != path.read_text()
 
 
-def test_non_finite_loss_stops_the_run_with_a_status(glue_dir: Path, tiny_model: str,
-                                                     tmp_path: Path) -> None:
-    from .conftest import write_glue
-
-    data = write_glue(tmp_path / "glue", n=8)
+def test_non_finite_loss_stops_the_run_with_a_status(tiny_model: str, tmp_path: Path,
+                                                     make_glue) -> None:
+    data = make_glue(tmp_path / "glue", n=8)
     train = data / "STS-B" / "train.tsv"
     lines = train.read_text().splitlines()
     train.write_text("\n".join(line.rsplit("\t", 1)[0] + "\t1e30" if i else line
