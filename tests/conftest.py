@@ -50,17 +50,27 @@ WRONG_CONSTRUCTIONS = {"input-side": _input_side_bases, "stacked": _stacked_base
 
 
 @pytest.fixture
-def wrong_construction(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
-    """``apply(name)`` replaces the compressed construction in every code path that uses it by
-    one of :data:`WRONG_CONSTRUCTIONS` for the rest of the test (mutation checks)."""
+def wrong_construction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[[str, dict[str, Callable[[], None]]], set[str]]:
+    """``failing(name, checks)`` replaces the compressed construction in every code path that
+    uses it by one of :data:`WRONG_CONSTRUCTIONS` for the rest of the test, runs each check and
+    returns the names of those that fail (mutation checks)."""
 
-    def apply(name: str) -> None:
+    def failing(name: str, checks: dict[str, Callable[[], None]]) -> set[str]:
         for module in CONSTRUCTION_USERS:
             target = importlib.import_module(module)
             assert hasattr(target, "compressed_bases"), module
             monkeypatch.setattr(target, "compressed_bases", WRONG_CONSTRUCTIONS[name])
+        failed = set()
+        for check_name, check in checks.items():
+            try:
+                check()
+            except AssertionError:
+                failed.add(check_name)
+        return failed
 
-    return apply
+    return failing
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
