@@ -106,3 +106,21 @@ def test_rank_counted_as_the_authors() -> None:
     assert layer_rank("deep-lora", {**full, "matrix_rank": 2}) == 2
     assert layer_rank("deep-lora", {**full, "sigma_max": 5e-4}) == 0  # ‖ΔW‖₂ <= 1e-3
     assert layer_rank("lora", {**full, "matrix_rank": 8}) == 8  # matrix_rank, no cap
+
+
+def test_one_job_runs_seed_major(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep stopped early holds complete pairs: the first seed of every cell runs first."""
+    import deeplora.experiments.finetune_report as report
+    import deeplora.finetune.runs as runs
+    import deeplora.finetune.train as train
+    from deeplora.experiments.finetune_paper import run_experiment
+
+    calls = []
+    monkeypatch.setattr(train, "Prepared", lambda *args: None)
+    monkeypatch.setattr(runs, "run_sweep", lambda config, seeds, *a, **k: calls.append(
+        (config.method, config.samples, *seeds)))
+    monkeypatch.setattr(report, "write_report", lambda *args: {})
+    run_experiment("stsb-fewshot", Options(heads=("bi",), seeds=(0, 1)), tmp_path, jobs=1)
+    trained = [c for c in calls if c[0] != "zero-shot"]
+    assert [c[2] for c in trained] == [0] * 6 + [1] * 6
+    assert trained[:2] == [("deep-lora", 16, 0), ("lora", 16, 0)]

@@ -154,8 +154,9 @@ def run_experiment(
     """Run (or resume) experiment ``name`` with runs under ``out/runs/`` and write its report
     (``<name>.md``, ``<name>.json``, ``<name>.png``) into ``out``.
 
-    ``jobs`` > 1 trains that many runs at once in worker processes
-    (:func:`deeplora.finetune.runs.run_parallel`); the results are the same files.
+    Runs go seed-major (the first seed of every cell, then the second, …). ``jobs`` > 1 trains
+    that many runs at once in worker processes (:func:`deeplora.finetune.runs.run_parallel`);
+    the results are the same files.
 
     Every distinct (task, model, samples) is validated before the first training step. With
     ``train=False`` nothing runs: the report covers the seeds already finished (a sweep run in
@@ -175,9 +176,13 @@ def run_experiment(
             if key not in checked:
                 Prepared(cell.config, cell.seeds[0], data_dir)
                 checked.add(key)
-        if jobs == 1:
-            for cell in cells:
-                run_sweep(cell.config, cell.seeds, root / "runs", data_dir, progress=progress)
+        if jobs == 1:  # seed-major, as run_parallel: a sweep stopped early holds complete pairs
+            longest = max(len(cell.seeds) for cell in cells)
+            for i in range(longest):
+                for cell in cells:
+                    if i < len(cell.seeds):
+                        run_sweep(cell.config, (cell.seeds[i],), root / "runs", data_dir,
+                                  progress=progress)
         else:  # run_parallel rejects jobs < 1
             run_parallel([(cell.config, cell.seeds) for cell in cells], root / "runs", data_dir,
                          jobs=jobs, progress=progress)

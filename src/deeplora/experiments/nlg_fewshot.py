@@ -31,10 +31,12 @@ COLORS = {"zero-shot": "gray", "lora": "tab:orange", "deep-lora": "tab:blue",
 PRESET_TEXT = {
     "paper": "paper preset: 16 examples, batch 16, 400 steps, lr 1e-4, in/out 64 tokens padded, "
              "beam search (4 beams), every test MR",
-    "cpu": "CPU preset: 16 examples, batch 4, 20 steps (5 epochs) at lr 1e-3, greedy decoding, "
-           "24 fixed test MRs (all their references), dynamic padding",
+    "cpu": "CPU preset: 16 examples, batch 4, 60 steps (15 epochs) at lr 1e-3, Adam eps "
+           "1e-6·ε^(L-1), greedy decoding, 24 fixed test MRs (all their references), dynamic "
+           "padding",
 }
 Cells = list[tuple[NLGConfig, tuple[int, ...]]]
+FITTED_RATIO = 0.5
 
 
 def nlg_cells(preset: str, seeds: Sequence[int], model: str | None = None,
@@ -77,8 +79,26 @@ def bootstrap_ci(values: Sequence[float]) -> tuple[float, float]:
     return ci(values)
 
 
+def loss_quarters(losses: Sequence[float]) -> tuple[float, float]:
+    """Mean training loss over the first and over the last quarter of the steps (at least one
+    step each)."""
+    q = max(1, len(losses) // 4)
+    return float(np.mean(losses[:q])), float(np.mean(losses[-q:]))
+
+
+def fitted(run: dict[str, Any]) -> bool:
+    """Whether a run fitted its training examples: last-quarter loss at most half the first
+    quarter's. Runs that did not (e.g. never left the plateau of a small initialization) enter
+    no comparison."""
+    if not run.get("train_loss"):
+        return False
+    first, last = loss_quarters(run["train_loss"])
+    return last <= FITTED_RATIO * first
+
+
 def summarize_nlg(results: list[tuple[NLGConfig, list[dict[str, Any]]]]) -> dict[str, Any]:
-    """Per method and metric mean ± std over seeds; paired Deep LoRA − LoRA per metric."""
+    """Per method and metric mean ± std over seeds; paired Deep LoRA − LoRA per metric over
+    the seeds where both runs :func:`fitted`."""
     rows, by_method = [], {}
     zero = next((runs[0] for config, runs in results if config.method == "zero-shot" and runs),
                 None)
@@ -88,6 +108,9 @@ def summarize_nlg(results: list[tuple[NLGConfig, list[dict[str, Any]]]]) -> dict
         row: dict[str, Any] = {"method": config.method, "preset": config.preset,
                                "seeds": [r["seed"] for r in runs], "n": len(runs),
                                "left_init": sum(bool(r.get("left_init")) for r in runs),
+                               "fitted": sum(fitted(r) for r in runs),
+                               "loss_quarters": [loss_quarters(r["train_loss"]) for r in runs
+                                                 if r.get("train_loss")],
                                "same_as_zero_shot": float(np.mean(same)) if same else None,
                                "wall_time_s": float(np.mean([r["wall_time_s"] for r in runs]))
                                if runs else None}
@@ -100,7 +123,8 @@ def summarize_nlg(results: list[tuple[NLGConfig, list[dict[str, Any]]]]) -> dict
         rows.append(row)
     diffs = []
     if "deep-lora" in by_method and "lora" in by_method:
-        seeds = sorted(set(by_method["deep-lora"]) & set(by_method["lora"]))
+        seeds = sorted(s for s in set(by_method["deep-lora"]) & set(by_method["lora"])
+                       if fitted(by_method["deep-lora"][s]) and fitted(by_method["lora"][s]))
         for name in METRICS:
             values = [by_method["deep-lora"][s]["metrics"][name]
                       - by_method["lora"][s]["metrics"][name] for s in seeds]
@@ -154,20 +178,29 @@ def markdown_nlg(name: str, summary: dict[str, Any]) -> str:
     lines += [f"Settings: {PRESET_TEXT[p]}." for p in presets]
     lines += ["", "BLEU (sacrebleu, all references) and ROUGE F1 (×100), mean ± std over seeds. "
               "'left init': runs whose largest ‖ΔW‖₂ exceeds 1e-3; '= zero-shot': share of test "
-              "outputs identical to the zero-shot output.", "",
-              "| method | seeds | BLEU | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-Lsum | left init "
-              "| = zero-shot | s/run |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "outputs identical to the zero-shot output; 'train loss': mean over seeds of the "
+              "first → last quarter of the steps; 'fitted': runs whose last-quarter loss is at "
+              "most half the first quarter's (only seeds where both methods fitted are "
+              "paired).", "",
+              "| method | seeds | BLEU | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-Lsum | train loss "
+              "| fitted | left init | = zero-shot | s/run |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in summary["rows"]:
         cells = " | ".join(_pm(row[m], SCALE[m]) for m in METRICS)
-        left = "-" if row["method"] == "zero-shot" else f"{row['left_init']}/{row['n']}"
+        zero = row["method"] == "zero-shot"
+        left = "-" if zero else f"{row['left_init']}/{row['n']}"
+        fit = "-" if zero else f"{row['fitted']}/{row['n']}"
+        quarters = np.array(row["loss_quarters"]).reshape(-1, 2)
+        loss = (f"{quarters[:, 0].mean():.2f} → {quarters[:, 1].mean():.2f}"
+                if len(quarters) else "-")
         wall = f"{row['wall_time_s']:.0f}" if row["wall_time_s"] is not None else "-"
         same = row["same_as_zero_shot"]
         same_text = "-" if same is None or row["method"] == "zero-shot" else f"{same:.0%}"
         lines.append(f"| {LABELS.get(row['method'], row['method'])} | {row['n']} | {cells} | "
-                     f"{left} | {same_text} | {wall} |")
+                     f"{loss} | {fit} | {left} | {same_text} | {wall} |")
     if summary["differences"]:
-        lines += ["", "Paired difference Deep LoRA − vanilla LoRA (same seeds), bootstrap 95% "
-                  "interval:", "", "| metric | pairs | mean difference | 95% CI |",
+        lines += ["", "Paired difference Deep LoRA − vanilla LoRA (same seeds, both fitted), "
+                  "bootstrap 95% interval:", "", "| metric | pairs | mean difference | 95% CI |",
                   "|---|---|---|---|"]
         for d in summary["differences"]:
             s = SCALE[d["metric"]]

@@ -113,10 +113,10 @@ def _merge(model: torch.nn.Module) -> bool:
 
 def _train(model: torch.nn.Module, formatter: Formatter, train: list[Example],
            config: NLGConfig, seed: int, progress: bool) -> list[float]:
-    """Adam(β=(0.9, 0.999), eps=1e-6, no weight decay) at a constant lr over shuffled
+    """Adam(β=(0.9, 0.999), eps=``config.adam_eps``, no weight decay) at a constant lr over shuffled
     batches (reshuffled each epoch with ``seed``); the per-step losses."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.999), eps=1e-6,
+    optimizer = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.999), eps=config.adam_eps,
                                  weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
