@@ -37,6 +37,7 @@ def test_finetune_compares_and_resumes(glue_dir: Path, tiny_model: str, tmp_path
         (["--task", "qnli", "--data-dir", "EMPTY"], "no QNLI/ folder"),
         (["--task", "rte", "--data-dir", "BROKEN"], "RTE/train.tsv:2: label 'maybe'"),
         (["--model", "NOTMODEL"], "not a transformers model"),
+        (["--max-length", "200"], "max_length 200 is more than the 128 positions of "),
         (["--rank", "1000", "--method", "deep-lora"], "1000"),
         (["--lr", "-1"], "lr must be a finite number > 0, got -1.0"),
         (["--dev-samples", "0"], "dev_samples must be >= 1 (or None: the whole dev split), "

@@ -46,7 +46,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rank", type=int, default=8, help="adapter rank r")
     p.add_argument("--samples", type=int, default=16, help="training examples (seeded subset)")
     p.add_argument("--steps", type=int, default=None,
-                   help="optimizer steps (default: 500; e2e: the preset's, 400 or 20)")
+                   help="optimizer steps (default: 500; e2e: the preset's, 400 or 60)")
     p.add_argument("--seeds", default="0-4", help="seeds, e.g. 0-4 or 0,3,7")
     p.add_argument("--head", default="cross", help=f"one of {', '.join(HEADS)}")
     p.add_argument("--preset", default="paper",
@@ -65,6 +65,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                    help=f"one of {', '.join(PADDINGS)}: pad training batches to 128 tokens or "
                    "to their longest input (same outputs, padding is masked; default: the "
                    "preset's, paper: max-length)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="longest input in tokens; longer inputs are truncated (default: 128; at "
+                   "most the model's position embeddings)")
     p.add_argument("--data-dir", default=None,
                    help=f"GLUE folder (default: ${DATA_DIR_ENV}, else the hub nyu-mll/glue); "
                    "e2e: the E2E folder (or one holding e2e/), default $DEEPLORA_E2E_DIR, else "
@@ -91,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         preset(args.preset, task=args.task, method=method, rank=args.rank, samples=args.samples,
                steps=args.steps, head=args.head, targets=args.targets, model=args.model,
                lr=args.lr, eval_every=args.eval_every, dev_samples=args.dev_samples,
-               **padding_override(args.padding))
+               **padding_override(args.padding),
+               **({} if args.max_length is None else {"max_length": args.max_length}))
         for method in methods
     ]
     check_writable_dir(args.out)

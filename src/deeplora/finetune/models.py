@@ -65,6 +65,15 @@ def resolve_model(name: str | None) -> str:
     return path
 
 
+def check_max_length(max_length: int, model_path: str) -> None:
+    """:class:`DataError` when the model at ``model_path`` has fewer absolute positions
+    (``max_position_embeddings``) than ``max_length``; models without them pass."""
+    limit = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+    if isinstance(limit, int) and max_length > limit:
+        raise DataError(f"max_length {max_length} is more than the {limit} positions of "
+                        f"{model_path}; pass --max-length {limit} or less")
+
+
 def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``hidden`` (n, t, h) over the tokens where ``mask`` (n, t) is 1 → (n, h)."""
     weights = mask.unsqueeze(-1).to(hidden.dtype)

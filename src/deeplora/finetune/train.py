@@ -38,6 +38,7 @@ from deeplora.finetune.models import (
     Collator,
     CrossEncoder,
     build_task_model,
+    check_max_length,
     load_tokenizer,
     resolve_model,
 )
@@ -170,6 +171,7 @@ class Prepared:
     def __init__(self, config: FinetuneConfig, seed: int, data_dir: str | os.PathLike[str] | None):
         self.task = get_task(config.task)
         self.model_path = resolve_model(config.model)
+        check_max_length(config.max_length, self.model_path)
         self.train = training_rows(config, load_split(self.task, "train", data_dir),
                                    self.model_path, seed)
         dev = load_split(self.task, "dev", data_dir)
