@@ -16,7 +16,9 @@ def test_finetune_compares_and_resumes(glue_dir: Path, tiny_model: str, tmp_path
             str(glue_dir), "--out", str(tmp_path), "--quiet", "--preset", "practical"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "lora seed 1: accuracy" in out and "deep-lora seed 0: accuracy" in out
+    runs = [line.split(":")[0] for line in out.splitlines() if ": accuracy " in line]
+    assert runs == ["zero-shot seed 0", "deep-lora seed 0", "lora seed 0", "deep-lora seed 1",
+                    "lora seed 1"]  # seed-major: stopped early, it holds complete pairs
     assert "| head=bi | zero-shot | accuracy | 1 |" in out and " (f1 " in out
     assert "| head=cross | 2 |" in out  # the paired-difference row
     files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("*/seed-*.json"))

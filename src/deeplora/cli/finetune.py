@@ -119,8 +119,12 @@ def run(args: argparse.Namespace) -> int:
         run_parallel([(cell.config, cell.seeds) for cell in cells], out, args.data_dir,
                      jobs=args.jobs, progress=not args.quiet)
     diverged = 0
-    for cell in cells:
-        for result in run_sweep(cell.config, cell.seeds, out, args.data_dir,
+    # seed-major (every method's first seed, then the second, …): a sweep stopped early holds
+    # complete pairs
+    order = [(seed, cell) for i in range(max(len(c.seeds) for c in cells))
+             for cell in cells for seed in cell.seeds[i:i + 1]]
+    for seed, cell in order:
+        for result in run_sweep(cell.config, (seed,), out, args.data_dir,
                                 progress=not args.quiet):
             if not state.is_main_process:
                 continue
