@@ -34,6 +34,30 @@ def test_dmc_efficiency_fast(tmp_path):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_dmc_efficiency_resumes_finished_ranks(tmp_path, monkeypatch):
+    """An interrupted d = 1000 sweep keeps its finished r̂: a rerun with the same settings
+    measures only the missing ones; other settings start over."""
+    import deeplora.experiments.dmc as dmc
+
+    argv = ["experiment", "dmc-efficiency", "--fast", "--adam-steps", "0", "--out",
+            str(tmp_path)]
+    assert main(argv) == 0
+    path = tmp_path / "dmc-efficiency.json"
+    first = json.loads(path.read_text())
+    del first["gd"]["compressed"]["4"], first["gd"]["narrow"]["4"]  # as if stopped after r̂ = 2
+    path.write_text(json.dumps(first))
+    calls = []
+    run_gd = dmc._run_gd
+    monkeypatch.setattr(dmc, "_run_gd", lambda *a, **k: calls.append(a[0]) or run_gd(*a, **k))
+    assert main(argv) == 0
+    assert len(calls) == 2  # r̂ = 4, both methods
+    again = json.loads(path.read_text())
+    assert again["gd"]["narrow"]["2"] == first["gd"]["narrow"]["2"]
+    assert set(again["gd"]["narrow"]) == {"2", "4"}
+    assert main([*argv, "--seed", "1"]) == 0
+    assert len(calls) == 2 + 4  # another problem: every r̂ again
+
+
 def test_dmc_depth_fast(tmp_path):
     assert main(["experiment", "dmc-depth", "--fast", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "dmc-depth.json").read_text())

@@ -74,6 +74,10 @@ def _run_gd(model: DeepFactorization, problem: MatrixCompletion, lr: float, gamm
             "history": history.as_dict()}
 
 
+RESUME_KEYS = ("size", "rank", "observed", "depth", "init_scale", "gd_lr", "gd_gamma_compressed",
+               "tol_ours", "max_steps", "seed")
+
+
 @experiment(
     "dmc-efficiency",
     help="GD iterations and time to the train-loss tolerance vs r̂: compressed vs random narrow "
@@ -103,7 +107,9 @@ def dmc_efficiency(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
     ``--fast`` (a smoke test, not the paper's numbers): d = 24, r = 2, r̂ ∈ {2, 4}, 60 %
     observed, ε = 0.05, GD step 10 on our loss (the paper's 5e3 × p diverges at small d: the
-    curvature per entry grows as d shrinks), tolerance 1e-6, 200 Adam steps.
+    curvature per entry grows as d shrinks), tolerance 1e-6, 200 Adam steps. Resumable: an r̂
+    whose two runs are in ``out/dmc-efficiency.json`` from a run with the same settings is not
+    run again.
     """
     tol_authors = args.tol
     if args.fast:
@@ -131,7 +137,10 @@ def dmc_efficiency(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                "gd_gamma_compressed": PAPER_GD_GAMMA, "tol_authors": tol_authors, "tol_ours": tol,
                "max_steps": args.max_steps, "seed": args.seed, "gd": gd,
                "adam_steps": adam_steps, "adam": {}}
+    gd.update(_finished_gd(out / "dmc-efficiency.json", summary))
     for assumed in ranks:
+        if str(assumed) in gd["narrow"]:
+            continue  # measured by an earlier run with the same settings
         for method, gamma in (("compressed", PAPER_GD_GAMMA), ("narrow", 1.0)):
             model, build_seconds = build_model(method, problem, args.depth, assumed, scale,
                                                args.seed)
@@ -164,6 +173,20 @@ def dmc_efficiency(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     summary["adam"] = adam
     write_json(out / "dmc-efficiency.json", summary)
     return _without_histories(summary)
+
+
+def _finished_gd(path: Path, summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The GD runs already in ``path`` (an earlier, possibly interrupted sweep) when it was
+    made with the same settings as ``summary``; none otherwise. Both methods of an r̂ are kept
+    only together."""
+    if not path.is_file():
+        return {"compressed": {}, "narrow": {}}
+    earlier = json.loads(path.read_text())
+    if any(earlier.get(key) != summary[key] for key in RESUME_KEYS):
+        return {"compressed": {}, "narrow": {}}
+    both = set(earlier["gd"]["compressed"]) & set(earlier["gd"]["narrow"])
+    return {method: {r: run for r, run in earlier["gd"][method].items() if r in both}
+            for method in ("compressed", "narrow")}
 
 
 def _without_histories(value: Any) -> Any:

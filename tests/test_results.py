@@ -1,0 +1,58 @@
+"""The tables of ``docs/results.md`` come from the per-run result files committed under
+``docs/results/``: each report rebuilt from those files alone equals the committed report, and
+every row of its tables stands in ``docs/results.md``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+
+
+def _rows(markdown: str) -> list[str]:
+    """The data rows of every table (not the header or separator rows)."""
+    lines = markdown.splitlines()
+    return [line for i, line in enumerate(lines) if line.startswith("| ")
+            and not line.startswith("|---") and not (i + 1 < len(lines)
+                                                      and lines[i + 1].startswith("|---"))]
+
+
+def _rebuild_nlg(out: Path) -> str:
+    from deeplora.experiments.nlg_fewshot import nlg_cells, write_nlg_report
+    from deeplora.nlg.train import load_nlg_results
+
+    folder = RESULTS / "nlg-fewshot-cpu"
+    cells = nlg_cells("cpu", range(5))
+    write_nlg_report("nlg-fewshot", [(config, load_nlg_results(folder / "runs", config, seeds))
+                                     for config, seeds in cells], out)
+    return "nlg-fewshot.md"
+
+
+def _rebuild_stsb_fewshot(out: Path) -> str:
+    from deeplora.experiments.finetune_paper import Options, plan
+    from deeplora.experiments.finetune_report import write_report
+    from deeplora.finetune.runs import load_results
+
+    folder = RESULTS / "stsb-fewshot-practical-bi"
+    options = Options(seeds=tuple(range(5)), heads=("bi",), preset="practical",
+                      padding="longest")
+    cells = plan("stsb-fewshot", options, None)
+    write_report("stsb-fewshot", [(cell, load_results(folder / "runs", cell.config, cell.seeds))
+                                  for cell in cells], out)
+    return "stsb-fewshot.md"
+
+
+@pytest.mark.parametrize(("folder", "rebuild"), [("nlg-fewshot-cpu", _rebuild_nlg),
+                                                 ("stsb-fewshot-practical-bi",
+                                                  _rebuild_stsb_fewshot)])
+def test_report_rebuilds_from_committed_runs_and_stands_in_results_md(
+        folder: str, rebuild, tmp_path: Path) -> None:
+    name = rebuild(tmp_path)
+    rebuilt = (tmp_path / name).read_text()
+    assert rebuilt == (RESULTS / folder / name).read_text()
+    document = (ROOT / "docs" / "results.md").read_text()
+    rows = _rows(rebuilt)
+    assert rows and [row for row in rows if row not in document] == []
