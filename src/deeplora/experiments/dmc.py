@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -138,18 +139,19 @@ def dmc_efficiency(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                "max_steps": args.max_steps, "seed": args.seed, "gd": gd,
                "adam_steps": adam_steps, "adam": {}}
     gd.update(_finished_gd(out / "dmc-efficiency.json", summary))
-    for assumed in ranks:
-        if str(assumed) in gd["narrow"]:
-            continue  # measured by an earlier run with the same settings
-        for method, gamma in (("compressed", PAPER_GD_GAMMA), ("narrow", 1.0)):
-            model, build_seconds = build_model(method, problem, args.depth, assumed, scale,
-                                               args.seed)
-            gd[method][str(assumed)] = _run_gd(model, problem, lr, gamma, args.max_steps, tol,
-                                               10 if args.fast else 100, build_seconds)
+    todo = [r for r in ranks if str(r) not in gd["narrow"]]  # the others: an earlier run
+    for assumed in [*todo, None]:
+        if assumed is not None:
+            for method, gamma in (("compressed", PAPER_GD_GAMMA), ("narrow", 1.0)):
+                model, build_seconds = build_model(method, problem, args.depth, assumed, scale,
+                                                   args.seed)
+                gd[method][str(assumed)] = _run_gd(model, problem, lr, gamma, args.max_steps,
+                                                   tol, 10 if args.fast else 100, build_seconds)
         # after each r̂, so that an interrupted sweep keeps what it measured ("gd" holds the
-        # finished r̂, "ranks" the requested ones)
+        # finished r̂, "ranks" the requested ones), and once with every r̂ at hand
         done = [r for r in ranks if str(r) in gd["narrow"]]
-        _plot_gd_sweep(gd, done, out / "dmc-efficiency.png", title)
+        if done:
+            _plot_gd_sweep(gd, done, out / "dmc-efficiency.png", title)
         write_json(out / "dmc-efficiency.json", summary)
     adam: dict[str, Any] = {}
     if adam_steps:
@@ -220,7 +222,7 @@ def _plot_gd_sweep(gd: dict[str, dict[str, Any]], ranks: list[int], path: Path,
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(textwrap.fill(title, 110), fontsize=9)
     save_figure(fig, path)
 
 
