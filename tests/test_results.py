@@ -45,9 +45,34 @@ def _rebuild_stsb_fewshot(out: Path) -> str:
     return "stsb-fewshot.md"
 
 
+def _rebuild_finetune_command(out: Path) -> str:
+    """``deeplora finetune --method deep-lora,lora`` on the embedded SmolLM2: the zero-shot
+    cell, then the methods in the command's order, seeds as found."""
+    import json
+
+    from deeplora.finetune.config import FinetuneConfig
+    from deeplora.finetune.report import markdown, summarize
+    from deeplora.finetune.runs import load_results
+    from deeplora.finetune.sweep import Cell
+
+    folder = RESULTS / "stsb-smollm2-cross"
+    order = ("zero-shot", "deep-lora", "lora")
+    cells = []
+    for run in folder.glob("*/config.json"):
+        config = FinetuneConfig.from_dict(json.loads(run.read_text()))
+        seeds = tuple(sorted(int(f.stem.split("-")[1]) for f in run.parent.glob("seed-*.json")))
+        cells.append(Cell(config, seeds, {"method": config.method, "head": config.head}))
+    cells.sort(key=lambda cell: order.index(cell.config.method))
+    results = [(cell, load_results(folder, cell.config, cell.seeds)) for cell in cells]
+    (out / "summary.md").write_text(markdown("stsb: deep-lora, lora", summarize(results)))
+    return "summary.md"
+
+
 @pytest.mark.parametrize(("folder", "rebuild"), [("nlg-fewshot-cpu", _rebuild_nlg),
                                                  ("stsb-fewshot-practical-bi",
-                                                  _rebuild_stsb_fewshot)])
+                                                  _rebuild_stsb_fewshot),
+                                                 ("stsb-smollm2-cross",
+                                                  _rebuild_finetune_command)])
 def test_report_rebuilds_from_committed_runs_and_stands_in_results_md(
         folder: str, rebuild, tmp_path: Path) -> None:
     name = rebuild(tmp_path)
