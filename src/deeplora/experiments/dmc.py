@@ -322,7 +322,7 @@ def _plot_depth(runs: list[dict[str, Any]], fractions: list[float], path: Path,
     ax.set_ylabel("recovery error ‖X − Φ‖/‖Φ‖ (all entries)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=8)
+    ax.set_title(textwrap.fill(title, 90), fontsize=8)
     save_figure(fig, path)
 
 
