@@ -117,8 +117,8 @@ def test_one_job_runs_seed_major(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     calls = []
     monkeypatch.setattr(train, "Prepared", lambda *args: None)
-    monkeypatch.setattr(runs, "run_sweep", lambda config, seeds, *a, **k: calls.append(
-        (config.method, config.samples, *seeds)))
+    monkeypatch.setattr(runs, "run_pairs", lambda pairs, *a, **k: calls.extend(
+        (config.method, config.samples, seed) for config, seed in pairs))
     monkeypatch.setattr(report, "write_report", lambda *args: {})
     run_experiment("stsb-fewshot", Options(heads=("bi",), seeds=(0, 1)), tmp_path, jobs=1)
     trained = [c for c in calls if c[0] != "zero-shot"]

@@ -162,3 +162,31 @@ def test_two_identical_sweeps_into_one_out_share_the_seeds(glue_dir: Path, tiny_
                                         max_length=16).key()
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["config.json"] + [f"seed-{k}.{ext}" for k in range(4) for ext in ("json", "log.jsonl")])
+
+
+def test_pairs_another_process_runs_are_awaited_after_the_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seed-major sweeps share work: a run locked by another process is skipped, the next one
+    runs, and the locked one is awaited last (not waited for in place)."""
+    import fcntl
+    import os
+
+    config = preset("practical", steps=1)
+    lock = runs.result_path(tmp_path, config, 0).with_suffix(".lock")
+    lock.parent.mkdir(parents=True)
+    held = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)  # "another process" is running seed 0
+    order = []
+
+    def run_one(config, seed, path, data_dir, progress):
+        order.append(seed)
+        if seed == 1:
+            os.close(held)  # the other process lets go of seed 0
+        return {"seed": seed}
+
+    monkeypatch.setattr(runs, "_run_one", run_one)
+    seen = []
+    results = runs.run_pairs([(config, 0), (config, 1)], tmp_path, progress=False,
+                             on_result=lambda config, result: seen.append(result["seed"]))
+    assert order == [1, 0] and seen == [1, 0]
+    assert [r["seed"] for r in results] == [0, 1]

@@ -10,6 +10,7 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from deeplora.cli import HelpFormatter
 from deeplora.finetune.config import (
@@ -18,6 +19,7 @@ from deeplora.finetune.config import (
     PADDINGS,
     PRESETS,
     TARGETS,
+    FinetuneConfig,
     padding_override,
     preset,
 )
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     check_writable_dir(args.out)
     from deeplora.finetune.models import quiet_transformers
     from deeplora.finetune.report import main_metric, markdown, summarize
-    from deeplora.finetune.runs import load_results, run_parallel, run_sweep
+    from deeplora.finetune.runs import load_results, run_pairs, run_parallel
     from deeplora.finetune.train import Prepared, distributed_state
 
     quiet_transformers()
@@ -119,24 +121,25 @@ def run(args: argparse.Namespace) -> int:
         run_parallel([(cell.config, cell.seeds) for cell in cells], out, args.data_dir,
                      jobs=args.jobs, progress=not args.quiet)
     diverged = 0
+
+    def report(config: FinetuneConfig, result: dict[str, Any]) -> None:
+        nonlocal diverged
+        if not state.is_main_process:
+            return
+        if result.get("status") == "diverged":
+            diverged += 1
+            print(f"{config.method} seed {result['seed']}: diverged (training loss not finite "
+                  f"at step {result['diverged_at_step']}); recorded with status 'diverged', "
+                  "no dev metrics")
+            return
+        print(f"{config.method} seed {result['seed']}: {get_task(args.task).main_metric} "
+              f"{main_metric(result):.4f} ({result['wall_time_s']:.0f} s)")
+
     # seed-major (every method's first seed, then the second, …): a sweep stopped early holds
     # complete pairs
-    order = [(seed, cell) for i in range(max(len(c.seeds) for c in cells))
-             for cell in cells for seed in cell.seeds[i:i + 1]]
-    for seed, cell in order:
-        for result in run_sweep(cell.config, (seed,), out, args.data_dir,
-                                progress=not args.quiet):
-            if not state.is_main_process:
-                continue
-            if result.get("status") == "diverged":
-                diverged += 1
-                print(f"{cell.config.method} seed {result['seed']}: diverged (training loss "
-                      f"not finite at step {result['diverged_at_step']}); recorded with status "
-                      "'diverged', no dev metrics")
-                continue
-            print(f"{cell.config.method} seed {result['seed']}: "
-                  f"{get_task(args.task).main_metric} {main_metric(result):.4f} "
-                  f"({result['wall_time_s']:.0f} s)")
+    run_pairs([(cell.config, cell.seeds[i]) for i in range(max(len(c.seeds) for c in cells))
+               for cell in cells if i < len(cell.seeds)], out, args.data_dir,
+              progress=not args.quiet, on_result=report)
     if not state.is_main_process:
         return 0
     results = [(cell, load_results(out, cell.config, cell.seeds)) for cell in cells]

@@ -164,7 +164,7 @@ def run_experiment(
     Returns the summary (see :func:`deeplora.experiments.finetune_report.write_report`).
     """
     from deeplora.experiments.finetune_report import write_report
-    from deeplora.finetune.runs import load_results, run_parallel, run_sweep
+    from deeplora.finetune.runs import load_results, run_pairs, run_parallel
     from deeplora.finetune.train import Prepared
 
     cells = plan(name, options, data_dir)
@@ -178,11 +178,8 @@ def run_experiment(
                 checked.add(key)
         if jobs == 1:  # seed-major, as run_parallel: a sweep stopped early holds complete pairs
             longest = max(len(cell.seeds) for cell in cells)
-            for i in range(longest):
-                for cell in cells:
-                    if i < len(cell.seeds):
-                        run_sweep(cell.config, (cell.seeds[i],), root / "runs", data_dir,
-                                  progress=progress)
+            run_pairs([(cell.config, cell.seeds[i]) for i in range(longest) for cell in cells
+                       if i < len(cell.seeds)], root / "runs", data_dir, progress=progress)
         else:  # run_parallel rejects jobs < 1
             run_parallel([(cell.config, cell.seeds) for cell in cells], root / "runs", data_dir,
                          jobs=jobs, progress=progress)

@@ -22,7 +22,7 @@ import json
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -106,14 +106,27 @@ def run_sweep(
     Data and model are validated for a seed before its run starts, so bad input raises
     :class:`~deeplora.finetune.data.DataError` without writing anything.
     """
+    return run_pairs([(config, seed) for seed in seeds], out, data_dir, progress)
+
+
+def run_pairs(
+    pairs: Sequence[tuple[FinetuneConfig, int]],
+    out: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    on_result: Callable[[FinetuneConfig, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`run_sweep` over (config, seed) ``pairs`` in their order (e.g. seed-major);
+    the results in that order. A pair another process is running is skipped and awaited
+    after the others, so two identical sweeps share the work. ``on_result`` is called with
+    each result as it is obtained."""
     results: dict[int, dict[str, Any]] = {}
-    seeds = list(seeds)
     main = distributed_state().is_main_process  # under `accelerate launch`: one writer
-    # first the seeds nobody runs, then wait for the others (processes of one `accelerate
-    # launch` must run the same seeds in step: they wait at once)
+    # first the runs nobody runs, then wait for the others (processes of one `accelerate
+    # launch` must run the same runs in step: they wait at once)
     for wait in (False, True) if distributed_state().num_processes == 1 else (True,):
-        for seed in seeds:
-            if seed in results:
+        for i, (config, seed) in enumerate(pairs):
+            if i in results:
                 continue
             path = result_path(out, config, seed)
             found = read_result(path)
@@ -128,8 +141,10 @@ def run_sweep(
                         found = _run_one(config, seed, path, data_dir, progress)
             elif found is None:
                 found = run_finetune(config, seed, data_dir, progress=progress)
-            results[seed] = found
-    return [results[seed] for seed in seeds]
+            results[i] = found
+            if on_result is not None:
+                on_result(config, found)
+    return [results[i] for i in range(len(pairs))]
 
 
 def _run_one(config: FinetuneConfig, seed: int, path: Path,
