@@ -35,6 +35,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from bench_adapters import saved_bytes  # benchmarks/ is on sys.path when run as a script
 from peft import get_peft_model
 from transformers import AutoModelForSequenceClassification
 
@@ -70,23 +71,6 @@ def make_batch(batch: int, length: int) -> dict[str, torch.Tensor]:
     ids = torch.randint(1000, 29000, (batch, length), generator=generator)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
             "labels": torch.randn(batch, 1, generator=generator)}
-
-
-def saved_bytes(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> int:
-    """Bytes autograd saves for backward in one forward (unique storages, weights excluded)."""
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in weights:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        model(**batch).loss.backward()
-    model.zero_grad(set_to_none=True)
-    return sum(storages.values())
 
 
 def peak_rss() -> int:
