@@ -134,6 +134,12 @@ def padding_override(padding: str | None) -> dict[str, bool]:
     return {"pad_to_max_length": padding == "max-length"}
 
 
+def factor_adam_eps(init_scale: float, depth: int, base: float = 1e-6) -> float:
+    """Adam's eps scaled to a depth-``depth`` factor's gradient, ``base``·ε^(L−1): at the
+    ε-small start a factor's gradient is about ε^(L−1) times ∂loss/∂ΔW."""
+    return base * init_scale ** (depth - 1)
+
+
 def preset(name: str, **overrides: Any) -> FinetuneConfig:
     """A :class:`FinetuneConfig` for preset ``name`` with ``overrides`` applied."""
     if name not in PRESETS:
@@ -146,5 +152,5 @@ def preset(name: str, **overrides: Any) -> FinetuneConfig:
         defaults = FinetuneConfig()
         scale = overrides.get("init_scale", defaults.init_scale)
         depth = overrides.get("depth", defaults.depth)
-        base["adam_eps"] = 1e-6 * scale ** (depth - 1)
+        base["adam_eps"] = factor_adam_eps(scale, depth)
     return FinetuneConfig(**{**base, **overrides})

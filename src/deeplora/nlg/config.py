@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from deeplora.finetune.config import factor_adam_eps
 from deeplora.finetune.data import DataError
 
 TASKS = ("e2e",)
@@ -106,7 +107,7 @@ def nlg_preset(name: str, **overrides: Any) -> NLGConfig:
         defaults = NLGConfig()
         scale = values.get("init_scale", defaults.init_scale)
         depth = values.get("depth", defaults.depth)
-        values["adam_eps"] = 1e-6 * scale ** (depth - 1)
+        values["adam_eps"] = factor_adam_eps(scale, depth)
     if values.get("method") == "zero-shot":
         values["steps"] = 0
     return NLGConfig(preset=name, **values)
