@@ -24,7 +24,14 @@ from deeplora.finetune.config import (
     preset,
 )
 from deeplora.finetune.data import DATA_DIR_ENV, TASKS, DataError, get_task
-from deeplora.finetune.sweep import Cell, Options, check_jobs, parse_seeds, zero_shot_cell
+from deeplora.finetune.sweep import (
+    Cell,
+    Options,
+    check_jobs,
+    parse_seeds,
+    seed_major,
+    zero_shot_cell,
+)
 from deeplora.output import check_writable_dir, write_atomic
 
 
@@ -135,10 +142,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{config.method} seed {result['seed']}: {get_task(args.task).main_metric} "
               f"{main_metric(result):.4f} ({result['wall_time_s']:.0f} s)")
 
-    # seed-major (every method's first seed, then the second, …): a sweep stopped early holds
-    # complete pairs
-    run_pairs([(cell.config, cell.seeds[i]) for i in range(max(len(c.seeds) for c in cells))
-               for cell in cells if i < len(cell.seeds)], out, args.data_dir,
+    run_pairs(seed_major((cell.config, cell.seeds) for cell in cells), out, args.data_dir,
               progress=not args.quiet, on_result=report)
     if not state.is_main_process:
         return 0

@@ -19,7 +19,14 @@ from typing import Any
 from deeplora.experiments import Arg, experiment
 from deeplora.finetune.config import PADDINGS, PRESETS
 from deeplora.finetune.data import DATA_DIR_ENV, DataError, available_tasks, resolve_data_dir
-from deeplora.finetune.sweep import Cell, Options, check_jobs, parse_seeds, zero_shot_cell
+from deeplora.finetune.sweep import (
+    Cell,
+    Options,
+    check_jobs,
+    parse_seeds,
+    seed_major,
+    zero_shot_cell,
+)
 
 
 def _pairs(options: Options, seeds: int, steps: int, axis: str, values: Sequence[Any],
@@ -176,13 +183,11 @@ def run_experiment(
             if key not in checked:
                 Prepared(cell.config, cell.seeds[0], data_dir)
                 checked.add(key)
-        if jobs == 1:  # seed-major, as run_parallel: a sweep stopped early holds complete pairs
-            longest = max(len(cell.seeds) for cell in cells)
-            run_pairs([(cell.config, cell.seeds[i]) for i in range(longest) for cell in cells
-                       if i < len(cell.seeds)], root / "runs", data_dir, progress=progress)
+        sweeps = [(cell.config, cell.seeds) for cell in cells]
+        if jobs == 1:
+            run_pairs(seed_major(sweeps), root / "runs", data_dir, progress=progress)
         else:  # run_parallel rejects jobs < 1
-            run_parallel([(cell.config, cell.seeds) for cell in cells], root / "runs", data_dir,
-                         jobs=jobs, progress=progress)
+            run_parallel(sweeps, root / "runs", data_dir, jobs=jobs, progress=progress)
     results = [(cell, load_results(root / "runs", cell.config, cell.seeds)) for cell in cells]
     return write_report(name, results, root)
 

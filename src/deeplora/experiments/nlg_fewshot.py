@@ -57,17 +57,14 @@ def run_nlg_experiment(cells: Cells, out: str | os.PathLike[str],
                        train: bool = True) -> dict[str, Any]:
     """Run (or resume) ``cells`` seed-major with runs under ``out/runs/`` and write the
     report into ``out``; ``train=False`` only reports the runs already finished."""
+    from deeplora.finetune.sweep import seed_major
     from deeplora.nlg.train import PreparedNLG, load_nlg_results, run_nlg_sweep
 
     root = Path(out)
     if train:
         PreparedNLG(cells[0][0], cells[0][1][0], data_dir)  # data and model, before any run
-        longest = max(len(seeds) for _, seeds in cells)
-        for i in range(longest):
-            for config, seeds in cells:
-                if i < len(seeds):
-                    run_nlg_sweep(config, [seeds[i]], root / "runs", data_dir,
-                                  progress=progress)
+        for config, seed in seed_major(cells):
+            run_nlg_sweep(config, [seed], root / "runs", data_dir, progress=progress)
     results = [(config, load_nlg_results(root / "runs", config, seeds))
                for config, seeds in cells]
     return write_nlg_report("nlg-fewshot", results, root)

@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deeplora.finetune.config import FinetuneConfig
+from deeplora.finetune.sweep import seed_major
 from deeplora.finetune.train import Prepared, distributed_state, run_finetune
 from deeplora.output import write_json
 
@@ -175,9 +176,8 @@ def run_parallel(
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    longest = max((len(seeds) for _, seeds in sweeps), default=0)
-    todo = [(config, seeds[i]) for i in range(longest) for config, seeds in sweeps
-            if i < len(seeds) and read_result(result_path(out, config, seeds[i])) is None]
+    todo = [(config, seed) for config, seed in seed_major(sweeps)
+            if read_result(result_path(out, config, seed)) is None]
     threads = max(1, torch.get_num_threads() // jobs)
     pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(threads,))

@@ -7,10 +7,22 @@ themselves are in :mod:`deeplora.finetune.runs`, the tables in :mod:`deeplora.fi
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from deeplora.finetune.config import FinetuneConfig, padding_override, preset
+
+Config = TypeVar("Config")
+
+
+def seed_major(sweeps: Iterable[tuple[Config, Sequence[int]]]) -> list[tuple[Config, int]]:
+    """The (config, seed) runs of ``sweeps`` in seed-major order: the first seed of every
+    config, then the second, …, so that a sweep stopped early holds complete pairs."""
+    sweeps = list(sweeps)
+    longest = max((len(seeds) for _, seeds in sweeps), default=0)
+    return [(config, seeds[i]) for i in range(longest) for config, seeds in sweeps
+            if i < len(seeds)]
 
 
 @dataclass(frozen=True)
