@@ -139,20 +139,23 @@ def dmc_efficiency(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                "max_steps": args.max_steps, "seed": args.seed, "gd": gd,
                "adam_steps": adam_steps, "adam": {}}
     gd.update(_finished_gd(out / "dmc-efficiency.json", summary))
-    todo = [r for r in ranks if str(r) not in gd["narrow"]]  # the others: an earlier run
-    for assumed in [*todo, None]:
-        if assumed is not None:
-            for method, gamma in (("compressed", PAPER_GD_GAMMA), ("narrow", 1.0)):
-                model, build_seconds = build_model(method, problem, args.depth, assumed, scale,
-                                                   args.seed)
-                gd[method][str(assumed)] = _run_gd(model, problem, lr, gamma, args.max_steps,
-                                                   tol, 10 if args.fast else 100, build_seconds)
-        # after each r̂, so that an interrupted sweep keeps what it measured ("gd" holds the
-        # finished r̂, "ranks" the requested ones), and once with every r̂ at hand
+
+    def save() -> None:  # "gd" holds the finished r̂, "ranks" the requested ones
         done = [r for r in ranks if str(r) in gd["narrow"]]
         if done:
             _plot_gd_sweep(gd, done, out / "dmc-efficiency.png", title)
         write_json(out / "dmc-efficiency.json", summary)
+
+    todo = [r for r in ranks if str(r) not in gd["narrow"]]  # the others: an earlier run
+    for assumed in todo:
+        for method, gamma in (("compressed", PAPER_GD_GAMMA), ("narrow", 1.0)):
+            model, build_seconds = build_model(method, problem, args.depth, assumed, scale,
+                                               args.seed)
+            gd[method][str(assumed)] = _run_gd(model, problem, lr, gamma, args.max_steps, tol,
+                                               10 if args.fast else 100, build_seconds)
+        save()  # after each r̂, so that an interrupted sweep keeps what it measured
+    if not todo:
+        save()  # every r̂ from an earlier run: redraw the figure
     adam: dict[str, Any] = {}
     if adam_steps:
         histories = {}
