@@ -4,6 +4,7 @@ every row of its tables stands in ``docs/results.md``."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -31,18 +32,24 @@ def _rebuild_nlg(out: Path) -> str:
     return "nlg-fewshot.md"
 
 
-def _rebuild_stsb_fewshot(out: Path) -> str:
+STSB_FOLDERS = {"stsb-fewshot": "stsb-fewshot-practical-bi",
+                "stsb-ranks": "stsb-ranks-practical-bi"}
+
+
+def _rebuild_stsb(name: str, out: Path) -> str:
+    """``deeplora experiment <name> --report-only --preset practical --head bi --seeds 0-4
+    --padding longest --out docs/results/<folder>``: seeds not run are skipped, as the command
+    skips them."""
     from deeplora.experiments.finetune_paper import Options, plan
     from deeplora.experiments.finetune_report import write_report
     from deeplora.finetune.runs import load_results
 
-    folder = RESULTS / "stsb-fewshot-practical-bi"
+    folder = RESULTS / STSB_FOLDERS[name]
     options = Options(seeds=tuple(range(5)), heads=("bi",), preset="practical",
                       padding="longest")
-    cells = plan("stsb-fewshot", options, None)
-    write_report("stsb-fewshot", [(cell, load_results(folder / "runs", cell.config, cell.seeds))
-                                  for cell in cells], out)
-    return "stsb-fewshot.md"
+    write_report(name, [(cell, load_results(folder / "runs", cell.config, cell.seeds))
+                        for cell in plan(name, options, None)], out)
+    return f"{name}.md"
 
 
 def _rebuild_finetune_command(out: Path) -> str:
@@ -68,11 +75,11 @@ def _rebuild_finetune_command(out: Path) -> str:
     return "summary.md"
 
 
-@pytest.mark.parametrize(("folder", "rebuild"), [("nlg-fewshot-cpu", _rebuild_nlg),
-                                                 ("stsb-fewshot-practical-bi",
-                                                  _rebuild_stsb_fewshot),
-                                                 ("stsb-smollm2-cross",
-                                                  _rebuild_finetune_command)])
+@pytest.mark.parametrize(("folder", "rebuild"), [
+    ("nlg-fewshot-cpu", _rebuild_nlg),
+    *((folder, partial(_rebuild_stsb, name)) for name, folder in STSB_FOLDERS.items()),
+    ("stsb-smollm2-cross", _rebuild_finetune_command)], ids=["nlg-fewshot", *STSB_FOLDERS,
+                                                             "stsb-smollm2"])
 def test_report_rebuilds_from_committed_runs_and_stands_in_results_md(
         folder: str, rebuild, tmp_path: Path) -> None:
     name = rebuild(tmp_path)
