@@ -108,6 +108,29 @@ def test_rank_counted_as_the_authors() -> None:
     assert layer_rank("lora", {**full, "matrix_rank": 8}) == 8  # matrix_rank, no cap
 
 
+def test_loss_checkpoints_average_a_window_over_trained_runs() -> None:
+    from deeplora.experiments.finetune_report import _loss_section, loss_checkpoints
+    from deeplora.finetune.config import FinetuneConfig
+    from deeplora.finetune.sweep import Cell
+
+    config = FinetuneConfig(steps=120)
+    layers = {"q": {"sigma_max": 1.0, "singular_values": [1.0]}}
+    runs = [{"config": config.to_dict(), "layers": layers, "train_loss": [float(i)] * 120}
+            for i in (1, 3)]
+    still = {"q": {"sigma_max": 1e-12, "singular_values": [1e-12]}}  # below 10·ε³
+    untrained = {"config": config.to_dict(), "layers": still, "train_loss": [99.0] * 120}
+    ramp = {"config": config.to_dict(), "layers": layers, "train_loss": list(range(1, 121))}
+    cells = [(Cell(config, (0, 1, 2), {"method": "wide", "head": "bi"}), [*runs, untrained]),
+             (Cell(config, (0,), {"method": "compressed", "head": "bi"}), [ramp])]
+    wide, compressed = loss_checkpoints(cells)
+    assert wide["runs"] == 2 and wide["steps"] == [10, 50, 100, 120]
+    assert wide["mean"] == [2.0] * 4 and wide["std"] == pytest.approx([2 ** 0.5] * 4)
+    assert compressed["mean"] == [5.5, 45.5, 95.5, 115.5] and compressed["std"] is None
+    text = _loss_section({"train_loss": [wide, compressed]})
+    assert "| bi | wide | 2 | 2.00e+00 ± 1.4e+00 |" in text
+    assert "| bi | compressed | 1 | 5.50e+00 | 4.55e+01 |" in text
+
+
 def test_one_job_runs_seed_major(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A sweep stopped early holds complete pairs: the first seed of every cell runs first."""
     import deeplora.experiments.finetune_report as report

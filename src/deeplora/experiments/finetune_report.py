@@ -2,7 +2,8 @@
 
 The tables themselves (mean ± std per cell, paired Deep LoRA − LoRA differences with bootstrap
 intervals) are :mod:`deeplora.finetune.report`'s; this module adds the figures and the
-experiment-specific sections (rank counts, the GLUE overall difference).
+experiment-specific sections (rank counts, train loss over steps, the GLUE overall
+difference).
 """
 
 from __future__ import annotations
@@ -129,6 +130,45 @@ def plot_rank_histogram(counts: list[dict[str, Any]], max_rank: int, path: Path)
     save_figure(fig, path)
 
 
+LOSS_CHECKPOINTS = (10, 50, 100)
+LOSS_WINDOW = 10
+
+
+def loss_checkpoints(results: Results) -> list[dict[str, Any]]:
+    """Per head and variant, the train loss at steps s ∈ ``LOSS_CHECKPOINTS`` below the run
+    length and at its last step, each the mean of the ``LOSS_WINDOW`` steps ending at s
+    (minibatch losses are noisy); mean and std over the runs that trained."""
+    out = []
+    for cell, runs in results:
+        trained = [r for r in runs if not did_not_train(r) and r.get("train_loss")]
+        if not trained:
+            continue
+        last = cell.config.steps
+        steps = [s for s in LOSS_CHECKPOINTS if s < last] + [last]
+        windows = np.array([[np.mean(r["train_loss"][max(0, s - LOSS_WINDOW):s]) for s in steps]
+                            for r in trained])
+        out.append({"head": cell.labels["head"], "method": cell.labels["method"],
+                    "runs": len(trained), "steps": steps, "mean": windows.mean(axis=0).tolist(),
+                    "std": windows.std(axis=0, ddof=1).tolist() if len(trained) > 1 else None})
+    return out
+
+
+def _loss_section(summary: dict[str, Any]) -> str:
+    if not summary.get("train_loss"):
+        return ""
+    steps = summary["train_loss"][0]["steps"]
+    lines = ["", f"Train loss at step s (mean of the {LOSS_WINDOW} steps ending at s), mean ± std "
+             "over the runs that trained:", "",
+             "| head | method | runs | " + " | ".join(f"step {s}" for s in steps) + " |",
+             "|---|---|---|" + "---|" * len(steps)]
+    for item in summary["train_loss"]:
+        stds = item["std"] or [None] * len(item["mean"])
+        values = " | ".join(f"{m:.2e}" + (f" ± {s:.1e}" if s is not None else "")
+                            for m, s in zip(item["mean"], stds, strict=True))
+        lines.append(f"| {item['head']} | {item['method']} | {item['runs']} | {values} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_narrow_vs_wide(results: Results, path: Path) -> None:
     """Train loss and dev Pearson over steps (mean over seeds) per variant, a row per head."""
     heads = _by_head(results)
@@ -229,6 +269,7 @@ def write_report(name: str, results: Results, out: Path) -> dict[str, Any]:
                                             for k in item["counts"])])
         plot_rank_histogram(summary["rank_counts"], max_rank, png)
     elif name == "narrow-vs-wide":
+        summary["train_loss"] = loss_checkpoints(results)
         plot_narrow_vs_wide(results, png)
     elif name == "subspace-dynamics":
         plot_subspace(results, png)
@@ -236,7 +277,7 @@ def write_report(name: str, results: Results, out: Path) -> dict[str, Any]:
         summary["overall_by_head"] = overall_difference(summary)
         plot_glue(summary, png)
     write_json(out / f"{name}.json", summary)
-    text = markdown(name, summary) + _rank_count_section(summary)
+    text = markdown(name, summary) + _rank_count_section(summary) + _loss_section(summary)
     for head, o in summary.get("overall_by_head", {}).items():
         text += (f"\nOverall ({head} head): mean over tasks of Deep LoRA − LoRA "
                  f"{o['mean']:+.4f}, 95% CI [{o['ci_low']:+.4f}, {o['ci_high']:+.4f}], "
