@@ -34,7 +34,8 @@ def _rebuild_nlg(out: Path) -> str:
 
 STSB_FOLDERS = {"stsb-fewshot": "stsb-fewshot-practical-bi",
                 "stsb-ranks": "stsb-ranks-practical-bi",
-                "rank-histogram": "stsb-fewshot-practical-bi"}
+                "rank-histogram": "stsb-fewshot-practical-bi",
+                "narrow-vs-wide": "narrow-vs-wide-practical-bi"}
 
 
 def _rebuild_stsb(name: str, out: Path) -> str:
