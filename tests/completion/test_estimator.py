@@ -116,14 +116,15 @@ def test_ratings_preset_regularization_and_sklearn_clone() -> None:
     from sklearn.base import clone
 
     est = DeepMatrixCompletion.ratings(max_steps=7)
-    assert est.reg > 0 and est.clip == "auto" and est.max_steps == 7
+    assert est.reg == "auto" and est.clip == "auto" and est.max_steps == 7
     copy = clone(est)
     assert copy.get_params() == est.get_params() and copy is not est
     copy.set_params(reg=0.5, rank=2)
-    assert (copy.reg, copy.rank, est.reg) == (0.5, 2, 0.05)
+    assert (copy.reg, copy.rank, est.reg) == (0.5, 2, "auto")
     rows, cols, values, *_ = _low_rank_ratings(seed=3)
     fitted = copy.fit(rows, cols, values)
     assert fitted.clip_ == (values.min(), values.max())
+    assert fitted.selected_["reg"] == 0.5 and fitted.path_ == []  # explicit: one fit
     # λ shrinks the factors: a heavily regularized fit has a smaller interaction term
     free = DeepMatrixCompletion(rank=2, max_steps=300, validation_fraction=0.0,
                                 lr=0.1).fit(rows, cols, values)

@@ -10,6 +10,8 @@
   not seen maps to index ``len(ids)`` (one past the end), which
   :class:`~deeplora.completion.estimator.DeepMatrixCompletion` and the baselines treat as
   unknown (fallback: global mean plus the known side's bias).
+- :func:`temporal_split` holds out each user's latest ratings (needs ``times``);
+  :func:`random_split` a uniformly random share.
 - :func:`movielens_100k` loads an official split (``u1``…``u5``, ``ua``, ``ub``) of
   GroupLens' ml-100k folder, found at ``root``, ``$DEEPLORA_MOVIELENS_100K``, or
   ``../shared/data/movielens/ml-100k`` relative to the repository or the working directory.
@@ -334,3 +336,39 @@ def movielens_100k(split: str = "u1", root: str | os.PathLike[str] | None = None
     folder = find_movielens_100k(root)
     return (read_ratings(folder / f"{split}.base", "movielens"),
             read_ratings(folder / f"{split}.test", "movielens"))
+
+
+def _subset(ratings: Ratings, keep: np.ndarray) -> Ratings:
+    times = None if ratings.times is None else ratings.times[keep]
+    return Ratings(ratings.users[keep], ratings.items[keep], ratings.values[keep], times)
+
+
+def random_split(ratings: Ratings, seed: int, test_fraction: float = 0.2
+                 ) -> tuple[Ratings, Ratings]:
+    """``(train, test)``: a uniformly random ``test_fraction`` of the ratings as test set."""
+    test = np.random.default_rng(seed).permutation(len(ratings))[
+        : round(test_fraction * len(ratings))]
+    mask = np.zeros(len(ratings), bool)
+    mask[test] = True
+    return _subset(ratings, ~mask), _subset(ratings, mask)
+
+
+def temporal_split(ratings: Ratings, test_fraction: float = 0.2) -> tuple[Ratings, Ratings]:
+    """``(train, test)``: each user's latest ``round(test_fraction · n_u)`` ratings (by
+    ``times``; ties in file order) form the test set, the earlier ones the training set.
+
+    ``ValueError`` if ``ratings`` has no times or ``test_fraction`` is not in (0, 1).
+    """
+    if ratings.times is None:
+        raise ValueError("temporal_split needs ratings with times (a timestamp column)")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    users = np.unique(ratings.users, return_inverse=True)[1]
+    order = np.lexsort((np.arange(len(ratings)), ratings.times, users))  # by user, then time
+    counts = np.bincount(users)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    position = np.arange(len(ratings)) - np.repeat(first, counts)  # rank within the user
+    n_test = np.round(test_fraction * counts).astype(np.int64)
+    mask = np.zeros(len(ratings), bool)
+    mask[order] = position >= np.repeat(counts - n_test, counts)
+    return _subset(ratings, ~mask), _subset(ratings, mask)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from deeplora.completion.data import IdIndex, _lookup, ratings_from_frame
 from deeplora.completion.methods import default_settings, optimizer_options
 from deeplora.completion.ranking import ranking_metrics
+from deeplora.completion.selection import search_penalty
 from deeplora.completion.sparse import compressed_factorization
 from deeplora.factorization import DeepFactorization, discrepant_param_groups, make_optimizer
 from deeplora.factorization.optim import OPTIMIZERS
@@ -125,8 +126,11 @@ class DeepMatrixCompletion(BaseEstimator):
             μ, row biases b, column biases c).
         reg: λ, L2 penalty on the end-to-end factors ``A = W_L ⋯ W_2`` and ``B = W_1ᵀ``,
             weighted by how often each row/column is observed (as per-rating SGD
-            regularization does): ``+ ½λ Σ_ω (‖a_{i_ω}‖² + ‖b_{j_ω}‖²) / |Ω|``.
-        bias_reg: the same penalty on the row and column biases.
+            regularization does): ``+ ½λ Σ_ω (‖a_{i_ω}‖² + ‖b_{j_ω}‖²) / |Ω|``. ``"auto"``:
+            chosen on the validation split by a warm-started path of penalties, strong to
+            weak (:mod:`deeplora.completion.selection`; ``selected_``, ``path_``).
+        bias_reg: the same penalty on the row and column biases; ``"auto"`` (only with
+            ``reg="auto"``): a fixed fraction of λ along the path.
         clip: ``(low, high)`` to clip predictions to (e.g. ``(1, 5)`` for ratings), ``"auto"``
             (the training ratings' range, ``clip_`` after fit), or ``None``.
         validation_fraction: share of the observations held out for early stopping (0: none).
@@ -176,8 +180,8 @@ class DeepMatrixCompletion(BaseEstimator):
         lr: float | None = None,
         gamma: float | None = None,
         weight_decay: float = 0.0,
-        reg: float = 0.0,
-        bias_reg: float = 0.0,
+        reg: float | str = 0.0,
+        bias_reg: float | str = 0.0,
         max_steps: int = 1000,
         batch_size: int | None = None,
         bias: str = "all",
@@ -252,8 +256,16 @@ class DeepMatrixCompletion(BaseEstimator):
         number("lr", 0, strict=True, optional=True)
         number("gamma", 0, strict=False, optional=True)
         number("weight_decay", 0, strict=False)
-        number("reg", 0, strict=False)
-        number("bias_reg", 0, strict=False)
+        if self.reg == "auto":
+            if self.validation_fraction <= 0:
+                raise ValueError("reg='auto' chooses the penalty on a validation split: "
+                                 "validation_fraction must be > 0")
+        else:
+            number("reg", 0, strict=False)
+            if self.bias_reg == "auto":
+                raise ValueError("bias_reg='auto' needs reg='auto'")
+        if self.bias_reg != "auto":
+            number("bias_reg", 0, strict=False)
         number("validation_fraction", 0, strict=False)
         if self.validation_fraction >= 1:
             raise ValueError(f"validation_fraction must be < 1, got {self.validation_fraction}")
@@ -356,7 +368,24 @@ class DeepMatrixCompletion(BaseEstimator):
         val = self._shard(val)
         val_index = (ObservedIndex(torch.from_numpy(rows[val]), torch.from_numpy(cols[val]),
                                    shape).to(device) if n_val else None)
-        self._train(batches, val_index, values[val], rng, start)
+        self.history_: dict[str, list[float]] = {"step": [], "train_loss": [], "val_rmse": [],
+                                                 "seconds": []}
+        self.eval_seconds_, self.diverged_ = 0.0, False
+        args = (batches, val_index, values[val], rng, start)
+        if self.reg == "auto":
+            def stage(reg: float, bias_reg: float) -> tuple[float, int]:
+                first = self.n_steps_ + 1 if self.history_["step"] else 0
+                return self._train(*args, reg, bias_reg, first), self.best_step_
+
+            self.selected_, self.path_ = search_penalty(stage, self._state, self._restore,
+                                                        self.bias_reg)
+            self.best_step_ = int(self.selected_["step"])
+        else:
+            score = self._train(*args, float(self.reg), float(self.bias_reg))
+            self.selected_ = {"reg": float(self.reg), "bias_reg": float(self.bias_reg),
+                              "step": self.best_step_, "val_rmse": score}
+            self.path_ = []
+        self.fit_seconds_ = time.perf_counter() - start
         return self
 
     def _shard(self, part: np.ndarray) -> np.ndarray:
@@ -458,12 +487,21 @@ class DeepMatrixCompletion(BaseEstimator):
     def _state(self) -> list[Tensor]:
         return [p.detach().clone() for p in self._parameters_list()]
 
+    def _restore(self, state: list[Tensor]) -> None:
+        with torch.no_grad():
+            for param, saved in zip(self._parameters_list(), state, strict=True):
+                param.copy_(saved)
+
     def _parameters_list(self) -> list[nn.Parameter]:
         return [*self.model_.factors, self._mean, self._row_bias, self._col_bias]
 
     def _train(self, batches: list[tuple[ObservedIndex, Tensor, int]],
                val_index: ObservedIndex | None, val_values: np.ndarray,
-               rng: np.random.Generator, start: float) -> None:
+               rng: np.random.Generator, start: float, reg: float, bias_reg: float,
+               first_step: int = 0) -> float:
+        """Train from the current parameters with penalties ``reg``/``bias_reg`` for up to
+        ``max_steps`` steps (numbered from ``first_step``), early stopping on the validation
+        split; leaves the best parameters and returns their validation RMSE (or train loss)."""
         m, n = self.shape_
         total = sum(size for *_, size in batches)
         dtype = self._mean.dtype
@@ -485,16 +523,13 @@ class DeepMatrixCompletion(BaseEstimator):
         groups = discrepant_param_groups(outer, inner, lr, gamma)
         opt = make_optimizer(self.optimizer, groups, weight_decay=self.weight_decay,
                              **optimizer_options(self.optimizer))
-        self.history_: dict[str, list[float]] = {"step": [], "train_loss": [], "val_rmse": [],
-                                                 "seconds": []}
-        best, best_state, self.best_step_, stale = math.inf, self._state(), 0, 0
-        self.eval_seconds_ = 0.0
-        self.diverged_ = False
+        best, best_state, self.best_step_, stale = math.inf, self._state(), first_step, 0
+        last = first_step + self.max_steps
         order: list[int] = []
         bar = tqdm(total=self.max_steps, disable=not self.progress, desc="fit", unit="step",
                    leave=False)
-        step = 0
-        for step in range(self.max_steps + 1):
+        step = first_step
+        for step in range(first_step, last + 1):
             if not order:
                 order = list(rng.permutation(len(batches)))
             index, target, size = batches[order.pop()]
@@ -502,11 +537,11 @@ class DeepMatrixCompletion(BaseEstimator):
             a, b = self._end_to_end()
             loss = 0.5 * torch.sum((self._raw_predict(index, (a, b)) - target) ** 2) / size
             data_loss = loss.detach()
-            if self.reg:  # each process adds its share of the penalty
-                loss = loss + 0.5 * self.reg * share * (row_weight @ (a * a).sum(1)
+            if reg:  # each process adds its share of the penalty
+                loss = loss + 0.5 * reg * share * (row_weight @ (a * a).sum(1)
                                                         + col_weight @ (b * b).sum(1))
-            if self.bias_reg and self.bias == "all":
-                loss = loss + 0.5 * self.bias_reg * share * (row_weight @ self._row_bias**2
+            if bias_reg and self.bias == "all":
+                loss = loss + 0.5 * bias_reg * share * (row_weight @ self._row_bias**2
                                                              + col_weight @ self._col_bias**2)
             loss.backward()
             value = self._reduce_gradients(data_loss)
@@ -516,7 +551,7 @@ class DeepMatrixCompletion(BaseEstimator):
                               f"diverged (lr={lr:g} too large?); the parameters of step "
                               f"{self.best_step_} are kept", RuntimeWarning, stacklevel=3)
                 break
-            if step % self.eval_every == 0 or step == self.max_steps:
+            if (step - first_step) % self.eval_every == 0 or step == last:
                 clock = time.perf_counter()
                 score = value
                 if n_val:
@@ -538,16 +573,14 @@ class DeepMatrixCompletion(BaseEstimator):
                     if n_val and stale >= self.patience:
                         break
                 self.eval_seconds_ += time.perf_counter() - clock
-            if step == self.max_steps:
+            if step == last:
                 break
             opt.step()
             bar.update()
         bar.close()
-        with torch.no_grad():
-            for param, saved in zip(self._parameters_list(), best_state, strict=True):
-                param.copy_(saved)
+        self._restore(best_state)
         self.n_steps_ = step
-        self.fit_seconds_ = time.perf_counter() - start
+        return best
 
     def _reduce_gradients(self, loss: Tensor) -> float:
         """Sum the gradients (and the data loss) over the processes in one ``all_reduce``;
@@ -801,12 +834,14 @@ class DeepMatrixCompletion(BaseEstimator):
 
 
 RATINGS_PRESET: dict[str, Any] = {
-    "rank": 10, "depth": 3, "lr": 0.1, "reg": 0.05, "bias_reg": 0.01, "max_steps": 2000,
+    "rank": 10, "depth": 3, "lr": 0.1, "reg": "auto", "bias_reg": 0.01, "max_steps": 2000,
     "validation_fraction": 0.1, "patience": 5, "eval_every": 10, "clip": "auto",
 }
-"""Settings of :meth:`DeepMatrixCompletion.ratings`, chosen on validation splits carved from
-MovieLens 100K's training files (``docs/results.md``): explicit per-rating L2 (``reg``,
-``bias_reg``) and early stopping on a 10 % validation split; Adam at η = 0.1."""
+"""Settings of :meth:`DeepMatrixCompletion.ratings`: explicit per-rating L2 on the factors
+with λ chosen per dataset on a 10 % validation split of the training ratings
+(:mod:`deeplora.completion.selection`), ``bias_reg`` 0.01, early stopping on the same split,
+Adam at η = 0.1 (rank, depth, η chosen on MovieLens 100K's ``u1.base`` validation split,
+``docs/results.md``). ``reg=<number>`` gives one fit at that penalty instead."""
 
 
 def _is_frame(value: Any) -> bool:

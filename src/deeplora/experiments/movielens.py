@@ -1,13 +1,17 @@
 """``movielens``: compressed deep matrix completion vs baselines on MovieLens 100K.
 
-Splits: the official 80/20 folds ``u1``…``u5`` (``uK.base``/``uK.test``) and random 80/20
-splits of ``u.data`` (``random-S``, seed S). On every split each method is trained on the same
+Splits: the official 80/20 folds ``u1``…``u5`` (``uK.base``/``uK.test``), random 80/20
+splits of ``u.data`` (``random-S``, seed S) and, with ``--temporal``, a temporal split of
+``u.data`` (each user's latest 20 % of ratings as test set,
+:func:`~deeplora.completion.data.temporal_split`). On every split each method is trained on the same
 training ratings and scored on the same test ratings, with the same re-indexing (users/items
 first seen in a test file get the bias fallback) and predictions clipped to [1, 5]. Settings
 are never chosen on a test file: ours is :meth:`DeepMatrixCompletion.ratings` (chosen on a
-validation split carved from ``u1.base``), the Surprise baselines run at the library's
-defaults. Writes ``movielens-<split>.json`` per split, ``movielens.json`` (all),
-``movielens.md`` (RMSE, MAE, fit seconds: mean ± std per split family) and ``movielens.png``.
+validation split carved from ``u1.base``; its penalty is chosen on a validation split of
+each training set, ``selected_``), the Surprise baselines run at the library's defaults.
+Writes ``movielens-<split>.json`` per split, ``movielens.json`` (all), ``movielens.md``
+(RMSE, MAE, fit seconds: mean ± std per split family) and ``movielens.png``;
+``--report-only`` rebuilds the last three from the per-split files.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ import numpy as np
 from deeplora.completion.baselines import BiasedALS, SoftImpute, Surprise
 from deeplora.completion.data import (
     IdIndex,
-    Ratings,
     find_movielens_100k,
     movielens_100k,
+    random_split,
     read_ratings,
+    temporal_split,
 )
 from deeplora.completion.estimator import DeepMatrixCompletion, mae, rmse
 from deeplora.experiments import Arg, experiment
@@ -45,6 +50,8 @@ SOURCES = {
     "SoftImpute": "deeplora.completion.baselines.SoftImpute (Mazumder et al. 2010)",
     "biased MF (ALS-WR)": "deeplora.completion.baselines.BiasedALS (Zhou et al. 2008)",
 }
+FAMILIES = {"u": "official folds", "random": "random 80/20 of u.data",
+            "temporal": "temporal (each user's last 20 %)"}
 SURPRISE = {"Surprise BaselineOnly": ("BaselineOnly", {"verbose": False}),
             "Surprise SVD": ("SVD", {}), "Surprise SVD++": ("SVDpp", {}),
             "Surprise KNNBaseline": ("KNNBaseline", {"verbose": False})}
@@ -63,21 +70,6 @@ def _methods(args: argparse.Namespace, seed: int, steps: int | None
     methods["biased MF (ALS-WR)"] = lambda: BiasedALS(clip=CLIP, random_state=seed)
     return {name: make for name, make in methods.items()
             if args.methods is None or name in args.methods}
-
-
-def random_split(ratings: Ratings, seed: int, test_fraction: float = 0.2
-                 ) -> tuple[Ratings, Ratings]:
-    """A uniformly random ``test_fraction`` of the ratings as test set, the rest as train."""
-    test = np.random.default_rng(seed).permutation(len(ratings))[
-        : round(test_fraction * len(ratings))]
-    mask = np.zeros(len(ratings), bool)
-    mask[test] = True
-
-    def part(keep: np.ndarray) -> Ratings:
-        times = None if ratings.times is None else ratings.times[keep]
-        return Ratings(ratings.users[keep], ratings.items[keep], ratings.values[keep], times)
-
-    return part(~mask), part(mask)
 
 
 def table(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:
@@ -106,26 +98,34 @@ def table(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:
             help="seeds of random 80/20 splits of u.data"),
         Arg("--methods", nargs="+", default=None, choices=list(SOURCES),
             help="run only these (default: all; Surprise rows need scikit-surprise)"),
+        Arg("--temporal", action="store_true",
+            help="also a temporal split of u.data (each user's latest 20 %% as test set)"),
         Arg("--steps", type=int, default=None, help="maximum steps of ours (default: preset)"),
+        Arg("--report-only", action="store_true",
+            help="rebuild the table, JSON and plot from the movielens-<split>.json in --out"),
     ],
 )
 def movielens(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    if args.report_only:
+        return report(out, args.steps)
     splits, seeds, steps = ((["u1"], [], 100) if args.fast
                             else (args.splits, args.random_seeds, args.steps))
     data = {split: movielens_100k(split, args.root) for split in splits}  # fail before work
-    if seeds:
+    if seeds or args.temporal:
         everything = read_ratings(find_movielens_100k(args.root) / "u.data", "movielens")
         data.update({f"random-{seed}": random_split(everything, seed) for seed in seeds})
+        if args.temporal:
+            data["temporal"] = temporal_split(everything)
     if not data:
-        raise ValueError("no splits: give --splits and/or --random-seeds")
-    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+        raise ValueError("no splits: give --splits, --random-seeds and/or --temporal")
+    for old in out.glob("movielens-*.json"):  # the report reads every per-split file
+        old.unlink()
     for split, (train, test) in data.items():
-        family = "random 80/20 of u.data" if split.startswith("random") else "official folds"
         seed = int(split.split("-")[1]) if split.startswith("random") else 0
         ids = IdIndex.fit(train)
         rows, cols = ids.transform(train)
         test_rows, test_cols = ids.transform(test)
-        per_split: dict[str, dict[str, float]] = {}
+        per_split: dict[str, dict[str, Any]] = {}
         for name, make in _methods(args, seed, steps).items():
             start = time.perf_counter()
             model = make().fit(rows, cols, train.values, ids.shape)
@@ -136,19 +136,44 @@ def movielens(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                       "predict_seconds": time.perf_counter() - fitted}
             if isinstance(model, DeepMatrixCompletion):
                 record.update(steps=model.n_steps_, best_step=model.best_step_,
-                              build_seconds=model.build_seconds_)
+                              build_seconds=model.build_seconds_, selected=model.selected_,
+                              path=model.path_)
             per_split[name] = record
-            results.setdefault(family, {}).setdefault(name, []).append(record)
             print(f"{split} {name}: RMSE {record['rmse']:.4f} ({record['fit_seconds']:.1f} s)",
                   flush=True)
         write_json(out / f"movielens-{split}.json",
                    {"split": split, "n_train": len(train), "n_test": len(test),
                     "shape": list(ids.shape), "results": per_split})
-    text = table(results)
+    return report(out, steps)
+
+
+def _family(split: str) -> str:
+    return FAMILIES["u" if split.startswith("u") else split.split("-")[0]]
+
+
+def report(out: Path, steps: int | None = None) -> dict[str, Any]:
+    """Rebuild ``movielens.md``/``.json``/``.png`` from the ``movielens-<split>.json`` in
+    ``out`` (families in :data:`FAMILIES` order, splits sorted by name)."""
+    import json
+
+    files = sorted(out.glob("movielens-*.json"))
+    if not files:
+        raise FileNotFoundError(f"no movielens-<split>.json in {out}")
+    splits = [json.loads(f.read_text()) for f in files]
+    order = list(FAMILIES.values())
+    splits.sort(key=lambda s: (order.index(_family(s["split"])), s["split"]))
+    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for split in splits:
+        for name, record in split["results"].items():
+            results.setdefault(_family(split["split"]), {}).setdefault(name, []).append(record)
+    chosen = [f"{s['split']} {s['results'][OURS]['selected']['reg']:g}" for s in splits
+              if s["results"].get(OURS, {}).get("selected")]
+    text = table(results) + (f"\n\nλ of ours, chosen on each training set's validation split: "
+                             f"{', '.join(chosen)}" if chosen else "")
     _plot(results, out / "movielens.png")
-    summary = {"splits": list(data), "preset": DeepMatrixCompletion.ratings().get_params(),
-               "max_steps": steps, "clip": list(CLIP), "sources": SOURCES,
-               "results": results, "table": text}
+    summary = {"splits": [s["split"] for s in splits],
+               "preset": DeepMatrixCompletion.ratings().get_params(), "max_steps": steps,
+               "clip": list(CLIP), "sources": SOURCES, "results": results, "table": text}
     write_json(out / "movielens.json", summary)
     write_atomic(out / "movielens.md", lambda tmp: tmp.write_text(text + "\n"))
     return summary
