@@ -53,7 +53,7 @@ def test_experiment_random_splits_same_for_every_method(ml100k: Path, tmp_path: 
                  "--splits", "--random-seeds", "3", "--steps", "20", "--methods",
                  "deep compressed (ours)", "biased MF (ALS-WR)"]) == 0
     summary = json.loads((out / "movielens.json").read_text())
-    assert list(summary["results"]) == ["random 80/20 of u.data"]
+    assert list(summary["results"]) == ["random 80/20"]
     split = json.loads((out / "movielens-random-3.json").read_text())
     lines = (ml100k / "u.data").read_text().splitlines()
     assert split["n_test"] == round(0.2 * len(lines)) and split["n_train"] + split["n_test"] \

