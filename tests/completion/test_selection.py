@@ -67,10 +67,15 @@ def test_chosen_penalty_differs_between_datasets_that_need_different_strengths()
     assert chosen["noisy"] >= 8 * chosen["clean"]
 
 
-def test_explicit_penalty_and_invalid_auto() -> None:
+def test_explicit_penalty_invalid_auto_and_saved_selection(tmp_path: Path) -> None:
     rows, cols, values = _planted(0.1, 1.0)
     est = DeepMatrixCompletion.ratings(rank=2, reg=0.05, max_steps=30).fit(rows, cols, values)
     assert est.selected_["reg"] == 0.05 and est.path_ == []
+    auto = DeepMatrixCompletion.ratings(rank=2, max_steps=30).fit(rows, cols, values)
+    path = tmp_path / "model.pt"
+    auto.save(path)
+    again = DeepMatrixCompletion.load(path)
+    assert again.selected_ == auto.selected_ and again.path_ == auto.path_
     with pytest.raises(ValueError, match="validation_fraction"):
         DeepMatrixCompletion(reg="auto", validation_fraction=0.0).fit(rows, cols, values)
     with pytest.raises(ValueError, match="bias_reg='auto' needs reg='auto'"):

@@ -38,7 +38,8 @@ from deeplora.completion.data import (
     read_ratings,
     temporal_split,
 )
-from deeplora.completion.estimator import DeepMatrixCompletion, mae, rmse
+from deeplora.completion.estimator import DeepMatrixCompletion
+from deeplora.completion.observations import mae, rmse
 from deeplora.experiments import Arg, experiment
 from deeplora.output import write_atomic, write_json
 from deeplora.plotting import new_figure, save_figure
