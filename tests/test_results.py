@@ -77,11 +77,25 @@ def _rebuild_finetune_command(out: Path) -> str:
     return "summary.md"
 
 
+def _rebuild_ratings(name: str, out: Path) -> str:
+    """``deeplora experiment movielens [--dataset filmtrust] --report-only``: the table from
+    the per-split files."""
+    import shutil
+
+    from deeplora.experiments.movielens import report
+
+    for path in (RESULTS / name).glob(f"{name}-*.json"):
+        shutil.copy(path, out)
+    report(out, name)
+    return f"{name}.md"
+
+
 @pytest.mark.parametrize(("folder", "rebuild"), [
     ("nlg-fewshot-cpu", _rebuild_nlg),
     *((folder, partial(_rebuild_stsb, name)) for name, folder in STSB_FOLDERS.items()),
-    ("stsb-smollm2-cross", _rebuild_finetune_command)], ids=["nlg-fewshot", *STSB_FOLDERS,
-                                                             "stsb-smollm2"])
+    ("stsb-smollm2-cross", _rebuild_finetune_command),
+    *((name, partial(_rebuild_ratings, name)) for name in ("movielens", "filmtrust"))],
+    ids=["nlg-fewshot", *STSB_FOLDERS, "stsb-smollm2", "movielens", "filmtrust"])
 def test_report_rebuilds_from_committed_runs_and_stands_in_results_md(
         folder: str, rebuild, tmp_path: Path) -> None:
     name = rebuild(tmp_path)
