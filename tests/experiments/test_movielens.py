@@ -96,3 +96,21 @@ def test_complete_ratings_bad_input(ml100k: Path, tmp_path: Path, extra: list[st
     assert main(args) == 2
     assert match in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_experiment_temporal_split_and_report_only(ml100k: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["experiment", "movielens", "--root", str(ml100k), "--out", str(out),
+                 "--splits", "--random-seeds", "--temporal", "--steps", "20", "--methods",
+                 "deep compressed (ours)", "biased MF (ALS-WR)"]) == 0
+    split = json.loads((out / "movielens-temporal.json").read_text())
+    ours = split["results"]["deep compressed (ours)"]
+    assert ours["selected"]["reg"] in [p["reg"] for p in ours["path"]]
+    table = (out / "movielens.md").read_text()
+    assert "| temporal (each user's last 20 %) | deep compressed (ours) |" in table
+    assert "temporal " in table.split("λ of ours")[1]  # the chosen λ per split
+    (out / "movielens.md").unlink()
+    assert main(["experiment", "movielens", "--report-only", "--out", str(out)]) == 0
+    assert (out / "movielens.md").read_text() == table
+    assert main(["experiment", "movielens", "--dataset", "filmtrust", "--temporal", "--out",
+                 str(tmp_path / "ft")]) == 2  # no timestamps: one line, exit 2
