@@ -18,9 +18,9 @@ def _search(curve: dict[float, float], start: float) -> tuple[dict, list]:
     """:func:`search_penalty` on a made-up validation RMSE per λ (no training)."""
     current: list[float] = [0.0]
 
-    def train(reg: float, bias_reg: float) -> tuple[float, int]:
+    def train(reg: float, bias_reg: float) -> tuple[float, int, int]:
         current[0] = reg
-        return curve[reg], 10
+        return curve[reg], 0, 10
 
     return search_penalty(train, lambda: current[0], lambda s: current.__setitem__(0, s),
                           bias_reg="auto", grid=np.array(sorted(curve)), start=start)
@@ -62,7 +62,11 @@ def test_chosen_penalty_differs_between_datasets_that_need_different_strengths()
         est.fit(*_planted(noise, interaction))
         chosen[name] = est.selected_["reg"]
         assert est.selected_["val_rmse"] == min(p["val_rmse"] for p in est.path_)
-        assert len(est.path_) >= 3 and est.best_step_ == est.selected_["step"]
+        chosen_fit = next(p for p in est.path_ if p["reg"] == est.selected_["reg"])
+        assert len(est.path_) >= 3 and chosen_fit["best_step"] == est.selected_["step"]
+        # the refit on all ratings ran the chosen number of steps after the search
+        refit_steps = est.selected_["step"] - est.selected_["first_step"]
+        assert est.history_["step"][-1] - refit_steps > max(p["best_step"] for p in est.path_)
     assert chosen["clean"] <= 0.0125 and chosen["noisy"] >= 0.1
     assert chosen["noisy"] >= 8 * chosen["clean"]
 

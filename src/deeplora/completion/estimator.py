@@ -71,6 +71,9 @@ class DeepMatrixCompletion(RecommenderMixin, PersistenceMixin, BaseEstimator):
         bias_prior: κ, an unweighted ridge penalty on the biases, ``+ ½κ (‖b‖² + ‖c‖²) / |Ω|``:
             a row seen n times gets ``b ≈ Σ residuals / (n + κ)`` (Koren's baseline
             predictors), so rarely seen rows and columns are shrunk most.
+        refit: after early stopping (and the λ search) on the validation split, train again
+            from a fresh initialization on all observations with the chosen λ for the number
+            of steps that was best (about one more fit; ``selected_`` keeps the choice).
         clip: ``(low, high)`` to clip predictions to (e.g. ``(1, 5)`` for ratings), ``"auto"``
             (the training ratings' range, ``clip_`` after fit), or ``None``. A ``(low, high)``
             that shares at most one point with the training ratings' range is refused at fit
@@ -125,6 +128,7 @@ class DeepMatrixCompletion(RecommenderMixin, PersistenceMixin, BaseEstimator):
         reg: float | str = 0.0,
         bias_reg: float | str = 0.0,
         bias_prior: float = 0.0,
+        refit: bool = False,
         max_steps: int = 1000,
         batch_size: int | None = None,
         bias: str = "all",
@@ -151,6 +155,7 @@ class DeepMatrixCompletion(RecommenderMixin, PersistenceMixin, BaseEstimator):
         self.reg = reg
         self.bias_reg = bias_reg
         self.bias_prior = bias_prior
+        self.refit = refit
         self.max_steps = max_steps
         self.batch_size = batch_size
         self.bias = bias
@@ -300,14 +305,8 @@ class DeepMatrixCompletion(RecommenderMixin, PersistenceMixin, BaseEstimator):
         self._seen = (torch.from_numpy(seen_crow(rows, m)), torch.from_numpy(cols))
         self._parallel = DataParallel(self.distributed)
         device = self._device()
-        mean = float(values[train].mean()) if self.bias != "none" else 0.0
-        self._set_model(self._init_model(rows[train], cols[train], values[train] - mean,
-                                         torch_dtype).to(device),
-                        mean, torch.zeros(m, dtype=torch_dtype, device=device),
-                        torch.zeros(n, dtype=torch_dtype, device=device))
-        self._parallel.broadcast(self._parameters_list())
+        batches = self._start(rows[train], cols[train], values[train], rng, torch_dtype)
         self.build_seconds_ = time.perf_counter() - start
-        batches = self._batches(rows[train], cols[train], values[train], rng, torch_dtype)
         val = self._parallel.shard(val)
         val_index = (ObservedIndex(torch.from_numpy(rows[val]), torch.from_numpy(cols[val]),
                                    shape).to(device) if n_val else None)
@@ -316,9 +315,9 @@ class DeepMatrixCompletion(RecommenderMixin, PersistenceMixin, BaseEstimator):
         self.eval_seconds_, self.diverged_ = 0.0, False
         args = (batches, val_index, values[val], rng, start)
         if self.reg == "auto":
-            def stage(reg: float, bias_reg: float) -> tuple[float, int]:
+            def stage(reg: float, bias_reg: float) -> tuple[float, int, int]:
                 first = self.n_steps_ + 1 if self.history_["step"] else 0
-                return self._train(*args, reg, bias_reg, first), self.best_step_
+                return self._train(*args, reg, bias_reg, first), first, self.best_step_
 
             self.selected_, self.path_ = search_penalty(stage, self._state, self._restore,
                                                         self.bias_reg)
@@ -326,10 +325,29 @@ class DeepMatrixCompletion(RecommenderMixin, PersistenceMixin, BaseEstimator):
         else:
             score = self._train(*args, float(self.reg), float(self.bias_reg))
             self.selected_ = {"reg": float(self.reg), "bias_reg": float(self.bias_reg),
-                              "step": self.best_step_, "val_rmse": score}
+                              "first_step": 0, "step": self.best_step_, "val_rmse": score}
             self.path_ = []
+        if self.refit and n_val:  # the chosen λ and number of steps, on all observations
+            steps = self.selected_["step"] - self.selected_["first_step"]
+            batches = self._start(rows, cols, values, rng, torch_dtype)
+            self._train(batches, None, np.zeros(0), rng, start, self.selected_["reg"],
+                        self.selected_["bias_reg"], self.n_steps_ + 1, steps)
         self.fit_seconds_ = time.perf_counter() - start
         return self
+
+    def _start(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
+               rng: np.random.Generator, dtype: torch.dtype
+               ) -> list[tuple[ObservedIndex, Tensor, int]]:
+        """Initialize the model (μ from ``values``, the compressed construction) on these
+        observations; return their batches."""
+        m, n = self.shape_
+        device = self._device()
+        mean = float(values.mean()) if self.bias != "none" else 0.0
+        self._set_model(self._init_model(rows, cols, values - mean, dtype).to(device), mean,
+                        torch.zeros(m, dtype=dtype, device=device),
+                        torch.zeros(n, dtype=dtype, device=device))
+        self._parallel.broadcast(self._parameters_list())
+        return self._batches(rows, cols, values, rng, dtype)
 
     def _check_memory(self, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> None:
         """:class:`~deeplora.memory.TooLargeError` unless an m×n model fits: per row and column
@@ -430,10 +448,11 @@ class DeepMatrixCompletion(RecommenderMixin, PersistenceMixin, BaseEstimator):
     def _train(self, batches: list[tuple[ObservedIndex, Tensor, int]],
                val_index: ObservedIndex | None, val_values: np.ndarray,
                rng: np.random.Generator, start: float, reg: float, bias_reg: float,
-               first_step: int = 0) -> float:
+               first_step: int = 0, max_steps: int | None = None) -> float:
         """Train from the current parameters with penalties ``reg``/``bias_reg`` for up to
-        ``max_steps`` steps (numbered from ``first_step``), early stopping on the validation
-        split; leaves the best parameters and returns their validation RMSE (or train loss)."""
+        ``max_steps`` (default ``self.max_steps``) steps numbered from ``first_step``, early
+        stopping on the validation split; leaves the best parameters and returns their
+        validation RMSE (without a validation split: those of the lowest train loss)."""
         m, n = self.shape_
         total = sum(size for *_, size in batches)
         dtype = self._mean.dtype
@@ -454,9 +473,10 @@ class DeepMatrixCompletion(RecommenderMixin, PersistenceMixin, BaseEstimator):
         opt = make_optimizer(self.optimizer, groups, weight_decay=self.weight_decay,
                              **optimizer_options(self.optimizer))
         best, best_state, self.best_step_, stale = math.inf, self._state(), first_step, 0
-        last = first_step + self.max_steps
+        budget = self.max_steps if max_steps is None else max_steps
+        last = first_step + budget
         order: list[int] = []
-        bar = tqdm(total=self.max_steps, disable=not self.progress, desc="fit", unit="step",
+        bar = tqdm(total=budget, disable=not self.progress, desc="fit", unit="step",
                    leave=False)
         step = first_step
         for step in range(first_step, last + 1):
@@ -586,13 +606,14 @@ class DeepMatrixCompletion(RecommenderMixin, PersistenceMixin, BaseEstimator):
 
 RATINGS_PRESET: dict[str, Any] = {
     "rank": 10, "depth": 3, "lr": 0.1, "reg": "auto", "bias_reg": 0.0, "bias_prior": 5.0,
-    "max_steps": 2000, "validation_fraction": 0.1, "patience": 5, "eval_every": 10,
+    "refit": True, "max_steps": 2000, "validation_fraction": 0.1, "patience": 5, "eval_every": 10,
     "clip": "auto",
 }
 """Settings of :meth:`DeepMatrixCompletion.ratings`: explicit per-rating L2 on the factors
 with λ chosen per dataset on a 10 % validation split of the training ratings
 (:mod:`deeplora.completion.selection`), ridge shrinkage of the biases worth κ = 5
-pseudo-ratings (``bias_prior``), early stopping on the same split, Adam at η = 0.1 (rank,
+pseudo-ratings (``bias_prior``), early stopping on the same split, then a refit on all
+training ratings with the chosen λ and number of steps, Adam at η = 0.1 (rank,
 depth and η chosen on MovieLens 100K's ``u1.base`` validation split, ``docs/results.md``).
 ``reg=<number>`` gives one fit at that penalty instead."""
 

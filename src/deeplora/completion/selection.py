@@ -17,8 +17,9 @@ validation RMSE 0.922–0.923 against 0.915 for a fresh start at the same λ, be
 penalty shrinks the deep factors towards the origin, where the small-initialization
 dynamics that make early stopping work are lost.
 
-Fitted attributes: ``selected_`` (``{"reg", "bias_reg", "step", "val_rmse"}``) and ``path_``
-(one ``{"reg", "bias_reg", "val_rmse", "best_step", "steps"}`` per visited λ, in order).
+Fitted attributes: ``selected_`` (``{"reg", "bias_reg", "first_step", "step", "val_rmse"}``:
+the chosen λ's fit ran from ``first_step`` and was best at ``step``) and ``path_`` (one
+``{"reg", "bias_reg", "val_rmse", "first_step", "best_step"}`` per visited λ, in order).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def penalty_grid(reg_max: float = PATH["reg_max"], ratio: float = PATH["ratio"],
     return reg_max * ratio ** np.arange(n_regs)
 
 
-def search_penalty(train: Callable[[float, float], tuple[float, int]],
+def search_penalty(train: Callable[[float, float], tuple[float, int, int]],
                    state: Callable[[], Any], restore: Callable[[Any], None],
                    bias_reg: float | str, grid: np.ndarray | None = None,
                    start: float = PATH["start"], bias_ratio: float = PATH["bias_ratio"]
@@ -52,8 +53,8 @@ def search_penalty(train: Callable[[float, float], tuple[float, int]],
     """Pattern search over ``grid``; returns ``(selected, path)``, best parameters left set.
 
     ``train(reg, bias_reg)`` trains from the current parameters with early stopping, leaves
-    its best parameters and returns ``(best validation RMSE, best step)`` (steps counted
-    over the whole search); ``state()``/``restore(s)`` copy and set the parameters.
+    its best parameters and returns ``(best validation RMSE, first step, best step)`` (steps
+    counted over the whole search); ``state()``/``restore(s)`` copy and set the parameters.
     """
     grid = penalty_grid() if grid is None else np.sort(np.asarray(grid, np.float64))[::-1]
     initial = state()
@@ -66,8 +67,9 @@ def search_penalty(train: Callable[[float, float], tuple[float, int]],
         reg = float(grid[k])
         stage_bias = reg * bias_ratio if bias_reg == "auto" else float(bias_reg)
         restore(initial)
-        score, step = train(reg, stage_bias)
-        path.append({"reg": reg, "bias_reg": stage_bias, "val_rmse": score, "best_step": step})
+        score, first, step = train(reg, stage_bias)
+        path.append({"reg": reg, "bias_reg": stage_bias, "val_rmse": score, "first_step": first,
+                     "best_step": step})
         scores[k] = score
         if score < best[0]:
             best = (score, len(path) - 1, state())
@@ -86,5 +88,6 @@ def search_penalty(train: Callable[[float, float], tuple[float, int]],
     score, index, params = best
     restore(params)
     entry = path[index]
-    return ({"reg": entry["reg"], "bias_reg": entry["bias_reg"], "step": entry["best_step"],
-             "val_rmse": score}, path)
+    return ({"reg": entry["reg"], "bias_reg": entry["bias_reg"],
+             "first_step": entry["first_step"], "step": entry["best_step"], "val_rmse": score},
+            path)
