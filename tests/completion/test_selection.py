@@ -84,6 +84,8 @@ def test_explicit_penalty_invalid_auto_and_saved_selection(tmp_path: Path) -> No
         DeepMatrixCompletion(reg="auto", validation_fraction=0.0).fit(rows, cols, values)
     with pytest.raises(ValueError, match="bias_reg='auto' needs reg='auto'"):
         DeepMatrixCompletion(reg=0.1, bias_reg="auto").fit(rows, cols, values)
+    with pytest.raises(ValueError, match="refit"):
+        DeepMatrixCompletion(refit="yes").fit(rows, cols, values)
 
 
 def test_selection_never_reads_the_test_file(tmp_path: Path) -> None:

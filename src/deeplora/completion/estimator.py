@@ -216,6 +216,8 @@ class DeepMatrixCompletion(RecommenderMixin, PersistenceMixin, BaseEstimator):
         if self.bias_reg != "auto":
             number("bias_reg", 0, strict=False)
         number("bias_prior", 0, strict=False)
+        if not isinstance(self.refit, bool):
+            raise ValueError(f"refit must be True or False, got {self.refit!r}")
         number("validation_fraction", 0, strict=False)
         if self.validation_fraction >= 1:
             raise ValueError(f"validation_fraction must be < 1, got {self.validation_fraction}")
