@@ -129,7 +129,8 @@ def run_pairs(
     """:func:`run_sweep` over (config, seed) ``pairs`` in their order (e.g. seed-major);
     the results in that order. A pair another process is running is skipped and awaited
     after the others, so two identical sweeps share the work. ``on_result`` is called with
-    each result as it is obtained."""
+    each result as it is obtained. With ``progress`` (and not under ``accelerate launch``),
+    the measured cost of the pending runs (:func:`estimate`) goes to stderr first."""
     results: dict[int, dict[str, Any]] = {}
     main = distributed_state().is_main_process  # under `accelerate launch`: one writer
     if progress and distributed_state().num_processes == 1:
@@ -210,7 +211,8 @@ def run_parallel(
     stopped early holds complete pairs. Each worker uses ``torch.get_num_threads() // jobs``
     threads (at least 1); on a GPU machine the workers share the GPU. Results are the same
     files :func:`run_sweep` writes. The first failing run stops the runs not yet started and
-    its error is raised.
+    its error is raised. With ``progress``, the cost of the pending runs, measured with a
+    worker's threads and divided among the processes, goes to stderr first.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
