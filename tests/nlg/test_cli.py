@@ -128,3 +128,26 @@ def test_nlg_fewshot_default_preset_follows_the_gpu(
     out, err = capsys.readouterr()
     assert f"# nlg-fewshot ({'paper' if gpu else 'cpu'} preset)" in out
     assert (CPU_NOTICE in err) is not gpu
+
+
+@pytest.mark.parametrize(("gpu", "given", "used"),
+                         [(True, None, "paper"), (False, None, "cpu"), (False, "paper", "paper"),
+                          (True, "cpu", "cpu")])
+def test_finetune_e2e_preset_choice(gpu: bool, given: str | None, used: str, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import deeplora.experiments.nlg_fewshot as nlg_fewshot
+
+    seen = {}
+
+    def record(cells, out, *args, notice=None, **kwargs):
+        seen.update(presets={config.preset for config, _ in cells}, notice=notice)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "nlg-fewshot.md").write_text("report\n")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(nlg_fewshot, "run_nlg_experiment", record)
+    argv = ["finetune", "--task", "e2e", "--out", str(tmp_path), "--quiet",
+            *(["--preset", given] if given else [])]
+    assert main(argv) == 0
+    assert seen == {"presets": {used}, "notice": CPU_NOTICE if used == "cpu" and not given
+                    else None}
