@@ -10,6 +10,7 @@ from peft import LoraConfig, PeftConfig
 from torch import nn
 
 from deeplora.adapters.config import DeepLoraConfig
+from deeplora.adapters.factors import checked_shapes
 from deeplora.adapters.targets import PRESETS, resolve_target_modules
 
 METHODS = ("deep-lora", "lora", "lora-hu", "peft-lora", "deep-lora-compressed")
@@ -53,6 +54,8 @@ def build_adapter_config(
         if isinstance(target_modules, str) and target_modules in PRESETS:
             raise ValueError(f"PEFT's LoraConfig cannot resolve the preset {target_modules!r}: "
                              f"pass model= (the model to wrap)")
+        if model is not None:  # PEFT accepts any r; beyond min(d_out, d_in) it only wastes
+            checked_shapes(model, target_modules, r)
         kwargs.setdefault("lora_dropout", kwargs.pop("dropout", 0.0))
         return LoraConfig(r=r, lora_alpha=r, target_modules=target_modules,
                           modules_to_save=modules_to_save, **kwargs)
