@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from deeplora.finetune.config import factor_adam_eps
+from deeplora.finetune.config import check_finite_positive, factor_adam_eps
 from deeplora.finetune.data import DataError
 
 TASKS = ("e2e",)
@@ -75,10 +75,13 @@ class NLGConfig:
                      "max_output_length", "num_beams"):
             if getattr(self, name) < 1:
                 raise DataError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.depth < 2 or self.steps < 0:
-            raise DataError("depth must be >= 2 and steps >= 0")
+        if self.depth < 2:
+            raise DataError(f"depth must be >= 2, got {self.depth}")
+        if self.steps < 0:
+            raise DataError(f"steps must be >= 0, got {self.steps}")
         if not self.adam_eps > 0:
             raise DataError(f"adam_eps must be > 0, got {self.adam_eps}")
+        check_finite_positive(self, "lr", "init_scale")
         if self.test_mrs is not None and self.test_mrs < 1:
             raise DataError(f"test_mrs must be >= 1, got {self.test_mrs}")
 
