@@ -47,11 +47,16 @@ def test_experiment_writes_table_plot_json(ml100k: Path, tmp_path: Path) -> None
     assert "| official folds | deep compressed (ours) |" in table and "Surprise SVD++" in table
 
 
+def _two_methods(ml100k: Path, out: Path, *splits: str) -> int:
+    """Ours (20 steps) and ALS-WR on the given splits only (no official folds)."""
+    return main(["experiment", "movielens", "--root", str(ml100k), "--out", str(out),
+                 "--splits", *splits, "--steps", "20", "--methods", "deep compressed (ours)",
+                 "biased MF (ALS-WR)"])
+
+
 def test_experiment_random_splits_same_for_every_method(ml100k: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert main(["experiment", "movielens", "--root", str(ml100k), "--out", str(out),
-                 "--splits", "--random-seeds", "3", "--steps", "20", "--methods",
-                 "deep compressed (ours)", "biased MF (ALS-WR)"]) == 0
+    assert _two_methods(ml100k, out, "--random-seeds", "3") == 0
     summary = json.loads((out / "movielens.json").read_text())
     assert list(summary["results"]) == ["random 80/20"]
     split = json.loads((out / "movielens-random-3.json").read_text())
@@ -100,9 +105,7 @@ def test_complete_ratings_bad_input(ml100k: Path, tmp_path: Path, extra: list[st
 
 def test_experiment_temporal_split_and_report_only(ml100k: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert main(["experiment", "movielens", "--root", str(ml100k), "--out", str(out),
-                 "--splits", "--random-seeds", "--temporal", "--steps", "20", "--methods",
-                 "deep compressed (ours)", "biased MF (ALS-WR)"]) == 0
+    assert _two_methods(ml100k, out, "--random-seeds", "--temporal") == 0
     split = json.loads((out / "movielens-temporal.json").read_text())
     ours = split["results"]["deep compressed (ours)"]
     assert ours["selected"]["reg"] in [p["reg"] for p in ours["path"]]
