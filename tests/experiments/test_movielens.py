@@ -117,3 +117,5 @@ def test_experiment_temporal_split_and_report_only(ml100k: Path, tmp_path: Path)
     assert (out / "movielens.md").read_text() == table
     assert main(["experiment", "movielens", "--dataset", "filmtrust", "--temporal", "--out",
                  str(tmp_path / "ft")]) == 2  # no timestamps: one line, exit 2
+    assert main(["experiment", "movielens", "--dataset", "book-crossing", "--temporal",
+                 "--out", str(tmp_path / "bx")]) == 2

