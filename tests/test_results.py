@@ -78,7 +78,7 @@ def _rebuild_finetune_command(out: Path) -> str:
 
 
 def _rebuild_ratings(name: str, out: Path) -> str:
-    """``deeplora experiment movielens [--dataset filmtrust] --report-only``: the table from
+    """``deeplora experiment movielens [--dataset NAME] --report-only``: the table from
     the per-split files."""
     import shutil
 
@@ -94,8 +94,9 @@ def _rebuild_ratings(name: str, out: Path) -> str:
     ("nlg-fewshot-cpu", _rebuild_nlg),
     *((folder, partial(_rebuild_stsb, name)) for name, folder in STSB_FOLDERS.items()),
     ("stsb-smollm2-cross", _rebuild_finetune_command),
-    *((name, partial(_rebuild_ratings, name)) for name in ("movielens", "filmtrust"))],
-    ids=["nlg-fewshot", *STSB_FOLDERS, "stsb-smollm2", "movielens", "filmtrust"])
+    *((name, partial(_rebuild_ratings, name))
+      for name in ("movielens", "filmtrust", "book-crossing"))],
+    ids=["nlg-fewshot", *STSB_FOLDERS, "stsb-smollm2", "movielens", "filmtrust", "book-crossing"])
 def test_report_rebuilds_from_committed_runs_and_stands_in_results_md(
         folder: str, rebuild, tmp_path: Path) -> None:
     name = rebuild(tmp_path)

@@ -1,8 +1,8 @@
 """``movielens``: compressed deep matrix completion vs baselines on MovieLens 100K, or
 (``--dataset filmtrust``) on FilmTrust (:func:`~deeplora.completion.data.filmtrust`), or
-(``--dataset book-crossing``) on the 10-core of the explicit Book-Crossing ratings
-(:func:`~deeplora.completion.data.book_crossing`, books rated 1–10); these two get random
-80/20 splits only: they have no official folds and no timestamps.
+(``--dataset book-crossing``, ``book-crossing-5``) on the 10-core or 5-core of the explicit
+Book-Crossing ratings (:func:`~deeplora.completion.data.book_crossing`, books rated 1–10);
+these get random 80/20 splits only: they have no official folds and no timestamps.
 
 Splits: the official 80/20 folds ``u1``…``u5`` (``uK.base``/``uK.test``), random 80/20
 splits of ``u.data`` (``random-S``, seed S) and, with ``--temporal``, a temporal split of
@@ -15,7 +15,7 @@ validation split carved from ``u1.base``; its penalty is chosen on a validation 
 each training set, ``selected_``), the Surprise baselines run at the library's defaults.
 Writes ``<dataset>-<split>.json`` per split, ``<dataset>.json`` (all), ``<dataset>.md``
 (RMSE, MAE, fit seconds: mean ± std per split family) and ``<dataset>.png`` (``<dataset>``:
-``movielens``, ``filmtrust`` or ``book-crossing``); predictions are clipped to the rating scale;
+a ``--dataset`` name); predictions are clipped to the rating scale;
 ``--report-only`` rebuilds the last three from the per-split files.
 """
 
@@ -25,6 +25,7 @@ import argparse
 import importlib.util
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,10 @@ from deeplora.output import write_atomic, write_json
 from deeplora.plotting import new_figure, save_figure
 
 DATASETS = {"movielens": ("MovieLens 100K", (1.0, 5.0)), "filmtrust": ("FilmTrust", (0.5, 4.0)),
-            "book-crossing": ("Book-Crossing 10-core", (1.0, 10.0))}
-LOADERS = {"filmtrust": filmtrust, "book-crossing": book_crossing}
+            "book-crossing": ("Book-Crossing 10-core", (1.0, 10.0)),
+            "book-crossing-5": ("Book-Crossing 5-core", (1.0, 10.0))}
+LOADERS = {"filmtrust": filmtrust, "book-crossing": book_crossing,
+           "book-crossing-5": partial(book_crossing, min_ratings=5)}
 OURS = "deep compressed (ours)"
 SOURCES = {
     OURS: "deeplora.completion.estimator.DeepMatrixCompletion.ratings()",
