@@ -119,3 +119,30 @@ def test_experiment_temporal_split_and_report_only(ml100k: Path, tmp_path: Path)
                  str(tmp_path / "ft")]) == 2  # no timestamps: one line, exit 2
     assert main(["experiment", "movielens", "--dataset", "book-crossing", "--temporal",
                  "--out", str(tmp_path / "bx")]) == 2
+
+
+def test_experiment_book_crossing_from_data_dir(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 25-user × 22-book file in BX-Book-Ratings.csv's layout (its 10-core is all of it,
+    less the implicit 0s), found in $DEEPLORA_DATA_DIR; ratings 1–10 stay unclipped to 5."""
+    from deeplora.completion import data
+    from deeplora.embedded_lm import sha256
+
+    rng = np.random.default_rng(0)
+    ratings = rng.integers(0, 11, (25, 22))
+    ratings[:, :20] = np.maximum(ratings[:, :20], 1)  # ≥ 20 explicit ratings per user
+    lines = ['"User-ID";"ISBN";"Book-Rating"'] + [
+        f'"{u}";"B{i:03d}";"{ratings[u, i]}"' for u in range(25) for i in range(22)]
+    path = tmp_path / "data" / data.BOOKCROSSING_FILE
+    path.parent.mkdir(parents=True)
+    path.write_text("\r\n".join(lines) + "\r\n", encoding="latin-1")
+    monkeypatch.setenv("DEEPLORA_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(data, "BOOKCROSSING_SHA256", sha256(path))
+    out = tmp_path / "out"
+    assert main(["experiment", "movielens", "--dataset", "book-crossing", "--random-seeds", "0",
+                 "--steps", "20", "--methods", "deep compressed (ours)", "SoftImpute",
+                 "--out", str(out)]) == 0
+    split = json.loads((out / "book-crossing-random-0.json").read_text())
+    assert split["n_train"] + split["n_test"] == int((ratings > 0).sum())
+    assert json.loads((out / "book-crossing.json").read_text())["clip"] == [1.0, 10.0]
+    assert "| random 80/20 | SoftImpute |" in (out / "book-crossing.md").read_text()
