@@ -95,8 +95,9 @@ def _rebuild_ratings(name: str, out: Path) -> str:
     *((folder, partial(_rebuild_stsb, name)) for name, folder in STSB_FOLDERS.items()),
     ("stsb-smollm2-cross", _rebuild_finetune_command),
     *((name, partial(_rebuild_ratings, name))
-      for name in ("movielens", "filmtrust", "book-crossing"))],
-    ids=["nlg-fewshot", *STSB_FOLDERS, "stsb-smollm2", "movielens", "filmtrust", "book-crossing"])
+      for name in ("movielens", "filmtrust", "book-crossing", "book-crossing-5"))],
+    ids=["nlg-fewshot", *STSB_FOLDERS, "stsb-smollm2", "movielens", "filmtrust", "book-crossing",
+         "book-crossing-5"])
 def test_report_rebuilds_from_committed_runs_and_stands_in_results_md(
         folder: str, rebuild, tmp_path: Path) -> None:
     name = rebuild(tmp_path)
