@@ -52,7 +52,7 @@ def test_implicit_mode_beats_most_rated_on_planted_preferences() -> None:
     rows, cols, shape, held_out = planted()
     users = np.array([u for u in range(shape[0]) if held_out[u].size])
     truth = [held_out[u] for u in users]
-    est = DeepMatrixCompletion.implicit(rank=2, validation_fraction=0.0, max_steps=300)
+    est = DeepMatrixCompletion.implicit(rank=2, reg=1.0, validation_fraction=0.0, max_steps=300)
     est.fit(rows, cols, np.ones(rows.size), shape=shape)
     ours, scores = est.recommend(users, 5)
     seen = set(zip(rows.tolist(), cols.tolist(), strict=True))

@@ -9,8 +9,10 @@ binarized training ratings (every rating is a positive).
 
 Settings are chosen on a validation split of the training file only (a random 20 % of its
 ratings, the rest as training): the shrinkage λ_s of our explicit ranking, the implicit
-mode's rank, α, positive threshold and penalty, and ALS's factors, regularization and α for
-the tuned ALS row; the test file is read only for the final scores. Writes
+mode's rank, α, positive threshold, penalty and number of steps (its best step by the
+estimator's own early stopping inside the 80 %; the final fit uses all training ratings for
+that many steps), and ALS's factors, regularization and α for the tuned ALS row; the test
+file is read only for the final scores. Writes
 ``topk-<name>.json`` (selection grids with their validation scores, chosen settings, test
 metrics) and ``topk.md`` (the table of every ``topk-*.json`` in the folder).
 """
@@ -42,9 +44,9 @@ EXPLICIT, UNSHRUNK, IMPLICIT = ("ours explicit (ratings preset, shrunk ranking)"
 MOST_RATED, ALS, ALS_TUNED = ("most-rated unseen items", "implicit ALS (defaults)",
                               "implicit ALS (tuned on validation)")
 SHRINKAGE_GRID = (0.0, 10.0, 100.0, 1000.0, 10000.0)
-GRIDS = {"implicit": {"rank": (5, 10, 20), "alpha": (0.3, 1.0), "reg": (1.0, 3.0, 10.0)},
-         "als": {"factors": (20, 50, 100), "regularization": (0.1, 1.0, 10.0),
-                 "alpha": (0.3, 1.0, 3.0)}}
+GRIDS = {"implicit": {"rank": (5, 10, 20), "alpha": (0.3, 1.0, 3.0), "reg": (1.0, 3.0, 10.0)},
+         "als": {"factors": (10, 20, 50, 100), "regularization": (0.1, 1.0, 10.0, 30.0),
+                 "alpha": (0.3, 1.0, 3.0, 10.0)}}
 FAST_GRIDS = {"implicit": {"rank": (10,), "alpha": (1.0,), "reg": (1.0,)},
               "als": {"factors": (50,), "regularization": (0.1,), "alpha": (1.0,)}}
 
@@ -117,6 +119,14 @@ def implicit_params(seed: int, **grid: Any) -> dict[str, Any]:
     return {**DeepMatrixCompletion.implicit().get_params(), "random_state": seed, **grid}
 
 
+def final_implicit_params(seed: int, chosen: dict[str, Any]) -> dict[str, Any]:
+    """The chosen grid point for the final fit on all training ratings: no early-stopping
+    split, as many steps as the best step of the validation run (``chosen["steps"]``)."""
+    point = {key: value for key, value in chosen.items() if key != "steps"}
+    return implicit_params(seed, **point, validation_fraction=0.0,
+                           max_steps=max(1, chosen["steps"]))
+
+
 def _grid(grid: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(grid, point, strict=True)) for point in itertools.product(*grid.values())]
 
@@ -136,8 +146,9 @@ def select(train: Ratings, args: argparse.Namespace, grid: dict[str, dict[str, S
         grids["shrinkage"].append({"shrinkage": shrinkage, **split.score(recommended, args.k)})
     thresholds = (None, args.threshold)
     for point in _grid({**grid["implicit"], "positive_threshold": thresholds}):
-        _, recommended = ours(split, args.k, **implicit_params(args.seed, **point))
-        grids["implicit"].append({**point, **split.score(recommended, args.k)})
+        model, recommended = ours(split, args.k, **implicit_params(args.seed, **point))
+        grids["implicit"].append({**point, "steps": model.best_step_,
+                                  **split.score(recommended, args.k)})
         log(f"validation implicit {point}: {key} {grids['implicit'][-1][key]:.4f}")
     if importlib.util.find_spec("implicit") is not None:
         for point in _grid(grid["als"]):
@@ -159,7 +170,7 @@ def evaluate(train: Ratings, test: Ratings, chosen: dict[str, dict[str, Any]],
             random_state=seed, **chosen["shrinkage"]).get_params())[1],
         UNSHRUNK: lambda: ours(split, k, **DeepMatrixCompletion.ratings(
             random_state=seed, shrinkage=0.0).get_params())[1],
-        IMPLICIT: lambda: ours(split, k, **implicit_params(seed, **chosen["implicit"]))[1],
+        IMPLICIT: lambda: ours(split, k, **final_implicit_params(seed, chosen["implicit"]))[1],
         MOST_RATED: lambda: most_rated(split, k)}
     if "als" in chosen:
         methods[ALS] = lambda: als(split, k, seed)
