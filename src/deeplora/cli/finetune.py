@@ -59,8 +59,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", default="0-4", help="seeds, e.g. 0-4 or 0,3,7")
     p.add_argument("--head", default="cross", help=f"one of {', '.join(HEADS)}")
     p.add_argument("--preset", default=None,
-                   help=f"one of {', '.join(PRESETS)} (default: paper); e2e: paper or cpu "
-                   "(default: paper with a GPU, cpu without, said in one line)")
+                   help=f"one of {', '.join(PRESETS)}; e2e: paper or cpu (default: paper, and "
+                   "for e2e paper with a GPU, cpu without, said in one line)")
     p.add_argument("--targets", default="all-dense", help=f"one of {', '.join(TARGETS)}")
     p.add_argument("--model", default=None,
                    help="transformers model id or folder (default: embedded all-MiniLM-L6-v2)")

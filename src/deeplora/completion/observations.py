@@ -32,6 +32,8 @@ def as_index(name: str, value: Any) -> np.ndarray:
         np.issubdtype(array.dtype, np.floating) and np.all(np.isfinite(array))
         and np.all(array == np.round(array)))
     if array.size and not integral:
+        if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+            raise ValueError(f"{name} must be integer indices, found NaN or inf")
         raise ValueError(f"{name} must be integer indices, got dtype {array.dtype}")
     array = array.astype(np.int64)
     if array.size and array.min() < 0:
