@@ -48,7 +48,8 @@ class Verbalizer:
 _YES_NO = "Answer yes or no."
 VERBALIZERS: dict[str, Verbalizer] = {
     "sst2": Verbalizer("Review: {sentence}",
-                       "Is the sentiment of this movie review positive or negative?",
+                       "Is the sentiment of this movie review positive or negative? Answer "
+                       "with one word.",
                        ("negative", "positive")),
     "cola": Verbalizer("Sentence: {sentence}",
                        f"Is this sentence grammatically acceptable English? {_YES_NO}",

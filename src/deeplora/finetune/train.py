@@ -43,7 +43,7 @@ from deeplora.finetune.models import (
     make_collator,
     resolve_model,
 )
-from deeplora.finetune.prompt import PromptCollator
+from deeplora.finetune.prompt import PromptCollator, answer_words
 from deeplora.output import finite_json
 
 if TYPE_CHECKING:
@@ -211,7 +211,8 @@ def run_finetune(
     (``[{"step", "metrics"}]`` at each evaluation, plus ``"heldout"``: the held-out rows'
     metrics when ``config.heldout_samples`` is set), ``train_loss`` (per step, of the whole
     batch across processes), ``majority_rate`` (classification: share of the most frequent
-    label among the dev rows scored, the accuracy of a constant guess), ``wall_time_s``,
+    label among the dev rows scored, the accuracy of a constant guess), ``prompt`` (``prompt``
+    head: the first dev row's prompt and the label words), ``wall_time_s``,
     ``layers`` (per adapted layer at the end: σ₁(ΔW) as ``sigma_max``, its top min(2r, 64)
     singular values, ``numerical_rank`` and ``matrix_rank``, see :func:`spectra`)
     and, when ``config.snapshot_steps`` is set, ``subspace``: per layer the cosines of the
@@ -319,6 +320,9 @@ def run_finetune(
         "history": history,
         "train_loss": losses,
     }
+    if isinstance(collate, PromptCollator):  # the exact prompt and label words of the run
+        result["prompt"] = {"example": collate.prompts([prepared.dev[0]])[0],
+                            "label_words": list(answer_words(prepared.task, config.template))}
     if not prepared.task.is_regression:
         result["majority_rate"] = float(np.bincount(prepared.dev["label"]).max()
                                         / len(prepared.dev))
