@@ -77,11 +77,41 @@ def _rebuild_finetune_command(out: Path) -> str:
     return "summary.md"
 
 
+PROMPT_COMMON = {"model": "smollm2-135m-instruct", "batch_size": 16, "heldout_samples": 32}
+PROMPT_SWEEPS = {
+    # deeplora experiment prompt-fewshot --task sst2 --samples 16 --ranks 8 --lrs 1e-3
+    #   --seeds 0-1 --steps 20 --eval-every 10 --heldout-samples 32 --test-samples 64
+    "prompt-fewshot-cpu": dict(tasks=["sst2"], samples=(16,), ranks=(8,), lrs=(1e-3,),
+                               methods=("deep-lora", "lora", "peft-lora"), seeds=(0, 1),
+                               steps=20, eval_every=10, dev_samples=64, template="chat"),
+    # deeplora experiment prompt-fewshot --task sst2,stsb,mrpc,cola --methods ''
+    #   --seeds 0 --heldout-samples 32 --test-samples 128 --template chat|plain
+    **{f"prompt-zero-shot-{t}": dict(tasks=["sst2", "stsb", "mrpc", "cola"], samples=(16,),
+                                     ranks=(8,), lrs=(1e-4, 3e-4, 1e-3), methods=(),
+                                     seeds=(0,), steps=100, eval_every=10, dev_samples=128,
+                                     template=t) for t in ("chat", "plain")},
+}
+
+
+def _rebuild_prompt(folder: str, out: Path) -> str:
+    """``deeplora experiment prompt-fewshot … --report-only`` with the sweep's arguments."""
+    from deeplora.experiments.prompt_fewshot import NAME, plan, write_report
+    from deeplora.finetune.runs import load_results
+
+    args = dict(PROMPT_SWEEPS[folder])
+    cells = plan(args.pop("tasks"), args.pop("samples"), args.pop("ranks"), args.pop("lrs"),
+                 args.pop("methods"), args.pop("seeds"), **PROMPT_COMMON, **args)
+    write_report([(cell, load_results(RESULTS / folder / "runs", cell.config, cell.seeds))
+                  for cell in cells], out)
+    return f"{NAME}.md"
+
+
 @pytest.mark.parametrize(("folder", "rebuild"), [
     ("nlg-fewshot-cpu", _rebuild_nlg),
     *((folder, partial(_rebuild_stsb, name)) for name, folder in STSB_FOLDERS.items()),
-    ("stsb-smollm2-cross", _rebuild_finetune_command)], ids=["nlg-fewshot", *STSB_FOLDERS,
-                                                             "stsb-smollm2"])
+    ("stsb-smollm2-cross", _rebuild_finetune_command),
+    *((folder, partial(_rebuild_prompt, folder)) for folder in PROMPT_SWEEPS)],
+    ids=["nlg-fewshot", *STSB_FOLDERS, "stsb-smollm2", *PROMPT_SWEEPS])
 def test_report_rebuilds_from_committed_runs_and_stands_in_results_md(
         folder: str, rebuild, tmp_path: Path) -> None:
     name = rebuild(tmp_path)

@@ -113,3 +113,12 @@ def test_long_prompts_keep_their_end(tiny_llama: str, glue_dir: Path) -> None:
     ids = collate([row])["inputs"]["input_ids"][0]
     tokenizer = load_tokenizer(tiny_llama)
     assert len(ids) == 8 and tokenizer.decode(ids[-1:]) == "the"  # the answer cue survives
+
+
+def test_lengths_are_the_untruncated_prompt_lengths(tiny_llama: str, glue_dir: Path) -> None:
+    config, _, collate = _setup(tiny_llama, "mrpc", method="zero-shot")
+    rows = load_split("mrpc", "dev", glue_dir).select(range(3))
+    lengths = collate.lengths(rows)
+    batch = make_collator(load_tokenizer(tiny_llama), replace(config, max_length=512), False)(
+        list(rows))
+    assert lengths == batch["inputs"]["attention_mask"].sum(-1).tolist()

@@ -120,7 +120,7 @@ def summarize(results: list[tuple[Cell, list[dict[str, Any]]]]) -> dict[str, Any
     for cell, runs in results:
         if cell.labels["method"] == "zero-shot":
             for run in runs:
-                heldout = run["history"][0]["heldout"] if run["history"] else {}
+                heldout = run["history"][0].get("heldout", {}) if run["history"] else {}
                 zero.append({"task": cell.labels["task"], "metric": _metric(run),
                              "test": run["metrics"].get(_metric(run)),
                              "heldout": heldout.get(_metric(run)),
@@ -333,7 +333,8 @@ def _ints(text: str) -> tuple[int, ...]:
     Arg("--samples", default="16", help="training examples, comma-separated (e.g. 16,64)"),
     Arg("--ranks", default="8", help="adapter ranks, comma-separated (e.g. 8,32,64)"),
     Arg("--lrs", default="1e-4,3e-4,1e-3", help="learning-rate grid, the same for every method"),
-    Arg("--methods", default=",".join(METHODS), help="methods, comma-separated"),
+    Arg("--methods", default=",".join(METHODS),
+        help="methods, comma-separated; '' for the zero-shot rows alone"),
     Arg("--seeds", default="0-4", help="seeds, e.g. 0-4 or 0,3,7"),
     Arg("--steps", type=int, default=100, help="optimizer steps"),
     Arg("--eval-every", type=int, default=10, help="steps between checkpoints"),
@@ -363,7 +364,7 @@ def prompt_fewshot(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if args.fast:  # a smoke test: the numbers mean nothing
         common.update(steps=2, eval_every=1, heldout_samples=8, dev_samples=8, max_length=64)
     cells = plan(args.task.split(","), _ints(args.samples), _ints(args.ranks), _floats(args.lrs),
-                 args.methods.split(","), parse_seeds(args.seeds), **common)
+                 [m for m in args.methods.split(",") if m], parse_seeds(args.seeds), **common)
     summary = run_experiment(cells, out, args.data_dir, progress=not args.quiet,
                              train=not args.report_only, jobs=args.jobs)
     print((out / f"{NAME}.md").read_text())

@@ -12,8 +12,9 @@ prompt, restricted to the task's label words (:data:`VERBALIZERS`), are the pred
 
 No other logit enters the loss, so the gradient reaches only the label words' rows of the
 output layer (LM-BFF-style prompt tuning; Gao et al. 2021). Inputs are padded on the left so
-that the last position is every row's last prompt token; position ids skip the padding, so a
-row's logits do not depend on its batch. Each label word must be one token after the prompt
+that the last position is every row's last prompt token; position ids skip the padding (models
+with absolute positions, e.g. GPT-2, need them; rotary ones are shift-invariant), so a row's
+logits do not depend on its batch. Each label word must be one token after the prompt
 (:func:`label_token_ids` raises :class:`~deeplora.finetune.data.DataError` otherwise).
 """
 
@@ -154,9 +155,8 @@ class PromptCollator:
 
     def lengths(self, rows: Any) -> list[int]:
         """Untruncated token count of each row's prompt."""
-        listed = [dict(zip(rows.column_names, values, strict=True))
-                  for values in zip(*(rows[c] for c in rows.column_names), strict=True)]
-        return [len(_encode(self.tokenizer, p, self.template)) for p in self.prompts(listed)]
+        return [len(_encode(self.tokenizer, p, self.template))
+                for p in self.prompts(rows.to_list())]
 
 
 def label_logits(model: Any, inputs: dict[str, Tensor], label_ids: Tensor) -> Tensor:
