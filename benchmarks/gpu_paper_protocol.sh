@@ -109,7 +109,7 @@ run() {
   start=$(date +%s); deadline=$((start + budget))
   ls "$STAGE"/part-* >/dev/null 2>&1 && receive
   install
-  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
   local cli=(python3 -m deeplora.cli experiment)
   launch nlg-a "${cli[@]}" nlg-fewshot --preset paper --seeds 0-4 --data-dir "$DATA/e2e" \
     --out "${RESULTS[0]}" --quiet
@@ -128,14 +128,19 @@ run() {
   for name in "${!PGIDS[@]}"; do kill -KILL -- "-${PGIDS[$name]}" 2>/dev/null || true; done
   wait || true
   echo "sweeps took $(( $(date +%s) - start )) s"
-  "${cli[@]}" nlg-fewshot --preset paper --seeds 0-9 --report-only --out "${RESULTS[0]}" \
-    >/dev/null || true
-  "${cli[@]}" stsb-fewshot --preset paper --seeds 0-19 --report-only --out "${RESULTS[1]}" \
-    >/dev/null || true
-  "${cli[@]}" prompt-fewshot --task sst2 --samples 16,64 --ranks 8,32,64 --seeds 0-4 \
-    --steps 100 --eval-every 10 --test-samples 872 --report-only --out "${RESULTS[2]}" \
-    >/dev/null || true
   find "${RESULTS[@]}" -name 'seed-*.json' 2>/dev/null | sed 's|/runs/.*||' | sort | uniq -c
+  pack  # the run files first: the reports can be rebuilt from them anywhere
+  timeout 60 "${cli[@]}" nlg-fewshot --preset paper --seeds 0-9 --report-only \
+    --out "${RESULTS[0]}" >/dev/null || true
+  timeout 60 "${cli[@]}" stsb-fewshot --preset paper --seeds 0-19 --report-only \
+    --out "${RESULTS[1]}" >/dev/null || true
+  timeout 60 "${cli[@]}" prompt-fewshot --task sst2 --samples 16,64 --ranks 8,32,64 \
+    --seeds 0-4 --steps 100 --eval-every 10 --test-samples 872 --report-only \
+    --out "${RESULTS[2]}" >/dev/null || true
+  pack
+}
+
+pack() {  # the run folders (and reports) as $OUT/results.tar.gz
   tar -czf "${OUT:-/tmp}/results.tar.gz" --exclude='*.lock' "${RESULTS[@]}" 2>/dev/null || true
 }
 

@@ -77,18 +77,21 @@ def _rebuild_finetune_command(out: Path) -> str:
     return "summary.md"
 
 
-PROMPT_COMMON = {"model": "smollm2-135m-instruct", "batch_size": 16, "heldout_samples": 32}
+PROMPT_COMMON = {"model": "smollm2-135m-instruct", "template": "chat", "steps": 100,
+                 "eval_every": 10, "batch_size": 16}
 PROMPT_SWEEPS = {
     # deeplora experiment prompt-fewshot --task sst2 --samples 16 --ranks 8 --lrs 1e-3
-    #   --seeds 0-1 --steps 20 --eval-every 10 --heldout-samples 32 --test-samples 64
+    #   --seeds 0-1 --steps 12 --batch-size 8 --eval-every 6 --heldout-samples 16
+    #   --test-samples 48 --out docs/results/prompt-fewshot-cpu
     "prompt-fewshot-cpu": dict(tasks=["sst2"], samples=(16,), ranks=(8,), lrs=(1e-3,),
                                methods=("deep-lora", "lora", "peft-lora"), seeds=(0, 1),
-                               steps=20, eval_every=10, dev_samples=64, template="chat"),
-    # deeplora experiment prompt-fewshot --task sst2,stsb,mrpc,cola --methods ''
-    #   --seeds 0 --heldout-samples 32 --test-samples 128 --template chat|plain
+                               steps=12, batch_size=8, eval_every=6, heldout_samples=16,
+                               dev_samples=48),
+    # deeplora experiment prompt-fewshot --task sst2,stsb,mrpc,cola --methods '' --seeds 0
+    #   --heldout-samples 0 --test-samples 64 --template T --out docs/results/prompt-zero-shot-T
     **{f"prompt-zero-shot-{t}": dict(tasks=["sst2", "stsb", "mrpc", "cola"], samples=(16,),
                                      ranks=(8,), lrs=(1e-4, 3e-4, 1e-3), methods=(),
-                                     seeds=(0,), steps=100, eval_every=10, dev_samples=128,
+                                     seeds=(0,), heldout_samples=0, dev_samples=64,
                                      template=t) for t in ("chat", "plain")},
 }
 
@@ -100,7 +103,7 @@ def _rebuild_prompt(folder: str, out: Path) -> str:
 
     args = dict(PROMPT_SWEEPS[folder])
     cells = plan(args.pop("tasks"), args.pop("samples"), args.pop("ranks"), args.pop("lrs"),
-                 args.pop("methods"), args.pop("seeds"), **PROMPT_COMMON, **args)
+                 args.pop("methods"), args.pop("seeds"), **{**PROMPT_COMMON, **args})
     write_report([(cell, load_results(RESULTS / folder / "runs", cell.config, cell.seeds))
                   for cell in cells], out)
     return f"{NAME}.md"
