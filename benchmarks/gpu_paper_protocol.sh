@@ -128,7 +128,8 @@ run() {
   for name in "${!PGIDS[@]}"; do kill -KILL -- "-${PGIDS[$name]}" 2>/dev/null || true; done
   wait || true
   echo "sweeps took $(( $(date +%s) - start )) s"
-  find "${RESULTS[@]}" -name 'seed-*.json' 2>/dev/null | sed 's|/runs/.*||' | sort | uniq -c
+  { find "${RESULTS[@]}" -name 'seed-*.json' | sed 's|/runs/.*||' | sort | uniq -c; } \
+    2>/dev/null || true  # finished runs per sweep
   pack  # the run files first: the reports can be rebuilt from them anywhere
   timeout 60 "${cli[@]}" nlg-fewshot --preset paper --seeds 0-9 --report-only \
     --out "${RESULTS[0]}" >/dev/null || true

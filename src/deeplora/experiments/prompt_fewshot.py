@@ -200,6 +200,8 @@ def markdown(summary: dict[str, Any]) -> str:
                (z["test"], z["heldout"], z["majority_rate"])]
         lines.append(f"| {z['task']} | {z['metric']} | {' | '.join(fmt)} | "
                      f"{z['test_rows'] or 'all'} |")
+    if not summary["grid"]:
+        return "\n".join(lines) + "\n"
     lines += ["", "Every learning rate (mean ± std over seeds; 'best ckpt': the checkpoint with "
               "the highest held-out score, scored on test):", "",
               "| task | n | r | method | lr | seeds | test, last step | test, best ckpt "
