@@ -80,11 +80,11 @@ def _rebuild_finetune_command(out: Path) -> str:
 PROMPT_COMMON = {"model": "smollm2-135m-instruct", "template": "chat", "steps": 100,
                  "eval_every": 10, "batch_size": 16}
 PROMPT_SWEEPS = {
-    # deeplora experiment prompt-fewshot --task sst2 --samples 16 --ranks 8 --lrs 1e-3
-    #   --seeds 0-4 --steps 12 --batch-size 8 --eval-every 6 --heldout-samples 16
+    # deeplora experiment prompt-fewshot --task sst2 --samples 16 --ranks 8 --lrs 3e-4,1e-3
+    #   --seeds 0-1 --steps 12 --batch-size 8 --eval-every 6 --heldout-samples 16
     #   --test-samples 48 --out docs/results/prompt-fewshot-cpu
-    "prompt-fewshot-cpu": dict(tasks=["sst2"], samples=(16,), ranks=(8,), lrs=(1e-3,),
-                               methods=("deep-lora", "lora", "peft-lora"), seeds=tuple(range(5)),
+    "prompt-fewshot-cpu": dict(tasks=["sst2"], samples=(16,), ranks=(8,), lrs=(3e-4, 1e-3),
+                               methods=("deep-lora", "lora", "peft-lora"), seeds=(0, 1),
                                steps=12, batch_size=8, eval_every=6, heldout_samples=16,
                                dev_samples=48),
     # deeplora experiment prompt-fewshot --task sst2,stsb,mrpc,cola --methods '' --seeds 0
