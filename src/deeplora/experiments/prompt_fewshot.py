@@ -236,18 +236,18 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def _curves(runs: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
-    """Mean over runs of the window loss, held-out and test score at each checkpoint step."""
-    from deeplora.finetune.checkpoints import loss_curve
-
+    """Mean over runs of the training loss at every step, and of the held-out and test score
+    at each checkpoint step."""
     per_step: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         metric = _metric(run)
-        for entry, loss in zip(run["history"], loss_curve(run), strict=True):
-            for key, value in (("train loss", loss),
-                               ("held-out", entry["heldout"].get(metric)),
-                               ("test", entry["metrics"].get(metric))):
-                if value is not None and np.isfinite(value):
-                    per_step[key][entry["step"]].append(value)
+        points = [("train loss", k + 1, v) for k, v in enumerate(run["train_loss"])]
+        for entry in run["history"]:
+            points += [("held-out", entry["step"], entry["heldout"].get(metric)),
+                       ("test", entry["step"], entry["metrics"].get(metric))]
+        for key, step, value in points:
+            if value is not None and np.isfinite(value):
+                per_step[key][step].append(value)
     return {key: (sorted(v), [float(np.mean(v[s])) for s in sorted(v)])
             for key, v in per_step.items()}
 
