@@ -44,6 +44,8 @@ def make_files(folder: Path, write_glue: Callable[..., Path]) -> None:
     ratings = "".join(f"{u}\t{i}\t{1 + (u * 7 + i) % 5}\t0\n" for u in range(12)
                       for i in range(10))
     (folder / "ratings.tsv").write_text(ratings)
+    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n"
+                                        + ratings.replace("\t", ","))
     (folder / "nan.tsv").write_text(ratings.replace("\t3\t0\n", "\tnan\t0\n", 1))
     (folder / "words.tsv").write_text(ratings.replace("\t3\t0\n", "\tgood\t0\n", 1))
     (folder / "empty.tsv").write_text("")
@@ -72,6 +74,49 @@ def make_files(folder: Path, write_glue: Callable[..., Path]) -> None:
     (folder / "adapter-noweights" / "adapter_model.safetensors").unlink()
     config = folder / "adapter-badtype" / "adapter_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "peft_type": "NOPE"}))
+    _hostile_files(folder, write_glue)
+
+
+def _hostile_files(folder: Path, write_glue: Callable[..., Path]) -> None:
+    """GLUE and E2E files with one defect each, models and adapters for ``export-lora``."""
+    write_glue(folder / "glue-bad", n=8)
+    bad = folder / "glue-bad"
+    stsb = bad / "STS-B" / "train.tsv"
+    stsb.write_text(stsb.read_text().replace("\tscore\n", "\tsimilarity\n", 1))
+    for task, cut in (("RTE", "label"), ("MRPC", "field")):
+        lines = (bad / task / "train.tsv").read_text().splitlines()
+        head = lines[2].rsplit("\t", 1)[0]
+        lines[2] = f"{head}\tmaybe" if cut == "label" else head
+        (bad / task / "train.tsv").write_text("\n".join(lines) + "\n")
+    qnli = bad / "QNLI" / "train.tsv"
+    qnli.write_text(qnli.read_text().splitlines()[0] + "\n")
+    (bad / "CoLA" / "train.tsv").write_text("")
+    (bad / "SST-2" / "dev.tsv").unlink()
+
+    from tests.nlg.conftest import DEV, TEST, write_csv
+
+    for name, dev in (("e2e", DEV), ("e2e-emptymr", [*DEV[:1], ("", "A pub.")]),
+                      ("e2e-header", [])):
+        (folder / name).mkdir()
+        write_csv(folder / name / "devset.csv", dev)
+        write_csv(folder / name / "testset_w_refs.csv", TEST)
+    (folder / "e2e-nocol").mkdir()
+    (folder / "e2e-nocol" / "devset.csv").write_text('"mr","text"\n"name[Mill]","Mill."\n')
+
+    from peft import LoraConfig, get_peft_model
+
+    from deeplora.adapters import DeepLoraConfig
+
+    _tiny_bert().save_pretrained(folder / "tiny-bert")
+    _tiny_bert().save_pretrained(folder / "model-noconfig")
+    (folder / "model-noconfig" / "config.json").unlink()
+    deep = get_peft_model(_tiny_bert(), DeepLoraConfig(r=2, target_modules="query-value"))
+    for name in ("adapter", "adapter-cut"):
+        deep.save_pretrained(folder / name)
+    weights = folder / "adapter-cut" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    lora = get_peft_model(_tiny_bert(), LoraConfig(r=2, target_modules=["query", "value"]))
+    lora.save_pretrained(folder / "lora")
 
 
 def _tiny_bert() -> Any:
@@ -87,8 +132,9 @@ def namespace() -> dict[str, Any]:
     """Names the table's Python rows use."""
     import numpy as np
     import torch
+    from peft import get_peft_model
 
-    from deeplora.adapters import DeepLoraConfig, load_adapter
+    from deeplora.adapters import DeepLoraConfig, build_adapter_config, load_adapter
     from deeplora.completion import (
         DeepMatrixCompletion,
         MatrixCompletion,
@@ -102,7 +148,9 @@ def namespace() -> dict[str, Any]:
     problem = MatrixCompletion.random(target, 0.5)
     model, _ = build_model("narrow", problem, rank=2)
     return {"np": np, "torch": torch, "tiny_bert": _tiny_bert, "DeepLoraConfig": DeepLoraConfig,
-            "load_adapter": load_adapter, "DeepMatrixCompletion": DeepMatrixCompletion,
+            "load_adapter": load_adapter, "get_peft_model": get_peft_model,
+            "build_adapter_config": build_adapter_config,
+            "DeepMatrixCompletion": DeepMatrixCompletion,
             "MatrixCompletion": MatrixCompletion, "build_model": build_model, "fit": fit,
             "random_low_rank": random_low_rank, "preset": preset, "target": target,
             "problem": problem, "model": model}
@@ -172,7 +220,7 @@ if __name__ == "__main__":  # print what each row shows now
     import sys
     import tempfile
 
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
     from conftest import write_glue
 
     with tempfile.TemporaryDirectory() as tmp:

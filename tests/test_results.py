@@ -109,12 +109,36 @@ def _rebuild_prompt(folder: str, out: Path) -> str:
     return f"{NAME}.md"
 
 
+def _rebuild_ratings(name: str, out: Path) -> str:
+    """``deeplora experiment movielens [--dataset filmtrust] --report-only``: the table from
+    the per-split files."""
+    import shutil
+
+    from deeplora.experiments.movielens import report
+
+    for path in (RESULTS / name).glob(f"{name}-*.json"):
+        shutil.copy(path, out)
+    report(out, name)
+    return f"{name}.md"
+
+
+def _rebuild_topk(out: Path) -> str:
+    """``deeplora experiment topk``'s report from its per-dataset ``topk-*.json`` files."""
+    from deeplora.experiments.topk import report
+
+    (out / "topk.md").write_text(report(RESULTS / "topk"))
+    return "topk.md"
+
+
 @pytest.mark.parametrize(("folder", "rebuild"), [
     ("nlg-fewshot-cpu", _rebuild_nlg),
     *((folder, partial(_rebuild_stsb, name)) for name, folder in STSB_FOLDERS.items()),
     ("stsb-smollm2-cross", _rebuild_finetune_command),
+    *((name, partial(_rebuild_ratings, name)) for name in ("movielens", "filmtrust")),
+    ("topk", _rebuild_topk),
     *((folder, partial(_rebuild_prompt, folder)) for folder in PROMPT_SWEEPS)],
-    ids=["nlg-fewshot", *STSB_FOLDERS, "stsb-smollm2", *PROMPT_SWEEPS])
+    ids=["nlg-fewshot", *STSB_FOLDERS, "stsb-smollm2", "movielens", "filmtrust", "topk",
+         *PROMPT_SWEEPS])
 def test_report_rebuilds_from_committed_runs_and_stands_in_results_md(
         folder: str, rebuild, tmp_path: Path) -> None:
     name = rebuild(tmp_path)

@@ -34,8 +34,9 @@ def check_writable_dir(path: str | os.PathLike[str]) -> None:
     if folder.exists() and not folder.is_dir():
         raise OSError(f"output folder {str(folder)!r} exists and is not a folder")
     existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OSError(f"cannot write to {str(folder)!r}: {str(existing)!r} is not writable")
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise OSError(f"cannot write to {str(folder)!r}: {str(existing)!r} is not a writable "
+                      "folder")
 
 
 def current_umask() -> int:

@@ -43,14 +43,15 @@ def test_recommend_movielens_csv_end_to_end(tmp_path: Path,
     assert 0 < summary["test"]["rmse"] < 2 and 0 <= summary["test"]["ndcg@5"] <= 1
     with out.open() as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["user", "item", "rank", "predicted_rating"]
+    assert list(rows[0]) == ["user", "item", "rank", "score", "predicted_rating"]
     assert len(rows) == summary["rows_written"] == 150
     seen = {(line.split(",")[0], line.split(",")[1])
             for line in train.read_text().splitlines()[1:]}
     assert not any((r["user"], r["item"]) in seen for r in rows)  # rated items excluded
     assert {r["item"] for r in rows} <= {str(10 * c + 7) for c in range(25)}  # raw movie ids
-    first = [float(r["predicted_rating"]) for r in rows if r["user"] == "1"]
+    first = [float(r["score"]) for r in rows if r["user"] == "1"]
     assert first == sorted(first, reverse=True) and len(first) == 5
+    assert all(1 <= float(r["predicted_rating"]) <= 5 for r in rows)  # clipped ratings
     # the saved model gives the same list for chosen users, without refitting
     again = tmp_path / "again.csv"
     assert main(["recommend", "--ratings", str(train), "--model", str(model), "--users", "1",
@@ -80,6 +81,8 @@ def test_complete_ratings_uses_preset_on_csv(tmp_path: Path,
     ("", [], "no ratings"),
     ("userId,movieId,rating\n", [], "no ratings"),
     ("who,what,stars\n1,2,3\n", ["--user-col", "whom"], "no column 'whom'"),
+    ("userId,movieId,rating\n1,2,3\n1,3,4\n", ["--user-col", "userId", "--item-col", "userId"],
+     "--user-col and --item-col are the same column 'userId'"),
 ])
 @pytest.mark.parametrize("command", ["recommend", "complete"])
 def test_bad_ratings_files_one_error_nothing_written(
@@ -107,5 +110,51 @@ def test_explicit_columns_tsv_string_ids(tmp_path: Path) -> None:
                  "what", "--rating-col", "stars", "--k", "3", "--rank", "2", "--output",
                  str(out), "--quiet"]) == 0
     text = out.read_text().splitlines()
-    assert text[0] == "user,item,rank,predicted_rating" and text[1].startswith("x")
+    assert text[0] == "user,item,rank,score,predicted_rating" and text[1].startswith("x")
     assert all(line.split(",")[1].startswith("movie-") for line in text[1:])
+
+
+def test_recommend_implicit_feedback_with_threshold(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    train, test = _ratings_csv(tmp_path, seed=3)
+    out = tmp_path / "recs.csv"
+    assert main(["recommend", "--ratings", str(train), "--test", str(test), "--k", "4",
+                 "--feedback", "implicit", "--positive-threshold", "4", "--rank", "2",
+                 "--output", str(out), "--quiet", "--json", "-"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["feedback"] == "implicit" and "rmse" not in summary["test"]
+    assert 0 <= summary["test"]["precision@4"] <= 1
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["user", "item", "rank", "score"] and len(rows) == 120
+
+
+@pytest.mark.parametrize(("flags", "match"), [
+    (["--k", "0"], "--k must be >= 1, got 0"),
+    (["--k", "26"], "--k 26 is more than the 25 items of --ratings"),
+    (["--users", "1", "999", "abc"], "--users: 2 id(s) not among the 30 users of --ratings: "
+                                     "999 abc"),
+    (["--positive-threshold", "4"], "--positive-threshold applies to --feedback implicit"),
+    (["--feedback", "implicit", "--shrinkage", "5"], "--shrinkage applies to --feedback "
+                                                     "explicit"),
+    (["--feedback", "implicit", "--positive-threshold", "9"], "needs at least one positive"),
+])
+def test_bad_requests_one_error_nothing_written(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str],
+                                                flags: list[str], match: str) -> None:
+    train, _ = _ratings_csv(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["recommend", "--ratings", str(train), "--output",
+                 str(tmp_path / "new" / "recs.csv"), "--json", str(tmp_path / "s.json"),
+                 "--quiet", "--steps", "2", *flags]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_output_into_missing_folders_creates_them(tmp_path: Path) -> None:
+    train, _ = _ratings_csv(tmp_path)
+    out = tmp_path / "a" / "b" / "recs.csv"
+    assert main(["recommend", "--ratings", str(train), "--output", str(out), "--k", "2",
+                 "--steps", "2", "--quiet"]) == 0
+    assert out.read_text().startswith("user,item,rank,score,predicted_rating\n")

@@ -1,16 +1,21 @@
 """Ratings files, id re-indexing, MovieLens 100K layout."""
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from deeplora.completion import data
 from deeplora.completion.data import (
     IdIndex,
+    Ratings,
     find_movielens_100k,
     movielens_100k,
+    random_split,
     ratings_from_frame,
     read_ratings,
+    temporal_split,
 )
 
 
@@ -37,6 +42,11 @@ def test_csv_with_named_columns_and_string_ids(tmp_path: Path) -> None:
                            time_col="when")
     with pytest.raises(ValueError, match="no column 'whom'"):
         read_ratings(path, user_col="whom")
+    with pytest.raises(ValueError, match=r"r\.csv': --user-col and --item-col are the same "
+                       r"column 'who' \(user_col and item_col must differ\)"):
+        read_ratings(path, user_col="who", item_col="who")
+    with pytest.raises(ValueError, match="--item-col and --rating-col are the same column"):
+        read_ratings(path, user_col="who", item_col="stars")  # rating column found: stars
     assert list(ratings.users) == ["u1", "u2"] and list(ratings.items) == ["a", "b"]
     np.testing.assert_array_equal(ratings.values, [4.5, 3.0])
     tsv = tmp_path / "r.tsv"
@@ -114,3 +124,60 @@ def test_real_movielens_100k_if_present() -> None:
     train, test = movielens_100k("u1", folder)
     assert (len(train), len(test)) == (80000, 20000)
     assert set(np.unique(train.values)) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+
+
+def test_temporal_split_holds_out_each_users_latest_ratings() -> None:
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(6), [10, 5, 1, 3, 7, 20])
+    times = rng.permutation(users.size).astype(float)
+    ratings = Ratings(users, np.arange(users.size), rng.random(users.size), times)
+    train, test = temporal_split(ratings, 0.2)
+    assert len(train) + len(test) == len(ratings)
+    for user, count in enumerate([10, 5, 1, 3, 7, 20]):
+        held = test.times[test.users == user]
+        kept = train.times[train.users == user]
+        assert held.size == round(0.2 * count)
+        assert not held.size or not kept.size or kept.max() < held.min()  # strictly later
+    with pytest.raises(ValueError, match="times"):
+        temporal_split(Ratings(users, users, times))
+    train, test = random_split(ratings, seed=1)
+    assert len(test) == round(0.2 * len(ratings)) and len(train) + len(test) == len(ratings)
+    np.testing.assert_array_equal(np.sort(np.concatenate([train.times, test.times])),
+                                  np.sort(times))
+
+
+def _fake_sdist(folder: Path) -> Path:
+    """An sdist with FilmTrust's member in Orange's .tab layout (3 header lines)."""
+    import io
+    import tarfile
+
+    text = (b"user\tmovie\tscore\nc\tc\tc\nrow=1\tcol=1\tclass\n"
+            b"1\t1\t2\n1\t2\t4\n2\t1\t0.5\n2\t1\t1.5\n")
+    path = folder / data.FILMTRUST_SDIST
+    with tarfile.open(path, "w:gz") as archive:
+        info = tarfile.TarInfo(data.FILMTRUST_MEMBER)
+        info.size = len(text)
+        archive.addfile(info, io.BytesIO(text))
+    return path
+
+
+def test_filmtrust_from_the_cached_sdist_checked_and_offline_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deeplora.embedded_lm import sha256
+
+    monkeypatch.setenv("DEEPLORA_CACHE", str(tmp_path))
+    sdist = _fake_sdist(tmp_path)
+    with pytest.raises(ValueError, match="pinned"):  # not the published file
+        data.filmtrust()
+    monkeypatch.setattr(data, "FILMTRUST_SHA256", sha256(sdist))
+    ratings = data.filmtrust()
+    assert ratings.times is None and list(ratings.users) == [1, 1, 2]
+    np.testing.assert_allclose(ratings.values, [2, 4, 1.0])  # the repeated pair averaged
+    sdist.unlink()  # offline: pip fails, one line saying where to put the file
+
+    def offline(*args: object, **kwargs: object) -> subprocess.CompletedProcess:
+        return subprocess.CompletedProcess(args, 1, "", "ERROR: No matching distribution\n")
+
+    monkeypatch.setattr(subprocess, "run", offline)
+    with pytest.raises(FileNotFoundError, match=f"cannot fetch.*{data.FILMTRUST_SDIST}"):
+        data.filmtrust()

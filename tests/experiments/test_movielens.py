@@ -47,13 +47,18 @@ def test_experiment_writes_table_plot_json(ml100k: Path, tmp_path: Path) -> None
     assert "| official folds | deep compressed (ours) |" in table and "Surprise SVD++" in table
 
 
+def _two_methods(ml100k: Path, out: Path, *splits: str) -> int:
+    """Ours (20 steps) and ALS-WR on the given splits only (no official folds)."""
+    return main(["experiment", "movielens", "--root", str(ml100k), "--out", str(out),
+                 "--splits", *splits, "--steps", "20", "--methods", "deep compressed (ours)",
+                 "biased MF (ALS-WR)"])
+
+
 def test_experiment_random_splits_same_for_every_method(ml100k: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert main(["experiment", "movielens", "--root", str(ml100k), "--out", str(out),
-                 "--splits", "--random-seeds", "3", "--steps", "20", "--methods",
-                 "deep compressed (ours)", "biased MF (ALS-WR)"]) == 0
+    assert _two_methods(ml100k, out, "--random-seeds", "3") == 0
     summary = json.loads((out / "movielens.json").read_text())
-    assert list(summary["results"]) == ["random 80/20 of u.data"]
+    assert list(summary["results"]) == ["random 80/20"]
     split = json.loads((out / "movielens-random-3.json").read_text())
     lines = (ml100k / "u.data").read_text().splitlines()
     assert split["n_test"] == round(0.2 * len(lines)) and split["n_train"] + split["n_test"] \
@@ -96,3 +101,19 @@ def test_complete_ratings_bad_input(ml100k: Path, tmp_path: Path, extra: list[st
     assert main(args) == 2
     assert match in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_experiment_temporal_split_and_report_only(ml100k: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert _two_methods(ml100k, out, "--random-seeds", "--temporal") == 0
+    split = json.loads((out / "movielens-temporal.json").read_text())
+    ours = split["results"]["deep compressed (ours)"]
+    assert ours["selected"]["reg"] in [p["reg"] for p in ours["path"]]
+    table = (out / "movielens.md").read_text()
+    assert "| temporal (each user's last 20 %) | deep compressed (ours) |" in table
+    assert "temporal " in table.split("λ of ours")[1]  # the chosen λ per split
+    (out / "movielens.md").unlink()
+    assert main(["experiment", "movielens", "--report-only", "--out", str(out)]) == 0
+    assert (out / "movielens.md").read_text() == table
+    assert main(["experiment", "movielens", "--dataset", "filmtrust", "--temporal", "--out",
+                 str(tmp_path / "ft")]) == 2  # no timestamps: one line, exit 2

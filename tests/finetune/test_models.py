@@ -106,7 +106,8 @@ def test_padding_to_max_length_changes_nothing_but_cost(tiny_model: str, head: s
         grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()
                                       if p.requires_grad]))
     (padded, padded_grads), (longest, longest_grads) = grads
-    torch.testing.assert_close(padded, longest, rtol=1e-5, atol=1e-7)
+    # other shapes, other BLAS kernels and summation orders: float32 rounding, not 1e-7
+    torch.testing.assert_close(padded, longest, rtol=1e-4, atol=1e-6)
     assert padded_grads
     for a, b in zip(padded_grads, longest_grads, strict=True):
         assert a.abs().max() > 0

@@ -10,9 +10,12 @@ from deeplora.finetune.sweep import check_jobs, parse_seeds
 def test_parse_seeds() -> None:
     assert parse_seeds("0-4") == (0, 1, 2, 3, 4)
     assert parse_seeds("3,0-1,3") == (3, 0, 1)
-    for bad in ("", "a", "4-2", "-1"):
+    assert parse_seeds(" 1 - 2 ,0") == (1, 2, 0)
+    for bad in ("", "a", "4-2", "-1", "0-", "1,,2", "1-2-3", "+1", "\u0663", "0-4294967296"):
         with pytest.raises(ValueError, match="--seeds"):
             parse_seeds(bad)
+    with pytest.raises(ValueError, match="more than 10000 seeds"):
+        parse_seeds("5,0-4000000000")  # refused before 4·10^9 seeds are listed
     check_jobs(1)
     with pytest.raises(ValueError, match="--jobs must be >= 1, got 0"):
         check_jobs(0)

@@ -23,9 +23,11 @@ def stsb_run(glue_dir: Path, tiny_model: str, tmp_path_factory: pytest.TempPathF
 def test_same_seed_same_run_other_seed_differs(stsb_run, glue_dir: Path) -> None:
     config, first, _ = stsb_run
     again = run_finetune(config, 3, glue_dir, progress=False)
-    assert again["train_loss"] == first["train_loss"] and again["metrics"] == first["metrics"]
+    # the same computation again: equal up to float32 rounding (kernels may sum in another order)
+    assert again["train_loss"] == pytest.approx(first["train_loss"], rel=1e-5)
+    assert again["metrics"] == pytest.approx(first["metrics"], rel=1e-4, abs=1e-6)
     other = run_finetune(config, 4, glue_dir, progress=False)
-    assert other["train_loss"] != first["train_loss"]
+    assert other["train_loss"] != pytest.approx(first["train_loss"], rel=1e-3)
 
 
 def test_result_record(stsb_run) -> None:

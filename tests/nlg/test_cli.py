@@ -1,14 +1,20 @@
 """``deeplora finetune --task e2e`` and ``deeplora experiment nlg-fewshot``: output, resuming,
-and one-line errors with nothing written."""
+one-line errors with nothing written, the preset chosen without ``--preset``, the cost
+estimate and the progress bars."""
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from deeplora.cli import main
+from deeplora.nlg.config import CPU_NOTICE, default_preset
+from tests.finetune.test_estimate import estimate_numbers
 from tests.nlg.conftest import TEST, write_csv
 
 
@@ -68,3 +74,80 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("deeplora: error: ") and message in err[0]
     assert not out.exists()
+
+
+def _e2e_argv(model_dir: Path, e2e_dir: Path, out: Path, *extra: str) -> list[str]:
+    return ["finetune", "--task", "e2e", "--method", "deep-lora", "--model", str(model_dir),
+            "--samples", "3", "--steps", "2", "--rank", "4", "--seeds", "0", "--dev-samples",
+            "2", "--data-dir", str(e2e_dir), "--out", str(out), *extra]
+
+
+def test_e2e_without_gpu_uses_the_cpu_preset_and_estimates_before_training(
+        model_dir: Path, e2e_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(_e2e_argv(model_dir, e2e_dir, tmp_path / "loud")) == 0
+    out, err = capsys.readouterr()
+    assert "# nlg-fewshot (cpu preset)" in out
+    assert err.count(CPU_NOTICE) == 1 and "--preset paper" in CPU_NOTICE
+    numbers = estimate_numbers(err)  # 2 train steps × s + 2 inputs (greedy) × s + 1 run × s
+    assert numbers[0] == 2 and numbers[2] == 2 and numbers[4] == 1
+    assert all(x > 0 and math.isfinite(x) for x in numbers)
+    assert "test inputs generated (greedy)" in err
+    notice, estimate = err.index(CPU_NOTICE), err.index("deeplora: about ")
+    assert notice < estimate < err.index("deep-lora seed 0:") < err.index("generate deep-lora")
+    assert "%|" in err and "%|" not in out  # the bars: training steps, then generated MRs
+    # --quiet: no estimate and no bars, the notice stays; the probe changes no result
+    assert main(_e2e_argv(model_dir, e2e_dir, tmp_path / "quiet", "--quiet")) == 0
+    assert capsys.readouterr().err.strip() == CPU_NOTICE
+    loud, quiet = (json.loads(next((tmp_path / name).glob("runs/*/seed-0.json")).read_text())
+                   for name in ("loud", "quiet"))
+    assert loud["train_loss"] == quiet["train_loss"]
+    assert loud["predictions"] == quiet["predictions"]
+
+
+def test_an_explicit_paper_preset_is_kept_without_gpu(
+        model_dir: Path, e2e_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = _e2e_argv(model_dir, e2e_dir, tmp_path, "--preset", "paper", "--steps", "1")
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "# nlg-fewshot (paper preset)" in out and CPU_NOTICE not in err
+    assert "test inputs generated (beam 4)" in err
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_nlg_fewshot_default_preset_follows_the_gpu(
+        gpu: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    assert default_preset() == (("paper", None) if gpu else ("cpu", CPU_NOTICE))
+    argv = ["experiment", "nlg-fewshot", "--report-only", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert f"# nlg-fewshot ({'paper' if gpu else 'cpu'} preset)" in out
+    assert (CPU_NOTICE in err) is not gpu
+
+
+@pytest.mark.parametrize(("gpu", "given", "used"),
+                         [(True, None, "paper"), (False, None, "cpu"), (False, "paper", "paper"),
+                          (True, "cpu", "cpu")])
+def test_finetune_e2e_preset_choice(gpu: bool, given: str | None, used: str, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import deeplora.experiments.nlg_fewshot as nlg_fewshot
+
+    seen = {}
+
+    def record(cells, out, *args, notice=None, **kwargs):
+        seen.update(presets={config.preset for config, _ in cells}, notice=notice)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "nlg-fewshot.md").write_text("report\n")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(nlg_fewshot, "run_nlg_experiment", record)
+    argv = ["finetune", "--task", "e2e", "--out", str(tmp_path), "--quiet",
+            *(["--preset", given] if given else [])]
+    assert main(argv) == 0
+    assert seen == {"presets": {used}, "notice": CPU_NOTICE if used == "cpu" and not given
+                    else None}

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from deeplora.finetune.data import DataError
 from deeplora.nlg.config import nlg_preset
@@ -77,3 +78,18 @@ def test_all_dense_adapts_embeddings_and_merges_unless_tied(tmp_path: Path, e2e_
                      progress=False)
     assert result["adapted_layers"] == 14 + 1  # + the word embeddings
     assert result["merged"] is not tied
+
+
+@pytest.mark.parametrize("method", ["deep-lora", "lora", "peft-lora"])
+def test_delta_norms_match_a_full_svd(model_dir: Path, e2e_dir: Path, method: str) -> None:
+    from deeplora.adapters import adapter_deltas
+    from deeplora.nlg.train import PreparedNLG, _delta_norms, _setup, _train
+
+    config = _config(model_dir, method=method, rank=2, steps=2, lr=0.1)  # width 16: q = 10
+    prepared = PreparedNLG(config, 0, e2e_dir)
+    model, formatter = _setup(config, prepared, 0)
+    _train(model, formatter, prepared.train, config, 0, progress=False)
+    full = {name: float(torch.linalg.matrix_norm(delta.float(), ord=2))
+            for name, delta in adapter_deltas(model).items()}
+    assert _delta_norms(model, config.rank) == pytest.approx(full, rel=1e-4)
+    assert max(full.values()) > 1e-3

@@ -10,6 +10,7 @@ from peft import LoraConfig, PeftConfig
 from torch import nn
 
 from deeplora.adapters.config import DeepLoraConfig
+from deeplora.adapters.factors import checked_shapes
 from deeplora.adapters.targets import PRESETS, resolve_target_modules
 
 METHODS = ("deep-lora", "lora", "lora-hu", "peft-lora", "deep-lora-compressed")
@@ -39,9 +40,11 @@ def build_adapter_config(
 
     ``target_modules``: names, regex or preset (see :mod:`deeplora.adapters.targets`). Deep
     LoRA resolves presets when it is injected; PEFT's ``LoraConfig`` cannot, so ``"peft-lora"``
-    with a preset needs ``model`` (the model to be wrapped), which resolves it to names here.
-    ``kwargs`` go to the config (``depth``, ``init_scale``, ``dropout`` for Deep LoRA; any
-    ``LoraConfig`` field, plus ``dropout`` as ``lora_dropout``, for PEFT LoRA).
+    with a preset needs ``model`` (the model to be wrapped), which resolves it to names here
+    and, as Deep LoRA does on injection, refuses an ``r`` above min(d_out, d_in) of a target
+    (PEFT itself accepts it; the extra rank could never be used). ``kwargs`` go to the config
+    (``depth``, ``init_scale``, ``dropout`` for Deep LoRA; any ``LoraConfig`` field, plus
+    ``dropout`` as ``lora_dropout``, for PEFT LoRA).
     """
     if method not in METHODS:
         raise ValueError(f"unknown adapter method {method!r}; choose one of {list(METHODS)}")
@@ -53,6 +56,8 @@ def build_adapter_config(
         if isinstance(target_modules, str) and target_modules in PRESETS:
             raise ValueError(f"PEFT's LoraConfig cannot resolve the preset {target_modules!r}: "
                              f"pass model= (the model to wrap)")
+        if model is not None:
+            checked_shapes(model, target_modules, r)
         kwargs.setdefault("lora_dropout", kwargs.pop("dropout", 0.0))
         return LoraConfig(r=r, lora_alpha=r, target_modules=target_modules,
                           modules_to_save=modules_to_save, **kwargs)

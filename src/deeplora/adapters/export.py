@@ -19,7 +19,6 @@ Embeddings become PEFT's ``lora_embedding_A``/``lora_embedding_B``, Conv1D layer
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 import shutil
@@ -35,11 +34,14 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
+from deeplora.adapters.config import PEFT_TYPE
+from deeplora.adapters.loading import check_adapter_folder
 from deeplora.adapters.peft_integration import (
     active_adapter_name,
     deeplora_config,
     deeplora_layers,
 )
+from deeplora.output import check_writable_dir
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -127,8 +129,7 @@ def export_lora(
     adapter_name = active_adapter_name(model, adapter_name)
     config = deeplora_config(model, adapter_name)
     target = Path(folder)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ValueError(f"{str(target)!r} exists and is not an empty folder")
+    check_new_folder(target)
     layers = dict(deeplora_layers(model, adapter_name))
     kinds = {type(layer.get_base_layer()) for layer in layers.values()
              if not layer.is_embedding}
@@ -221,12 +222,24 @@ def max_output_difference(
                                                                            strict=True))
 
 
-def read_adapter_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``adapter_config.json`` of an adapter folder, as a dict."""
-    path = Path(folder) / CONFIG_NAME
-    if not path.is_file():
-        raise ValueError(f"{str(folder)!r} is not a PEFT adapter folder (no {CONFIG_NAME})")
-    return json.loads(path.read_text())
+def check_new_folder(folder: str | os.PathLike[str]) -> None:
+    """``ValueError`` unless ``folder`` is absent or an empty folder (nothing is overwritten);
+    ``OSError`` if it could not be created."""
+    target = Path(folder)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ValueError(f"{str(target)!r} exists and is not an empty folder")
+    check_writable_dir(target)
+
+
+def read_deeplora_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``adapter_config.json`` of a saved Deep LoRA folder after
+    :func:`~deeplora.adapters.loading.check_adapter_folder`; ``ValueError`` for another PEFT
+    method's folder."""
+    config = check_adapter_folder(folder)
+    if config.get("peft_type") != PEFT_TYPE:
+        raise ValueError(f"{str(folder)!r} holds a {config.get('peft_type')!r} adapter, not a "
+                         f"Deep LoRA one (peft_type {PEFT_TYPE!r})")
+    return config
 
 
 TASK_CLASSES = {
@@ -263,11 +276,13 @@ def load_deeplora(folder: str | os.PathLike[str], model: str | None = None,
 
     The base class follows the adapter's ``task_type`` (:data:`TASK_CLASSES`); the base is
     ``model`` or the adapter's ``base_model_name_or_path``; a sequence classifier gets
-    ``num_labels`` or the size of the head saved with the adapter.
+    ``num_labels`` or the size of the head saved with the adapter. The folder is checked
+    first (:func:`read_deeplora_config`); a base model that cannot be loaded is an ``OSError``
+    naming it.
     """
     import transformers  # (DEEPLORA is registered with PEFT: peft_integration is imported)
 
-    config = read_adapter_config(folder)
+    config = read_deeplora_config(folder)
     task = config.get("task_type")
     if task not in TASK_CLASSES:
         raise ValueError(f"unsupported task_type {task!r}; one of {list(TASK_CLASSES)}")
@@ -278,7 +293,13 @@ def load_deeplora(folder: str | os.PathLike[str], model: str | None = None,
     if task == "SEQ_CLS" and (labels := num_labels or saved_num_labels(folder)):
         kwargs["num_labels"] = labels
     auto = getattr(transformers, TASK_CLASSES[task])
-    return PeftModel.from_pretrained(auto.from_pretrained(base, **kwargs), str(folder)).eval()
+    try:
+        base_model = auto.from_pretrained(base, **kwargs)
+    except OSError as exc:  # a missing folder reads as a hub id: a long hub message
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OSError(f"base model {base!r} of {str(folder)!r} cannot be loaded ({first})"
+                      ) from None
+    return PeftModel.from_pretrained(base_model, str(folder)).eval()
 
 
 def random_batch(model: nn.Module, batch: int = 4, length: int = 32, seed: int = 0

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from deeplora.adapters.config import DeepLoraConfig
+from deeplora.adapters.targets import layer_shape, unwrap
 from deeplora.factorization.deep import DeepFactorization
 from deeplora.factorization.init import orthogonal_, scaled_identity_
 
@@ -26,6 +29,16 @@ def check_rank(r: int, d_out: int, d_in: int, name: str = "layer") -> None:
             f"rank r={r} must be in [1, min(d_out, d_in)] = [1, {min(d_out, d_in)}] for {name} "
             f"(d_out={d_out}, d_in={d_in})"
         )
+
+
+def checked_shapes(model: nn.Module, names: Iterable[str], r: int) -> dict[str, list[int]]:
+    """``{name: [d_out, d_in]}`` of the named adaptable layers of ``model``, after
+    :func:`check_rank` of ``r`` on each."""
+    modules = dict(model.named_modules())
+    shapes = {n: list(layer_shape(unwrap(modules[n]))) for n in names}
+    for name, (d_out, d_in) in shapes.items():
+        check_rank(r, d_out, d_in, name)
+    return shapes
 
 
 def init_factors(

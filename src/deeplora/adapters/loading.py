@@ -15,6 +15,7 @@ from typing import Any
 from peft import PeftModel
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from peft.utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 
@@ -24,7 +25,8 @@ def check_adapter_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
     ``FileNotFoundError``: no such folder, no ``adapter_config.json``, or no weights
     (``adapter_model.safetensors`` / ``adapter_model.bin``). ``ValueError``: the config is not
     a JSON object or names a ``peft_type`` PEFT does not know (import the package that
-    registers it first: ``import deeplora`` registers ``DEEPLORA``).
+    registers it first: ``import deeplora`` registers ``DEEPLORA``), or the safetensors file
+    is empty, truncated or not safetensors.
     """
     path = Path(folder)
     if not path.is_dir():
@@ -48,6 +50,14 @@ def check_adapter_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
         raise FileNotFoundError(f"adapter folder {str(path)!r} has no weights file "
                                 f"({SAFETENSORS_WEIGHTS_NAME} or {WEIGHTS_NAME}); was the save "
                                 "interrupted?")
+    if (path / SAFETENSORS_WEIGHTS_NAME).is_file():
+        try:  # reads the header only; it names every tensor's byte range, so a cut file fails
+            with safe_open(str(path / SAFETENSORS_WEIGHTS_NAME), framework="pt"):
+                pass
+        except SafetensorError as exc:
+            raise ValueError(f"adapter folder {str(path)!r}: {SAFETENSORS_WEIGHTS_NAME} is not "
+                             f"a readable safetensors file (empty, truncated or another kind "
+                             f"of file: {exc})") from None
     return config
 
 

@@ -35,8 +35,14 @@ from torch.nn import functional as F
 from transformers.pytorch_utils import Conv1D
 
 from deeplora.adapters.config import PEFT_TYPE, DeepLoraConfig
-from deeplora.adapters.factors import adapter_dtype, balanced_factors, check_rank, init_factors
-from deeplora.adapters.targets import embeddings_of, layer_shape, resolve_target_modules, unwrap
+from deeplora.adapters.factors import (
+    adapter_dtype,
+    balanced_factors,
+    check_rank,
+    checked_shapes,
+    init_factors,
+)
+from deeplora.adapters.targets import embeddings_of, layer_shape, resolve_target_modules
 from deeplora.factorization.deep import DeepFactorization
 
 
@@ -222,10 +228,7 @@ def prepare_targets(model: nn.Module, config: DeepLoraConfig) -> None:
     saved from another model). Then records names and shapes in ``config``.
     """
     names = resolve_target_modules(model, config.target_modules, config.modules_to_save)
-    modules = dict(model.named_modules())
-    shapes = {n: list(layer_shape(unwrap(modules[n]))) for n in names}
-    for name, (d_out, d_in) in shapes.items():
-        check_rank(config.r, d_out, d_in, name)
+    shapes = checked_shapes(model, names, config.r)
     if config.target_shapes is not None:
         recorded = {n: list(s) for n, s in config.target_shapes.items()}
         wrong = {

@@ -8,6 +8,7 @@ the command runs.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -44,23 +45,40 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """The numeric options, checked before anything is read or loaded."""
+    if not (math.isfinite(args.tol) and 0 <= args.tol < 1):
+        raise ValueError(f"--tol must be a number in [0, 1), got {args.tol}")
+    if not (math.isfinite(args.atol) and args.atol >= 0):
+        raise ValueError(f"--atol must be a finite number >= 0, got {args.atol}")
+    if args.tol == 0 and args.atol == 0:
+        raise ValueError("--tol 0 with --atol 0 keeps every singular value above 0, rounding "
+                         "noise included (a full-rank export); pass --tol > 0 or --atol > 0")
+    if args.num_labels is not None and args.num_labels < 1:
+        raise ValueError(f"--num-labels must be >= 1, got {args.num_labels}")
+
+
 def run(args: argparse.Namespace) -> int:
     from deeplora.output import check_writable, write_json
 
+    check_args(args)
     check_writable(args.report)
     from deeplora.adapters.export import (
         CONFIG_NAME,
         WEIGHTS_NAME,
+        check_new_folder,
         export_lora,
         load_deeplora,
         random_batch,
-        read_adapter_config,
+        read_deeplora_config,
     )
 
-    if Path(args.output).exists() and any(Path(args.output).iterdir()):
-        raise ValueError(f"{args.output!r} exists and is not an empty folder")
-    if read_adapter_config(args.input).get("peft_type") != "DEEPLORA":
-        raise ValueError(f"{args.input!r} is not a Deep LoRA adapter (peft_type != DEEPLORA)")
+    if not (args.model or read_deeplora_config(args.input).get("base_model_name_or_path")):
+        raise ValueError(f"{args.input!r} names no base model: pass --model")
+    check_new_folder(args.output)
+    from deeplora.finetune.models import quiet_transformers
+
+    quiet_transformers()
     model = load_deeplora(args.input, args.model, args.num_labels)
     report = export_lora(model, args.output, rtol=args.tol, atol=args.atol,
                          batch=random_batch(model, **HELD_OUT))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,8 +33,15 @@ def _runner(run: Runner) -> Callable[[argparse.Namespace], int]:
     def call(args: argparse.Namespace) -> int:
         check_writable_dir(args.out)
         out = Path(args.out)
+        created = [folder for folder in (out, *out.parents) if not folder.exists()]
         out.mkdir(parents=True, exist_ok=True)
-        run(args, out)
+        try:
+            run(args, out)
+        except BaseException:  # bad input found by the experiment: leave no empty folders
+            for folder in created:  # innermost first; one holding results stays
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
         print(f"wrote results to {out}/")
         return 0
 

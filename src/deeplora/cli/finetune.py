@@ -67,8 +67,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--heldout-samples", type=int, default=0,
                    help="hold out this many training rows (never trained on) and score them at "
                    "every evaluation, as a dev set for choosing checkpoints")
-    p.add_argument("--preset", default="paper",
-                   help=f"one of {', '.join(PRESETS)} (e2e: paper or cpu)")
+    p.add_argument("--preset", default=None,
+                   help=f"one of {', '.join(PRESETS)}; e2e: paper or cpu (default: paper, and "
+                   "for e2e paper with a GPU, cpu without, said in one line)")
     p.add_argument("--targets", default="all-dense", help=f"one of {', '.join(TARGETS)}")
     p.add_argument("--model", default=None,
                    help="transformers model id or folder (default: embedded all-MiniLM-L6-v2)")
@@ -105,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         return run_e2e(args, seeds)
     if args.task.lower().replace("-", "") not in TASKS:
         raise DataError(f"unknown task {args.task!r}; choose one of {', '.join(TASKS)}, e2e")
+    args.preset = args.preset or "paper"
     args.steps = 500 if args.steps is None else args.steps
     args.lr = 1e-4 if args.lr is None else args.lr
     methods = tuple(dict.fromkeys(m.strip() for m in args.method.split(",")))
@@ -168,11 +170,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_e2e(args: argparse.Namespace, seeds: tuple[int, ...]) -> int:
-    """``--task e2e``: the methods on E2E NLG over ``seeds`` (zero-shot once, seed 0)."""
-    from deeplora.nlg.config import nlg_preset
+    """``--task e2e``: the methods on E2E NLG over ``seeds`` (zero-shot once, seed 0); without
+    ``--preset``, the cpu preset on a machine without a GPU (said in one line)."""
+    from deeplora.nlg.config import default_preset, nlg_preset
 
+    preset, notice = (args.preset, None) if args.preset else default_preset()
     methods = tuple(dict.fromkeys(m.strip() for m in args.method.split(",")))
-    cells = [(nlg_preset(args.preset, method=method, rank=args.rank, samples=args.samples,
+    cells = [(nlg_preset(preset, method=method, rank=args.rank, samples=args.samples,
                          steps=args.steps, lr=args.lr, model=args.model,
                          test_mrs=args.dev_samples),
               (seeds[0],) if method == "zero-shot" else seeds)
@@ -183,7 +187,7 @@ def run_e2e(args: argparse.Namespace, seeds: tuple[int, ...]) -> int:
 
     quiet_transformers()
 
-    run_nlg_experiment(cells, args.out, args.data_dir, progress=not args.quiet)
+    run_nlg_experiment(cells, args.out, args.data_dir, progress=not args.quiet, notice=notice)
     text = (Path(args.out) / "nlg-fewshot.md").read_text()
     print(text, end="")
     return 0

@@ -1,9 +1,5 @@
 """``deeplora recommend``: fit the ratings preset on a ratings file (or load a saved model) and
-write the top-k items of every user (or of ``--users``) to a CSV file.
-
-Also home of the ratings-file options shared with ``deeplora complete --ratings``
-(:func:`add_ratings_file_arguments`, :func:`read_ratings_file`).
-"""
+write the top-k items of every user (or of ``--users``) to a CSV file."""
 
 from __future__ import annotations
 
@@ -13,47 +9,41 @@ from typing import Any
 
 import numpy as np
 
-from deeplora.cli import HelpFormatter
-from deeplora.completion.data import FORMATS, Ratings, read_ratings
+from deeplora.cli import HelpFormatter, add_ratings_file_arguments, ratings_file_options
+from deeplora.completion.data import IdIndex, Ratings, read_ratings
 from deeplora.output import check_writable, write_atomic, write_json
-
-
-def add_ratings_file_arguments(group: argparse._ArgumentGroup) -> None:
-    """``--format``, ``--sep``, ``--user-col``, ``--item-col``, ``--rating-col``."""
-    group.add_argument("--format", choices=FORMATS, default="auto",
-                       help="auto: Parquet by suffix, else a delimited file with a header "
-                       "(userId,movieId,rating / user_id,item_id,rating / …) or without one "
-                       "(user item rating [time], e.g. MovieLens' u.data); csv: delimited with "
-                       "a header; movielens: delimited, no header; parquet")
-    group.add_argument("--sep", default=None,
-                       help="field delimiter (default: guessed from the first line)")
-    for role in ("user", "item", "rating"):
-        group.add_argument(f"--{role}-col", default=None, metavar="NAME",
-                           help=f"name of the {role} column (default: recognized from the "
-                           f"header)")
-
-
-def read_ratings_file(args: argparse.Namespace, path: str) -> Ratings:
-    """:func:`~deeplora.completion.data.read_ratings` with the options above."""
-    return read_ratings(path, args.format, args.sep, args.user_col, args.item_col,
-                        args.rating_col)
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "recommend",
         help="top-k recommendations per user from a ratings file, to CSV",
-        description="Fit DeepMatrixCompletion.ratings() on --ratings (or load --model) and "
-        "write the k best-predicted items of each user, excluding the items the user rated, "
-        "to --output as CSV with columns user,item,rank,predicted_rating. With --test: also "
-        "report RMSE/MAE and precision/recall/NDCG/MAP@k on held-out ratings.",
+        description="Fit DeepMatrixCompletion.ratings() (or, with --feedback implicit, "
+        "DeepMatrixCompletion.implicit()) on --ratings, or load --model, and write the k "
+        "best-ranked items of each user, excluding the items the user rated, to --output as "
+        "CSV with columns user,item,rank,score and, for explicit feedback, predicted_rating "
+        "(folders missing in --output's path are created, as for --json). With --test: also "
+        "report precision/recall/NDCG/MAP@k (and, explicit, RMSE/MAE) on held-out ratings.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--ratings", metavar="PATH", required=True, help="training ratings")
     p.add_argument("--output", metavar="PATH", required=True, help="CSV file to write")
-    p.add_argument("--k", type=int, default=10, help="items per user")
+    p.add_argument("--k", type=int, default=10,
+                   help="items per user (1 to the number of items; fewer when a user has "
+                   "rated all but fewer than k)")
     p.add_argument("--users", nargs="+", default=None, metavar="ID",
-                   help="recommend for these user ids only (default: every user in --ratings)")
+                   help="recommend for these user ids only, each known to the model "
+                   "(default: every user in --ratings)")
+    p.add_argument("--feedback", choices=("explicit", "implicit"), default="explicit",
+                   help="explicit: fit the ratings; implicit: fit rated-vs-unrated (clicks, "
+                   "or ratings >= --positive-threshold) with confidence 1 + α·rating")
+    p.add_argument("--positive-threshold", type=float, default=None, metavar="T",
+                   help="implicit: a rating >= T is a positive (default: every rating)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="implicit: confidence slope α (default: the preset's)")
+    p.add_argument("--shrinkage", type=float, default=None,
+                   help="explicit: λ_s of the ranking score, item terms × n/(n + λ_s) "
+                   "(default: the preset's)")
     p.add_argument("--include-seen", action="store_true",
                    help="also recommend items the user already rated")
     p.add_argument("--test", metavar="PATH", default=None,
@@ -80,6 +70,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
+    if args.feedback == "explicit":
+        for flag, value in (("--positive-threshold", args.positive_threshold),
+                            ("--alpha", args.alpha)):
+            if value is not None:
+                raise ValueError(f"{flag} applies to --feedback implicit")
+    elif args.shrinkage is not None:
+        raise ValueError("--shrinkage applies to --feedback explicit")
     for path in (args.output, args.json, args.save_model):
         check_writable(path)
     if args.distributed:
@@ -112,38 +109,42 @@ def _run_distributed(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from deeplora.completion.estimator import DeepMatrixCompletion
 
-    train = read_ratings_file(args, args.ratings)
-    test = read_ratings_file(args, args.test) if args.test else None
+    train = read_ratings(args.ratings, **ratings_file_options(args))
+    test = read_ratings(args.test, **ratings_file_options(args)) if args.test else None
     frame = _frame(train)
     start = time.perf_counter()
     if args.model:
         estimator = DeepMatrixCompletion.load(args.model)
         if estimator.ids_ is None:
             raise ValueError(f"{args.model!r} was not fitted on raw ids (a DataFrame or file)")
+        known = estimator.ids_
     else:
-        overrides = {key: value for key, value in (("rank", args.rank),
-                                                   ("max_steps", args.steps)) if value is not None}
-        estimator = DeepMatrixCompletion.ratings(random_state=args.seed, device=args.device,
-                                                 distributed=args.distributed,
-                                                 progress=not args.quiet, **overrides)
+        known = IdIndex.fit(train)
+    _check_request(args, known, "--model" if args.model else "--ratings")
+    if not args.model:
+        estimator = _estimator(args)
         estimator.fit(frame)
     seconds = time.perf_counter() - start
     if args.output is None:  # a distributed worker other than rank 0
         return 0
     users = np.unique(train.users) if args.users is None else np.asarray(args.users)
-    k = min(args.k, estimator.shape_[1])
-    items, ratings = estimator.recommend(users, k, exclude_seen=not args.include_seen)
+    k = args.k
+    items, scores = estimator.recommend(users, k, exclude_seen=not args.include_seen)
     found = np.array([[item is not None for item in row] for row in items], dtype=bool)
     user_column = np.repeat(users, k).reshape(len(users), k)
     rank_column = np.tile(np.arange(1, k + 1), (len(users), 1))
     out = {"user": user_column[found], "item": items[found], "rank": rank_column[found],
-           "predicted_rating": np.round(ratings[found], 6)}
+           "score": np.round(scores[found], 6)}
+    if estimator.feedback == "explicit":
+        out["predicted_rating"] = np.round(estimator.predict(out["user"], out["item"]), 6)
     result: dict[str, Any] = {"ratings": str(args.ratings), "users": len(users), "k": k,
+                              "feedback": estimator.feedback,
                               "rows_written": int(found.sum()), "fit_seconds": seconds,
                               "shape": list(estimator.shape_), "output": str(args.output)}
     if test is not None:
         held_out = _frame(test)
-        result["test"] = {**estimator.evaluate(held_out),
+        result["test"] = {**({} if estimator.feedback == "implicit"
+                             else estimator.evaluate(held_out)),
                           **estimator.ranking_metrics(held_out, k=k, threshold=args.threshold)}
     import pandas as pd
 
@@ -153,12 +154,40 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, result)
     if args.json != "-":
+        scores_line = "" if test is None else "; test " + ", ".join(
+            f"{name} {result['test'][key]:.4f}" for name, key in (
+                ("RMSE", "rmse"), (f"precision@{k}", f"precision@{k}"),
+                (f"NDCG@{k}", f"ndcg@{k}")) if key in result["test"])
         print(f"wrote {result['rows_written']} recommendations ({len(users)} users × top {k}) "
-              f"to {args.output}" + (f"; test RMSE {result['test']['rmse']:.4f}, "
-                                     f"precision@{k} {result['test'][f'precision@{k}']:.4f}, "
-                                     f"NDCG@{k} {result['test'][f'ndcg@{k}']:.4f}"
-                                     if test is not None else ""))
+              f"to {args.output}{scores_line}")
     return 0
+
+
+def _estimator(args: argparse.Namespace) -> Any:
+    """The preset of ``--feedback`` with the command line's overrides."""
+    from deeplora.completion.estimator import DeepMatrixCompletion
+
+    overrides = {key: value for key, value in (
+        ("rank", args.rank), ("max_steps", args.steps), ("alpha", args.alpha),
+        ("positive_threshold", args.positive_threshold), ("shrinkage", args.shrinkage))
+        if value is not None}
+    preset = (DeepMatrixCompletion.implicit if args.feedback == "implicit"
+              else DeepMatrixCompletion.ratings)
+    return preset(random_state=args.seed, device=args.device, distributed=args.distributed,
+                  progress=not args.quiet, **overrides)
+
+
+def _check_request(args: argparse.Namespace, known: IdIndex, source: str) -> None:
+    """``--k`` at most the number of items and every ``--users`` id known to ``source``."""
+    if args.k > known.items.size:
+        raise ValueError(f"--k {args.k} is more than the {known.items.size} items of {source}")
+    if args.users is not None:
+        names = {str(user) for user in known.users}
+        unknown = [user for user in args.users if str(user) not in names]
+        if unknown:
+            shown = " ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
+            raise ValueError(f"--users: {len(unknown)} id(s) not among the {known.users.size} "
+                             f"users of {source}: {shown}")
 
 
 def _frame(ratings: Ratings) -> Any:

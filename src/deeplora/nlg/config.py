@@ -11,7 +11,8 @@ scaled to the factor gradients, 1e-6·ε^{L-1} (1e-12 at ε = 1e-3, L = 3: a dep
 gradient is about ε^{L-1} times ∂loss/∂ΔW at the start, so the paper's eps damps Deep LoRA's
 first steps), greedy decoding, a fixed seeded subset of 24 test MRs (still with all their
 references), batches padded to their longest sequence (same outputs, padding is masked),
-adapters on the linear layers only (``all-linear``).
+adapters on the linear layers only (``all-linear``). Without ``--preset`` the commands use
+``paper`` where torch sees a GPU and ``cpu`` elsewhere, saying so (:func:`default_preset`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from deeplora.finetune.config import factor_adam_eps
+from deeplora.finetune.config import check_finite_positive, factor_adam_eps
 from deeplora.finetune.data import DataError
 
 TASKS = ("e2e",)
@@ -74,10 +75,13 @@ class NLGConfig:
                      "max_output_length", "num_beams"):
             if getattr(self, name) < 1:
                 raise DataError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.depth < 2 or self.steps < 0:
-            raise DataError("depth must be >= 2 and steps >= 0")
+        if self.depth < 2:
+            raise DataError(f"depth must be >= 2, got {self.depth}")
+        if self.steps < 0:
+            raise DataError(f"steps must be >= 0, got {self.steps}")
         if not self.adam_eps > 0:
             raise DataError(f"adam_eps must be > 0, got {self.adam_eps}")
+        check_finite_positive(self, "lr", "init_scale")
         if self.test_mrs is not None and self.test_mrs < 1:
             raise DataError(f"test_mrs must be >= 1, got {self.test_mrs}")
 
@@ -96,6 +100,19 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
     "cpu": {"targets": "all-linear", "steps": 60, "lr": 1e-3, "batch_size": 4,
             "eval_batch_size": 24, "num_beams": 1, "test_mrs": 24, "pad_to_max_length": False},
 }
+
+
+CPU_NOTICE = ("deeplora: no GPU: using the cpu preset (batch 4, 60 steps at lr 1e-3, greedy "
+              "decoding, 24 test MRs, adapters on the linear layers); pass --preset paper for "
+              "the paper's settings")
+
+
+def default_preset() -> tuple[str, str | None]:
+    """The preset for a command run without ``--preset``: ``paper`` where
+    ``torch.cuda.is_available()``, else ``cpu`` and :data:`CPU_NOTICE`, the line that says so."""
+    import torch
+
+    return ("paper", None) if torch.cuda.is_available() else ("cpu", CPU_NOTICE)
 
 
 def nlg_preset(name: str, **overrides: Any) -> NLGConfig:

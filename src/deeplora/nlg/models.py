@@ -174,18 +174,20 @@ class Formatter:
 
 @torch.no_grad()
 def generate(model: nn.Module, formatter: Formatter, mrs: Sequence[str], batch_size: int,
-             progress: bool = False, desc: str = "generate") -> list[str]:
-    """One output text per MR, in order, with ``formatter.generation_config()``."""
+             progress: bool = False, desc: str = "generate", leave: bool = True) -> list[str]:
+    """One output text per MR, in order, with ``formatter.generation_config()``; with
+    ``progress`` a bar of the MRs done (removed when done unless ``leave``)."""
     from tqdm.auto import tqdm
 
     model.eval()
     device = next(model.parameters()).device
     config = formatter.generation_config(model)
     outputs: list[str] = []
-    starts = range(0, len(mrs), batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
-        batch = formatter.generation_batch(mrs[start:start + batch_size])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        generated = model.generate(**batch, generation_config=config)
-        outputs += formatter.decode(generated, batch)
+    with tqdm(total=len(mrs), desc=desc, disable=not progress, unit="MR", leave=leave) as bar:
+        for start in range(0, len(mrs), batch_size):
+            chunk = mrs[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in formatter.generation_batch(chunk).items()}
+            generated = model.generate(**batch, generation_config=config)
+            outputs += formatter.decode(generated, batch)
+            bar.update(len(chunk))
     return outputs

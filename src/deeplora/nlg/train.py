@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from deeplora.finetune.estimate import Estimate, UnitCosts, seconds_per_step
 from deeplora.nlg.config import NLGConfig
 from deeplora.nlg.data import Example, eval_subset, few_shot, load_e2e
 from deeplora.nlg.metrics import generation_metrics
@@ -41,15 +43,26 @@ class PreparedNLG:
                  data_dir: str | os.PathLike[str] | None) -> None:
         self.model_path = resolve_generative_model(config.model)
         self.train = few_shot(load_e2e("dev", data_dir), config.samples, seed)
-        self.test = eval_subset(load_e2e("test", data_dir), config.test_mrs)
+        test = load_e2e("test", data_dir)
+        self.test_total = len(test)
+        self.test = eval_subset(test, config.test_mrs)
 
 
-def _delta_norms(model: torch.nn.Module) -> dict[str, float]:
-    """Spectral norm of every adapted ΔW."""
+def _delta_norms(model: torch.nn.Module, rank: int) -> dict[str, float]:
+    """Spectral norm of every adapted ΔW, of rank at most ``rank``: the top singular value of a
+    randomized SVD with ``rank + 8`` columns (exact up to rounding, as they span ΔW's range;
+    a full SVD of the 210 ΔW of SmolLM2 costs about 45 s on a CPU), a full SVD where that is
+    no smaller."""
     from deeplora.adapters import adapter_deltas
 
-    return {name: float(torch.linalg.matrix_norm(delta.float(), ord=2))
-            for name, delta in adapter_deltas(model).items()}
+    norms = {}
+    for name, delta in adapter_deltas(model).items():
+        delta, columns = delta.float(), rank + 8
+        if columns < min(delta.shape):
+            norms[name] = float(torch.svd_lowrank(delta, q=columns, niter=2)[1][0])
+        else:
+            norms[name] = float(torch.linalg.matrix_norm(delta, ord=2))
+    return norms
 
 
 def run_nlg(config: NLGConfig, seed: int, data_dir: str | os.PathLike[str] | None = None,
@@ -63,27 +76,21 @@ def run_nlg(config: NLGConfig, seed: int, data_dir: str | os.PathLike[str] | Non
     ``wall_time_s``, ``merged``. Generation runs with the adapters merged into the weights,
     unless a merge is refused (an adapted embedding tied to the LM head): then unmerged.
     """
-    from accelerate.utils import set_seed
-
     from deeplora.finetune.train import device_name, library_versions
 
     start = time.perf_counter()
     prepared = prepared or PreparedNLG(config, seed, data_dir)
-    set_seed(seed)
-    base, tokenizer = load_generative(prepared.model_path)
-    formatter = Formatter(tokenizer, config, base.config.is_encoder_decoder)
-    model = add_adapters(base, config)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    model, formatter = _setup(config, prepared, seed)
+    device = next(model.parameters()).device
     losses: list[float] = []
     train_start = time.perf_counter()
-    if config.method != "zero-shot" and config.steps > 0:
+    if trains(config):
         losses = _train(model, formatter, prepared.train, config, seed, progress)
     train_seconds = time.perf_counter() - train_start
     result: dict[str, Any] = {"config": config.to_dict(), "seed": seed,
                               "versions": library_versions(), "device_name": device_name(device)}
     if config.method != "zero-shot":
-        norms = _delta_norms(model)
+        norms = _delta_norms(model, config.rank)
         result["delta_norm_max"] = max(norms.values())
         result["left_init"] = result["delta_norm_max"] > LEFT_INIT_ATOL
         result["adapted_layers"] = len(norms)
@@ -113,17 +120,28 @@ def _merge(model: torch.nn.Module) -> bool:
 
 def _train(model: torch.nn.Module, formatter: Formatter, train: list[Example],
            config: NLGConfig, seed: int, progress: bool) -> list[float]:
-    """Adam(β=(0.9, 0.999), eps=``config.adam_eps``, no weight decay) at a constant lr over shuffled
-    batches (reshuffled each epoch with ``seed``); the per-step losses."""
+    """``config.steps`` steps of :func:`_steps` under a progress bar; the per-step losses."""
+    losses: list[float] = []
+    with tqdm(total=config.steps, desc=f"{config.method} seed {seed}", unit="step",
+              disable=not progress) as bar:
+        for loss in islice(_steps(model, formatter, train, config, seed), config.steps):
+            losses.append(loss)
+            bar.update()
+            bar.set_postfix(loss=f"{loss:.4f}")
+    return losses
+
+
+def _steps(model: torch.nn.Module, formatter: Formatter, train: list[Example],
+           config: NLGConfig, seed: int) -> Iterator[float]:
+    """Adam(β=(0.9, 0.999), eps=``config.adam_eps``, no weight decay) at a constant lr over
+    shuffled batches (reshuffled each epoch with ``seed``), without end; each step's loss."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.999), eps=config.adam_eps,
                                  weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     model.train()
-    losses: list[float] = []
-    bar = tqdm(total=config.steps, desc=f"{config.method} seed {seed}", disable=not progress)
-    while len(losses) < config.steps:
+    while True:
         order = torch.randperm(len(train), generator=generator).tolist()
         for i in range(0, len(order), config.batch_size):
             batch = formatter.train_batch([train[j] for j in order[i:i + config.batch_size]])
@@ -131,13 +149,69 @@ def _train(model: torch.nn.Module, formatter: Formatter, train: list[Example],
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-            losses.append(float(loss.detach()))
-            bar.update()
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if len(losses) == config.steps:
-                break
-    bar.close()
-    return losses
+            yield float(loss.detach())
+
+
+def trains(config: NLGConfig) -> bool:
+    """Whether a run of ``config`` has training steps (zero-shot and 0 steps have none)."""
+    return config.method != "zero-shot" and config.steps > 0
+
+
+def _setup(config: NLGConfig, prepared: PreparedNLG, seed: int
+           ) -> tuple[torch.nn.Module, Formatter]:
+    """Seed, load the model with its adapters onto the GPU (if any) or CPU; its formatter."""
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+    base, tokenizer = load_generative(prepared.model_path)
+    formatter = Formatter(tokenizer, config, base.config.is_encoder_decoder)
+    model = add_adapters(base, config)
+    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return model, formatter
+
+
+def measure_nlg_costs(config: NLGConfig, seed: int,
+                      data_dir: str | os.PathLike[str] | None = None) -> tuple[UnitCosts, int]:
+    """Unit costs of a run of ``config`` on this machine (see
+    :mod:`deeplora.finetune.estimate`): reading its data and loading its model, one training
+    step (``None`` if it does not train) and one generated test input (one batch of
+    ``eval_batch_size`` test MRs, after those steps and the merge, per MR), and the size of the
+    whole test split. Trains a throwaway model; writes nothing."""
+    from deeplora.finetune.train import device_name
+
+    start = time.perf_counter()
+    prepared = PreparedNLG(config, seed, data_dir)
+    model, formatter = _setup(config, prepared, seed)
+    setup_s = time.perf_counter() - start
+    step_s = None
+    if trains(config):
+        step_s = seconds_per_step(_steps(model, formatter, prepared.train, config, seed))
+    if config.method != "zero-shot":
+        _merge(model)
+    mrs = [e.mr for e in prepared.test[:config.eval_batch_size]]
+    start = time.perf_counter()
+    generate(model, formatter, mrs, config.eval_batch_size, progress=True,
+             desc="measuring: generation", leave=False)
+    item_s = (time.perf_counter() - start) / len(mrs)
+    device = device_name(next(model.parameters()).device)
+    return UnitCosts(setup_s, step_s, item_s, device), prepared.test_total
+
+
+def estimate_nlg(pairs: Sequence[tuple[NLGConfig, int]], out: str | os.PathLike[str],
+                 data_dir: str | os.PathLike[str] | None = None) -> Estimate | None:
+    """What the (config, seed) ``pairs`` without a result file under ``out`` will cost, from
+    a probe of the first of them that trains (else the first); ``None`` if none is pending."""
+    todo = [(config, seed) for config, seed in pairs
+            if not result_path(out, config, seed).is_file()]
+    if not todo:
+        return None
+    probe = next((pair for pair in todo if trains(pair[0])), todo[0])
+    costs, total = measure_nlg_costs(*probe, data_dir)
+    steps = sum(config.steps for config, _ in todo if trains(config))
+    items = sum(min(config.test_mrs or total, total) for config, _ in todo)
+    beams = sorted({config.num_beams for config, _ in todo})
+    decoding = "greedy" if beams == [1] else f"beam {'/'.join(map(str, beams))}"
+    return Estimate(len(todo), steps, items, f"test inputs generated ({decoding})", costs)
 
 
 def result_path(out: str | os.PathLike[str], config: NLGConfig, seed: int) -> Path:

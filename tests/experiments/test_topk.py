@@ -1,0 +1,63 @@
+"""``deeplora experiment topk``: same-run top-k table, settings chosen without the test file."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deeplora.cli import main
+from deeplora.completion.data import Ratings
+from deeplora.experiments.topk import Split, most_rated, report
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Tiny matrices: one torch thread."""
+
+
+def _write(path: Path, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> Path:
+    path.write_text("".join(f"{r}\t{c}\t{v:g}\t0\n"
+                            for r, c, v in zip(rows, cols, values, strict=True)))
+    return path
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """train.tsv, test.tsv and poisoned.tsv (the same test pairs with the ratings reversed)."""
+    rng = np.random.default_rng(0)
+    full = np.clip(np.rint(3 + rng.standard_normal((30, 2)) @ rng.standard_normal((2, 25))),
+                   1, 5)
+    rows, cols = np.nonzero(rng.random((30, 25)) < 0.7)
+    test = rng.random(rows.size) < 0.25
+    values = full[rows, cols]
+    return (_write(tmp_path / "train.tsv", rows[~test], cols[~test], values[~test]),
+            _write(tmp_path / "test.tsv", rows[test], cols[test], values[test]),
+            _write(tmp_path / "poisoned.tsv", rows[test], cols[test], 6 - values[test]))
+
+
+def test_most_rated_skips_seen_items() -> None:
+    train = Ratings(np.array([0, 0, 1, 2, 2]), np.array([0, 1, 0, 0, 2]),
+                    np.full(5, 5.0))
+    test = Ratings(np.array([1, 1]), np.array([1, 2]), np.array([5.0, 1.0]))
+    split = Split.of(train, test, 4.0)
+    assert split.users.tolist() == [1] and [t.tolist() for t in split.truth] == [[1]]
+    np.testing.assert_array_equal(most_rated(split, 2), [[1, 2]])  # item 0 is seen
+
+
+def test_topk_table_and_selection_never_reads_the_test_file(
+        files: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    train, test, poisoned = files
+    runs = {}
+    for name, held_out in (("clean", test), ("poisoned", poisoned)):
+        out = tmp_path / name
+        assert main(["experiment", "topk", "--fast", "--train", str(train), "--test",
+                     str(held_out), "--name", "tiny", "--out", str(out)]) == 0
+        runs[name] = json.loads((out / "topk-tiny.json").read_text())
+    clean, dirty = runs["clean"], runs["poisoned"]
+    assert clean["grids"] == dirty["grids"] and clean["chosen"] == dirty["chosen"]
+    assert {"ours explicit (ratings preset, shrunk ranking)", "ours implicit",
+            "most-rated unseen items"} <= set(clean["results"])
+    assert all(0 <= r["ndcg@10"] <= 1 for r in clean["results"].values())
+    assert report(tmp_path / "clean") == (tmp_path / "clean" / "topk.md").read_text()
+    assert "| ours implicit |" in report(tmp_path / "clean")
