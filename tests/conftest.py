@@ -170,3 +170,46 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
     return str(folder)
+
+
+PROMPT_WORDS = ("positive", "negative", "yes", "no", "maybe", *"012345", "Answer", "Review",
+                "Sentence", "user", ":", "the")
+
+
+def _causal_lm(arch: str, folder: Path) -> str:
+    """A random 2-layer, 16-wide causal LM of ``arch`` in ``folder`` with a word-level
+    tokenizer over the synthetic GLUE words and the prompt head's label words, with a chat
+    template."""
+    from tests.nlg.conftest import tiny_model, word_tokenizer
+
+    tokenizer = word_tokenizer(chat_template=True, words=(*WORDS, *PROMPT_WORDS))
+    tiny_model(arch, len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny Llama (rotary positions) for the prompt head."""
+    return _causal_lm("llama", tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny GPT-2 (absolute position embeddings) for the prompt head."""
+    return _causal_lm("gpt2", tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def split_glue(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SST-2 and STS-B with 40 training rows of distinct texts and a dev (test) split of 10
+    rows, the first 10 training rows: 30 training rows are not in the test split."""
+    root = write_glue(tmp_path_factory.mktemp("split-glue"))
+    sst2 = [f"{_sentence(i)} n{i}\t{i % 2}\n" for i in range(40)]
+    stsb = [f"{i}\tg\tf\t2012\t{i}\ts\ts\t{_sentence(i)} n{i}\t{_sentence(i, 1)}\t"
+            f"{(i * 0.37) % 5:.3f}\n" for i in range(40)]
+    for folder, header, rows in (("SST-2", "sentence\tlabel\n", sst2),
+                                 ("STS-B", STSB_HEADER + "\n", stsb)):
+        (root / folder / "train.tsv").write_text(header + "".join(rows))
+        (root / folder / "dev.tsv").write_text(header + "".join(rows[:10]))
+    return root

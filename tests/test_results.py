@@ -77,6 +77,38 @@ def _rebuild_finetune_command(out: Path) -> str:
     return "summary.md"
 
 
+PROMPT_COMMON = {"model": "smollm2-135m-instruct", "template": "chat", "steps": 100,
+                 "eval_every": 10, "batch_size": 16}
+PROMPT_SWEEPS = {
+    # deeplora experiment prompt-fewshot --task sst2 --samples 16 --ranks 8 --lrs 3e-4,1e-3
+    #   --seeds 0-1 --steps 12 --batch-size 8 --eval-every 6 --heldout-samples 16
+    #   --test-samples 48 --out docs/results/prompt-fewshot-cpu
+    "prompt-fewshot-cpu": dict(tasks=["sst2"], samples=(16,), ranks=(8,), lrs=(3e-4, 1e-3),
+                               methods=("deep-lora", "lora", "peft-lora"), seeds=(0, 1),
+                               steps=12, batch_size=8, eval_every=6, heldout_samples=16,
+                               dev_samples=48),
+    # deeplora experiment prompt-fewshot --task sst2,stsb,mrpc,cola --methods '' --seeds 0
+    #   --heldout-samples 0 --test-samples 64 --template T --out docs/results/prompt-zero-shot-T
+    **{f"prompt-zero-shot-{t}": dict(tasks=["sst2", "stsb", "mrpc", "cola"], samples=(16,),
+                                     ranks=(8,), lrs=(1e-4, 3e-4, 1e-3), methods=(),
+                                     seeds=(0,), heldout_samples=0, dev_samples=64,
+                                     template=t) for t in ("chat", "plain")},
+}
+
+
+def _rebuild_prompt(folder: str, out: Path) -> str:
+    """``deeplora experiment prompt-fewshot … --report-only`` with the sweep's arguments."""
+    from deeplora.experiments.prompt_fewshot import NAME, plan, write_report
+    from deeplora.finetune.runs import load_results
+
+    args = dict(PROMPT_SWEEPS[folder])
+    cells = plan(args.pop("tasks"), args.pop("samples"), args.pop("ranks"), args.pop("lrs"),
+                 args.pop("methods"), args.pop("seeds"), **{**PROMPT_COMMON, **args})
+    write_report([(cell, load_results(RESULTS / folder / "runs", cell.config, cell.seeds))
+                  for cell in cells], out)
+    return f"{NAME}.md"
+
+
 def _rebuild_ratings(name: str, out: Path) -> str:
     """``deeplora experiment movielens [--dataset NAME] --report-only``: the table from
     the per-split files."""
@@ -104,9 +136,10 @@ def _rebuild_topk(out: Path) -> str:
     ("stsb-smollm2-cross", _rebuild_finetune_command),
     *((name, partial(_rebuild_ratings, name))
       for name in ("movielens", "filmtrust", "book-crossing", "book-crossing-5")),
-    ("topk", _rebuild_topk)],
+    ("topk", _rebuild_topk),
+    *((folder, partial(_rebuild_prompt, folder)) for folder in PROMPT_SWEEPS)],
     ids=["nlg-fewshot", *STSB_FOLDERS, "stsb-smollm2", "movielens", "filmtrust", "book-crossing",
-         "book-crossing-5", "topk"])
+         "book-crossing-5", "topk", *PROMPT_SWEEPS])
 def test_report_rebuilds_from_committed_runs_and_stands_in_results_md(
         folder: str, rebuild, tmp_path: Path) -> None:
     name = rebuild(tmp_path)

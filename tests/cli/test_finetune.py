@@ -28,6 +28,27 @@ def test_finetune_compares_and_resumes(glue_dir: Path, tiny_model: str, tmp_path
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("*/seed-*.json")) == files
 
 
+def test_prompt_head_with_held_out_rows(split_glue: Path, tiny_llama: str, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    argv = ["finetune", "--task", "sst2", "--head", "prompt", "--template", "plain",
+            "--method", "deep-lora,lora,peft-lora", "--model", tiny_llama, "--samples", "4",
+            "--steps", "2", "--eval-every", "1", "--heldout-samples", "6", "--lr", "1e-2",
+            "--seeds", "0", "--preset", "practical", "--data-dir", str(split_glue),
+            "--out", str(tmp_path), "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| head=prompt | zero-shot | accuracy | 1 |" in out
+    assert "| head=prompt | peft-lora | accuracy | 1 |" in out
+    (peft,) = tmp_path.glob("sst2-peft-lora-*/seed-0.json")
+    result = json.loads(peft.read_text())
+    assert [h["step"] for h in result["history"]] == [0, 1, 2]
+    assert all("heldout" in h for h in result["history"])
+    assert result["prompt"]["label_words"] == [" negative", " positive"]
+    assert result["prompt"]["example"].endswith("Answer:")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

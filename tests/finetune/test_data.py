@@ -13,6 +13,7 @@ from deeplora.finetune.data import (
     available_tasks,
     few_shot,
     get_task,
+    hold_out,
     load_split,
 )
 
@@ -110,3 +111,22 @@ def test_few_shot_is_seeded_and_bounded(glue_dir: Path) -> None:
     assert len(set(a["sentence1"])) == 8
     with pytest.raises(DataError, match=r"--samples 41 is not in 1\.\.40"):
         few_shot(train, 41, 0)
+
+
+def _texts(rows) -> set[str]:
+    return set(rows["sentence"])
+
+
+def test_held_out_rows_are_apart_from_the_few_shot_pool_and_the_test_split(
+        split_glue: Path) -> None:
+    task = get_task("sst2")
+    train, test = load_split(task, "train", split_glue), load_split(task, "dev", split_glue)
+    pool, heldout = hold_out(task, train, 12, test)
+    assert len(heldout) == 12 and len(pool) == len(train) - 12
+    assert not _texts(heldout) & _texts(test)
+    for seed in range(5):  # every few-shot draw comes from the pool
+        assert not _texts(few_shot(pool, 16, seed)) & _texts(heldout)
+    again = hold_out(task, train, 12, test)[1]
+    assert list(again["sentence"]) == list(heldout["sentence"])  # the same rows every run
+    with pytest.raises(DataError, match="only 30 training rows"):
+        hold_out(task, train, 31, test)

@@ -117,3 +117,37 @@ def test_authors_few_shot_rule_drops_long_rows_and_draws_with_replacement(
     assert len(set(zip(distinct["sentence1"], distinct["sentence2"], strict=True))) == 10
     everything = training_rows(preset("practical", samples=None), split, tiny_model, seed=1)
     assert len(everything) == len(split)
+
+
+@pytest.mark.parametrize("method", ["deep-lora", "lora", "peft-lora"])
+def test_prompt_head_trains_and_scores_held_out_rows_at_every_checkpoint(
+        split_glue: Path, tiny_llama: str, method: str) -> None:
+    from deeplora.finetune.report import did_not_train
+
+    config = preset("practical", task="sst2", method=method, head="prompt", model=tiny_llama,
+                    samples=8, batch_size=4, steps=4, eval_every=2, heldout_samples=6,
+                    lr=1e-2, max_length=48)
+    result = run_finetune(config, 0, split_glue, progress=False)
+    assert [h["step"] for h in result["history"]] == [0, 2, 4]
+    for entry in result["history"]:
+        assert set(entry["heldout"]) == set(entry["metrics"]) == {"accuracy", "score"}
+    assert result["history"][-1]["metrics"] == result["metrics"]
+    assert result["majority_rate"] == 0.5  # 10 test rows, labels alternate
+    assert len(result["train_loss"]) == 4 and not did_not_train(result)
+
+
+def test_prepared_held_out_rows_are_never_trained_on_nor_tested(split_glue: Path,
+                                                                tiny_llama: str) -> None:
+    from deeplora.finetune.train import Prepared
+
+    config = preset("practical", task="stsb", head="prompt", model=tiny_llama, samples=24,
+                    heldout_samples=6)
+    def texts(rows) -> set[tuple[str, str]]:
+        return set(zip(rows["sentence1"], rows["sentence2"], strict=True))
+
+    for seed in range(3):
+        prepared = Prepared(config, seed, split_glue)
+        assert len(prepared.heldout) == 6 and len(prepared.train) == 24
+        assert not texts(prepared.heldout) & texts(prepared.train)
+        assert not texts(prepared.heldout) & texts(prepared.dev)
+    assert Prepared(preset("practical", task="stsb"), 0, split_glue).heldout is None

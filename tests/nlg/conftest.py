@@ -4,7 +4,7 @@ folder. Tests never touch the network."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,9 +60,11 @@ def e2e_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def word_tokenizer(chat_template: bool = False) -> PreTrainedTokenizerFast:
-    """Word-level tokenizer over :data:`WORDS`; [PAD] = 0, [EOS] = 1, [UNK] = 2."""
-    vocab = {tok: i for i, tok in enumerate(["[PAD]", "[EOS]", "[UNK]", *dict.fromkeys(WORDS)])}
+def word_tokenizer(chat_template: bool = False, words: Sequence[str] = WORDS
+                   ) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over ``words`` (default :data:`WORDS`); [PAD] = 0, [EOS] = 1,
+    [UNK] = 2."""
+    vocab = {tok: i for i, tok in enumerate(["[PAD]", "[EOS]", "[UNK]", *dict.fromkeys(words)])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]",

@@ -19,6 +19,7 @@ from deeplora.finetune.config import (
     PADDINGS,
     PRESETS,
     TARGETS,
+    TEMPLATES,
     FinetuneConfig,
     padding_override,
     preset,
@@ -57,7 +58,15 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="optimizer steps (default: 500; e2e: the preset's, 400 or 60)")
     p.add_argument("--seeds", default="0-4", help="seeds, e.g. 0-4 or 0,3,7")
-    p.add_argument("--head", default="cross", help=f"one of {', '.join(HEADS)}")
+    p.add_argument("--head", default="cross",
+                   help=f"one of {', '.join(HEADS)} (prompt: a causal LM's label-word logits "
+                   "after the task as a prompt, see docs/finetune.md)")
+    p.add_argument("--template", default="chat",
+                   help=f"prompt head: one of {', '.join(TEMPLATES)} (the tokenizer's chat "
+                   "template, or plain text ending in 'Answer:')")
+    p.add_argument("--heldout-samples", type=int, default=0,
+                   help="hold out this many training rows (never trained on) and score them at "
+                   "every evaluation, as a dev set for choosing checkpoints")
     p.add_argument("--preset", default=None,
                    help=f"one of {', '.join(PRESETS)}; e2e: paper or cpu (default: paper, and "
                    "for e2e paper with a GPU, cpu without, said in one line)")
@@ -105,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         preset(args.preset, task=args.task, method=method, rank=args.rank, samples=args.samples,
                steps=args.steps, head=args.head, targets=args.targets, model=args.model,
                lr=args.lr, eval_every=args.eval_every, dev_samples=args.dev_samples,
+               template=args.template, heldout_samples=args.heldout_samples,
                **padding_override(args.padding),
                **({} if args.max_length is None else {"max_length": args.max_length}))
         for method in methods
@@ -121,8 +131,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--jobs starts its own processes; under accelerate launch use --jobs 1")
     cells = [Cell(c, seeds, {"method": c.method, "head": c.head}) for c in configs]
     if len(cells) > 1:
+        head = "prompt" if args.head == "prompt" else "bi"
         zero = zero_shot_cell(Options(model=args.model, preset=args.preset,
-                                      padding=args.padding), args.task)
+                                      padding=args.padding), args.task, head,
+                              template=args.template, heldout_samples=args.heldout_samples)
         cells.insert(0, replace(zero, config=replace(zero.config, dev_samples=args.dev_samples)))
     Prepared(configs[0], seeds[0], args.data_dir)  # validate data and model before any run
     out = Path(args.out)

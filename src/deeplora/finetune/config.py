@@ -24,7 +24,8 @@ from typing import Any, Literal
 from deeplora.finetune.data import DataError, get_task
 
 METHODS = ("deep-lora", "lora", "lora-hu", "peft-lora", "deep-lora-compressed", "zero-shot")
-HEADS = ("cross", "bi")
+HEADS = ("cross", "bi", "prompt")
+TEMPLATES = ("chat", "plain")
 PRESETS = ("paper", "practical")
 TARGETS = ("all-dense", "attention-mlp", "query-value")
 PADDINGS = ("max-length", "longest")
@@ -38,13 +39,17 @@ class FinetuneConfig:
     ``model``: ``None`` means the embedded all-MiniLM-L6-v2. ``dev_samples``: evaluate on a
     seeded subset of the dev split of this size (``None``: the full split). ``eval_every``:
     evaluate every that many steps (0: only at the end). ``lr_outer_ratio`` is the compressed
-    method's γ (outer factors train at γ·lr).
+    method's γ (outer factors train at γ·lr). ``template``: how the ``prompt`` head writes the
+    task (``chat``: the tokenizer's chat template; ``plain``: text ending in ``Answer:``).
+    ``heldout_samples``: that many training rows, drawn once (seed 0) before and apart from the
+    few-shot draw, are a held-out dev set scored at every evaluation (for checkpoint and
+    learning-rate selection; the GLUE dev split then serves as the test set).
     """
 
     task: str = "stsb"
     method: str = "deep-lora"
     model: str | None = None
-    head: Literal["cross", "bi"] = "cross"
+    head: Literal["cross", "bi", "prompt"] = "cross"
     preset: Literal["paper", "practical"] = "paper"
     rank: int = 8
     depth: int = 3
@@ -66,6 +71,8 @@ class FinetuneConfig:
     adam_eps: float = 1e-6
     sampling: Literal["without-replacement", "authors"] = "without-replacement"
     subspace_rank: int = 8
+    template: Literal["chat", "plain"] = "chat"
+    heldout_samples: int = 0
 
     def __post_init__(self) -> None:
         get_task(self.task)
@@ -75,6 +82,7 @@ class FinetuneConfig:
             (self.preset, PRESETS, "preset"),
             (self.targets, TARGETS, "targets"),
             (self.sampling, SAMPLINGS, "sampling"),
+            (self.template, TEMPLATES, "template"),
         ]:
             if value not in allowed:
                 raise DataError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
@@ -84,7 +92,7 @@ class FinetuneConfig:
                      "subspace_rank"):
             if getattr(self, name) < 1:
                 raise DataError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("steps", "eval_every"):
+        for name in ("steps", "eval_every", "heldout_samples"):
             if getattr(self, name) < 0:
                 raise DataError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.adam_eps > 0:

@@ -217,6 +217,29 @@ def few_shot(dataset: datasets.Dataset, n: int, seed: int, replace: bool = False
     return dataset.shuffle(seed=seed).select(range(n))
 
 
+HELDOUT_SEED = 0
+"""Seed of the held-out draw: every run of a task holds out the same training rows."""
+
+
+def hold_out(task: GlueTask, train: datasets.Dataset, n: int, test: datasets.Dataset
+             ) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Split ``train`` into (pool, held-out dev of ``n`` rows): the first ``n`` rows of a
+    seed-:data:`HELDOUT_SEED` shuffle whose texts do not occur in ``test``, and every other
+    row. Few-shot examples are then drawn from the pool, so the held-out rows are never
+    trained on and never part of the test split."""
+    import numpy as np
+
+    texts = set(zip(*(test[c] for c in task.text_columns), strict=True))
+    order = np.random.default_rng(HELDOUT_SEED).permutation(len(train))
+    rows = list(zip(*(train[c] for c in task.text_columns), strict=True))
+    chosen = [int(i) for i in order if rows[i] not in texts][:n]
+    if len(chosen) < n:
+        raise DataError(f"--heldout-samples {n}: only {len(chosen)} training rows of "
+                        f"{task.name} are not in its test (dev) split")
+    taken = set(chosen)
+    return train.select([i for i in range(len(train)) if i not in taken]), train.select(chosen)
+
+
 def available_tasks(data_dir: str | os.PathLike[str]) -> list[str]:
     """Tasks whose train and dev files both exist under ``data_dir``."""
     folder = Path(data_dir)

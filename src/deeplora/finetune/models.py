@@ -11,6 +11,8 @@ interface with its own collator.
   ``v = mean-pool(enc(b))``; STS-B regresses ``cos(u, v)`` onto ``score / 5``; classification
   puts ``Linear(3h → k)`` on ``(u, v, |u − v|)`` (``Linear(h → k)`` on ``u`` for single
   sentences).
+- :class:`PromptModel`: a causal LM reading the next-token logits of label words after a
+  prompt (:mod:`deeplora.finetune.prompt`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import Tensor, nn
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
@@ -36,6 +39,13 @@ from deeplora.adapters import build_adapter_config, embedded_model_path, resolve
 from deeplora.embedded_lm import embedded_lm_path, is_embedded_lm
 from deeplora.finetune.config import FinetuneConfig
 from deeplora.finetune.data import DataError, GlueTask, get_task
+from deeplora.finetune.prompt import (
+    PromptCollator,
+    expected_digit,
+    label_logits,
+    label_token_ids,
+    verbalizer_loss,
+)
 
 if TYPE_CHECKING:
     import datasets
@@ -99,6 +109,29 @@ class CrossEncoder(nn.Module):
     def predict(self, batch: Batch) -> Tensor:
         logits = self.model(**batch["inputs"]).logits
         return logits.squeeze(-1) if self.task.is_regression else logits.argmax(-1)
+
+
+class PromptModel(CrossEncoder):
+    """Both texts in one prompt through a causal LM; the label-word logits are the output
+    (see :mod:`deeplora.finetune.prompt`). ``label_ids`` (k,): one token id per class, or the
+    digits 0–5 for STS-B."""
+
+    def __init__(self, model: PreTrainedModel | PeftModel, task: GlueTask,
+                 label_ids: Sequence[int]) -> None:
+        super().__init__(model, task)
+        self.register_buffer("label_ids", torch.tensor(label_ids, dtype=torch.long),
+                             persistent=False)
+
+    def scores(self, batch: Batch) -> Tensor:
+        """Label-word logits (n, k) at the end of each prompt."""
+        return label_logits(self.model, batch["inputs"], self.label_ids)
+
+    def forward(self, batch: Batch) -> Tensor:
+        return verbalizer_loss(self.scores(batch), batch["labels"], self.task.is_regression)
+
+    def predict(self, batch: Batch) -> Tensor:
+        scores = self.scores(batch)
+        return expected_digit(scores) if self.task.is_regression else scores.argmax(-1)
 
 
 class BiEncoder(nn.Module):
@@ -175,6 +208,16 @@ class Collator:
         return [max(row) for row in zip(*per_text, strict=True)]
 
 
+def make_collator(tokenizer: PreTrainedTokenizerBase, config: FinetuneConfig,
+                  pad_to_max_length: bool) -> Collator | PromptCollator:
+    """The collator of ``config.head`` (prompts for ``prompt``)."""
+    task = get_task(config.task)
+    if config.head == "prompt":
+        return PromptCollator(tokenizer, task, config.template, config.max_length,
+                              pad_to_max_length)
+    return Collator(tokenizer, task, config.head, config.max_length, pad_to_max_length)
+
+
 def head_module_names(model: PreTrainedModel) -> list[str]:
     """Top-level children of a task model that hold parameters and are not the backbone."""
     return [
@@ -220,13 +263,22 @@ def build_task_model(config: FinetuneConfig, path: str) -> CrossEncoder | BiEnco
 
     Call after seeding: the random head and then the adapters draw from torch's global
     generator, so one seed gives every method the same head.
-    Trainable parameters: the adapters, plus the head when ``config.train_head``. With
+    Trainable parameters: the adapters, plus the head when ``config.train_head`` (the
+    ``prompt`` head has none: the LM's own output layer reads the label words). With
     ``method == "zero-shot"`` nothing is adapted or trainable. ``deep-lora-compressed`` layers
     get their factors from one gradient in the training loop
     (:func:`deeplora.adapters.compress_adapters`).
     """
     task = get_task(config.task)
     adapt = config.method != "zero-shot"
+    if config.head == "prompt":  # no new head: the LM head reads the label words
+        label_ids = label_token_ids(load_tokenizer(path), task, config.template)
+        backbone = AutoModelForCausalLM.from_pretrained(path)
+        if adapt:
+            backbone = get_peft_model(backbone, adapter_peft_config(config, backbone, None))
+        else:
+            backbone.requires_grad_(False)
+        return PromptModel(backbone, task, label_ids)
     if config.head == "cross":
         kwargs: dict[str, Any] = {"num_labels": task.num_labels}
         if task.is_regression:

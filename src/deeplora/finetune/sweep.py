@@ -63,10 +63,12 @@ class Options:
         return preset(self.preset, **values)
 
 
-def zero_shot_cell(options: Options, task: str = "stsb") -> Cell:
-    """The untouched model with the ``bi`` head (what a user gets without fine-tuning)."""
-    config = options.config(0, task=task, method="zero-shot", head="bi", samples=1)
-    return Cell(config, (0,), {"method": "zero-shot", "head": "bi"})
+def zero_shot_cell(options: Options, task: str = "stsb", head: str = "bi", **overrides: Any
+                   ) -> Cell:
+    """The untouched model (what a user gets without fine-tuning): the ``bi`` head, or for a
+    causal LM's ``prompt`` head the prompt itself; ``overrides``: further config fields."""
+    config = options.config(0, task=task, method="zero-shot", head=head, samples=1, **overrides)
+    return Cell(config, (0,), {"method": "zero-shot", "head": head})
 
 
 SEED_LIMIT = 2**32

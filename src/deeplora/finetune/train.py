@@ -32,7 +32,7 @@ from deeplora.factorization.subspace import (
     top_singular_subspaces,
 )
 from deeplora.finetune.config import FinetuneConfig
-from deeplora.finetune.data import few_shot, get_task, load_split
+from deeplora.finetune.data import few_shot, get_task, hold_out, load_split
 from deeplora.finetune.estimate import UnitCosts, seconds_per_step
 from deeplora.finetune.metrics import compute_metrics
 from deeplora.finetune.models import (
@@ -42,8 +42,10 @@ from deeplora.finetune.models import (
     build_task_model,
     check_max_length,
     load_tokenizer,
+    make_collator,
     resolve_model,
 )
+from deeplora.finetune.prompt import PromptCollator, answer_words
 from deeplora.output import finite_json
 
 if TYPE_CHECKING:
@@ -158,8 +160,7 @@ def training_rows(config: FinetuneConfig, train: datasets.Dataset, model_path: s
     the rows whose input is longer than ``max_length`` tokens, then draw ``samples`` rows with
     replacement (the authors' rule), both seeded by ``seed``."""
     if config.sampling == "authors":
-        collate = Collator(load_tokenizer(model_path), get_task(config.task), config.head,
-                           config.max_length, False)
+        collate = make_collator(load_tokenizer(model_path), config, False)
         keep = [i for i, n in enumerate(collate.lengths(train)) if n <= config.max_length]
         train = train.select(keep)
     if config.samples is None:
@@ -168,15 +169,22 @@ def training_rows(config: FinetuneConfig, train: datasets.Dataset, model_path: s
 
 
 class Prepared:
-    """Everything a run needs, built and validated before any training step."""
+    """Everything a run needs, built and validated before any training step: ``train`` (the
+    few-shot rows), ``dev`` (the GLUE dev rows scored, the test set when ``heldout`` is used)
+    and ``heldout`` (``config.heldout_samples`` training rows apart from the few-shot pool, see
+    :func:`deeplora.finetune.data.hold_out`; ``None`` without)."""
 
     def __init__(self, config: FinetuneConfig, seed: int, data_dir: str | os.PathLike[str] | None):
         self.task = get_task(config.task)
         self.model_path = resolve_model(config.model)
         check_max_length(config.max_length, self.model_path)
-        self.train = training_rows(config, load_split(self.task, "train", data_dir),
-                                   self.model_path, seed)
-        dev = load_split(self.task, "dev", data_dir)
+        train = load_split(self.task, "train", data_dir)
+        full_dev = load_split(self.task, "dev", data_dir)
+        self.heldout = None
+        if config.heldout_samples:
+            train, self.heldout = hold_out(self.task, train, config.heldout_samples, full_dev)
+        self.train = training_rows(config, train, self.model_path, seed)
+        dev = full_dev
         if config.dev_samples is not None and config.dev_samples < len(dev):
             dev = few_shot(dev, config.dev_samples, seed=0)
         self.dev = dev
@@ -195,19 +203,19 @@ def trains(config: FinetuneConfig) -> bool:
 
 
 def _setup(config: FinetuneConfig, prepared: Prepared, seed: int, dev: datasets.Dataset
-           ) -> tuple[CrossEncoder | BiEncoder, Collator, DataLoader, DataLoader]:
+           ) -> tuple[CrossEncoder | BiEncoder, Collator | PromptCollator, DataLoader,
+                      DataLoader]:
     """Seed, then build the model, the training collator and the training and ``dev`` loaders
     (batch order seeded by ``seed``)."""
     set_seed(seed)
     tokenizer = load_tokenizer(prepared.model_path)
     model = build_task_model(config, prepared.model_path)
-    collate = Collator(tokenizer, prepared.task, config.head, config.max_length,
-                       config.pad_to_max_length)
+    collate = make_collator(tokenizer, config, config.pad_to_max_length)
     generator = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(prepared.train, batch_size=config.batch_size, shuffle=True,
                               collate_fn=collate, generator=generator, drop_last=False)
     # Evaluation always pads per batch: same outputs (masked), far less work than 128 tokens.
-    dev_collate = Collator(tokenizer, prepared.task, config.head, config.max_length, False)
+    dev_collate = make_collator(tokenizer, config, False)
     dev_loader = DataLoader(dev, batch_size=config.eval_batch_size, collate_fn=dev_collate)
     return model, collate, train_loader, dev_loader
 
@@ -262,8 +270,11 @@ def run_finetune(
     Keys: ``config``, ``seed``, ``versions``, ``device`` (e.g. ``"cuda:0"``), ``device_name``
     (the GPU's name, or ``"cpu"`` with the core count), ``processes`` (data-parallel processes
     sharing each batch), ``metrics`` (final dev metrics), ``history``
-    (``[{"step", "metrics"}]`` at each evaluation), ``train_loss`` (per step, of the whole batch
-    across processes), ``wall_time_s``,
+    (``[{"step", "metrics"}]`` at each evaluation, plus ``"heldout"``: the held-out rows'
+    metrics when ``config.heldout_samples`` is set), ``train_loss`` (per step, of the whole
+    batch across processes), ``majority_rate`` (classification: share of the most frequent
+    label among the dev rows scored, the accuracy of a constant guess), ``prompt`` (``prompt``
+    head: the first dev row's prompt and the label words), ``wall_time_s``,
     ``layers`` (per adapted layer at the end: σ₁(ΔW) as ``sigma_max``, its top min(2r, 64)
     singular values, ``numerical_rank`` and ``matrix_rank``, see :func:`spectra`)
     and, when ``config.snapshot_steps`` is set, ``subspace``: per layer the cosines of the
@@ -276,11 +287,15 @@ def run_finetune(
     start = time.perf_counter()
     prepared = prepared or Prepared(config, seed, data_dir)
     model, collate, train_loader, dev_loader = _setup(config, prepared, seed, prepared.dev)
+    heldout_loader = None if prepared.heldout is None else DataLoader(
+        prepared.heldout, batch_size=config.eval_batch_size, collate_fn=dev_loader.collate_fn)
     accelerator = make_accelerator()
     training = trains(config)
     if config.method == "deep-lora-compressed":
         _compress(model, collate, prepared, config, seed, accelerator)
     model, train_loader, dev_loader = accelerator.prepare(model, train_loader, dev_loader)
+    if heldout_loader is not None:
+        heldout_loader = accelerator.prepare(heldout_loader)
     task_model = accelerator.unwrap_model(model)
     history: list[dict[str, Any]] = []
     losses: list[float] = []
@@ -295,10 +310,13 @@ def run_finetune(
             }
 
     def record_eval(step: int) -> dict[str, float]:
-        metrics = evaluate(model, dev_loader, accelerator)
-        history.append({"step": step, "metrics": metrics})
-        _log(handle, {"step": step, "eval": metrics})
-        return metrics
+        entry: dict[str, Any] = {"step": step}
+        if heldout_loader is not None:
+            entry["heldout"] = evaluate(model, heldout_loader, accelerator)
+        entry["metrics"] = evaluate(model, dev_loader, accelerator)
+        history.append(entry)
+        _log(handle, {"step": step, "eval": entry["metrics"], "heldout": entry.get("heldout")})
+        return entry["metrics"]
 
     status, diverged_at = "finished", None
     if training:
@@ -350,6 +368,12 @@ def run_finetune(
         "history": history,
         "train_loss": losses,
     }
+    if isinstance(collate, PromptCollator):  # the exact prompt and label words of the run
+        result["prompt"] = {"example": collate.prompts([prepared.dev[0]])[0],
+                            "label_words": list(answer_words(prepared.task, config.template))}
+    if not prepared.task.is_regression:
+        result["majority_rate"] = float(np.bincount(prepared.dev["label"]).max()
+                                        / len(prepared.dev))
     if status == "diverged":
         result["layers"] = {}
     elif config.method != "zero-shot":
@@ -361,7 +385,8 @@ def run_finetune(
     return result
 
 
-def _compress(model: CrossEncoder | BiEncoder, collate: Collator, prepared: Prepared,
+def _compress(model: CrossEncoder | BiEncoder, collate: Collator | PromptCollator,
+              prepared: Prepared,
               config: FinetuneConfig, seed: int, accelerator: Accelerator) -> None:
     """Build the narrow factors from one gradient (no dropout) on the first training batch."""
     rows = prepared.train.select(range(min(config.batch_size, len(prepared.train))))

@@ -1,0 +1,51 @@
+"""prompt-fewshot: the plan, and a --fast run with a tiny Llama whose report regenerates from
+the per-run files alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from deeplora.experiments.prompt_fewshot import plan
+
+
+def test_plan_is_one_grid_for_every_method() -> None:
+    cells = plan(["sst2", "stsb"], (16, 64), (8, 32), (1e-4, 1e-3), ("deep-lora", "lora"),
+                 (0, 1), steps=50, eval_every=10, heldout_samples=64, dev_samples=128)
+    zero = [c for c in cells if c.labels["method"] == "zero-shot"]
+    assert [c.config.task for c in zero] == ["sst2", "stsb"] and zero[0].config.steps == 0
+    trained = [c for c in cells if c.labels["method"] != "zero-shot"]
+    assert len(trained) == 2 * 2 * 2 * 2 * 2
+    assert {(c.config.head, c.config.heldout_samples, c.config.preset) for c in cells} == {
+        ("prompt", 64, "practical")}
+    lrs = {m: {c.config.lr for c in trained if c.config.method == m} for m in ("deep-lora", "lora")}
+    assert lrs["deep-lora"] == lrs["lora"] == {1e-4, 1e-3}
+    assert len({c.config.key() for c in cells}) == len(cells)
+
+
+def test_fast_run_and_report_only(tmp_path: Path, split_glue: Path, tiny_llama: str,
+                                  capsys) -> None:
+    from deeplora.cli import main
+
+    out = tmp_path / "prompt"
+    argv = ["experiment", "prompt-fewshot", "--fast", "--task", "sst2", "--seeds", "0-1",
+            "--lrs", "1e-2,3e-2", "--model", tiny_llama, "--data-dir", str(split_glue),
+            "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    report = (out / "prompt-fewshot.md").read_text()
+    summary = json.loads((out / "prompt-fewshot.json").read_text())
+    assert (out / "prompt-fewshot.png").stat().st_size > 0
+    (zero,) = summary["zero_shot"]
+    assert zero["majority_rate"] == 0.5 and zero["test_rows"] == 8
+    assert len(summary["grid"]) == 2 * 3 and {c["method"] for c in summary["chosen"]} == {
+        "deep-lora", "lora", "peft-lora"}
+    assert {(d["other"], d["best"]["n"]) for d in summary["differences"]} <= {
+        ("lora", 2), ("peft-lora", 2), ("lora", 1), ("peft-lora", 1), ("lora", 0),
+        ("peft-lora", 0)}
+    assert "matched train loss" in report
+    runs = list((out / "runs").glob("*/seed-*.json"))
+    assert len(runs) == 1 + 2 * 3 * 2
+    capsys.readouterr()
+    (out / "prompt-fewshot.md").unlink()
+    assert main([*argv, "--report-only"]) == 0
+    assert (out / "prompt-fewshot.md").read_text() == report
