@@ -23,7 +23,8 @@ import torch
 
 from deeplora.completion.baselines import Surprise
 from deeplora.completion.data import IdIndex, movielens_100k
-from deeplora.completion.estimator import DeepMatrixCompletion, rmse
+from deeplora.completion.estimator import DeepMatrixCompletion
+from deeplora.completion.observations import rmse
 
 
 def main() -> None:

@@ -44,6 +44,8 @@ def make_files(folder: Path, write_glue: Callable[..., Path]) -> None:
     ratings = "".join(f"{u}\t{i}\t{1 + (u * 7 + i) % 5}\t0\n" for u in range(12)
                       for i in range(10))
     (folder / "ratings.tsv").write_text(ratings)
+    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n"
+                                        + ratings.replace("\t", ","))
     (folder / "nan.tsv").write_text(ratings.replace("\t3\t0\n", "\tnan\t0\n", 1))
     (folder / "words.tsv").write_text(ratings.replace("\t3\t0\n", "\tgood\t0\n", 1))
     (folder / "empty.tsv").write_text("")

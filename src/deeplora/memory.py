@@ -3,6 +3,8 @@ traceback (or the kernel's OOM killer) minutes later."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import psutil
 import torch
 
@@ -34,3 +36,25 @@ def check_fits(needed: float, what: str, advice: str = "",
     if needed > free:
         raise TooLargeError(f"{what} needs about {gib(needed)}, {gib(free)} available"
                             + (f"; {advice}" if advice else ""))
+
+
+def check_square_fits(needs: Callable[[int, int], float], shape: tuple[int, int], what: str,
+                      minimum: int = 1, size_name: str = "size",
+                      device: torch.device | str | None = None) -> None:
+    """Raise :class:`TooLargeError` if ``needs(m, n)`` bytes exceed what ``device`` has
+    available, naming the largest square ``s × s`` (``minimum <= s <= max(m, n)``, found by
+    bisection; ``needs`` must grow with s) that fits.
+
+    The message reads ``{what} needs about X, Y available; the largest square {size_name} that
+    fits is s`` (or ``nothing fits``).
+    """
+    free = available_bytes(device)
+    if needs(*shape) <= free:
+        return
+    low, high = minimum, max(shape)
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if needs(mid, mid) <= free else (low, mid - 1)
+    fits = (f"the largest square {size_name} that fits is {low}" if needs(low, low) <= free
+            else "nothing fits")
+    raise TooLargeError(f"{what} needs about {gib(needs(*shape))}, {gib(free)} available; {fits}")

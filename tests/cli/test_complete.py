@@ -109,9 +109,9 @@ def test_help_states_each_default_once(argv, capsys):
 
 
 def test_too_large_synthetic_problem_is_one_line_naming_what_fits(tmp_path, capsys, monkeypatch):
-    import deeplora.cli.complete
+    import deeplora.memory
 
-    monkeypatch.setattr(deeplora.cli.complete, "available_bytes", lambda: 2**30)
+    monkeypatch.setattr(deeplora.memory, "available_bytes", lambda device=None: 2**30)
     out = tmp_path / "r.json"
     assert main(["complete", "--size", "100000", "--quiet", "--json", str(out)]) == 2
     err = capsys.readouterr().err
@@ -158,6 +158,13 @@ def test_ratings_divergence_fallback_count_and_bad_clip(tmp_path, capsys):
     assert capsys.readouterr().err == ("deeplora: error: --clip LOW HIGH needs finite LOW < "
                                        "HIGH, got 5 1\n")
     assert not out.exists()
+    assert main([*args, "--clip", "10", "20"]) == 2  # the ratings are 1 to 5
+    assert capsys.readouterr().err == ("deeplora: error: --clip 10 20 does not overlap the "
+                                       "ratings' range [1, 5] (every prediction would be "
+                                       "clipped to one value)\n")
+    assert not out.exists()
+    assert main([*args, "--clip", "2", "4"]) == 0  # narrowing is allowed
+    assert json.loads(out.read_text())["clip"] == [2.0, 4.0]
 
 
 @pytest.mark.parametrize("error, line", [

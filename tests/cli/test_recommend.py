@@ -80,6 +80,8 @@ def test_complete_ratings_uses_preset_on_csv(tmp_path: Path,
     ("", [], "no ratings"),
     ("userId,movieId,rating\n", [], "no ratings"),
     ("who,what,stars\n1,2,3\n", ["--user-col", "whom"], "no column 'whom'"),
+    ("userId,movieId,rating\n1,2,3\n1,3,4\n", ["--user-col", "userId", "--item-col", "userId"],
+     "--user-col and --item-col are the same column 'userId'"),
 ])
 @pytest.mark.parametrize("command", ["recommend", "complete"])
 def test_bad_ratings_files_one_error_nothing_written(

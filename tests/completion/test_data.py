@@ -37,6 +37,11 @@ def test_csv_with_named_columns_and_string_ids(tmp_path: Path) -> None:
                            time_col="when")
     with pytest.raises(ValueError, match="no column 'whom'"):
         read_ratings(path, user_col="whom")
+    with pytest.raises(ValueError, match=r"r\.csv': --user-col and --item-col are the same "
+                       r"column 'who' \(user_col and item_col must differ\)"):
+        read_ratings(path, user_col="who", item_col="who")
+    with pytest.raises(ValueError, match="--item-col and --rating-col are the same column"):
+        read_ratings(path, user_col="who", item_col="stars")  # rating column found: stars
     assert list(ratings.users) == ["u1", "u2"] and list(ratings.items) == ["a", "b"]
     np.testing.assert_array_equal(ratings.values, [4.5, 3.0])
     tsv = tmp_path / "r.tsv"

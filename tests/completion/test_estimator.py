@@ -1,4 +1,4 @@
-"""DeepMatrixCompletion: fit/predict/save/load round trip, options, bad input."""
+"""DeepMatrixCompletion: fit/predict round trip, options, bad input."""
 
 from pathlib import Path
 
@@ -6,19 +6,13 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from deeplora.completion.estimator import DeepMatrixCompletion, check_observations
+from deeplora.completion.estimator import DeepMatrixCompletion
 
-
-def _low_rank_ratings(m: int = 40, n: int = 30, fraction: float = 0.5, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    full = 3.0 + rng.standard_normal((m, 2)) @ rng.standard_normal((2, n))
-    mask = rng.random((m, n)) < fraction
-    rows, cols = np.nonzero(mask)
-    return rows, cols, full[rows, cols], full, mask
+from .helpers import low_rank_ratings
 
 
 def test_fit_predict_save_load_round_trip(tmp_path: Path) -> None:
-    rows, cols, values, full, mask = _low_rank_ratings()
+    rows, cols, values, full, mask = low_rank_ratings()
     est = DeepMatrixCompletion(rank=3, gamma=0.1, max_steps=400, validation_fraction=0.1,
                                patience=20)  # small problem: outer factors must move
     est.fit(rows, cols, values)
@@ -36,7 +30,7 @@ def test_fit_predict_save_load_round_trip(tmp_path: Path) -> None:
 
 
 def test_fit_from_scipy_sparse_minibatches_and_narrow() -> None:
-    rows, cols, values, full, _ = _low_rank_ratings(seed=1)
+    rows, cols, values, full, _ = low_rank_ratings(seed=1)
     matrix = scipy.sparse.coo_array((values, (rows, cols)), shape=full.shape)
     est = DeepMatrixCompletion(rank=3, method="narrow", max_steps=40, batch_size=200,
                                validation_fraction=0.0, bias="global")
@@ -46,7 +40,7 @@ def test_fit_from_scipy_sparse_minibatches_and_narrow() -> None:
 
 
 def test_clip_and_unknown_fallback() -> None:
-    rows, cols, values, *_ = _low_rank_ratings(seed=2)
+    rows, cols, values, *_ = low_rank_ratings(seed=2)
     est = DeepMatrixCompletion(rank=2, max_steps=20, clip=(2.5, 3.5)).fit(rows, cols, values)
     predicted = est.predict(np.array([0, 40, 0, 41]), np.array([0, 0, 30, 31]))
     assert predicted.min() >= 2.5 and predicted.max() <= 3.5
@@ -56,15 +50,6 @@ def test_clip_and_unknown_fallback() -> None:
     strict = DeepMatrixCompletion(rank=2, max_steps=2, unknown="raise").fit(rows, cols, values)
     with pytest.raises(ValueError, match="unknown"):
         strict.predict([40], [0])
-
-
-def test_duplicates_raise_or_average() -> None:
-    rows, cols, values = np.array([0, 1, 0, 2]), np.array([1, 0, 1, 2]), np.array([1., 2, 3, 4])
-    with pytest.raises(ValueError, match="duplicate"):
-        check_observations(rows, cols, values)
-    r, c, v, shape = check_observations(rows, cols, values, duplicates="mean")
-    assert shape == (3, 3) and list(zip(r, c, v, strict=True)) == [(0, 1, 2.0), (1, 0, 2.0),
-                                                                   (2, 2, 4.0)]
 
 
 @pytest.mark.parametrize(("rows", "cols", "values", "shape", "match"), [
@@ -86,10 +71,19 @@ def test_bad_observations(rows, cols, values, shape, match: str) -> None:
     ({"bias": "rows"}, "bias"), ({"init_scale": float("inf")}, "init_scale"),
 ])
 def test_bad_params_fail_at_fit(params: dict, match: str) -> None:
-    rows, cols, values, *_ = _low_rank_ratings()
+    rows, cols, values, *_ = low_rank_ratings()
     est = DeepMatrixCompletion(**params)  # scikit-learn: __init__ only stores
     with pytest.raises(ValueError, match=match):
         est.fit(rows, cols, values)
+
+
+def test_clip_that_misses_the_training_range_is_refused_at_fit() -> None:
+    rows, cols, values, *_ = low_rank_ratings(seed=2)
+    high = float(values.max())
+    with pytest.raises(ValueError, match=r"clip \(.*\) does not overlap the ratings' range"):
+        DeepMatrixCompletion(rank=2, max_steps=2, clip=(high, high + 10)).fit(rows, cols, values)
+    narrow = DeepMatrixCompletion(rank=2, max_steps=2, clip=(high - 1, high + 10))
+    assert narrow.fit(rows, cols, values).clip_ == (high - 1, high + 10)
 
 
 def test_rank_larger_than_dimension_and_unfitted(tmp_path: Path) -> None:
@@ -121,7 +115,7 @@ def test_ratings_preset_regularization_and_sklearn_clone() -> None:
     assert copy.get_params() == est.get_params() and copy is not est
     copy.set_params(reg=0.5, rank=2)
     assert (copy.reg, copy.rank, est.reg) == (0.5, 2, 0.05)
-    rows, cols, values, *_ = _low_rank_ratings(seed=3)
+    rows, cols, values, *_ = low_rank_ratings(seed=3)
     fitted = copy.fit(rows, cols, values)
     assert fitted.clip_ == (values.min(), values.max())
     # λ shrinks the factors: a heavily regularized fit has a smaller interaction term
@@ -134,7 +128,7 @@ def test_ratings_preset_regularization_and_sklearn_clone() -> None:
 
 
 def test_device_parameter_on_cpu() -> None:
-    rows, cols, values, *_ = _low_rank_ratings(seed=4)
+    rows, cols, values, *_ = low_rank_ratings(seed=4)
     est = DeepMatrixCompletion(rank=2, max_steps=5, device="cpu").fit(rows, cols, values)
     assert est.model_.factors[0].device.type == "cpu"
     auto = DeepMatrixCompletion(rank=2, max_steps=5).fit(rows, cols, values)  # "auto"
@@ -147,7 +141,7 @@ def test_device_parameter_on_cpu() -> None:
 
 
 def test_dataframe_fit_predict_recommend_raw_ids(tmp_path: Path) -> None:
-    rows, cols, values, full, _mask = _low_rank_ratings(seed=5)
+    rows, cols, values, full, _mask = low_rank_ratings(seed=5)
     frame = _frame(rows, cols, values)
     est = DeepMatrixCompletion(rank=3, gamma=0.1, max_steps=300, patience=20).fit(frame)
     assert est.ids_ is not None and est.shape_ == full.shape
@@ -172,38 +166,6 @@ def test_dataframe_fit_predict_recommend_raw_ids(tmp_path: Path) -> None:
     np.testing.assert_array_equal(again, items)
 
 
-def test_recommend_batches_exclude_seen_and_padding() -> None:
-    rows, cols, values, _full, _ = _low_rank_ratings(m=12, n=8, fraction=0.7, seed=6)
-    est = DeepMatrixCompletion(rank=2, max_steps=50).fit(rows, cols, values, shape=(12, 8))
-    one, _r1 = est.recommend(np.arange(12), k=8, batch_size=1)
-    all_, r2 = est.recommend(np.arange(12), k=8)
-    np.testing.assert_array_equal(one, all_)
-    for user in range(12):
-        seen = set(cols[rows == user])
-        left = [i for i in all_[user] if i >= 0]
-        assert not seen & set(left) and len(left) == 8 - len(seen)
-        assert np.isnan(r2[user, len(left):]).all()
-    with_seen, _ = est.recommend([0], k=8, exclude_seen=False)
-    assert sorted(with_seen[0]) == list(range(8))
-    with pytest.raises(ValueError, match="k must be"):
-        est.recommend([0], k=9)
-
-
-def test_ranking_metrics_of_estimator() -> None:
-    rows, cols, values, full, mask = _low_rank_ratings(m=30, n=25, fraction=0.5, seed=7)
-    est = DeepMatrixCompletion(rank=2, gamma=0.1, max_steps=300).fit(rows, cols, values)
-    hidden_rows, hidden_cols = np.nonzero(~mask)
-    hidden = full[hidden_rows, hidden_cols]
-    metrics = est.ranking_metrics(hidden_rows, hidden_cols, hidden, k=5, threshold=4.0)
-    assert {"precision@5", "recall@5", "ndcg@5", "map@5", "users"} <= set(metrics)
-    assert all(0 <= metrics[key] <= 1 for key in ("precision@5", "recall@5", "ndcg@5", "map@5"))
-    # a well-fitted low-rank model ranks far better than chance
-    chance = np.mean(hidden >= 4.0)
-    assert metrics["precision@5"] > 2 * chance
-    with pytest.raises(ValueError, match="no held-out rating"):
-        est.ranking_metrics(hidden_rows, hidden_cols, hidden, threshold=100.0)
-
-
 def test_raw_ids_that_make_a_huge_shape_are_refused_with_advice() -> None:
     with pytest.raises(ValueError, match=r"a 100000001×100000001 model \(2 distinct rows, 2 "
                        r"distinct columns, rank 10\) needs about .* the ids look like raw "
@@ -214,25 +176,10 @@ def test_raw_ids_that_make_a_huge_shape_are_refused_with_advice() -> None:
 
 
 def test_divergence_is_flagged_warned_and_saved(tmp_path: Path) -> None:
-    rows, cols, values, _, _ = _low_rank_ratings()
+    rows, cols, values, _, _ = low_rank_ratings()
     with pytest.warns(RuntimeWarning, match="diverged"):
         est = DeepMatrixCompletion(rank=2, lr=1e6, max_steps=30).fit(rows, cols, values)
     assert est.diverged_ and est.n_steps_ < 30
     est.save(tmp_path / "m.pt")
     assert DeepMatrixCompletion.load(tmp_path / "m.pt").diverged_
     assert not DeepMatrixCompletion(rank=2, max_steps=3).fit(rows, cols, values).diverged_
-
-
-def test_load_names_the_path_of_missing_empty_truncated_or_foreign_files(tmp_path: Path) -> None:
-    rows, cols, values, _, _ = _low_rank_ratings()
-    good = tmp_path / "m.pt"
-    DeepMatrixCompletion(rank=2, max_steps=2).fit(rows, cols, values).save(good)
-    (tmp_path / "empty.pt").write_bytes(b"")
-    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:200])
-    (tmp_path / "text.pt").write_text("not a model")
-    with pytest.raises(FileNotFoundError, match=r"no saved DeepMatrixCompletion at .*nope\.pt"):
-        DeepMatrixCompletion.load(tmp_path / "nope.pt")
-    for name in ("empty.pt", "cut.pt", "text.pt"):
-        with pytest.raises(ValueError, match=rf"{name}' is not a readable saved "
-                           r"DeepMatrixCompletion \(empty, truncated"):
-            DeepMatrixCompletion.load(tmp_path / name)

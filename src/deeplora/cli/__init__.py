@@ -4,7 +4,10 @@ Each subcommand lives in its own module (:mod:`deeplora.cli.complete`,
 :mod:`deeplora.cli.recommend`, :mod:`deeplora.cli.experiment`, :mod:`deeplora.cli.finetune`,
 :mod:`deeplora.cli.adapters`)
 exposing ``register_cli(subparsers)``; only the module of the command being run is imported, so
-``deeplora complete`` never loads transformers or PEFT. Every error a user can cause is reported
+``deeplora complete`` never loads transformers or PEFT. The ratings-file options shared by
+``complete --ratings`` and ``recommend`` are defined here (:func:`add_ratings_file_arguments`);
+reading and checking the file is the library's
+(:func:`~deeplora.completion.data.read_ratings`). Every error a user can cause is reported
 as one line ``deeplora: error: …`` with exit status 2, before any output file is written. A run
 that fails on its own (divergence) says so and exits 1; any other exception is one line
 ``deeplora: internal error: …`` (exit 1), with the traceback only when the environment variable
@@ -43,6 +46,31 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "default" in help or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
             return action.help
         return super()._get_help_string(action)
+
+
+def add_ratings_file_arguments(group: argparse._ArgumentGroup) -> None:
+    """``--format``, ``--sep``, ``--user-col``, ``--item-col``, ``--rating-col`` (shared by
+    ``complete --ratings`` and ``recommend``); :func:`ratings_file_options` reads them back."""
+    from deeplora.completion.data import FORMATS
+
+    group.add_argument("--format", choices=FORMATS, default="auto",
+                       help="auto: Parquet by suffix, else a delimited file with a header "
+                       "(userId,movieId,rating / user_id,item_id,rating / …) or without one "
+                       "(user item rating [time], e.g. MovieLens' u.data); csv: delimited with "
+                       "a header; movielens: delimited, no header; parquet")
+    group.add_argument("--sep", default=None,
+                       help="field delimiter (default: guessed from the first line)")
+    for role in ("user", "item", "rating"):
+        group.add_argument(f"--{role}-col", default=None, metavar="NAME",
+                           help=f"name of the {role} column (default: recognized from the "
+                           f"header)")
+
+
+def ratings_file_options(args: argparse.Namespace) -> dict[str, str | None]:
+    """The keyword arguments of :func:`~deeplora.completion.data.read_ratings` given by
+    :func:`add_ratings_file_arguments`' options."""
+    return {name: getattr(args, name)
+            for name in ("format", "sep", "user_col", "item_col", "rating_col")}
 
 
 class UsageError(ValueError):

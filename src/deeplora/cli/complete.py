@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deeplora.cli import HelpFormatter
-from deeplora.cli.recommend import add_ratings_file_arguments, read_ratings_file
+from deeplora.cli import HelpFormatter, add_ratings_file_arguments, ratings_file_options
 from deeplora.completion import (
     METHODS,
     MatrixCompletion,
@@ -22,10 +21,10 @@ from deeplora.completion import (
     default_settings,
     fit,
 )
-from deeplora.completion.data import IdIndex
-from deeplora.completion.methods import model_bytes
-from deeplora.completion.problems import dense_target_bytes, random_entries_bytes, random_low_rank
-from deeplora.memory import TooLargeError, available_bytes, gib
+from deeplora.completion.data import IdIndex, read_ratings
+from deeplora.completion.methods import check_synthetic_fits
+from deeplora.completion.observations import check_clip
+from deeplora.completion.problems import random_low_rank
 from deeplora.output import check_writable, write_json
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -113,8 +112,10 @@ def run_ratings(args: argparse.Namespace) -> int:
         raise ValueError(f"--clip LOW HIGH needs finite LOW < HIGH, got {args.clip[0]:g} "
                          f"{args.clip[1]:g}")
     check_writable(args.json)
-    train = read_ratings_file(args, args.ratings)
-    test = read_ratings_file(args, args.test) if args.test else train
+    train = read_ratings(args.ratings, **ratings_file_options(args))
+    test = read_ratings(args.test, **ratings_file_options(args)) if args.test else train
+    if args.clip:
+        check_clip(args.clip, train.values, "--clip")
     ids = IdIndex.fit(train)
     rows, cols = ids.transform(train)
     clip = tuple(args.clip) if args.clip else (float(train.values.min()),
@@ -193,8 +194,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--lr must be a finite number > 0, got {lr}")
     if not (math.isfinite(gamma) and gamma >= 0):
         raise ValueError(f"--gamma must be a finite number >= 0, got {gamma}")
-    check_memory(args.method, args.size, cols, args.observed, args.depth, rank_hat,
-                 DTYPES[args.dtype].itemsize)
+    check_synthetic_fits(args.method, (args.size, cols), args.observed, args.depth, rank_hat,
+                         DTYPES[args.dtype].itemsize, what=f"--size {args.size} --cols {cols} "
+                         f"({args.method}): the synthetic problem", size_name="--size")
     check_writable(args.json)
     check_writable(args.plot)
 
@@ -247,24 +249,3 @@ def report_divergence(what: str, lr: float | None) -> int:
           + (f" than {lr:g}" if lr is not None else ""), file=sys.stderr)
     return 1
 
-
-def check_memory(method: str, rows: int, cols: int, observed: float, depth: int, rank: int,
-                 itemsize: int) -> None:
-    """:class:`~deeplora.memory.TooLargeError` naming the largest square ``--size`` that fits,
-    unless the synthetic problem and its model fit in the available memory."""
-
-    def needs(m: int, n: int) -> int:
-        return max(dense_target_bytes(m, n), random_entries_bytes(m, n, observed),
-                   model_bytes(method, (m, n), depth, rank, itemsize))
-
-    free = available_bytes()
-    if needs(rows, cols) <= free:
-        return
-    low, high = 2 * rank, max(rows, cols)  # largest s with needs(s, s) <= free, by bisection
-    while low < high:
-        mid = (low + high + 1) // 2
-        low, high = (mid, high) if needs(mid, mid) <= free else (low, mid - 1)
-    fits = (f"the largest square --size that fits is {low}" if needs(low, low) <= free
-            else "nothing fits")
-    raise TooLargeError(f"--size {rows} --cols {cols} ({method}): the synthetic problem needs "
-                        f"about {gib(needs(rows, cols))}, {gib(free)} available; {fits}")

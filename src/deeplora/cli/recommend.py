@@ -1,9 +1,5 @@
 """``deeplora recommend``: fit the ratings preset on a ratings file (or load a saved model) and
-write the top-k items of every user (or of ``--users``) to a CSV file.
-
-Also home of the ratings-file options shared with ``deeplora complete --ratings``
-(:func:`add_ratings_file_arguments`, :func:`read_ratings_file`).
-"""
+write the top-k items of every user (or of ``--users``) to a CSV file."""
 
 from __future__ import annotations
 
@@ -13,30 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from deeplora.cli import HelpFormatter
-from deeplora.completion.data import FORMATS, Ratings, read_ratings
+from deeplora.cli import HelpFormatter, add_ratings_file_arguments, ratings_file_options
+from deeplora.completion.data import Ratings, read_ratings
 from deeplora.output import check_writable, write_atomic, write_json
-
-
-def add_ratings_file_arguments(group: argparse._ArgumentGroup) -> None:
-    """``--format``, ``--sep``, ``--user-col``, ``--item-col``, ``--rating-col``."""
-    group.add_argument("--format", choices=FORMATS, default="auto",
-                       help="auto: Parquet by suffix, else a delimited file with a header "
-                       "(userId,movieId,rating / user_id,item_id,rating / …) or without one "
-                       "(user item rating [time], e.g. MovieLens' u.data); csv: delimited with "
-                       "a header; movielens: delimited, no header; parquet")
-    group.add_argument("--sep", default=None,
-                       help="field delimiter (default: guessed from the first line)")
-    for role in ("user", "item", "rating"):
-        group.add_argument(f"--{role}-col", default=None, metavar="NAME",
-                           help=f"name of the {role} column (default: recognized from the "
-                           f"header)")
-
-
-def read_ratings_file(args: argparse.Namespace, path: str) -> Ratings:
-    """:func:`~deeplora.completion.data.read_ratings` with the options above."""
-    return read_ratings(path, args.format, args.sep, args.user_col, args.item_col,
-                        args.rating_col)
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -112,8 +87,8 @@ def _run_distributed(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from deeplora.completion.estimator import DeepMatrixCompletion
 
-    train = read_ratings_file(args, args.ratings)
-    test = read_ratings_file(args, args.test) if args.test else None
+    train = read_ratings(args.ratings, **ratings_file_options(args))
+    test = read_ratings(args.test, **ratings_file_options(args)) if args.test else None
     frame = _frame(train)
     start = time.perf_counter()
     if args.model:

@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
 
-from deeplora.completion.estimator import _as_index, check_observations
+from deeplora.completion.observations import as_index, check_observations
 
 
 class _Baseline:
@@ -53,7 +53,7 @@ class _Baseline:
         return np.zeros(rows.size)
 
     def predict(self, rows: Any, cols: Any) -> np.ndarray:
-        rows, cols = _as_index("rows", rows), _as_index("cols", cols)
+        rows, cols = as_index("rows", rows), as_index("cols", cols)
         m, n = self.shape_
         known_row, known_col = rows < m, cols < n
         out = np.full(rows.size, self.mean_)
@@ -269,7 +269,7 @@ class Surprise:
         return self
 
     def predict(self, rows: Any, cols: Any) -> np.ndarray:
-        rows, cols = _as_index("rows", rows), _as_index("cols", cols)
+        rows, cols = as_index("rows", rows), as_index("cols", cols)
         return np.array([self.model_.predict(r, c, clip=True).est
                          for r, c in zip(rows.tolist(), cols.tolist(), strict=True)])
 

@@ -131,7 +131,8 @@ def ratings_from_frame(
 
     ``ValueError`` naming ``where`` and the line (``first_line`` + row position) on: no rows,
     a missing column, an empty id, a rating that is not a number or not finite, and (unless
-    ``duplicates="mean"``, which averages them, or ``"keep"``) a repeated (user, item) pair.
+    ``duplicates="mean"``, which averages them, or ``"keep"``) a repeated (user, item) pair,
+    and two roles given the same column (``user_col == item_col``).
     Without ``require_rating`` a frame with no rating column gives NaN ratings.
     """
     if duplicates not in ("raise", "mean", "keep"):
@@ -144,6 +145,7 @@ def ratings_from_frame(
     if rating is None and not require_rating:
         rating = next((c for c in names if _normalize(c) in COLUMN_NAMES["rating"]), None)
     time = _find_column(names, "time", time_col, where)
+    _check_distinct({"user": user, "item": item, "rating": rating, "time": time}, where)
     if len(frame) == 0:
         raise ValueError(f"{where} has no ratings")
     ids = {}
@@ -164,6 +166,16 @@ def ratings_from_frame(
                                                  allow_dates=True)
     out = Ratings(ids["user"], ids["item"], values, times)
     return out if duplicates == "keep" else _deduplicate(out, duplicates, where, first_line)
+
+
+def _check_distinct(columns: dict[str, object | None], where: str) -> None:
+    """``ValueError`` if two roles (user, item, rating, time) were given the same column."""
+    chosen = [(role, name) for role, name in columns.items() if name is not None]
+    for i, (role, name) in enumerate(chosen):
+        for other, other_name in chosen[i + 1:]:
+            if name == other_name:
+                raise ValueError(f"{where}: --{role}-col and --{other}-col are the same column "
+                                 f"{name!r} ({role}_col and {other}_col must differ)")
 
 
 def _numbers(column: Any, role: str, where: str, first_line: int,
@@ -256,8 +268,9 @@ def read_ratings(
     whitespace. Columns: ``user_col``… or the first header name in :data:`COLUMN_NAMES`.
 
     Raises ``ValueError`` naming the file (and the line where there is one) on: no ratings,
-    missing columns, ragged lines, empty ids, ratings that are not finite numbers, repeated
-    (user, item) pairs (``duplicates="mean"`` averages them instead).
+    missing columns, one column given for two roles (``user_col == item_col``), ragged lines,
+    empty ids, ratings that are not finite numbers, repeated (user, item) pairs
+    (``duplicates="mean"`` averages them instead).
     """
     import pandas as pd
 

@@ -5,13 +5,15 @@ narrow) deep factorization of width 2r̂ and optional biases. Training minimizes
 ``½ mean_{ω ∈ batch} (prediction_ω − y_ω)²`` through the sparse path of
 :mod:`deeplora.completion.sparse` (cost per step O(|batch|·r̂ + (m + n)·r̂²)); the biases ride
 along as two extra columns, ``[A, b, 1]·[B, 1, c]ᵀ = A Bᵀ + b 1ᵀ + 1 cᵀ``.
+
+Fitting and prediction live here; observation checks in :mod:`~deeplora.completion.observations`,
+data-parallel training in :mod:`~deeplora.completion.distributed`, top-k recommendation in
+:mod:`~deeplora.completion.recommend` and save/load in :mod:`~deeplora.completion.persistence`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import os
 import sys
 import time
 import warnings
@@ -20,15 +22,17 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 import torch
-import torch.distributed as dist
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from deeplora.completion.data import IdIndex, _lookup, ratings_from_frame
+from deeplora.completion.distributed import DataParallel, check_process_group, local_cuda_index
 from deeplora.completion.methods import default_settings, optimizer_options
-from deeplora.completion.ranking import ranking_metrics
+from deeplora.completion.observations import as_index, check_clip, check_observations, mae, rmse
+from deeplora.completion.persistence import PersistenceMixin
+from deeplora.completion.recommend import RecommenderMixin, seen_crow
 from deeplora.completion.sparse import compressed_factorization
 from deeplora.factorization import DeepFactorization, discrepant_param_groups, make_optimizer
 from deeplora.factorization.optim import OPTIMIZERS
@@ -38,74 +42,7 @@ from deeplora.memory import check_fits
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def rmse(predicted: np.ndarray, values: np.ndarray) -> float:
-    """Root mean squared error."""
-    return float(np.sqrt(np.mean((np.asarray(predicted) - np.asarray(values)) ** 2)))
-
-
-def mae(predicted: np.ndarray, values: np.ndarray) -> float:
-    """Mean absolute error."""
-    return float(np.mean(np.abs(np.asarray(predicted) - np.asarray(values))))
-
-
-def _as_index(name: str, value: Any) -> np.ndarray:
-    array = np.asarray(value)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
-    integral = np.issubdtype(array.dtype, np.integer) or (
-        np.issubdtype(array.dtype, np.floating) and np.all(np.isfinite(array))
-        and np.all(array == np.round(array)))
-    if array.size and not integral:
-        raise ValueError(f"{name} must be integer indices, got dtype {array.dtype}")
-    array = array.astype(np.int64)
-    if array.size and array.min() < 0:
-        raise ValueError(f"{name} must be >= 0, found {int(array.min())}")
-    return array
-
-
-def check_observations(
-    rows: Any, cols: Any, values: Any, shape: tuple[int, int] | None = None,
-    duplicates: str = "raise",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
-    """Validate triples; return ``(rows, cols, values, shape)``, sorted row-major.
-
-    Errors (``ValueError``): empty, unequal lengths, non-integer or negative ids, ids outside
-    ``shape``, non-finite values, and duplicate (row, col) pairs unless ``duplicates="mean"``,
-    which replaces them by their average. ``shape`` defaults to ``(max row + 1, max col + 1)``.
-    """
-    if duplicates not in ("raise", "mean"):
-        raise ValueError(f"duplicates must be 'raise' or 'mean', got {duplicates!r}")
-    rows, cols = _as_index("rows", rows), _as_index("cols", cols)
-    values = np.asarray(values, dtype=np.float64)
-    if not (rows.shape == cols.shape == values.shape):
-        raise ValueError(f"rows, cols and values must have equal length, got {rows.shape}, "
-                         f"{cols.shape} and {values.shape}")
-    if rows.size == 0:
-        raise ValueError("no observations given")
-    if not np.all(np.isfinite(values)):
-        raise ValueError("values must be finite (found NaN or inf)")
-    if shape is None:
-        shape = (int(rows.max()) + 1, int(cols.max()) + 1)
-    m, n = shape
-    if rows.max() >= m or cols.max() >= n:
-        raise ValueError(f"ids must lie in [0, {m}) × [0, {n}), found "
-                         f"({int(rows.max())}, {int(cols.max())})")
-    key = rows * n + cols
-    order = np.argsort(key, kind="stable")
-    key, values = key[order], values[order]
-    first = np.concatenate([[True], key[1:] != key[:-1]])
-    if not first.all():
-        if duplicates == "raise":
-            i = int(np.argmin(first))
-            raise ValueError(f"{int((~first).sum())} duplicate (row, col) pairs, e.g. "
-                             f"({key[i] // n}, {key[i] % n}); pass duplicates='mean' to average")
-        group = np.cumsum(first) - 1
-        values = np.bincount(group, weights=values) / np.bincount(group)
-        key = key[first]
-    return key // n, key % n, values, (int(m), int(n))
-
-
-class DeepMatrixCompletion(BaseEstimator):
+class DeepMatrixCompletion(RecommenderMixin, PersistenceMixin, BaseEstimator):
     """Deep matrix completion with the paper's compressed factorization (scikit-learn API).
 
     Args:
@@ -128,7 +65,9 @@ class DeepMatrixCompletion(BaseEstimator):
             regularization does): ``+ ½λ Σ_ω (‖a_{i_ω}‖² + ‖b_{j_ω}‖²) / |Ω|``.
         bias_reg: the same penalty on the row and column biases.
         clip: ``(low, high)`` to clip predictions to (e.g. ``(1, 5)`` for ratings), ``"auto"``
-            (the training ratings' range, ``clip_`` after fit), or ``None``.
+            (the training ratings' range, ``clip_`` after fit), or ``None``. A ``(low, high)``
+            that shares at most one point with the training ratings' range is refused at fit
+            (:func:`~deeplora.completion.observations.check_clip`).
         validation_fraction: share of the observations held out for early stopping (0: none).
         patience: stop after this many evaluations without a better validation RMSE; the best
             parameters are restored.
@@ -266,9 +205,8 @@ class DeepMatrixCompletion(BaseEstimator):
         if not isinstance(self.device, str):
             raise ValueError(f"device must be a string, got {self.device!r}")
         self._device()
-        if self.distributed and not (dist.is_available() and dist.is_initialized()):
-            raise ValueError("distributed=True needs an initialized torch.distributed process "
-                             "group (launch with torchrun and call init_process_group)")
+        if self.distributed:
+            check_process_group()
         if self.clip is not None and self.clip != "auto":
             clip = tuple(self.clip)
             if not (len(clip) == 2 and all(isinstance(c, int | float) and math.isfinite(c)
@@ -286,8 +224,7 @@ class DeepMatrixCompletion(BaseEstimator):
         if self.device == "auto":
             if not torch.cuda.is_available():
                 return torch.device("cpu")
-            local = int(os.environ.get("LOCAL_RANK", "0")) if self.distributed else 0
-            return torch.device("cuda", local)
+            return torch.device("cuda", local_cuda_index(self.distributed))
         try:
             device = torch.device(self.device)
         except RuntimeError as exc:
@@ -327,6 +264,7 @@ class DeepMatrixCompletion(BaseEstimator):
             low, high = float(values.min()), float(values.max())
             self.clip_ = (low, high) if low < high else None
         elif self.clip is not None:
+            check_clip(self.clip, values)
             self.clip_ = (float(self.clip[0]), float(self.clip[1]))
         if 2 * self.rank > min(m, n):
             raise ValueError(f"2 × rank must be <= min(m, n) = {min(m, n)}, got rank "
@@ -341,35 +279,22 @@ class DeepMatrixCompletion(BaseEstimator):
         val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         start = time.perf_counter()
         self.shape_ = (m, n)
-        self._seen = (torch.from_numpy(_crow(rows, m)), torch.from_numpy(cols))
+        self._seen = (torch.from_numpy(seen_crow(rows, m)), torch.from_numpy(cols))
+        self._parallel = DataParallel(self.distributed)
         device = self._device()
         mean = float(values[train].mean()) if self.bias != "none" else 0.0
         self._set_model(self._init_model(rows[train], cols[train], values[train] - mean,
                                          torch_dtype).to(device),
                         mean, torch.zeros(m, dtype=torch_dtype, device=device),
                         torch.zeros(n, dtype=torch_dtype, device=device))
-        if self.distributed:
-            for param in self._parameters_list():
-                dist.broadcast(param.data, src=0)
+        self._parallel.broadcast(self._parameters_list())
         self.build_seconds_ = time.perf_counter() - start
         batches = self._batches(rows[train], cols[train], values[train], rng, torch_dtype)
-        val = self._shard(val)
+        val = self._parallel.shard(val)
         val_index = (ObservedIndex(torch.from_numpy(rows[val]), torch.from_numpy(cols[val]),
                                    shape).to(device) if n_val else None)
         self._train(batches, val_index, values[val], rng, start)
         return self
-
-    def _shard(self, part: np.ndarray) -> np.ndarray:
-        """This process's contiguous share of ``part`` (all of it unless distributed)."""
-        if not self.distributed:
-            return part
-        return np.array_split(part, dist.get_world_size())[dist.get_rank()]
-
-    def _all_reduce(self, tensor: Tensor) -> Tensor:
-        """Sum of ``tensor`` over the processes (in place; itself unless distributed)."""
-        if self.distributed:
-            dist.all_reduce(tensor)
-        return tensor
 
     def _check_memory(self, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> None:
         """:class:`~deeplora.memory.TooLargeError` unless an m×n model fits: per row and column
@@ -413,7 +338,8 @@ class DeepMatrixCompletion(BaseEstimator):
                  else np.array_split(rng.permutation(rows.size), math.ceil(rows.size / size)))
         out = []
         for whole in parts:
-            part = self._shard(np.sort(whole))  # row-major: no permutation inside the index
+            # row-major: no permutation inside the index
+            part = self._parallel.shard(np.sort(whole))
             index = ObservedIndex(torch.from_numpy(rows[part]), torch.from_numpy(cols[part]),
                                   self.shape_).to(self._device())
             out.append((index, torch.from_numpy(values[part]).to(self._device(), dtype),
@@ -467,14 +393,12 @@ class DeepMatrixCompletion(BaseEstimator):
         m, n = self.shape_
         total = sum(size for *_, size in batches)
         dtype = self._mean.dtype
-        row_weight = self._all_reduce(sum(torch.diff(index.crow) for index, *_ in batches)
+        row_weight = self._parallel.all_reduce(sum(torch.diff(index.crow) for index, *_ in batches)
                                       .to(dtype)) / total
-        col_weight = self._all_reduce(sum(torch.bincount(index.col, minlength=n)
+        col_weight = self._parallel.all_reduce(sum(torch.bincount(index.col, minlength=n)
                                           for index, *_ in batches).to(dtype)) / total
-        share = 1.0 / dist.get_world_size() if self.distributed else 1.0
-        n_val = int(self._all_reduce(torch.tensor([float(val_values.size)],
-                                                  dtype=torch.float64,
-                                                  device=self._mean.device)).item())
+        share = self._parallel.share
+        n_val = int(self._parallel.all_sum(float(val_values.size), self._mean.device))
         fraction = total / (m * n)
         _, lr, gamma = default_settings(self.method, self.optimizer, self.lr, self.gamma,
                                         fraction)
@@ -509,7 +433,7 @@ class DeepMatrixCompletion(BaseEstimator):
                 loss = loss + 0.5 * self.bias_reg * share * (row_weight @ self._row_bias**2
                                                              + col_weight @ self._col_bias**2)
             loss.backward()
-            value = self._reduce_gradients(data_loss)
+            value = self._parallel.reduce_gradients(self._parameters_list(), data_loss)
             if not math.isfinite(value):
                 self.diverged_ = True
                 warnings.warn(f"the train loss became {value} at step {step}: training "
@@ -524,8 +448,7 @@ class DeepMatrixCompletion(BaseEstimator):
                         predicted = (self._raw_predict(val_index).double().cpu().numpy()
                                      if val_values.size else np.zeros(0))
                     squared = float(np.sum((self._clip(predicted) - val_values) ** 2))
-                    squared = float(self._all_reduce(torch.tensor(
-                        [squared], dtype=torch.float64, device=self._mean.device)).item())
+                    squared = self._parallel.all_sum(squared, self._mean.device)
                     score = math.sqrt(squared / n_val)
                 for key, item in (("step", step), ("train_loss", value), ("val_rmse", score),
                                   ("seconds", time.perf_counter() - start)):
@@ -549,20 +472,6 @@ class DeepMatrixCompletion(BaseEstimator):
         self.n_steps_ = step
         self.fit_seconds_ = time.perf_counter() - start
 
-    def _reduce_gradients(self, loss: Tensor) -> float:
-        """Sum the gradients (and the data loss) over the processes in one ``all_reduce``;
-        returns the loss of the whole batch."""
-        if not self.distributed:
-            return float(loss)
-        params = [p for p in self._parameters_list() if p.grad is not None]
-        flat = torch.cat([*(p.grad.reshape(-1) for p in params), loss.reshape(1)])
-        dist.all_reduce(flat)
-        offset = 0
-        for param in params:
-            param.grad.copy_(flat[offset:offset + param.numel()].view_as(param))
-            offset += param.numel()
-        return float(flat[-1])
-
     # ----------------------------------------------------------------------------------------
     def _indices(self, rows: Any, cols: Any) -> tuple[np.ndarray, np.ndarray]:
         """0-based ``(rows, cols)`` from indices, raw ids (when fitted on a DataFrame) or a
@@ -576,11 +485,11 @@ class DeepMatrixCompletion(BaseEstimator):
             raise ValueError("need (rows, cols) or a DataFrame with user and item columns")
         if self.ids_ is not None:
             return self._lookup_users(rows), _lookup_raw(self.ids_.items, cols)
-        return _as_index("rows", rows), _as_index("cols", cols)
+        return as_index("rows", rows), as_index("cols", cols)
 
     def _lookup_users(self, users: Any) -> np.ndarray:
         if self.ids_ is None:
-            return _as_index("users", users)
+            return as_index("users", users)
         return _lookup_raw(self.ids_.users, users)
 
     def predict(self, rows: Any, cols: Any = None) -> np.ndarray:
@@ -632,173 +541,6 @@ class DeepMatrixCompletion(BaseEstimator):
         residual = self.evaluate(rows, cols, values)["rmse"] ** 2
         return 1.0 - residual / float(np.var(values)) if np.var(values) > 0 else 0.0
 
-    # ----------------------------------------------------------------------------------------
-    def recommend(self, users: Any, k: int = 10, exclude_seen: bool = True,
-                  batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` items for each of ``users``: ``(items, ratings)``, each (len(users), k),
-        best first.
-
-        Scores ``μ + b_u + c_j + (A Bᵀ)_uj`` for a block of users at a time (``batch_size``
-        users; default: as many as fit in ~2²² scores), so memory is O(batch·n), never m×n;
-        ``exclude_seen`` drops the user's training items. Items are ranked by the unclipped
-        score; the ratings returned are clipped like :meth:`predict`. A user unknown to the
-        model gets the items with the highest ``c_j``. Slots left empty (fewer than k unseen
-        items) hold index -1 (or ``None`` for raw ids) and rating NaN. ``users`` are indices,
-        or raw ids when the model was fitted on a DataFrame; so are the returned items.
-        """
-        check_is_fitted(self, "model_")
-        n = self.shape_[1]
-        if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= n):
-            raise ValueError(f"k must be an integer in [1, {n}], got {k!r}")
-        if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if exclude_seen and getattr(self, "_seen", None) is None:
-            raise ValueError("this model does not know its training entries (saved before "
-                             "format 2); pass exclude_seen=False")
-        items, ratings = self._top_k(self._lookup_users(np.atleast_1d(np.asarray(users))), k,
-                                     exclude_seen, batch_size)
-        if self.ids_ is None:
-            return items, ratings
-        raw = np.empty(items.shape, dtype=object)
-        raw[items >= 0] = self.ids_.items[items[items >= 0]]
-        return raw, ratings
-
-    def _top_k(self, rows: np.ndarray, k: int, exclude_seen: bool, batch_size: int | None
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`recommend` for row indices (>= m: unknown), item indices out."""
-        m, n = self.shape_
-        block = batch_size or max(1, (1 << 22) // n)
-        items = np.full((rows.size, k), -1, dtype=np.int64)
-        ratings = np.full((rows.size, k), np.nan)
-        device = self._mean.device
-        with torch.no_grad():
-            a, b = self._end_to_end()
-            row_bias, col_bias = self._row_bias, self._col_bias
-            if self.bias != "all":
-                row_bias, col_bias = torch.zeros_like(row_bias), torch.zeros_like(col_bias)
-            for start in range(0, rows.size, block):
-                part = rows[start:start + block]
-                known = torch.from_numpy(part < m).to(device)
-                index = torch.from_numpy(np.minimum(part, m - 1)).to(device)
-                scores = (a[index] @ b.T + row_bias[index, None]) * known[:, None]
-                scores += self._mean + col_bias[None, :]
-                if exclude_seen:
-                    seen_rows, seen_cols = self._seen_entries(part)
-                    scores[seen_rows.to(device), seen_cols.to(device)] = -math.inf
-                top = torch.topk(scores, k, dim=1)
-                found = torch.isfinite(top.values).cpu().numpy()
-                items[start:start + part.size][found] = top.indices.cpu().numpy()[found]
-                ratings[start:start + part.size][found] = top.values.double().cpu().numpy()[found]
-        return items, self._clip(ratings)
-
-    def _seen_entries(self, rows: np.ndarray) -> tuple[Tensor, Tensor]:
-        """``(positions in rows, columns)`` of the training entries of the given rows."""
-        crow, col = self._seen
-        m = self.shape_[0]
-        known = rows < m
-        safe = torch.from_numpy(np.where(known, rows, 0))
-        starts = crow[safe]
-        counts = torch.where(torch.from_numpy(known), crow[safe + 1] - starts, 0)
-        position = torch.repeat_interleave(torch.arange(rows.size), counts)
-        offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(
-            torch.cumsum(counts, 0) - counts, counts)
-        return position, col[starts[position] + offsets]
-
-    def ranking_metrics(self, rows: Any, cols: Any = None, values: Any = None, k: int = 10,
-                        threshold: float = 4.0, exclude_seen: bool = True) -> dict[str, float]:
-        """Precision@k, recall@k, NDCG@k and MAP@k on held-out ratings (or a DataFrame).
-
-        The relevant items of a user are its held-out items rated ``>= threshold``; every user
-        with at least one, and known to the model, gets :meth:`recommend` (k, excluding its
-        training items) and :func:`~deeplora.completion.ranking.ranking_metrics` averages over
-        them. Also returns ``users`` (evaluated) and ``skipped_unknown`` (relevant users the
-        model never saw)."""
-        check_is_fitted(self, "model_")
-        rows, cols, values = self._targets(rows, cols, values)
-        rows, cols = self._indices(rows, cols)
-        relevant = values >= threshold
-        m = self.shape_[0]
-        keep = relevant & (rows < m)
-        users, inverse = np.unique(rows[keep], return_inverse=True)
-        if users.size == 0:
-            raise ValueError(f"no held-out rating >= {threshold} by a known user")
-        truth = [cols[keep][inverse == u] for u in range(users.size)]
-        if not (isinstance(k, int) and 1 <= k <= self.shape_[1]):
-            raise ValueError(f"k must be an integer in [1, {self.shape_[1]}], got {k!r}")
-        recommended, _ = self._top_k(users, k, exclude_seen, None)
-        metrics = ranking_metrics(recommended, truth, k)
-        skipped = np.unique(rows[relevant & (rows >= m)]).size
-        return {**metrics, "users": int(users.size), "skipped_unknown": int(skipped)}
-
-    # ----------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write parameters and fitted state to ``path`` (``torch.save`` of tensors, lists and
-        strings only, atomically; read back with ``weights_only`` loading)."""
-        from deeplora.output import write_atomic
-
-        check_is_fitted(self, "model_")
-        params = self.get_params()
-        if params["clip"] is not None and params["clip"] != "auto":
-            params["clip"] = [float(c) for c in params["clip"]]
-        ids = None if self.ids_ is None else [_id_list(self.ids_.users),
-                                              _id_list(self.ids_.items)]
-        state = {"format": 2, "params": params, "shape": list(self.shape_),
-                 "factors": [f.detach().cpu() for f in self.model_.factors],
-                 "model_init": self.model_.init, "model_scale": self.model_.scale,
-                 "mean": self._mean.detach().cpu(), "row_bias": self._row_bias.detach().cpu(),
-                 "col_bias": self._col_bias.detach().cpu(), "history": self.history_,
-                 "clip": None if self.clip_ is None else list(self.clip_), "ids": ids,
-                 "seen": list(self._seen),
-                 "fitted": {k: getattr(self, k) for k in
-                            ("best_step_", "n_steps_", "build_seconds_", "eval_seconds_",
-                             "fit_seconds_", "diverged_")}}
-        write_atomic(path, lambda tmp: torch.save(state, tmp))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> DeepMatrixCompletion:
-        """Read an estimator written by :meth:`save` (onto its ``device``).
-
-        ``FileNotFoundError`` if ``path`` does not exist; ``ValueError`` naming ``path`` if it
-        is empty, truncated or not written by :meth:`save`."""
-        name = os.fspath(path)
-        if not os.path.isfile(name):
-            raise FileNotFoundError(f"no saved DeepMatrixCompletion at {name!r}")
-        try:
-            state = torch.load(name, weights_only=True, map_location="cpu")
-        except Exception as exc:  # torch raises EOFError, RuntimeError, UnpicklingError, …
-            raise ValueError(f"{name!r} is not a readable saved DeepMatrixCompletion (empty, "
-                             f"truncated or another kind of file: {type(exc).__name__})"
-                             ) from None
-        if not (isinstance(state, dict) and state.get("format") in (1, 2)):
-            raise ValueError(f"{name!r} is not a saved DeepMatrixCompletion")
-        try:
-            return cls._from_state(state)
-        except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as exc:
-            raise ValueError(f"{name!r} is an incomplete saved DeepMatrixCompletion "
-                             f"({type(exc).__name__}: {exc})") from None
-
-    @classmethod
-    def _from_state(cls, state: dict[str, Any]) -> DeepMatrixCompletion:
-        params = copy.deepcopy(state["params"])
-        if params["clip"] is not None and params["clip"] != "auto":
-            params["clip"] = tuple(params["clip"])
-        est = cls(**params)
-        est.shape_ = tuple(state["shape"])
-        model = DeepFactorization.from_factors(state["factors"], init=state["model_init"],
-                                               scale=state["model_scale"])
-        est._set_model(model.to(est._device()), float(state["mean"]),
-                       state["row_bias"].to(est._device()), state["col_bias"].to(est._device()))
-        est.history_ = state["history"]
-        est.clip_ = params["clip"] if state["format"] == 1 else (
-            None if state["clip"] is None else tuple(state["clip"]))
-        ids = state.get("ids")
-        est.ids_ = None if ids is None else IdIndex(_id_array(ids[0]), _id_array(ids[1]))
-        est._seen = tuple(state["seen"]) if state.get("seen") is not None else None
-        est.diverged_ = False
-        for key, value in state["fitted"].items():
-            setattr(est, key, value)
-        return est
-
 
 RATINGS_PRESET: dict[str, Any] = {
     "rank": 10, "depth": 3, "lr": 0.1, "reg": 0.05, "bias_reg": 0.01, "max_steps": 2000,
@@ -815,11 +557,6 @@ def _is_frame(value: Any) -> bool:
     return pandas is not None and isinstance(value, pandas.DataFrame)
 
 
-def _crow(rows: np.ndarray, m: int) -> np.ndarray:
-    """CSR row pointer of row-major-sorted ``rows``."""
-    return np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=m))]).astype(np.int64)
-
-
 def _lookup_raw(known: np.ndarray, ids: Any) -> np.ndarray:
     """Positions of raw ``ids`` in the sorted ``known`` ids; unknown ones map to len(known)."""
     ids = np.atleast_1d(np.asarray(ids))
@@ -832,10 +569,3 @@ def _lookup_raw(known: np.ndarray, ids: Any) -> np.ndarray:
         ids = ids.astype(str)
     return _lookup(known, ids)
 
-
-def _id_list(ids: np.ndarray) -> Tensor | list[str]:
-    return torch.from_numpy(ids) if ids.dtype.kind in "iu" else [str(x) for x in ids]
-
-
-def _id_array(ids: Tensor | list[str]) -> np.ndarray:
-    return ids.numpy() if isinstance(ids, Tensor) else np.array(ids, dtype=str)

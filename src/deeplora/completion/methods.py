@@ -12,10 +12,15 @@ import time
 
 import torch
 
-from deeplora.completion.problems import MatrixCompletion, Problem
+from deeplora.completion.problems import (
+    MatrixCompletion,
+    Problem,
+    dense_target_bytes,
+    random_entries_bytes,
+)
 from deeplora.completion.sparse import compressed_factorization
 from deeplora.factorization import DeepFactorization, compress
-from deeplora.memory import check_fits
+from deeplora.memory import check_fits, check_square_fits
 
 METHODS = ("original", "compressed", "narrow")
 
@@ -88,6 +93,29 @@ def model_bytes(method: str, shape: tuple[int, int], depth: int, rank: int,
     params = width * n + (depth - 2) * width * width + m * width
     dense = 3 * m * n if method == "original" else 0
     return (4 * params + dense) * itemsize
+
+
+def synthetic_bytes(method: str, shape: tuple[int, int], observed: float, depth: int,
+                    rank: int, itemsize: int = 4) -> int:
+    """Peak memory of a synthetic completion run: the largest of the dense target
+    (:func:`~deeplora.completion.problems.dense_target_bytes`), sampling Ω
+    (:func:`~deeplora.completion.problems.random_entries_bytes`) and the model
+    (:func:`model_bytes`)."""
+    m, n = shape
+    return max(dense_target_bytes(m, n), random_entries_bytes(m, n, observed),
+               model_bytes(method, (m, n), depth, rank, itemsize))
+
+
+def check_synthetic_fits(method: str, shape: tuple[int, int], observed: float, depth: int,
+                         rank: int, itemsize: int = 4, what: str | None = None,
+                         size_name: str = "size") -> None:
+    """:class:`~deeplora.memory.TooLargeError` naming the largest square size that fits, unless
+    the synthetic problem (:func:`synthetic_bytes`) fits in the available memory. ``what``
+    starts the message (default ``"a m×n synthetic problem (method)"``)."""
+    check_square_fits(
+        lambda m, n: synthetic_bytes(method, (m, n), observed, depth, rank, itemsize), shape,
+        what or f"a {shape[0]}×{shape[1]} synthetic problem ({method})", minimum=2 * rank,
+        size_name=size_name)
 
 
 def build_model(

@@ -29,7 +29,8 @@ from deeplora.completion.data import (
     movielens_100k,
     read_ratings,
 )
-from deeplora.completion.estimator import DeepMatrixCompletion, mae, rmse
+from deeplora.completion.estimator import DeepMatrixCompletion
+from deeplora.completion.observations import mae, rmse
 from deeplora.experiments import Arg, experiment
 from deeplora.output import write_atomic, write_json
 from deeplora.plotting import new_figure, save_figure

@@ -1,0 +1,107 @@
+"""Saving and loading a fitted :class:`~deeplora.completion.estimator.DeepMatrixCompletion`.
+
+The file is one ``torch.save`` of a dict holding only tensors, lists, numbers and strings (read
+back with ``weights_only`` loading), written atomically. Format 2: ``format``, ``params``
+(``get_params()``), ``shape``, ``factors`` (W_1 … W_L), ``model_init``, ``model_scale``,
+``mean``, ``row_bias``, ``col_bias``, ``history``, ``clip`` (the fitted ``clip_``), ``ids``
+(raw user and item ids, or ``None``), ``seen`` (CSR ``crow``, ``col`` of the training entries)
+and ``fitted`` (the scalar attributes ending in ``_``). Format 1 lacks ``clip``, ``ids`` and
+``seen``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.utils.validation import check_is_fitted
+from torch import Tensor
+
+from deeplora.completion.data import IdIndex
+from deeplora.factorization import DeepFactorization
+
+FORMAT = 2
+FITTED_SCALARS = ("best_step_", "n_steps_", "build_seconds_", "eval_seconds_", "fit_seconds_",
+                  "diverged_")
+
+
+class PersistenceMixin:
+    """``save``/``load`` for the estimator (which provides ``model_``, ``_set_model()`` and
+    ``_device()``)."""
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write parameters and fitted state to ``path`` (``torch.save`` of tensors, lists and
+        strings only, atomically; read back with ``weights_only`` loading)."""
+        from deeplora.output import write_atomic
+
+        check_is_fitted(self, "model_")
+        params = self.get_params()
+        if params["clip"] is not None and params["clip"] != "auto":
+            params["clip"] = [float(c) for c in params["clip"]]
+        ids = None if self.ids_ is None else [_id_list(self.ids_.users),
+                                              _id_list(self.ids_.items)]
+        state = {"format": FORMAT, "params": params, "shape": list(self.shape_),
+                 "factors": [f.detach().cpu() for f in self.model_.factors],
+                 "model_init": self.model_.init, "model_scale": self.model_.scale,
+                 "mean": self._mean.detach().cpu(), "row_bias": self._row_bias.detach().cpu(),
+                 "col_bias": self._col_bias.detach().cpu(), "history": self.history_,
+                 "clip": None if self.clip_ is None else list(self.clip_), "ids": ids,
+                 "seen": list(self._seen),
+                 "fitted": {k: getattr(self, k) for k in FITTED_SCALARS}}
+        write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Any:
+        """Read an estimator written by :meth:`save` (onto its ``device``).
+
+        ``FileNotFoundError`` if ``path`` does not exist; ``ValueError`` naming ``path`` if it
+        is empty, truncated or not written by :meth:`save`."""
+        name = os.fspath(path)
+        if not os.path.isfile(name):
+            raise FileNotFoundError(f"no saved DeepMatrixCompletion at {name!r}")
+        try:
+            state = torch.load(name, weights_only=True, map_location="cpu")
+        except Exception as exc:  # torch raises EOFError, RuntimeError, UnpicklingError, …
+            raise ValueError(f"{name!r} is not a readable saved DeepMatrixCompletion (empty, "
+                             f"truncated or another kind of file: {type(exc).__name__})"
+                             ) from None
+        if not (isinstance(state, dict) and state.get("format") in (1, 2)):
+            raise ValueError(f"{name!r} is not a saved DeepMatrixCompletion")
+        try:
+            return cls._from_state(state)
+        except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as exc:
+            raise ValueError(f"{name!r} is an incomplete saved DeepMatrixCompletion "
+                             f"({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_state(cls, state: dict[str, Any]) -> Any:
+        params = copy.deepcopy(state["params"])
+        if params["clip"] is not None and params["clip"] != "auto":
+            params["clip"] = tuple(params["clip"])
+        est = cls(**params)
+        est.shape_ = tuple(state["shape"])
+        model = DeepFactorization.from_factors(state["factors"], init=state["model_init"],
+                                               scale=state["model_scale"])
+        est._set_model(model.to(est._device()), float(state["mean"]),
+                       state["row_bias"].to(est._device()), state["col_bias"].to(est._device()))
+        est.history_ = state["history"]
+        est.clip_ = params["clip"] if state["format"] == 1 else (
+            None if state["clip"] is None else tuple(state["clip"]))
+        ids = state.get("ids")
+        est.ids_ = None if ids is None else IdIndex(_id_array(ids[0]), _id_array(ids[1]))
+        est._seen = tuple(state["seen"]) if state.get("seen") is not None else None
+        est.diverged_ = False
+        for key, value in state["fitted"].items():
+            setattr(est, key, value)
+        return est
+
+
+def _id_list(ids: np.ndarray) -> Tensor | list[str]:
+    return torch.from_numpy(ids) if ids.dtype.kind in "iu" else [str(x) for x in ids]
+
+
+def _id_array(ids: Tensor | list[str]) -> np.ndarray:
+    return ids.numpy() if isinstance(ids, Tensor) else np.array(ids, dtype=str)

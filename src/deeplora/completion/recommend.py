@@ -1,0 +1,127 @@
+"""Top-k recommendation from a fitted :class:`~deeplora.completion.estimator.DeepMatrixCompletion`.
+
+:class:`RecommenderMixin` gives the estimator :meth:`~RecommenderMixin.recommend` and
+:meth:`~RecommenderMixin.ranking_metrics`. Scores are ``μ + b_u + c_j + (A Bᵀ)_uj`` for a block
+of users at a time, so memory is O(block·n), never m×n; the training entries of each user
+(kept as a CSR pattern ``_seen = (crow, col)``) can be excluded.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.utils.validation import check_is_fitted
+from torch import Tensor
+
+from deeplora.completion.ranking import ranking_metrics
+
+
+def seen_crow(rows: np.ndarray, m: int) -> np.ndarray:
+    """CSR row pointer (m + 1,) of row-major-sorted ``rows``."""
+    return np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=m))]).astype(np.int64)
+
+
+class RecommenderMixin:
+    """Top-k items per user for a fitted estimator with ``shape_``, ``ids_``, ``bias``,
+    ``_mean``, ``_row_bias``, ``_col_bias``, ``_seen``, ``_end_to_end()``, ``_clip()``,
+    ``_lookup_users()``, ``_indices()`` and ``_targets()``."""
+
+    def recommend(self, users: Any, k: int = 10, exclude_seen: bool = True,
+                  batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items for each of ``users``: ``(items, ratings)``, each (len(users), k),
+        best first.
+
+        Scores ``μ + b_u + c_j + (A Bᵀ)_uj`` for a block of users at a time (``batch_size``
+        users; default: as many as fit in ~2²² scores), so memory is O(batch·n), never m×n;
+        ``exclude_seen`` drops the user's training items. Items are ranked by the unclipped
+        score; the ratings returned are clipped like :meth:`predict`. A user unknown to the
+        model gets the items with the highest ``c_j``. Slots left empty (fewer than k unseen
+        items) hold index -1 (or ``None`` for raw ids) and rating NaN. ``users`` are indices,
+        or raw ids when the model was fitted on a DataFrame; so are the returned items.
+        """
+        check_is_fitted(self, "model_")
+        n = self.shape_[1]
+        if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= n):
+            raise ValueError(f"k must be an integer in [1, {n}], got {k!r}")
+        if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if exclude_seen and getattr(self, "_seen", None) is None:
+            raise ValueError("this model does not know its training entries (saved before "
+                             "format 2); pass exclude_seen=False")
+        items, ratings = self._top_k(self._lookup_users(np.atleast_1d(np.asarray(users))), k,
+                                     exclude_seen, batch_size)
+        if self.ids_ is None:
+            return items, ratings
+        raw = np.empty(items.shape, dtype=object)
+        raw[items >= 0] = self.ids_.items[items[items >= 0]]
+        return raw, ratings
+
+    def _top_k(self, rows: np.ndarray, k: int, exclude_seen: bool, batch_size: int | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`recommend` for row indices (>= m: unknown), item indices out."""
+        m, n = self.shape_
+        block = batch_size or max(1, (1 << 22) // n)
+        items = np.full((rows.size, k), -1, dtype=np.int64)
+        ratings = np.full((rows.size, k), np.nan)
+        device = self._mean.device
+        with torch.no_grad():
+            a, b = self._end_to_end()
+            row_bias, col_bias = self._row_bias, self._col_bias
+            if self.bias != "all":
+                row_bias, col_bias = torch.zeros_like(row_bias), torch.zeros_like(col_bias)
+            for start in range(0, rows.size, block):
+                part = rows[start:start + block]
+                known = torch.from_numpy(part < m).to(device)
+                index = torch.from_numpy(np.minimum(part, m - 1)).to(device)
+                scores = (a[index] @ b.T + row_bias[index, None]) * known[:, None]
+                scores += self._mean + col_bias[None, :]
+                if exclude_seen:
+                    seen_rows, seen_cols = self._seen_entries(part)
+                    scores[seen_rows.to(device), seen_cols.to(device)] = -math.inf
+                top = torch.topk(scores, k, dim=1)
+                found = torch.isfinite(top.values).cpu().numpy()
+                items[start:start + part.size][found] = top.indices.cpu().numpy()[found]
+                ratings[start:start + part.size][found] = top.values.double().cpu().numpy()[found]
+        return items, self._clip(ratings)
+
+    def _seen_entries(self, rows: np.ndarray) -> tuple[Tensor, Tensor]:
+        """``(positions in rows, columns)`` of the training entries of the given rows."""
+        crow, col = self._seen
+        m = self.shape_[0]
+        known = rows < m
+        safe = torch.from_numpy(np.where(known, rows, 0))
+        starts = crow[safe]
+        counts = torch.where(torch.from_numpy(known), crow[safe + 1] - starts, 0)
+        position = torch.repeat_interleave(torch.arange(rows.size), counts)
+        offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(
+            torch.cumsum(counts, 0) - counts, counts)
+        return position, col[starts[position] + offsets]
+
+    def ranking_metrics(self, rows: Any, cols: Any = None, values: Any = None, k: int = 10,
+                        threshold: float = 4.0, exclude_seen: bool = True) -> dict[str, float]:
+        """Precision@k, recall@k, NDCG@k and MAP@k on held-out ratings (or a DataFrame).
+
+        The relevant items of a user are its held-out items rated ``>= threshold``; every user
+        with at least one, and known to the model, gets :meth:`recommend` (k, excluding its
+        training items) and :func:`~deeplora.completion.ranking.ranking_metrics` averages over
+        them. Also returns ``users`` (evaluated) and ``skipped_unknown`` (relevant users the
+        model never saw)."""
+        check_is_fitted(self, "model_")
+        rows, cols, values = self._targets(rows, cols, values)
+        rows, cols = self._indices(rows, cols)
+        relevant = values >= threshold
+        m = self.shape_[0]
+        keep = relevant & (rows < m)
+        users, inverse = np.unique(rows[keep], return_inverse=True)
+        if users.size == 0:
+            raise ValueError(f"no held-out rating >= {threshold} by a known user")
+        truth = [cols[keep][inverse == u] for u in range(users.size)]
+        if not (isinstance(k, int) and 1 <= k <= self.shape_[1]):
+            raise ValueError(f"k must be an integer in [1, {self.shape_[1]}], got {k!r}")
+        recommended, _ = self._top_k(users, k, exclude_seen, None)
+        metrics = ranking_metrics(recommended, truth, k)
+        skipped = np.unique(rows[relevant & (rows >= m)]).size
+        return {**metrics, "users": int(users.size), "skipped_unknown": int(skipped)}
