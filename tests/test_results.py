@@ -77,11 +77,36 @@ def _rebuild_finetune_command(out: Path) -> str:
     return "summary.md"
 
 
+def _rebuild_dmc_depth(out: Path) -> str:
+    """``deeplora experiment dmc-depth --out docs/results/dmc``: the report from the runs."""
+    import json
+
+    from deeplora.experiments.dmc import depth_report
+
+    summary = json.loads((RESULTS / "dmc" / "dmc-depth.json").read_text())
+    (out / "dmc-depth.md").write_text(depth_report(summary))
+    return "dmc-depth.md"
+
+
+def _rebuild_dmc_lag(out: Path) -> str:
+    """``deeplora experiment dmc-lag --report-only --out docs/results/dmc/lag``."""
+    import json
+
+    from deeplora.experiments.dmc import lag_report
+
+    folder = RESULTS / "dmc" / "lag"
+    records = [json.loads(p.read_text()) for p in sorted((folder / "runs").glob("*.json"))]
+    authors = json.loads((folder / "authors-code.json").read_text())
+    (out / "dmc-lag.md").write_text(lag_report(records, authors))
+    return "dmc-lag.md"
+
+
 @pytest.mark.parametrize(("folder", "rebuild"), [
     ("nlg-fewshot-cpu", _rebuild_nlg),
     *((folder, partial(_rebuild_stsb, name)) for name, folder in STSB_FOLDERS.items()),
-    ("stsb-smollm2-cross", _rebuild_finetune_command)], ids=["nlg-fewshot", *STSB_FOLDERS,
-                                                             "stsb-smollm2"])
+    ("stsb-smollm2-cross", _rebuild_finetune_command),
+    ("dmc", _rebuild_dmc_depth), ("dmc/lag", _rebuild_dmc_lag)],
+    ids=["nlg-fewshot", *STSB_FOLDERS, "stsb-smollm2", "dmc-depth", "dmc-lag"])
 def test_report_rebuilds_from_committed_runs_and_stands_in_results_md(
         folder: str, rebuild, tmp_path: Path) -> None:
     name = rebuild(tmp_path)
@@ -90,3 +115,16 @@ def test_report_rebuilds_from_committed_runs_and_stands_in_results_md(
     document = (ROOT / "docs" / "results.md").read_text()
     rows = _rows(rebuilt)
     assert rows and [row for row in rows if row not in document] == []
+
+
+def test_every_published_dmc_run_left_its_initialization() -> None:
+    """A GD run whose train loss never halved measured nothing (project rule: flag it); none of
+    the committed ``dmc-depth`` and ``dmc-lag`` runs is one."""
+    import json
+
+    runs = json.loads((RESULTS / "dmc" / "dmc-depth.json").read_text())["runs"]
+    for path in (RESULTS / "dmc" / "lag" / "runs").glob("*.json"):
+        record = json.loads(path.read_text())
+        runs += [record["original"], *record["compressed"].values()]
+    assert len(runs) > 100
+    assert [run for run in runs if run["outcome"] == "never left init"] == []

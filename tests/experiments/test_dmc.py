@@ -117,7 +117,7 @@ def test_dmc_lag_fast(tmp_path):
             steps = [step for step, _ in run["gap"]]
             assert steps == sorted(steps) and steps[0] == 0 and len(steps) > 1
             assert all(gap >= 0 for _, gap in run["gap"])
-    gammas = json.loads((tmp_path / "runs" / "d16-r2-p0.6-s0.json").read_text())["compressed"]
+    gammas = json.loads((tmp_path / "runs" / "d16-r2-p0.6-lr0.05-s0.json").read_text())["compressed"]
     assert set(gammas) == {"0.01", "0.1"}
     report = (tmp_path / "dmc-lag.md").read_text()
     assert report == lag_report(records) and report.count("| 16, 2, ") == 3

@@ -474,7 +474,8 @@ def _plot_depth(runs: list[dict[str, Any]], fractions: list[float], path: Path,
     right.set_ylabel(f"GD steps to recovery error {RECOVERED:g}")
     right.set_xlim(ax.get_xlim())
     right.grid(alpha=0.3)
-    right.legend(fontsize=7)
+    if right.get_legend_handles_labels()[0]:
+        right.legend(fontsize=7)
     fig.suptitle(textwrap.fill(title, 130), fontsize=8)
     save_figure(fig, path)
 
@@ -494,7 +495,8 @@ class LagCell:
 
     @property
     def name(self) -> str:
-        return f"d{self.size}-r{self.rank}-p{self.fraction:g}"
+        step = "" if self.lr_scale == 1 else f"-lr{self.lr_scale:.3g}"
+        return f"d{self.size}-r{self.rank}-p{self.fraction:g}{step}"
 
 
 # The end-to-end L = 3 dynamics move at η·σ^{4/3}/d² on ½ Σ_Ω/d² (σ ≈ 2√d for our targets), so
@@ -506,11 +508,14 @@ LAG_GRID: tuple[LagCell, ...] = (
     LagCell("gamma", 100, 10, 0.3, LAG_GAMMAS),
     LagCell("observed", 100, 10, 0.35),
     LagCell("observed", 100, 10, 0.4),
+    # the authors' L = 3 step is at the original's stability edge from 35 % on: half of it
+    *(LagCell("half step", 100, 10, f, lr_scale=0.5) for f in (0.25, 0.35, 0.4)),
     LagCell("r/d", 100, 5, 0.25),
     LagCell("r/d", 200, 10, 0.25, lr_scale=D200_LR_SCALE),
     LagCell("r/d", 200, 10, 0.125, lr_scale=D200_LR_SCALE),
     LagCell("r/d", 200, 20, 0.25, lr_scale=D200_LR_SCALE),
 )
+LAG_GROUPS = ("gamma", "observed", "half step", "r/d")
 FAST_LAG_GRID = (LagCell("gamma", 16, 2, 0.6, (0.01, 0.1), lr_scale=0.05),
                  LagCell("observed", 16, 2, 0.8, lr_scale=0.05))
 LAG_RESUME_KEYS = ("steps", "init_scale", "tol_authors", "stall_window", "stall_rtol",
@@ -593,8 +598,8 @@ def _compact(run: dict[str, Any]) -> dict[str, Any]:
     help="why the compressed L = 3 model lags the original at d = 100: GD steps to recovery "
          "error 1e-2 vs γ, the observed fraction and r/d, and the trajectory gap",
     arguments=[
-        Arg("--groups", nargs="+", choices=("gamma", "observed", "r/d"),
-            default=["gamma", "observed", "r/d"], help="cells of LAG_GRID to run"),
+        Arg("--groups", nargs="+", choices=LAG_GROUPS, default=list(LAG_GROUPS),
+            help="cells of LAG_GRID to run"),
         Arg("--seeds", type=int, default=3, help="problems per cell"),
         Arg("--steps", type=int, default=150_000, help="GD step budget per run"),
         Arg("--stall-window", type=int, default=50_000),
@@ -676,15 +681,16 @@ def lag_report(records: list[dict[str, Any]], authors: dict[str, Any] | None = N
     ours problem by problem."""
     cells: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for rec in records:
-        cells.setdefault((rec["group"], rec["size"], rec["rank"], rec["fraction"]), []).append(rec)
-    lines = ["| cell (d, r, p) | 2r/d | p·d/(2r) | γ | original: steps to 1e-2 | "
+        cells.setdefault((rec["group"], rec["size"], rec["rank"], rec["fraction"],
+                          rec["lr_scale"]), []).append(rec)
+    lines = ["| cell (d, r, p) | 2r/d | p·d/(2r) | step × | γ | original: steps to 1e-2 | "
              "compressed: steps to 1e-2 | compressed / original (median, range) | "
              "ends: original; compressed | ‖Φ − P_U Φ P_V‖/‖Φ‖ at init | "
-             "gap ‖X_c − X_o‖/‖X_o‖ at original's 1e-2 |", "|---" * 10 + "|"]
-    order = {"gamma": 0, "observed": 1, "r/d": 2}
-    for key in sorted(cells, key=lambda k: (order[k[0]], k[1], k[2], k[3])):
+             "gap ‖X_c − X_o‖/‖X_o‖ at original's 1e-2 |", "|---" * 11 + "|"]
+    order = {group: i for i, group in enumerate(LAG_GROUPS)}
+    for key in sorted(cells, key=lambda k: (order[k[0]], -k[4], k[1], k[2], k[3])):
         recs = sorted(cells[key], key=lambda r: r["seed"])
-        _, size, rank, fraction = key
+        _, size, rank, fraction, lr_scale = key
         for gamma in recs[0]["compressed"]:
             ratios = [r for r in (_lag_ratio(rec, gamma) for rec in recs) if r is not None]
             ends = "; ".join(", ".join(f"{n} {SHORT[o]}" for o, n in sorted(
@@ -698,7 +704,7 @@ def lag_report(records: list[dict[str, Any]], authors: dict[str, Any] | None = N
                                             f"({min(ratios):.2f}–{max(ratios):.2f})")
             lines.append(
                 f"| {size}, {rank}, {fraction:.0%} | {2 * rank / size:.0%} | "
-                f"{fraction * size / (2 * rank):.2g} | {float(gamma):g} | "
+                f"{fraction * size / (2 * rank):.2g} | {lr_scale:.3g} | {float(gamma):g} | "
                 f"{_steps_cell([rec['original'] for rec in recs])} | "
                 f"{_steps_cell([rec['compressed'][gamma] for rec in recs])} | {ratio} | {ends} | "
                 f"{_fmt(_median([rec['subspace_miss_at_init'] for rec in recs]), '.2f')} | "
@@ -751,20 +757,26 @@ def _plot_lag(records: list[dict[str, Any]], path: Path) -> None:
         recs = [r for r in records if r["group"] == "gamma" and r["fraction"] == fraction]
         scatter(axes[0], [(float(g), ratio) for r in recs for g in r["compressed"]
                           if (ratio := _lag_ratio(r, g)) is not None],
-                f"d = 100, r = 10, p = {fraction:.0%}", color=f"C{i}")
+                f"d = {recs[0]['size']}, r = {recs[0]['rank']}, p = {fraction:.0%}",
+                color=f"C{i}")
     axes[0].set_xscale("log")
     axes[0].set_xlabel("γ (outer factors step at γ·η)")
-    base = [r for r in records if r["size"] == 100 and r["rank"] == 10 and paper in r["compressed"]]
-    scatter(axes[1], [(r["fraction"], ratio) for r in base
-                      if (ratio := _lag_ratio(r, paper)) is not None], "d = 100, r = 10",
-            color="C0")
+    first = min((r for r in records if r["group"] == "gamma"), key=lambda r: r["fraction"])
+    size, rank = first["size"], first["rank"]
+    for i, scale in enumerate(sorted({r["lr_scale"] for r in records}, reverse=True)):
+        base = [r for r in records if (r["size"], r["rank"], r["lr_scale"]) == (size, rank, scale)
+                and paper in r["compressed"]]
+        scatter(axes[1], [(r["fraction"], ratio) for r in base
+                          if (ratio := _lag_ratio(r, paper)) is not None],
+                f"d = {size}, r = {rank}, γ = {paper}, step × {scale:.3g}", color=f"C{i}")
     axes[1].set_xlabel("observed fraction p")
+    baseline = (first["size"], first["rank"], first["fraction"])
     cells = sorted({(r["size"], r["rank"], r["fraction"]) for r in records
-                    if r["group"] == "r/d" or (r["size"], r["rank"], r["fraction"])
-                    == (100, 10, 0.25)})
+                    if r["group"] == "r/d"} | {baseline})
     labels = [f"d={d}, r={k}\np={p:g}" for d, k, p in cells]
     scatter(axes[2], [(float(i), ratio) for i, c in enumerate(cells) for r in records
                       if (r["size"], r["rank"], r["fraction"]) == c and paper in r["compressed"]
+                      and (r["group"] == "r/d" or r["group"] == "gamma")
                       and (ratio := _lag_ratio(r, paper)) is not None], "γ = 0.01", color="C0")
     axes[2].set_xticks(range(len(cells)), labels, fontsize=7)
     for ax in axes[:3]:
