@@ -659,11 +659,12 @@ def _lag_ratio(record: dict[str, Any], gamma: str) -> float | None:
 
 
 def _gap_at_original_recovery(record: dict[str, Any], gamma: str) -> float | None:
-    """‖X_c − X_o‖/‖X_o‖ at the last snapshot at or before the original's step to 1e-2."""
-    reached = record["original"]["steps_to_1e-2"]
-    gap = [g for s, g in record["compressed"][gamma]["gap"] if reached is not None
-           and s <= reached]
-    return gap[-1] if gap else None
+    """‖X_c − X_o‖/‖X_o‖ at the last snapshot at or before the original's step to 1e-2 (None
+    when the original did not get there or the compressed run had stopped before it)."""
+    reached, compressed = record["original"]["steps_to_1e-2"], record["compressed"][gamma]
+    if reached is None or compressed["steps_run"] < reached:
+        return None
+    return [g for s, g in compressed["gap"] if s <= reached][-1]
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -673,9 +674,10 @@ def _fmt(value: float | None, spec: str) -> str:
 def lag_report(records: list[dict[str, Any]], authors: dict[str, Any] | None = None) -> str:
     """Markdown tables of ``dmc-lag``: per cell and γ, steps to 1e-2 of the original and the
     compressed model (median over problems, how many got there), the median per-problem ratio,
-    how the runs ended, the target's part outside the compressed initial subspaces and the
-    trajectory gap; with ``authors`` (``authors-code.json``), the authors' code's steps beside
-    ours problem by problem."""
+    how the runs ended, the target's part outside the compressed initial subspaces (U, V), the
+    original's closest approach to them, the trajectory gap at its smallest and at the
+    original's recovery (medians over problems); with ``authors`` (``authors-code.json``), the
+    authors' code's steps beside ours problem by problem."""
     cells: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for rec in records:
         cells.setdefault((rec["group"], rec["size"], rec["rank"], rec["fraction"],
@@ -683,7 +685,8 @@ def lag_report(records: list[dict[str, Any]], authors: dict[str, Any] | None = N
     lines = ["| cell (d, r, p) | 2r/d | p·d/(2r) | step × | γ | original: steps to 1e-2 | "
              "compressed: steps to 1e-2 | compressed / original (median, range) | "
              "ends: original; compressed | ‖Φ − P_U Φ P_V‖/‖Φ‖ at init | "
-             "gap ‖X_c − X_o‖/‖X_o‖ at original's 1e-2 |", "|---" * 11 + "|"]
+             "min_t ‖X_o − P_U X_o P_V‖/‖X_o‖ | min_t ‖X_c − X_o‖/‖X_o‖ | "
+             "‖X_c − X_o‖/‖X_o‖ at original's 1e-2 |", "|---" * 13 + "|"]
     order = {group: i for i, group in enumerate(LAG_GROUPS)}
     for key in sorted(cells, key=lambda k: (order[k[0]], -k[4], k[1], k[2], k[3])):
         recs = sorted(cells[key], key=lambda r: r["seed"])
@@ -697,6 +700,9 @@ def lag_report(records: list[dict[str, Any]], authors: dict[str, Any] | None = N
                              [rec["compressed"][gamma] for rec in recs]))
             gaps = [g for g in (_gap_at_original_recovery(rec, gamma) for rec in recs)
                     if g is not None]
+            closest = [min(g for _, g in rec["compressed"][gamma]["gap"]) for rec in recs
+                       if rec["compressed"][gamma]["gap"]]
+            inside = [min(o for _, o in rec["original_outside"]) for rec in recs]
             ratio = "—" if not ratios else (f"{np.median(ratios):.2f} "
                                             f"({min(ratios):.2f}–{max(ratios):.2f})")
             lines.append(
@@ -705,6 +711,7 @@ def lag_report(records: list[dict[str, Any]], authors: dict[str, Any] | None = N
                 f"{_steps_cell([rec['original'] for rec in recs])} | "
                 f"{_steps_cell([rec['compressed'][gamma] for rec in recs])} | {ratio} | {ends} | "
                 f"{_fmt(_median([rec['subspace_miss_at_init'] for rec in recs]), '.2f')} | "
+                f"{_fmt(_median(inside), '.2f')} | {_fmt(_median(closest), '.2f')} | "
                 f"{_fmt(_median(gaps), '.2g')} |")
     total = Counter(run["outcome"] for rec in records
                     for run in [rec["original"], *rec["compressed"].values()])
