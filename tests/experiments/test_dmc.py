@@ -117,8 +117,8 @@ def test_dmc_lag_fast(tmp_path):
             steps = [step for step, _ in run["gap"]]
             assert steps == sorted(steps) and steps[0] == 0 and len(steps) > 1
             assert all(gap >= 0 for _, gap in run["gap"])
-    gammas = json.loads((tmp_path / "runs" / "d16-r2-p0.6-lr0.05-s0.json").read_text())["compressed"]
-    assert set(gammas) == {"0.01", "0.1"}
+    first = json.loads((tmp_path / "runs" / "d16-r2-p0.6-lr0.05-s0.json").read_text())
+    assert set(first["compressed"]) == {"0.01", "0.1"}
     report = (tmp_path / "dmc-lag.md").read_text()
     assert report == lag_report(records) and report.count("| 16, 2, ") == 3
     assert (tmp_path / "dmc-lag.png").read_bytes()[:4] == b"\x89PNG"
@@ -126,3 +126,15 @@ def test_dmc_lag_fast(tmp_path):
     assert main(["experiment", "dmc-lag", "--fast", "--report-only", "--out",
                  str(tmp_path)]) == 0
     assert (tmp_path / "dmc-lag.md").read_text() == report
+
+
+def test_dmc_depth_report_only_redraws_from_the_json(tmp_path, monkeypatch):
+    import deeplora.experiments.dmc as dmc
+
+    assert main(["experiment", "dmc-depth", "--fast", "--depths", "3", "--out",
+                 str(tmp_path)]) == 0
+    report = (tmp_path / "dmc-depth.md").read_text()
+    (tmp_path / "dmc-depth.md").unlink()
+    monkeypatch.setattr(dmc, "_run_gd", None)  # nothing may run
+    assert main(["experiment", "dmc-depth", "--report-only", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "dmc-depth.md").read_text() == report

@@ -299,6 +299,8 @@ DEPTH_RESUME_KEYS = ("size", "rank", "seeds", "steps", "init_scale", "lr_scale",
         Arg("--seeds", type=int, default=3, help="problems (target and Ω) per fraction"),
         Arg("--init-scale", type=float, default=1e-3, help="ε"),
         Arg("--lr-scale", type=float, default=1.0, help="multiplies the authors' GD steps"),
+        Arg("--report-only", action="store_true",
+            help="rebuild dmc-depth.md/png from out/dmc-depth.json without running anything"),
     ],
 )
 def dmc_depth(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -309,9 +311,9 @@ def dmc_depth(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     train loss reaches the tolerance, stalls (:class:`~deeplora.completion.Plateau`) or uses
     the step budget, and is classified by :func:`outcome`; recovery error ‖X − Φ‖_F/‖Φ‖_F over
     all d² entries. Resumable: a run already in ``out/dmc-depth.json`` from a call with the same
-    settings is not run again. ``--fast`` (a smoke test, not the paper's numbers): d = 16,
-    r = 2, fractions {0.4, 0.8}, one seed, 300 steps, ε = 0.05, steps × 0.05 (the authors'
-    steps diverge at small d), stall window 100.
+    settings is not run again; ``--report-only`` redraws the report and figure from it.
+    ``--fast`` (a smoke test): d = 16, r = 2, fractions {0.4, 0.8}, one seed, 300 steps,
+    ε = 0.05, steps × 0.05 (the authors' steps diverge at small d), stall window 100.
     """
     if args.fast:
         size, rank, fractions, seeds, steps = 16, 2, [0.4, 0.8], 1, min(args.steps, 300)
@@ -322,40 +324,55 @@ def dmc_depth(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         scale, lr_scale, window = args.init_scale, args.lr_scale, args.stall_window
     if 2 * rank > size or not fractions or seeds < 1 or steps < 1:
         raise ValueError("need 2 × rank <= size, some fractions, seeds >= 1 and steps >= 1")
-    summary = {"size": size, "rank": rank, "fractions": fractions, "seeds": seeds,
-               "steps": steps, "init_scale": scale, "lr_scale": lr_scale,
-               "tol_authors": args.tol, "stall_window": window, "stall_rtol": args.stall_rtol,
-               "authors_steps": AUTHORS_DEPTH_STEP, "runs": []}
     path = out / "dmc-depth.json"
+    if args.report_only:
+        summary = json.loads(path.read_text())
+    else:
+        summary = {"size": size, "rank": rank, "fractions": fractions, "seeds": seeds,
+                   "steps": steps, "init_scale": scale, "lr_scale": lr_scale,
+                   "tol_authors": args.tol, "stall_window": window,
+                   "stall_rtol": args.stall_rtol, "authors_steps": AUTHORS_DEPTH_STEP,
+                   "runs": []}
+        _depth_sweep(summary, args.depths, args.methods, path)
+    _plot_depth(summary["runs"], summary["fractions"], out / "dmc-depth.png",
+                f"{summary['size']}×{summary['size']}, rank {summary['rank']}, "
+                f"ε = {summary['init_scale']:g}, GD (authors' steps × {summary['lr_scale']:g}), "
+                f"{summary['steps']} steps at most, stalled = no {summary['stall_rtol']:.0%} "
+                f"fall of the best train loss in {summary['stall_window']} steps; "
+                f"{summary['seeds']} problem(s) per fraction")
+    write_json(path, summary)
+    (out / "dmc-depth.md").write_text(depth_report(summary))
+    return summary
+
+
+def _depth_sweep(summary: dict[str, Any], depths: list[int], methods: list[str],
+                 path: Path) -> None:
+    """Fill ``summary["runs"]`` with every (fraction, problem, depth, method) run of the
+    settings in ``summary``, taking those already in ``path`` and saving after each new one."""
     done = _finished_runs(path, summary, DEPTH_RESUME_KEYS)
-    runs: list[dict[str, Any]] = summary["runs"]
-    for fraction in fractions:
-        for seed in range(seeds):
+    size, rank, runs = summary["size"], summary["rank"], summary["runs"]
+    for fraction in summary["fractions"]:
+        for seed in range(summary["seeds"]):
             target = random_low_rank(size, size, rank, seed=seed)
             problem = MatrixCompletion.random(target, fraction, seed=seed + 1000)
-            tol = _train_loss_tol(args.tol, problem.observed_fraction)
-            for depth in args.depths:
-                lr = lr_scale * AUTHORS_DEPTH_STEP[depth] * problem.observed_fraction
-                for method in args.methods:
+            tol = _train_loss_tol(summary["tol_authors"], problem.observed_fraction)
+            for depth in depths:
+                lr = summary["lr_scale"] * AUTHORS_DEPTH_STEP[depth] * problem.observed_fraction
+                for method in methods:
                     key = (fraction, seed, depth, method)
                     if key in done:
                         runs.append(done[key])
                         continue
                     gamma = PAPER_GD_GAMMA if method == "compressed" else 1.0
-                    model, build_seconds = build_model(method, problem, depth, rank, scale, seed)
-                    run = _run_gd(model, problem, lr, gamma, steps, tol, 100, build_seconds,
-                                  Plateau(window, args.stall_rtol))
+                    model, build_seconds = build_model(method, problem, depth, rank,
+                                                       summary["init_scale"], seed)
+                    run = _run_gd(model, problem, lr, gamma, summary["steps"], tol, 100,
+                                  build_seconds, Plateau(summary["stall_window"],
+                                                         summary["stall_rtol"]))
                     del run["history"]
                     runs.append({"fraction": fraction, "seed": seed, "depth": depth,
                                  "method": method, "lr": lr, "gamma": gamma, **run})
                     write_json(path, summary)  # after each run: an interrupted sweep resumes
-    _plot_depth(runs, fractions, out / "dmc-depth.png",
-                f"{size}×{size}, rank {rank}, ε = {scale:g}, GD (authors' steps × {lr_scale:g}), "
-                f"{steps} steps at most, stalled = no {args.stall_rtol:.0%} fall of the best "
-                f"train loss in {window} steps; {seeds} problem(s) per fraction")
-    write_json(path, summary)
-    (out / "dmc-depth.md").write_text(depth_report(summary))
-    return summary
 
 
 def _finished_runs(path: Path, summary: dict[str, Any], keys: Iterable[str]
@@ -512,7 +529,7 @@ LAG_GRID: tuple[LagCell, ...] = (
 )
 LAG_GROUPS = ("gamma", "half step", "r/d")
 FAST_LAG_GRID = (LagCell("gamma", 16, 2, 0.6, (0.01, 0.1), lr_scale=0.05),
-                 LagCell("observed", 16, 2, 0.8, lr_scale=0.05))
+                 LagCell("r/d", 16, 2, 0.8, lr_scale=0.05))
 LAG_RESUME_KEYS = ("steps", "init_scale", "tol_authors", "stall_window", "stall_rtol",
                    "snapshot_every")
 
