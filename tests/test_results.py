@@ -126,5 +126,5 @@ def test_every_published_dmc_run_left_its_initialization() -> None:
     for path in (RESULTS / "dmc" / "lag" / "runs").glob("*.json"):
         record = json.loads(path.read_text())
         runs += [record["original"], *record["compressed"].values()]
-    assert len(runs) > 100
+    assert len(runs) > 40
     assert [run for run in runs if run["outcome"] == "never left init"] == []
