@@ -130,6 +130,30 @@ def _rebuild_topk(out: Path) -> str:
     return "topk.md"
 
 
+def _rebuild_dmc_depth(out: Path) -> str:
+    """``deeplora experiment dmc-depth --out docs/results/dmc``: the report from the runs."""
+    import json
+
+    from deeplora.experiments.dmc import depth_report
+
+    summary = json.loads((RESULTS / "dmc" / "dmc-depth.json").read_text())
+    (out / "dmc-depth.md").write_text(depth_report(summary))
+    return "dmc-depth.md"
+
+
+def _rebuild_dmc_lag(out: Path) -> str:
+    """``deeplora experiment dmc-lag --report-only --out docs/results/dmc/lag``."""
+    import json
+
+    from deeplora.experiments.dmc import lag_report
+
+    folder = RESULTS / "dmc" / "lag"
+    records = [json.loads(p.read_text()) for p in sorted((folder / "runs").glob("*.json"))]
+    authors = json.loads((folder / "authors-code.json").read_text())
+    (out / "dmc-lag.md").write_text(lag_report(records, authors))
+    return "dmc-lag.md"
+
+
 @pytest.mark.parametrize(("folder", "rebuild"), [
     ("nlg-fewshot-cpu", _rebuild_nlg),
     *((folder, partial(_rebuild_stsb, name)) for name, folder in STSB_FOLDERS.items()),
@@ -137,9 +161,10 @@ def _rebuild_topk(out: Path) -> str:
     *((name, partial(_rebuild_ratings, name))
       for name in ("movielens", "filmtrust", "book-crossing", "book-crossing-5")),
     ("topk", _rebuild_topk),
-    *((folder, partial(_rebuild_prompt, folder)) for folder in PROMPT_SWEEPS)],
+    *((folder, partial(_rebuild_prompt, folder)) for folder in PROMPT_SWEEPS),
+    ("dmc", _rebuild_dmc_depth), ("dmc/lag", _rebuild_dmc_lag)],
     ids=["nlg-fewshot", *STSB_FOLDERS, "stsb-smollm2", "movielens", "filmtrust", "book-crossing",
-         "book-crossing-5", "topk", *PROMPT_SWEEPS])
+         "book-crossing-5", "topk", *PROMPT_SWEEPS, "dmc-depth", "dmc-lag"])
 def test_report_rebuilds_from_committed_runs_and_stands_in_results_md(
         folder: str, rebuild, tmp_path: Path) -> None:
     name = rebuild(tmp_path)
@@ -148,3 +173,21 @@ def test_report_rebuilds_from_committed_runs_and_stands_in_results_md(
     document = (ROOT / "docs" / "results.md").read_text()
     rows = _rows(rebuilt)
     assert rows and [row for row in rows if row not in document] == []
+
+
+def test_every_published_dmc_run_that_never_left_its_initialization_is_flagged() -> None:
+    """A GD run whose train loss never halved measured nothing (project rule: flag it): the
+    committed ``dmc-depth`` runs all left it, and the ``dmc-lag`` report counts the ones that
+    did not."""
+    import json
+
+    depth = json.loads((RESULTS / "dmc" / "dmc-depth.json").read_text())["runs"]
+    assert len(depth) > 20 and all(run["outcome"] != "never left init" for run in depth)
+    lag = []
+    for path in (RESULTS / "dmc" / "lag" / "runs").glob("*.json"):
+        record = json.loads(path.read_text())
+        lag += [record["original"], *record["compressed"].values()]
+    stuck = sum(run["outcome"] == "never left init" for run in lag)
+    assert stuck == sum(not run["left_init"] and not run["diverged"] for run in lag)
+    report = (RESULTS / "dmc" / "lag" / "dmc-lag.md").read_text()
+    assert (f"{stuck} never left init" in report) == (stuck > 0)

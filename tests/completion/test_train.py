@@ -120,3 +120,31 @@ def test_device_parameter_on_cpu(method: str) -> None:
         assert torch.equal(a, b)
     history = fit(model, problem, "adam", 1e-2, 1.0, steps=5, progress=False)
     assert history.recovery_error[-1] <= 1.0
+
+
+def test_plateau_arms_after_the_loss_halves_then_fires_without_progress():
+    from deeplora.completion import Plateau
+
+    plateau = Plateau(window=3, rtol=0.1)
+    assert not any(plateau.update(1.0) for _ in range(10))  # the initial plateau: not armed
+    assert not plateau.update(0.4)  # armed, best 0.4
+    assert [plateau.update(x) for x in (0.39, 0.38, 0.35, 0.37, 0.36, 0.34)] == \
+        [False, False, False, False, False, True]  # 0.35 <= 0.9·0.4 restarts the window
+    with pytest.raises(ValueError):
+        Plateau(window=0)
+    with pytest.raises(ValueError):
+        Plateau(window=5, rtol=1.5)
+
+
+def test_fit_stops_when_stalled_and_reports_every_evaluation():
+    from deeplora.completion import Plateau
+
+    # width 2 cannot fit a rank-4 target: the loss floors at the rank-2 residual
+    problem = MatrixCompletion.random(random_low_rank(30, 30, 4, seed=0), 0.6, seed=1)
+    model, _ = build_model("narrow", problem, depth=2, rank=1, dtype=torch.float64)
+    seen = []
+    history = fit(model, problem, "adam", 3e-2, steps=20_000, eval_every=50, progress=False,
+                  stall=Plateau(200, 0.01), on_eval=lambda step, m: seen.append(step))
+    assert history.stalled and history.as_dict()["stalled"] is True
+    assert history.steps[-1] < 20_000 and seen == history.steps
+    assert history.train_loss[-1] > 1e-3

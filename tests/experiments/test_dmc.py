@@ -59,6 +59,8 @@ def test_dmc_efficiency_resumes_finished_ranks(tmp_path, monkeypatch):
 
 
 def test_dmc_depth_fast(tmp_path):
+    from deeplora.experiments.dmc import OUTCOMES, depth_report
+
     assert main(["experiment", "dmc-depth", "--fast", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "dmc-depth.json").read_text())
     cells = {(run["fraction"], run["depth"], run["method"]) for run in summary["runs"]}
@@ -68,4 +70,71 @@ def test_dmc_depth_fast(tmp_path):
         assert run["lr"] == pytest.approx(0.05 * {2: 1e2, 3: 3e2}[run["depth"]] * run["fraction"],
                                           rel=0.01)
         assert run["left_init"] and not run["diverged"] and run["final_error"] < 1.0
+        assert run["outcome"] in OUTCOMES and run["outcome"] != "never left init"
+        assert (run["outcome"] == "recovered") == (run["final_error"] <= 1e-2)
+        if run["outcome"] == "budget":
+            assert run["steps_run"] == summary["steps"] and not run["stalled"]
+    report = (tmp_path / "dmc-depth.md").read_text()
+    assert report == depth_report(summary)
+    assert f"All {len(summary['runs'])} runs:" in report
     assert (tmp_path / "dmc-depth.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_dmc_depth_flags_runs_that_never_left_the_initialization(tmp_path):
+    assert main(["experiment", "dmc-depth", "--fast", "--steps", "2", "--depths", "3",
+                 "--out", str(tmp_path)]) == 0
+    runs = json.loads((tmp_path / "dmc-depth.json").read_text())["runs"]
+    assert runs and {run["outcome"] for run in runs} == {"never left init"}
+    assert "never left init" in (tmp_path / "dmc-depth.md").read_text()
+
+
+def test_dmc_depth_resumes_finished_runs(tmp_path, monkeypatch):
+    import deeplora.experiments.dmc as dmc
+
+    argv = ["experiment", "dmc-depth", "--fast", "--depths", "2", "--methods", "compressed",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    calls = []
+    run_gd = dmc._run_gd
+    monkeypatch.setattr(dmc, "_run_gd", lambda *a, **k: calls.append(a[0]) or run_gd(*a, **k))
+    assert main(argv) == 0
+    assert calls == []  # both fractions from the earlier call
+    assert main([*argv, "--stall-rtol", "0.1"]) == 0
+    assert len(calls) == 2  # other settings: run again
+
+
+def test_dmc_lag_fast(tmp_path):
+    from deeplora.experiments.dmc import FAST_LAG_GRID, lag_report
+
+    assert main(["experiment", "dmc-lag", "--fast", "--out", str(tmp_path)]) == 0
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs").glob("*.json"))]
+    assert len(records) == len(FAST_LAG_GRID)
+    for record in records:
+        assert 0 < record["subspace_miss_at_init"] < 1
+        assert record["original"]["outcome"] == "recovered"
+        for run in record["compressed"].values():
+            assert run["left_init"] and run["curve"]["steps"][0] == 0
+            steps = [step for step, _ in run["gap"]]
+            assert steps == sorted(steps) and steps[0] == 0 and len(steps) > 1
+            assert all(gap >= 0 for _, gap in run["gap"])
+    first = json.loads((tmp_path / "runs" / "d16-r2-p0.6-lr0.05-s0.json").read_text())
+    assert set(first["compressed"]) == {"0.01", "0.1"}
+    report = (tmp_path / "dmc-lag.md").read_text()
+    assert report == lag_report(records) and report.count("| 16, 2, ") == 3
+    assert (tmp_path / "dmc-lag.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "dmc-lag.md").unlink()
+    assert main(["experiment", "dmc-lag", "--fast", "--report-only", "--out",
+                 str(tmp_path)]) == 0
+    assert (tmp_path / "dmc-lag.md").read_text() == report
+
+
+def test_dmc_depth_report_only_redraws_from_the_json(tmp_path, monkeypatch):
+    import deeplora.experiments.dmc as dmc
+
+    assert main(["experiment", "dmc-depth", "--fast", "--depths", "3", "--out",
+                 str(tmp_path)]) == 0
+    report = (tmp_path / "dmc-depth.md").read_text()
+    (tmp_path / "dmc-depth.md").unlink()
+    monkeypatch.setattr(dmc, "_run_gd", None)  # nothing may run
+    assert main(["experiment", "dmc-depth", "--report-only", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "dmc-depth.md").read_text() == report

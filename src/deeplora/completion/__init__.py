@@ -10,7 +10,7 @@ from deeplora.completion.problems import (
     random_entries,
     random_low_rank,
 )
-from deeplora.completion.train import History, fit
+from deeplora.completion.train import History, Plateau, fit
 
 __all__ = [
     "METHODS",
@@ -20,6 +20,7 @@ __all__ = [
     "MatrixCompletion",
     "MatrixFactorization",
     "MatrixSensing",
+    "Plateau",
     "Problem",
     "build_model",
     "default_settings",

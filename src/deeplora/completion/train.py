@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +23,7 @@ class History:
     ``seconds`` is wall time since the start of model construction (``build_seconds``
     included), excluding the time spent evaluating the recovery error itself. ``diverged``:
     the train loss became non-finite (at ``steps[-1]``) and training stopped there.
+    ``stalled``: the :class:`Plateau` detector stopped training at ``steps[-1]``.
     """
 
     steps: list[int] = field(default_factory=list)
@@ -30,6 +32,7 @@ class History:
     seconds: list[float] = field(default_factory=list)
     build_seconds: float = 0.0
     diverged: bool = False
+    stalled: bool = False
 
     def record(self, step: int, loss: float, error: float, seconds: float) -> None:
         self.steps.append(step)
@@ -48,7 +51,43 @@ class History:
     def as_dict(self) -> dict[str, object]:
         return {"steps": self.steps, "train_loss": self.train_loss,
                 "recovery_error": self.recovery_error, "seconds": self.seconds,
-                "build_seconds": self.build_seconds, "diverged": self.diverged}
+                "build_seconds": self.build_seconds, "diverged": self.diverged,
+                "stalled": self.stalled}
+
+
+@dataclass
+class Plateau:
+    """Stall detector on the train loss, fed once per step.
+
+    Armed once the loss has fallen below half its first value (GD from an ε-small
+    initialization sits on a long plateau at the start, which is not a stall); from then on it
+    fires when the best loss so far has not fallen by the relative amount ``rtol`` within
+    ``window`` steps. Saddle plateaus of incremental learning can last tens of thousands of GD
+    steps, so ``window`` must be longer than those.
+    """
+
+    window: int
+    rtol: float = 0.05
+    first: float | None = None
+    best: float = math.inf
+    since: int = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.window, int) and self.window >= 1 and 0 < self.rtol < 1):
+            raise ValueError(f"need window >= 1 and 0 < rtol < 1, got {self.window}, "
+                             f"{self.rtol}")
+
+    def update(self, loss: float) -> bool:
+        """Feed one step's loss; True when the run has stalled."""
+        if self.first is None:
+            self.first = loss
+        if self.best == math.inf and not loss < 0.5 * self.first:
+            return False  # not armed: still at the initialization
+        if loss <= (1 - self.rtol) * self.best:
+            self.best, self.since = loss, 0
+            return False
+        self.since += 1
+        return self.since >= self.window
 
 
 def fit(
@@ -64,6 +103,8 @@ def fit(
     progress: bool = True,
     build_seconds: float = 0.0,
     lr_patience: int | None = None,
+    stall: Plateau | None = None,
+    on_eval: Callable[[int, DeepFactorization], None] | None = None,
     **optimizer_kwargs: object,
 ) -> History:
     """Train ``model`` on ``problem`` in place and return its :class:`History`.
@@ -72,7 +113,9 @@ def fit(
     Adam's denominator guard defaults to :data:`~deeplora.completion.methods.ADAM_EPS`;
     ``optimizer_kwargs`` override it. Stops after ``steps`` steps, when the train loss falls
     to ``tol``, when the recovery error falls to ``target_error``, or when the loss becomes
-    non-finite (divergence; recorded). With ``lr_patience`` = p, every step size is halved
+    non-finite (divergence; recorded), or when ``stall`` (a :class:`Plateau`) fires (recorded
+    as ``History.stalled``). ``on_eval(step, model)`` is called at every evaluation (e.g. to
+    keep snapshots of the end-to-end matrix). With ``lr_patience`` = p, every step size is halved
     whenever the train loss has gone more than p steps without a new minimum
     (:class:`torch.optim.lr_scheduler.ReduceLROnPlateau`): it damps the late oscillations of
     Adam at a fixed step size.
@@ -102,6 +145,8 @@ def fit(
             elapsed += time.perf_counter() - clock
             error = problem.recovery_error(model) if math.isfinite(value) else math.inf
             history.record(step, value, error, elapsed)
+            if on_eval is not None:
+                on_eval(step, model)
             if not math.isfinite(value):
                 history.diverged = True
                 warnings.warn(f"the train loss became {value} at step {step}: training "
@@ -111,6 +156,14 @@ def fit(
             clock = time.perf_counter()
             if step == steps or not math.isfinite(value) or value <= tol or error <= target_error:
                 break
+        if stall is not None and stall.update(value):
+            history.stalled = True
+            if history.steps[-1] != step:
+                elapsed += time.perf_counter() - clock
+                history.record(step, value, problem.recovery_error(model), elapsed)
+                if on_eval is not None:
+                    on_eval(step, model)
+            break
         for factor, grad in zip(factors, grads, strict=True):
             # fused Adam reads a grad in its parameter's layout (pytorch/pytorch#106951); a
             # transposed one gave silently wrong steps on CPU here

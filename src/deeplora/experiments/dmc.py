@@ -6,6 +6,9 @@
   error vs step and time for original, compressed and narrow under Adam.
 - ``dmc-depth``: recovery error against the observed fraction for depth 2 vs 3, original and
   compressed, under GD with the authors' steps (their depth-comparison notebook).
+- ``dmc-lag``: why the compressed L = 3 model lags the original at d = 100 — steps to recovery
+  error 1e-2 of both on the same problems and initialization, against γ, the observed fraction
+  and r/d, with the trajectory gap ‖X_c(t) − X_o(t)‖/‖X_o(t)‖.
 - ``dmc-theory``: the invariant-subspace theorem made visible on deep matrix factorization —
   every layer's singular values over training (all but 2r stay equal) and its distance from
   the block form ``U_l diag(W̃_l, ρ_l I) V_lᵀ``.
@@ -14,19 +17,27 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import textwrap
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from torch import Tensor
 
 from deeplora.completion import (
     METHODS,
+    History,
     MatrixCompletion,
     MatrixFactorization,
+    Plateau,
     build_model,
     default_settings,
     fit,
@@ -56,22 +67,53 @@ def _train_loss_tol(tol: float, observed: float) -> float:
     return tol / observed
 
 
+RECOVERED = 1e-2  # recovery error ‖X − Φ‖/‖Φ‖ at or below which a run has recovered Φ
+OUTCOMES = ("recovered", "fit, not recovered", "stalled", "budget", "diverged",
+            "never left init")
+
+
+def outcome(history: History, tol: float) -> str:
+    """How a GD run ended, one of :data:`OUTCOMES`.
+
+    ``never left init``: the train loss never fell below half its first value (the run measured
+    nothing; flagged whatever else happened); ``diverged``: non-finite loss; ``recovered``:
+    final recovery error <= :data:`RECOVERED`; otherwise ``fit, not recovered`` (train loss at
+    ``tol``: Ω fitted by a wrong matrix), ``stalled`` (the :class:`Plateau` detector stopped it)
+    or ``budget`` (the step budget ran out while the loss was still falling).
+    """
+    loss = history.train_loss
+    if history.diverged:
+        return "diverged"
+    if not min(loss) < 0.5 * loss[0]:
+        return "never left init"
+    if history.recovery_error[-1] <= RECOVERED:
+        return "recovered"
+    if loss[-1] <= tol:
+        return "fit, not recovered"
+    return "stalled" if history.stalled else "budget"
+
+
 def _run_gd(model: DeepFactorization, problem: MatrixCompletion, lr: float, gamma: float,
-            max_steps: int, tol: float, eval_every: int, build_seconds: float
+            max_steps: int, tol: float, eval_every: int, build_seconds: float,
+            stall: Plateau | None = None,
+            on_eval: Callable[[int, DeepFactorization], None] | None = None
             ) -> dict[str, Any]:
-    """GD until the train loss reaches ``tol`` (our normalisation) or ``max_steps``."""
+    """GD until the train loss reaches ``tol`` (our normalisation), ``stall`` fires or
+    ``max_steps``; ``outcome`` classifies the end (:func:`outcome`)."""
     history = fit(model, problem, "gd", lr, gamma, max_steps, tol=tol, eval_every=eval_every,
-                  build_seconds=build_seconds)
+                  build_seconds=build_seconds, stall=stall, on_eval=on_eval)
     loss = history.train_loss[-1]
     reached_tol = loss <= tol
-    reached = history.first_below(1e-2)
+    reached = history.first_below(RECOVERED)
     return {"reached_tol": reached_tol,
             "steps": history.steps[-1] if reached_tol else None,
             "seconds": history.seconds[-1] if reached_tol else None,
             "steps_to_1e-2": reached[0] if reached else None,
+            "steps_run": history.steps[-1],
             "final_error": history.recovery_error[-1], "final_train_loss": loss,
-            "diverged": not math.isfinite(loss),
-            "left_init": loss < 0.5 * history.train_loss[0],
+            "diverged": not math.isfinite(loss), "stalled": history.stalled,
+            "left_init": min(history.train_loss) < 0.5 * history.train_loss[0],
+            "outcome": outcome(history, tol),
             "history": history.as_dict()}
 
 
@@ -229,103 +271,558 @@ def _plot_gd_sweep(gd: dict[str, dict[str, Any]], ranks: list[int], path: Path,
     save_figure(fig, path)
 
 
+DEPTH_RESUME_KEYS = ("size", "rank", "seeds", "steps", "init_scale", "lr_scale", "tol_authors",
+                     "stall_window", "stall_rtol")
+
+
 @experiment(
     "dmc-depth",
-    help="recovery error vs observed fraction: depth 2 vs 3, original and compressed (GD)",
+    help="recovery error vs observed fraction: depth 2 vs 3, original and compressed (GD), "
+         "each run classified as recovered / stalled / budget / …",
     arguments=[
         Arg("--size", type=int, default=100, help="d (m = n)"),
         Arg("--rank", type=int, default=10, help="r, the target's rank (also r̂)"),
         Arg("--fractions", type=float, nargs="+",
-            default=[0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5], help="observed fractions"),
+            default=[0.25, 0.3, 0.4, 0.5],
+            help="observed fractions (below 20 %, the rank-10 100×100 target's degrees of "
+                 "freedom, nothing can recover)"),
         Arg("--depths", type=int, nargs="+", choices=sorted(AUTHORS_DEPTH_STEP), default=[2, 3]),
         Arg("--methods", nargs="+", choices=("original", "compressed"),
             default=["original", "compressed"]),
-        Arg("--steps", type=int, default=30_000, help="GD step budget per run"),
+        Arg("--steps", type=int, default=150_000, help="GD step budget per run"),
+        Arg("--stall-window", type=int, default=50_000,
+            help="stalled: the best train loss has not fallen by --stall-rtol within this many "
+                 "steps (armed once the loss has halved)"),
+        Arg("--stall-rtol", type=float, default=0.05),
         Arg("--tol", type=float, default=1e-10,
             help="train-loss tolerance on the authors' ½ Σ_Ω (X − Φ)² / d²"),
         Arg("--seeds", type=int, default=3, help="problems (target and Ω) per fraction"),
         Arg("--init-scale", type=float, default=1e-3, help="ε"),
         Arg("--lr-scale", type=float, default=1.0, help="multiplies the authors' GD steps"),
+        Arg("--report-only", action="store_true",
+            help="rebuild dmc-depth.md/png from out/dmc-depth.json without running anything"),
     ],
 )
 def dmc_depth(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Deeper factorizations recover from fewer samples (the authors' depth notebook).
 
     GD with the authors' steps :data:`AUTHORS_DEPTH_STEP` (times the observed fraction on our
-    loss), ε = 1e-3, γ = 0.01 for the compressed model (width 2r). Recovery error
-    ‖X − Φ‖_F/‖Φ‖_F over all d² entries at the end of each run. ``--fast`` (a smoke test, not
-    the paper's numbers): d = 16, r = 2, fractions {0.4, 0.8}, one seed, 300 steps, ε = 0.05,
-    steps × 0.05 (the authors' steps diverge at small d).
+    loss), ε = 1e-3, γ = 0.01 for the compressed model (width 2r). Every run goes until the
+    train loss reaches the tolerance, stalls (:class:`~deeplora.completion.Plateau`) or uses
+    the step budget, and is classified by :func:`outcome`; recovery error ‖X − Φ‖_F/‖Φ‖_F over
+    all d² entries. Resumable: a run already in ``out/dmc-depth.json`` from a call with the same
+    settings is not run again; ``--report-only`` redraws the report and figure from it.
+    ``--fast`` (a smoke test): d = 16, r = 2, fractions {0.4, 0.8}, one seed, 300 steps,
+    ε = 0.05, steps × 0.05 (the authors' steps diverge at small d), stall window 100.
     """
     if args.fast:
         size, rank, fractions, seeds, steps = 16, 2, [0.4, 0.8], 1, min(args.steps, 300)
-        scale, lr_scale = 0.05, 0.05
+        scale, lr_scale, window = 0.05, 0.05, 100
     else:
         size, rank, fractions, seeds, steps = (args.size, args.rank, args.fractions, args.seeds,
                                                args.steps)
-        scale, lr_scale = args.init_scale, args.lr_scale
+        scale, lr_scale, window = args.init_scale, args.lr_scale, args.stall_window
     if 2 * rank > size or not fractions or seeds < 1 or steps < 1:
         raise ValueError("need 2 × rank <= size, some fractions, seeds >= 1 and steps >= 1")
-    runs: list[dict[str, Any]] = []
-    for fraction in fractions:
-        for seed in range(seeds):
+    path = out / "dmc-depth.json"
+    if args.report_only:
+        summary = json.loads(path.read_text())
+    else:
+        summary = {"size": size, "rank": rank, "fractions": fractions, "seeds": seeds,
+                   "steps": steps, "init_scale": scale, "lr_scale": lr_scale,
+                   "tol_authors": args.tol, "stall_window": window,
+                   "stall_rtol": args.stall_rtol, "authors_steps": AUTHORS_DEPTH_STEP,
+                   "runs": []}
+        _depth_sweep(summary, args.depths, args.methods, path)
+    _plot_depth(summary["runs"], summary["fractions"], out / "dmc-depth.png",
+                f"{summary['size']}×{summary['size']}, rank {summary['rank']}, "
+                f"ε = {summary['init_scale']:g}, GD (authors' steps × {summary['lr_scale']:g}), "
+                f"{summary['steps']} steps at most, stalled = no {summary['stall_rtol']:.0%} "
+                f"fall of the best train loss in {summary['stall_window']} steps; "
+                f"{summary['seeds']} problem(s) per fraction")
+    write_json(path, summary)
+    (out / "dmc-depth.md").write_text(depth_report(summary))
+    return summary
+
+
+def _depth_sweep(summary: dict[str, Any], depths: list[int], methods: list[str],
+                 path: Path) -> None:
+    """Fill ``summary["runs"]`` with every (fraction, problem, depth, method) run of the
+    settings in ``summary``, taking those already in ``path`` and saving after each new one."""
+    done = _finished_runs(path, summary, DEPTH_RESUME_KEYS)
+    size, rank, runs = summary["size"], summary["rank"], summary["runs"]
+    for fraction in summary["fractions"]:
+        for seed in range(summary["seeds"]):
             target = random_low_rank(size, size, rank, seed=seed)
             problem = MatrixCompletion.random(target, fraction, seed=seed + 1000)
-            tol = _train_loss_tol(args.tol, problem.observed_fraction)
-            for depth in args.depths:
-                lr = lr_scale * AUTHORS_DEPTH_STEP[depth] * problem.observed_fraction
-                for method in args.methods:
+            tol = _train_loss_tol(summary["tol_authors"], problem.observed_fraction)
+            for depth in depths:
+                lr = summary["lr_scale"] * AUTHORS_DEPTH_STEP[depth] * problem.observed_fraction
+                for method in methods:
+                    key = (fraction, seed, depth, method)
+                    if key in done:
+                        runs.append(done[key])
+                        continue
                     gamma = PAPER_GD_GAMMA if method == "compressed" else 1.0
-                    model, build_seconds = build_model(method, problem, depth, rank, scale, seed)
-                    run = _run_gd(model, problem, lr, gamma, steps, tol, 100, build_seconds)
+                    model, build_seconds = build_model(method, problem, depth, rank,
+                                                       summary["init_scale"], seed)
+                    run = _run_gd(model, problem, lr, gamma, summary["steps"], tol, 100,
+                                  build_seconds, Plateau(summary["stall_window"],
+                                                         summary["stall_rtol"]))
                     del run["history"]
                     runs.append({"fraction": fraction, "seed": seed, "depth": depth,
                                  "method": method, "lr": lr, "gamma": gamma, **run})
-    _plot_depth(runs, fractions, out / "dmc-depth.png",
-                f"{size}×{size}, rank {rank}, ε = {scale:g}, GD (authors' steps × {lr_scale:g}), "
-                f"{steps} steps at most, median and range over {seeds} problem(s)")
-    summary = {"size": size, "rank": rank, "fractions": fractions, "seeds": seeds,
-               "steps": steps, "init_scale": scale, "lr_scale": lr_scale,
-               "tol_authors": args.tol, "authors_steps": AUTHORS_DEPTH_STEP, "runs": runs}
-    write_json(out / "dmc-depth.json", summary)
-    return summary
+                    write_json(path, summary)  # after each run: an interrupted sweep resumes
+
+
+def _finished_runs(path: Path, summary: dict[str, Any], keys: Iterable[str]
+                   ) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The runs of ``path`` (an earlier, possibly interrupted ``dmc-depth``), keyed by
+    (fraction, seed, depth, method), when it was made with the settings ``keys`` of
+    ``summary``; none otherwise."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    if any(earlier.get(key) != summary[key] for key in keys):
+        return {}
+    return {(run["fraction"], run["seed"], run["depth"], run["method"]): run
+            for run in earlier["runs"]}
+
+
+def _median(values: list[float]) -> float | None:
+    return float(np.median(values)) if values else None
+
+
+def _steps_cell(runs: list[dict[str, Any]]) -> str:
+    """Steps to recovery error 1e-2: the median over the runs that got there, in brackets how
+    many did out of all."""
+    steps = [run["steps_to_1e-2"] for run in runs if run["steps_to_1e-2"] is not None]
+    median = _median(steps)
+    return f"{'—' if median is None else f'{median:,.0f}'} ({len(steps)}/{len(runs)})"
+
+
+def depth_report(summary: dict[str, Any]) -> str:
+    """Markdown tables of ``dmc-depth.json``: final error, steps to 1e-2 and how the runs
+    ended, per (depth, model) and observed fraction."""
+    runs, fractions = summary["runs"], summary["fractions"]
+    models = sorted({(run["depth"], run["method"]) for run in runs},
+                    key=lambda k: (k[0], k[1] != "original"))
+    head = "| L, model | " + " | ".join(f"{f:.0%}" for f in fractions) + " |"
+    sep = "|---|" + "---|" * len(fractions)
+
+    def cells(depth: int, method: str) -> list[list[dict[str, Any]]]:
+        return [[run for run in runs if run["depth"] == depth and run["method"] == method
+                 and run["fraction"] == f] for f in fractions]
+
+    def error(cell: list[dict[str, Any]]) -> str:
+        median = _median([run["final_error"] for run in cell if not run["diverged"]])
+        recovered = sum(run["outcome"] == "recovered" for run in cell)
+        return f"{'—' if median is None else f'{median:.2g}'} ({recovered}/{len(cell)})"
+
+    def ends(cell: list[dict[str, Any]]) -> str:
+        count = Counter(run["outcome"] for run in cell)
+        return ", ".join(f"{count[o]} {SHORT[o]}" for o in OUTCOMES if count[o])
+
+    lines = ["Final recovery error (median over the runs that did not diverge; recovered / runs):",
+             "", head, sep]
+    lines += [f"| L = {d}, {m} | " + " | ".join(error(c) for c in cells(d, m)) + " |"
+              for d, m in models]
+    lines += ["", "GD steps to recovery error 1e-2 (median over the runs that got there; "
+              "how many did):", "", head, sep]
+    lines += [f"| L = {d}, {m} | " + " | ".join(_steps_cell(c) for c in cells(d, m)) + " |"
+              for d, m in models]
+    lines += ["", "How each run ended (" + "; ".join(f"{v}: {k}" for k, v in SHORT.items())
+              + "):", "", head, sep]
+    lines += [f"| L = {d}, {m} | " + " | ".join(ends(c) for c in cells(d, m)) + " |"
+              for d, m in models]
+    total = Counter(run["outcome"] for run in runs)
+    lines += ["", f"All {len(runs)} runs: "
+              + ", ".join(f"{total[o]} {o}" for o in OUTCOMES if total[o]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+SHORT = {"recovered": "rec.", "fit, not recovered": "fit", "stalled": "stall",
+         "budget": "budget", "diverged": "div.", "never left init": "init"}
+OUTCOME_MARKERS = {"recovered": "o", "fit, not recovered": "s", "stalled": "D", "budget": ">",
+                   "diverged": "x", "never left init": "*"}
 
 
 def _plot_depth(runs: list[dict[str, Any]], fractions: list[float], path: Path,
                 title: str) -> None:
-    """Final recovery error against the observed fraction, one line per (depth, method):
-    median over the runs that did not diverge, their range shaded; hollow circles mark runs whose
-    train loss never halved (did not leave the initialization), × at the top diverged runs."""
-    fig, (ax,) = new_figure(width=6.5, height=4.5)
-    for depth, method in sorted({(run["depth"], run["method"]) for run in runs}):
+    """Left: final recovery error against the observed fraction, one line per (depth, model)
+    (median over the runs that did not diverge) and every run as a marker for how it ended
+    (diverged runs at the top). Right: steps to recovery error 1e-2, one marker per run that
+    got there, median line."""
+    fig, (ax, right) = new_figure(ncols=2, width=6.0, height=4.8)
+    models = sorted({(run["depth"], run["method"]) for run in runs})
+    for i, (depth, method) in enumerate(models):
         mine = [run for run in runs if run["depth"] == depth and run["method"] == method]
         style = {"ls": "-" if method == "original" else "--",
                  "color": "C0" if depth == 2 else "C3"}
-        points = []
-        for fraction in fractions:
-            errors = [run["final_error"] for run in mine
-                      if run["fraction"] == fraction and not run["diverged"]]
-            if errors:
-                points.append((fraction, float(np.median(errors)), min(errors), max(errors)))
+        shift = 0.004 * (i - (len(models) - 1) / 2)  # spread the markers of one fraction
+        points = [(f, _median([run["final_error"] for run in mine
+                               if run["fraction"] == f and not run["diverged"]]))
+                  for f in fractions]
+        points = [(f, m) for f, m in points if m is not None]
         if points:
-            xs, median, low, high = zip(*points, strict=True)
-            ax.plot(xs, median, marker="o", label=f"L = {depth}, {method}", **style)
-            ax.fill_between(xs, low, high, alpha=0.12, color=style["color"])
-        stuck = [(run["fraction"], run["final_error"]) for run in mine
-                 if not run["diverged"] and not run["left_init"]]
-        if stuck:
-            ax.plot(*zip(*stuck, strict=True), ls="none", marker="o", mfc="none", ms=10,
-                    color=style["color"])
-        diverged = [run["fraction"] for run in mine if run["diverged"]]
-        if diverged:
-            ax.plot(diverged, [1.5] * len(diverged), ls="none", marker="x", ms=9,
-                    color=style["color"], label=f"L = {depth}, {method}: diverged")
+            ax.plot(*zip(*points, strict=True), label=f"L = {depth}, {method}", **style)
+        for end, marker in OUTCOME_MARKERS.items():
+            these = [(run["fraction"] + shift, 1.5 if run["diverged"] else run["final_error"])
+                     for run in mine if run["outcome"] == end]
+            if these:
+                ax.plot(*zip(*these, strict=True), ls="none", marker=marker, ms=6,
+                        mfc="none", color=style["color"])
+        steps = [(run["fraction"] + shift, run["steps_to_1e-2"]) for run in mine
+                 if run["steps_to_1e-2"] is not None]
+        if steps:
+            right.plot(*zip(*steps, strict=True), ls="none", marker="o", ms=4, mfc="none",
+                       color=style["color"])
+            medians = [(f, _median([s for g, s in steps if abs(g - shift - f) < 1e-9]))
+                       for f in fractions]
+            right.plot(*zip(*[(f, m) for f, m in medians if m is not None], strict=True),
+                       label=f"L = {depth}, {method}", **style)
+    for end, marker in OUTCOME_MARKERS.items():
+        ax.plot([], [], ls="none", marker=marker, mfc="none", color="k", label=end)
+    ax.axhline(RECOVERED, color="k", lw=0.6, ls=":")
     ax.set_yscale("log")
     ax.set_xlabel("observed fraction |Ω| / d²")
-    ax.set_ylabel("recovery error ‖X − Φ‖/‖Φ‖ (all entries)")
+    ax.set_ylabel("final recovery error ‖X − Φ‖/‖Φ‖ (all entries)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    ax.set_title(textwrap.fill(title, 90), fontsize=8)
+    ax.legend(fontsize=7)
+    right.set_xlabel("observed fraction |Ω| / d²")
+    right.set_ylabel(f"GD steps to recovery error {RECOVERED:g}")
+    right.set_xlim(ax.get_xlim())
+    right.grid(alpha=0.3)
+    if right.get_legend_handles_labels()[0]:
+        right.legend(fontsize=7)
+    fig.suptitle(textwrap.fill(title, 130), fontsize=8)
+    save_figure(fig, path)
+
+
+@dataclass(frozen=True)
+class LagCell:
+    """One cell of ``dmc-lag``: d×d target of rank r, observed fraction p, L = 3, the
+    compressed model at each discrepant rate γ in ``gammas``, GD step = the authors' L = 3 step
+    × ``lr_scale`` × p on our loss."""
+
+    group: str
+    size: int
+    rank: int
+    fraction: float
+    gammas: tuple[float, ...] = (PAPER_GD_GAMMA,)
+    lr_scale: float = 1.0
+
+    @property
+    def name(self) -> str:
+        step = "" if self.lr_scale == 1 else f"-lr{self.lr_scale:.3g}"
+        return f"d{self.size}-r{self.rank}-p{self.fraction:g}{step}"
+
+
+LAG_GAMMAS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+LAG_GRID: tuple[LagCell, ...] = (
+    LagCell("gamma", 100, 10, 0.25, LAG_GAMMAS),
+    LagCell("gamma", 100, 10, 0.3, LAG_GAMMAS),
+    # the authors' L = 3 step is at the original's stability edge from 35 % on (dmc-depth: it
+    # diverges at 40–50 %): the observed-fraction comparison at half of it
+    *(LagCell("half step", 100, 10, f, lr_scale=0.5) for f in (0.25, 0.4)),
+    LagCell("r/d", 100, 5, 0.25),
+)
+LAG_GROUPS = ("gamma", "half step", "r/d")
+FAST_LAG_GRID = (LagCell("gamma", 16, 2, 0.6, (0.01, 0.1), lr_scale=0.05),
+                 LagCell("r/d", 16, 2, 0.8, lr_scale=0.05))
+LAG_RESUME_KEYS = ("steps", "init_scale", "tol_authors", "stall_window", "stall_rtol",
+                   "snapshot_every")
+
+
+def _outside(matrix: Tensor, left: Tensor, right: Tensor) -> float:
+    """‖X − P_U X P_V‖_F / ‖X‖_F: the part of X (m×n) outside span(U) × span(V) (orthonormal
+    U: m×k, V: n×k)."""
+    inside = left @ (left.T @ matrix @ right) @ right.T
+    return float(torch.linalg.norm(matrix - inside) / torch.linalg.norm(matrix))
+
+
+def _lag_problem(cell: LagCell, seed: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """Original and compressed (one per γ) L = 3 GD runs on one problem, the compressed
+    models built from the original's own initialization (:func:`compress`), with the
+    trajectory gap ‖X_c(t) − X_o(t)‖/‖X_o(t)‖ and the part of X outside the compressed model's
+    initial subspaces."""
+    target = random_low_rank(cell.size, cell.size, cell.rank, seed=seed)
+    problem = MatrixCompletion.random(target, cell.fraction, seed=seed + 1000)
+    tol = _train_loss_tol(settings["tol_authors"], problem.observed_fraction)
+    lr = cell.lr_scale * AUTHORS_DEPTH_STEP[3] * problem.observed_fraction
+    wide, _ = build_model("original", problem, 3, cell.rank, settings["init_scale"], seed)
+    compressed = compress(wide, problem.loss, cell.rank)
+    left, right = compressed.factors[-1].detach(), compressed.factors[0].detach().T
+    phi = target.dense().to(left.dtype)
+    every, snapshots = settings["snapshot_every"], {}
+    outside: list[tuple[int, float]] = []
+
+    def keep(step: int, model: DeepFactorization) -> None:
+        if step % every == 0:
+            with torch.no_grad():
+                snapshots[step] = x = model.product()
+            outside.append((step, _outside(x, left, right)))
+
+    def stall() -> Plateau:
+        return Plateau(settings["stall_window"], settings["stall_rtol"])
+
+    original = _run_gd(wide, problem, lr, 1.0, settings["steps"], tol, 100, 0.0, stall(), keep)
+    final_original = wide.product().detach()
+    record = {**asdict(cell), "seed": seed, "lr": lr,
+              "subspace_miss_at_init": _outside(phi, left, right),
+              "original": _compact(original),
+              "original_outside": outside}
+    record["compressed"] = {}
+    for gamma in cell.gammas:
+        gap: list[tuple[int, float]] = []
+
+        def follow(step: int, model: DeepFactorization,
+                   gap: list[tuple[int, float]] = gap) -> None:
+            if step % every == 0 and step in snapshots:
+                with torch.no_grad():
+                    x = model.product()
+                gap.append((step, float(torch.linalg.norm(x - snapshots[step])
+                                        / torch.linalg.norm(snapshots[step]))))
+
+        model = copy.deepcopy(compressed)
+        run = _run_gd(model, problem, lr, gamma, settings["steps"], tol, 100, 0.0, stall(),
+                      follow)
+        with torch.no_grad():
+            final_gap = float(torch.linalg.norm(model.product() - final_original)
+                              / torch.linalg.norm(final_original))
+        record["compressed"][str(gamma)] = {**_compact(run), "gap": gap,
+                                            "final_gap_to_original": final_gap}
+    return record
+
+
+def _compact(run: dict[str, Any]) -> dict[str, Any]:
+    """A :func:`_run_gd` result with its history thinned to every 500th step."""
+    history = run.pop("history")
+    keep = [i for i, s in enumerate(history["steps"])
+            if s % 500 == 0 or i == len(history["steps"]) - 1]
+    run["curve"] = {k: [history[k][i] for i in keep] for k in ("steps", "train_loss",
+                                                                "recovery_error")}
+    return run
+
+
+@experiment(
+    "dmc-lag",
+    help="why the compressed L = 3 model lags the original at d = 100: GD steps to recovery "
+         "error 1e-2 vs γ, the observed fraction and r/d, and the trajectory gap",
+    arguments=[
+        Arg("--groups", nargs="+", choices=LAG_GROUPS, default=list(LAG_GROUPS),
+            help="cells of LAG_GRID to run"),
+        Arg("--cells", nargs="+", help="only these cells of the groups, by name (e.g. "
+            "d100-r10-p0.25; LagCell.name)"),
+        Arg("--seeds", type=int, default=3, help="problems per cell"),
+        Arg("--steps", type=int, default=150_000, help="GD step budget per run"),
+        Arg("--stall-window", type=int, default=50_000),
+        Arg("--stall-rtol", type=float, default=0.05),
+        Arg("--tol", type=float, default=1e-10,
+            help="train-loss tolerance on the authors' ½ Σ_Ω (X − Φ)² / d²"),
+        Arg("--init-scale", type=float, default=1e-3, help="ε"),
+        Arg("--report-only", action="store_true",
+            help="rebuild dmc-lag.md/png from out/runs without running anything"),
+    ],
+)
+def dmc_lag(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Controlled runs behind the compressed model's lag (:data:`LAG_GRID`).
+
+    Per problem (target seed s, Ω seed s + 1000, wide init seed s): the original L = 3 model
+    and the compressed model built from that same initialization, at each γ of the cell; GD
+    with the authors' L = 3 step, until the train loss reaches the tolerance, stalls or the
+    budget. One JSON per problem in ``out/runs`` (a problem already there with the same
+    settings is not rerun), then ``dmc-lag.md`` and ``dmc-lag.png`` from all of them;
+    ``out/authors-code.json`` (the authors' code on the same problems, run outside this
+    package), when present, adds their steps beside ours.
+    ``--fast``: :data:`FAST_LAG_GRID` (d = 16, r = 2), one seed, 400 steps, ε = 0.05.
+    """
+    grid = FAST_LAG_GRID if args.fast else LAG_GRID
+    seeds = 1 if args.fast else args.seeds
+    settings = {"steps": min(args.steps, 400) if args.fast else args.steps,
+                "init_scale": 0.05 if args.fast else args.init_scale,
+                "tol_authors": args.tol, "stall_window": 100 if args.fast else args.stall_window,
+                "stall_rtol": args.stall_rtol, "snapshot_every": 100 if args.fast else 500}
+    folder = out / "runs"
+    folder.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        for cell in grid:
+            if cell.group not in args.groups or (args.cells and cell.name not in args.cells):
+                continue
+            for seed in range(seeds):
+                path = folder / f"{cell.name}-s{seed}.json"
+                if path.is_file():
+                    earlier = json.loads(path.read_text())
+                    if all(earlier["settings"].get(k) == settings[k] for k in LAG_RESUME_KEYS) \
+                            and set(map(str, cell.gammas)) <= set(earlier["compressed"]):
+                        continue
+                write_json(path, {"settings": settings, **_lag_problem(cell, seed, settings)})
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    authors = out / "authors-code.json"
+    (out / "dmc-lag.md").write_text(lag_report(
+        records, json.loads(authors.read_text()) if authors.is_file() else None))
+    _plot_lag(records, out / "dmc-lag.png")
+    return {"problems": len(records),
+            "outcomes": dict(Counter(run["outcome"] for rec in records
+                                     for run in [rec["original"], *rec["compressed"].values()]))}
+
+
+def _lag_ratio(record: dict[str, Any], gamma: str) -> float | None:
+    """Compressed steps to 1e-2 over the original's on one problem (None unless both got
+    there)."""
+    original, compressed = record["original"]["steps_to_1e-2"], \
+        record["compressed"][gamma]["steps_to_1e-2"]
+    return None if original is None or compressed is None else compressed / original
+
+
+def _gap_at_original_recovery(record: dict[str, Any], gamma: str) -> float | None:
+    """‖X_c − X_o‖/‖X_o‖ at the last snapshot at or before the original's step to 1e-2 (None
+    when the original did not get there or the compressed run had stopped before it)."""
+    reached, compressed = record["original"]["steps_to_1e-2"], record["compressed"][gamma]
+    if reached is None or compressed["steps_run"] < reached:
+        return None
+    return [g for s, g in compressed["gap"] if s <= reached][-1]
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def lag_report(records: list[dict[str, Any]], authors: dict[str, Any] | None = None) -> str:
+    """Markdown tables of ``dmc-lag``: per cell and γ, steps to 1e-2 of the original and the
+    compressed model (median over problems, how many got there), the median per-problem ratio,
+    how the runs ended, the target's part outside the compressed initial subspaces (U, V), the
+    original's closest approach to them, the trajectory gap at its smallest and at the
+    original's recovery (medians over problems); with ``authors`` (``authors-code.json``), the
+    authors' code's steps beside ours problem by problem."""
+    cells: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for rec in records:
+        cells.setdefault((rec["group"], rec["size"], rec["rank"], rec["fraction"],
+                          rec["lr_scale"]), []).append(rec)
+    lines = ["| cell (d, r, p) | 2r/d | p·d/(2r) | step × | γ | original: steps to 1e-2 | "
+             "compressed: steps to 1e-2 | compressed / original (median, range) | "
+             "ends: original; compressed | ‖Φ − P_U Φ P_V‖/‖Φ‖ at init | "
+             "min_t ‖X_o − P_U X_o P_V‖/‖X_o‖ | min_t ‖X_c − X_o‖/‖X_o‖ | "
+             "‖X_c − X_o‖/‖X_o‖ at original's 1e-2 |", "|---" * 13 + "|"]
+    order = {group: i for i, group in enumerate(LAG_GROUPS)}
+    for key in sorted(cells, key=lambda k: (order[k[0]], -k[4], k[1], k[2], k[3])):
+        recs = sorted(cells[key], key=lambda r: r["seed"])
+        _, size, rank, fraction, lr_scale = key
+        for gamma in recs[0]["compressed"]:
+            ratios = [r for r in (_lag_ratio(rec, gamma) for rec in recs) if r is not None]
+            ends = "; ".join(", ".join(f"{n} {SHORT[o]}" for o, n in sorted(
+                Counter(run["outcome"] for run in runs).items(),
+                key=lambda item: OUTCOMES.index(item[0])))
+                for runs in ([rec["original"] for rec in recs],
+                             [rec["compressed"][gamma] for rec in recs]))
+            gaps = [g for g in (_gap_at_original_recovery(rec, gamma) for rec in recs)
+                    if g is not None]
+            closest = [min(g for _, g in rec["compressed"][gamma]["gap"]) for rec in recs
+                       if rec["compressed"][gamma]["gap"]]
+            inside = [min(o for _, o in rec["original_outside"]) for rec in recs]
+            ratio = "—" if not ratios else (f"{np.median(ratios):.2f} "
+                                            f"({min(ratios):.2f}–{max(ratios):.2f})")
+            lines.append(
+                f"| {size}, {rank}, {fraction:.0%} | {2 * rank / size:.0%} | "
+                f"{fraction * size / (2 * rank):.2g} | {lr_scale:.3g} | {float(gamma):g} | "
+                f"{_steps_cell([rec['original'] for rec in recs])} | "
+                f"{_steps_cell([rec['compressed'][gamma] for rec in recs])} | {ratio} | {ends} | "
+                f"{_fmt(_median([rec['subspace_miss_at_init'] for rec in recs]), '.2f')} | "
+                f"{_fmt(_median(inside), '.2f')} | {_fmt(_median(closest), '.2f')} | "
+                f"{_fmt(_median(gaps), '.2g')} |")
+    total = Counter(run["outcome"] for rec in records
+                    for run in [rec["original"], *rec["compressed"].values()])
+    lines += ["", f"All {sum(total.values())} runs: "
+              + ", ".join(f"{total[o]} {o}" for o in OUTCOMES if total[o]) + "."]
+    if authors is not None:
+        lines += ["", _authors_table(records, authors)]
+    return "\n".join(lines) + "\n"
+
+
+def _authors_table(records: list[dict[str, Any]], authors: dict[str, Any]) -> str:
+    """Steps to 1e-2 of the authors' code (``authors-code.json``) beside ours (γ of their
+    settings), problem by problem; "—": not within the budget."""
+    ours = {(r["size"], r["rank"], r["fraction"], r["seed"]): r for r in records}
+    gamma = str(authors["settings"]["gamma"])
+    lines = ["| problem (d, r, p, seed) | original: ours | original: authors' code | "
+             "compressed: ours | compressed: authors' code |", "|---|---|---|---|---|"]
+    for run in authors["runs"]:
+        mine = ours.get((run["size"], run["rank"], run["fraction"], run["seed"]))
+        if mine is None or gamma not in mine["compressed"]:
+            continue
+        cells = [_fmt(r["steps_to_1e-2"], ",") for r in (
+            mine["original"], run["original"], mine["compressed"][gamma], run["compressed"])]
+        lines.append(f"| {run['size']}, {run['rank']}, {run['fraction']:.0%}, {run['seed']} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plot_lag(records: list[dict[str, Any]], path: Path) -> None:
+    """(a) compressed/original steps to 1e-2 against γ; (b) against the observed fraction
+    (γ = 0.01, d = 100, r = 10); (c) per r/d cell; (d) the trajectory gap over steps at the
+    first γ cell's fraction. One marker per problem, the median as a line."""
+    fig, axes = new_figure(ncols=2, nrows=2, width=5.5, height=4.0)
+    paper = str(PAPER_GD_GAMMA)
+
+    def scatter(ax: plt.Axes, points: list[tuple[float, float]], label: str, **style: Any
+                ) -> None:
+        if not points:
+            return
+        ax.plot(*zip(*points, strict=True), ls="none", marker="o", mfc="none", ms=5, **style)
+        xs = sorted({x for x, _ in points})
+        ax.plot(xs, [np.median([y for x2, y in points if x2 == x]) for x in xs], label=label,
+                **style)
+
+    for i, fraction in enumerate(sorted({r["fraction"] for r in records
+                                         if r["group"] == "gamma"})):
+        recs = [r for r in records if r["group"] == "gamma" and r["fraction"] == fraction]
+        scatter(axes[0], [(float(g), ratio) for r in recs for g in r["compressed"]
+                          if (ratio := _lag_ratio(r, g)) is not None],
+                f"d = {recs[0]['size']}, r = {recs[0]['rank']}, p = {fraction:.0%}",
+                color=f"C{i}")
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("γ (outer factors step at γ·η)")
+    first = min((r for r in records if r["group"] == "gamma"), key=lambda r: r["fraction"])
+    size, rank = first["size"], first["rank"]
+    for i, scale in enumerate(sorted({r["lr_scale"] for r in records}, reverse=True)):
+        base = [r for r in records if (r["size"], r["rank"], r["lr_scale"]) == (size, rank, scale)
+                and paper in r["compressed"]]
+        scatter(axes[1], [(r["fraction"], ratio) for r in base
+                          if (ratio := _lag_ratio(r, paper)) is not None],
+                f"d = {size}, r = {rank}, γ = {paper}, step × {scale:.3g}", color=f"C{i}")
+    axes[1].set_xlabel("observed fraction p")
+    baseline = (first["size"], first["rank"], first["fraction"])
+    cells = sorted({(r["size"], r["rank"], r["fraction"]) for r in records
+                    if r["group"] == "r/d"} | {baseline})
+    labels = [f"d={d}, r={k}\np={p:g}" for d, k, p in cells]
+    scatter(axes[2], [(float(i), ratio) for i, c in enumerate(cells) for r in records
+                      if (r["size"], r["rank"], r["fraction"]) == c and paper in r["compressed"]
+                      and (r["group"] == "r/d" or r["group"] == "gamma")
+                      and (ratio := _lag_ratio(r, paper)) is not None], "γ = 0.01", color="C0")
+    axes[2].set_xticks(range(len(cells)), labels, fontsize=7)
+    for ax in axes[:3]:
+        ax.axhline(1.0, color="k", lw=0.6, ls=":")
+        ax.set_ylabel("compressed / original: steps to 1e-2")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    gamma_recs = [r for r in records if r["group"] == "gamma"]
+    for rec in gamma_recs[: 2 * 3]:
+        for j, gamma in enumerate(g for g in rec["compressed"] if g in (paper, "0.1")):
+            gap = rec["compressed"][gamma]["gap"]
+            if gap:
+                axes[3].plot(*zip(*gap, strict=True), lw=0.8, color=f"C{j}",
+                             ls="-" if rec["fraction"] == gamma_recs[0]["fraction"] else "--",
+                             label=f"γ = {gamma}, p = {rec['fraction']:g}"
+                             if rec["seed"] == 0 else None)
+    axes[3].set_yscale("log")
+    axes[3].set_xlabel("GD step")
+    axes[3].set_ylabel("‖X_c(t) − X_o(t)‖ / ‖X_o(t)‖")
+    axes[3].grid(alpha=0.3, which="both")
+    if axes[3].get_legend_handles_labels()[0]:
+        axes[3].legend(fontsize=7)
+    fig.suptitle("dmc-lag: the compressed L = 3 model against the original on the same "
+                 "problems and initialization (GD, authors' step, ε = 1e-3)", fontsize=9)
     save_figure(fig, path)
 
 
