@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from deeplora.finetune.checkpoints import window_loss
 from deeplora.finetune.report import (
     Results,
     bootstrap_ci,
@@ -145,8 +146,8 @@ def loss_checkpoints(results: Results) -> list[dict[str, Any]]:
             continue
         last = cell.config.steps
         steps = [s for s in LOSS_CHECKPOINTS if s < last] + [last]
-        windows = np.array([[np.mean(r["train_loss"][max(0, s - LOSS_WINDOW):s]) for s in steps]
-                            for r in trained])
+        windows = np.array([[window_loss(r["train_loss"], s, LOSS_WINDOW) for s in steps]
+                            for r in trained], dtype=float)
         out.append({"head": cell.labels["head"], "method": cell.labels["method"],
                     "runs": len(trained), "steps": steps, "mean": windows.mean(axis=0).tolist(),
                     "std": windows.std(axis=0, ddof=1).tolist() if len(trained) > 1 else None})
