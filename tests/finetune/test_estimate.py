@@ -36,6 +36,10 @@ def test_line_multiplies_measured_unit_costs() -> None:
     assert halved.line().endswith("in 2 processes")
     untrained = Estimate(1, 0, 10, "dev rows evaluated", UnitCosts(1.0, None, 0.1, "cpu"))
     assert "train steps" not in untrained.line() and "1 run × " in untrained.line()
+    scored = Estimate(1, 10, 0, "test inputs", UnitCosts(1.0, 0.5, 0.1, "cpu", dev_s=0.25),
+                      dev_items=8)
+    assert scored.seconds == pytest.approx(1.0 + 10 * 0.5 + 8 * 0.25)
+    assert "8 dev inputs scored × 0.25 s" in scored.line()
 
 
 @pytest.mark.parametrize(("seconds", "text"),

@@ -5,7 +5,14 @@ from pathlib import Path
 import pytest
 
 from deeplora.finetune.data import DataError
-from deeplora.nlg.data import Example, eval_subset, few_shot, load_e2e, resolve_e2e_dir
+from deeplora.nlg.data import (
+    Example,
+    eval_subset,
+    few_shot,
+    hold_out,
+    load_e2e,
+    resolve_e2e_dir,
+)
 from tests.nlg.conftest import write_csv
 
 
@@ -41,6 +48,18 @@ def test_eval_subset_is_fixed() -> None:
     assert len(subset) == 10 and subset != examples[:10]
     assert [int(e.mr) for e in subset] == sorted(int(e.mr) for e in subset)
     assert eval_subset(examples, None) == examples
+
+
+def test_hold_out_is_fixed_and_apart_from_the_pool(e2e_dir: Path) -> None:
+    dev = load_e2e("dev", e2e_dir)
+    pool, held = hold_out(dev, 4)
+    assert (pool, held) == hold_out(dev, 4)
+    assert held == eval_subset(dev, 4)
+    assert not {e.mr for e in pool} & {e.mr for e in held}
+    assert len(pool) + len(held) == len(dev)
+    for n in (0, len(dev)):
+        with pytest.raises(DataError, match="--dev-mrs"):
+            hold_out(dev, n)
 
 
 def test_missing_file(tmp_path: Path) -> None:

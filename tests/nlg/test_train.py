@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,14 @@ import torch
 
 from deeplora.finetune.data import DataError
 from deeplora.nlg.config import nlg_preset
-from deeplora.nlg.train import result_path, run_nlg, run_nlg_sweep
+from deeplora.nlg.train import (
+    checkpoint_folder,
+    estimate_nlg,
+    result_path,
+    run_nlg,
+    run_nlg_sweep,
+    score_checkpoint,
+)
 from tests.nlg.conftest import tiny_model, word_tokenizer
 
 
@@ -93,3 +101,23 @@ def test_delta_norms_match_a_full_svd(model_dir: Path, e2e_dir: Path, method: st
             for name, delta in adapter_deltas(model).items()}
     assert _delta_norms(model, config.rank) == pytest.approx(full, rel=1e-4)
     assert max(full.values()) > 1e-3
+
+
+def test_checkpointed_run_generates_only_where_scored(model_dir: Path, e2e_dir: Path,
+                                                      tmp_path: Path) -> None:
+    config = _config(model_dir, method="lora", steps=5, eval_every=2, dev_mrs=4)
+    estimate = estimate_nlg([(config, 0)], tmp_path, e2e_dir)
+    assert estimate is not None and estimate.dev_items == 4 * 4  # steps 0, 2, 4, 5
+    assert estimate.items == 2 * 3  # the test MRs at two checkpoints at most
+    result = run_nlg_sweep(config, [0], tmp_path, e2e_dir, progress=False)[0]
+    assert [e["step"] for e in result["history"]] == [0, 2, 4, 5]
+    assert result["metrics"] == {} and "predictions" not in result
+    assert all(e["metrics"] == {} and e["heldout"]["neg_loss"] == -e["heldout"]["loss"]
+               for e in result["history"])
+    assert not set(result["dev_mrs"]) & set(result["train_mrs"])
+    assert sorted(p.name for p in checkpoint_folder(tmp_path, config, 0).iterdir()) == [
+        f"step-{s}.pt" for s in (0, 2, 4, 5)]
+    entry = score_checkpoint(config, 0, 2, tmp_path, e2e_dir, progress=False)
+    assert set(entry["metrics"]) >= {"bleu", "rougeL"} and len(entry["predictions"]) == 3
+    saved = json.loads(result_path(tmp_path, config, 0).read_text())
+    assert [bool(e["metrics"]) for e in saved["history"]] == [False, True, False, False]

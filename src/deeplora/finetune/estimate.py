@@ -31,18 +31,21 @@ PROBE_STEPS = 2
 @dataclass(frozen=True)
 class UnitCosts:
     """Measured seconds: building one run's model (``setup_s``), one training step (``step_s``;
-    ``None`` when nothing was trained) and one evaluated input (``item_s``), on ``device``."""
+    ``None`` when nothing was trained), one evaluated input (``item_s``) and one dev input
+    scored at a checkpoint (``dev_s``; 0 where there are none), on ``device``."""
 
     setup_s: float
     step_s: float | None
     item_s: float
     device: str
+    dev_s: float = 0.0
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """``runs`` pending runs with ``steps`` training steps and ``items`` evaluated inputs in
-    all (``item_label`` says what an input is), at ``costs``; ``processes`` runs at once."""
+    """``runs`` pending runs with ``steps`` training steps, ``items`` evaluated inputs
+    (``item_label`` says what an input is) and ``dev_items`` dev inputs scored at checkpoints in
+    all, at ``costs``; ``processes`` runs at once."""
 
     runs: int
     steps: int
@@ -50,12 +53,13 @@ class Estimate:
     item_label: str
     costs: UnitCosts
     processes: int = 1
+    dev_items: int = 0
 
     @property
     def seconds(self) -> float:
-        """runs·setup + steps·step + items·item, divided by ``processes``."""
+        """runs·setup + steps·step + items·item + dev_items·dev, divided by ``processes``."""
         work = (self.runs * self.costs.setup_s + self.steps * (self.costs.step_s or 0.0)
-                + self.items * self.costs.item_s)
+                + self.items * self.costs.item_s + self.dev_items * self.costs.dev_s)
         return work / self.processes
 
     def line(self) -> str:
@@ -63,6 +67,8 @@ class Estimate:
         if self.steps and self.costs.step_s is not None:
             parts.append(f"{self.steps} train steps × {_seconds(self.costs.step_s)} s")
         parts.append(f"{self.items} {self.item_label} × {_seconds(self.costs.item_s)} s")
+        if self.dev_items:
+            parts.append(f"{self.dev_items} dev inputs scored × {_seconds(self.costs.dev_s)} s")
         parts.append(f"{self.runs} run{'s' * (self.runs != 1)} × "
                      f"{_seconds(self.costs.setup_s)} s setup")
         where = f"on this machine ({self.costs.device})"

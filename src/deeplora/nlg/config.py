@@ -39,7 +39,11 @@ class NLGConfig:
     ``model``: ``None`` means the embedded SmolLM2-135M-Instruct (a causal LM); seq2seq models
     (T5) are recognized from their config. ``targets``: the adapter preset (see
     :mod:`deeplora.adapters.targets`). ``test_mrs``: evaluate on a seeded subset of this many
-    test MRs (``None``: all). ``num_beams`` 1 is greedy decoding.
+    test MRs (``None``: all). ``num_beams`` 1 is greedy decoding. ``dev_mrs`` > 0: hold out a
+    fixed seeded subset of this many MRs of the dev split (never drawn as training examples)
+    as the dev set; ``eval_every`` > 0 (needs ``dev_mrs``): checkpoint the adapters and score
+    the dev set at step 0, every ``eval_every`` steps and at the end, and generate for the test
+    MRs only at the checkpoints asked for afterwards (see :mod:`deeplora.nlg.train`).
     """
 
     task: str = "e2e"
@@ -61,6 +65,8 @@ class NLGConfig:
     test_mrs: int | None = None
     pad_to_max_length: bool = True
     adam_eps: float = 1e-6
+    eval_every: int = 0
+    dev_mrs: int = 0
 
     def __post_init__(self) -> None:
         for value, allowed, what in [
@@ -84,16 +90,27 @@ class NLGConfig:
         check_finite_positive(self, "lr", "init_scale")
         if self.test_mrs is not None and self.test_mrs < 1:
             raise DataError(f"test_mrs must be >= 1, got {self.test_mrs}")
+        if self.eval_every < 0 or self.dev_mrs < 0:
+            raise DataError("eval_every and dev_mrs must be >= 0")
+        if self.eval_every and not self.dev_mrs:
+            raise DataError("eval_every needs dev_mrs > 0 (the dev MRs the checkpoints are "
+                            "scored on)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def key(self) -> str:
-        """Readable, unique directory name: main settings plus a hash of the whole config."""
-        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        """Readable, unique directory name: main settings plus a hash of the whole config
+        (:data:`LATER_FIELDS` only when set, so the keys of earlier runs stay)."""
+        values = {k: v for k, v in self.to_dict().items()
+                  if k not in LATER_FIELDS or v != getattr(NLGConfig, k)}
+        digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
         return (f"{self.task}-{self.method}-{self.preset}-r{self.rank}-n{self.samples}"
                 f"-t{self.steps}-{digest[:10]}")
 
+
+LATER_FIELDS = ("eval_every", "dev_mrs")
+"""Fields added after runs were published; :meth:`NLGConfig.key` hashes them only when set."""
 
 PRESET_VALUES: dict[str, dict[str, Any]] = {
     "paper": {"targets": "all-dense"},

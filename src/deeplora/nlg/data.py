@@ -108,3 +108,13 @@ def eval_subset(examples: list[Example], n: int | None) -> list[Example]:
         raise DataError(f"test MRs must be >= 1, got {n}")
     keep = sorted(random.Random(0).sample(range(len(examples)), n))
     return [examples[i] for i in keep]
+
+
+def hold_out(examples: list[Example], n: int) -> tuple[list[Example], list[Example]]:
+    """``(pool, dev)``: the :func:`eval_subset` of ``n`` MRs (the same for every run and seed)
+    as the dev set, and the other MRs, in file order, as the pool few-shot examples come from."""
+    if not 0 < n < len(examples):
+        raise DataError(f"--dev-mrs {n} is not in 1..{len(examples) - 1} (distinct MRs)")
+    dev = eval_subset(examples, n)
+    held = {e.mr for e in dev}
+    return [e for e in examples if e.mr not in held], dev

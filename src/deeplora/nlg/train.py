@@ -4,6 +4,15 @@ Given a config and a seed a CPU run is deterministic: the seed fixes the trainin
 references, the adapter initialization and the batch order. Sweeps write one result file per
 (config, seed), ``<out>/<config.key()>/seed-<k>.json``, atomically (temp file + rename), so a
 killed sweep leaves no partial result and a rerun trains only the seeds without one.
+
+With ``config.eval_every`` a run records checkpoints instead of generating at its end: at step
+0, every ``eval_every`` steps and the last step, a ``history`` entry ``{"step", "heldout":
+{"loss", "neg_loss"}, "metrics": {}}`` (the teacher-forced loss on the dev MRs, see
+:func:`dev_loss`) and the trainable parameters in ``<out>/<config.key()>/checkpoints/
+seed-<k>/step-<s>.pt`` (not result files: about 10 MB each for SmolLM2 at rank 8).
+:func:`score_checkpoint` later generates for the test MRs at a chosen checkpoint and writes
+``metrics`` and ``predictions`` into its entry, so test generation (about 2.3 s per MR
+greedy on a CPU core) is paid only where a selection asks for it.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -21,7 +30,7 @@ from tqdm.auto import tqdm
 
 from deeplora.finetune.estimate import Estimate, UnitCosts, seconds_per_step
 from deeplora.nlg.config import NLGConfig
-from deeplora.nlg.data import Example, eval_subset, few_shot, load_e2e
+from deeplora.nlg.data import Example, eval_subset, few_shot, hold_out, load_e2e
 from deeplora.nlg.metrics import generation_metrics
 from deeplora.nlg.models import (
     Formatter,
@@ -37,12 +46,16 @@ LEFT_INIT_ATOL = 1e-3
 
 
 class PreparedNLG:
-    """Model path, training examples and test MRs, checked before any training step."""
+    """Model path, training examples, dev MRs (``config.dev_mrs`` held out of the dev split,
+    never training examples; empty without) and test MRs, checked before any training step."""
 
     def __init__(self, config: NLGConfig, seed: int,
                  data_dir: str | os.PathLike[str] | None) -> None:
         self.model_path = resolve_generative_model(config.model)
-        self.train = few_shot(load_e2e("dev", data_dir), config.samples, seed)
+        pool, self.dev = load_e2e("dev", data_dir), []
+        if config.dev_mrs:
+            pool, self.dev = hold_out(pool, config.dev_mrs)
+        self.train = few_shot(pool, config.samples, seed)
         test = load_e2e("test", data_dir)
         self.test_total = len(test)
         self.test = eval_subset(test, config.test_mrs)
@@ -66,8 +79,14 @@ def _delta_norms(model: torch.nn.Module, rank: int) -> dict[str, float]:
 
 
 def run_nlg(config: NLGConfig, seed: int, data_dir: str | os.PathLike[str] | None = None,
-            progress: bool = True, prepared: PreparedNLG | None = None) -> dict[str, Any]:
+            progress: bool = True, prepared: PreparedNLG | None = None,
+            checkpoints: Path | None = None) -> dict[str, Any]:
     """Train ``config`` with ``seed``, generate for the test MRs and score; the result record.
+
+    With ``config.eval_every`` (and a training method) the run saves its checkpoints into the
+    folder ``checkpoints`` and generates nothing: ``metrics`` is empty, ``history`` holds the
+    dev loss per checkpoint (module docstring). With ``config.dev_mrs`` alone, ``history`` is
+    one entry at the end with the dev loss and the test metrics.
 
     Keys: ``config``, ``seed``, ``versions``, ``device_name``, ``metrics`` (BLEU, ROUGE-1/2/L/
     Lsum), ``train_loss`` (per step), ``mrs`` and ``predictions`` (per test MR),
@@ -83,28 +102,121 @@ def run_nlg(config: NLGConfig, seed: int, data_dir: str | os.PathLike[str] | Non
     model, formatter = _setup(config, prepared, seed)
     device = next(model.parameters()).device
     losses: list[float] = []
+    history: list[dict[str, Any]] = []
+    checkpointed = bool(config.eval_every) and trains(config)
+    if checkpointed and checkpoints is None:
+        raise ValueError("a checkpointed run needs a checkpoints folder")
+
+    def checkpoint(step: int) -> None:
+        if checkpointed and (step % config.eval_every == 0 or step == config.steps):
+            history.append({"step": step, "heldout": _dev_scores(model, formatter, prepared,
+                                                                 config), "metrics": {}})
+            save_adapter(model, checkpoints / f"step-{step}.pt")
+
     train_start = time.perf_counter()
+    checkpoint(0)
     if trains(config):
-        losses = _train(model, formatter, prepared.train, config, seed, progress)
+        losses = _train(model, formatter, prepared.train, config, seed, progress, checkpoint)
     train_seconds = time.perf_counter() - train_start
     result: dict[str, Any] = {"config": config.to_dict(), "seed": seed,
                               "versions": library_versions(), "device_name": device_name(device)}
+    if config.dev_mrs:
+        result["dev_mrs"] = [e.mr for e in prepared.dev]
     if config.method != "zero-shot":
         norms = _delta_norms(model, config.rank)
         result["delta_norm_max"] = max(norms.values())
         result["left_init"] = result["delta_norm_max"] > LEFT_INIT_ATOL
         result["adapted_layers"] = len(norms)
-        result["merged"] = _merge(model)
-    gen_start = time.perf_counter()
     mrs = [e.mr for e in prepared.test]
-    predictions = generate(model, formatter, mrs, config.eval_batch_size, progress=progress,
-                           desc=f"generate {config.method} seed {seed}")
-    result["generate_seconds"] = time.perf_counter() - gen_start
-    result["metrics"] = generation_metrics(predictions, [e.refs for e in prepared.test])
     result.update(train_loss=losses, train_mrs=[e.mr for e in prepared.train], mrs=mrs,
-                  predictions=predictions, train_seconds=train_seconds,
-                  wall_time_s=time.perf_counter() - start)
+                  train_seconds=train_seconds)
+    if checkpointed:
+        result.update(history=history, metrics={})
+    else:
+        if config.method != "zero-shot":
+            result["merged"] = _merge(model)
+        result.update(_generate_test(model, formatter, prepared, config,
+                                     f"generate {config.method} seed {seed}", progress))
+        if config.dev_mrs:
+            result["history"] = [{"step": config.steps, "metrics": result["metrics"],
+                                  "heldout": _dev_scores(model, formatter, prepared, config)}]
+    result["wall_time_s"] = time.perf_counter() - start
     return result
+
+
+def _generate_test(model: torch.nn.Module, formatter: Formatter, prepared: PreparedNLG,
+                   config: NLGConfig, desc: str, progress: bool) -> dict[str, Any]:
+    """``metrics``, ``predictions`` (per test MR) and ``generate_seconds`` of ``model``."""
+    start = time.perf_counter()
+    predictions = generate(model, formatter, [e.mr for e in prepared.test],
+                           config.eval_batch_size, progress=progress, desc=desc)
+    return {"metrics": generation_metrics(predictions, [e.refs for e in prepared.test]),
+            "predictions": predictions, "generate_seconds": time.perf_counter() - start}
+
+
+@torch.no_grad()
+def dev_loss(model: torch.nn.Module, formatter: Formatter, examples: Sequence[Example],
+             batch_size: int) -> float:
+    """Teacher-forced loss of ``model`` on ``examples``, each MR with its first reference: the
+    mean negative log-likelihood per target token (reference tokens and EOS), the training
+    loss's definition on held-out MRs. Leaves the model's train/eval mode as it found it."""
+    mode, device = model.training, next(model.parameters()).device
+    model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = formatter.train_batch(examples[start:start + batch_size])
+        count = int((batch["labels"] != -100).sum())
+        total += float(model(**{k: v.to(device) for k, v in batch.items()}).loss) * count
+        tokens += count
+    model.train(mode)
+    return total / tokens
+
+
+def _dev_scores(model: torch.nn.Module, formatter: Formatter, prepared: PreparedNLG,
+                config: NLGConfig) -> dict[str, float]:
+    """``{"loss": dev loss, "neg_loss": −dev loss}`` (the selection maximizes ``neg_loss``)."""
+    loss = dev_loss(model, formatter, prepared.dev, config.eval_batch_size)
+    return {"loss": loss, "neg_loss": -loss}
+
+
+def save_adapter(model: torch.nn.Module, path: Path) -> None:
+    """The trainable parameters of ``model`` (its adapters) to ``path``, atomically."""
+    from deeplora.output import write_atomic
+
+    state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_adapter(model: torch.nn.Module, path: Path) -> None:
+    """Load :func:`save_adapter`'s file into ``model`` (built with the same config)."""
+    state = torch.load(path, map_location=next(model.parameters()).device)
+    unexpected = model.load_state_dict(state, strict=False).unexpected_keys
+    if unexpected:
+        raise ValueError(f"{path}: parameters {unexpected[:3]} are not in the model")
+
+
+def checkpoint_folder(out: str | os.PathLike[str], config: NLGConfig, seed: int) -> Path:
+    """Where run (``config``, ``seed``) of a sweep under ``out`` keeps its checkpoints."""
+    return Path(out) / config.key() / "checkpoints" / f"seed-{seed}"
+
+
+def score_checkpoint(config: NLGConfig, seed: int, step: int, out: str | os.PathLike[str],
+                     data_dir: str | os.PathLike[str] | None = None, progress: bool = True
+                     ) -> dict[str, Any]:
+    """Generate for the test MRs with run (``config``, ``seed``)'s adapters at ``step`` (its
+    checkpoint under ``out``, merged) and write ``metrics``, ``predictions`` and
+    ``generate_seconds`` into that step's ``history`` entry of its result file; the entry."""
+    path = result_path(out, config, seed)
+    result = json.loads(path.read_text())
+    entry = next(e for e in result["history"] if e["step"] == step)
+    prepared = PreparedNLG(config, seed, data_dir)
+    model, formatter = _setup(config, prepared, seed)
+    load_adapter(model, checkpoint_folder(out, config, seed) / f"step-{step}.pt")
+    _merge(model)
+    entry.update(_generate_test(model, formatter, prepared, config,
+                                f"test {config.method} seed {seed} step {step}", progress))
+    write_json(path, result)
+    return entry
 
 
 def _merge(model: torch.nn.Module) -> bool:
@@ -119,8 +231,10 @@ def _merge(model: torch.nn.Module) -> bool:
 
 
 def _train(model: torch.nn.Module, formatter: Formatter, train: list[Example],
-           config: NLGConfig, seed: int, progress: bool) -> list[float]:
-    """``config.steps`` steps of :func:`_steps` under a progress bar; the per-step losses."""
+           config: NLGConfig, seed: int, progress: bool,
+           after_step: Callable[[int], None] | None = None) -> list[float]:
+    """``config.steps`` steps of :func:`_steps` under a progress bar, calling ``after_step``
+    with each step's number (1, 2, …); the per-step losses."""
     losses: list[float] = []
     with tqdm(total=config.steps, desc=f"{config.method} seed {seed}", unit="step",
               disable=not progress) as bar:
@@ -128,6 +242,8 @@ def _train(model: torch.nn.Module, formatter: Formatter, train: list[Example],
             losses.append(loss)
             bar.update()
             bar.set_postfix(loss=f"{loss:.4f}")
+            if after_step is not None:
+                after_step(len(losses))
     return losses
 
 
@@ -174,9 +290,10 @@ def measure_nlg_costs(config: NLGConfig, seed: int,
                       data_dir: str | os.PathLike[str] | None = None) -> tuple[UnitCosts, int]:
     """Unit costs of a run of ``config`` on this machine (see
     :mod:`deeplora.finetune.estimate`): reading its data and loading its model, one training
-    step (``None`` if it does not train) and one generated test input (one batch of
-    ``eval_batch_size`` test MRs, after those steps and the merge, per MR), and the size of the
-    whole test split. Trains a throwaway model; writes nothing."""
+    step (``None`` if it does not train), one dev MR's loss (one batch of ``eval_batch_size``,
+    after those steps; only with ``config.dev_mrs``) and one generated test input (one batch of
+    ``eval_batch_size`` test MRs, after the merge, per MR), and the size of the whole test
+    split. Trains a throwaway model; writes nothing."""
     from deeplora.finetune.train import device_name
 
     start = time.perf_counter()
@@ -186,6 +303,12 @@ def measure_nlg_costs(config: NLGConfig, seed: int,
     step_s = None
     if trains(config):
         step_s = seconds_per_step(_steps(model, formatter, prepared.train, config, seed))
+    dev_s = 0.0
+    if prepared.dev:
+        dev = prepared.dev[:config.eval_batch_size]
+        start = time.perf_counter()
+        dev_loss(model, formatter, dev, config.eval_batch_size)
+        dev_s = (time.perf_counter() - start) / len(dev)
     if config.method != "zero-shot":
         _merge(model)
     mrs = [e.mr for e in prepared.test[:config.eval_batch_size]]
@@ -194,13 +317,15 @@ def measure_nlg_costs(config: NLGConfig, seed: int,
              desc="measuring: generation", leave=False)
     item_s = (time.perf_counter() - start) / len(mrs)
     device = device_name(next(model.parameters()).device)
-    return UnitCosts(setup_s, step_s, item_s, device), prepared.test_total
+    return UnitCosts(setup_s, step_s, item_s, device, dev_s), prepared.test_total
 
 
 def estimate_nlg(pairs: Sequence[tuple[NLGConfig, int]], out: str | os.PathLike[str],
                  data_dir: str | os.PathLike[str] | None = None) -> Estimate | None:
     """What the (config, seed) ``pairs`` without a result file under ``out`` will cost, from
-    a probe of the first of them that trains (else the first); ``None`` if none is pending."""
+    a probe of the first of them that trains (else the first); ``None`` if none is pending.
+    A checkpointed run counts its dev MRs at each checkpoint and test MRs at
+    :data:`SCORED_CHECKPOINTS` checkpoints (what a selection scores at most)."""
     todo = [(config, seed) for config, seed in pairs
             if not result_path(out, config, seed).is_file()]
     if not todo:
@@ -208,10 +333,29 @@ def estimate_nlg(pairs: Sequence[tuple[NLGConfig, int]], out: str | os.PathLike[
     probe = next((pair for pair in todo if trains(pair[0])), todo[0])
     costs, total = measure_nlg_costs(*probe, data_dir)
     steps = sum(config.steps for config, _ in todo if trains(config))
-    items = sum(min(config.test_mrs or total, total) for config, _ in todo)
+    items = sum(min(config.test_mrs or total, total) * _test_passes(config) for config, _ in todo)
+    dev_items = sum(config.dev_mrs * _checkpoints(config) for config, _ in todo)
     beams = sorted({config.num_beams for config, _ in todo})
     decoding = "greedy" if beams == [1] else f"beam {'/'.join(map(str, beams))}"
-    return Estimate(len(todo), steps, items, f"test inputs generated ({decoding})", costs)
+    return Estimate(len(todo), steps, items, f"test inputs generated ({decoding})", costs,
+                    dev_items=dev_items)
+
+
+SCORED_CHECKPOINTS = 2
+"""Checkpoints of a run that a selection generates the test MRs at, at most: the best on dev
+and the one at the training loss matched with the other method."""
+
+
+def _checkpoints(config: NLGConfig) -> int:
+    """Dev evaluations of a run: step 0, every ``eval_every`` steps and the last (1 without
+    checkpoints, where ``dev_mrs`` is scored once at the end)."""
+    if not (config.eval_every and trains(config)):
+        return 1
+    return 1 + config.steps // config.eval_every + bool(config.steps % config.eval_every)
+
+
+def _test_passes(config: NLGConfig) -> int:
+    return SCORED_CHECKPOINTS if config.eval_every and trains(config) else 1
 
 
 def result_path(out: str | os.PathLike[str], config: NLGConfig, seed: int) -> Path:
@@ -240,7 +384,8 @@ def run_nlg_sweep(config: NLGConfig, seeds: Iterable[int], out: str | os.PathLik
             results.append(json.loads(path.read_text()))
             continue
         prepared = PreparedNLG(config, seed, data_dir)
-        result = run_nlg(config, seed, data_dir, progress=progress, prepared=prepared)
+        result = run_nlg(config, seed, data_dir, progress=progress, prepared=prepared,
+                         checkpoints=checkpoint_folder(out, config, seed))
         write_json(path.parent / "config.json", config.to_dict())
         write_json(path, result)
         results.append(result)
