@@ -32,6 +32,20 @@ def _rebuild_nlg(out: Path) -> str:
     return "nlg-fewshot.md"
 
 
+def _rebuild_nlg_checkpoints(out: Path) -> str:
+    """``deeplora experiment nlg-checkpoints --preset cpu --lrs 3e-4,1e-3,3e-3 --seeds 0-1
+    --report-only --out docs/results/nlg-checkpoints-cpu``: the test scores of the chosen
+    checkpoints are in the run files, nothing is generated."""
+    from deeplora.experiments.nlg_checkpoints import NAME, plan, settings_text, write_report
+    from deeplora.nlg.train import load_nlg_results
+
+    folder = RESULTS / "nlg-checkpoints-cpu"
+    cells = plan("cpu", (3e-4, 1e-3, 3e-3), range(2), eval_every=10, dev_mrs=24)
+    write_report([(cell, load_nlg_results(folder / "runs", cell.config, cell.seeds))
+                  for cell in cells], out, settings_text(cells))
+    return f"{NAME}.md"
+
+
 STSB_FOLDERS = {"stsb-fewshot": "stsb-fewshot-practical-bi",
                 "stsb-ranks": "stsb-ranks-practical-bi",
                 "rank-histogram": "stsb-fewshot-practical-bi",
@@ -156,6 +170,7 @@ def _rebuild_dmc_lag(out: Path) -> str:
 
 @pytest.mark.parametrize(("folder", "rebuild"), [
     ("nlg-fewshot-cpu", _rebuild_nlg),
+    ("nlg-checkpoints-cpu", _rebuild_nlg_checkpoints),
     *((folder, partial(_rebuild_stsb, name)) for name, folder in STSB_FOLDERS.items()),
     ("stsb-smollm2-cross", _rebuild_finetune_command),
     *((name, partial(_rebuild_ratings, name))
@@ -163,8 +178,9 @@ def _rebuild_dmc_lag(out: Path) -> str:
     ("topk", _rebuild_topk),
     *((folder, partial(_rebuild_prompt, folder)) for folder in PROMPT_SWEEPS),
     ("dmc", _rebuild_dmc_depth), ("dmc/lag", _rebuild_dmc_lag)],
-    ids=["nlg-fewshot", *STSB_FOLDERS, "stsb-smollm2", "movielens", "filmtrust", "book-crossing",
-         "book-crossing-5", "topk", *PROMPT_SWEEPS, "dmc-depth", "dmc-lag"])
+    ids=["nlg-fewshot", "nlg-checkpoints", *STSB_FOLDERS, "stsb-smollm2", "movielens",
+         "filmtrust", "book-crossing", "book-crossing-5", "topk", *PROMPT_SWEEPS, "dmc-depth",
+         "dmc-lag"])
 def test_report_rebuilds_from_committed_runs_and_stands_in_results_md(
         folder: str, rebuild, tmp_path: Path) -> None:
     name = rebuild(tmp_path)

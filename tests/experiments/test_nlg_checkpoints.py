@@ -51,7 +51,7 @@ def test_lr_and_checkpoints_follow_dev_and_train_loss_never_test() -> None:
     assert selection["matched"][0][2] == pytest.approx(0.45)
     todo = sorted((r["config"]["method"], r["seed"], step) for r, step in needed(selection))
     assert todo == [("deep-lora", s, step) for s in (0, 1) for step in (2, 4)] + [
-        ("lora", s, 2) for s in (0, 1)]
+        ("lora", s, step) for s in (0, 1) for step in (2, 4)]
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_tiny_sweep_scores_only_the_chosen_checkpoints_and_rebuilds(
                      for (m, lr), rs in runs.items() if m == method}
         assert {c["method"]: c["lr"] for c in summary["chosen"]}[method] == min(
             mean_best, key=mean_best.get)
-    # test outputs exist exactly at the best dev and the matched-loss checkpoints
+    # test outputs exist exactly at the best dev, the matched-loss and the last checkpoints
     chosen = {c["method"]: c for c in summary["chosen"]}
     for (method, lr), found in runs.items():
         for run in found:
@@ -108,7 +108,7 @@ def test_tiny_sweep_scores_only_the_chosen_checkpoints_and_rebuilds(
             if method == "zero-shot":
                 continue
             row = chosen[method]
-            wanted = ({row[w]["steps"][run["seed"]] for w in ("best", "matched")}
+            wanted = ({row[w]["steps"][run["seed"]] for w in ("best", "matched", "last")}
                       if lr == row["lr"] else set())
             assert scored == wanted
     # a checkpoint file restores the adapters whose dev loss the history holds

@@ -108,7 +108,7 @@ def test_checkpointed_run_generates_only_where_scored(model_dir: Path, e2e_dir: 
     config = _config(model_dir, method="lora", steps=5, eval_every=2, dev_mrs=4)
     estimate = estimate_nlg([(config, 0)], tmp_path, e2e_dir)
     assert estimate is not None and estimate.dev_items == 4 * 4  # steps 0, 2, 4, 5
-    assert estimate.items == 2 * 3  # the test MRs at two checkpoints at most
+    assert estimate.items == 3 * 3  # the test MRs at three checkpoints at most
     result = run_nlg_sweep(config, [0], tmp_path, e2e_dir, progress=False)[0]
     assert [e["step"] for e in result["history"]] == [0, 2, 4, 5]
     assert result["metrics"] == {} and "predictions" not in result

@@ -15,12 +15,13 @@ With :mod:`deeplora.finetune.checkpoints`, reading dev and training losses only:
   (:func:`~deeplora.finetune.checkpoints.matched_checkpoints`, the loss averaged over the
   ``eval_every`` steps before a checkpoint).
 
-Only those checkpoints are then scored on the test MRs (greedy generation is the expensive
-part); the scores land in the runs' result files, so ``--report-only`` rebuilds the report
-from them. The report gives the grid (dev loss, best step, final training loss per lr), the
-chosen learning rates with test BLEU / ROUGE-L at the best dev checkpoint and at matched
-training loss, the paired differences Deep LoRA − LoRA with 95% bootstrap intervals over
-seeds, and learning curves (training loss and dev loss against the step).
+Only those checkpoints and the last step's are then scored on the test MRs (greedy generation
+is the expensive part); the scores land in the runs' result files, so ``--report-only``
+rebuilds the report from them. The report gives the grid (dev loss, best step, final training
+loss per lr), the chosen learning rates with test BLEU / ROUGE-L at the best dev checkpoint, at
+matched training loss and at the last step, the paired differences Deep LoRA − LoRA with 95%
+bootstrap intervals over seeds, and learning curves (training loss and dev loss against the
+step).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ METHODS = ("deep-lora", "lora")
 DEV = "neg_loss"
 """The held-out key the selection maximizes: minus the teacher-forced dev loss."""
 SHOWN = {"bleu": ("BLEU", 1.0), "rougeL": ("ROUGE-L", 100.0)}
-WHEN = {"best": "best dev ckpt", "matched": "matched train loss"}
+WHEN = {"best": "best dev ckpt", "matched": "matched train loss", "last": "last step"}
 Results = list[tuple[Cell, list[dict[str, Any]]]]
 
 
@@ -77,9 +78,9 @@ def _best_dev(run: dict[str, Any]) -> float | None:
 
 def select(results: Results) -> dict[str, Any]:
     """The chosen lr per method (``{"lr": {method: lr}}``), and per seed at those lrs the
-    history index of each method's best dev checkpoint (``best[method][seed]``) and of the
-    matched-loss checkpoints (``matched[seed] = (i_deep, i_lora, loss)``). Runs that never
-    left their initialization take no part."""
+    history index of each method's best dev checkpoint (``best[method][seed]``), of its last
+    step (``last[method][seed]``) and of the matched-loss checkpoints (``matched[seed] =
+    (i_deep, i_lora, loss)``). Runs that never left their initialization take no part."""
     by_method: dict[str, dict[float, list[dict[str, Any]]]] = defaultdict(dict)
     for cell, runs in results:
         if cell.labels["method"] != "zero-shot":
@@ -102,13 +103,15 @@ def select(results: Results) -> dict[str, Any]:
             found = matched_checkpoints(first[seed], second[seed])
             if found is not None:
                 matched[seed] = found
-    return {"lr": chosen, "best": best, "matched": matched, "runs": picked}
+    last = {m: {s: len(r["history"]) - 1 for s, r in runs.items()} for m, runs in picked.items()}
+    return {"lr": chosen, "best": best, "last": last, "matched": matched, "runs": picked}
 
 
 def needed(selection: dict[str, Any]) -> list[tuple[dict[str, Any], int]]:
-    """(run, step) of every selected checkpoint without test metrics yet."""
-    wanted = [(selection["runs"][m][s], i) for m, per in selection["best"].items()
-              for s, i in per.items()]
+    """(run, step) of every selected checkpoint (best dev, matched loss, last step) without
+    test metrics yet."""
+    wanted = [(selection["runs"][m][s], i) for when in ("best", "last")
+              for m, per in selection[when].items() for s, i in per.items()]
     for seed, (i, j, _) in selection["matched"].items():
         wanted += [(selection["runs"][METHODS[0]][seed], i),
                    (selection["runs"][METHODS[1]][seed], j)]
@@ -149,7 +152,8 @@ def summarize(results: Results) -> dict[str, Any]:
     at: dict[str, dict[str, dict[int, int]]] = {
         "best": selection["best"],
         "matched": {m: {s: found[k] for s, found in selection["matched"].items()}
-                    for k, m in enumerate(METHODS)}}
+                    for k, m in enumerate(METHODS)},
+        "last": selection["last"]}
     for method, lr in selection["lr"].items():
         row: dict[str, Any] = {"method": method, "lr": lr, "n": len(runs[method])}
         for when, indices in at.items():
@@ -243,7 +247,7 @@ def _mean_curve(points: list[tuple[int, float]]) -> tuple[list[int], list[float]
 def plot(summary: dict[str, Any], results: Results, path: Path) -> None:
     """Three panels: training loss per step and dev loss per checkpoint (mean over seeds; the
     chosen lr solid, the other lrs thin), and test BLEU at the scored checkpoints per seed
-    (o: best dev, x: matched loss)."""
+    (o: best dev, x: matched loss, square: last step)."""
     from deeplora.plotting import new_figure, save_figure
 
     chosen = {c["method"]: c for c in summary["chosen"]}
@@ -260,7 +264,7 @@ def plot(summary: dict[str, Any], results: Results, path: Path) -> None:
         axes[1].plot(*_mean_curve([(e["step"], e["heldout"]["loss"]) for r in runs
                                    for e in r["history"]]), marker=".", **style)
     for method, row in chosen.items():
-        for when, marker in (("best", "o"), ("matched", "x")):
+        for when, marker in (("best", "o"), ("matched", "x"), ("last", "s")):
             for seed, step in row[when]["steps"].items():
                 run = next(r for c, rs in results for r in rs if r["seed"] == seed
                            and c.labels == {"method": method, "lr": row["lr"]})
@@ -274,7 +278,7 @@ def plot(summary: dict[str, Any], results: Results, path: Path) -> None:
     axes[0].set(xlabel="step", ylabel="train loss", yscale="log", title="training loss")
     axes[1].set(xlabel="step", ylabel="dev loss", title="dev loss (held-out dev MRs)")
     axes[2].set(xlabel="step", ylabel="test BLEU",
-                title="test BLEU: o best dev, x matched loss")
+                title="test BLEU: o best dev, x matched, □ last")
     axes[0].legend(fontsize=6)
     save_figure(fig, path)
 

@@ -341,9 +341,9 @@ def estimate_nlg(pairs: Sequence[tuple[NLGConfig, int]], out: str | os.PathLike[
                     dev_items=dev_items)
 
 
-SCORED_CHECKPOINTS = 2
-"""Checkpoints of a run that a selection generates the test MRs at, at most: the best on dev
-and the one at the training loss matched with the other method."""
+SCORED_CHECKPOINTS = 3
+"""Checkpoints of a run that a selection generates the test MRs at, at most: the best on dev,
+the one at the training loss matched with the other method, and the last."""
 
 
 def _checkpoints(config: NLGConfig) -> int:
