@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +76,12 @@ def _best_dev(run: dict[str, Any]) -> float | None:
     return None if best is None else run["history"][best]["heldout"][DEV]
 
 
-def select(results: Results) -> dict[str, Any]:
-    """The chosen lr per method (``{"lr": {method: lr}}``), and per seed at those lrs the
-    history index of each method's best dev checkpoint (``best[method][seed]``), of its last
-    step (``last[method][seed]``) and of the matched-loss checkpoints (``matched[seed] =
-    (i_deep, i_lora, loss)``). Runs that never left their initialization take no part."""
+def select(results: Results, lr_seeds: Collection[int] | None = None) -> dict[str, Any]:
+    """The lr per method chosen on the runs of ``lr_seeds`` (``None``: all;
+    ``{"lr": {method: lr}}``), and per seed at those lrs the history index of each method's
+    best dev checkpoint (``best[method][seed]``), of its last step (``last[method][seed]``)
+    and of the matched-loss checkpoints (``matched[seed] = (i_deep, i_lora, loss)``). Runs
+    that never left their initialization take no part."""
     by_method: dict[str, dict[float, list[dict[str, Any]]]] = defaultdict(dict)
     for cell, runs in results:
         if cell.labels["method"] != "zero-shot":
@@ -90,7 +91,9 @@ def select(results: Results) -> dict[str, Any]:
     best: dict[str, dict[int, int]] = {}
     picked: dict[str, dict[int, dict[str, Any]]] = {}
     for method, by_lr in by_method.items():
-        lr = choose_lr({lr: [_best_dev(r) for r in runs] for lr, runs in by_lr.items()})
+        lr = choose_lr({lr: [_best_dev(r) for r in runs
+                             if lr_seeds is None or r["seed"] in lr_seeds]
+                        for lr, runs in by_lr.items()})
         if lr is None:
             continue
         chosen[method] = lr
@@ -128,10 +131,11 @@ def _test(run: dict[str, Any], index: int, metric: str) -> float | None:
     return run["history"][index]["metrics"].get(metric)
 
 
-def summarize(results: Results) -> dict[str, Any]:
+def summarize(results: Results, lr_seeds: Collection[int] | None = None) -> dict[str, Any]:
     """Zero-shot, the lr grid, the chosen checkpoints with their test scores, and the paired
-    differences Deep LoRA − vanilla LoRA at the best dev and the matched-loss checkpoints."""
-    selection = select(results)
+    differences Deep LoRA − vanilla LoRA at the best dev, the matched-loss and the last
+    checkpoints (lr chosen on the runs of ``lr_seeds``, see :func:`select`)."""
+    selection = select(results, lr_seeds)
     zero, grid = [], []
     for cell, runs in results:
         if cell.labels["method"] == "zero-shot":
@@ -283,11 +287,12 @@ def plot(summary: dict[str, Any], results: Results, path: Path) -> None:
     save_figure(fig, path)
 
 
-def write_report(results: Results, out: Path, settings: str) -> dict[str, Any]:
+def write_report(results: Results, out: Path, settings: str,
+                 lr_seeds: Collection[int] | None = None) -> dict[str, Any]:
     """``nlg-checkpoints.{json,md,png}`` in ``out``; returns the summary."""
     from deeplora.output import write_atomic, write_json
 
-    summary = summarize(results)
+    summary = summarize(results, lr_seeds)
     write_json(out / f"{NAME}.json", summary)
     text = markdown(summary, settings)
     write_atomic(out / f"{NAME}.md", lambda tmp: tmp.write_text(text))
@@ -295,22 +300,28 @@ def write_report(results: Results, out: Path, settings: str) -> dict[str, Any]:
     return summary
 
 
-def settings_text(cells: list[Cell]) -> str:
+def settings_text(cells: list[Cell], lr_seeds: Collection[int] | None = None) -> str:
     """One line naming the grid, the checkpoints and the dev and test sets."""
     config = cells[-1].config
     lrs = sorted({c.labels["lr"] for c in cells if c.labels["lr"] is not None})
     return (f"{config.preset} preset ({config.samples} examples, batch {config.batch_size}, "
             f"{config.steps} steps, greedy on {config.test_mrs or 'all'} test MRs), lr grid "
-            f"{', '.join(f'{v:g}' for v in lrs)} for both methods, checkpoints every "
+            f"{', '.join(f'{v:g}' for v in lrs)} for both methods"
+            + (f" (run and chosen on seed {', '.join(map(str, sorted(lr_seeds)))}, the other "
+               "seeds at the chosen lr)" if lr_seeds is not None else "")
+            + f", checkpoints every "
             f"{config.eval_every} steps and at step 0, dev: {config.dev_mrs} MRs held out of "
             "the E2E dev split (first reference each)")
 
 
 def run_experiment(cells: list[Cell], out: str | os.PathLike[str],
                    data_dir: str | os.PathLike[str] | None = None, progress: bool = True,
-                   train: bool = True, score: bool = True) -> dict[str, Any]:
+                   train: bool = True, score: bool = True,
+                   lr_seeds: Collection[int] | None = None) -> dict[str, Any]:
     """Run (or resume) ``cells`` seed-major under ``out/runs/`` (``train=False``: none), score
-    the selected checkpoints on test (``score=False``: none) and write the report."""
+    the selected checkpoints on test (``score=False``: none) and write the report. With
+    ``lr_seeds`` only those seeds run the whole grid; the lr is chosen on them and the other
+    seeds run at the chosen lr of each method."""
     from deeplora.finetune.estimate import announce
     from deeplora.finetune.sweep import seed_major
     from deeplora.nlg.train import (
@@ -323,25 +334,32 @@ def run_experiment(cells: list[Cell], out: str | os.PathLike[str],
 
     root = Path(out)
     sweeps = [(cell.config, cell.seeds) for cell in cells]
-    if train:
-        PreparedNLG(cells[0].config, cells[0].seeds[0], data_dir)  # data and model first
-        pairs = seed_major(sweeps)
-        if progress:
-            announce(estimate_nlg(pairs, root / "runs", data_dir))
-        for config, seed in pairs:
-            run_nlg_sweep(config, [seed], root / "runs", data_dir, progress=progress)
 
     def load() -> Results:
         return [(cell, load_nlg_results(root / "runs", cell.config, cell.seeds))
                 for cell in cells]
 
+    def train_where(keep: Callable[[NLGConfig, int], bool]) -> None:
+        pairs = [(config, seed) for config, seed in seed_major(sweeps) if keep(config, seed)]
+        if progress:
+            announce(estimate_nlg(pairs, root / "runs", data_dir))
+        for config, seed in pairs:
+            run_nlg_sweep(config, [seed], root / "runs", data_dir, progress=progress)
+
+    if train:
+        PreparedNLG(cells[0].config, cells[0].seeds[0], data_dir)  # data and model first
+        train_where(lambda config, seed: lr_seeds is None or seed in lr_seeds
+                    or config.method == "zero-shot")
+        if lr_seeds is not None:
+            chosen = select(load(), lr_seeds)["lr"]
+            train_where(lambda config, seed: chosen.get(config.method) == config.lr)
     results = load()
     if score:
-        for run, step in needed(select(results)):
+        for run, step in needed(select(results, lr_seeds)):
             score_checkpoint(NLGConfig(**run["config"]), run["seed"], step, root / "runs",
                              data_dir, progress=progress)
         results = load()
-    return write_report(results, root, settings_text(cells))
+    return write_report(results, root, settings_text(cells, lr_seeds), lr_seeds)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -353,6 +371,9 @@ def _floats(text: str) -> tuple[float, ...]:
     Arg("--preset", choices=PRESETS, default="cpu", help="the nlg-fewshot preset"),
     Arg("--lrs", default="3e-4,1e-3,3e-3", help="learning-rate grid, the same for both methods"),
     Arg("--seeds", default="0-1", help="seeds, e.g. 0-4"),
+    Arg("--lr-seeds", default=None,
+        help="seeds that run the whole lr grid, the lr being chosen on them; the other seeds "
+        "run at each method's chosen lr; unset: every seed runs the grid"),
     Arg("--eval-every", type=int, default=10, help="steps between checkpoints"),
     Arg("--dev-mrs", type=int, default=24,
         help="MRs held out of the E2E dev split as the dev set (never training examples)"),
@@ -375,8 +396,9 @@ def nlg_checkpoints(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if args.fast:  # a smoke test: the numbers mean nothing
         common.update(steps=4, eval_every=2, dev_mrs=4, test_mrs=4, max_output_length=16)
     cells = plan(args.preset, _floats(args.lrs), parse_seeds(args.seeds), **common)
+    lr_seeds = None if args.lr_seeds is None else parse_seeds(args.lr_seeds)
     summary = run_experiment(cells, out, args.data_dir, progress=not args.quiet,
                              train=not (args.report_only or args.score_only),
-                             score=not args.report_only)
+                             score=not args.report_only, lr_seeds=lr_seeds)
     print((out / f"{NAME}.md").read_text())
     return summary
