@@ -177,8 +177,9 @@ def summarize(results: Results, lr_seeds: Collection[int] | None = None) -> dict
                           for m in METHODS]
                 differences.append({"when": when, "metric": metric, **_paired(*values)})
     matched = [{"seed": s, "loss": loss,
-                **{m: runs[m][s]["history"][k]["step"] for m, k in zip(METHODS, (i, j),
-                                                                        strict=True)}}
+                **{m: {"step": runs[m][s]["history"][k]["step"],
+                       "loss": loss_curve(runs[m][s])[k]}
+                   for m, k in zip(METHODS, (i, j), strict=True)}}
                for s, (i, j, loss) in selection["matched"].items()]
     return {"zero_shot": zero, "grid": grid, "chosen": chosen, "matched": matched,
             "differences": differences}
@@ -221,11 +222,12 @@ def markdown(summary: dict[str, Any], settings: str) -> str:
                          f"{entry['scored']}/{len(entry['steps'])} | {_pm(entry['bleu'])} | "
                          f"{_pm(entry['rougeL'], 100.0)} |")
     if summary["matched"]:
-        lines += ["", "Matched training loss per seed (the lowest loss both runs reach; the "
-                  "first checkpoint of each at or below it):", "",
-                  "| seed | train loss | Deep LoRA step | vanilla LoRA step |", "|---|---|---|---|"]
-        lines += [f"| {m['seed']} | {m['loss']:.3f} | {m['deep-lora']} | {m['lora']} |"
-                  for m in summary["matched"]]
+        lines += ["", "Matched training loss per seed (target: the lowest loss both runs reach; "
+                  "the first checkpoint of each at or below it, step and its loss):", "",
+                  "| seed | target loss | Deep LoRA | vanilla LoRA |", "|---|---|---|---|"]
+        lines += [f"| {m['seed']} | {m['loss']:.3f} | step {m['deep-lora']['step']}: "
+                  f"{m['deep-lora']['loss']:.3f} | step {m['lora']['step']}: "
+                  f"{m['lora']['loss']:.3f} |" for m in summary["matched"]]
     if summary["differences"]:
         lines += ["", "Paired difference Deep LoRA − vanilla LoRA (same seed = same training "
                   "MRs), 95% bootstrap interval over seeds:", "",
@@ -249,13 +251,15 @@ def _mean_curve(points: list[tuple[int, float]]) -> tuple[list[int], list[float]
 
 
 def plot(summary: dict[str, Any], results: Results, path: Path) -> None:
-    """Three panels: training loss per step and dev loss per checkpoint (mean over seeds; the
-    chosen lr solid, the other lrs thin), and test BLEU at the scored checkpoints per seed
-    (o: best dev, x: matched loss, square: last step)."""
+    """Four panels: training loss per step and dev loss per checkpoint (mean over seeds; the
+    chosen lr solid, the other lrs thin); dev loss against the training loss (the mean over
+    the interval before the checkpoint) at every checkpoint of every run — at the same fit, the
+    lower curve overfits less; test BLEU at the scored checkpoints per seed (o: best dev,
+    x: matched loss, square: last step)."""
     from deeplora.plotting import new_figure, save_figure
 
     chosen = {c["method"]: c for c in summary["chosen"]}
-    fig, axes = new_figure(ncols=3, width=4.2, height=3.4)
+    fig, axes = new_figure(ncols=2, nrows=2, width=5.0, height=3.6)
     for cell, runs in results:
         method, lr = cell.labels["method"], cell.labels["lr"]
         if method == "zero-shot" or not runs:
@@ -267,6 +271,12 @@ def plot(summary: dict[str, Any], results: Results, path: Path) -> None:
                                    for k, v in enumerate(r["train_loss"])]), **style)
         axes[1].plot(*_mean_curve([(e["step"], e["heldout"]["loss"]) for r in runs
                                    for e in r["history"]]), marker=".", **style)
+        for r in runs:
+            fits = loss_curve(r)
+            kept = [k for k, fit in enumerate(fits) if fit is not None]
+            axes[2].plot([fits[k] for k in kept], [r["history"][k]["heldout"]["loss"]
+                                                   for k in kept],
+                         marker=".", color=COLORS[method], lw=0.6, alpha=1.0 if main else 0.4)
     for method, row in chosen.items():
         for when, marker in (("best", "o"), ("matched", "x"), ("last", "s")):
             for seed, step in row[when]["steps"].items():
@@ -274,14 +284,19 @@ def plot(summary: dict[str, Any], results: Results, path: Path) -> None:
                            and c.labels == {"method": method, "lr": row["lr"]})
                 entry = next(e for e in run["history"] if e["step"] == step)
                 if entry["metrics"]:
-                    axes[2].plot(step, entry["metrics"]["bleu"], marker, color=COLORS[method],
+                    axes[3].plot(step, entry["metrics"]["bleu"], marker, color=COLORS[method],
                                  ms=8)
     for z in summary["zero_shot"]:
+        for ax in axes[1:3]:  # a diverged lr stays off the top
+            ax.set_ylim(top=2 * z["dev_loss"])
         axes[1].axhline(z["dev_loss"], color="gray", ls="--", lw=1, label="zero-shot")
-        axes[2].axhline(z["bleu"], color="gray", ls="--", lw=1, label="zero-shot")
+        axes[2].axhline(z["dev_loss"], color="gray", ls="--", lw=1)
+        axes[3].axhline(z["bleu"], color="gray", ls="--", lw=1, label="zero-shot")
     axes[0].set(xlabel="step", ylabel="train loss", yscale="log", title="training loss")
     axes[1].set(xlabel="step", ylabel="dev loss", title="dev loss (held-out dev MRs)")
-    axes[2].set(xlabel="step", ylabel="test BLEU",
+    axes[2].set(xlabel="train loss (mean over the interval)", ylabel="dev loss", xscale="log",
+                title="dev loss against fit, every run and lr")
+    axes[3].set(xlabel="step", ylabel="test BLEU",
                 title="test BLEU: o best dev, x matched, □ last")
     axes[0].legend(fontsize=6)
     save_figure(fig, path)
