@@ -33,14 +33,14 @@ def _rebuild_nlg(out: Path) -> str:
 
 
 def _rebuild_nlg_checkpoints(out: Path) -> str:
-    """``deeplora experiment nlg-checkpoints --preset cpu --lrs 1e-4,3e-4,1e-3,3e-3 --seeds 0-3
+    """``deeplora experiment nlg-checkpoints --preset cpu --lrs 1e-4,3e-4,1e-3,3e-3 --seeds 0-5
     --lr-seeds 0 --report-only --out docs/results/nlg-checkpoints-cpu``: the test scores of the
     chosen checkpoints are in the run files, nothing is generated."""
     from deeplora.experiments.nlg_checkpoints import NAME, plan, settings_text, write_report
     from deeplora.nlg.train import load_nlg_results
 
     folder = RESULTS / "nlg-checkpoints-cpu"
-    cells = plan("cpu", (1e-4, 3e-4, 1e-3, 3e-3), range(4), eval_every=10, dev_mrs=24)
+    cells = plan("cpu", (1e-4, 3e-4, 1e-3, 3e-3), range(6), eval_every=10, dev_mrs=24)
     write_report([(cell, load_nlg_results(folder / "runs", cell.config, cell.seeds))
                   for cell in cells], out, settings_text(cells, (0,)), (0,))
     return f"{NAME}.md"
