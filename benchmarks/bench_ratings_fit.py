@@ -6,9 +6,11 @@ For each official fold (``u1``…``u5``; with ``--dataset filmtrust`` random 80/
 triples: validation split, compressed construction, the penalty search of
 :mod:`deeplora.completion.selection` with early stopping) and the same preset at the fixed λ
 the search chose (one fit), all single-threaded, after one untimed warm-up of each. Reports
-median seconds per split, the ratio ours / SVD (and fixed-λ / SVD), test RMSE, the λ chosen
-and where our time goes: the compressed construction (a sparse top-r̂ SVD), the training
-steps, and the validation evaluations.
+median wall-clock seconds per split and the ratio ours / SVD (and fixed-λ / SVD), the same in
+CPU seconds of the process (``time.process_time``: less sensitive to other jobs on a shared
+machine, which stretch wall time), test RMSE, the λ chosen and where our time goes: the
+compressed construction (a sparse top-r̂ SVD), the training steps, and the validation
+evaluations. The load average before and after the run is recorded.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_ratings_fit.py --out runs/bench_ratings_fit.json
 """
@@ -17,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +44,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON file for the measurements")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    load = os.getloadavg()
     records = []
     everything = filmtrust() if args.dataset == "filmtrust" else None
     splits = args.splits or (["0", "1", "2", "3", "4"] if everything
@@ -51,30 +56,30 @@ def main() -> None:
         ids = IdIndex.fit(train)
         rows, cols = ids.transform(train)
         test_rows, test_cols = ids.transform(test)
-        times: dict[str, list[float]] = {"svd": [], "ours": [], "fixed": [], "build": [],
-                                         "eval": []}
+        times: dict[str, list[float]] = {key: [] for key in (
+            "svd", "ours", "fixed", "svd_cpu", "ours_cpu", "fixed_cpu", "build", "eval")}
         for repeat in range(args.repeats + 1):  # repeat 0: warm-up, not timed
-            start = time.perf_counter()
-            svd = Surprise("SVD", clip=clip).fit(rows, cols, train.values, ids.shape)
-            svd_seconds = time.perf_counter() - start
-            start = time.perf_counter()
-            ours = DeepMatrixCompletion.ratings().fit(rows, cols, train.values, ids.shape)
-            ours_seconds = time.perf_counter() - start
-            start = time.perf_counter()
-            DeepMatrixCompletion.ratings(reg=ours.selected_["reg"]).fit(rows, cols,
-                                                                         train.values, ids.shape)
-            fixed_seconds = time.perf_counter() - start
+            data = (rows, cols, train.values, ids.shape)
+            svd, svd_seconds = _timed(Surprise("SVD", clip=clip), data)
+            ours, ours_seconds = _timed(DeepMatrixCompletion.ratings(), data)
+            _, fixed_seconds = _timed(DeepMatrixCompletion.ratings(reg=ours.selected_["reg"]),
+                                      data)
             if repeat:
-                times["svd"].append(svd_seconds)
-                times["ours"].append(ours_seconds)
-                times["fixed"].append(fixed_seconds)
+                for key, (wall, cpu) in (("svd", svd_seconds), ("ours", ours_seconds),
+                                         ("fixed", fixed_seconds)):
+                    times[key].append(wall)
+                    times[f"{key}_cpu"].append(cpu)
                 times["build"].append(ours.build_seconds_)
                 times["eval"].append(ours.eval_seconds_)
         median = {key: statistics.median(value) for key, value in times.items()}
         record = {
             "split": split, "svd_seconds": median["svd"], "ours_seconds": median["ours"],
             "ratio": median["ours"] / median["svd"], "fixed_seconds": median["fixed"],
-            "fixed_ratio": median["fixed"] / median["svd"], "selected": ours.selected_,
+            "fixed_ratio": median["fixed"] / median["svd"], "svd_cpu": median["svd_cpu"],
+            "ours_cpu": median["ours_cpu"], "fixed_cpu": median["fixed_cpu"],
+            "cpu_ratio": median["ours_cpu"] / median["svd_cpu"],
+            "fixed_cpu_ratio": median["fixed_cpu"] / median["svd_cpu"],
+            "selected": ours.selected_,
             "visited": [p["reg"] for p in ours.path_], "build_seconds": median["build"],
             "eval_seconds": median["eval"],
             "step_seconds": median["ours"] - median["build"] - median["eval"],
@@ -87,20 +92,34 @@ def main() -> None:
         print(f"{split}: SVD {record['svd_seconds']:.2f} s, ours {record['ours_seconds']:.2f} s "
               f"(ratio {record['ratio']:.2f}; one fit at the chosen λ = "
               f"{ours.selected_['reg']:g}: {record['fixed_seconds']:.2f} s, ratio "
-              f"{record['fixed_ratio']:.2f}; construction {record['build_seconds']:.2f} s, "
+              f"{record['fixed_ratio']:.2f}; CPU ratio {record['cpu_ratio']:.2f}, fixed λ "
+              f"{record['fixed_cpu_ratio']:.2f}; construction {record['build_seconds']:.2f} s, "
               f"{record['steps']} steps {record['step_seconds']:.2f} s, validation "
               f"{record['eval_seconds']:.2f} s); RMSE SVD {record['svd_rmse']:.4f}, ours "
               f"{record['ours_rmse']:.4f}", flush=True)
     total = {key: sum(r[key] for r in records)
-             for key in ("svd_seconds", "ours_seconds", "fixed_seconds")}
+             for key in ("svd_seconds", "ours_seconds", "fixed_seconds", "svd_cpu", "ours_cpu",
+                         "fixed_cpu")}
     print(f"all splits: ratio {total['ours_seconds'] / total['svd_seconds']:.2f} "
           f"(one fit at the chosen λ: {total['fixed_seconds'] / total['svd_seconds']:.2f}) "
           f"(ours {total['ours_seconds']:.2f} s / SVD {total['svd_seconds']:.2f} s), "
-          f"median per-fold ratio {np.median([r['ratio'] for r in records]):.2f}")
+          f"median per-fold ratio {np.median([r['ratio'] for r in records]):.2f}; CPU ratio "
+          f"{total['ours_cpu'] / total['svd_cpu']:.2f} (one fit "
+          f"{total['fixed_cpu'] / total['svd_cpu']:.2f}); load average {load} → "
+          f"{os.getloadavg()}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"dataset": args.dataset, "records": records,
-                                              "total": total, "threads": 1}, indent=1))
+                                              "total": total, "threads": 1,
+                                              "load_average": [load, os.getloadavg()]},
+                                             indent=1))
+
+
+def _timed(model: Any, data: tuple[Any, ...]) -> tuple[Any, tuple[float, float]]:
+    """``(model.fit(*data), (wall-clock seconds, CPU seconds of this process))``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    model.fit(*data)
+    return model, (time.perf_counter() - wall, time.process_time() - cpu)
 
 
 if __name__ == "__main__":

@@ -13,26 +13,55 @@ from .helpers import low_rank_ratings
 
 
 def test_loss_is_the_data_term_plus_count_weighted_penalties() -> None:
-    """``_loss`` against the objective written out by hand on the fitted parameters."""
+    """``_loss`` of two stacked candidates against the objective written out by hand."""
     rows, cols, values, _, _ = low_rank_ratings(seed=6)
     est = DeepMatrixCompletion(rank=2, max_steps=20, validation_fraction=0.0, bias_prior=3.0,
                                reg=0.7, bias_reg=0.2).fit(rows, cols, values)
     (batch,) = est._batches(rows, cols, values, np.random.default_rng(0), torch.float32)
     index, target, size = batch
-    weights = est._penalty_weights([batch], size)
-    loss, data = est._loss(index, target, size, size, weights, 0.7, 0.2)
+    params = [torch.stack([p.detach(), p.detach()]) for p in est._parameters_list()]
+    regs, bias_regs = torch.tensor([0.7, 0.0]), torch.tensor([0.2, 0.5])
+    loss, data = est._loss(params, index, target, size, size,
+                           est._penalty_weights([batch], size), regs, bias_regs)
     a, b = (t.detach().double().numpy() for t in est._end_to_end())
     row_bias, col_bias, mu = est.row_bias_, est.col_bias_, est.global_bias_
     predicted = mu + row_bias[rows] + col_bias[cols] + np.sum(a[rows] * b[cols], axis=1)
     n_row = np.bincount(rows, minlength=a.shape[0]) / rows.size
     n_col = np.bincount(cols, minlength=b.shape[0]) / rows.size
     expected_data = 0.5 * np.mean((predicted - values) ** 2)
-    expected = (expected_data
-                + 0.35 * (n_row @ np.sum(a * a, 1) + n_col @ np.sum(b * b, 1))
-                + 0.1 * (n_row @ row_bias**2 + n_col @ col_bias**2)
-                + 1.5 / rows.size * (row_bias @ row_bias + col_bias @ col_bias))
-    assert float(data) == pytest.approx(expected_data, rel=1e-4)
-    assert float(loss) == pytest.approx(expected, rel=1e-4)
+    for k, (reg, bias_reg) in enumerate(zip(regs.tolist(), bias_regs.tolist(), strict=True)):
+        expected = (expected_data
+                    + 0.5 * reg * (n_row @ np.sum(a * a, 1) + n_col @ np.sum(b * b, 1))
+                    + 0.5 * bias_reg * (n_row @ row_bias**2 + n_col @ col_bias**2)
+                    + 1.5 / rows.size * (row_bias @ row_bias + col_bias @ col_bias))
+        assert float(data[k]) == pytest.approx(expected_data, rel=1e-4)
+        assert float(loss[k]) == pytest.approx(expected, rel=1e-4)
+
+
+def test_stacked_candidates_follow_the_paths_they_follow_alone() -> None:
+    """Three penalties trained as one stacked model (each stopping on its own validation
+    RMSE, the stopped ones dropped from the stack) end where each one trained alone ends."""
+    rows, cols, values, _, _ = low_rank_ratings(m=60, n=50, seed=8)
+    values = values + 1.5 * np.random.default_rng(1).standard_normal(values.size)  # overfits
+    est = DeepMatrixCompletion(rank=3, max_steps=300, patience=3, eval_every=5, lr=0.1,
+                               dtype="float64", reg=0.0).fit(rows, cols, values)
+    rng = np.random.default_rng(0)
+    val = np.arange(0, rows.size, 5)
+    train = np.setdiff1d(np.arange(rows.size), val)
+    batches = est._start(rows[train], cols[train], values[train], rng, torch.float64)
+    validation = est._rmse_validation(rows, cols, values, val)
+    penalties = [(0.0, 0.0), (0.01, 0.001), (0.03, 0.0), (0.3, 0.0)]
+    initial = est._state()
+    together = est._train(batches, validation, rng, 0.0, penalties)
+    alone = [est._train(batches, validation, rng, 0.0, [pair])[0] for pair in penalties]
+    assert len({c.last_step for c in together}) == 4  # they stopped at different steps
+    for joint, single in zip(together, alone, strict=True):
+        assert (joint.best_step, joint.last_step) == (single.best_step, single.last_step)
+        assert joint.score == pytest.approx(single.score, rel=1e-9)
+        for x, y in zip(joint.state, single.state, strict=True):
+            np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-7, atol=1e-10)
+    for x, y in zip(est._state(), initial, strict=True):  # the estimator's are left as is
+        np.testing.assert_array_equal(x.numpy(), y.numpy())
 
 
 def test_validation_rmse_is_that_of_the_clipped_predictions() -> None:

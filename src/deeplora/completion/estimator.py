@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ from deeplora.completion.persistence import PersistenceMixin
 from deeplora.completion.recommend import RecommenderMixin, seen_crow
 from deeplora.completion.selection import search_penalty
 from deeplora.completion.sparse import compressed_factorization
-from deeplora.completion.training import TrainingMixin
+from deeplora.completion.training import TrainingMixin, end_to_end
 from deeplora.factorization import DeepFactorization
 from deeplora.factorization.optim import OPTIMIZERS
 from deeplora.factorization.sampled import ObservedIndex, sampled_product
@@ -70,8 +71,9 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
         reg: λ, L2 penalty on the end-to-end factors ``A = W_L ⋯ W_2`` and ``B = W_1ᵀ``,
             weighted by how often each row/column is observed (as per-rating SGD
             regularization does): ``+ ½λ Σ_ω (‖a_{i_ω}‖² + ‖b_{j_ω}‖²) / |Ω|``. ``"auto"``:
-            chosen on the validation split by a warm-started path of penalties, strong to
-            weak (:mod:`deeplora.completion.selection`; ``selected_``, ``path_``).
+            chosen on the validation split by a pattern search over a grid of penalties,
+            each a fit from the same initialization, several trained together as one
+            stacked model (:mod:`deeplora.completion.selection`; ``selected_``, ``path_``).
         bias_reg: the same penalty on the row and column biases; ``"auto"`` (only with
             ``reg="auto"``): a fixed fraction of λ along the path.
         bias_prior: κ, an unweighted ridge penalty on the biases, ``+ ½κ (‖b‖² + ‖c‖²) / |Ω|``:
@@ -374,15 +376,26 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
         self.eval_seconds_, self.diverged_ = 0.0, False
         args = (batches, validation, rng, start)
         if self.reg == "auto":
-            def stage(reg: float, bias_reg: float) -> tuple[float, int, int]:
-                first = self.n_steps_ + 1 if self.history_["step"] else 0
-                return self._train(*args, reg, bias_reg, first), first, self.best_step_
+            def stage(penalties: list[tuple[float, float]],
+                      drop: Callable[[dict[int, float]], set[int]]
+                      ) -> list[tuple[float, int, int, list[Tensor]] | None]:
+                out: list[tuple[float, int, int, list[Tensor]] | None] = []
+                for candidate in self._train(*args, penalties, drop=drop):
+                    if candidate.dropped:
+                        out.append(None)
+                        continue
+                    first = self.n_steps_ + 1 if self.history_["step"] else 0
+                    self._record(candidate, first)
+                    out.append((candidate.score, first, self.best_step_, candidate.state))
+                return out
 
-            self.selected_, self.path_ = search_penalty(stage, self._state, self._restore,
-                                                        self.bias_reg)
+            self.selected_, self.path_ = search_penalty(stage, self._restore, self.bias_reg)
             self.best_step_ = int(self.selected_["step"])
         else:
-            score = self._train(*args, float(self.reg), float(self.bias_reg))
+            (candidate,) = self._train(*args, [(float(self.reg), float(self.bias_reg))])
+            self._record(candidate, 0)
+            self._restore(candidate.state)
+            score = candidate.score
             self.selected_ = {"reg": float(self.reg), "bias_reg": float(self.bias_reg),
                               "first_step": 0, "step": self.best_step_,
                               key: -score if implicit else score}
@@ -394,8 +407,10 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
                 batches = self._start(rows[mask], cols[mask], targets, rng, torch_dtype)
             else:
                 batches = self._start(rows, cols, values, rng, torch_dtype)
-            self._train(batches, None, rng, start, self.selected_["reg"],
-                        self.selected_["bias_reg"], self.n_steps_ + 1, steps)
+            (candidate,) = self._train(batches, None, rng, start, [
+                (self.selected_["reg"], self.selected_["bias_reg"])], steps)
+            self._record(candidate, self.n_steps_ + 1)
+            self._restore(candidate.state)
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
@@ -481,19 +496,19 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
 
     def _end_to_end(self) -> tuple[Tensor, Tensor]:
         """``(A, B)`` with ``X = A Bᵀ``: A = W_L ⋯ W_2 (m×2r̂), B = W_1ᵀ (n×2r̂)."""
-        factors = list(self.model_.factors)
-        a = factors[1] if len(factors) == 2 else torch.linalg.multi_dot(factors[:0:-1])
-        return a, factors[0].T
+        return end_to_end(list(self.model_.factors))
 
-    def _augmented(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    def _augmented(self, a: Tensor, b: Tensor, row_bias: Tensor | None = None,
+                   col_bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``([A, b, 1], [B, 1, c])`` when ``bias="all"``, so that their product is
-        ``A Bᵀ + b 1ᵀ + 1 cᵀ``; else ``(A, B)``."""
+        ``A Bᵀ + b 1ᵀ + 1 cᵀ``; else ``(A, B)``. The biases default to the estimator's; with
+        leading batch axes (``a`` (…, m, k), ``row_bias`` (…, m)) each batch is augmented."""
         if self.bias != "all":
             return a, b
-        ones = torch.ones(a.shape[0], 1, dtype=a.dtype, device=a.device)
-        return (torch.cat([a, self._row_bias[:, None], ones], dim=1),
-                torch.cat([b, torch.ones(b.shape[0], 1, dtype=a.dtype, device=a.device),
-                           self._col_bias[:, None]], dim=1))
+        row_bias = self._row_bias if row_bias is None else row_bias
+        col_bias = self._col_bias if col_bias is None else col_bias
+        return (torch.cat([a, row_bias[..., None], torch.ones_like(a[..., :1])], dim=-1),
+                torch.cat([b, torch.ones_like(b[..., :1]), col_bias[..., None]], dim=-1))
 
     def _raw_predict(self, index: ObservedIndex,
                      end_to_end: tuple[Tensor, Tensor] | None = None) -> Tensor:

@@ -15,20 +15,52 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from deeplora.completion.implicit import gramian_norm, implicit_loss, positives
 from deeplora.completion.methods import default_settings, optimizer_options
 from deeplora.completion.recommend import seen_crow
 from deeplora.factorization import discrepant_param_groups, make_optimizer
-from deeplora.factorization.sampled import ObservedIndex
+from deeplora.factorization.sampled import ObservedIndex, sampled_product
 
 VALIDATION_USERS = 2000
 """Implicit feedback: at most this many users score the validation NDCG."""
+
+
+@dataclass
+class Candidate:
+    """One penalty's run in :meth:`TrainingMixin._train`: ``score`` (best validation score,
+    lower is better) at local step ``best_step`` with parameters ``state``; ``last_step``
+    trained, ``stale`` evaluations since the best, ``active`` until it stops, ``diverged``,
+    ``dropped`` (stopped because the others' results made it unnecessary) and its evaluations
+    ``history`` (local steps)."""
+
+    reg: float
+    bias_reg: float
+    state: list[Tensor]
+    history: dict[str, list[float]]
+    score: float = math.inf
+    best_step: int = 0
+    last_step: int = 0
+    stale: int = 0
+    active: bool = True
+    diverged: bool = False
+    dropped: bool = False
+
+
+def end_to_end(factors: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """``(A, B)`` with ``X = A Bᵀ`` for factors ``[W_1, …, W_L]`` (each possibly with leading
+    batch axes): ``A = W_L ⋯ W_2`` (m×k), ``B = W_1ᵀ`` (n×k)."""
+    a = factors[-1]
+    for factor in factors[-2:0:-1]:
+        a = a @ factor
+    return a, factors[0].mT
 
 
 class TrainingMixin:
@@ -55,109 +87,204 @@ class TrainingMixin:
         return (self._parallel.all_reduce(rows.to(dtype)) / total,
                 self._parallel.all_reduce(cols.to(dtype)) / total)
 
-    def _loss(self, index: ObservedIndex, target: Tensor, size: int, total: int,
-              weights: tuple[Tensor, Tensor], reg: float, bias_reg: float
+    def _loss(self, params: list[Tensor], index: ObservedIndex, target: Tensor, size: int,
+              total: int, weights: tuple[Tensor, Tensor], reg: Tensor, bias_reg: Tensor
               ) -> tuple[Tensor, Tensor]:
-        """``(objective, data term detached)`` of one batch of ``size`` observations (this
-        process's part at ``index``, ``target``): the data term (½ mean squared error, or
-        :func:`~deeplora.completion.implicit.implicit_loss`) plus, with ``(w_row, w_col) =
-        weights``, ``½λ (w_rowᵀ ‖A‖²_rows + w_colᵀ ‖B‖²_rows)``, the same with ``bias_reg`` on
-        the biases and ``½κ (‖b‖² + ‖c‖²) / total``; each process adds its share of the
-        penalties."""
+        """``(objective (K,), data term detached (K,))`` of K candidates on one batch of
+        ``size`` observations (this process's part: ``index``, ``target``).
+
+        ``params`` are the estimator's parameters (factors, μ, b, c) stacked along a leading
+        K axis; the K products at ``index`` are K sparse products of
+        :func:`~deeplora.factorization.sampled.sampled_product`. Per candidate: the data term
+        (½ mean squared error, or :func:`~deeplora.completion.implicit.implicit_loss`) plus,
+        with ``(w_row, w_col) = weights``, ``½λ (w_rowᵀ ‖A‖²_rows + w_colᵀ ‖B‖²_rows)``, the
+        same with ``bias_reg`` on the biases and ``½κ (‖b‖² + ‖c‖²) / total``; each process
+        adds its share of the penalties."""
         share = self._parallel.share
-        a, b = self._end_to_end()
-        predicted = self._raw_predict(index, (a, b))
+        factors, (mean, row_bias, col_bias) = params[:-3], params[-3:]
+        a, b = end_to_end(factors)
+        if self.bias == "all":  # μ rides in the row-bias column: [A, b + μ, 1]·[B, 1, c]ᵀ
+            a_aug, b_aug = self._augmented(a, b, row_bias + mean[:, None], col_bias)
+            predicted = sampled_product(a_aug, b_aug, index)
+        else:  # μ fixed
+            a_aug, b_aug = a, b
+            predicted = sampled_product(a, b, index) + mean.detach()[:, None]
         if self.feedback == "implicit":
-            loss = implicit_loss(predicted, target, size, gramian_norm(*self._augmented(a, b)),
-                                 total, share)
-        else:
-            loss = 0.5 * torch.sum((predicted - target) ** 2) / size
+            loss = torch.stack([
+                implicit_loss(x, target, size, gramian_norm(a_k, b_k), total, share)
+                for x, a_k, b_k in zip(predicted, a_aug, b_aug, strict=True)])
+        else:  # one fused kernel per candidate, forward and backward
+            loss = torch.stack([F.mse_loss(x, target, reduction="sum")
+                                for x in predicted]) * (0.5 / size)
         data_loss = loss.detach()
         row_weight, col_weight = weights
-        if reg:
-            loss = loss + 0.5 * reg * share * (row_weight @ (a * a).sum(1)
-                                               + col_weight @ (b * b).sum(1))
-        if bias_reg and self.bias == "all":
-            loss = loss + 0.5 * bias_reg * share * (row_weight @ self._row_bias**2
-                                                    + col_weight @ self._col_bias**2)
+        if bool(reg.any()):
+            loss = loss + 0.5 * share * reg * ((a * a).sum(2) @ row_weight
+                                               + (b * b).sum(2) @ col_weight)
+        if bool(bias_reg.any()) and self.bias == "all":
+            loss = loss + 0.5 * share * bias_reg * (row_bias**2 @ row_weight
+                                                    + col_bias**2 @ col_weight)
         if self.bias_prior and self.bias == "all":
             loss = loss + 0.5 * self.bias_prior * share / total * (
-                self._row_bias @ self._row_bias + self._col_bias @ self._col_bias)
+                (row_bias * row_bias).sum(1) + (col_bias * col_bias).sum(1))
         return loss, data_loss
+
+    def _optimizer(self, params: list[Tensor], lr: float, gamma: float
+                   ) -> torch.optim.Optimizer:
+        """The optimizer of the stacked ``params`` (ordered as :meth:`_parameters_list`): the
+        compressed model's outer factors at γ·η, the other factors (and the trainable
+        biases) at η."""
+        outer_ids = ({id(p) for p in self.model_.outer_parameters()}
+                     if self.method == "compressed" else set())
+        factors = list(self.model_.factors)
+        outer = [params[i] for i, p in enumerate(factors) if id(p) in outer_ids]
+        inner = [params[i] for i, p in enumerate(factors) if id(p) not in outer_ids]
+        if self.bias == "all":
+            *_, mean, row_bias, col_bias = params
+            inner += [row_bias, col_bias] + ([] if self.feedback == "implicit" else [mean])
+        return make_optimizer(self.optimizer, discrepant_param_groups(outer, inner, lr, gamma),
+                              weight_decay=self.weight_decay, **optimizer_options(self.optimizer))
 
     def _train(self, batches: list[tuple[ObservedIndex, Tensor, int]],
                validation: tuple[str, Callable[[], float]] | None,
-               rng: np.random.Generator, start: float, reg: float, bias_reg: float,
-               first_step: int = 0, max_steps: int | None = None) -> float:
-        """Train from the current parameters with penalties ``reg``/``bias_reg`` for up to
-        ``max_steps`` (default ``self.max_steps``) steps numbered from ``first_step``, early
-        stopping on ``validation`` (``(history key, score)``; lower RMSE or higher NDCG is
-        better); leaves the best parameters and returns their score, lower is better
-        (validation RMSE or −NDCG; without a validation split, the lowest train loss)."""
+               rng: np.random.Generator, start: float, penalties: list[tuple[float, float]],
+               max_steps: int | None = None,
+               drop: Callable[[dict[int, float]], set[int]] | None = None) -> list[Candidate]:
+        """Train K = ``len(penalties)`` candidates, each ``(reg, bias_reg)``, from the current
+        parameters for up to ``max_steps`` (default ``self.max_steps``) steps, as one model.
+
+        The candidates' parameters are stacked along a leading K axis and trained by one
+        optimizer on the sum of their objectives (:meth:`_loss`): their parameters are
+        disjoint, so each gets exactly its own gradient, and Adam's update is elementwise, so
+        every candidate follows the path it would follow alone (up to floating-point
+        rounding) while the fixed cost of a step is paid once. Each candidate stops early on
+        its own ``validation`` (``(history key, score of the estimator's current
+        parameters)``; lower RMSE or higher NDCG is better) after ``patience`` evaluations
+        without improvement, or when its train loss becomes non-finite (a warning); the batch
+        stops when all have. ``drop(scores of the finished candidates, by position)``, asked
+        whenever one finishes, names candidates not needed (by a search that will not use
+        them, finished or not): they stop and are marked ``dropped``. Without a validation
+        split the score is the train loss. Returns one :class:`Candidate` per penalty (best
+        parameters, score and local step); the estimator's parameters are left as they
+        were."""
         m, n = self.shape_
         total = sum(size for *_, size in batches)
         weights = self._penalty_weights(batches, total)
         implicit = self.feedback == "implicit"
         key, validate = validation or ("val_ndcg" if implicit else "val_rmse", None)
-        sign = -1.0 if key == "val_ndcg" else 1.0
-        fraction = total / (m * n)
         _, lr, gamma = default_settings(self.method, self.optimizer, self.lr, self.gamma,
-                                        fraction)
-        outer = self.model_.outer_parameters() if self.method == "compressed" else []
-        inner = [p for p in self.model_.factors if all(p is not o for o in outer)]
-        if self.bias == "all":
-            inner += [self._row_bias, self._col_bias] + ([] if implicit else [self._mean])
-        groups = discrepant_param_groups(outer, inner, lr, gamma)
-        opt = make_optimizer(self.optimizer, groups, weight_decay=self.weight_decay,
-                             **optimizer_options(self.optimizer))
-        best, best_state, self.best_step_, stale = math.inf, self._state(), first_step, 0
+                                        total / (m * n))
+        initial = self._state()
+        candidates = [Candidate(r, br, state=initial, history={
+            "step": [], "train_loss": [], key: [], "seconds": []}) for r, br in penalties]
+        running = list(range(len(candidates)))  # the candidates stacked in params
+        params = [nn.Parameter(t.expand(len(running), *t.shape).clone()) for t in initial]
+        opt = self._optimizer(params, lr, gamma)
+        reg, bias_reg = self._penalties(candidates, running)
         budget = self.max_steps if max_steps is None else max_steps
-        last = first_step + budget
         order: list[int] = []
         bar = tqdm(total=budget, disable=not self.progress, desc="fit", unit="step",
                    leave=False)
-        step = first_step
-        for step in range(first_step, last + 1):
+        for step in range(budget + 1):
             if not order:
                 order = list(rng.permutation(len(batches)))
             index, target, size = batches[order.pop()]
             opt.zero_grad(set_to_none=True)
-            loss, data_loss = self._loss(index, target, size, total, weights, reg, bias_reg)
-            loss.backward()
-            value = self._parallel.reduce_gradients(self._parameters_list(), data_loss)
-            if not math.isfinite(value):
-                self.diverged_ = True
-                warnings.warn(f"the train loss became {value} at step {step}: training "
-                              f"diverged (lr={lr:g} too large?); the parameters of step "
-                              f"{self.best_step_} are kept", RuntimeWarning, stacklevel=3)
-                break
-            if (step - first_step) % self.eval_every == 0 or step == last:
-                clock = time.perf_counter()
-                if validate is None:  # no split: the train loss (implicit: no NDCG, NaN)
-                    measured, score = (math.nan if implicit else value), value
-                else:
-                    measured = validate()
-                    score = sign * measured
-                for name, item in (("step", step), ("train_loss", value), (key, measured),
-                                   ("seconds", time.perf_counter() - start)):
-                    self.history_[name].append(item)
-                bar.set_postfix(loss=f"{value:.3e}", val=f"{measured:.4f}", refresh=False)
-                if score < best:
-                    best, best_state, self.best_step_, stale = score, self._state(), step, 0
-                else:
-                    stale += 1
-                    if validate is not None and stale >= self.patience:
-                        break
+            loss, data_loss = self._loss(params, index, target, size, total, weights, reg,
+                                         bias_reg)
+            loss.sum().backward()
+            values = self._parallel.reduce_gradients(params, data_loss).tolist()
+            evaluate = step % self.eval_every == 0 or step == budget
+            clock = time.perf_counter()
+            for row, (k, value) in enumerate(zip(running, values, strict=True)):
+                candidate = candidates[k]
+                candidate.last_step = step
+                if not math.isfinite(value):
+                    candidate.active, candidate.diverged = False, True
+                    warnings.warn(f"the train loss became {value} at step {step}: training "
+                                  f"diverged (lr={lr:g} too large?); the parameters of step "
+                                  f"{candidate.best_step} are kept", RuntimeWarning,
+                                  stacklevel=3)
+                elif evaluate:
+                    self._evaluate(candidate, [p[row].detach() for p in params], step, value,
+                                   key, validate, start)
+            if evaluate:
+                bar.set_postfix(loss=f"{min(values):.3e}", refresh=False)
                 self.eval_seconds_ += time.perf_counter() - clock
-            if step == last:
+            if drop is not None and not all(candidates[k].active for k in running):
+                for k in drop({k: c.score for k, c in enumerate(candidates)
+                               if not (c.active or c.dropped)}):
+                    candidates[k].active, candidates[k].dropped = False, True
+            if step == budget or not any(c.active for c in candidates):
                 break
             opt.step()
             bar.update()
+            if not all(candidates[k].active for k in running):  # unstack the stopped ones
+                keep = [row for row, k in enumerate(running) if candidates[k].active]
+                running = [running[row] for row in keep]
+                params, opt = self._compact(params, opt, keep, lr, gamma)
+                reg, bias_reg = self._penalties(candidates, running)
         bar.close()
-        self._restore(best_state)
-        self.n_steps_ = step
-        return best
+        self._restore(initial)
+        return candidates
 
+    def _penalties(self, candidates: list[Candidate], running: list[int]
+                   ) -> tuple[Tensor, Tensor]:
+        """``(reg, bias_reg)`` of the ``running`` candidates, as tensors (K,)."""
+        return tuple(torch.tensor([getattr(candidates[k], name) for k in running],
+                                  dtype=self._mean.dtype, device=self._mean.device)
+                     for name in ("reg", "bias_reg"))
+
+    def _evaluate(self, candidate: Candidate, current: list[Tensor], step: int, value: float,
+                  key: str, validate: Callable[[], float] | None, start: float) -> None:
+        """Score ``candidate``'s ``current`` parameters (at ``step``, train loss ``value``):
+        the validation score (lower RMSE or higher NDCG is better) or, without a validation
+        split, the train loss; record it, keep the parameters if best, stop the candidate
+        after ``patience`` evaluations without improvement."""
+        if validate is None:  # no split: the train loss (implicit: no NDCG, NaN)
+            measured = math.nan if key == "val_ndcg" else value
+            score = value
+        else:
+            self._restore(current)
+            measured = validate()
+            score = -measured if key == "val_ndcg" else measured
+        for name, item in (("step", step), ("train_loss", value), (key, measured),
+                           ("seconds", time.perf_counter() - start)):
+            candidate.history[name].append(item)
+        if score < candidate.score:
+            candidate.score, candidate.best_step, candidate.stale = score, step, 0
+            candidate.state = [t.clone() for t in current]
+        else:
+            candidate.stale += 1
+            if validate is not None and candidate.stale >= self.patience:
+                candidate.active = False
+
+    def _compact(self, params: list[nn.Parameter], opt: torch.optim.Optimizer,
+                 keep: list[int], lr: float, gamma: float
+                 ) -> tuple[list[nn.Parameter], torch.optim.Optimizer]:
+        """The stacked ``params`` and their optimizer restricted to the rows ``keep`` (the
+        optimizer state's per-element tensors sliced the same way, scalars such as Adam's
+        step count kept)."""
+        rows = torch.tensor(keep, device=params[0].device)
+        kept = [nn.Parameter(p.detach().index_select(0, rows)) for p in params]
+        new_opt = self._optimizer(kept, lr, gamma)
+        for old, new in zip(params, kept, strict=True):
+            new_opt.state[new] = {
+                name: (value.index_select(0, rows)
+                       if isinstance(value, Tensor) and value.shape == old.shape else value)
+                for name, value in opt.state[old].items()}
+        return kept, new_opt
+
+    def _record(self, candidate: Candidate, first_step: int) -> None:
+        """Append ``candidate``'s evaluations to ``history_``, its steps numbered from
+        ``first_step``, and set ``best_step_``, ``n_steps_`` and ``diverged_`` on that
+        numbering."""
+        for name, items in candidate.history.items():
+            self.history_[name] += ([first_step + s for s in items] if name == "step"
+                                    else items)
+        self.best_step_ = first_step + candidate.best_step
+        self.n_steps_ = first_step + candidate.last_step
+        self.diverged_ = self.diverged_ or candidate.diverged
 
     def _rmse_validation(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
                          val: np.ndarray) -> tuple[str, Callable[[], float]] | None:
