@@ -607,17 +607,15 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
 
 RATINGS_PRESET: dict[str, Any] = {
     "rank": 10, "depth": 3, "lr": 0.1, "reg": "auto", "bias_reg": 0.0, "bias_prior": 5.0,
-    "refit": True, "max_steps": 2000, "validation_fraction": 0.1, "patience": 3, "eval_every": 10,
+    "refit": True, "max_steps": 2000, "validation_fraction": 0.1, "patience": 5, "eval_every": 10,
     "clip": "auto", "shrinkage": 1e4,
 }
 """Settings of :meth:`DeepMatrixCompletion.ratings`: explicit per-rating L2 on the factors
 with λ chosen per dataset on a 10 % validation split of the training ratings
 (:mod:`deeplora.completion.selection`), ridge shrinkage of the biases worth κ = 5
-pseudo-ratings (``bias_prior``), early stopping on the same split (patience 3 evaluations of
-10 steps: 5 chose the same λ and step on every split of MovieLens 100K, FilmTrust and
-Book-Crossing, at 10–20 % more steps), then a refit on all training ratings with the chosen λ
-and number of steps, Adam at η = 0.1 (rank, depth and η chosen on MovieLens 100K's ``u1.base``
-validation split, ``docs/results.md``).
+pseudo-ratings (``bias_prior``), early stopping on the same split, then a refit on all
+training ratings with the chosen λ and number of steps, Adam at η = 0.1 (rank,
+depth and η chosen on MovieLens 100K's ``u1.base`` validation split, ``docs/results.md``).
 ``reg=<number>`` gives one fit at that penalty instead. ``shrinkage`` (ranking only) is the
 best validation NDCG@10 of ``deeplora experiment topk`` on ``u1.base`` and on FilmTrust: with
 λ_s far above every item count, ``recommend`` ranks by ``n_j · (c_j + a_u·b_j)``."""
