@@ -118,12 +118,12 @@ class TrainingMixin:
                                 for x in predicted]) * (0.5 / size)
         data_loss = loss.detach()
         row_weight, col_weight = weights
-        if bool(reg.any()):
-            loss = loss + 0.5 * share * reg * ((a * a).sum(2) @ row_weight
-                                               + (b * b).sum(2) @ col_weight)
+        if bool(reg.any()):  # weighted sums elementwise: a batched matmul costs more here
+            loss = loss + 0.5 * share * reg * ((a * a).sum(2).mul(row_weight).sum(1)
+                                               + (b * b).sum(2).mul(col_weight).sum(1))
         if bool(bias_reg.any()) and self.bias == "all":
-            loss = loss + 0.5 * share * bias_reg * (row_bias**2 @ row_weight
-                                                    + col_bias**2 @ col_weight)
+            loss = loss + 0.5 * share * bias_reg * ((row_bias**2).mul(row_weight).sum(1)
+                                                    + (col_bias**2).mul(col_weight).sum(1))
         if self.bias_prior and self.bias == "all":
             loss = loss + 0.5 * self.bias_prior * share / total * (
                 (row_bias * row_bias).sum(1) + (col_bias * col_bias).sum(1))
