@@ -10,7 +10,9 @@ median wall-clock seconds per split and the ratio ours / SVD (and fixed-λ / SVD
 CPU seconds of the process (``time.process_time``: less sensitive to other jobs on a shared
 machine, which stretch wall time), test RMSE, the λ chosen and where our time goes: the
 compressed construction (a sparse top-r̂ SVD), the training steps, and the validation
-evaluations. The load average before and after the run is recorded.
+evaluations. The load average before and after the run is recorded. ``--stacked K …`` also
+times, on the first split, the CPU milliseconds per step of K candidate penalties trained as one
+stacked model (the search's batches; K = 1 is a plain fit), 60 steps each, fastest of 3.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_ratings_fit.py --out runs/bench_ratings_fit.json
 """
@@ -42,6 +44,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--root", default=None)
     parser.add_argument("--out", default=None, help="JSON file for the measurements")
+    parser.add_argument("--stacked", type=int, nargs="*", default=[],
+                        help="numbers K of stacked candidates to time per step")
     args = parser.parse_args()
     torch.set_num_threads(1)
     load = os.getloadavg()
@@ -56,6 +60,9 @@ def main() -> None:
         ids = IdIndex.fit(train)
         rows, cols = ids.transform(train)
         test_rows, test_cols = ids.transform(test)
+        if args.stacked and not records:
+            stacked = _stacked_step_ms(rows, cols, train.values, ids.shape, args.stacked)
+            print(f"{split}: CPU ms per step of K stacked candidates: {stacked}", flush=True)
         times: dict[str, list[float]] = {key: [] for key in (
             "svd", "ours", "fixed", "svd_cpu", "ours_cpu", "fixed_cpu", "build", "eval")}
         for repeat in range(args.repeats + 1):  # repeat 0: warm-up, not timed
@@ -111,8 +118,29 @@ def main() -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"dataset": args.dataset, "records": records,
                                               "total": total, "threads": 1,
+                                              "stacked_step_ms": stacked if args.stacked else {},
                                               "load_average": [load, os.getloadavg()]},
                                              indent=1))
+
+
+def _stacked_step_ms(rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
+                     shape: tuple[int, int], counts: list[int]) -> dict[int, float]:
+    """CPU milliseconds per step of ``K`` stacked candidates (λ = 0.1 each, no early stopping:
+    60 steps, fastest of 3), for each K in ``counts``, on the preset's model of these ratings."""
+    est = DeepMatrixCompletion.ratings(reg=0.1, refit=False, max_steps=0).fit(rows, cols, values,
+                                                                              shape)
+    rng = np.random.default_rng(0)
+    batches = est._start(rows, cols, values, rng, torch.float32)
+    est.max_steps = 60
+    out = {}
+    for count in counts:
+        best = np.inf
+        for _ in range(3):
+            cpu = time.process_time()
+            est._train(batches, None, rng, 0.0, [(0.1, 0.0)] * count)
+            best = min(best, time.process_time() - cpu)
+        out[count] = 1000 * best / (est.max_steps + 1)
+    return out
 
 
 def _timed(model: Any, data: tuple[Any, ...]) -> tuple[Any, tuple[float, float]]:
