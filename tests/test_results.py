@@ -109,6 +109,16 @@ def _rebuild_prompt(folder: str, out: Path) -> str:
     return f"{NAME}.md"
 
 
+def _rebuild_prompt_select(out: Path) -> str:
+    """``deeplora experiment prompt-select --report-only --out docs/results/prompt-select``."""
+    import json
+
+    from deeplora.experiments.prompt_select import NAME, write_report
+
+    write_report(json.loads((RESULTS / "prompt-select" / f"{NAME}.json").read_text()), out)
+    return f"{NAME}.md"
+
+
 def _rebuild_ratings(name: str, out: Path) -> str:
     """``deeplora experiment movielens [--dataset NAME] --report-only``: the table from
     the per-split files."""
@@ -145,7 +155,7 @@ def _rebuild_dmc_lag(out: Path) -> str:
     """``deeplora experiment dmc-lag --report-only --out docs/results/dmc/lag``."""
     import json
 
-    from deeplora.experiments.dmc import lag_report
+    from deeplora.experiments.dmc_lag import lag_report
 
     folder = RESULTS / "dmc" / "lag"
     records = [json.loads(p.read_text()) for p in sorted((folder / "runs").glob("*.json"))]
@@ -162,9 +172,10 @@ def _rebuild_dmc_lag(out: Path) -> str:
       for name in ("movielens", "filmtrust", "book-crossing", "book-crossing-5")),
     ("topk", _rebuild_topk),
     *((folder, partial(_rebuild_prompt, folder)) for folder in PROMPT_SWEEPS),
+    ("prompt-select", _rebuild_prompt_select),
     ("dmc", _rebuild_dmc_depth), ("dmc/lag", _rebuild_dmc_lag)],
     ids=["nlg-fewshot", *STSB_FOLDERS, "stsb-smollm2", "movielens", "filmtrust", "book-crossing",
-         "book-crossing-5", "topk", *PROMPT_SWEEPS, "dmc-depth", "dmc-lag"])
+         "book-crossing-5", "topk", *PROMPT_SWEEPS, "prompt-select", "dmc-depth", "dmc-lag"])
 def test_report_rebuilds_from_committed_runs_and_stands_in_results_md(
         folder: str, rebuild, tmp_path: Path) -> None:
     name = rebuild(tmp_path)

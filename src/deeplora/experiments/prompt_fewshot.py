@@ -13,7 +13,8 @@ set) every ``eval_every`` steps. Per (task, samples, rank, method) the report gi
   paired differences Deep LoRA − other method (same seed = same examples and initial weights)
   at the best held-out checkpoint, at the last step, and at matched training loss (each run's
   first checkpoint at the lowest loss both runs reach), with 95% bootstrap intervals over seeds;
-- a zero-shot row per task (test and held-out scores, and the test split's majority-class rate);
+- a zero-shot row per task (test and held-out scores, the test split's majority-class rate and,
+  for accuracy, its 95% Wilson interval and the one-sided binomial p-value against that rate);
 - a figure of the learning curves (training loss, held-out and test score against the step,
   mean over seeds at the chosen learning rate).
 
@@ -112,6 +113,22 @@ def _paired(a: dict[int, float | None], b: dict[int, float | None]) -> dict[str,
             "mean": float(np.mean(values)) if values else None, "ci_low": low, "ci_high": high}
 
 
+def _above_majority(metric: str, accuracy: float | None, majority: float | None,
+                    rows: int | None) -> dict[str, Any]:
+    """For an accuracy on ``rows`` test rows: its 95% Wilson interval and the one-sided exact
+    binomial p-value of scoring at least as many rows right when each is right with the
+    majority-class rate (what a constant guess scores); ``{}`` for other metrics."""
+    from scipy.stats import binomtest
+
+    if metric != "accuracy" or None in (accuracy, majority, rows):
+        return {}
+    right = round(accuracy * rows)
+    ci = binomtest(right, rows).proportion_ci(method="wilson")
+    return {"ci_low": float(ci.low), "ci_high": float(ci.high),
+            "p_above_majority": float(binomtest(right, rows, majority,
+                                                alternative="greater").pvalue)}
+
+
 def summarize(results: list[tuple[Cell, list[dict[str, Any]]]]) -> dict[str, Any]:
     """Zero-shot rows, per-lr rows, the chosen learning rates and the paired differences."""
     zero, grid = [], []
@@ -121,11 +138,13 @@ def summarize(results: list[tuple[Cell, list[dict[str, Any]]]]) -> dict[str, Any
         if cell.labels["method"] == "zero-shot":
             for run in runs:
                 heldout = run["history"][0].get("heldout", {}) if run["history"] else {}
+                rows = run.get("dev_rows", run["config"]["dev_samples"])
+                test = run["metrics"].get(_metric(run))
                 zero.append({"task": cell.labels["task"], "metric": _metric(run),
-                             "test": run["metrics"].get(_metric(run)),
-                             "heldout": heldout.get(_metric(run)),
-                             "majority_rate": run.get("majority_rate"),
-                             "test_rows": run["config"]["dev_samples"]})
+                             "test": test, "heldout": heldout.get(_metric(run)),
+                             "majority_rate": run.get("majority_rate"), "test_rows": rows,
+                             **_above_majority(_metric(run), test, run.get("majority_rate"),
+                                               rows)})
             continue
         setting = tuple(cell.labels[k] for k in SETTING)
         method, lr = cell.labels["method"], cell.labels["lr"]
@@ -192,14 +211,18 @@ def _ci(d: dict[str, Any]) -> str:
 
 def markdown(summary: dict[str, Any]) -> str:
     """The summary as Markdown tables."""
-    lines = [f"# {NAME}", "", "Zero-shot (the untouched model through the prompt):", "",
-             "| task | metric | test | held-out | majority-class rate (test) | test rows |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"# {NAME}", "", "Zero-shot (the untouched model through the prompt; accuracy: "
+             "95% Wilson interval, and the one-sided binomial p-value against the "
+             "majority-class rate):", "",
+             "| task | metric | test | held-out | majority-class rate (test) | test rows "
+             "| 95% interval (test) | p vs majority |", "|---|---|---|---|---|---|---|---|"]
     for z in summary["zero_shot"]:
         fmt = [f"{v:.4f}" if v is not None else "-" for v in
                (z["test"], z["heldout"], z["majority_rate"])]
+        ci = f"[{z['ci_low']:.4f}, {z['ci_high']:.4f}]" if "ci_low" in z else "-"
+        p = f"{z['p_above_majority']:.3g}" if "p_above_majority" in z else "-"
         lines.append(f"| {z['task']} | {z['metric']} | {' | '.join(fmt)} | "
-                     f"{z['test_rows'] or 'all'} |")
+                     f"{z['test_rows'] or 'all'} | {ci} | {p} |")
     if not summary["grid"]:
         return "\n".join(lines) + "\n"
     lines += ["", "Every learning rate (mean ± std over seeds; 'best ckpt': the checkpoint with "

@@ -78,9 +78,10 @@ def verbalizer(task: GlueTask) -> Verbalizer:
 
 
 def render(tokenizer: PreTrainedTokenizerBase, task: GlueTask, row: dict[str, Any],
-           template: str) -> str:
-    """The prompt text of ``row`` (the label word is what the model should write next)."""
-    verb = verbalizer(task)
+           template: str, verb: Verbalizer | None = None) -> str:
+    """The prompt text of ``row`` (the label word is what the model should write next);
+    ``verb``: the task's declared :func:`verbalizer` unless given."""
+    verb = verb or verbalizer(task)
     text = verb.body.format(**{col: row[col].strip() for col in task.text_columns})
     if template == "chat":
         messages = [{"role": "user", "content": f"{text}\n{verb.question}"}]
@@ -88,9 +89,10 @@ def render(tokenizer: PreTrainedTokenizerBase, task: GlueTask, row: dict[str, An
     return f"{text}\n{verb.question}\nAnswer:" + ("" if verb.spaced else " ")
 
 
-def answer_words(task: GlueTask, template: str) -> tuple[str, ...]:
+def answer_words(task: GlueTask, template: str, verb: Verbalizer | None = None
+                 ) -> tuple[str, ...]:
     """The label words as they follow the prompt (a leading space in the spaced plain form)."""
-    verb = verbalizer(task)
+    verb = verb or verbalizer(task)
     space = " " if template == "plain" and verb.spaced else ""
     return tuple(space + word for word in verb.words)
 
@@ -100,20 +102,22 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str, template: str) -> lis
     return tokenizer(text, add_special_tokens=template == "plain")["input_ids"]
 
 
-def label_token_ids(tokenizer: PreTrainedTokenizerBase, task: GlueTask, template: str
-                    ) -> list[int]:
-    """The token id of each label word, checked in context: the prompt followed by the word
-    must tokenize as the prompt's tokens plus exactly one token.
+def label_token_ids(tokenizer: PreTrainedTokenizerBase, task: GlueTask, template: str,
+                    verb: Verbalizer | None = None) -> list[int]:
+    """The token id of each label word (of ``verb``, else the task's declared verbalizer),
+    checked in context: the prompt followed by the word must tokenize as the prompt's tokens
+    plus exactly one token.
 
     Raises:
         DataError: a word that is several tokens (or merges with the prompt's end), or two
             classes sharing a token.
     """
     columns = {col: "x" for col in task.text_columns}
-    prompt = render(tokenizer, task, columns, template)
+    prompt = render(tokenizer, task, columns, template, verb)
     base = _encode(tokenizer, prompt, template)
+    words = answer_words(task, template, verb)
     ids = []
-    for word in answer_words(task, template):
+    for word in words:
         full = _encode(tokenizer, prompt + word, template)
         if len(full) != len(base) + 1 or full[: len(base)] != base:
             pieces = tokenizer.convert_ids_to_tokens(full[len(base) - 1:])
@@ -122,29 +126,30 @@ def label_token_ids(tokenizer: PreTrainedTokenizerBase, task: GlueTask, template
                             "choose single-token label words")
         ids.append(full[-1])
     if len(set(ids)) != len(ids):
-        raise DataError(f"label words {answer_words(task, template)} of task {task.name} share "
-                        "a token")
+        raise DataError(f"label words {words} of task {task.name} share a token")
     return ids
 
 
 class PromptCollator:
     """Rows → left-padded prompt batches ``{"inputs": {input_ids, attention_mask,
     position_ids}, "labels"}`` (long class ids, or float scores for STS-B); ``template``:
-    ``"chat"`` or ``"plain"``. Prompts longer than ``max_length`` tokens lose their beginning
-    (the question and answer cue are at the end)."""
+    ``"chat"`` or ``"plain"``; ``verb``: the task's declared verbalizer unless given. Prompts
+    longer than ``max_length`` tokens lose their beginning (the question and answer cue are at
+    the end)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, task: GlueTask, template: str,
-                 max_length: int, pad_to_max_length: bool) -> None:
+                 max_length: int, pad_to_max_length: bool, verb: Verbalizer | None = None
+                 ) -> None:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
-        self.tokenizer, self.task, self.template = tokenizer, task, template
+        self.tokenizer, self.task, self.template, self.verb = tokenizer, task, template, verb
         self.kwargs = {"truncation": True, "max_length": max_length,
                        "padding": "max_length" if pad_to_max_length else "longest",
                        "return_tensors": "pt", "add_special_tokens": template == "plain"}
 
     def prompts(self, rows: Sequence[dict[str, Any]]) -> list[str]:
-        return [render(self.tokenizer, self.task, row, self.template) for row in rows]
+        return [render(self.tokenizer, self.task, row, self.template, self.verb) for row in rows]
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         inputs = dict(self.tokenizer(self.prompts(rows), **self.kwargs))

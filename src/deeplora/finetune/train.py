@@ -272,7 +272,8 @@ def run_finetune(
     sharing each batch), ``metrics`` (final dev metrics), ``history``
     (``[{"step", "metrics"}]`` at each evaluation, plus ``"heldout"``: the held-out rows'
     metrics when ``config.heldout_samples`` is set), ``train_loss`` (per step, of the whole
-    batch across processes), ``majority_rate`` (classification: share of the most frequent
+    batch across processes), ``dev_rows`` (how many dev rows were scored),
+    ``majority_rate`` (classification: share of the most frequent
     label among the dev rows scored, the accuracy of a constant guess), ``prompt`` (``prompt``
     head: the first dev row's prompt and the label words), ``wall_time_s``,
     ``layers`` (per adapted layer at the end: σ₁(ΔW) as ``sigma_max``, its top min(2r, 64)
@@ -371,6 +372,7 @@ def run_finetune(
     if isinstance(collate, PromptCollator):  # the exact prompt and label words of the run
         result["prompt"] = {"example": collate.prompts([prepared.dev[0]])[0],
                             "label_words": list(answer_words(prepared.task, config.template))}
+    result["dev_rows"] = len(prepared.dev)
     if not prepared.task.is_regression:
         result["majority_rate"] = float(np.bincount(prepared.dev["label"]).max()
                                         / len(prepared.dev))
