@@ -53,7 +53,10 @@ def plan(tasks: Sequence[str], samples: Sequence[int], ranks: Sequence[int],
     """Zero-shot (seed 0) per task, then every (task, samples, rank, lr, method) over ``seeds``;
     ``common``: :class:`~deeplora.finetune.config.FinetuneConfig` fields shared by all
     (``steps``, ``eval_every``, ``heldout_samples``, ``dev_samples``, ``template``, …), on the
-    ``practical`` preset (Adam eps scaled to Deep LoRA's factor gradients, for every method)."""
+    ``practical`` preset (Adam eps scaled to Deep LoRA's factor gradients, for every method).
+    Trained runs keep σ₁ and the ranks of each ΔW but no singular-value list
+    (``singular_values=0`` unless ``common`` says otherwise): with ~211 adapted layers the lists
+    made most of a result file, and the report reads σ₁ only."""
     common = {"head": "prompt", **common}
     cells = []
     for task in tasks:
@@ -65,7 +68,7 @@ def plan(tasks: Sequence[str], samples: Sequence[int], ranks: Sequence[int],
                 for lr in lrs:
                     for method in methods:
                         config = preset("practical", task=task, method=method, samples=n,
-                                        rank=rank, lr=lr, **common)
+                                        rank=rank, lr=lr, **{"singular_values": 0, **common})
                         cells.append(Cell(config, tuple(seeds),
                                           {"method": method, "task": config.task, "samples": n,
                                            "rank": rank, "lr": lr}))

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from deeplora.experiments import Arg, experiment
-from deeplora.finetune.data import DATA_DIR_ENV, get_task, hold_out, load_split
+from deeplora.finetune.data import DATA_DIR_ENV, DataError, get_task, hold_out, load_split
 from deeplora.finetune.metrics import compute_metrics
 from deeplora.finetune.prompt import VERBALIZERS, Verbalizer
 
@@ -177,6 +177,9 @@ def prompt_select(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
 
     path = out / f"{NAME}.json"
     if args.report_only:
+        if not path.is_file():
+            raise DataError(f"{path}: no such file (run prompt-select without --report-only "
+                            "first)")
         rows = write_report(json.loads(path.read_text()), out)
         print((out / f"{NAME}.md").read_text())
         return rows
@@ -184,6 +187,17 @@ def prompt_select(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
 
     from deeplora.finetune.models import load_tokenizer, quiet_transformers, resolve_model
 
+    tasks, templates = args.task.split(","), args.templates.split(",")
+    for task in tasks:
+        if task not in CANDIDATES:
+            raise DataError(f"prompt-select has candidate prompts for {', '.join(CANDIDATES)}; "
+                            f"got task {task!r}")
+    for template in templates:
+        if template not in TEMPLATES:
+            raise DataError(f"unknown template {template!r}; choose one of "
+                            f"{', '.join(TEMPLATES)}")
+    if args.heldout_samples < 1:
+        raise DataError(f"--heldout-samples must be >= 1, got {args.heldout_samples}")
     quiet_transformers()
     model_path = resolve_model(args.model)
     tokenizer = load_tokenizer(model_path)
@@ -191,13 +205,13 @@ def prompt_select(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     n = 8 if args.fast else args.heldout_samples
     data: dict[str, Any] = {"model": args.model, "heldout_samples": n, "records": [],
                             "labels": {}}
-    for task in args.task.split(","):
+    for task in tasks:
         glue = get_task(task)
         _, heldout = hold_out(glue, load_split(glue, "train", args.data_dir), n,
                               load_split(glue, "dev", args.data_dir))
         rows = list(heldout)
         data["labels"][task] = [int(r["label"]) for r in rows]
-        for template in args.templates.split(","):
+        for template in templates:
             candidates = CANDIDATES[task]
             for verb, logits in zip(candidates, score_rows(model, tokenizer, task, template,
                                                            candidates, rows), strict=True):

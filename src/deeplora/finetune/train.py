@@ -277,7 +277,8 @@ def run_finetune(
     label among the dev rows scored, the accuracy of a constant guess), ``prompt`` (``prompt``
     head: the first dev row's prompt and the label words), ``wall_time_s``,
     ``layers`` (per adapted layer at the end: σ₁(ΔW) as ``sigma_max``, its top min(2r, 64)
-    singular values, ``numerical_rank`` and ``matrix_rank``, see :func:`spectra`)
+    singular values (``config.singular_values`` of them when set), ``numerical_rank`` and
+    ``matrix_rank``, see :func:`spectra`)
     and, when ``config.snapshot_steps`` is set, ``subspace``: per layer the cosines of the
     smallest (the authors' quantity) and largest principal angle between the top-
     ``subspace_rank`` left singular subspace of ΔW at each snapshot step and at the end.
@@ -380,7 +381,9 @@ def run_finetune(
         result["layers"] = {}
     elif config.method != "zero-shot":
         deltas = adapter_deltas(adapted_backbone(task_model))
-        result["layers"] = spectra(deltas, keep=min(2 * config.rank, 64))
+        keep = config.singular_values
+        result["layers"] = spectra(deltas, keep=min(2 * config.rank, 64) if keep is None
+                                   else keep)
         if snapshots:
             result["subspace"] = _subspace_cosines(snapshots, deltas, config.subspace_rank)
     result["wall_time_s"] = time.perf_counter() - start
