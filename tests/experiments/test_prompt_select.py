@@ -40,6 +40,16 @@ def test_summary_metric_majority_and_best() -> None:
     assert [r["best"] for r in rows] == [False, False, True] and rows[2]["value"] == 1.0
 
 
+def test_regression_scores_the_expected_score_by_pearson() -> None:
+    labels = {"stsb": [0.0, 1.0, 4.0, 5.0]}
+    rising = _record("stsb", ["no", "yes"], [[0.0, -2.0], [0.0, -1.0], [0.0, 1.0], [0.0, 2.0]])
+    falling = _record("stsb", ["no", "yes"], [[0.0, 2.0], [0.0, 1.0], [0.0, -1.0], [0.0, -2.0]])
+    rows = prompt_select.summarize([falling, rising], labels)
+    assert rows[0]["metric"] == "pearson" and rows[0]["value"] < 0 < 0.9 < rows[1]["value"]
+    assert rows[1]["best"] and rows[1]["majority_rate"] is None and rows[1]["auc"] is None
+    assert "| stsb | chat | q? | no, yes | pearson |" in prompt_select.markdown(rows)
+
+
 def test_fast_run_shares_passes_and_report_only_rebuilds(
         tmp_path: Path, split_glue: Path, tiny_llama: str, monkeypatch: pytest.MonkeyPatch,
         capsys) -> None:
@@ -48,7 +58,9 @@ def test_fast_run_shares_passes_and_report_only_rebuilds(
     wording = Verbalizer("Review: {sentence}", "the sentiment?", ("negative", "positive"))
     flipped = Verbalizer(wording.body, wording.question, ("positive", "negative"))
     other = Verbalizer(wording.body, "Answer?", ("no", "yes"))
-    monkeypatch.setattr(prompt_select, "CANDIDATES", {"sst2": (wording, flipped, other)})
+    similar = Verbalizer("{sentence1} / {sentence2}", "Same?", ("no", "yes"))
+    monkeypatch.setattr(prompt_select, "CANDIDATES", {"sst2": (wording, flipped, other),
+                                                      "stsb": (similar,)})
     out = tmp_path / "select"
     argv = ["experiment", "prompt-select", "--fast", "--task", "sst2", "--model", tiny_llama,
             "--data-dir", str(split_glue), "--out", str(out)]
@@ -67,3 +79,8 @@ def test_fast_run_shares_passes_and_report_only_rebuilds(
     (out / "prompt-select.md").unlink()
     assert main([*argv, "--report-only"]) == 0
     assert (out / "prompt-select.md").read_text() == report
+    stsb = [a if a != "sst2" else "stsb" for a in argv]  # another task: sst2's rows are kept
+    assert main(stsb) == 0
+    data = json.loads((out / "prompt-select.json").read_text())
+    assert sorted(data["labels"]) == ["sst2", "stsb"] and len(data["records"]) == 3 * 2 + 2
+    assert "| stsb | chat | Same? | no, yes | pearson |" in (out / "prompt-select.md").read_text()

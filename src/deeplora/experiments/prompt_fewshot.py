@@ -13,8 +13,9 @@ set) every ``eval_every`` steps. Per (task, samples, rank, method) the report gi
   paired differences Deep LoRA − other method (same seed = same examples and initial weights)
   at the best held-out checkpoint, at the last step, and at matched training loss (each run's
   first checkpoint at the lowest loss both runs reach), with 95% bootstrap intervals over seeds;
-- a zero-shot row per task (test and held-out scores, the test split's majority-class rate and,
-  for accuracy, its 95% Wilson interval and the one-sided binomial p-value against that rate);
+- a zero-shot row per task (test and held-out scores, the test split's majority-class rate and
+  the test score against chance: for accuracy its 95% Wilson interval and the one-sided binomial
+  p-value against that rate, for Pearson r its 95% Fisher-z interval and the p-value of r > 0);
 - a figure of the learning curves (training loss, held-out and test score against the step,
   mean over seeds at the chosen learning rate).
 
@@ -116,20 +117,30 @@ def _paired(a: dict[int, float | None], b: dict[int, float | None]) -> dict[str,
             "mean": float(np.mean(values)) if values else None, "ci_low": low, "ci_high": high}
 
 
-def _above_majority(metric: str, accuracy: float | None, majority: float | None,
-                    rows: int | None) -> dict[str, Any]:
-    """For an accuracy on ``rows`` test rows: its 95% Wilson interval and the one-sided exact
-    binomial p-value of scoring at least as many rows right when each is right with the
-    majority-class rate (what a constant guess scores); ``{}`` for other metrics."""
-    from scipy.stats import binomtest
+def _above_chance(metric: str, value: float | None, majority: float | None,
+                  rows: int | None) -> dict[str, Any]:
+    """A zero-shot test score on ``rows`` rows against chance, ``{}`` when it cannot be said.
+    Accuracy: its 95% Wilson interval and the one-sided exact binomial p-value of scoring at
+    least as many rows right when each is right with the majority-class rate (what a constant
+    guess scores). Pearson r: its 95% Fisher-z interval and the one-sided p-value of the t test
+    of r > 0."""
+    from scipy import stats
 
-    if metric != "accuracy" or None in (accuracy, majority, rows):
+    if None in (value, rows) or not np.isfinite(value):
         return {}
-    right = round(accuracy * rows)
-    ci = binomtest(right, rows).proportion_ci(method="wilson")
-    return {"ci_low": float(ci.low), "ci_high": float(ci.high),
-            "p_above_majority": float(binomtest(right, rows, majority,
-                                                alternative="greater").pvalue)}
+    if metric == "accuracy" and majority is not None:
+        right = round(value * rows)
+        ci = stats.binomtest(right, rows).proportion_ci(method="wilson")
+        return {"ci_low": float(ci.low), "ci_high": float(ci.high),
+                "p_above_chance": float(stats.binomtest(right, rows, majority,
+                                                        alternative="greater").pvalue)}
+    if metric == "pearson" and rows > 3 and abs(value) < 1:
+        half = 1.96 / np.sqrt(rows - 3)
+        t = value * np.sqrt((rows - 2) / (1 - value**2))
+        return {"ci_low": float(np.tanh(np.arctanh(value) - half)),
+                "ci_high": float(np.tanh(np.arctanh(value) + half)),
+                "p_above_chance": float(stats.t.sf(t, rows - 2))}
+    return {}
 
 
 def summarize(results: list[tuple[Cell, list[dict[str, Any]]]]) -> dict[str, Any]:
@@ -146,8 +157,8 @@ def summarize(results: list[tuple[Cell, list[dict[str, Any]]]]) -> dict[str, Any
                 zero.append({"task": cell.labels["task"], "metric": _metric(run),
                              "test": test, "heldout": heldout.get(_metric(run)),
                              "majority_rate": run.get("majority_rate"), "test_rows": rows,
-                             **_above_majority(_metric(run), test, run.get("majority_rate"),
-                                               rows)})
+                             **_above_chance(_metric(run), test, run.get("majority_rate"),
+                                             rows)})
             continue
         setting = tuple(cell.labels[k] for k in SETTING)
         method, lr = cell.labels["method"], cell.labels["lr"]
@@ -215,15 +226,16 @@ def _ci(d: dict[str, Any]) -> str:
 def markdown(summary: dict[str, Any]) -> str:
     """The summary as Markdown tables."""
     lines = [f"# {NAME}", "", "Zero-shot (the untouched model through the prompt; accuracy: "
-             "95% Wilson interval, and the one-sided binomial p-value against the "
-             "majority-class rate):", "",
+             "95% Wilson interval and the one-sided binomial p-value against the "
+             "majority-class rate; Pearson: 95% Fisher-z interval and the one-sided p-value "
+             "of r > 0):", "",
              "| task | metric | test | held-out | majority-class rate (test) | test rows "
-             "| 95% interval (test) | p vs majority |", "|---|---|---|---|---|---|---|---|"]
+             "| 95% interval (test) | p vs chance |", "|---|---|---|---|---|---|---|---|"]
     for z in summary["zero_shot"]:
         fmt = [f"{v:.4f}" if v is not None else "-" for v in
                (z["test"], z["heldout"], z["majority_rate"])]
         ci = f"[{z['ci_low']:.4f}, {z['ci_high']:.4f}]" if "ci_low" in z else "-"
-        p = f"{z['p_above_majority']:.3g}" if "p_above_majority" in z else "-"
+        p = f"{z['p_above_chance']:.3g}" if "p_above_chance" in z else "-"
         lines.append(f"| {z['task']} | {z['metric']} | {' | '.join(fmt)} | "
                      f"{z['test_rows'] or 'all'} | {ci} | {p} |")
     if not summary["grid"]:

@@ -12,7 +12,8 @@ margin between the two label words (two classes), and marks the best
 (highest metric; ties: the earlier candidate, chat before plain). Forward passes only.
 
 ``prompt-select.json`` keeps every row's label-word logits, so ``--report-only`` rebuilds the
-table without the model.
+table without the model; a later call with the same model and rows replaces the tasks it scores
+and keeps the others.
 """
 
 from __future__ import annotations
@@ -60,6 +61,16 @@ CANDIDATES: dict[str, tuple[Verbalizer, ...]] = {
         Verbalizer(_COLA, f"Does this sentence contain a grammatical error? {_YES_NO}",
                    ("Yes", "No")),
     ),
+    # regression: the words stand for 0 … 5 evenly (no → 0, yes → 5: score 5·P(yes | no, yes))
+    "stsb": (
+        VERBALIZERS["stsb"],
+        Verbalizer(_PAIR, f"Do the two sentences mean the same thing? {_YES_NO}", ("no", "yes")),
+        Verbalizer(_PAIR, f"Do the two sentences mean the same thing? {_YES_NO}", ("No", "Yes")),
+        Verbalizer(_PAIR, f"Are the two sentences about the same thing? {_YES_NO}",
+                   ("no", "yes")),
+        Verbalizer(_PAIR, f"Are the two sentences about the same thing? {_YES_NO}",
+                   ("No", "Yes")),
+    ),
 }
 
 
@@ -97,25 +108,33 @@ def score_rows(model: Any, tokenizer: Any, task: str, template: str,
     return [o for o in out if o is not None]
 
 
-def summarize(records: list[dict[str, Any]], labels: dict[str, list[int]]
+def summarize(records: list[dict[str, Any]], labels: dict[str, list[float]]
               ) -> list[dict[str, Any]]:
     """One row per (task, template, candidate): main metric on the held-out rows, majority
-    rate, share predicted as the majority class, and ``best`` on the best row of each task."""
+    rate, share predicted as the majority class (classification; regression: the expected
+    score, :func:`~deeplora.finetune.prompt.expected_score`, is the prediction), and ``best``
+    on the best row of each task."""
+    import torch
+
+    from deeplora.finetune.prompt import expected_score
+
     rows = []
     for rec in records:
         task = get_task(rec["task"])
         gold = np.asarray(labels[rec["task"]])
         logits = np.asarray(rec["logits"])
-        pred = logits.argmax(-1)
-        majority = int(np.bincount(gold).argmax())
-        rows.append({"task": rec["task"], "template": rec["template"],
-                     "question": rec["question"], "words": rec["words"],
-                     "metric": task.main_metric,
-                     "value": compute_metrics(task, pred, gold)[task.main_metric],
-                     "majority_rate": float(np.mean(gold == majority)),
-                     "predicted_majority": float(np.mean(pred == majority)),
-                     "auc": _auc(gold, logits),
-                     "rows": len(gold), "best": False})
+        row = {"task": rec["task"], "template": rec["template"], "question": rec["question"],
+               "words": rec["words"], "metric": task.main_metric, "majority_rate": None,
+               "predicted_majority": None, "auc": None, "rows": len(gold), "best": False}
+        if task.is_regression:
+            pred = expected_score(torch.as_tensor(logits)).numpy()
+        else:
+            pred = logits.argmax(-1)
+            majority = int(np.bincount(gold.astype(int)).argmax())
+            row.update(majority_rate=float(np.mean(gold == majority)),
+                       predicted_majority=float(np.mean(pred == majority)),
+                       auc=_auc(gold, logits))
+        rows.append({**row, "value": compute_metrics(task, pred, gold)[task.main_metric]})
     for task in dict.fromkeys(r["task"] for r in rows):
         ours = [r for r in rows if r["task"] == task]
         max(ours, key=lambda r: (np.nan_to_num(r["value"], nan=-np.inf),
@@ -143,9 +162,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         value = f"{r['value']:.4f}"
         lines.append(f"| {r['task']} | {r['template']} | {r['question']} | "
                      f"{', '.join(r['words'])} | {r['metric']} | "
-                     f"{f'**{value}**' if r['best'] else value} | {r['majority_rate']:.4f} | "
-                     f"{r['predicted_majority']:.4f} | "
-                     f"{'-' if r['auc'] is None else format(r['auc'], '.4f')} | {r['rows']} |")
+                     f"{f'**{value}**' if r['best'] else value} | "
+                     + " | ".join("-" if r[k] is None else format(r[k], ".4f")
+                                  for k in ("majority_rate", "predicted_majority", "auc"))
+                     + f" | {r['rows']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -161,7 +181,8 @@ def write_report(data: dict[str, Any], out: Path) -> list[dict[str, Any]]:
 
 @experiment(NAME, help="choose a task's zero-shot prompt (wording, label words, template) on "
             "held-out training rows", arguments=[
-    Arg("--task", default="mrpc,cola", help=f"tasks, comma-separated, of {sorted(CANDIDATES)}"),
+    Arg("--task", default="mrpc,cola,stsb",
+        help=f"tasks, comma-separated, of {sorted(CANDIDATES)}"),
     Arg("--templates", default=",".join(TEMPLATES), help="templates, comma-separated"),
     Arg("--heldout-samples", type=int, default=128,
         help="training rows scored (the first of prompt-fewshot's held-out draw)"),
@@ -205,12 +226,17 @@ def prompt_select(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     n = 8 if args.fast else args.heldout_samples
     data: dict[str, Any] = {"model": args.model, "heldout_samples": n, "records": [],
                             "labels": {}}
+    if path.is_file():  # keep the other tasks of an earlier call with the same settings
+        earlier = json.loads(path.read_text())
+        if (earlier["model"], earlier["heldout_samples"]) == (args.model, n):
+            data["records"] = [r for r in earlier["records"] if r["task"] not in tasks]
+            data["labels"] = {t: v for t, v in earlier["labels"].items() if t not in tasks}
     for task in tasks:
         glue = get_task(task)
         _, heldout = hold_out(glue, load_split(glue, "train", args.data_dir), n,
                               load_split(glue, "dev", args.data_dir))
         rows = list(heldout)
-        data["labels"][task] = [int(r["label"]) for r in rows]
+        data["labels"][task] = [r["label"] for r in rows]
         for template in templates:
             candidates = CANDIDATES[task]
             for verb, logits in zip(candidates, score_rows(model, tokenizer, task, template,

@@ -7,8 +7,9 @@ prompt, restricted to the task's label words (:data:`VERBALIZERS`), are the pred
 
 - classification with k label words w₁…w_k: ``z = logits[:, ids(w)]`` (n, k), loss
   ``cross_entropy(z, y)``, prediction ``argmax z``;
-- STS-B (words "0"…"5"): ``p = softmax(z)`` (n, 6), score ``ŝ = Σ_k p_k·k`` ∈ [0, 5], loss
-  ``mse(ŝ, y)``, prediction ŝ.
+- STS-B (K words standing for the evenly spaced scores v_k = 5·k/(K − 1): the digits "0"…"5",
+  or e.g. no/yes for 0 and 5): ``p = softmax(z)`` (n, K), score ``ŝ = Σ_k p_k·v_k`` ∈ [0, 5],
+  loss ``mse(ŝ, y)``, prediction ŝ.
 
 No other logit enters the loss, so the gradient reaches only the label words' rows of the
 output layer (LM-BFF-style prompt tuning; Gao et al. 2021). Inputs are padded on the left so
@@ -35,7 +36,8 @@ from deeplora.finetune.data import DataError, GlueTask
 @dataclass(frozen=True)
 class Verbalizer:
     """A task as a prompt: ``body`` (a ``str.format`` template over the task's text columns),
-    the ``question``, and one label word per class in label-id order (STS-B: the digits 0–5).
+    the ``question``, and one label word per class in label-id order (STS-B: words for evenly
+    spaced scores from 0 to 5, low to high, e.g. the digits 0–5, see :func:`expected_score`).
     ``spaced``: in the plain template the word follows ``Answer:`` after a space (" yes");
     otherwise the prompt ends in ``"Answer: "`` and the word follows directly ("3", since " 3"
     is two tokens in byte-level BPE vocabularies)."""
@@ -173,13 +175,20 @@ def label_logits(model: Any, inputs: dict[str, Tensor], label_ids: Tensor) -> Te
 
 def verbalizer_loss(scores: Tensor, labels: Tensor, regression: bool) -> Tensor:
     """Cross-entropy over the label words, or for a regression task the squared error of the
-    expected digit Σ_k softmax(scores)_k·k against the score."""
+    expected score (:func:`expected_score`) against the score."""
     if regression:
-        return F.mse_loss(expected_digit(scores), labels.to(scores.dtype))
+        return F.mse_loss(expected_score(scores), labels.to(scores.dtype))
     return F.cross_entropy(scores, labels)
 
 
-def expected_digit(scores: Tensor) -> Tensor:
-    """Σ_k softmax(scores)_k·k for scores (n, K) over the digits 0…K−1 → (n,)."""
-    digits = torch.arange(scores.shape[-1], dtype=scores.dtype, device=scores.device)
-    return scores.softmax(-1) @ digits
+REGRESSION_TOP = 5.0
+"""The top of the regression scale (STS-B scores lie in [0, 5])."""
+
+
+def expected_score(scores: Tensor) -> Tensor:
+    """Σ_k softmax(scores)_k·v_k for scores (n, K) over K label words standing for the evenly
+    spaced values v_k = 5·k/(K − 1) → (n,): the digit k for the words "0"…"5", 0 and 5 for
+    two words such as no/yes."""
+    values = torch.linspace(0.0, REGRESSION_TOP, scores.shape[-1], dtype=scores.dtype,
+                            device=scores.device)
+    return scores.softmax(-1) @ values
