@@ -93,6 +93,11 @@ PROMPT_SWEEPS = {
                                      ranks=(8,), lrs=(1e-4, 3e-4, 1e-3), methods=(),
                                      seeds=(0,), heldout_samples=0, dev_samples=64,
                                      template=t) for t in ("chat", "plain")},
+    # deeplora experiment prompt-fewshot --task stsb --methods '' --seeds 0 --heldout-samples 0
+    #   --test-samples 200 --template chat --out docs/results/prompt-zero-shot-stsb
+    "prompt-zero-shot-stsb": dict(tasks=["stsb"], samples=(16,), ranks=(8,),
+                                  lrs=(1e-4, 3e-4, 1e-3), methods=(), seeds=(0,),
+                                  heldout_samples=0, dev_samples=200, template="chat"),
 }
 
 

@@ -83,8 +83,9 @@ def test_regression_predicts_the_expected_score(tiny_llama: str, glue_dir: Path)
     batch = collate(list(load_split("stsb", "dev", glue_dir).select(range(5))))
     with torch.no_grad():
         scores, predicted = model.scores(batch), model.predict(batch)
-    assert scores.shape == (5, 6)
-    expected = (scores.softmax(-1) * torch.arange(6.0)).sum(-1)
+    k = len(prompt.VERBALIZERS["stsb"].words)  # No/Yes: the score 5·P(Yes)
+    assert scores.shape == (5, k)
+    expected = scores.softmax(-1) @ torch.linspace(0.0, 5.0, k)
     torch.testing.assert_close(predicted, expected)
     assert ((predicted >= 0) & (predicted <= 5)).all()
 

@@ -2,7 +2,7 @@
 held-out *training* rows, never on the GLUE dev split (the test set of ``prompt-fewshot``).
 
 For each task, every candidate :class:`~deeplora.finetune.prompt.Verbalizer` of
-:data:`CANDIDATES` (the declared one first) under each template scores the same
+:data:`CANDIDATES` (the one declared before the selection first) under each template scores the same
 ``heldout_samples`` training rows (:func:`~deeplora.finetune.data.hold_out`, the rows
 ``prompt-fewshot`` holds out as its dev set) with the untouched model: the label words'
 next-token logits, argmax → class. Candidates that differ only in their label words share one
@@ -63,7 +63,9 @@ CANDIDATES: dict[str, tuple[Verbalizer, ...]] = {
     ),
     # regression: the words stand for 0 … 5 evenly (no → 0, yes → 5: score 5·P(yes | no, yes))
     "stsb": (
-        VERBALIZERS["stsb"],
+        Verbalizer(_PAIR, "How similar are the two sentences in meaning, from 0 (unrelated) to 5 "
+                   "(the same meaning)? Answer with one digit.",
+                   tuple(str(k) for k in range(6)), spaced=False),
         Verbalizer(_PAIR, f"Do the two sentences mean the same thing? {_YES_NO}", ("no", "yes")),
         Verbalizer(_PAIR, f"Do the two sentences mean the same thing? {_YES_NO}", ("No", "Yes")),
         Verbalizer(_PAIR, f"Are the two sentences about the same thing? {_YES_NO}",

@@ -68,10 +68,10 @@ VERBALIZERS: dict[str, Verbalizer] = {
     "mnli": Verbalizer("Premise: {premise}\nHypothesis: {hypothesis}",
                        "Does the premise imply the hypothesis? Answer yes, maybe or no.",
                        ("yes", "maybe", "no")),
+    # chosen by prompt-select on held-out training rows over the digits 0–5 (Pearson 0.23 vs
+    # −0.13, chat template): No → 0, Yes → 5, the score 5·P(Yes | No, Yes)
     "stsb": Verbalizer("Sentence 1: {sentence1}\nSentence 2: {sentence2}",
-                       "How similar are the two sentences in meaning, from 0 (unrelated) to 5 "
-                       "(the same meaning)? Answer with one digit.",
-                       tuple(str(k) for k in range(6)), spaced=False),
+                       f"Are the two sentences about the same thing? {_YES_NO}", ("No", "Yes")),
 }
 
 
