@@ -35,43 +35,35 @@ TEMPLATES = ("chat", "plain")
 _YES_NO = "Answer yes or no."
 _PAIR = "Sentence 1: {sentence1}\nSentence 2: {sentence2}"
 _COLA = "Sentence: {sentence}"
+
+def _cased(body: str, question: str, words: tuple[str, ...]) -> tuple[Verbalizer, Verbalizer]:
+    """The candidate with its label words as given and with them capitalized (one pass)."""
+    return (Verbalizer(body, f"{question} {_YES_NO}", words),
+            Verbalizer(body, f"{question} {_YES_NO}", tuple(w.capitalize() for w in words)))
+
+
 CANDIDATES: dict[str, tuple[Verbalizer, ...]] = {
     "mrpc": (
         VERBALIZERS["mrpc"],
-        Verbalizer(_PAIR, f"Do the two sentences mean the same thing? {_YES_NO}", ("No", "Yes")),
-        Verbalizer(_PAIR, f"Is Sentence 2 a paraphrase of Sentence 1? {_YES_NO}", ("no", "yes")),
-        Verbalizer(_PAIR, f"Is Sentence 2 a paraphrase of Sentence 1? {_YES_NO}", ("No", "Yes")),
-        Verbalizer(_PAIR, "Do Sentence 1 and Sentence 2 report the same facts? "
-                   f"{_YES_NO}", ("no", "yes")),
-        Verbalizer(_PAIR, "Do Sentence 1 and Sentence 2 report the same facts? "
-                   f"{_YES_NO}", ("No", "Yes")),
-        Verbalizer(_PAIR, "Does Sentence 2 add or change any information of Sentence 1? "
-                   f"{_YES_NO}", ("yes", "no")),
-        Verbalizer(_PAIR, "Does Sentence 2 add or change any information of Sentence 1? "
-                   f"{_YES_NO}", ("Yes", "No")),
+        _cased(_PAIR, "Do the two sentences mean the same thing?", ("no", "yes"))[1],
+        *_cased(_PAIR, "Is Sentence 2 a paraphrase of Sentence 1?", ("no", "yes")),
+        *_cased(_PAIR, "Do Sentence 1 and Sentence 2 report the same facts?", ("no", "yes")),
+        *_cased(_PAIR, "Does Sentence 2 add or change any information of Sentence 1?",
+                ("yes", "no")),
     ),
     "cola": (
         VERBALIZERS["cola"],
-        Verbalizer(_COLA, f"Is this sentence grammatically acceptable English? {_YES_NO}",
-                   ("No", "Yes")),
-        Verbalizer(_COLA, f"Is this sentence grammatically correct? {_YES_NO}", ("no", "yes")),
-        Verbalizer(_COLA, f"Is this sentence grammatically correct? {_YES_NO}", ("No", "Yes")),
-        Verbalizer(_COLA, f"Does this sentence contain a grammatical error? {_YES_NO}",
-                   ("yes", "no")),
-        Verbalizer(_COLA, f"Does this sentence contain a grammatical error? {_YES_NO}",
-                   ("Yes", "No")),
+        _cased(_COLA, "Is this sentence grammatically acceptable English?", ("no", "yes"))[1],
+        *_cased(_COLA, "Is this sentence grammatically correct?", ("no", "yes")),
+        *_cased(_COLA, "Does this sentence contain a grammatical error?", ("yes", "no")),
     ),
     # regression: the words stand for 0 … 5 evenly (no → 0, yes → 5: score 5·P(yes | no, yes))
     "stsb": (
         Verbalizer(_PAIR, "How similar are the two sentences in meaning, from 0 (unrelated) to 5 "
                    "(the same meaning)? Answer with one digit.",
                    tuple(str(k) for k in range(6)), spaced=False),
-        Verbalizer(_PAIR, f"Do the two sentences mean the same thing? {_YES_NO}", ("no", "yes")),
-        Verbalizer(_PAIR, f"Do the two sentences mean the same thing? {_YES_NO}", ("No", "Yes")),
-        Verbalizer(_PAIR, f"Are the two sentences about the same thing? {_YES_NO}",
-                   ("no", "yes")),
-        Verbalizer(_PAIR, f"Are the two sentences about the same thing? {_YES_NO}",
-                   ("No", "Yes")),
+        *_cased(_PAIR, "Do the two sentences mean the same thing?", ("no", "yes")),
+        *_cased(_PAIR, "Are the two sentences about the same thing?", ("no", "yes")),
     ),
 }
 
