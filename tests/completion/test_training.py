@@ -83,3 +83,20 @@ def test_divergence_is_flagged_warned_and_saved(tmp_path: Path) -> None:
     est.save(tmp_path / "m.pt")
     assert DeepMatrixCompletion.load(tmp_path / "m.pt").diverged_
     assert not DeepMatrixCompletion(rank=2, max_steps=3).fit(rows, cols, values).diverged_
+
+
+def test_without_validation_the_last_step_is_kept_whatever_the_penalty() -> None:
+    """A strong penalty makes the data term rise after an early minimum; without a validation
+    split (``validation_fraction=0``, and so the refit) the run still ends with the
+    parameters of its last step, not those of the lowest data term."""
+    rng = np.random.default_rng(0)
+    m, n = 60, 50
+    target = rng.normal(size=(m, 3)) @ rng.normal(size=(3, n)) + 3
+    rows, cols = np.nonzero(rng.random((m, n)) < 0.4)
+    values = target[rows, cols] + 0.1 * rng.normal(size=rows.size)
+    est = DeepMatrixCompletion(rank=3, reg=3.0, validation_fraction=0.0, max_steps=300,
+                               random_state=0).fit(rows, cols, values, (m, n))
+    losses = est.history_["train_loss"]
+    assert est.history_["step"][int(np.argmin(losses))] < 150  # the case is the hard one
+    assert losses[-1] > min(losses) * 1.005
+    assert est.best_step_ == est.n_steps_ == 300

@@ -164,8 +164,8 @@ class TrainingMixin:
         stops when all have. ``drop(scores of the finished candidates, by position)``, asked
         whenever one finishes, names candidates not needed (by a search that will not use
         them, finished or not): they stop and are marked ``dropped``. Without a validation
-        split the score is the train loss. Returns one :class:`Candidate` per penalty (best
-        parameters, score and local step); the estimator's parameters are left as they
+        split the last step's parameters are kept. Returns one :class:`Candidate` per penalty
+        (best parameters, score and local step); the estimator's parameters are left as they
         were."""
         m, n = self.shape_
         total = sum(size for *_, size in batches)
@@ -238,20 +238,23 @@ class TrainingMixin:
     def _evaluate(self, candidate: Candidate, current: list[Tensor], step: int, value: float,
                   key: str, validate: Callable[[], float] | None, start: float) -> None:
         """Score ``candidate``'s ``current`` parameters (at ``step``, train loss ``value``):
-        the validation score (lower RMSE or higher NDCG is better) or, without a validation
-        split, the train loss; record it, keep the parameters if best, stop the candidate
-        after ``patience`` evaluations without improvement."""
-        if validate is None:  # no split: the train loss (implicit: no NDCG, NaN)
+        the validation score (lower RMSE or higher NDCG is better); record it, keep the
+        parameters if best, stop the candidate after ``patience`` evaluations without
+        improvement. Without a validation split every evaluation is kept (score: its train
+        loss), so the run ends with the parameters of its last step: the refit trains exactly
+        the chosen number of steps, whatever the penalty does to the data term."""
+        if validate is None:  # no split (implicit: no NDCG, NaN)
             measured = math.nan if key == "val_ndcg" else value
-            score = value
+            score, better = value, True
         else:
             self._restore(current)
             measured = validate()
             score = -measured if key == "val_ndcg" else measured
+            better = score < candidate.score
         for name, item in (("step", step), ("train_loss", value), (key, measured),
                            ("seconds", time.perf_counter() - start)):
             candidate.history[name].append(item)
-        if score < candidate.score:
+        if better:
             candidate.score, candidate.best_step, candidate.stale = score, step, 0
             candidate.state = [t.clone() for t in current]
         else:
