@@ -2,7 +2,7 @@
 file): ``select`` of :mod:`deeplora.experiments.topk` with hand-given grids, on the training
 part of ``random_split(data, 0)`` as ``deeplora experiment topk --dataset DATASET`` uses.
 
-    PYTHONPATH=src python docs/results/topk/probe.py book-crossing 9 \
+    PYTHONPATH=src python benchmarks/topk_probe.py book-crossing 9 \
         docs/results/topk/probe-book-crossing.json \
         '{"rank": [40, 80], "alpha": [0.1, 0.3], "reg": [0.3, 1.0]}' \
         '{"factors": [200], "regularization": [30.0, 100.0], "alpha": [10.0, 30.0]}'

@@ -8,7 +8,7 @@ LABEL='{json}' arguments: ``softimpute*`` → ``SoftImpute(**json)``; ``biases*`
 ours with ``bias="none"`` on its residuals; any other label →
 ``DeepMatrixCompletion.ratings(**json)``. Entries are added to OUT.json:
 
-    PYTHONPATH=src python docs/results/rmse-gap/gap.py DATASET SEED OUT.json LABEL='{json}' ...
+    PYTHONPATH=src python benchmarks/rmse_gap.py DATASET SEED OUT.json LABEL='{json}' ...
 """
 import json
 import sys
