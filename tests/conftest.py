@@ -172,8 +172,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(folder)
 
 
-PROMPT_WORDS = ("positive", "negative", "yes", "no", "maybe", *"012345", "Answer", "Review",
-                "Sentence", "user", ":", "the")
+PROMPT_WORDS = ("positive", "negative", "yes", "no", "Yes", "No", "maybe", *"012345", "Answer",
+                "Review", "Sentence", "user", ":", "the")
 
 
 def _causal_lm(arch: str, folder: Path) -> str:

@@ -107,6 +107,11 @@ PROMPT_SWEEPS = {
                                      ranks=(8,), lrs=(1e-4, 3e-4, 1e-3), methods=(),
                                      seeds=(0,), heldout_samples=0, dev_samples=64,
                                      template=t) for t in ("chat", "plain")},
+    # deeplora experiment prompt-fewshot --task stsb --methods '' --seeds 0 --heldout-samples 0
+    #   --test-samples 200 --template chat --out docs/results/prompt-zero-shot-stsb
+    "prompt-zero-shot-stsb": dict(tasks=["stsb"], samples=(16,), ranks=(8,),
+                                  lrs=(1e-4, 3e-4, 1e-3), methods=(), seeds=(0,),
+                                  heldout_samples=0, dev_samples=200, template="chat"),
 }
 
 
@@ -120,6 +125,16 @@ def _rebuild_prompt(folder: str, out: Path) -> str:
                  args.pop("methods"), args.pop("seeds"), **{**PROMPT_COMMON, **args})
     write_report([(cell, load_results(RESULTS / folder / "runs", cell.config, cell.seeds))
                   for cell in cells], out)
+    return f"{NAME}.md"
+
+
+def _rebuild_prompt_select(out: Path) -> str:
+    """``deeplora experiment prompt-select --report-only --out docs/results/prompt-select``."""
+    import json
+
+    from deeplora.experiments.prompt_select import NAME, write_report
+
+    write_report(json.loads((RESULTS / "prompt-select" / f"{NAME}.json").read_text()), out)
     return f"{NAME}.md"
 
 
@@ -159,7 +174,7 @@ def _rebuild_dmc_lag(out: Path) -> str:
     """``deeplora experiment dmc-lag --report-only --out docs/results/dmc/lag``."""
     import json
 
-    from deeplora.experiments.dmc import lag_report
+    from deeplora.experiments.dmc_lag import lag_report
 
     folder = RESULTS / "dmc" / "lag"
     records = [json.loads(p.read_text()) for p in sorted((folder / "runs").glob("*.json"))]
@@ -177,10 +192,11 @@ def _rebuild_dmc_lag(out: Path) -> str:
       for name in ("movielens", "filmtrust", "book-crossing", "book-crossing-5")),
     ("topk", _rebuild_topk),
     *((folder, partial(_rebuild_prompt, folder)) for folder in PROMPT_SWEEPS),
+    ("prompt-select", _rebuild_prompt_select),
     ("dmc", _rebuild_dmc_depth), ("dmc/lag", _rebuild_dmc_lag)],
     ids=["nlg-fewshot", "nlg-checkpoints", *STSB_FOLDERS, "stsb-smollm2", "movielens",
-         "filmtrust", "book-crossing", "book-crossing-5", "topk", *PROMPT_SWEEPS, "dmc-depth",
-         "dmc-lag"])
+         "filmtrust", "book-crossing", "book-crossing-5", "topk", *PROMPT_SWEEPS, "prompt-select",
+         "dmc-depth", "dmc-lag"])
 def test_report_rebuilds_from_committed_runs_and_stands_in_results_md(
         folder: str, rebuild, tmp_path: Path) -> None:
     name = rebuild(tmp_path)

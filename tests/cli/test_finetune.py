@@ -63,8 +63,8 @@ def test_prompt_head_with_held_out_rows(split_glue: Path, tiny_llama: str, tmp_p
         (["--max-length", "200"], "max_length 200 is more than the 128 positions of "),
         (["--rank", "1000", "--method", "deep-lora"], "1000"),
         (["--lr", "-1"], "lr must be a finite number > 0, got -1.0"),
-        (["--dev-samples", "0"], "dev_samples must be >= 1 (or None: the whole dev split), "
-         "got 0"),
+        (["--dev-samples", "0"], "--dev-samples must be >= 1 (unset: the whole dev split; "
+         "e2e: the preset's test MRs), got 0"),
         (["--task", "stsb", "--data-dir", "NANLABEL"], "STS-B/train.tsv:3: score 'nan' is not a "
          "finite number"),
     ],

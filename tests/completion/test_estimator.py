@@ -174,13 +174,3 @@ def test_raw_ids_that_make_a_huge_shape_are_refused_with_advice() -> None:
         DeepMatrixCompletion().fit([0, 10**8], [0, 10**8], [3.0, 4.0])
     with pytest.raises(ValueError, match="integer indices"):  # beyond int64: no OverflowError
         DeepMatrixCompletion().fit([2**70, 1], [0, 1], [3.0, 4.0])
-
-
-def test_divergence_is_flagged_warned_and_saved(tmp_path: Path) -> None:
-    rows, cols, values, _, _ = low_rank_ratings()
-    with pytest.warns(RuntimeWarning, match="diverged"):
-        est = DeepMatrixCompletion(rank=2, lr=1e6, max_steps=30).fit(rows, cols, values)
-    assert est.diverged_ and est.n_steps_ < 30
-    est.save(tmp_path / "m.pt")
-    assert DeepMatrixCompletion.load(tmp_path / "m.pt").diverged_
-    assert not DeepMatrixCompletion(rank=2, max_steps=3).fit(rows, cols, values).diverged_

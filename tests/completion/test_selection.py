@@ -18,12 +18,22 @@ def _search(curve: dict[float, float], start: float) -> tuple[dict, list]:
     """:func:`search_penalty` on a made-up validation RMSE per λ (no training)."""
     current: list[float] = [0.0]
 
-    def train(reg: float, bias_reg: float) -> tuple[float, int, int]:
-        current[0] = reg
-        return curve[reg], 0, 10
+    def train(penalties: list[tuple[float, float]], drop) -> list[tuple | None]:
+        """Fits finish in order of their penalty, strongest first; the dropped ones give
+        None."""
+        done: dict[int, float] = {}
+        dropped: set[int] = set()
+        for i in sorted(range(len(penalties)), key=lambda i: -penalties[i][0]):
+            if i not in dropped:
+                done[i] = curve[penalties[i][0]]
+                dropped |= drop(done)
+        return [None if i in dropped else (curve[reg], 0, 10, reg)
+                for i, (reg, _) in enumerate(penalties)]
 
-    return search_penalty(train, lambda: current[0], lambda s: current.__setitem__(0, s),
-                          bias_reg="auto", grid=np.array(sorted(curve)), start=start)
+    selected, path = search_penalty(train, lambda s: current.__setitem__(0, s),
+                                    bias_reg="auto", grid=np.array(sorted(curve)), start=start)
+    assert current[0] == selected["reg"]  # the chosen fit's parameters are restored
+    return selected, path
 
 
 def test_search_walks_towards_the_better_side_and_keeps_the_best() -> None:
@@ -32,10 +42,14 @@ def test_search_walks_towards_the_better_side_and_keeps_the_best() -> None:
     stronger = {reg: abs(np.log(reg / 0.4)) for reg in grid}  # best at 0.4
     selected, path = _search(stronger, start=0.1)
     assert selected["reg"] == 0.4 and selected["bias_reg"] == pytest.approx(0.08)
-    assert [p["reg"] for p in path] == [0.1, 0.05, 0.2, 0.4, 0.8]  # weaker first, then back
+    # the λ's of a walk one at a time: start, weaker, stronger (weaker was worse), on
+    assert [p["reg"] for p in path] == [0.1, 0.05, 0.2, 0.4, 0.8]
     weaker = {reg: reg for reg in grid}  # best at the weak end
     selected, path = _search(weaker, start=0.1)
     assert selected["reg"] == 0.025 and [p["reg"] for p in path] == [0.1, 0.05, 0.025]
+    flat = {reg: 1.0 for reg in grid}  # no improvement on the start: one stacked run
+    selected, path = _search(flat, start=0.1)
+    assert selected["reg"] == 0.1 and len(path) == 3
     with pytest.raises(ValueError, match="ratio"):
         penalty_grid(1.0, 1.5, 3)
 

@@ -52,6 +52,21 @@ def test_sampled_product_gradcheck(forward: str) -> None:
     assert torch.autograd.gradcheck(lambda x, y: sampled_product(x, y, rows, cols), (a, b))
 
 
+def test_batched_sampled_product_is_each_product_with_its_gradient(forward: str) -> None:
+    """A batch (K×m×k, K×n×k) gives each pair's product at the same entries, and each pair
+    gets only its own gradient."""
+    a, b = (torch.stack(t).detach().requires_grad_() for t in zip(
+        _pair(7, 5, 3, seed=2), _pair(7, 5, 3, seed=3), strict=True))
+    rows, cols = torch.tensor([3, 0, 0, 6, 2, 2, 0]), torch.tensor([1, 4, 4, 0, 3, 2, 4])
+    got = sampled_product(a, b, rows, cols)
+    assert got.shape == (2, 7)
+    for k in range(2):
+        torch.testing.assert_close(got[k], (a[k] @ b[k].T)[rows, cols])
+    assert torch.autograd.gradcheck(lambda x, y: sampled_product(x, y, rows, cols), (a, b))
+    with pytest.raises(ValueError, match="batches"):
+        sampled_product(a, b[0], rows, cols)
+
+
 @pytest.mark.parametrize("depth", [2, 3, 5])
 def test_closed_form_loss_and_grads_match_autograd(forward: str, depth: int) -> None:
     gen = torch.Generator().manual_seed(depth)

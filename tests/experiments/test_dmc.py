@@ -47,8 +47,8 @@ def test_dmc_efficiency_resumes_finished_ranks(tmp_path, monkeypatch):
     del first["gd"]["compressed"]["4"], first["gd"]["narrow"]["4"]  # as if stopped after r̂ = 2
     path.write_text(json.dumps(first))
     calls = []
-    run_gd = dmc._run_gd
-    monkeypatch.setattr(dmc, "_run_gd", lambda *a, **k: calls.append(a[0]) or run_gd(*a, **k))
+    run_gd = dmc.run_gd
+    monkeypatch.setattr(dmc, "run_gd", lambda *a, **k: calls.append(a[0]) or run_gd(*a, **k))
     assert main(argv) == 0
     assert len(calls) == 2  # r̂ = 4, both methods
     again = json.loads(path.read_text())
@@ -95,37 +95,12 @@ def test_dmc_depth_resumes_finished_runs(tmp_path, monkeypatch):
             "--out", str(tmp_path)]
     assert main(argv) == 0
     calls = []
-    run_gd = dmc._run_gd
-    monkeypatch.setattr(dmc, "_run_gd", lambda *a, **k: calls.append(a[0]) or run_gd(*a, **k))
+    run_gd = dmc.run_gd
+    monkeypatch.setattr(dmc, "run_gd", lambda *a, **k: calls.append(a[0]) or run_gd(*a, **k))
     assert main(argv) == 0
     assert calls == []  # both fractions from the earlier call
     assert main([*argv, "--stall-rtol", "0.1"]) == 0
     assert len(calls) == 2  # other settings: run again
-
-
-def test_dmc_lag_fast(tmp_path):
-    from deeplora.experiments.dmc import FAST_LAG_GRID, lag_report
-
-    assert main(["experiment", "dmc-lag", "--fast", "--out", str(tmp_path)]) == 0
-    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs").glob("*.json"))]
-    assert len(records) == len(FAST_LAG_GRID)
-    for record in records:
-        assert 0 < record["subspace_miss_at_init"] < 1
-        assert record["original"]["outcome"] == "recovered"
-        for run in record["compressed"].values():
-            assert run["left_init"] and run["curve"]["steps"][0] == 0
-            steps = [step for step, _ in run["gap"]]
-            assert steps == sorted(steps) and steps[0] == 0 and len(steps) > 1
-            assert all(gap >= 0 for _, gap in run["gap"])
-    first = json.loads((tmp_path / "runs" / "d16-r2-p0.6-lr0.05-s0.json").read_text())
-    assert set(first["compressed"]) == {"0.01", "0.1"}
-    report = (tmp_path / "dmc-lag.md").read_text()
-    assert report == lag_report(records) and report.count("| 16, 2, ") == 3
-    assert (tmp_path / "dmc-lag.png").read_bytes()[:4] == b"\x89PNG"
-    (tmp_path / "dmc-lag.md").unlink()
-    assert main(["experiment", "dmc-lag", "--fast", "--report-only", "--out",
-                 str(tmp_path)]) == 0
-    assert (tmp_path / "dmc-lag.md").read_text() == report
 
 
 def test_dmc_depth_report_only_redraws_from_the_json(tmp_path, monkeypatch):
@@ -135,6 +110,6 @@ def test_dmc_depth_report_only_redraws_from_the_json(tmp_path, monkeypatch):
                  str(tmp_path)]) == 0
     report = (tmp_path / "dmc-depth.md").read_text()
     (tmp_path / "dmc-depth.md").unlink()
-    monkeypatch.setattr(dmc, "_run_gd", None)  # nothing may run
+    monkeypatch.setattr(dmc, "run_gd", None)  # nothing may run
     assert main(["experiment", "dmc-depth", "--report-only", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "dmc-depth.md").read_text() == report

@@ -45,6 +45,10 @@ def test_fast_run_and_report_only(tmp_path: Path, split_glue: Path, tiny_llama: 
     assert "matched train loss" in report
     runs = list((out / "runs").glob("*/seed-*.json"))
     assert len(runs) == 1 + 2 * 3 * 2
+    layers = [json.loads(r.read_text()).get("layers") for r in runs]
+    trained = [layer for run in layers if run for layer in run.values()]
+    assert trained and all(layer["singular_values"] == [] and layer["sigma_max"] > 0
+                           for layer in trained)  # σ₁ and ranks only (the report reads σ₁)
     capsys.readouterr()
     (out / "prompt-fewshot.md").unlink()
     assert main([*argv, "--report-only"]) == 0

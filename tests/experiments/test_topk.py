@@ -56,8 +56,8 @@ def test_topk_table_and_selection_never_reads_the_test_file(
         runs[name] = json.loads((out / "topk-tiny.json").read_text())
     clean, dirty = runs["clean"], runs["poisoned"]
     assert clean["grids"] == dirty["grids"] and clean["chosen"] == dirty["chosen"]
-    assert {"ours explicit (ratings preset, shrunk ranking)", "ours implicit",
-            "most-rated unseen items"} <= set(clean["results"])
+    assert {"ours explicit (ratings preset, shrunk ranking)", "ours implicit (tuned on validation)",
+            "ours implicit (preset, not tuned)", "most-rated unseen items"} <= set(clean["results"])
     assert all(0 <= r["ndcg@10"] <= 1 for r in clean["results"].values())
     assert report(tmp_path / "clean") == (tmp_path / "clean" / "topk.md").read_text()
-    assert "| ours implicit |" in report(tmp_path / "clean")
+    assert "| ours implicit (tuned on validation) |" in report(tmp_path / "clean")

@@ -78,15 +78,26 @@ def test_loss_reaches_only_the_label_word_logits(tiny_llama: str, glue_dir: Path
     assert (grad[:, model.label_ids].abs().sum(0) > 0).all()
 
 
-def test_regression_predicts_the_expected_digit(tiny_llama: str, glue_dir: Path) -> None:
+def test_regression_predicts_the_expected_score(tiny_llama: str, glue_dir: Path) -> None:
     _, model, collate = _setup(tiny_llama, "stsb", method="zero-shot")
     batch = collate(list(load_split("stsb", "dev", glue_dir).select(range(5))))
     with torch.no_grad():
         scores, predicted = model.scores(batch), model.predict(batch)
-    assert scores.shape == (5, 6)
-    expected = (scores.softmax(-1) * torch.arange(6.0)).sum(-1)
+    k = len(prompt.VERBALIZERS["stsb"].words)  # No/Yes: the score 5·P(Yes)
+    assert scores.shape == (5, k)
+    expected = scores.softmax(-1) @ torch.linspace(0.0, 5.0, k)
     torch.testing.assert_close(predicted, expected)
     assert ((predicted >= 0) & (predicted <= 5)).all()
+
+
+def test_expected_score_spreads_the_words_evenly_over_0_to_5() -> None:
+    """Six words are the digits 0–5; two (no, yes) stand for 0 and 5: 5·P(yes)."""
+    six = torch.tensor([[0.0, 0.0, 0.0, 9.0, 0.0, 0.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])
+    torch.testing.assert_close(prompt.expected_score(six),
+                               (six.softmax(-1) * torch.arange(6.0)).sum(-1))
+    two = torch.tensor([[0.0, 0.0], [0.0, 30.0], [1.0, 0.0]])
+    torch.testing.assert_close(prompt.expected_score(two), 5 * two.softmax(-1)[:, 1])
+    assert prompt.expected_score(two)[1] == pytest.approx(5.0)
 
 
 @pytest.mark.parametrize("template", ["chat", "plain"])

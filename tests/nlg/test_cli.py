@@ -55,7 +55,9 @@ def test_experiment_fast(model_dir: Path, e2e_dir: Path, tmp_path: Path,
      ("model", "not a transformers model"),
      ("file", "testset_w_refs.csv: no such file"),
      ("ref", "has no reference"),
-     ("method", "unknown method 'deep'")],
+     ("method", "unknown method 'deep'"),
+     ("dev-samples", "--dev-samples must be >= 1 (unset: the whole dev split; e2e: the "
+      "preset's test MRs), got 0")],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(
         case: str, message: str, model_dir: Path, e2e_dir: Path, tmp_path: Path,
@@ -69,7 +71,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
             "--model", str(tmp_path / "none") if case == "model" else str(model_dir),
             "--method", "deep" if case == "method" else "deep-lora,lora",
             "--samples", "2", "--steps", "1", "--data-dir", str(e2e_dir), "--out", str(out),
-            "--quiet"]
+            "--quiet", *(["--dev-samples", "0"] if case == "dev-samples" else [])]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("deeplora: error: ") and message in err[0]

@@ -102,6 +102,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
     check_jobs(args.jobs)
+    if args.dev_samples is not None and args.dev_samples < 1:
+        raise DataError(f"--dev-samples must be >= 1 (unset: the whole dev split; e2e: the "
+                        f"preset's test MRs), got {args.dev_samples}")
     if args.task.lower() == "e2e":
         return run_e2e(args, seeds)
     if args.task.lower().replace("-", "") not in TASKS:

@@ -64,16 +64,17 @@ class DataParallel:
             for param in params:
                 dist.broadcast(param.data, src=0)
 
-    def reduce_gradients(self, params: Iterable[Tensor], loss: Tensor) -> float:
-        """Sum the gradients of ``params`` (those that have one) and the data ``loss`` over the
-        processes in one ``all_reduce``; returns the loss of the whole batch."""
+    def reduce_gradients(self, params: Iterable[Tensor], loss: Tensor) -> Tensor:
+        """Sum the gradients of ``params`` (those that have one) and the data ``loss`` (any
+        shape) over the processes in one ``all_reduce``; returns the loss of the whole
+        batch."""
         if not self.enabled:
-            return float(loss)
+            return loss
         params = [p for p in params if p.grad is not None]
-        flat = torch.cat([*(p.grad.reshape(-1) for p in params), loss.reshape(1)])
+        flat = torch.cat([*(p.grad.reshape(-1) for p in params), loss.reshape(-1)])
         dist.all_reduce(flat)
         offset = 0
         for param in params:
             param.grad.copy_(flat[offset:offset + param.numel()].view_as(param))
             offset += param.numel()
-        return float(flat[-1])
+        return flat[offset:].view_as(loss)

@@ -10,8 +10,10 @@ With ``feedback="implicit"`` the observations are positives against all other en
 (:mod:`~deeplora.completion.implicit`: confidence weights, the Gramian trick for the unobserved
 entries).
 
-Fitting and prediction live here; observation checks in :mod:`~deeplora.completion.observations`,
-data-parallel training in :mod:`~deeplora.completion.distributed`, top-k recommendation in
+Fitting (data preparation, the penalty search, the refit) and prediction live here; the
+training loop and validation scores in :mod:`~deeplora.completion.training`, observation
+checks in :mod:`~deeplora.completion.observations`, data-parallel training in
+:mod:`~deeplora.completion.distributed`, top-k recommendation in
 :mod:`~deeplora.completion.recommend` and save/load in :mod:`~deeplora.completion.persistence`.
 """
 
@@ -20,7 +22,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -30,28 +31,26 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from deeplora.completion.data import IdIndex, _lookup, ratings_from_frame
 from deeplora.completion.distributed import DataParallel, check_process_group, local_cuda_index
-from deeplora.completion.implicit import check_positives, gramian_norm, implicit_loss, positives
-from deeplora.completion.methods import default_settings, optimizer_options
+from deeplora.completion.implicit import check_positives, positives
 from deeplora.completion.observations import as_index, check_clip, check_observations, mae, rmse
 from deeplora.completion.persistence import PersistenceMixin
 from deeplora.completion.recommend import RecommenderMixin, seen_crow
 from deeplora.completion.selection import search_penalty
 from deeplora.completion.sparse import compressed_factorization
-from deeplora.factorization import DeepFactorization, discrepant_param_groups, make_optimizer
+from deeplora.completion.training import TrainingMixin, end_to_end
+from deeplora.factorization import DeepFactorization
 from deeplora.factorization.optim import OPTIMIZERS
 from deeplora.factorization.sampled import ObservedIndex, sampled_product
 from deeplora.memory import check_fits
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-VALIDATION_USERS = 2000
-"""Implicit feedback: at most this many users score the validation NDCG."""
 
 
-class DeepMatrixCompletion(RecommenderMixin, PersistenceMixin, BaseEstimator):
+class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
+                           BaseEstimator):
     """Deep matrix completion with the paper's compressed factorization (scikit-learn API).
 
     Args:
@@ -72,8 +71,9 @@ class DeepMatrixCompletion(RecommenderMixin, PersistenceMixin, BaseEstimator):
         reg: λ, L2 penalty on the end-to-end factors ``A = W_L ⋯ W_2`` and ``B = W_1ᵀ``,
             weighted by how often each row/column is observed (as per-rating SGD
             regularization does): ``+ ½λ Σ_ω (‖a_{i_ω}‖² + ‖b_{j_ω}‖²) / |Ω|``. ``"auto"``:
-            chosen on the validation split by a warm-started path of penalties, strong to
-            weak (:mod:`deeplora.completion.selection`; ``selected_``, ``path_``).
+            chosen on the validation split by a pattern search over a grid of penalties,
+            each a fit from the same initialization, several trained together as one
+            stacked model (:mod:`deeplora.completion.selection`; ``selected_``, ``path_``).
         bias_reg: the same penalty on the row and column biases; ``"auto"`` (only with
             ``reg="auto"``): a fixed fraction of λ along the path.
         bias_prior: κ, an unweighted ridge penalty on the biases, ``+ ½κ (‖b‖² + ‖c‖²) / |Ω|``:
@@ -376,15 +376,26 @@ class DeepMatrixCompletion(RecommenderMixin, PersistenceMixin, BaseEstimator):
         self.eval_seconds_, self.diverged_ = 0.0, False
         args = (batches, validation, rng, start)
         if self.reg == "auto":
-            def stage(reg: float, bias_reg: float) -> tuple[float, int, int]:
-                first = self.n_steps_ + 1 if self.history_["step"] else 0
-                return self._train(*args, reg, bias_reg, first), first, self.best_step_
+            def stage(penalties: list[tuple[float, float]],
+                      drop: Callable[[dict[int, float]], set[int]]
+                      ) -> list[tuple[float, int, int, list[Tensor]] | None]:
+                out: list[tuple[float, int, int, list[Tensor]] | None] = []
+                for candidate in self._train(*args, penalties, drop=drop):
+                    if candidate.dropped:
+                        out.append(None)
+                        continue
+                    first = self.n_steps_ + 1 if self.history_["step"] else 0
+                    self._record(candidate, first)
+                    out.append((candidate.score, first, self.best_step_, candidate.state))
+                return out
 
-            self.selected_, self.path_ = search_penalty(stage, self._state, self._restore,
-                                                        self.bias_reg)
+            self.selected_, self.path_ = search_penalty(stage, self._restore, self.bias_reg)
             self.best_step_ = int(self.selected_["step"])
         else:
-            score = self._train(*args, float(self.reg), float(self.bias_reg))
+            (candidate,) = self._train(*args, [(float(self.reg), float(self.bias_reg))])
+            self._record(candidate, 0)
+            self._restore(candidate.state)
+            score = candidate.score
             self.selected_ = {"reg": float(self.reg), "bias_reg": float(self.bias_reg),
                               "first_step": 0, "step": self.best_step_,
                               key: -score if implicit else score}
@@ -396,8 +407,10 @@ class DeepMatrixCompletion(RecommenderMixin, PersistenceMixin, BaseEstimator):
                 batches = self._start(rows[mask], cols[mask], targets, rng, torch_dtype)
             else:
                 batches = self._start(rows, cols, values, rng, torch_dtype)
-            self._train(batches, None, rng, start, self.selected_["reg"],
-                        self.selected_["bias_reg"], self.n_steps_ + 1, steps)
+            (candidate,) = self._train(batches, None, rng, start, [
+                (self.selected_["reg"], self.selected_["bias_reg"])], steps)
+            self._record(candidate, self.n_steps_ + 1)
+            self._restore(candidate.state)
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
@@ -415,46 +428,6 @@ class DeepMatrixCompletion(RecommenderMixin, PersistenceMixin, BaseEstimator):
                         torch.zeros(n, dtype=dtype, device=device))
         self._parallel.broadcast(self._parameters_list())
         return self._batches(rows, cols, targets, rng, dtype)
-
-    def _rmse_validation(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
-                         val: np.ndarray) -> tuple[str, Callable[[], float]] | None:
-        """``("val_rmse", RMSE of the clipped predictions on the validation split)``; this
-        process's share when distributed."""
-        val = self._parallel.shard(val)
-        n_val = int(self._parallel.all_sum(float(val.size), self._mean.device))
-        if not n_val:
-            return None
-        index = ObservedIndex(torch.from_numpy(rows[val]), torch.from_numpy(cols[val]),
-                              self.shape_).to(self._device())
-
-        def validate() -> float:
-            with torch.no_grad():
-                predicted = (self._raw_predict(index).double().cpu().numpy()
-                             if val.size else np.zeros(0))
-            squared = float(np.sum((self._clip(predicted) - values[val]) ** 2))
-            return math.sqrt(self._parallel.all_sum(squared, self._mean.device) / n_val)
-
-        return "val_rmse", validate
-
-    def _ndcg_validation(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
-                         train: np.ndarray, val: np.ndarray, rng: np.random.Generator
-                         ) -> tuple[str, Callable[[], float]] | None:
-        """``("val_ndcg", NDCG@10 of the held-out positives)`` for at most
-        :data:`VALIDATION_USERS` users, ranking every item but their training entries."""
-        mask, _ = positives(values[val], self.positive_threshold, self.alpha)
-        if not mask.any():
-            return None
-        users, inverse = np.unique(rows[val][mask], return_inverse=True)
-        truth = [cols[val][mask][inverse == u] for u in range(users.size)]
-        if users.size > VALIDATION_USERS:
-            keep = np.sort(rng.choice(users.size, VALIDATION_USERS, replace=False))
-            users, truth = users[keep], [truth[u] for u in keep]
-        train_seen = (torch.from_numpy(seen_crow(rows[train], self.shape_[0])),
-                      torch.from_numpy(cols[train]))
-        k = min(10, self.shape_[1])
-        return "val_ndcg", lambda: self._ranking_quality(users, truth, k, train_seen)
-
-
 
     def _check_memory(self, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> None:
         """:class:`~deeplora.memory.TooLargeError` unless an m×n model fits: per row and column
@@ -523,19 +496,19 @@ class DeepMatrixCompletion(RecommenderMixin, PersistenceMixin, BaseEstimator):
 
     def _end_to_end(self) -> tuple[Tensor, Tensor]:
         """``(A, B)`` with ``X = A Bᵀ``: A = W_L ⋯ W_2 (m×2r̂), B = W_1ᵀ (n×2r̂)."""
-        factors = list(self.model_.factors)
-        a = factors[1] if len(factors) == 2 else torch.linalg.multi_dot(factors[:0:-1])
-        return a, factors[0].T
+        return end_to_end(list(self.model_.factors))
 
-    def _augmented(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    def _augmented(self, a: Tensor, b: Tensor, row_bias: Tensor | None = None,
+                   col_bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``([A, b, 1], [B, 1, c])`` when ``bias="all"``, so that their product is
-        ``A Bᵀ + b 1ᵀ + 1 cᵀ``; else ``(A, B)``."""
+        ``A Bᵀ + b 1ᵀ + 1 cᵀ``; else ``(A, B)``. The biases default to the estimator's; with
+        leading batch axes (``a`` (…, m, k), ``row_bias`` (…, m)) each batch is augmented."""
         if self.bias != "all":
             return a, b
-        ones = torch.ones(a.shape[0], 1, dtype=a.dtype, device=a.device)
-        return (torch.cat([a, self._row_bias[:, None], ones], dim=1),
-                torch.cat([b, torch.ones(b.shape[0], 1, dtype=a.dtype, device=a.device),
-                           self._col_bias[:, None]], dim=1))
+        row_bias = self._row_bias if row_bias is None else row_bias
+        col_bias = self._col_bias if col_bias is None else col_bias
+        return (torch.cat([a, row_bias[..., None], torch.ones_like(a[..., :1])], dim=-1),
+                torch.cat([b, torch.ones_like(b[..., :1]), col_bias[..., None]], dim=-1))
 
     def _raw_predict(self, index: ObservedIndex,
                      end_to_end: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -556,105 +529,6 @@ class DeepMatrixCompletion(RecommenderMixin, PersistenceMixin, BaseEstimator):
 
     def _parameters_list(self) -> list[nn.Parameter]:
         return [*self.model_.factors, self._mean, self._row_bias, self._col_bias]
-
-    def _train(self, batches: list[tuple[ObservedIndex, Tensor, int]],
-               validation: tuple[str, Callable[[], float]] | None,
-               rng: np.random.Generator, start: float, reg: float, bias_reg: float,
-               first_step: int = 0, max_steps: int | None = None) -> float:
-        """Train from the current parameters with penalties ``reg``/``bias_reg`` for up to
-        ``max_steps`` (default ``self.max_steps``) steps numbered from ``first_step``, early
-        stopping on ``validation`` (``(history key, score)``; lower RMSE or higher NDCG is
-        better); leaves the best parameters and returns their score, lower is better
-        (validation RMSE or −NDCG; without a validation split, the lowest train loss)."""
-        m, n = self.shape_
-        total = sum(size for *_, size in batches)
-        dtype, device = self._mean.dtype, self._mean.device
-        implicit = self.feedback == "implicit"
-        if implicit:  # plain L2 over all rows and columns, per positive
-            row_weight = torch.ones(m, dtype=dtype, device=device) / total
-            col_weight = torch.ones(n, dtype=dtype, device=device) / total
-        else:  # weighted by how often each row / column is observed
-            row_weight = self._parallel.all_reduce(
-                sum(torch.diff(index.crow) for index, *_ in batches).to(dtype)) / total
-            col_weight = self._parallel.all_reduce(
-                sum(torch.bincount(index.col, minlength=n) for index, *_ in batches).to(dtype)
-            ) / total
-        share = self._parallel.share
-        key, validate = validation or ("val_ndcg" if implicit else "val_rmse", None)
-        sign = -1.0 if key == "val_ndcg" else 1.0
-        fraction = total / (m * n)
-        _, lr, gamma = default_settings(self.method, self.optimizer, self.lr, self.gamma,
-                                        fraction)
-        outer = self.model_.outer_parameters() if self.method == "compressed" else []
-        inner = [p for p in self.model_.factors if all(p is not o for o in outer)]
-        if self.bias == "all":
-            inner += [self._row_bias, self._col_bias] + ([] if implicit else [self._mean])
-        groups = discrepant_param_groups(outer, inner, lr, gamma)
-        opt = make_optimizer(self.optimizer, groups, weight_decay=self.weight_decay,
-                             **optimizer_options(self.optimizer))
-        best, best_state, self.best_step_, stale = math.inf, self._state(), first_step, 0
-        budget = self.max_steps if max_steps is None else max_steps
-        last = first_step + budget
-        order: list[int] = []
-        bar = tqdm(total=budget, disable=not self.progress, desc="fit", unit="step",
-                   leave=False)
-        step = first_step
-        for step in range(first_step, last + 1):
-            if not order:
-                order = list(rng.permutation(len(batches)))
-            index, target, size = batches[order.pop()]
-            opt.zero_grad(set_to_none=True)
-            a, b = self._end_to_end()
-            predicted = self._raw_predict(index, (a, b))
-            if implicit:
-                loss = implicit_loss(predicted, target, size,
-                                     gramian_norm(*self._augmented(a, b)), total, share)
-            else:
-                loss = 0.5 * torch.sum((predicted - target) ** 2) / size
-            data_loss = loss.detach()
-            if reg:  # each process adds its share of the penalty
-                loss = loss + 0.5 * reg * share * (row_weight @ (a * a).sum(1)
-                                                   + col_weight @ (b * b).sum(1))
-            if bias_reg and self.bias == "all":
-                loss = loss + 0.5 * bias_reg * share * (row_weight @ self._row_bias**2
-                                                        + col_weight @ self._col_bias**2)
-            if self.bias_prior and self.bias == "all":
-                loss = loss + 0.5 * self.bias_prior * share / total * (
-                    self._row_bias @ self._row_bias + self._col_bias @ self._col_bias)
-            loss.backward()
-            value = self._parallel.reduce_gradients(self._parameters_list(), data_loss)
-            if not math.isfinite(value):
-                self.diverged_ = True
-                warnings.warn(f"the train loss became {value} at step {step}: training "
-                              f"diverged (lr={lr:g} too large?); the parameters of step "
-                              f"{self.best_step_} are kept", RuntimeWarning, stacklevel=3)
-                break
-            if (step - first_step) % self.eval_every == 0 or step == last:
-                clock = time.perf_counter()
-                if validate is None:  # no split: the train loss (implicit: no NDCG, NaN)
-                    measured, score = (math.nan if implicit else value), value
-                else:
-                    measured = validate()
-                    score = sign * measured
-                for name, item in (("step", step), ("train_loss", value), (key, measured),
-                                   ("seconds", time.perf_counter() - start)):
-                    self.history_[name].append(item)
-                bar.set_postfix(loss=f"{value:.3e}", val=f"{measured:.4f}", refresh=False)
-                if score < best:
-                    best, best_state, self.best_step_, stale = score, self._state(), step, 0
-                else:
-                    stale += 1
-                    if validate is not None and stale >= self.patience:
-                        break
-                self.eval_seconds_ += time.perf_counter() - clock
-            if step == last:
-                break
-            opt.step()
-            bar.update()
-        bar.close()
-        self._restore(best_state)
-        self.n_steps_ = step
-        return best
 
     # ----------------------------------------------------------------------------------------
     def _indices(self, rows: Any, cols: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -4,12 +4,17 @@
 preset) calls :func:`search_penalty` instead of one training run. The penalties form a
 geometric grid ``λ_k = reg_max · ratio^k`` (:func:`penalty_grid`, strong to weak). Every
 visited λ is trained from the same initialization (the compressed construction, built once)
-with early stopping on the validation RMSE; the search starts at ``PATH["start"]``, steps
-one grid point weaker, and keeps walking in whichever direction improved the best
-validation RMSE until a step does not (a 1-D pattern search: 3–4 fits when the optimum is
-near the start). The parameters of the best (λ, step) are kept. ``bias_reg="auto"`` ties
-the bias penalty to ``λ · bias_ratio``. The validation split is the estimator's
-``validation_fraction`` of the observations it is fitted on, so nothing else is read.
+with early stopping on the validation RMSE. The search trains ``PATH["start"]`` and its two
+neighbours together, as one stacked model (one optimizer step advances all three; each
+stops on its own validation RMSE), and, while the best λ so far lies at the end of what was
+trained, the next :data:`AHEAD` grid points beyond it, again together (a 1-D pattern
+search: one stacked run when the optimum is the start, 2–3 when it lies further away).
+Training several λ at once costs less than one after another because a step of this small
+model is mostly fixed overhead (Python, autograd, the optimizer), paid once per step
+however many candidates it carries. The parameters of the best (λ, step) are kept.
+``bias_reg="auto"`` ties the bias penalty to ``λ · bias_ratio``. The validation split is
+the estimator's ``validation_fraction`` of the observations it is fitted on, so nothing
+else is read.
 
 Warm starts along the grid (each λ from the previous one's parameters, as Soft-Impute does)
 were measured first and are worse here: on MovieLens 100K ``u1.base`` they end at
@@ -19,7 +24,8 @@ dynamics that make early stopping work are lost.
 
 Fitted attributes: ``selected_`` (``{"reg", "bias_reg", "first_step", "step", "val_rmse"}``:
 the chosen λ's fit ran from ``first_step`` and was best at ``step``) and ``path_`` (one
-``{"reg", "bias_reg", "val_rmse", "first_step", "best_step"}`` per visited λ, in order).
+``{"reg", "bias_reg", "val_rmse", "first_step", "best_step"}`` per visited λ, in order;
+steps are numbered as if the fits had run one after another).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ PATH: dict[str, float] = {"reg_max": 0.8, "ratio": 0.5, "n_regs": 8, "start": 0.
                           "bias_ratio": 0.2}
 """Default search: λ ∈ {0.8, 0.4, …, 0.00625}, starting at 0.1; ``bias_reg = 0.2·λ`` when
 it is ``"auto"``."""
+AHEAD = 2
+"""Grid points trained together per step of the walk after the first three."""
 
 
 def penalty_grid(reg_max: float = PATH["reg_max"], ratio: float = PATH["ratio"],
@@ -45,47 +53,71 @@ def penalty_grid(reg_max: float = PATH["reg_max"], ratio: float = PATH["ratio"],
     return reg_max * ratio ** np.arange(n_regs)
 
 
-def search_penalty(train: Callable[[float, float], tuple[float, int, int]],
-                   state: Callable[[], Any], restore: Callable[[Any], None],
-                   bias_reg: float | str, grid: np.ndarray | None = None,
-                   start: float = PATH["start"], bias_ratio: float = PATH["bias_ratio"]
-                   ) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """Pattern search over ``grid``; returns ``(selected, path)``, best parameters left set.
+def search_penalty(
+        train: Callable[[list[tuple[float, float]], Callable[[dict[int, float]], set[int]]],
+                        list[tuple[float, int, int, Any] | None]],
+        restore: Callable[[Any], None], bias_reg: float | str, grid: np.ndarray | None = None,
+        start: float = PATH["start"], bias_ratio: float = PATH["bias_ratio"],
+        ahead: int = AHEAD) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Pattern search over ``grid``; returns ``(selected, path)``, best parameters restored.
 
-    ``train(reg, bias_reg)`` trains from the current parameters with early stopping, leaves
-    its best parameters and returns ``(best validation RMSE, first step, best step)`` (steps
-    counted over the whole search); ``state()``/``restore(s)`` copy and set the parameters.
+    ``train(penalties, drop)`` trains one fit per ``(reg, bias_reg)`` from the same
+    initialization (together, as :meth:`~deeplora.completion.training.TrainingMixin._train`
+    does) with early stopping, stops those that ``drop(best scores of the finished fits, by
+    position)`` names, and returns per fit ``(best validation RMSE, first step, best step,
+    parameters)`` (steps counted over the whole search), or ``None`` for a dropped one;
+    ``restore(parameters)`` sets them. The λ's visited and the one chosen are those of a walk
+    one λ at a time: the start, one step weaker and, if that was not better, one stronger;
+    then on in the better direction while each step improves. The first batch trains the
+    start and both neighbours (the stronger one dropped once the weaker one is known to be
+    better), later ones the next ``ahead`` λ's (the farther dropped once the nearer one is
+    known not to improve).
     """
     grid = penalty_grid() if grid is None else np.sort(np.asarray(grid, np.float64))[::-1]
-    initial = state()
     scores: dict[int, float] = {}
     path: list[dict[str, float]] = []
-    best: tuple[float, int, Any] = (math.inf, -1, None)  # score, index in path, params
+    best: tuple[float, int, Any, int] = (math.inf, -1, None, -1)  # score, path, params, k
 
-    def visit(k: int) -> float:
+    def visit(ks: list[int], drop: Callable[[dict[int, float]], set[int]]) -> int:
+        """Train the grid points ``ks``; the index of the best one scored so far."""
         nonlocal best
-        reg = float(grid[k])
-        stage_bias = reg * bias_ratio if bias_reg == "auto" else float(bias_reg)
-        restore(initial)
-        score, first, step = train(reg, stage_bias)
-        path.append({"reg": reg, "bias_reg": stage_bias, "val_rmse": score, "first_step": first,
-                     "best_step": step})
-        scores[k] = score
-        if score < best[0]:
-            best = (score, len(path) - 1, state())
-        return score
+        penalties = [(float(grid[k]), float(grid[k]) * bias_ratio if bias_reg == "auto"
+                      else float(bias_reg)) for k in ks]
+        for k, (reg, stage_bias), result in zip(ks, penalties, train(penalties, drop),
+                                                strict=True):
+            if result is None:
+                continue
+            score, first, step, params = result
+            path.append({"reg": reg, "bias_reg": stage_bias, "val_rmse": score,
+                         "first_step": first, "best_step": step})
+            scores[k] = score
+            if score < best[0]:
+                best = (score, len(path) - 1, params, k)
+        return best[3]
+
+    def first_drop(done: dict[int, float]) -> set[int]:  # the stronger one, if weaker is better
+        return {2} if 0 in done and 1 in done and done[1] < done[0] else set()
 
     k = int(np.argmin(np.abs(np.log(grid / start))))
-    visit(k)
-    direction = 1 if k + 1 < grid.size else -1
-    while 0 <= k + direction < grid.size and k + direction not in scores:
-        if visit(k + direction) < scores[k]:
-            k += direction
-        elif len(scores) == 2 and 0 <= k - direction < grid.size:
-            direction = -direction  # the first step went the wrong way: try the other side
-        else:
-            break
-    score, index, params = best
+    best_k = visit([j for j in (k, k + 1, k - 1) if 0 <= j < grid.size], first_drop)
+    direction = int(np.sign(best_k - k))
+    while direction and 0 <= best_k + direction < grid.size and best_k + direction not in scores:
+        ks = [best_k + direction * i for i in range(1, ahead + 1)
+              if 0 <= best_k + direction * i < grid.size]
+        record = best[0]
+
+        def walk_drop(done: dict[int, float], record: float = record, n: int = len(ks)
+                      ) -> set[int]:  # all beyond the first fit that does not improve
+            for i in range(n):
+                if i not in done:
+                    return set()
+                if done[i] >= record:
+                    return set(range(i + 1, n))
+                record = done[i]
+            return set()
+
+        best_k = visit(ks, walk_drop)
+    score, index, params, _ = best
     restore(params)
     entry = path[index]
     return ({"reg": entry["reg"], "bias_reg": entry["bias_reg"],

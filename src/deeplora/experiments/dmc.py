@@ -6,9 +6,8 @@
   error vs step and time for original, compressed and narrow under Adam.
 - ``dmc-depth``: recovery error against the observed fraction for depth 2 vs 3, original and
   compressed, under GD with the authors' steps (their depth-comparison notebook).
-- ``dmc-lag``: why the compressed L = 3 model lags the original at d = 100 — steps to recovery
-  error 1e-2 of both on the same problems and initialization, against γ, the observed fraction
-  and r/d, with the trajectory gap ‖X_c(t) − X_o(t)‖/‖X_o(t)‖.
+- ``dmc-lag`` (:mod:`deeplora.experiments.dmc_lag`): why the compressed L = 3 model lags the
+  original.
 - ``dmc-theory``: the invariant-subspace theorem made visible on deep matrix factorization —
   every layer's singular values over training (all but 2r stay equal) and its distance from
   the block form ``U_l diag(W̃_l, ρ_l I) V_lᵀ``.
@@ -17,20 +16,16 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import textwrap
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from torch import Tensor
 
 from deeplora.completion import (
     METHODS,
@@ -62,7 +57,7 @@ from deeplora.plotting import new_figure, save_figure
 AUTHORS_DEPTH_STEP = {2: 1e2, 3: 3e2}
 
 
-def _train_loss_tol(tol: float, observed: float) -> float:
+def train_loss_tol(tol: float, observed: float) -> float:
     """The authors' train-loss tolerance (on ½ Σ_Ω / (m n)) on our ½ mean_Ω loss."""
     return tol / observed
 
@@ -93,7 +88,7 @@ def outcome(history: History, tol: float) -> str:
     return "stalled" if history.stalled else "budget"
 
 
-def _run_gd(model: DeepFactorization, problem: MatrixCompletion, lr: float, gamma: float,
+def run_gd(model: DeepFactorization, problem: MatrixCompletion, lr: float, gamma: float,
             max_steps: int, tol: float, eval_every: int, build_seconds: float,
             stall: Plateau | None = None,
             on_eval: Callable[[int, DeepFactorization], None] | None = None
@@ -170,7 +165,7 @@ def dmc_efficiency(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                          f"max-steps >= 1, got ranks {ranks}, rank {rank}")
     target = random_low_rank(size, size, rank, seed=args.seed)
     problem = MatrixCompletion.random(target, observed, seed=args.seed + 1)
-    tol = _train_loss_tol(tol_authors, problem.observed_fraction)
+    tol = train_loss_tol(tol_authors, problem.observed_fraction)
     gd: dict[str, dict[str, Any]] = {"compressed": {}, "narrow": {}}
     title = (f"GD (the paper's setting): {size}×{size}, rank {rank}, {observed:.0%} observed, "
              f"depth {args.depth}, ε = {scale:g}, η = {lr:g} on ½·mean_Ω (= {lr / observed:g} on "
@@ -193,7 +188,7 @@ def dmc_efficiency(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         for method, gamma in (("compressed", PAPER_GD_GAMMA), ("narrow", 1.0)):
             model, build_seconds = build_model(method, problem, args.depth, assumed, scale,
                                                args.seed)
-            gd[method][str(assumed)] = _run_gd(model, problem, lr, gamma, args.max_steps, tol,
+            gd[method][str(assumed)] = run_gd(model, problem, lr, gamma, args.max_steps, tol,
                                                10 if args.fast else 100, build_seconds)
         save()  # after each r̂, so that an interrupted sweep keeps what it measured
     if not todo:
@@ -355,7 +350,7 @@ def _depth_sweep(summary: dict[str, Any], depths: list[int], methods: list[str],
         for seed in range(summary["seeds"]):
             target = random_low_rank(size, size, rank, seed=seed)
             problem = MatrixCompletion.random(target, fraction, seed=seed + 1000)
-            tol = _train_loss_tol(summary["tol_authors"], problem.observed_fraction)
+            tol = train_loss_tol(summary["tol_authors"], problem.observed_fraction)
             for depth in depths:
                 lr = summary["lr_scale"] * AUTHORS_DEPTH_STEP[depth] * problem.observed_fraction
                 for method in methods:
@@ -366,7 +361,7 @@ def _depth_sweep(summary: dict[str, Any], depths: list[int], methods: list[str],
                     gamma = PAPER_GD_GAMMA if method == "compressed" else 1.0
                     model, build_seconds = build_model(method, problem, depth, rank,
                                                        summary["init_scale"], seed)
-                    run = _run_gd(model, problem, lr, gamma, summary["steps"], tol, 100,
+                    run = run_gd(model, problem, lr, gamma, summary["steps"], tol, 100,
                                   build_seconds, Plateau(summary["stall_window"],
                                                          summary["stall_rtol"]))
                     del run["history"]
@@ -389,15 +384,15 @@ def _finished_runs(path: Path, summary: dict[str, Any], keys: Iterable[str]
             for run in earlier["runs"]}
 
 
-def _median(values: list[float]) -> float | None:
+def median_or_none(values: list[float]) -> float | None:
     return float(np.median(values)) if values else None
 
 
-def _steps_cell(runs: list[dict[str, Any]]) -> str:
+def steps_cell(runs: list[dict[str, Any]]) -> str:
     """Steps to recovery error 1e-2: the median over the runs that got there, in brackets how
     many did out of all."""
     steps = [run["steps_to_1e-2"] for run in runs if run["steps_to_1e-2"] is not None]
-    median = _median(steps)
+    median = median_or_none(steps)
     return f"{'—' if median is None else f'{median:,.0f}'} ({len(steps)}/{len(runs)})"
 
 
@@ -415,7 +410,7 @@ def depth_report(summary: dict[str, Any]) -> str:
                  and run["fraction"] == f] for f in fractions]
 
     def error(cell: list[dict[str, Any]]) -> str:
-        median = _median([run["final_error"] for run in cell if not run["diverged"]])
+        median = median_or_none([run["final_error"] for run in cell if not run["diverged"]])
         recovered = sum(run["outcome"] == "recovered" for run in cell)
         return f"{'—' if median is None else f'{median:.2g}'} ({recovered}/{len(cell)})"
 
@@ -429,7 +424,7 @@ def depth_report(summary: dict[str, Any]) -> str:
               for d, m in models]
     lines += ["", "GD steps to recovery error 1e-2 (median over the runs that got there; "
               "how many did):", "", head, sep]
-    lines += [f"| L = {d}, {m} | " + " | ".join(_steps_cell(c) for c in cells(d, m)) + " |"
+    lines += [f"| L = {d}, {m} | " + " | ".join(steps_cell(c) for c in cells(d, m)) + " |"
               for d, m in models]
     lines += ["", "How each run ended (" + "; ".join(f"{v}: {k}" for k, v in SHORT.items())
               + "):", "", head, sep]
@@ -460,7 +455,7 @@ def _plot_depth(runs: list[dict[str, Any]], fractions: list[float], path: Path,
         style = {"ls": "-" if method == "original" else "--",
                  "color": "C0" if depth == 2 else "C3"}
         shift = 0.004 * (i - (len(models) - 1) / 2)  # spread the markers of one fraction
-        points = [(f, _median([run["final_error"] for run in mine
+        points = [(f, median_or_none([run["final_error"] for run in mine
                                if run["fraction"] == f and not run["diverged"]]))
                   for f in fractions]
         points = [(f, m) for f, m in points if m is not None]
@@ -477,7 +472,7 @@ def _plot_depth(runs: list[dict[str, Any]], fractions: list[float], path: Path,
         if steps:
             right.plot(*zip(*steps, strict=True), ls="none", marker="o", ms=4, mfc="none",
                        color=style["color"])
-            medians = [(f, _median([s for g, s in steps if abs(g - shift - f) < 1e-9]))
+            medians = [(f, median_or_none([s for g, s in steps if abs(g - shift - f) < 1e-9]))
                        for f in fractions]
             right.plot(*zip(*[(f, m) for f, m in medians if m is not None], strict=True),
                        label=f"L = {depth}, {method}", **style)
@@ -496,333 +491,6 @@ def _plot_depth(runs: list[dict[str, Any]], fractions: list[float], path: Path,
     if right.get_legend_handles_labels()[0]:
         right.legend(fontsize=7)
     fig.suptitle(textwrap.fill(title, 130), fontsize=8)
-    save_figure(fig, path)
-
-
-@dataclass(frozen=True)
-class LagCell:
-    """One cell of ``dmc-lag``: d×d target of rank r, observed fraction p, L = 3, the
-    compressed model at each discrepant rate γ in ``gammas``, GD step = the authors' L = 3 step
-    × ``lr_scale`` × p on our loss."""
-
-    group: str
-    size: int
-    rank: int
-    fraction: float
-    gammas: tuple[float, ...] = (PAPER_GD_GAMMA,)
-    lr_scale: float = 1.0
-
-    @property
-    def name(self) -> str:
-        step = "" if self.lr_scale == 1 else f"-lr{self.lr_scale:.3g}"
-        return f"d{self.size}-r{self.rank}-p{self.fraction:g}{step}"
-
-
-LAG_GAMMAS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-LAG_GRID: tuple[LagCell, ...] = (
-    LagCell("gamma", 100, 10, 0.25, LAG_GAMMAS),
-    LagCell("gamma", 100, 10, 0.3, LAG_GAMMAS),
-    # the authors' L = 3 step is at the original's stability edge from 35 % on (dmc-depth: it
-    # diverges at 40–50 %): the observed-fraction comparison at half of it
-    *(LagCell("half step", 100, 10, f, lr_scale=0.5) for f in (0.25, 0.4)),
-    LagCell("r/d", 100, 5, 0.25),
-)
-LAG_GROUPS = ("gamma", "half step", "r/d")
-FAST_LAG_GRID = (LagCell("gamma", 16, 2, 0.6, (0.01, 0.1), lr_scale=0.05),
-                 LagCell("r/d", 16, 2, 0.8, lr_scale=0.05))
-LAG_RESUME_KEYS = ("steps", "init_scale", "tol_authors", "stall_window", "stall_rtol",
-                   "snapshot_every")
-
-
-def _outside(matrix: Tensor, left: Tensor, right: Tensor) -> float:
-    """‖X − P_U X P_V‖_F / ‖X‖_F: the part of X (m×n) outside span(U) × span(V) (orthonormal
-    U: m×k, V: n×k)."""
-    inside = left @ (left.T @ matrix @ right) @ right.T
-    return float(torch.linalg.norm(matrix - inside) / torch.linalg.norm(matrix))
-
-
-def _lag_problem(cell: LagCell, seed: int, settings: dict[str, Any]) -> dict[str, Any]:
-    """Original and compressed (one per γ) L = 3 GD runs on one problem, the compressed
-    models built from the original's own initialization (:func:`compress`), with the
-    trajectory gap ‖X_c(t) − X_o(t)‖/‖X_o(t)‖ and the part of X outside the compressed model's
-    initial subspaces."""
-    target = random_low_rank(cell.size, cell.size, cell.rank, seed=seed)
-    problem = MatrixCompletion.random(target, cell.fraction, seed=seed + 1000)
-    tol = _train_loss_tol(settings["tol_authors"], problem.observed_fraction)
-    lr = cell.lr_scale * AUTHORS_DEPTH_STEP[3] * problem.observed_fraction
-    wide, _ = build_model("original", problem, 3, cell.rank, settings["init_scale"], seed)
-    compressed = compress(wide, problem.loss, cell.rank)
-    left, right = compressed.factors[-1].detach(), compressed.factors[0].detach().T
-    phi = target.dense().to(left.dtype)
-    every, snapshots = settings["snapshot_every"], {}
-    outside: list[tuple[int, float]] = []
-
-    def keep(step: int, model: DeepFactorization) -> None:
-        if step % every == 0:
-            with torch.no_grad():
-                snapshots[step] = x = model.product()
-            outside.append((step, _outside(x, left, right)))
-
-    def stall() -> Plateau:
-        return Plateau(settings["stall_window"], settings["stall_rtol"])
-
-    original = _run_gd(wide, problem, lr, 1.0, settings["steps"], tol, 100, 0.0, stall(), keep)
-    final_original = wide.product().detach()
-    record = {**asdict(cell), "seed": seed, "lr": lr,
-              "subspace_miss_at_init": _outside(phi, left, right),
-              "original": _compact(original),
-              "original_outside": outside}
-    record["compressed"] = {}
-    for gamma in cell.gammas:
-        gap: list[tuple[int, float]] = []
-
-        def follow(step: int, model: DeepFactorization,
-                   gap: list[tuple[int, float]] = gap) -> None:
-            if step % every == 0 and step in snapshots:
-                with torch.no_grad():
-                    x = model.product()
-                gap.append((step, float(torch.linalg.norm(x - snapshots[step])
-                                        / torch.linalg.norm(snapshots[step]))))
-
-        model = copy.deepcopy(compressed)
-        run = _run_gd(model, problem, lr, gamma, settings["steps"], tol, 100, 0.0, stall(),
-                      follow)
-        with torch.no_grad():
-            final_gap = float(torch.linalg.norm(model.product() - final_original)
-                              / torch.linalg.norm(final_original))
-        record["compressed"][str(gamma)] = {**_compact(run), "gap": gap,
-                                            "final_gap_to_original": final_gap}
-    return record
-
-
-def _compact(run: dict[str, Any]) -> dict[str, Any]:
-    """A :func:`_run_gd` result with its history thinned to every 500th step."""
-    history = run.pop("history")
-    keep = [i for i, s in enumerate(history["steps"])
-            if s % 500 == 0 or i == len(history["steps"]) - 1]
-    run["curve"] = {k: [history[k][i] for i in keep] for k in ("steps", "train_loss",
-                                                                "recovery_error")}
-    return run
-
-
-@experiment(
-    "dmc-lag",
-    help="why the compressed L = 3 model lags the original at d = 100: GD steps to recovery "
-         "error 1e-2 vs γ, the observed fraction and r/d, and the trajectory gap",
-    arguments=[
-        Arg("--groups", nargs="+", choices=LAG_GROUPS, default=list(LAG_GROUPS),
-            help="cells of LAG_GRID to run"),
-        Arg("--cells", nargs="+", help="only these cells of the groups, by name (e.g. "
-            "d100-r10-p0.25; LagCell.name)"),
-        Arg("--seeds", type=int, default=3, help="problems per cell"),
-        Arg("--steps", type=int, default=150_000, help="GD step budget per run"),
-        Arg("--stall-window", type=int, default=50_000),
-        Arg("--stall-rtol", type=float, default=0.05),
-        Arg("--tol", type=float, default=1e-10,
-            help="train-loss tolerance on the authors' ½ Σ_Ω (X − Φ)² / d²"),
-        Arg("--init-scale", type=float, default=1e-3, help="ε"),
-        Arg("--report-only", action="store_true",
-            help="rebuild dmc-lag.md/png from out/runs without running anything"),
-    ],
-)
-def dmc_lag(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """Controlled runs behind the compressed model's lag (:data:`LAG_GRID`).
-
-    Per problem (target seed s, Ω seed s + 1000, wide init seed s): the original L = 3 model
-    and the compressed model built from that same initialization, at each γ of the cell; GD
-    with the authors' L = 3 step, until the train loss reaches the tolerance, stalls or the
-    budget. One JSON per problem in ``out/runs`` (a problem already there with the same
-    settings is not rerun), then ``dmc-lag.md`` and ``dmc-lag.png`` from all of them;
-    ``out/authors-code.json`` (the authors' code on the same problems, run outside this
-    package), when present, adds their steps beside ours.
-    ``--fast``: :data:`FAST_LAG_GRID` (d = 16, r = 2), one seed, 400 steps, ε = 0.05.
-    """
-    grid = FAST_LAG_GRID if args.fast else LAG_GRID
-    seeds = 1 if args.fast else args.seeds
-    settings = {"steps": min(args.steps, 400) if args.fast else args.steps,
-                "init_scale": 0.05 if args.fast else args.init_scale,
-                "tol_authors": args.tol, "stall_window": 100 if args.fast else args.stall_window,
-                "stall_rtol": args.stall_rtol, "snapshot_every": 100 if args.fast else 500}
-    folder = out / "runs"
-    folder.mkdir(parents=True, exist_ok=True)
-    if not args.report_only:
-        for cell in grid:
-            if cell.group not in args.groups or (args.cells and cell.name not in args.cells):
-                continue
-            for seed in range(seeds):
-                path = folder / f"{cell.name}-s{seed}.json"
-                if path.is_file():
-                    earlier = json.loads(path.read_text())
-                    if all(earlier["settings"].get(k) == settings[k] for k in LAG_RESUME_KEYS) \
-                            and set(map(str, cell.gammas)) <= set(earlier["compressed"]):
-                        continue
-                write_json(path, {"settings": settings, **_lag_problem(cell, seed, settings)})
-    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-    authors = out / "authors-code.json"
-    (out / "dmc-lag.md").write_text(lag_report(
-        records, json.loads(authors.read_text()) if authors.is_file() else None))
-    _plot_lag(records, out / "dmc-lag.png")
-    return {"problems": len(records),
-            "outcomes": dict(Counter(run["outcome"] for rec in records
-                                     for run in [rec["original"], *rec["compressed"].values()]))}
-
-
-def _lag_ratio(record: dict[str, Any], gamma: str) -> float | None:
-    """Compressed steps to 1e-2 over the original's on one problem (None unless both got
-    there)."""
-    original, compressed = record["original"]["steps_to_1e-2"], \
-        record["compressed"][gamma]["steps_to_1e-2"]
-    return None if original is None or compressed is None else compressed / original
-
-
-def _gap_at_original_recovery(record: dict[str, Any], gamma: str) -> float | None:
-    """‖X_c − X_o‖/‖X_o‖ at the last snapshot at or before the original's step to 1e-2 (None
-    when the original did not get there or the compressed run had stopped before it)."""
-    reached, compressed = record["original"]["steps_to_1e-2"], record["compressed"][gamma]
-    if reached is None or compressed["steps_run"] < reached:
-        return None
-    return [g for s, g in compressed["gap"] if s <= reached][-1]
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
-
-
-def lag_report(records: list[dict[str, Any]], authors: dict[str, Any] | None = None) -> str:
-    """Markdown tables of ``dmc-lag``: per cell and γ, steps to 1e-2 of the original and the
-    compressed model (median over problems, how many got there), the median per-problem ratio,
-    how the runs ended, the target's part outside the compressed initial subspaces (U, V), the
-    original's closest approach to them, the trajectory gap at its smallest and at the
-    original's recovery (medians over problems); with ``authors`` (``authors-code.json``), the
-    authors' code's steps beside ours problem by problem."""
-    cells: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for rec in records:
-        cells.setdefault((rec["group"], rec["size"], rec["rank"], rec["fraction"],
-                          rec["lr_scale"]), []).append(rec)
-    lines = ["| cell (d, r, p) | 2r/d | p·d/(2r) | step × | γ | original: steps to 1e-2 | "
-             "compressed: steps to 1e-2 | compressed / original (median, range) | "
-             "ends: original; compressed | ‖Φ − P_U Φ P_V‖/‖Φ‖ at init | "
-             "min_t ‖X_o − P_U X_o P_V‖/‖X_o‖ | min_t ‖X_c − X_o‖/‖X_o‖ | "
-             "‖X_c − X_o‖/‖X_o‖ at original's 1e-2 |", "|---" * 13 + "|"]
-    order = {group: i for i, group in enumerate(LAG_GROUPS)}
-    for key in sorted(cells, key=lambda k: (order[k[0]], -k[4], k[1], k[2], k[3])):
-        recs = sorted(cells[key], key=lambda r: r["seed"])
-        _, size, rank, fraction, lr_scale = key
-        for gamma in recs[0]["compressed"]:
-            ratios = [r for r in (_lag_ratio(rec, gamma) for rec in recs) if r is not None]
-            ends = "; ".join(", ".join(f"{n} {SHORT[o]}" for o, n in sorted(
-                Counter(run["outcome"] for run in runs).items(),
-                key=lambda item: OUTCOMES.index(item[0])))
-                for runs in ([rec["original"] for rec in recs],
-                             [rec["compressed"][gamma] for rec in recs]))
-            gaps = [g for g in (_gap_at_original_recovery(rec, gamma) for rec in recs)
-                    if g is not None]
-            closest = [min(g for _, g in rec["compressed"][gamma]["gap"]) for rec in recs
-                       if rec["compressed"][gamma]["gap"]]
-            inside = [min(o for _, o in rec["original_outside"]) for rec in recs]
-            ratio = "—" if not ratios else (f"{np.median(ratios):.2f} "
-                                            f"({min(ratios):.2f}–{max(ratios):.2f})")
-            lines.append(
-                f"| {size}, {rank}, {fraction:.0%} | {2 * rank / size:.0%} | "
-                f"{fraction * size / (2 * rank):.2g} | {lr_scale:.3g} | {float(gamma):g} | "
-                f"{_steps_cell([rec['original'] for rec in recs])} | "
-                f"{_steps_cell([rec['compressed'][gamma] for rec in recs])} | {ratio} | {ends} | "
-                f"{_fmt(_median([rec['subspace_miss_at_init'] for rec in recs]), '.2f')} | "
-                f"{_fmt(_median(inside), '.2f')} | {_fmt(_median(closest), '.2f')} | "
-                f"{_fmt(_median(gaps), '.2g')} |")
-    total = Counter(run["outcome"] for rec in records
-                    for run in [rec["original"], *rec["compressed"].values()])
-    lines += ["", f"All {sum(total.values())} runs: "
-              + ", ".join(f"{total[o]} {o}" for o in OUTCOMES if total[o]) + "."]
-    if authors is not None:
-        lines += ["", _authors_table(records, authors)]
-    return "\n".join(lines) + "\n"
-
-
-def _authors_table(records: list[dict[str, Any]], authors: dict[str, Any]) -> str:
-    """Steps to 1e-2 of the authors' code (``authors-code.json``) beside ours (γ of their
-    settings), problem by problem; "—": not within the budget."""
-    ours = {(r["size"], r["rank"], r["fraction"], r["seed"]): r for r in records}
-    gamma = str(authors["settings"]["gamma"])
-    lines = ["| problem (d, r, p, seed) | original: ours | original: authors' code | "
-             "compressed: ours | compressed: authors' code |", "|---|---|---|---|---|"]
-    for run in authors["runs"]:
-        mine = ours.get((run["size"], run["rank"], run["fraction"], run["seed"]))
-        if mine is None or gamma not in mine["compressed"]:
-            continue
-        cells = [_fmt(r["steps_to_1e-2"], ",") for r in (
-            mine["original"], run["original"], mine["compressed"][gamma], run["compressed"])]
-        lines.append(f"| {run['size']}, {run['rank']}, {run['fraction']:.0%}, {run['seed']} | "
-                     + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _plot_lag(records: list[dict[str, Any]], path: Path) -> None:
-    """(a) compressed/original steps to 1e-2 against γ; (b) against the observed fraction
-    (γ = 0.01, d = 100, r = 10); (c) per r/d cell; (d) the trajectory gap over steps at the
-    first γ cell's fraction. One marker per problem, the median as a line."""
-    fig, axes = new_figure(ncols=2, nrows=2, width=5.5, height=4.0)
-    paper = str(PAPER_GD_GAMMA)
-
-    def scatter(ax: plt.Axes, points: list[tuple[float, float]], label: str, **style: Any
-                ) -> None:
-        if not points:
-            return
-        ax.plot(*zip(*points, strict=True), ls="none", marker="o", mfc="none", ms=5, **style)
-        xs = sorted({x for x, _ in points})
-        ax.plot(xs, [np.median([y for x2, y in points if x2 == x]) for x in xs], label=label,
-                **style)
-
-    for i, fraction in enumerate(sorted({r["fraction"] for r in records
-                                         if r["group"] == "gamma"})):
-        recs = [r for r in records if r["group"] == "gamma" and r["fraction"] == fraction]
-        scatter(axes[0], [(float(g), ratio) for r in recs for g in r["compressed"]
-                          if (ratio := _lag_ratio(r, g)) is not None],
-                f"d = {recs[0]['size']}, r = {recs[0]['rank']}, p = {fraction:.0%}",
-                color=f"C{i}")
-    axes[0].set_xscale("log")
-    axes[0].set_xlabel("γ (outer factors step at γ·η)")
-    first = min((r for r in records if r["group"] == "gamma"), key=lambda r: r["fraction"])
-    size, rank = first["size"], first["rank"]
-    for i, scale in enumerate(sorted({r["lr_scale"] for r in records}, reverse=True)):
-        base = [r for r in records if (r["size"], r["rank"], r["lr_scale"]) == (size, rank, scale)
-                and paper in r["compressed"]]
-        scatter(axes[1], [(r["fraction"], ratio) for r in base
-                          if (ratio := _lag_ratio(r, paper)) is not None],
-                f"d = {size}, r = {rank}, γ = {paper}, step × {scale:.3g}", color=f"C{i}")
-    axes[1].set_xlabel("observed fraction p")
-    baseline = (first["size"], first["rank"], first["fraction"])
-    cells = sorted({(r["size"], r["rank"], r["fraction"]) for r in records
-                    if r["group"] == "r/d"} | {baseline})
-    labels = [f"d={d}, r={k}\np={p:g}" for d, k, p in cells]
-    scatter(axes[2], [(float(i), ratio) for i, c in enumerate(cells) for r in records
-                      if (r["size"], r["rank"], r["fraction"]) == c and paper in r["compressed"]
-                      and (r["group"] == "r/d" or r["group"] == "gamma")
-                      and (ratio := _lag_ratio(r, paper)) is not None], "γ = 0.01", color="C0")
-    axes[2].set_xticks(range(len(cells)), labels, fontsize=7)
-    for ax in axes[:3]:
-        ax.axhline(1.0, color="k", lw=0.6, ls=":")
-        ax.set_ylabel("compressed / original: steps to 1e-2")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    gamma_recs = [r for r in records if r["group"] == "gamma"]
-    for rec in gamma_recs[: 2 * 3]:
-        for j, gamma in enumerate(g for g in rec["compressed"] if g in (paper, "0.1")):
-            gap = rec["compressed"][gamma]["gap"]
-            if gap:
-                axes[3].plot(*zip(*gap, strict=True), lw=0.8, color=f"C{j}",
-                             ls="-" if rec["fraction"] == gamma_recs[0]["fraction"] else "--",
-                             label=f"γ = {gamma}, p = {rec['fraction']:g}"
-                             if rec["seed"] == 0 else None)
-    axes[3].set_yscale("log")
-    axes[3].set_xlabel("GD step")
-    axes[3].set_ylabel("‖X_c(t) − X_o(t)‖ / ‖X_o(t)‖")
-    axes[3].grid(alpha=0.3, which="both")
-    if axes[3].get_legend_handles_labels()[0]:
-        axes[3].legend(fontsize=7)
-    fig.suptitle("dmc-lag: the compressed L = 3 model against the original on the same "
-                 "problems and initialization (GD, authors' step, ε = 1e-3)", fontsize=9)
     save_figure(fig, path)
 
 

@@ -13,7 +13,9 @@ set) every ``eval_every`` steps. Per (task, samples, rank, method) the report gi
   paired differences Deep LoRA − other method (same seed = same examples and initial weights)
   at the best held-out checkpoint, at the last step, and at matched training loss (each run's
   first checkpoint at the lowest loss both runs reach), with 95% bootstrap intervals over seeds;
-- a zero-shot row per task (test and held-out scores, and the test split's majority-class rate);
+- a zero-shot row per task (test and held-out scores, the test split's majority-class rate and
+  the test score against chance: for accuracy its 95% Wilson interval and the one-sided binomial
+  p-value against that rate, for Pearson r its 95% Fisher-z interval and the p-value of r > 0);
 - a figure of the learning curves (training loss, held-out and test score against the step,
   mean over seeds at the chosen learning rate).
 
@@ -52,7 +54,10 @@ def plan(tasks: Sequence[str], samples: Sequence[int], ranks: Sequence[int],
     """Zero-shot (seed 0) per task, then every (task, samples, rank, lr, method) over ``seeds``;
     ``common``: :class:`~deeplora.finetune.config.FinetuneConfig` fields shared by all
     (``steps``, ``eval_every``, ``heldout_samples``, ``dev_samples``, ``template``, …), on the
-    ``practical`` preset (Adam eps scaled to Deep LoRA's factor gradients, for every method)."""
+    ``practical`` preset (Adam eps scaled to Deep LoRA's factor gradients, for every method).
+    Trained runs keep σ₁ and the ranks of each ΔW but no singular-value list
+    (``singular_values=0`` unless ``common`` says otherwise): with ~211 adapted layers the lists
+    made most of a result file, and the report reads σ₁ only."""
     common = {"head": "prompt", **common}
     cells = []
     for task in tasks:
@@ -64,7 +69,7 @@ def plan(tasks: Sequence[str], samples: Sequence[int], ranks: Sequence[int],
                 for lr in lrs:
                     for method in methods:
                         config = preset("practical", task=task, method=method, samples=n,
-                                        rank=rank, lr=lr, **common)
+                                        rank=rank, lr=lr, **{"singular_values": 0, **common})
                         cells.append(Cell(config, tuple(seeds),
                                           {"method": method, "task": config.task, "samples": n,
                                            "rank": rank, "lr": lr}))
@@ -112,6 +117,32 @@ def _paired(a: dict[int, float | None], b: dict[int, float | None]) -> dict[str,
             "mean": float(np.mean(values)) if values else None, "ci_low": low, "ci_high": high}
 
 
+def _above_chance(metric: str, value: float | None, majority: float | None,
+                  rows: int | None) -> dict[str, Any]:
+    """A zero-shot test score on ``rows`` rows against chance, ``{}`` when it cannot be said.
+    Accuracy: its 95% Wilson interval and the one-sided exact binomial p-value of scoring at
+    least as many rows right when each is right with the majority-class rate (what a constant
+    guess scores). Pearson r: its 95% Fisher-z interval and the one-sided p-value of the t test
+    of r > 0."""
+    from scipy import stats
+
+    if None in (value, rows) or not np.isfinite(value):
+        return {}
+    if metric == "accuracy" and majority is not None:
+        right = round(value * rows)
+        ci = stats.binomtest(right, rows).proportion_ci(method="wilson")
+        return {"ci_low": float(ci.low), "ci_high": float(ci.high),
+                "p_above_chance": float(stats.binomtest(right, rows, majority,
+                                                        alternative="greater").pvalue)}
+    if metric == "pearson" and rows > 3 and abs(value) < 1:
+        half = 1.96 / np.sqrt(rows - 3)
+        t = value * np.sqrt((rows - 2) / (1 - value**2))
+        return {"ci_low": float(np.tanh(np.arctanh(value) - half)),
+                "ci_high": float(np.tanh(np.arctanh(value) + half)),
+                "p_above_chance": float(stats.t.sf(t, rows - 2))}
+    return {}
+
+
 def summarize(results: list[tuple[Cell, list[dict[str, Any]]]]) -> dict[str, Any]:
     """Zero-shot rows, per-lr rows, the chosen learning rates and the paired differences."""
     zero, grid = [], []
@@ -121,11 +152,13 @@ def summarize(results: list[tuple[Cell, list[dict[str, Any]]]]) -> dict[str, Any
         if cell.labels["method"] == "zero-shot":
             for run in runs:
                 heldout = run["history"][0].get("heldout", {}) if run["history"] else {}
+                rows = run.get("dev_rows", run["config"]["dev_samples"])
+                test = run["metrics"].get(_metric(run))
                 zero.append({"task": cell.labels["task"], "metric": _metric(run),
-                             "test": run["metrics"].get(_metric(run)),
-                             "heldout": heldout.get(_metric(run)),
-                             "majority_rate": run.get("majority_rate"),
-                             "test_rows": run["config"]["dev_samples"]})
+                             "test": test, "heldout": heldout.get(_metric(run)),
+                             "majority_rate": run.get("majority_rate"), "test_rows": rows,
+                             **_above_chance(_metric(run), test, run.get("majority_rate"),
+                                             rows)})
             continue
         setting = tuple(cell.labels[k] for k in SETTING)
         method, lr = cell.labels["method"], cell.labels["lr"]
@@ -192,14 +225,19 @@ def _ci(d: dict[str, Any]) -> str:
 
 def markdown(summary: dict[str, Any]) -> str:
     """The summary as Markdown tables."""
-    lines = [f"# {NAME}", "", "Zero-shot (the untouched model through the prompt):", "",
-             "| task | metric | test | held-out | majority-class rate (test) | test rows |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"# {NAME}", "", "Zero-shot (the untouched model through the prompt; accuracy: "
+             "95% Wilson interval and the one-sided binomial p-value against the "
+             "majority-class rate; Pearson: 95% Fisher-z interval and the one-sided p-value "
+             "of r > 0):", "",
+             "| task | metric | test | held-out | majority-class rate (test) | test rows "
+             "| 95% interval (test) | p vs chance |", "|---|---|---|---|---|---|---|---|"]
     for z in summary["zero_shot"]:
         fmt = [f"{v:.4f}" if v is not None else "-" for v in
                (z["test"], z["heldout"], z["majority_rate"])]
+        ci = f"[{z['ci_low']:.4f}, {z['ci_high']:.4f}]" if "ci_low" in z else "-"
+        p = f"{z['p_above_chance']:.3g}" if "p_above_chance" in z else "-"
         lines.append(f"| {z['task']} | {z['metric']} | {' | '.join(fmt)} | "
-                     f"{z['test_rows'] or 'all'} |")
+                     f"{z['test_rows'] or 'all'} | {ci} | {p} |")
     if not summary["grid"]:
         return "\n".join(lines) + "\n"
     lines += ["", "Every learning rate (mean ± std over seeds; 'best ckpt': the checkpoint with "

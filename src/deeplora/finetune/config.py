@@ -44,6 +44,8 @@ class FinetuneConfig:
     ``heldout_samples``: that many training rows, drawn once (seed 0) before and apart from the
     few-shot draw, are a held-out dev set scored at every evaluation (for checkpoint and
     learning-rate selection; the GLUE dev split then serves as the test set).
+    ``singular_values``: how many of each ΔW's top singular values a result keeps (``None``:
+    min(2·rank, 64)); σ₁ and the ranks are kept whatever it is.
     """
 
     task: str = "stsb"
@@ -73,6 +75,7 @@ class FinetuneConfig:
     subspace_rank: int = 8
     template: Literal["chat", "plain"] = "chat"
     heldout_samples: int = 0
+    singular_values: int | None = None
 
     def __post_init__(self) -> None:
         get_task(self.task)
@@ -97,6 +100,9 @@ class FinetuneConfig:
                 raise DataError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.adam_eps > 0:
             raise DataError(f"adam_eps must be > 0, got {self.adam_eps}")
+        if self.singular_values is not None and self.singular_values < 0:
+            raise DataError(f"singular_values must be >= 0 (or None), got "
+                            f"{self.singular_values}")
         if self.dev_samples is not None and self.dev_samples < 1:
             raise DataError(f"dev_samples must be >= 1 (or None: the whole dev split), got "
                             f"{self.dev_samples}")

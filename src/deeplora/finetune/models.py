@@ -41,7 +41,7 @@ from deeplora.finetune.config import FinetuneConfig
 from deeplora.finetune.data import DataError, GlueTask, get_task
 from deeplora.finetune.prompt import (
     PromptCollator,
-    expected_digit,
+    expected_score,
     label_logits,
     label_token_ids,
     verbalizer_loss,
@@ -131,7 +131,7 @@ class PromptModel(CrossEncoder):
 
     def predict(self, batch: Batch) -> Tensor:
         scores = self.scores(batch)
-        return expected_digit(scores) if self.task.is_regression else scores.argmax(-1)
+        return expected_score(scores) if self.task.is_regression else scores.argmax(-1)
 
 
 class BiEncoder(nn.Module):

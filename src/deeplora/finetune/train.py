@@ -272,11 +272,13 @@ def run_finetune(
     sharing each batch), ``metrics`` (final dev metrics), ``history``
     (``[{"step", "metrics"}]`` at each evaluation, plus ``"heldout"``: the held-out rows'
     metrics when ``config.heldout_samples`` is set), ``train_loss`` (per step, of the whole
-    batch across processes), ``majority_rate`` (classification: share of the most frequent
+    batch across processes), ``dev_rows`` (how many dev rows were scored),
+    ``majority_rate`` (classification: share of the most frequent
     label among the dev rows scored, the accuracy of a constant guess), ``prompt`` (``prompt``
     head: the first dev row's prompt and the label words), ``wall_time_s``,
     ``layers`` (per adapted layer at the end: σ₁(ΔW) as ``sigma_max``, its top min(2r, 64)
-    singular values, ``numerical_rank`` and ``matrix_rank``, see :func:`spectra`)
+    singular values (``config.singular_values`` of them when set), ``numerical_rank`` and
+    ``matrix_rank``, see :func:`spectra`)
     and, when ``config.snapshot_steps`` is set, ``subspace``: per layer the cosines of the
     smallest (the authors' quantity) and largest principal angle between the top-
     ``subspace_rank`` left singular subspace of ΔW at each snapshot step and at the end.
@@ -371,6 +373,7 @@ def run_finetune(
     if isinstance(collate, PromptCollator):  # the exact prompt and label words of the run
         result["prompt"] = {"example": collate.prompts([prepared.dev[0]])[0],
                             "label_words": list(answer_words(prepared.task, config.template))}
+    result["dev_rows"] = len(prepared.dev)
     if not prepared.task.is_regression:
         result["majority_rate"] = float(np.bincount(prepared.dev["label"]).max()
                                         / len(prepared.dev))
@@ -378,7 +381,9 @@ def run_finetune(
         result["layers"] = {}
     elif config.method != "zero-shot":
         deltas = adapter_deltas(adapted_backbone(task_model))
-        result["layers"] = spectra(deltas, keep=min(2 * config.rank, 64))
+        keep = config.singular_values
+        result["layers"] = spectra(deltas, keep=min(2 * config.rank, 64) if keep is None
+                                   else keep)
         if snapshots:
             result["subspace"] = _subspace_cosines(snapshots, deltas, config.subspace_rank)
     result["wall_time_s"] = time.perf_counter() - start

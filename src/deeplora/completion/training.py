@@ -1,0 +1,328 @@
+"""Training loop and validation scores of the deep matrix completion estimator.
+
+:class:`TrainingMixin` gives the estimator its optimizer loop (:meth:`~TrainingMixin._train`:
+Adam or another optimizer with the discrepant rates of the compressed model, early stopping
+on a validation score, best-state restore, divergence check), the objective it minimizes
+(:meth:`~TrainingMixin._loss`: data term plus the count-weighted penalties) and the two
+validation scores early stopping uses: RMSE of the clipped predictions (explicit feedback)
+and NDCG@10 of held-out positives (implicit feedback). Recovery problems with a known
+ground truth train with :mod:`deeplora.completion.train` instead.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from deeplora.completion.implicit import gramian_norm, implicit_loss, positives
+from deeplora.completion.methods import default_settings, optimizer_options
+from deeplora.completion.recommend import seen_crow
+from deeplora.factorization import discrepant_param_groups, make_optimizer
+from deeplora.factorization.sampled import ObservedIndex, sampled_product
+
+VALIDATION_USERS = 2000
+"""Implicit feedback: at most this many users score the validation NDCG."""
+
+
+@dataclass
+class Candidate:
+    """One penalty's run in :meth:`TrainingMixin._train`: ``score`` (best validation score,
+    lower is better) at local step ``best_step`` with parameters ``state``; ``last_step``
+    trained, ``stale`` evaluations since the best, ``active`` until it stops, ``diverged``,
+    ``dropped`` (stopped because the others' results made it unnecessary) and its evaluations
+    ``history`` (local steps)."""
+
+    reg: float
+    bias_reg: float
+    state: list[Tensor]
+    history: dict[str, list[float]]
+    score: float = math.inf
+    best_step: int = 0
+    last_step: int = 0
+    stale: int = 0
+    active: bool = True
+    diverged: bool = False
+    dropped: bool = False
+
+
+def end_to_end(factors: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """``(A, B)`` with ``X = A Bᵀ`` for factors ``[W_1, …, W_L]`` (each possibly with leading
+    batch axes): ``A = W_L ⋯ W_2`` (m×k), ``B = W_1ᵀ`` (n×k)."""
+    a = factors[-1]
+    for factor in factors[-2:0:-1]:
+        a = a @ factor
+    return a, factors[0].mT
+
+
+class TrainingMixin:
+    """Training for :class:`~deeplora.completion.estimator.DeepMatrixCompletion`.
+
+    Needs ``shape_``, ``model_``, ``_mean``, ``_row_bias``, ``_col_bias``, ``_parallel`` (a
+    :class:`~deeplora.completion.distributed.DataParallel`), the estimator's settings,
+    ``history_``, ``eval_seconds_`` and the methods ``_end_to_end()``, ``_augmented()``,
+    ``_raw_predict()``, ``_clip()``, ``_state()``, ``_restore()``, ``_parameters_list()``,
+    ``_device()`` and ``_ranking_quality()``."""
+
+    def _penalty_weights(self, batches: list[tuple[ObservedIndex, Tensor, int]], total: int
+                         ) -> tuple[Tensor, Tensor]:
+        """``(row weights (m,), column weights (n,))`` of the penalties: each row's and
+        column's share of the ``total`` training observations (explicit feedback), or
+        ``1 / total`` for every one (implicit feedback, plain L2)."""
+        m, n = self.shape_
+        dtype, device = self._mean.dtype, self._mean.device
+        if self.feedback == "implicit":
+            return (torch.full((m,), 1 / total, dtype=dtype, device=device),
+                    torch.full((n,), 1 / total, dtype=dtype, device=device))
+        rows = sum(torch.diff(index.crow) for index, *_ in batches)
+        cols = sum(torch.bincount(index.col, minlength=n) for index, *_ in batches)
+        return (self._parallel.all_reduce(rows.to(dtype)) / total,
+                self._parallel.all_reduce(cols.to(dtype)) / total)
+
+    def _loss(self, params: list[Tensor], index: ObservedIndex, target: Tensor, size: int,
+              total: int, weights: tuple[Tensor, Tensor], reg: Tensor, bias_reg: Tensor
+              ) -> tuple[Tensor, Tensor]:
+        """``(objective (K,), data term detached (K,))`` of K candidates on one batch of
+        ``size`` observations (this process's part: ``index``, ``target``).
+
+        ``params`` are the estimator's parameters (factors, μ, b, c) stacked along a leading
+        K axis; the K products at ``index`` are K sparse products of
+        :func:`~deeplora.factorization.sampled.sampled_product`. Per candidate: the data term
+        (½ mean squared error, or :func:`~deeplora.completion.implicit.implicit_loss`) plus,
+        with ``(w_row, w_col) = weights``, ``½λ (w_rowᵀ ‖A‖²_rows + w_colᵀ ‖B‖²_rows)``, the
+        same with ``bias_reg`` on the biases and ``½κ (‖b‖² + ‖c‖²) / total``; each process
+        adds its share of the penalties."""
+        share = self._parallel.share
+        factors, (mean, row_bias, col_bias) = params[:-3], params[-3:]
+        a, b = end_to_end(factors)
+        if self.bias == "all":  # μ rides in the row-bias column: [A, b + μ, 1]·[B, 1, c]ᵀ
+            a_aug, b_aug = self._augmented(a, b, row_bias + mean[:, None], col_bias)
+            predicted = sampled_product(a_aug, b_aug, index)
+        else:  # μ fixed
+            a_aug, b_aug = a, b
+            predicted = sampled_product(a, b, index) + mean.detach()[:, None]
+        if self.feedback == "implicit":
+            loss = torch.stack([
+                implicit_loss(x, target, size, gramian_norm(a_k, b_k), total, share)
+                for x, a_k, b_k in zip(predicted, a_aug, b_aug, strict=True)])
+        else:  # one fused kernel per candidate, forward and backward
+            loss = torch.stack([F.mse_loss(x, target, reduction="sum")
+                                for x in predicted]) * (0.5 / size)
+        data_loss = loss.detach()
+        row_weight, col_weight = weights
+        if bool(reg.any()):  # weighted sums elementwise: a batched matmul costs more here
+            loss = loss + 0.5 * share * reg * ((a * a).sum(2).mul(row_weight).sum(1)
+                                               + (b * b).sum(2).mul(col_weight).sum(1))
+        if bool(bias_reg.any()) and self.bias == "all":
+            loss = loss + 0.5 * share * bias_reg * ((row_bias**2).mul(row_weight).sum(1)
+                                                    + (col_bias**2).mul(col_weight).sum(1))
+        if self.bias_prior and self.bias == "all":
+            loss = loss + 0.5 * self.bias_prior * share / total * (
+                (row_bias * row_bias).sum(1) + (col_bias * col_bias).sum(1))
+        return loss, data_loss
+
+    def _optimizer(self, params: list[Tensor], lr: float, gamma: float
+                   ) -> torch.optim.Optimizer:
+        """The optimizer of the stacked ``params`` (ordered as :meth:`_parameters_list`): the
+        compressed model's outer factors at γ·η, the other factors (and the trainable
+        biases) at η."""
+        outer_ids = ({id(p) for p in self.model_.outer_parameters()}
+                     if self.method == "compressed" else set())
+        factors = list(self.model_.factors)
+        outer = [params[i] for i, p in enumerate(factors) if id(p) in outer_ids]
+        inner = [params[i] for i, p in enumerate(factors) if id(p) not in outer_ids]
+        if self.bias == "all":
+            *_, mean, row_bias, col_bias = params
+            inner += [row_bias, col_bias] + ([] if self.feedback == "implicit" else [mean])
+        return make_optimizer(self.optimizer, discrepant_param_groups(outer, inner, lr, gamma),
+                              weight_decay=self.weight_decay, **optimizer_options(self.optimizer))
+
+    def _train(self, batches: list[tuple[ObservedIndex, Tensor, int]],
+               validation: tuple[str, Callable[[], float]] | None,
+               rng: np.random.Generator, start: float, penalties: list[tuple[float, float]],
+               max_steps: int | None = None,
+               drop: Callable[[dict[int, float]], set[int]] | None = None) -> list[Candidate]:
+        """Train K = ``len(penalties)`` candidates, each ``(reg, bias_reg)``, from the current
+        parameters for up to ``max_steps`` (default ``self.max_steps``) steps, as one model.
+
+        The candidates' parameters are stacked along a leading K axis and trained by one
+        optimizer on the sum of their objectives (:meth:`_loss`): their parameters are
+        disjoint, so each gets exactly its own gradient, and Adam's update is elementwise, so
+        every candidate follows the path it would follow alone (up to floating-point
+        rounding) while the fixed cost of a step is paid once. Each candidate stops early on
+        its own ``validation`` (``(history key, score of the estimator's current
+        parameters)``; lower RMSE or higher NDCG is better) after ``patience`` evaluations
+        without improvement, or when its train loss becomes non-finite (a warning); the batch
+        stops when all have. ``drop(scores of the finished candidates, by position)``, asked
+        whenever one finishes, names candidates not needed (by a search that will not use
+        them, finished or not): they stop and are marked ``dropped``. Without a validation
+        split the last step's parameters are kept. Returns one :class:`Candidate` per penalty
+        (best parameters, score and local step); the estimator's parameters are left as they
+        were."""
+        m, n = self.shape_
+        total = sum(size for *_, size in batches)
+        weights = self._penalty_weights(batches, total)
+        implicit = self.feedback == "implicit"
+        key, validate = validation or ("val_ndcg" if implicit else "val_rmse", None)
+        _, lr, gamma = default_settings(self.method, self.optimizer, self.lr, self.gamma,
+                                        total / (m * n))
+        initial = self._state()
+        candidates = [Candidate(r, br, state=initial, history={
+            "step": [], "train_loss": [], key: [], "seconds": []}) for r, br in penalties]
+        running = list(range(len(candidates)))  # the candidates stacked in params
+        params = [nn.Parameter(t.expand(len(running), *t.shape).clone()) for t in initial]
+        opt = self._optimizer(params, lr, gamma)
+        reg, bias_reg = self._penalties(candidates, running)
+        budget = self.max_steps if max_steps is None else max_steps
+        order: list[int] = []
+        bar = tqdm(total=budget, disable=not self.progress, desc="fit", unit="step",
+                   leave=False)
+        for step in range(budget + 1):
+            if not order:
+                order = list(rng.permutation(len(batches)))
+            index, target, size = batches[order.pop()]
+            opt.zero_grad(set_to_none=True)
+            loss, data_loss = self._loss(params, index, target, size, total, weights, reg,
+                                         bias_reg)
+            loss.sum().backward()
+            values = self._parallel.reduce_gradients(params, data_loss).tolist()
+            evaluate = step % self.eval_every == 0 or step == budget
+            clock = time.perf_counter()
+            for row, (k, value) in enumerate(zip(running, values, strict=True)):
+                candidate = candidates[k]
+                candidate.last_step = step
+                if not math.isfinite(value):
+                    candidate.active, candidate.diverged = False, True
+                    warnings.warn(f"the train loss became {value} at step {step}: training "
+                                  f"diverged (lr={lr:g} too large?); the parameters of step "
+                                  f"{candidate.best_step} are kept", RuntimeWarning,
+                                  stacklevel=3)
+                elif evaluate:
+                    self._evaluate(candidate, [p[row].detach() for p in params], step, value,
+                                   key, validate, start)
+            if evaluate:
+                bar.set_postfix(loss=f"{min(values):.3e}", refresh=False)
+                self.eval_seconds_ += time.perf_counter() - clock
+            if drop is not None and not all(candidates[k].active for k in running):
+                for k in drop({k: c.score for k, c in enumerate(candidates)
+                               if not (c.active or c.dropped)}):
+                    candidates[k].active, candidates[k].dropped = False, True
+            if step == budget or not any(c.active for c in candidates):
+                break
+            opt.step()
+            bar.update()
+            if not all(candidates[k].active for k in running):  # unstack the stopped ones
+                keep = [row for row, k in enumerate(running) if candidates[k].active]
+                running = [running[row] for row in keep]
+                params, opt = self._compact(params, opt, keep, lr, gamma)
+                reg, bias_reg = self._penalties(candidates, running)
+        bar.close()
+        self._restore(initial)
+        return candidates
+
+    def _penalties(self, candidates: list[Candidate], running: list[int]
+                   ) -> tuple[Tensor, Tensor]:
+        """``(reg, bias_reg)`` of the ``running`` candidates, as tensors (K,)."""
+        return tuple(torch.tensor([getattr(candidates[k], name) for k in running],
+                                  dtype=self._mean.dtype, device=self._mean.device)
+                     for name in ("reg", "bias_reg"))
+
+    def _evaluate(self, candidate: Candidate, current: list[Tensor], step: int, value: float,
+                  key: str, validate: Callable[[], float] | None, start: float) -> None:
+        """Score ``candidate``'s ``current`` parameters (at ``step``, train loss ``value``):
+        the validation score (lower RMSE or higher NDCG is better); record it, keep the
+        parameters if best, stop the candidate after ``patience`` evaluations without
+        improvement. Without a validation split every evaluation is kept (score: its train
+        loss), so the run ends with the parameters of its last step: the refit trains exactly
+        the chosen number of steps, whatever the penalty does to the data term."""
+        if validate is None:  # no split (implicit: no NDCG, NaN)
+            measured = math.nan if key == "val_ndcg" else value
+            score, better = value, True
+        else:
+            self._restore(current)
+            measured = validate()
+            score = -measured if key == "val_ndcg" else measured
+            better = score < candidate.score
+        for name, item in (("step", step), ("train_loss", value), (key, measured),
+                           ("seconds", time.perf_counter() - start)):
+            candidate.history[name].append(item)
+        if better:
+            candidate.score, candidate.best_step, candidate.stale = score, step, 0
+            candidate.state = [t.clone() for t in current]
+        else:
+            candidate.stale += 1
+            if validate is not None and candidate.stale >= self.patience:
+                candidate.active = False
+
+    def _compact(self, params: list[nn.Parameter], opt: torch.optim.Optimizer,
+                 keep: list[int], lr: float, gamma: float
+                 ) -> tuple[list[nn.Parameter], torch.optim.Optimizer]:
+        """The stacked ``params`` and their optimizer restricted to the rows ``keep`` (the
+        optimizer state's per-element tensors sliced the same way, scalars such as Adam's
+        step count kept)."""
+        rows = torch.tensor(keep, device=params[0].device)
+        kept = [nn.Parameter(p.detach().index_select(0, rows)) for p in params]
+        new_opt = self._optimizer(kept, lr, gamma)
+        for old, new in zip(params, kept, strict=True):
+            new_opt.state[new] = {
+                name: (value.index_select(0, rows)
+                       if isinstance(value, Tensor) and value.shape == old.shape else value)
+                for name, value in opt.state[old].items()}
+        return kept, new_opt
+
+    def _record(self, candidate: Candidate, first_step: int) -> None:
+        """Append ``candidate``'s evaluations to ``history_``, its steps numbered from
+        ``first_step``, and set ``best_step_``, ``n_steps_`` and ``diverged_`` on that
+        numbering."""
+        for name, items in candidate.history.items():
+            self.history_[name] += ([first_step + s for s in items] if name == "step"
+                                    else items)
+        self.best_step_ = first_step + candidate.best_step
+        self.n_steps_ = first_step + candidate.last_step
+        self.diverged_ = self.diverged_ or candidate.diverged
+
+    def _rmse_validation(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
+                         val: np.ndarray) -> tuple[str, Callable[[], float]] | None:
+        """``("val_rmse", RMSE of the clipped predictions on the validation split)``; this
+        process's share when distributed."""
+        val = self._parallel.shard(val)
+        n_val = int(self._parallel.all_sum(float(val.size), self._mean.device))
+        if not n_val:
+            return None
+        index = ObservedIndex(torch.from_numpy(rows[val]), torch.from_numpy(cols[val]),
+                              self.shape_).to(self._device())
+
+        def validate() -> float:
+            with torch.no_grad():
+                predicted = (self._raw_predict(index).double().cpu().numpy()
+                             if val.size else np.zeros(0))
+            squared = float(np.sum((self._clip(predicted) - values[val]) ** 2))
+            return math.sqrt(self._parallel.all_sum(squared, self._mean.device) / n_val)
+
+        return "val_rmse", validate
+
+    def _ndcg_validation(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
+                         train: np.ndarray, val: np.ndarray, rng: np.random.Generator
+                         ) -> tuple[str, Callable[[], float]] | None:
+        """``("val_ndcg", NDCG@10 of the held-out positives)`` for at most
+        :data:`VALIDATION_USERS` users, ranking every item but their training entries."""
+        mask, _ = positives(values[val], self.positive_threshold, self.alpha)
+        if not mask.any():
+            return None
+        users, inverse = np.unique(rows[val][mask], return_inverse=True)
+        truth = [cols[val][mask][inverse == u] for u in range(users.size)]
+        if users.size > VALIDATION_USERS:
+            keep = np.sort(rng.choice(users.size, VALIDATION_USERS, replace=False))
+            users, truth = users[keep], [truth[u] for u in keep]
+        train_seen = (torch.from_numpy(seen_crow(rows[train], self.shape_[0])),
+                      torch.from_numpy(cols[train]))
+        k = min(10, self.shape_[1])
+        return "val_ndcg", lambda: self._ranking_quality(users, truth, k, train_seen)

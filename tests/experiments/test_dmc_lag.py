@@ -1,0 +1,64 @@
+"""dmc-lag: a --fast run, its report rebuilt from the per-problem files, and the d = 200 cells'
+step scale."""
+
+import json
+
+import pytest
+
+from deeplora.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_dmc_lag_fast(tmp_path):
+    from deeplora.experiments.dmc_lag import FAST_LAG_GRID, lag_report
+
+    assert main(["experiment", "dmc-lag", "--fast", "--out", str(tmp_path)]) == 0
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs").glob("*.json"))]
+    assert len(records) == len(FAST_LAG_GRID)
+    for record in records:
+        assert 0 < record["subspace_miss_at_init"] < 1
+        assert record["original"]["outcome"] == "recovered"
+        for run in record["compressed"].values():
+            assert run["left_init"] and run["curve"]["steps"][0] == 0
+            steps = [step for step, _ in run["gap"]]
+            assert steps == sorted(steps) and steps[0] == 0 and len(steps) > 1
+            assert all(gap >= 0 for _, gap in run["gap"])
+    first = json.loads((tmp_path / "runs" / "d16-r2-p0.6-lr0.05-s0.json").read_text())
+    assert set(first["compressed"]) == {"0.01", "0.1"}
+    report = (tmp_path / "dmc-lag.md").read_text()
+    assert report == lag_report(records) and report.count("| 16, 2, ") == 3
+    assert (tmp_path / "dmc-lag.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "dmc-lag.md").unlink()
+    assert main(["experiment", "dmc-lag", "--fast", "--report-only", "--out",
+                 str(tmp_path)]) == 0
+    assert (tmp_path / "dmc-lag.md").read_text() == report
+
+
+def test_d200_cells_match_the_reference_cells_rate() -> None:
+    """The d = 200 cells' step × gives GD the top-mode rate η·σ₁^{4/3}·p/d² of the reference
+    cell (d, r, p) = (100, 10, 25 %) at the authors' step, with the targets' own σ₁ (within
+    5 %); the unscaled d = 200 cell is 5× slower."""
+    import torch
+
+    from deeplora.completion import random_low_rank
+    from deeplora.experiments.dmc_lag import LAG_GRID
+
+    def sigma(size: int, rank: int) -> float:
+        return sum(float(torch.linalg.matrix_norm(random_low_rank(size, size, rank, seed=s)
+                                                  .dense(), ord=2)) for s in range(3)) / 3
+
+    def rate(cell) -> float:
+        return (cell.lr_scale * cell.fraction * sigma(cell.size, cell.rank) ** (4 / 3)
+                / cell.size ** 2)
+
+    reference = next(c for c in LAG_GRID if (c.size, c.rank, c.fraction, c.lr_scale)
+                     == (100, 10, 0.25, 1.0))
+    cells = [c for c in LAG_GRID if c.size == 200]
+    scaled = [c for c in cells if c.lr_scale != 1]
+    assert len(scaled) == 2 and {(c.rank, c.fraction) for c in scaled} == {(10, 0.125),
+                                                                           (20, 0.25)}
+    for cell in scaled:
+        assert rate(cell) == pytest.approx(rate(reference), rel=0.05)
+    (plain,) = [c for c in cells if c.lr_scale == 1]
+    assert rate(plain) < rate(reference) / 4
