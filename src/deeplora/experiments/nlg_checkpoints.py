@@ -37,7 +37,6 @@ import numpy as np
 
 from deeplora.experiments import Arg, experiment
 from deeplora.experiments.nlg_fewshot import COLORS, LABELS
-from deeplora.experiments.prompt_fewshot import _mean_std, _paired
 from deeplora.finetune.checkpoints import (
     best_checkpoint,
     choose_lr,
@@ -135,6 +134,8 @@ def summarize(results: Results, lr_seeds: Collection[int] | None = None) -> dict
     """Zero-shot, the lr grid, the chosen checkpoints with their test scores, and the paired
     differences Deep LoRA − vanilla LoRA at the best dev, the matched-loss and the last
     checkpoints (lr chosen on the runs of ``lr_seeds``, see :func:`select`)."""
+    from deeplora.finetune.report import mean_std, paired_difference  # scipy: imported late
+
     selection = select(results, lr_seeds)
     zero, grid = [], []
     for cell, runs in results:
@@ -146,11 +147,11 @@ def summarize(results: Results, lr_seeds: Collection[int] | None = None) -> dict
         grid.append({
             "method": cell.labels["method"], "lr": cell.labels["lr"], "n": len(runs),
             "left_init": sum(bool(r.get("left_init")) for r in runs),
-            "best_dev_loss": _mean_std([-v for r in runs if (v := _best_dev(r)) is not None]),
-            "best_step": _mean_std([r["history"][i]["step"] for r in runs
+            "best_dev_loss": mean_std([-v for r in runs if (v := _best_dev(r)) is not None]),
+            "best_step": mean_std([r["history"][i]["step"] for r in runs
                                     if (i := best_checkpoint(r["history"], DEV)) is not None]),
-            "last_dev_loss": _mean_std([r["history"][-1]["heldout"]["loss"] for r in runs]),
-            "last_train_loss": _mean_std([c[-1] for c in curves]),
+            "last_dev_loss": mean_std([r["history"][-1]["heldout"]["loss"] for r in runs]),
+            "last_train_loss": mean_std([c[-1] for c in curves]),
             "chosen": selection["lr"].get(cell.labels["method"]) == cell.labels["lr"]})
     runs, chosen = selection["runs"], []
     at: dict[str, dict[str, dict[int, int]]] = {
@@ -166,7 +167,7 @@ def summarize(results: Results, lr_seeds: Collection[int] | None = None) -> dict
                                    for s, i in picks.items()},
                          "scored": sum(bool(runs[method][s]["history"][i]["metrics"])
                                        for s, i in picks.items()),
-                         **{m: _mean_std([_test(runs[method][s], i, m)
+                         **{m: mean_std([_test(runs[method][s], i, m)
                                           for s, i in picks.items()]) for m in SHOWN}}
         chosen.append(row)
     differences = []
@@ -175,7 +176,7 @@ def summarize(results: Results, lr_seeds: Collection[int] | None = None) -> dict
             for metric in SHOWN:
                 values = [{s: _test(runs[m][s], i, metric) for s, i in indices.get(m, {}).items()}
                           for m in METHODS]
-                differences.append({"when": when, "metric": metric, **_paired(*values)})
+                differences.append({"when": when, "metric": metric, **paired_difference(*values)})
     matched = [{"seed": s, "loss": loss,
                 **{m: {"step": runs[m][s]["history"][k]["step"],
                        "loss": loss_curve(runs[m][s])[k]}

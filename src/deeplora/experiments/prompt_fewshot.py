@@ -100,23 +100,6 @@ def run_scores(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _mean_std(values: Sequence[float | None]) -> tuple[float, float]:
-    data = [v for v in values if v is not None and np.isfinite(v)]
-    if not data:
-        return float("nan"), float("nan")
-    return float(np.mean(data)), float(np.std(data, ddof=1)) if len(data) > 1 else float("nan")
-
-
-def _paired(a: dict[int, float | None], b: dict[int, float | None]) -> dict[str, Any]:
-    from deeplora.finetune.report import bootstrap_ci
-
-    seeds = sorted(s for s in a if s in b and a[s] is not None and b[s] is not None)
-    values = [a[s] - b[s] for s in seeds]
-    low, high = bootstrap_ci(values)
-    return {"seeds": seeds, "values": values, "n": len(values),
-            "mean": float(np.mean(values)) if values else None, "ci_low": low, "ci_high": high}
-
-
 def _above_chance(metric: str, value: float | None, majority: float | None,
                   rows: int | None) -> dict[str, Any]:
     """A zero-shot test score on ``rows`` rows against chance, ``{}`` when it cannot be said.
@@ -145,6 +128,8 @@ def _above_chance(metric: str, value: float | None, majority: float | None,
 
 def summarize(results: list[tuple[Cell, list[dict[str, Any]]]]) -> dict[str, Any]:
     """Zero-shot rows, per-lr rows, the chosen learning rates and the paired differences."""
+    from deeplora.finetune.report import mean_std, paired_difference  # scipy: imported late
+
     zero, grid = [], []
     runs_at: dict[tuple, dict[str, dict[float, list[dict[str, Any]]]]] = defaultdict(
         lambda: defaultdict(dict))
@@ -168,7 +153,7 @@ def summarize(results: list[tuple[Cell, list[dict[str, Any]]]]) -> dict[str, Any
                "n": len(runs), "did_not_train": sum(not s["trained"] for s in scores),
                "runs": scores}
         for key in ("final", "best", "best_heldout", "best_step", "final_loss"):
-            row[key] = _mean_std([s[key] for s in scores])
+            row[key] = mean_std([s[key] for s in scores])
         grid.append(row)
     chosen, differences = [], []
     for setting, by_method in runs_at.items():
@@ -182,8 +167,8 @@ def summarize(results: list[tuple[Cell, list[dict[str, Any]]]]) -> dict[str, Any
             scores = [run_scores(r) for r in by_lr[lr]]
             chosen.append({**dict(zip(SETTING, setting, strict=True)), "method": method,
                            "lr": lr, "n": len(scores),
-                           "best": _mean_std([s["best"] for s in scores]),
-                           "final": _mean_std([s["final"] for s in scores])})
+                           "best": mean_std([s["best"] for s in scores]),
+                           "final": mean_std([s["final"] for s in scores])})
         if "deep-lora" not in picked:
             continue
         deep = {r["seed"]: r for r in picked["deep-lora"]}
@@ -193,7 +178,7 @@ def summarize(results: list[tuple[Cell, list[dict[str, Any]]]]) -> dict[str, Any
                     if run_scores(deep[s])["trained"] and run_scores(rival[s])["trained"]}
             entry = {**dict(zip(SETTING, setting, strict=True)), "other": other}
             for when in ("best", "final"):
-                entry[when] = _paired({s: run_scores(deep[s])[when] for s in both},
+                entry[when] = paired_difference({s: run_scores(deep[s])[when] for s in both},
                                       {s: run_scores(rival[s])[when] for s in both})
             matched_a, matched_b = {}, {}
             for s in both:
@@ -203,7 +188,7 @@ def summarize(results: list[tuple[Cell, list[dict[str, Any]]]]) -> dict[str, Any
                     metric = _metric(deep[s])
                     matched_a[s] = deep[s]["history"][i]["metrics"].get(metric)
                     matched_b[s] = rival[s]["history"][j]["metrics"].get(metric)
-            entry["matched_loss"] = _paired(matched_a, matched_b)
+            entry["matched_loss"] = paired_difference(matched_a, matched_b)
             differences.append(entry)
     return {"zero_shot": zero, "grid": grid, "chosen": chosen, "differences": differences}
 

@@ -66,6 +66,26 @@ def bootstrap_ci(values: Sequence[float]) -> tuple[float, float]:
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def mean_std(values: Sequence[float | None]) -> tuple[float, float]:
+    """Mean and sample std (ddof 1) of the finite values; NaNs when there are none (std NaN
+    for one)."""
+    data = [v for v in values if v is not None and np.isfinite(v)]
+    if not data:
+        return float("nan"), float("nan")
+    return float(np.mean(data)), float(np.std(data, ddof=1)) if len(data) > 1 else float("nan")
+
+
+def paired_difference(a: dict[int, float | None], b: dict[int, float | None]
+                      ) -> dict[str, Any]:
+    """Per seed ``a[s] − b[s]`` over the seeds where both are known: ``{"seeds", "values",
+    "n", "mean", "ci_low", "ci_high"}`` (:func:`bootstrap_ci` of the differences)."""
+    seeds = sorted(s for s in a if s in b and a[s] is not None and b[s] is not None)
+    values = [a[s] - b[s] for s in seeds]
+    low, high = bootstrap_ci(values)
+    return {"seeds": seeds, "values": values, "n": len(values),
+            "mean": float(np.mean(values)) if values else None, "ci_low": low, "ci_high": high}
+
+
 def _setting(labels: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((k, v) for k, v in labels.items() if k != "method"))
 
