@@ -86,7 +86,8 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
             (the training ratings' range, ``clip_`` after fit), or ``None``. A ``(low, high)``
             that shares at most one point with the training ratings' range is refused at fit
             (:func:`~deeplora.completion.observations.check_clip`).
-        validation_fraction: share of the observations held out for early stopping (0: none).
+        validation_fraction: share of the observations held out for early stopping (0: none;
+            the fit then runs ``max_steps`` steps and keeps the last step's parameters).
         patience: stop after this many evaluations without a better validation RMSE; the best
             parameters are restored.
         eval_every: steps between evaluations.
