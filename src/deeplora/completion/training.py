@@ -88,8 +88,8 @@ class TrainingMixin:
                 self._parallel.all_reduce(cols.to(dtype)) / total)
 
     def _loss(self, params: list[Tensor], index: ObservedIndex, target: Tensor, size: int,
-              total: int, weights: tuple[Tensor, Tensor], reg: Tensor, bias_reg: Tensor
-              ) -> tuple[Tensor, Tensor]:
+              total: int, weights: tuple[Tensor, Tensor], reg: Tensor | None,
+              bias_reg: Tensor | None) -> tuple[Tensor, Tensor]:
         """``(objective (K,), data term detached (K,))`` of K candidates on one batch of
         ``size`` observations (this process's part: ``index``, ``target``).
 
@@ -99,7 +99,7 @@ class TrainingMixin:
         (½ mean squared error, or :func:`~deeplora.completion.implicit.implicit_loss`) plus,
         with ``(w_row, w_col) = weights``, ``½λ (w_rowᵀ ‖A‖²_rows + w_colᵀ ‖B‖²_rows)``, the
         same with ``bias_reg`` on the biases and ``½κ (‖b‖² + ‖c‖²) / total``; each process
-        adds its share of the penalties."""
+        adds its share of the penalties. ``reg``/``bias_reg`` ``None``: no such penalty."""
         share = self._parallel.share
         factors, (mean, row_bias, col_bias) = params[:-3], params[-3:]
         a, b = end_to_end(factors)
@@ -118,10 +118,10 @@ class TrainingMixin:
                                 for x in predicted]) * (0.5 / size)
         data_loss = loss.detach()
         row_weight, col_weight = weights
-        if bool(reg.any()):  # weighted sums elementwise: a batched matmul costs more here
+        if reg is not None:  # weighted sums elementwise: a batched matmul costs more here
             loss = loss + 0.5 * share * reg * ((a * a).sum(2).mul(row_weight).sum(1)
                                                + (b * b).sum(2).mul(col_weight).sum(1))
-        if bool(bias_reg.any()) and self.bias == "all":
+        if bias_reg is not None and self.bias == "all":
             loss = loss + 0.5 * share * bias_reg * ((row_bias**2).mul(row_weight).sum(1)
                                                     + (col_bias**2).mul(col_weight).sum(1))
         if self.bias_prior and self.bias == "all":
@@ -229,11 +229,15 @@ class TrainingMixin:
         return candidates
 
     def _penalties(self, candidates: list[Candidate], running: list[int]
-                   ) -> tuple[Tensor, Tensor]:
-        """``(reg, bias_reg)`` of the ``running`` candidates, as tensors (K,)."""
-        return tuple(torch.tensor([getattr(candidates[k], name) for k in running],
-                                  dtype=self._mean.dtype, device=self._mean.device)
-                     for name in ("reg", "bias_reg"))
+                   ) -> tuple[Tensor | None, Tensor | None]:
+        """``(reg, bias_reg)`` of the ``running`` candidates, as tensors (K,), each ``None``
+        when it is 0 for all of them (decided here once, not by a device sync every step)."""
+        def values(name: str) -> Tensor | None:
+            items = [getattr(candidates[k], name) for k in running]
+            return (torch.tensor(items, dtype=self._mean.dtype, device=self._mean.device)
+                    if any(items) else None)
+
+        return values("reg"), values("bias_reg")
 
     def _evaluate(self, candidate: Candidate, current: list[Tensor], step: int, value: float,
                   key: str, validate: Callable[[], float] | None, start: float) -> None:
