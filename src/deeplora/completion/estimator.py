@@ -393,10 +393,7 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
             self.selected_, self.path_ = search_penalty(stage, self._restore, self.bias_reg)
             self.best_step_ = int(self.selected_["step"])
         else:
-            (candidate,) = self._train(*args, [(float(self.reg), float(self.bias_reg))])
-            self._record(candidate, 0)
-            self._restore(candidate.state)
-            score = candidate.score
+            score = self._train_one(*args, (float(self.reg), float(self.bias_reg)), 0)
             self.selected_ = {"reg": float(self.reg), "bias_reg": float(self.bias_reg),
                               "first_step": 0, "step": self.best_step_,
                               key: -score if implicit else score}
@@ -408,10 +405,9 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
                 batches = self._start(rows[mask], cols[mask], targets, rng, torch_dtype)
             else:
                 batches = self._start(rows, cols, values, rng, torch_dtype)
-            (candidate,) = self._train(batches, None, rng, start, [
-                (self.selected_["reg"], self.selected_["bias_reg"])], steps)
-            self._record(candidate, self.n_steps_ + 1)
-            self._restore(candidate.state)
+            self._train_one(batches, None, rng, start,
+                            (self.selected_["reg"], self.selected_["bias_reg"]),
+                            self.n_steps_ + 1, steps)
         self.fit_seconds_ = time.perf_counter() - start
         return self
 

@@ -228,6 +228,17 @@ class TrainingMixin:
         self._restore(initial)
         return candidates
 
+    def _train_one(self, batches: list[tuple[ObservedIndex, Tensor, int]],
+                   validation: tuple[str, Callable[[], float]] | None,
+                   rng: np.random.Generator, start: float, penalty: tuple[float, float],
+                   first_step: int, max_steps: int | None = None) -> float:
+        """One fit (:meth:`_train` with K = 1) with ``penalty = (reg, bias_reg)``: its
+        evaluations recorded from ``first_step`` on, its best parameters set; its score."""
+        (candidate,) = self._train(batches, validation, rng, start, [penalty], max_steps)
+        self._record(candidate, first_step)
+        self._restore(candidate.state)
+        return candidate.score
+
     def _penalties(self, candidates: list[Candidate], running: list[int]
                    ) -> tuple[Tensor | None, Tensor | None]:
         """``(reg, bias_reg)`` of the ``running`` candidates, as tensors (K,), each ``None``
