@@ -39,7 +39,7 @@ from deeplora.nlg.models import (
     load_generative,
     resolve_generative_model,
 )
-from deeplora.output import write_json
+from deeplora.output import write_atomic, write_json
 
 LEFT_INIT_ATOL = 1e-3
 """A run whose every ΔW has spectral norm at most this never left its initialization."""
@@ -181,8 +181,6 @@ def _dev_scores(model: torch.nn.Module, formatter: Formatter, prepared: Prepared
 
 def save_adapter(model: torch.nn.Module, path: Path) -> None:
     """The trainable parameters of ``model`` (its adapters) to ``path``, atomically."""
-    from deeplora.output import write_atomic
-
     state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
     write_atomic(path, lambda tmp: torch.save(state, tmp))
 
