@@ -131,6 +131,7 @@ def summarize(results: list[tuple[Cell, list[dict[str, Any]]]]) -> dict[str, Any
     from deeplora.finetune.report import mean_std, paired_difference  # scipy: imported late
 
     zero, grid = [], []
+    score: dict[int, dict[str, Any]] = {}  # run_scores of every trained cell's runs, by id
     runs_at: dict[tuple, dict[str, dict[float, list[dict[str, Any]]]]] = defaultdict(
         lambda: defaultdict(dict))
     for cell, runs in results:
@@ -149,6 +150,7 @@ def summarize(results: list[tuple[Cell, list[dict[str, Any]]]]) -> dict[str, Any
         method, lr = cell.labels["method"], cell.labels["lr"]
         runs_at[setting][method][lr] = runs
         scores = [run_scores(r) for r in runs]
+        score.update({id(r): sc for r, sc in zip(runs, scores, strict=True)})
         row = {**{k: cell.labels[k] for k in SETTING}, "method": method, "lr": lr,
                "n": len(runs), "did_not_train": sum(not s["trained"] for s in scores),
                "runs": scores}
@@ -159,12 +161,12 @@ def summarize(results: list[tuple[Cell, list[dict[str, Any]]]]) -> dict[str, Any
     for setting, by_method in runs_at.items():
         picked: dict[str, list[dict[str, Any]]] = {}
         for method, by_lr in by_method.items():
-            lr = choose_lr({lr: [run_scores(r)["best_heldout"] for r in runs
-                                 if run_scores(r)["trained"]] for lr, runs in by_lr.items()})
+            lr = choose_lr({lr: [score[id(r)]["best_heldout"] for r in runs
+                                 if score[id(r)]["trained"]] for lr, runs in by_lr.items()})
             if lr is None:
                 continue
             picked[method] = by_lr[lr]
-            scores = [run_scores(r) for r in by_lr[lr]]
+            scores = [score[id(r)] for r in by_lr[lr]]
             chosen.append({**dict(zip(SETTING, setting, strict=True)), "method": method,
                            "lr": lr, "n": len(scores),
                            "best": mean_std([s["best"] for s in scores]),
@@ -175,11 +177,11 @@ def summarize(results: list[tuple[Cell, list[dict[str, Any]]]]) -> dict[str, Any
         for other in (m for m in METHODS if m != "deep-lora" and m in picked):
             rival = {r["seed"]: r for r in picked[other]}
             both = {s for s in deep.keys() & rival.keys()
-                    if run_scores(deep[s])["trained"] and run_scores(rival[s])["trained"]}
+                    if score[id(deep[s])]["trained"] and score[id(rival[s])]["trained"]}
             entry = {**dict(zip(SETTING, setting, strict=True)), "other": other}
             for when in ("best", "final"):
-                entry[when] = paired_difference({s: run_scores(deep[s])[when] for s in both},
-                                      {s: run_scores(rival[s])[when] for s in both})
+                entry[when] = paired_difference({s: score[id(deep[s])][when] for s in both},
+                                                {s: score[id(rival[s])][when] for s in both})
             matched_a, matched_b = {}, {}
             for s in both:
                 found = matched_checkpoints(deep[s], rival[s])
