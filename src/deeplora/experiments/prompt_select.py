@@ -28,18 +28,18 @@ import numpy as np
 from deeplora.experiments import Arg, experiment
 from deeplora.finetune.data import DATA_DIR_ENV, DataError, get_task, hold_out, load_split
 from deeplora.finetune.metrics import compute_metrics
-from deeplora.finetune.prompt import VERBALIZERS, Verbalizer
+from deeplora.finetune.prompt import VERBALIZERS, YES_NO, Verbalizer
 
 NAME = "prompt-select"
 TEMPLATES = ("chat", "plain")
-_YES_NO = "Answer yes or no."
-_PAIR = "Sentence 1: {sentence1}\nSentence 2: {sentence2}"
-_COLA = "Sentence: {sentence}"
+_PAIR = VERBALIZERS["mrpc"].body
+_COLA = VERBALIZERS["cola"].body
+
 
 def _cased(body: str, question: str, words: tuple[str, ...]) -> tuple[Verbalizer, Verbalizer]:
     """The candidate with its label words as given and with them capitalized (one pass)."""
-    return (Verbalizer(body, f"{question} {_YES_NO}", words),
-            Verbalizer(body, f"{question} {_YES_NO}", tuple(w.capitalize() for w in words)))
+    return (Verbalizer(body, f"{question} {YES_NO}", words),
+            Verbalizer(body, f"{question} {YES_NO}", tuple(w.capitalize() for w in words)))
 
 
 CANDIDATES: dict[str, tuple[Verbalizer, ...]] = {

@@ -48,30 +48,31 @@ class Verbalizer:
     spaced: bool = True
 
 
-_YES_NO = "Answer yes or no."
+YES_NO = "Answer yes or no."
+"""The answer cue that ends a yes/no question."""
 VERBALIZERS: dict[str, Verbalizer] = {
     "sst2": Verbalizer("Review: {sentence}",
                        "Is the sentiment of this movie review positive or negative? Answer "
                        "with one word.",
                        ("negative", "positive")),
     "cola": Verbalizer("Sentence: {sentence}",
-                       f"Is this sentence grammatically acceptable English? {_YES_NO}",
+                       f"Is this sentence grammatically acceptable English? {YES_NO}",
                        ("no", "yes")),
     "mrpc": Verbalizer("Sentence 1: {sentence1}\nSentence 2: {sentence2}",
-                       f"Do the two sentences mean the same thing? {_YES_NO}", ("no", "yes")),
+                       f"Do the two sentences mean the same thing? {YES_NO}", ("no", "yes")),
     "qqp": Verbalizer("Question 1: {question1}\nQuestion 2: {question2}",
-                      f"Do the two questions ask the same thing? {_YES_NO}", ("no", "yes")),
+                      f"Do the two questions ask the same thing? {YES_NO}", ("no", "yes")),
     "qnli": Verbalizer("Question: {question}\nSentence: {sentence}",
-                       f"Does the sentence answer the question? {_YES_NO}", ("yes", "no")),
+                       f"Does the sentence answer the question? {YES_NO}", ("yes", "no")),
     "rte": Verbalizer("Text: {sentence1}\nHypothesis: {sentence2}",
-                      f"Does the text imply the hypothesis? {_YES_NO}", ("yes", "no")),
+                      f"Does the text imply the hypothesis? {YES_NO}", ("yes", "no")),
     "mnli": Verbalizer("Premise: {premise}\nHypothesis: {hypothesis}",
                        "Does the premise imply the hypothesis? Answer yes, maybe or no.",
                        ("yes", "maybe", "no")),
     # chosen by prompt-select on held-out training rows over the digits 0–5 (Pearson 0.23 vs
     # −0.13, chat template): No → 0, Yes → 5, the score 5·P(Yes | No, Yes)
     "stsb": Verbalizer("Sentence 1: {sentence1}\nSentence 2: {sentence2}",
-                       f"Are the two sentences about the same thing? {_YES_NO}", ("No", "Yes")),
+                       f"Are the two sentences about the same thing? {YES_NO}", ("No", "Yes")),
 }
 
 
