@@ -38,6 +38,41 @@ def test_loss_is_the_data_term_plus_count_weighted_penalties() -> None:
         assert float(loss[k]) == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.parametrize(("bias", "regs", "bias_regs"), [
+    ("all", [0.7, 0.0], [0.2, 0.5]), ("all", None, None), ("global", [0.3, 0.1], None)])
+def test_closed_form_gradients_are_autograd_on_the_loss(bias: str, regs: list[float] | None,
+                                                         bias_regs: list[float] | None) -> None:
+    """``_loss_and_grads`` (explicit feedback's training step) writes the gradients autograd
+    gives for ``_loss`` of two stacked candidates, and returns its data term (float64)."""
+    rows, cols, values, _, _ = low_rank_ratings(seed=9)
+    est = DeepMatrixCompletion(rank=2, depth=3, max_steps=20, validation_fraction=0.0,
+                               bias=bias, bias_prior=3.0, reg=0.7, bias_reg=0.2,
+                               dtype="float64").fit(rows, cols, values)
+    (batch,) = est._batches(rows, cols, values, np.random.default_rng(0), torch.float64)
+    index, target, size = batch
+    generator = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.stack([p.detach(), p.detach()])
+                                 + 0.1 * torch.randn((2, *p.shape), generator=generator,
+                                                     dtype=torch.float64))
+              for p in est._parameters_list()]
+    regs_t, bias_regs_t = (None if x is None else torch.tensor(x, dtype=torch.float64)
+                           for x in (regs, bias_regs))
+    weights = est._penalty_weights([batch], size)
+    loss, data = est._loss(params, index, target, size, size, weights, regs_t, bias_regs_t)
+    loss.sum().backward()
+    expected = [None if p.grad is None else p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    closed = est._loss_and_grads(params, index, target, size, size, weights, regs_t, bias_regs_t)
+    torch.testing.assert_close(closed, data)
+    trainable = len(params) if bias == "all" else len(params) - 3
+    for k, (param, grad) in enumerate(zip(params, expected, strict=True)):
+        if k < trainable:
+            torch.testing.assert_close(param.grad, grad, rtol=1e-10, atol=1e-14)
+        else:  # μ and the biases of bias="global" are fixed: no gradient
+            assert param.grad is None
+
+
 def test_stacked_candidates_follow_the_paths_they_follow_alone() -> None:
     """Three penalties trained as one stacked model (each stopping on its own validation
     RMSE, the stopped ones dropped from the stack) end where each one trained alone ends."""

@@ -129,6 +129,69 @@ class TrainingMixin:
                 (row_bias * row_bias).sum(1) + (col_bias * col_bias).sum(1))
         return loss, data_loss
 
+    def _loss_and_grads(self, params: list[nn.Parameter], index: ObservedIndex, target: Tensor,
+                        size: int, total: int, weights: tuple[Tensor, Tensor],
+                        reg: Tensor | None, bias_reg: Tensor | None) -> Tensor:
+        """Explicit feedback: the data term (K,) of :meth:`_loss`, with the gradient of its
+        objective written to every parameter's ``.grad`` in closed form, without autograd.
+
+        With ``[A, b + μ, 1]`` and ``[B, 1, c]`` the augmented factors of each candidate and
+        ``R = P_Ω(X − y) / size`` its residual (m×n, sparse): ``[R B, R 1, R c] = R [B, 1, c]``
+        and ``[Rᵀ A, ·, Rᵀ 1] = Rᵀ [A, b + μ, 1]`` (two sparse products) give the data
+        term's gradients in A, b, B, c, and ``1ᵀ R 1`` in μ; the penalties add
+        ``λ share w_row ⊙ A`` and the like; the factors follow by the chain rule through
+        ``A = W_L ⋯ W_2`` and ``B = W_1ᵀ``. The same arithmetic as autograd on :meth:`_loss`
+        without its per-operation overhead, which dominates the step of this small model."""
+        share = self._parallel.share
+        biased = self.bias == "all"
+        with torch.no_grad():
+            factors, (mean, row_bias, col_bias) = params[:-3], params[-3:]
+            suffix: list[Tensor | None] = [None]  # suffix[i] = W_{i+1} ⋯ W_2; None stands for I
+            for w in factors[1:-1]:
+                suffix.append(w if suffix[-1] is None else w @ suffix[-1])
+            a = factors[-1] if suffix[-1] is None else factors[-1] @ suffix[-1]
+            b = factors[0].mT
+            a_aug, b_aug = (self._augmented(a, b, row_bias + mean[:, None], col_bias)
+                            if biased else (a, b))
+            residual = torch.stack([index.sample(x, y) for x, y in zip(a_aug, b_aug,
+                                                                        strict=True)])
+            residual -= index.to_sorted(target)
+            if not biased:  # μ fixed
+                residual += mean[:, None]
+            data_loss = residual.square().sum(1).mul_(0.5 / size)
+            residual /= size
+            grad_a_aug = torch.stack([index.left(r, y) for r, y in zip(residual, b_aug,
+                                                                       strict=True)])
+            grad_b_aug = torch.stack([index.right(r, x) for r, x in zip(residual, a_aug,
+                                                                        strict=True)])
+            k = a.shape[-1]
+            grad_a, grad_b = grad_a_aug[..., :k], grad_b_aug[..., :k]
+            row_weight, col_weight = weights
+            if reg is not None:
+                scale = (share * reg)[:, None, None]
+                grad_a = grad_a + scale * row_weight[:, None] * a
+                grad_b = grad_b + scale * col_weight[:, None] * b
+            grads = [grad_b.mT]
+            left = grad_a  # (W_L ⋯ W_{i+2})ᵀ ∂A, from W_L down to W_2 (= factors[i])
+            inner = []
+            for i in range(len(factors) - 1, 0, -1):
+                inner.append(left if suffix[i - 1] is None else left @ suffix[i - 1].mT)
+                if i > 1:
+                    left = factors[i].mT @ left
+            grads.extend(reversed(inner))
+            if biased:
+                grad_row, grad_col = grad_a_aug[..., k], grad_b_aug[..., k + 1]
+                if bias_reg is not None:
+                    grad_row = grad_row + (share * bias_reg)[:, None] * row_weight * row_bias
+                    grad_col = grad_col + (share * bias_reg)[:, None] * col_weight * col_bias
+                if self.bias_prior:
+                    prior = self.bias_prior * share / total
+                    grad_row, grad_col = grad_row + prior * row_bias, grad_col + prior * col_bias
+                grads += [residual.sum(1), grad_row, grad_col]
+        for param, grad in zip(params[:len(grads)], grads, strict=True):
+            param.grad = grad.contiguous()
+        return data_loss
+
     def _optimizer(self, params: list[Tensor], lr: float, gamma: float
                    ) -> torch.optim.Optimizer:
         """The optimizer of the stacked ``params`` (ordered as :meth:`_parameters_list`): the
@@ -190,9 +253,13 @@ class TrainingMixin:
                 order = list(rng.permutation(len(batches)))
             index, target, size = batches[order.pop()]
             opt.zero_grad(set_to_none=True)
-            loss, data_loss = self._loss(params, index, target, size, total, weights, reg,
-                                         bias_reg)
-            loss.sum().backward()
+            if implicit:
+                loss, data_loss = self._loss(params, index, target, size, total, weights, reg,
+                                             bias_reg)
+                loss.sum().backward()
+            else:
+                data_loss = self._loss_and_grads(params, index, target, size, total, weights,
+                                                 reg, bias_reg)
             values = self._parallel.reduce_gradients(params, data_loss).tolist()
             evaluate = step % self.eval_every == 0 or step == budget
             clock = time.perf_counter()
