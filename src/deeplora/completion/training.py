@@ -3,7 +3,8 @@
 :class:`TrainingMixin` gives the estimator its optimizer loop (:meth:`~TrainingMixin._train`:
 Adam or another optimizer with the discrepant rates of the compressed model, early stopping
 on a validation score, best-state restore, divergence check), the objective it minimizes
-(:meth:`~TrainingMixin._loss`: data term plus the count-weighted penalties) and the two
+(:meth:`~TrainingMixin._loss`: data term plus the count-weighted penalties; for explicit
+feedback its gradients in closed form, :meth:`~TrainingMixin._loss_and_grads`) and the two
 validation scores early stopping uses: RMSE of the clipped predictions (explicit feedback)
 and NDCG@10 of held-out positives (implicit feedback). Recovery problems with a known
 ground truth train with :mod:`deeplora.completion.train` instead.
@@ -27,7 +28,12 @@ from deeplora.completion.implicit import gramian_norm, implicit_loss, positives
 from deeplora.completion.methods import default_settings, optimizer_options
 from deeplora.completion.recommend import seen_crow
 from deeplora.factorization import discrepant_param_groups, make_optimizer
-from deeplora.factorization.sampled import ObservedIndex, sampled_product
+from deeplora.factorization.sampled import (
+    ObservedIndex,
+    chain_rule,
+    sampled_product,
+    suffix_products,
+)
 
 VALIDATION_USERS = 2000
 """Implicit feedback: at most this many users score the validation NDCG."""
@@ -146,10 +152,7 @@ class TrainingMixin:
         biased = self.bias == "all"
         with torch.no_grad():
             factors, (mean, row_bias, col_bias) = params[:-3], params[-3:]
-            suffix: list[Tensor | None] = [None]  # suffix[i] = W_{i+1} ⋯ W_2; None stands for I
-            for w in factors[1:-1]:
-                suffix.append(w if suffix[-1] is None else w @ suffix[-1])
-            a = factors[-1] if suffix[-1] is None else factors[-1] @ suffix[-1]
+            suffix, a = suffix_products(factors)
             b = factors[0].mT
             a_aug, b_aug = (self._augmented(a, b, row_bias + mean[:, None], col_bias)
                             if biased else (a, b))
@@ -171,14 +174,7 @@ class TrainingMixin:
                 scale = (share * reg)[:, None, None]
                 grad_a = grad_a + scale * row_weight[:, None] * a
                 grad_b = grad_b + scale * col_weight[:, None] * b
-            grads = [grad_b.mT]
-            left = grad_a  # (W_L ⋯ W_{i+2})ᵀ ∂A, from W_L down to W_2 (= factors[i])
-            inner = []
-            for i in range(len(factors) - 1, 0, -1):
-                inner.append(left if suffix[i - 1] is None else left @ suffix[i - 1].mT)
-                if i > 1:
-                    left = factors[i].mT @ left
-            grads.extend(reversed(inner))
+            grads = chain_rule(factors, suffix, grad_a, grad_b)
             if biased:
                 grad_row, grad_col = grad_a_aug[..., k], grad_b_aug[..., k + 1]
                 if bias_reg is not None:
@@ -217,7 +213,8 @@ class TrainingMixin:
         parameters for up to ``max_steps`` (default ``self.max_steps``) steps, as one model.
 
         The candidates' parameters are stacked along a leading K axis and trained by one
-        optimizer on the sum of their objectives (:meth:`_loss`): their parameters are
+        optimizer on the sum of their objectives (:meth:`_loss`, whose gradients explicit
+        feedback takes from :meth:`_loss_and_grads`): their parameters are
         disjoint, so each gets exactly its own gradient, and Adam's update is elementwise, so
         every candidate follows the path it would follow alone (up to floating-point
         rounding) while the fixed cost of a step is paid once. Each candidate stops early on

@@ -304,6 +304,31 @@ def sampled_product(a: Tensor, b: Tensor, rows: Tensor | ObservedIndex,
     return _SampledProduct.apply(a, b, index)
 
 
+def suffix_products(factors: Sequence[Tensor]) -> tuple[list[Tensor | None], Tensor]:
+    """``(suffix, A)`` for ``factors = [W_1, …, W_L]`` (L >= 2, each possibly with leading batch
+    axes): ``suffix[i] = W_{i+1} ⋯ W_2`` for i = 1 … L−2 (``suffix[0] = None`` stands for I)
+    and ``A = W_L ⋯ W_2`` (m×k)."""
+    suffix: list[Tensor | None] = [None]
+    for w in factors[1:-1]:
+        suffix.append(w if suffix[-1] is None else w @ suffix[-1])
+    last = factors[-1]
+    return suffix, (last if suffix[-1] is None else last @ suffix[-1])
+
+
+def chain_rule(factors: Sequence[Tensor], suffix: list[Tensor | None], grad_a: Tensor,
+               grad_b: Tensor) -> list[Tensor]:
+    """``[∇_{W_1}, …, ∇_{W_L}]`` (contiguous) from the gradients in ``A = W_L ⋯ W_2`` (m×k)
+    and ``B = W_1ᵀ`` (n×k), ``suffix`` from :func:`suffix_products`:
+    ``∇W_1 = (∇B)ᵀ``, ``∇W_l = (W_L ⋯ W_{l+1})ᵀ ∇A (W_{l−1} ⋯ W_2)ᵀ`` (l >= 2)."""
+    inner = []
+    left = grad_a  # (W_L ⋯ W_{i+2})ᵀ ∇A, from W_L down to W_2 (= factors[i])
+    for i in range(len(factors) - 1, 0, -1):
+        inner.append(left if suffix[i - 1] is None else left @ suffix[i - 1].mT)
+        if i > 1:
+            left = factors[i].mT @ left
+    return [g.contiguous() for g in (grad_b.mT, *reversed(inner))]
+
+
 def squared_loss_and_grads(
     factors: Sequence[Tensor], index: ObservedIndex, values: Tensor
 ) -> tuple[Tensor, list[Tensor]]:
@@ -326,29 +351,18 @@ def squared_loss_and_grads(
     if depth < 2:
         raise ValueError(f"need at least 2 factors, got {depth}")
     with torch.no_grad():
-        first, last = factors[0], factors[-1]
-        # suffix[i] = W_{i+1} ⋯ W_2 (k×k) for the inner factors; suffix[0] = None stands for I.
-        suffix: list[Tensor | None] = [None]
-        for w in factors[1:-1]:
-            suffix.append(w if suffix[-1] is None else w @ suffix[-1])
-        a = last if suffix[-1] is None else last @ suffix[-1]
+        first = factors[0]
+        suffix, a = suffix_products(factors)
         if index.dense_residual:
             mask, target = index.dense_targets(values)
             residual = torch.mm(a, first).mul_(mask).sub_(target)
             flat = residual.view(-1)
             loss = 0.5 * index.nnz * torch.dot(flat, flat)
-            grads = [torch.mm(a.T, residual)]
-            left = torch.mm(first, residual.T).T  # R W_1ᵀ; this operand order is the fast GEMM
+            grad_b = torch.mm(a.T, residual).T
+            grad_a = torch.mm(first, residual.T).T  # R W_1ᵀ; this operand order is the fast GEMM
         else:
             residual = (index.sample(a, first.T) - index.to_sorted(values)) / index.nnz
             loss = 0.5 * index.nnz * torch.dot(residual, residual)
-            grads = [index.right(residual, a).T.contiguous()]
-            left = index.left(residual, first.T)
-        # left = (W_L ⋯ W_{i+2})ᵀ R W_1ᵀ, from W_L down to W_2 (= factors[i]).
-        inner_grads = []
-        for i in range(depth - 1, 0, -1):
-            inner_grads.append(left if suffix[i - 1] is None else left @ suffix[i - 1].T)
-            if i > 1:
-                left = factors[i].T @ left
-        grads.extend(g.contiguous() for g in reversed(inner_grads))
-    return loss, grads
+            grad_b = index.right(residual, a)
+            grad_a = index.left(residual, first.T)
+        return loss, chain_rule(factors, suffix, grad_a, grad_b)
