@@ -74,8 +74,11 @@ def test_closed_form_gradients_are_autograd_on_the_loss(bias: str, regs: list[fl
 
 
 def test_stacked_candidates_follow_the_paths_they_follow_alone() -> None:
-    """Three penalties trained as one stacked model (each stopping on its own validation
-    RMSE, the stopped ones dropped from the stack) end where each one trained alone ends."""
+    """Four penalties trained as one stacked model (each stopping on its own validation RMSE
+    or raced out, the stopped ones dropped from the stack) follow the paths each one follows
+    alone: the same evaluations as far as they go, the same winner, ending where it ends
+    alone; a candidate stops earlier only when raced out by one before it that it would not
+    have beaten, the race's condition holding when it stopped."""
     rows, cols, values, _, _ = low_rank_ratings(m=60, n=50, seed=8)
     values = values + 1.5 * np.random.default_rng(1).standard_normal(values.size)  # overfits
     est = DeepMatrixCompletion(rank=3, max_steps=300, patience=3, eval_every=5, lr=0.1,
@@ -90,11 +93,24 @@ def test_stacked_candidates_follow_the_paths_they_follow_alone() -> None:
     together = est._train(batches, validation, rng, 0.0, penalties)
     alone = [est._train(batches, validation, rng, 0.0, [pair])[0] for pair in penalties]
     assert len({c.last_step for c in together}) == 4  # they stopped at different steps
-    for joint, single in zip(together, alone, strict=True):
-        assert (joint.best_step, joint.last_step) == (single.best_step, single.last_step)
-        assert joint.score == pytest.approx(single.score, rel=1e-9)
-        for x, y in zip(joint.state, single.state, strict=True):
-            np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-7, atol=1e-10)
+    raced = 0
+    for i, (joint, single) in enumerate(zip(together, alone, strict=True)):
+        seen = len(joint.history["val_rmse"])
+        np.testing.assert_allclose(joint.history["val_rmse"], single.history["val_rmse"][:seen],
+                                   rtol=1e-9)
+        if joint.last_step < single.last_step:  # raced out by a candidate before it
+            raced += 1
+            assert single.score > min(c.score for c in alone[:i])  # which it did not beat
+            gained = joint.curve[-est.patience - 1] - joint.score
+            assert joint.score - min(c.score for c in together[:i]) > gained
+        else:
+            assert (joint.best_step, joint.last_step) == (single.best_step, single.last_step)
+    assert raced >= 1
+    winner = int(np.argmin([c.score for c in together]))
+    assert winner == int(np.argmin([c.score for c in alone]))
+    assert together[winner].last_step == alone[winner].last_step
+    for x, y in zip(together[winner].state, alone[winner].state, strict=True):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-7, atol=1e-10)
     for x, y in zip(est._state(), initial, strict=True):  # the estimator's are left as is
         np.testing.assert_array_equal(x.numpy(), y.numpy())
 

@@ -73,7 +73,9 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
             regularization does): ``+ ½λ Σ_ω (‖a_{i_ω}‖² + ‖b_{j_ω}‖²) / |Ω|``. ``"auto"``:
             chosen on the validation split by a pattern search over a grid of penalties,
             each a fit from the same initialization, several trained together as one
-            stacked model (:mod:`deeplora.completion.selection`; ``selected_``, ``path_``).
+            stacked model, a fit that trails an earlier-listed one by more than it still
+            gains raced out (:mod:`deeplora.completion.selection`; ``selected_``,
+            ``path_``).
         bias_reg: the same penalty on the row and column biases; ``"auto"`` (only with
             ``reg="auto"``): a fixed fraction of λ along the path.
         bias_prior: κ, an unweighted ridge penalty on the biases, ``+ ½κ (‖b‖² + ‖c‖²) / |Ω|``:

@@ -6,12 +6,15 @@ geometric grid ``λ_k = reg_max · ratio^k`` (:func:`penalty_grid`, strong to we
 visited λ is trained from the same initialization (the compressed construction, built once)
 with early stopping on the validation RMSE. The search trains ``PATH["start"]`` and its two
 neighbours together, as one stacked model (one optimizer step advances all three; each
-stops on its own validation RMSE), and, while the best λ so far lies at the end of what was
-trained, the next :data:`AHEAD` grid points beyond it, again together (a 1-D pattern
-search: one stacked run when the optimum is the start, 2–3 when it lies further away).
-Training several λ at once costs less than one after another because a step of this small
-model is mostly fixed overhead (Python, autograd, the optimizer), paid once per step
-however many candidates it carries. The parameters of the best (λ, step) are kept.
+stops on its own validation RMSE, or is raced out once it trails one listed before it by
+more than it gained over its last ``patience`` evaluations:
+:meth:`~deeplora.completion.training.TrainingMixin._race`), and, while the best λ so far
+lies at the end of what was trained, the next :data:`AHEAD` grid points beyond it, again
+together (a 1-D pattern search: one stacked run when the optimum is the start, 2–3 when it
+lies further away). Training several λ at once costs less than one after another because
+part of a step (Python, the optimizer call) is paid once however many candidates it
+carries; racing stops the fits that trail early, mostly the slow strong penalties. The
+parameters of the best (λ, step) are kept.
 ``bias_reg="auto"`` ties the bias penalty to ``λ · bias_ratio``. The validation split is
 the estimator's ``validation_fraction`` of the observations it is fitted on, so nothing
 else is read.
@@ -71,7 +74,9 @@ def search_penalty(
     then on in the better direction while each step improves. The first batch trains the
     start and both neighbours (the stronger one dropped once the weaker one is known to be
     better), later ones the next ``ahead`` λ's (the farther dropped once the nearer one is
-    known not to improve).
+    known not to improve). Each batch lists its λ's in the walk's order (start, weaker,
+    stronger; nearer before farther), so a fit raced out by one before it is one the walk
+    would not have taken.
     """
     grid = penalty_grid() if grid is None else np.sort(np.asarray(grid, np.float64))[::-1]
     scores: dict[int, float] = {}

@@ -16,7 +16,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -44,8 +44,8 @@ class Candidate:
     """One penalty's run in :meth:`TrainingMixin._train`: ``score`` (best validation score,
     lower is better) at local step ``best_step`` with parameters ``state``; ``last_step``
     trained, ``stale`` evaluations since the best, ``active`` until it stops, ``diverged``,
-    ``dropped`` (stopped because the others' results made it unnecessary) and its evaluations
-    ``history`` (local steps)."""
+    ``dropped`` (stopped because the others' results made it unnecessary), its evaluations
+    ``history`` (local steps) and ``curve``, its best score after each evaluation."""
 
     reg: float
     bias_reg: float
@@ -58,6 +58,7 @@ class Candidate:
     active: bool = True
     diverged: bool = False
     dropped: bool = False
+    curve: list[float] = field(default_factory=list)
 
 
 def end_to_end(factors: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -220,8 +221,10 @@ class TrainingMixin:
         rounding) while the fixed cost of a step is paid once. Each candidate stops early on
         its own ``validation`` (``(history key, score of the estimator's current
         parameters)``; lower RMSE or higher NDCG is better) after ``patience`` evaluations
-        without improvement, or when its train loss becomes non-finite (a warning); the batch
-        stops when all have. ``drop(scores of the finished candidates, by position)``, asked
+        without improvement, when it trails a candidate before it by more than it improved
+        over its last ``patience`` evaluations (:meth:`_race`), or when its train loss
+        becomes non-finite (a warning); the batch stops when all have. ``drop(scores of the
+        finished candidates, by position)``, asked
         whenever one finishes, names candidates not needed (by a search that will not use
         them, finished or not): they stop and are marked ``dropped``. Without a validation
         split the last step's parameters are kept. Returns one :class:`Candidate` per penalty
@@ -272,6 +275,8 @@ class TrainingMixin:
                 elif evaluate:
                     self._evaluate(candidate, [p[row].detach() for p in params], step, value,
                                    key, validate, start)
+            if evaluate and validate is not None:
+                self._race(candidates, running)
             if evaluate:
                 bar.set_postfix(loss=f"{min(values):.3e}", refresh=False)
                 self.eval_seconds_ += time.perf_counter() - clock
@@ -339,6 +344,27 @@ class TrainingMixin:
         else:
             candidate.stale += 1
             if validate is not None and candidate.stale >= self.patience:
+                candidate.active = False
+        candidate.curve.append(candidate.score)
+
+    def _race(self, candidates: list[Candidate], running: list[int]) -> None:
+        """Stop the running candidates that cannot catch up with one before them: a candidate
+        whose best validation score ``s`` (lower is better; NDCG negated) trails the best
+        ``s*`` of a candidate before it in ``candidates`` (running or finished, not dropped;
+        all evaluated after the same steps) by more than it improved over its last
+        ``patience`` evaluations, ``s − s* > s_then − s`` (``s_then``: its best before them).
+        At that rate it would not catch up within another patience window, and improvements
+        shrink as a fit converges. A search that lists its candidates in the order a
+        one-at-a-time walk would visit them keeps that walk's choice whenever a raced
+        candidate would indeed not have beaten the ones before it. Its best so far stays
+        its result."""
+        for k in running:
+            candidate = candidates[k]
+            rivals = [c.score for c in candidates[:k] if not c.dropped]
+            if not (candidate.active and rivals and len(candidate.curve) > self.patience):
+                continue
+            gained = candidate.curve[-self.patience - 1] - candidate.score
+            if candidate.score - min(rivals) > gained:
                 candidate.active = False
 
     def _compact(self, params: list[nn.Parameter], opt: torch.optim.Optimizer,
