@@ -12,11 +12,14 @@ from deeplora.completion.estimator import DeepMatrixCompletion
 from .helpers import low_rank_ratings
 
 
-def test_loss_is_the_data_term_plus_count_weighted_penalties() -> None:
-    """``_loss`` of two stacked candidates against the objective written out by hand."""
+@pytest.mark.parametrize("uniform", [0.0, 0.3, 1.0])
+def test_loss_is_the_data_term_plus_count_weighted_penalties(uniform: float) -> None:
+    """``_loss`` of two stacked candidates against the objective written out by hand, the
+    penalties' weights ``(1 − β)`` × count share + ``β`` × even share."""
     rows, cols, values, _, _ = low_rank_ratings(seed=6)
     est = DeepMatrixCompletion(rank=2, max_steps=20, validation_fraction=0.0, bias_prior=3.0,
-                               reg=0.7, bias_reg=0.2).fit(rows, cols, values)
+                               reg=0.7, bias_reg=0.2, reg_uniform=uniform
+                               ).fit(rows, cols, values)
     (batch,) = est._batches(rows, cols, values, np.random.default_rng(0), torch.float32)
     index, target, size = batch
     params = [torch.stack([p.detach(), p.detach()]) for p in est._parameters_list()]
@@ -26,8 +29,10 @@ def test_loss_is_the_data_term_plus_count_weighted_penalties() -> None:
     a, b = (t.detach().double().numpy() for t in est._end_to_end())
     row_bias, col_bias, mu = est.row_bias_, est.col_bias_, est.global_bias_
     predicted = mu + row_bias[rows] + col_bias[cols] + np.sum(a[rows] * b[cols], axis=1)
-    n_row = np.bincount(rows, minlength=a.shape[0]) / rows.size
-    n_col = np.bincount(cols, minlength=b.shape[0]) / rows.size
+    n_row = ((1 - uniform) * np.bincount(rows, minlength=a.shape[0]) / rows.size
+             + uniform / a.shape[0])
+    n_col = ((1 - uniform) * np.bincount(cols, minlength=b.shape[0]) / rows.size
+             + uniform / b.shape[0])
     expected_data = 0.5 * np.mean((predicted - values) ** 2)
     for k, (reg, bias_reg) in enumerate(zip(regs.tolist(), bias_regs.tolist(), strict=True)):
         expected = (expected_data

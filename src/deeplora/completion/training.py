@@ -81,9 +81,10 @@ class TrainingMixin:
 
     def _penalty_weights(self, batches: list[tuple[ObservedIndex, Tensor, int]], total: int
                          ) -> tuple[Tensor, Tensor]:
-        """``(row weights (m,), column weights (n,))`` of the penalties: each row's and
-        column's share of the ``total`` training observations (explicit feedback), or
-        ``1 / total`` for every one (implicit feedback, plain L2)."""
+        """``(row weights (m,), column weights (n,))`` of the penalties: explicit feedback,
+        ``(1 − β)`` × each row's and column's share of the ``total`` training observations
+        plus ``β / m`` and ``β / n`` (β = ``reg_uniform``); implicit feedback, ``1 / total``
+        for every one (plain L2)."""
         m, n = self.shape_
         dtype, device = self._mean.dtype, self._mean.device
         if self.feedback == "implicit":
@@ -91,8 +92,9 @@ class TrainingMixin:
                     torch.full((n,), 1 / total, dtype=dtype, device=device))
         rows = sum(torch.diff(index.crow) for index, *_ in batches)
         cols = sum(torch.bincount(index.col, minlength=n) for index, *_ in batches)
-        return (self._parallel.all_reduce(rows.to(dtype)) / total,
-                self._parallel.all_reduce(cols.to(dtype)) / total)
+        uniform = self.reg_uniform
+        return ((1 - uniform) * self._parallel.all_reduce(rows.to(dtype)) / total + uniform / m,
+                (1 - uniform) * self._parallel.all_reduce(cols.to(dtype)) / total + uniform / n)
 
     def _loss(self, params: list[Tensor], index: ObservedIndex, target: Tensor, size: int,
               total: int, weights: tuple[Tensor, Tensor], reg: Tensor | None,
