@@ -617,8 +617,8 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
 
 RATINGS_PRESET: dict[str, Any] = {
     "rank": 10, "depth": 3, "lr": 0.1, "reg": "auto", "bias_reg": 0.0, "bias_prior": 5.0,
-    "reg_uniform": 0.5, "refit": True, "max_steps": 2000, "validation_fraction": 0.1, "patience": 5, "eval_every": 10,
-    "clip": "auto", "shrinkage": 1e4,
+    "reg_uniform": 0.5, "refit": True, "max_steps": 2000, "validation_fraction": 0.1,
+    "patience": 5, "eval_every": 10, "clip": "auto", "shrinkage": 1e4,
 }
 """Settings of :meth:`DeepMatrixCompletion.ratings`: L2 on the factors, half per rating and half
 spread evenly over rows and columns (``reg_uniform=0.5``: on validation splits carved from
