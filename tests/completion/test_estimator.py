@@ -70,6 +70,7 @@ def test_bad_observations(rows, cols, values, shape, match: str) -> None:
     ({"lr": -1.0}, "lr"), ({"clip": (5, 1)}, "clip"), ({"validation_fraction": 1.0}, "valid"),
     ({"bias": "rows"}, "bias"), ({"init_scale": float("inf")}, "init_scale"),
     ({"reg_uniform": 1.5}, "reg_uniform"), ({"reg_uniform": -0.1}, "reg_uniform"),
+    ({"reg_uniform": 0.5, "feedback": "implicit", "reg": 1.0}, "reg_uniform"),
 ])
 def test_bad_params_fail_at_fit(params: dict, match: str) -> None:
     rows, cols, values, *_ = low_rank_ratings()

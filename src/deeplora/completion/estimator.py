@@ -264,6 +264,9 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
         number("reg_uniform", 0, strict=False)
         if self.reg_uniform > 1:
             raise ValueError(f"reg_uniform must be in [0, 1], got {self.reg_uniform}")
+        if self.reg_uniform and self.feedback == "implicit":
+            raise ValueError("reg_uniform spreads the explicit-feedback penalty; "
+                             "feedback='implicit' already penalizes every row evenly")
         if not isinstance(self.refit, bool):
             raise ValueError(f"refit must be True or False, got {self.refit!r}")
         number("validation_fraction", 0, strict=False)
