@@ -8,7 +8,7 @@ with early stopping on the validation RMSE. The search trains ``PATH["start"]`` 
 neighbours together, as one stacked model (one optimizer step advances all three; each
 stops on its own validation RMSE, or is raced out once it trails one listed before it by
 more than it gained over its last ``patience`` evaluations:
-:meth:`~deeplora.completion.training.TrainingMixin._race`), and, while the best λ so far
+:meth:`~deeplora.completion.training.TrainingMixin._early_stop`), and, while the best λ so far
 lies at the end of what was trained, the next :data:`AHEAD` grid points beyond it, again
 together (a 1-D pattern search: one stacked run when the optimum is the start, 2–3 when it
 lies further away). Training several λ at once costs less than one after another because

@@ -43,9 +43,9 @@ VALIDATION_USERS = 2000
 class Candidate:
     """One penalty's run in :meth:`TrainingMixin._train`: ``score`` (best validation score,
     lower is better) at local step ``best_step`` with parameters ``state``; ``last_step``
-    trained, ``stale`` evaluations since the best, ``active`` until it stops, ``diverged``,
-    ``dropped`` (stopped because the others' results made it unnecessary), its evaluations
-    ``history`` (local steps) and ``curve``, its best score after each evaluation."""
+    trained, ``active`` until it stops, ``diverged``, ``dropped`` (stopped because the
+    others' results made it unnecessary), its evaluations ``history`` (local steps) and
+    ``curve``, its best score after each evaluation (what early stopping reads)."""
 
     reg: float
     bias_reg: float
@@ -54,7 +54,6 @@ class Candidate:
     score: float = math.inf
     best_step: int = 0
     last_step: int = 0
-    stale: int = 0
     active: bool = True
     diverged: bool = False
     dropped: bool = False
@@ -223,8 +222,8 @@ class TrainingMixin:
         rounding) while the fixed cost of a step is paid once. Each candidate stops early on
         its own ``validation`` (``(history key, score of the estimator's current
         parameters)``; lower RMSE or higher NDCG is better) after ``patience`` evaluations
-        without improvement, when it trails a candidate before it by more than it improved
-        over its last ``patience`` evaluations (:meth:`_race`), or when its train loss
+        without improvement or when it trails a candidate before it by more than it improved
+        over them (:meth:`_early_stop`), or when its train loss
         becomes non-finite (a warning); the batch stops when all have. ``drop(scores of the
         finished candidates, by position)``, asked
         whenever one finishes, names candidates not needed (by a search that will not use
@@ -278,7 +277,7 @@ class TrainingMixin:
                     self._evaluate(candidate, [p[row].detach() for p in params], step, value,
                                    key, validate, start)
             if evaluate and validate is not None:
-                self._race(candidates, running)
+                self._early_stop(candidates, running)
             if evaluate:
                 bar.set_postfix(loss=f"{min(values):.3e}", refresh=False)
                 self.eval_seconds_ += time.perf_counter() - clock
@@ -324,9 +323,9 @@ class TrainingMixin:
     def _evaluate(self, candidate: Candidate, current: list[Tensor], step: int, value: float,
                   key: str, validate: Callable[[], float] | None, start: float) -> None:
         """Score ``candidate``'s ``current`` parameters (at ``step``, train loss ``value``):
-        the validation score (lower RMSE or higher NDCG is better); record it, keep the
-        parameters if best, stop the candidate after ``patience`` evaluations without
-        improvement. Without a validation split every evaluation is kept (score: its train
+        the validation score (lower RMSE or higher NDCG is better); record it and keep the
+        parameters if best (:meth:`_early_stop` then decides whether the candidate goes on).
+        Without a validation split every evaluation is kept (score: its train
         loss), so the run ends with the parameters of its last step: the refit trains exactly
         the chosen number of steps, whatever the penalty does to the data term."""
         if validate is None:  # no split (implicit: no NDCG, NaN)
@@ -341,32 +340,29 @@ class TrainingMixin:
                            ("seconds", time.perf_counter() - start)):
             candidate.history[name].append(item)
         if better:
-            candidate.score, candidate.best_step, candidate.stale = score, step, 0
+            candidate.score, candidate.best_step = score, step
             candidate.state = [t.clone() for t in current]
-        else:
-            candidate.stale += 1
-            if validate is not None and candidate.stale >= self.patience:
-                candidate.active = False
         candidate.curve.append(candidate.score)
 
-    def _race(self, candidates: list[Candidate], running: list[int]) -> None:
-        """Stop the running candidates that cannot catch up with one before them: a candidate
-        whose best validation score ``s`` (lower is better; NDCG negated) trails the best
-        ``s*`` of a candidate before it in ``candidates`` (running or finished, not dropped;
-        all evaluated after the same steps) by more than it improved over its last
-        ``patience`` evaluations, ``s − s* > s_then − s`` (``s_then``: its best before them).
-        At that rate it would not catch up within another patience window, and improvements
+    def _early_stop(self, candidates: list[Candidate], running: list[int]) -> None:
+        """Stop the running candidates whose best validation score ``s`` (lower is better;
+        NDCG negated) did not improve over their last ``patience`` evaluations (patience),
+        or trails the best ``s*`` of a candidate before it in ``candidates`` (running or
+        finished, not dropped; all evaluated after the same steps) by more than it improved
+        over them, ``s − s* > s_then − s`` (``s_then``: its best before them; the race): at
+        that rate it would not catch up within another patience window, and improvements
         shrink as a fit converges. A search that lists its candidates in the order a
         one-at-a-time walk would visit them keeps that walk's choice whenever a raced
         candidate would indeed not have beaten the ones before it. Its best so far stays
         its result."""
         for k in running:
             candidate = candidates[k]
-            rivals = [c.score for c in candidates[:k] if not c.dropped]
-            if not (candidate.active and rivals and len(candidate.curve) > self.patience):
+            if not candidate.active or len(candidate.curve) <= self.patience:
                 continue
-            gained = candidate.curve[-self.patience - 1] - candidate.score
-            if candidate.score - min(rivals) > gained:
+            then = candidate.curve[-self.patience - 1]
+            rivals = [c.score for c in candidates[:k] if not c.dropped]
+            if then == candidate.score or (rivals and
+                                           candidate.score - min(rivals) > then - candidate.score):
                 candidate.active = False
 
     def _compact(self, params: list[nn.Parameter], opt: torch.optim.Optimizer,
