@@ -22,31 +22,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deeplora.completion.data import (
-    IdIndex,
-    find_movielens_100k,
-    movielens_100k,
-    random_split,
-    read_ratings,
-    temporal_split,
-)
+from deeplora.completion.data import IdIndex, random_split
 from deeplora.completion.estimator import DeepMatrixCompletion
 from deeplora.completion.observations import rmse
-from deeplora.experiments.movielens import DATASETS, LOADERS
+from deeplora.experiments.movielens import DATASETS, LOADERS, experiment_splits
 
 SPLITS = ([("movielens", f"u{k}") for k in range(1, 6)] + [("movielens", "temporal")]
           + [(name, str(seed)) for name in LOADERS for seed in range(5)])
 
 
 def _training_part(name: str, split: str) -> tuple[object, tuple[float, float], int]:
-    """``(training ratings, clip range, seed)`` of one experiment split."""
+    """``(training ratings, clip range, seed of the inner split − 100)`` of one experiment
+    split, as ``deeplora experiment movielens`` makes it."""
     if name != "movielens":
         seed = int(split)
-        return random_split(LOADERS[name](), seed)[0], DATASETS[name][1], seed
-    if split == "temporal":
-        everything = read_ratings(find_movielens_100k() / "u.data", "movielens")
-        return temporal_split(everything)[0], DATASETS[name][1], 7
-    return movielens_100k(split)[0], DATASETS[name][1], int(split[1])
+        folds, seeds, temporal = [], [seed], False
+    else:
+        seed = 7 if split == "temporal" else int(split[1])
+        folds, seeds, temporal = ([], [], True) if split == "temporal" else ([split], [], False)
+    ((train, _),) = experiment_splits(name, folds, seeds, temporal).values()
+    return train, DATASETS[name][1], seed
 
 
 def measure(out: Path, betas: list[float]) -> None:

@@ -34,6 +34,7 @@ import numpy as np
 from deeplora.completion.baselines import BiasedALS, SoftImpute, Surprise
 from deeplora.completion.data import (
     IdIndex,
+    Ratings,
     book_crossing,
     filmtrust,
     find_movielens_100k,
@@ -122,6 +123,22 @@ def table(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:
             help="rebuild the table, JSON and plot from the <dataset>-<split>.json in --out"),
     ],
 )
+def experiment_splits(name: str, folds: list[str], seeds: list[int], temporal: bool,
+                      root: str | None = None) -> dict[str, tuple[Ratings, Ratings]]:
+    """``{split: (train, test)}`` of dataset ``name`` (a :data:`DATASETS` key): MovieLens 100K's
+    official ``folds``, ``random-S`` (:func:`random_split` with seed S) for each of ``seeds``
+    and, with ``temporal``, ``temporal`` (:func:`temporal_split` of ``u.data``; MovieLens
+    only). The fold files are read first, so a missing one fails before any work."""
+    data = {split: movielens_100k(split, root) for split in folds}
+    if seeds or temporal:
+        everything = (LOADERS[name]() if name in LOADERS else
+                      read_ratings(find_movielens_100k(root) / "u.data", "movielens"))
+        data.update({f"random-{seed}": random_split(everything, seed) for seed in seeds})
+        if temporal:
+            data["temporal"] = temporal_split(everything)
+    return data
+
+
 def movielens(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     name, clip = args.dataset, DATASETS[args.dataset][1]
     if args.report_only:
@@ -135,13 +152,7 @@ def movielens(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         splits, seeds, steps = (["u1"], [], 100) if name == "movielens" else ([], [0], 100)
     else:
         splits, seeds, steps = folds, args.random_seeds, args.steps
-    data = {split: movielens_100k(split, args.root) for split in splits}  # fail before work
-    if seeds or args.temporal:
-        everything = (LOADERS[name]() if name in LOADERS else
-                      read_ratings(find_movielens_100k(args.root) / "u.data", "movielens"))
-        data.update({f"random-{seed}": random_split(everything, seed) for seed in seeds})
-        if args.temporal:
-            data["temporal"] = temporal_split(everything)
+    data = experiment_splits(name, splits, seeds, args.temporal, args.root)
     if not data:
         raise ValueError("no splits: give --splits, --random-seeds and/or --temporal")
     for old in out.glob(f"{name}-*.json"):  # the report reads every per-split file
