@@ -100,6 +100,22 @@ def table(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:
     return "\n".join(lines)
 
 
+def experiment_splits(name: str, folds: list[str], seeds: list[int], temporal: bool,
+                      root: str | None = None) -> dict[str, tuple[Ratings, Ratings]]:
+    """``{split: (train, test)}`` of dataset ``name`` (a :data:`DATASETS` key): MovieLens 100K's
+    official ``folds``, ``random-S`` (:func:`random_split` with seed S) for each of ``seeds``
+    and, with ``temporal``, ``temporal`` (:func:`temporal_split` of ``u.data``; MovieLens
+    only). The fold files are read first, so a missing one fails before any work."""
+    data = {split: movielens_100k(split, root) for split in folds}
+    if seeds or temporal:
+        everything = (LOADERS[name]() if name in LOADERS else
+                      read_ratings(find_movielens_100k(root) / "u.data", "movielens"))
+        data.update({f"random-{seed}": random_split(everything, seed) for seed in seeds})
+        if temporal:
+            data["temporal"] = temporal_split(everything)
+    return data
+
+
 @experiment(
     "movielens",
     help="MovieLens 100K (official folds u1…u5, random 80/20 and temporal splits), FilmTrust or "
@@ -123,22 +139,6 @@ def table(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:
             help="rebuild the table, JSON and plot from the <dataset>-<split>.json in --out"),
     ],
 )
-def experiment_splits(name: str, folds: list[str], seeds: list[int], temporal: bool,
-                      root: str | None = None) -> dict[str, tuple[Ratings, Ratings]]:
-    """``{split: (train, test)}`` of dataset ``name`` (a :data:`DATASETS` key): MovieLens 100K's
-    official ``folds``, ``random-S`` (:func:`random_split` with seed S) for each of ``seeds``
-    and, with ``temporal``, ``temporal`` (:func:`temporal_split` of ``u.data``; MovieLens
-    only). The fold files are read first, so a missing one fails before any work."""
-    data = {split: movielens_100k(split, root) for split in folds}
-    if seeds or temporal:
-        everything = (LOADERS[name]() if name in LOADERS else
-                      read_ratings(find_movielens_100k(root) / "u.data", "movielens"))
-        data.update({f"random-{seed}": random_split(everything, seed) for seed in seeds})
-        if temporal:
-            data["temporal"] = temporal_split(everything)
-    return data
-
-
 def movielens(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     name, clip = args.dataset, DATASETS[args.dataset][1]
     if args.report_only:
