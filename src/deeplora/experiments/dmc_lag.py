@@ -153,7 +153,7 @@ def _compact(run: dict[str, Any]) -> dict[str, Any]:
 @experiment(
     "dmc-lag",
     help="why the compressed L = 3 model lags the original at d = 100: GD steps to recovery "
-         "error 1e-2 vs γ, the observed fraction and r/d, and the trajectory gap",
+         "error 1e-2 vs γ, the observed fraction, r/d and d, and the trajectory gap",
     arguments=[
         Arg("--groups", nargs="+", choices=LAG_GROUPS, default=list(LAG_GROUPS),
             help="cells of LAG_GRID to run"),
@@ -297,7 +297,7 @@ def _authors_table(records: list[dict[str, Any]], authors: dict[str, Any]) -> st
             continue
         cells = [_fmt(r["steps_to_1e-2"], ",") for r in (
             mine["original"], run["original"], mine["compressed"][gamma], run["compressed"])]
-        lines.append(f"| {run['size']}, {run['rank']}, {run['fraction']:.0%}, {run['seed']} | "
+        lines.append(f"| {run['size']}, {run['rank']}, {run['fraction'] * 100:g}%, {run['seed']} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -99,7 +99,8 @@ def score_rows(model: Any, tokenizer: Any, task: str, template: str,
         column = {t: j for j, t in enumerate(flat.tolist())}
         for i, group in zip(members, ids, strict=True):
             out[i] = table[:, [column[t] for t in group]].tolist()
-    return [o for o in out if o is not None]
+    assert all(o is not None for o in out), "a candidate was not scored"
+    return out  # type: ignore[return-value]
 
 
 def summarize(records: list[dict[str, Any]], labels: dict[str, list[float]]

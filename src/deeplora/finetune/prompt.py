@@ -23,12 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
+
+if TYPE_CHECKING:  # type hints only: importing this module does not load transformers
+    from transformers import PreTrainedTokenizerBase
 
 from deeplora.finetune.data import DataError, GlueTask
 

@@ -99,7 +99,7 @@ def summarize(results: Results) -> dict[str, Any]:
     rows, by_setting = [], defaultdict(dict)
     for cell, runs in results:
         values = [main_metric(r) for r in runs]
-        finite = [v for v in values if np.isfinite(v)]
+        mean, std = mean_std(values)
         task = get_task(cell.config.task)
         metric = task.main_metric
         others = {name: [r["metrics"].get(name) for r in runs] for name in task.metrics
@@ -107,8 +107,7 @@ def summarize(results: Results) -> dict[str, Any]:
         rows.append({
             **cell.labels, "metric": metric, "seeds": [r["seed"] for r in runs],
             "values": values, "n": len(runs),
-            "mean": float(np.mean(finite)) if finite else float("nan"),
-            "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else float("nan"),
+            "mean": mean, "std": std,
             "wall_time_s": float(np.mean([r["wall_time_s"] for r in runs])) if runs else None,
             "did_not_train": sum(did_not_train(r) for r in runs),
             "sigma_max_median": _median_sigma(runs),
