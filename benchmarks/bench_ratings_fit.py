@@ -15,6 +15,8 @@ times, on the first split, the CPU milliseconds per step of K candidate penaltie
 stacked model (the search's batches; K = 1 is a plain fit), 60 steps each, fastest of 3.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_ratings_fit.py --out runs/bench_ratings_fit.json
+
+``--set rank=10`` (repeatable) times the preset with that setting changed instead.
 """
 
 from __future__ import annotations
@@ -46,7 +48,11 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON file for the measurements")
     parser.add_argument("--stacked", type=int, nargs="*", default=[],
                         help="numbers K of stacked candidates to time per step")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a preset setting changed (VALUE read as JSON), e.g. rank=10")
     args = parser.parse_args()
+    overrides = {key: json.loads(value)
+                 for key, value in (item.split("=", 1) for item in args.set)}
     torch.set_num_threads(1)
     load = os.getloadavg()
     records = []
@@ -61,16 +67,17 @@ def main() -> None:
         rows, cols = ids.transform(train)
         test_rows, test_cols = ids.transform(test)
         if args.stacked and not records:
-            stacked = _stacked_step_ms(rows, cols, train.values, ids.shape, args.stacked)
+            stacked = _stacked_step_ms(rows, cols, train.values, ids.shape, args.stacked,
+                                       overrides)
             print(f"{split}: CPU ms per step of K stacked candidates: {stacked}", flush=True)
         times: dict[str, list[float]] = {key: [] for key in (
             "svd", "ours", "fixed", "svd_cpu", "ours_cpu", "fixed_cpu", "build", "eval")}
         for repeat in range(args.repeats + 1):  # repeat 0: warm-up, not timed
             data = (rows, cols, train.values, ids.shape)
             svd, svd_seconds = _timed(Surprise("SVD", clip=clip), data)
-            ours, ours_seconds = _timed(DeepMatrixCompletion.ratings(), data)
-            _, fixed_seconds = _timed(DeepMatrixCompletion.ratings(reg=ours.selected_["reg"]),
-                                      data)
+            ours, ours_seconds = _timed(DeepMatrixCompletion.ratings(**overrides), data)
+            _, fixed_seconds = _timed(
+                DeepMatrixCompletion.ratings(**{**overrides, "reg": ours.selected_["reg"]}), data)
             if repeat:
                 for key, (wall, cpu) in (("svd", svd_seconds), ("ours", ours_seconds),
                                          ("fixed", fixed_seconds)):
@@ -116,7 +123,8 @@ def main() -> None:
           f"{os.getloadavg()}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"dataset": args.dataset, "records": records,
+        Path(args.out).write_text(json.dumps({"dataset": args.dataset, "overrides": overrides,
+                                              "records": records,
                                               "total": total, "threads": 1,
                                               "stacked_step_ms": stacked if args.stacked else {},
                                               "load_average": [load, os.getloadavg()]},
@@ -124,11 +132,13 @@ def main() -> None:
 
 
 def _stacked_step_ms(rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
-                     shape: tuple[int, int], counts: list[int]) -> dict[int, float]:
+                     shape: tuple[int, int], counts: list[int], overrides: dict[str, Any]
+                     ) -> dict[int, float]:
     """CPU milliseconds per step of ``K`` stacked candidates (λ = 0.1 each, no early stopping:
-    60 steps, fastest of 3), for each K in ``counts``, on the preset's model of these ratings."""
-    est = DeepMatrixCompletion.ratings(reg=0.1, refit=False, max_steps=0).fit(rows, cols, values,
-                                                                              shape)
+    60 steps, fastest of 3), for each K in ``counts``, on the preset's model of these ratings
+    (with ``overrides``)."""
+    est = DeepMatrixCompletion.ratings(**{**overrides, "reg": 0.1, "refit": False,
+                                          "max_steps": 0}).fit(rows, cols, values, shape)
     rng = np.random.default_rng(0)
     batches = est._start(rows, cols, values, rng, torch.float32)
     est.max_steps = 60

@@ -631,7 +631,9 @@ dataset on a 10 % validation split of the training ratings
 (:mod:`deeplora.completion.selection`), ridge shrinkage of the biases worth κ = 5
 pseudo-ratings (``bias_prior``), early stopping on the same split, then a refit on all
 training ratings with the chosen λ and number of steps, Adam at η = 0.1 (rank,
-depth and η chosen on MovieLens 100K's ``u1.base`` validation split, ``docs/results.md``).
+depth and η chosen on MovieLens 100K's ``u1.base`` validation split, ``docs/results.md``;
+rank 10 checked on the validation splits of all 21 splits: ranks 8, 6, 4 are level or
+worse, BENCHMARKS.md §3).
 ``reg=<number>`` gives one fit at that penalty instead. ``shrinkage`` (ranking only) is the
 best validation NDCG@10 of ``deeplora experiment topk`` on ``u1.base`` and on FilmTrust: with
 λ_s far above every item count, ``recommend`` ranks by ``n_j · (c_j + a_u·b_j)``."""
