@@ -1,5 +1,5 @@
 """Settings of the ratings preset compared on validation splits only: behind its
-``reg_uniform=0.5`` and ``rank=8`` (BENCHMARKS.md §3).
+``reg_uniform=0.5`` and ``rank=10`` (BENCHMARKS.md §3).
 
 For each experiment split (MovieLens 100K ``u1``…``u5`` and the temporal split of ``u.data``;
 FilmTrust and the Book-Crossing 10- and 5-core ``random_split(data, seed)``, seeds 0–4, as
@@ -11,13 +11,13 @@ estimator's own validation split and initialization). No test file is read. One 
 in OUT; the report compares every value with the first one, seeds averaged per split:
 
     OMP_NUM_THREADS=1 python benchmarks/preset_choices.py OUT --param reg_uniform \
-        --values 0 0.25 0.5 0.75 1 --set rank=10
+        --values 0 0.25 0.5 0.75 1
     OMP_NUM_THREADS=1 python benchmarks/preset_choices.py OUT --param rank --values 10 8 6 4 \
         --seeds 0 1 2
     python benchmarks/preset_choices.py OUT --report   # the summary table from OUT
 
-``--set KEY=VALUE`` (repeatable) changes another setting for every fit; ``--set rank=10``
-reproduces the ``reg_uniform`` comparison, made when the preset's rank was 10.
+``--set KEY=VALUE`` (repeatable) changes another setting for every fit (e.g. ``--set rank=8``
+compares penalties at that rank).
 """
 
 from __future__ import annotations
