@@ -329,9 +329,10 @@ def _plot_lag(records: list[dict[str, Any]], path: Path) -> None:
     axes[0].set_xlabel("γ (outer factors step at γ·η)")
     first = min((r for r in records if r["group"] == "gamma"), key=lambda r: r["fraction"])
     size, rank = first["size"], first["rank"]
-    for i, scale in enumerate(sorted({r["lr_scale"] for r in records}, reverse=True)):
-        base = [r for r in records if (r["size"], r["rank"], r["lr_scale"]) == (size, rank, scale)
-                and paper in r["compressed"]]
+    cell = [r for r in records if (r["size"], r["rank"]) == (size, rank)
+            and paper in r["compressed"]]  # colours by the step scales of this cell only
+    for i, scale in enumerate(sorted({r["lr_scale"] for r in cell}, reverse=True)):
+        base = [r for r in cell if r["lr_scale"] == scale]
         scatter(axes[1], [(r["fraction"], ratio) for r in base
                           if (ratio := _lag_ratio(r, paper)) is not None],
                 f"d = {size}, r = {rank}, γ = {paper}, step × {scale:.3g}", color=f"C{i}")
