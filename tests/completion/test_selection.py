@@ -27,6 +27,7 @@ def _search(curve: dict[float, float], start: float) -> tuple[dict, list]:
             if i not in dropped:
                 done[i] = curve[penalties[i][0]]
                 dropped |= drop(done)
+                assert dropped <= set(range(len(penalties)))  # positions of this batch only
         return [None if i in dropped else (curve[reg], 0, 10, reg)
                 for i, (reg, _) in enumerate(penalties)]
 
@@ -50,6 +51,13 @@ def test_search_walks_towards_the_better_side_and_keeps_the_best() -> None:
     flat = {reg: 1.0 for reg in grid}  # no improvement on the start: one stacked run
     selected, path = _search(flat, start=0.1)
     assert selected["reg"] == 0.1 and len(path) == 3
+    # a start at either end of the grid: its one neighbour, then on while it improves
+    selected, path = _search(weaker, start=0.8)
+    assert selected["reg"] == 0.025 and [p["reg"] for p in path] == [
+        0.8, 0.4, 0.2, 0.1, 0.05, 0.025]
+    selected, path = _search(stronger, start=0.025)
+    assert selected["reg"] == 0.4 and [p["reg"] for p in path] == [
+        0.025, 0.05, 0.1, 0.2, 0.4, 0.8]
     with pytest.raises(ValueError, match="ratio"):
         penalty_grid(1.0, 1.5, 3)
 

@@ -73,10 +73,10 @@ def search_penalty(
     one λ at a time: the start, one step weaker and, if that was not better, one stronger;
     then on in the better direction while each step improves. The first batch trains the
     start and both neighbours (the stronger one dropped once the weaker one is known to be
-    better), later ones the next ``ahead`` λ's (the farther dropped once the nearer one is
-    known not to improve). Each batch lists its λ's in the walk's order (start, weaker,
-    stronger; nearer before farther), so a fit raced out by one before it is one the walk
-    would not have taken.
+    better; a start at an end of the grid has one neighbour), later ones the next ``ahead``
+    λ's (the farther dropped once the nearer one is known not to improve). Each batch lists
+    its λ's in the walk's order (start, weaker, stronger; nearer before farther), so a fit
+    raced out by one before it is one the walk would not have taken.
     """
     grid = penalty_grid() if grid is None else np.sort(np.asarray(grid, np.float64))[::-1]
     scores: dict[int, float] = {}
@@ -100,11 +100,15 @@ def search_penalty(
                 best = (score, len(path) - 1, params, k)
         return best[3]
 
-    def first_drop(done: dict[int, float]) -> set[int]:  # the stronger one, if weaker is better
-        return {2} if 0 in done and 1 in done and done[1] < done[0] else set()
-
     k = int(np.argmin(np.abs(np.log(grid / start))))
-    best_k = visit([j for j in (k, k + 1, k - 1) if 0 <= j < grid.size], first_drop)
+    first = [j for j in (k, k + 1, k - 1) if 0 <= j < grid.size]  # at a grid end: 2 or 1
+
+    def first_drop(done: dict[int, float]) -> set[int]:  # the stronger one, if weaker is better
+        if len(first) < 3 or not (0 in done and 1 in done and done[1] < done[0]):
+            return set()
+        return {2}
+
+    best_k = visit(first, first_drop)
     direction = int(np.sign(best_k - k))
     while direction and 0 <= best_k + direction < grid.size and best_k + direction not in scores:
         ks = [best_k + direction * i for i in range(1, ahead + 1)
