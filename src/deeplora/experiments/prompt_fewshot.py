@@ -126,14 +126,16 @@ def _above_chance(metric: str, value: float | None, majority: float | None,
     return {}
 
 
+_Scored = list[tuple[dict[str, Any], dict[str, Any]]]
+"""Runs of one (setting, method, lr), each with its :func:`run_scores`."""
+
+
 def summarize(results: list[tuple[Cell, list[dict[str, Any]]]]) -> dict[str, Any]:
     """Zero-shot rows, per-lr rows, the chosen learning rates and the paired differences."""
     from deeplora.finetune.report import mean_std, paired_difference  # scipy: imported late
 
     zero, grid = [], []
-    score: dict[int, dict[str, Any]] = {}  # run_scores of every trained cell's runs, by id
-    runs_at: dict[tuple, dict[str, dict[float, list[dict[str, Any]]]]] = defaultdict(
-        lambda: defaultdict(dict))
+    runs_at: dict[tuple, dict[str, dict[float, _Scored]]] = defaultdict(lambda: defaultdict(dict))
     for cell, runs in results:
         if cell.labels["method"] == "zero-shot":
             for run in runs:
@@ -148,9 +150,8 @@ def summarize(results: list[tuple[Cell, list[dict[str, Any]]]]) -> dict[str, Any
             continue
         setting = tuple(cell.labels[k] for k in SETTING)
         method, lr = cell.labels["method"], cell.labels["lr"]
-        runs_at[setting][method][lr] = runs
         scores = [run_scores(r) for r in runs]
-        score.update({id(r): sc for r, sc in zip(runs, scores, strict=True)})
+        runs_at[setting][method][lr] = list(zip(runs, scores, strict=True))
         row = {**{k: cell.labels[k] for k in SETTING}, "method": method, "lr": lr,
                "n": len(runs), "did_not_train": sum(not s["trained"] for s in scores),
                "runs": scores}
@@ -159,37 +160,38 @@ def summarize(results: list[tuple[Cell, list[dict[str, Any]]]]) -> dict[str, Any
         grid.append(row)
     chosen, differences = [], []
     for setting, by_method in runs_at.items():
-        picked: dict[str, list[dict[str, Any]]] = {}
+        picked: dict[str, _Scored] = {}
         for method, by_lr in by_method.items():
-            lr = choose_lr({lr: [score[id(r)]["best_heldout"] for r in runs
-                                 if score[id(r)]["trained"]] for lr, runs in by_lr.items()})
+            lr = choose_lr({lr: [sc["best_heldout"] for _, sc in scored if sc["trained"]]
+                            for lr, scored in by_lr.items()})
             if lr is None:
                 continue
             picked[method] = by_lr[lr]
-            scores = [score[id(r)] for r in by_lr[lr]]
+            scores = [sc for _, sc in by_lr[lr]]
             chosen.append({**dict(zip(SETTING, setting, strict=True)), "method": method,
                            "lr": lr, "n": len(scores),
                            "best": mean_std([s["best"] for s in scores]),
                            "final": mean_std([s["final"] for s in scores])})
         if "deep-lora" not in picked:
             continue
-        deep = {r["seed"]: r for r in picked["deep-lora"]}
+        deep = {run["seed"]: (run, sc) for run, sc in picked["deep-lora"]}
         for other in (m for m in METHODS if m != "deep-lora" and m in picked):
-            rival = {r["seed"]: r for r in picked[other]}
+            rival = {run["seed"]: (run, sc) for run, sc in picked[other]}
             both = {s for s in deep.keys() & rival.keys()
-                    if score[id(deep[s])]["trained"] and score[id(rival[s])]["trained"]}
+                    if deep[s][1]["trained"] and rival[s][1]["trained"]}
             entry = {**dict(zip(SETTING, setting, strict=True)), "other": other}
             for when in ("best", "final"):
-                entry[when] = paired_difference({s: score[id(deep[s])][when] for s in both},
-                                                {s: score[id(rival[s])][when] for s in both})
+                entry[when] = paired_difference({s: deep[s][1][when] for s in both},
+                                                {s: rival[s][1][when] for s in both})
             matched_a, matched_b = {}, {}
             for s in both:
-                found = matched_checkpoints(deep[s], rival[s])
+                (ours, _), (theirs, _) = deep[s], rival[s]
+                found = matched_checkpoints(ours, theirs)
                 if found is not None:
                     i, j, _ = found
-                    metric = _metric(deep[s])
-                    matched_a[s] = deep[s]["history"][i]["metrics"].get(metric)
-                    matched_b[s] = rival[s]["history"][j]["metrics"].get(metric)
+                    metric = _metric(ours)
+                    matched_a[s] = ours["history"][i]["metrics"].get(metric)
+                    matched_b[s] = theirs["history"][j]["metrics"].get(metric)
             entry["matched_loss"] = paired_difference(matched_a, matched_b)
             differences.append(entry)
     return {"zero_shot": zero, "grid": grid, "chosen": chosen, "differences": differences}
