@@ -176,3 +176,20 @@ def test_raw_ids_that_make_a_huge_shape_are_refused_with_advice() -> None:
         DeepMatrixCompletion().fit([0, 10**8], [0, 10**8], [3.0, 4.0])
     with pytest.raises(ValueError, match="integer indices"):  # beyond int64: no OverflowError
         DeepMatrixCompletion().fit([2**70, 1], [0, 1], [3.0, 4.0])
+
+
+@pytest.mark.parametrize(("method", "rows", "cols", "values", "match"), [
+    ("evaluate", [0, 1], [0, 1], [3.0, np.nan], "finite"),
+    ("score", [0, 1], [0, 1], [3.0, np.inf], "finite"),
+    ("ranking_metrics", [0, 1], [0, 1], [5.0, np.nan], "finite"),
+    ("evaluate", [0, 1], [0, 1], [3.0], "equal length"),
+    ("ranking_metrics", [0, 1], [0], [5.0, 5.0], "equal length"),
+    ("ranking_metrics", [0, 1], [0, 1], [5.0], "equal length"),
+])
+def test_held_out_ratings_are_checked(method: str, rows: list, cols: list, values: list,
+                                      match: str) -> None:
+    """NaN ratings gave an RMSE of NaN (or were silently left out of the ranking metrics);
+    unequal lengths an IndexError from deep inside ranking_metrics."""
+    est = DeepMatrixCompletion(rank=1, max_steps=1).fit([0, 1, 2], [0, 1, 2], [1.0, 2, 3])
+    with pytest.raises(ValueError, match=match):
+        getattr(est, method)(rows, cols, values)

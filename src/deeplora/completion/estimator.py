@@ -588,16 +588,25 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
         return self._clip(out)
 
     def _targets(self, rows: Any, cols: Any, values: Any) -> tuple[Any, Any, np.ndarray]:
+        """Held-out ``(rows, cols, values)`` from triples or a DataFrame; ``ValueError`` on
+        unequal lengths or values that are not finite."""
         if _is_frame(rows):
             if cols is not None or values is not None:
                 raise ValueError("pass either a DataFrame or (rows, cols, values)")
             ratings = ratings_from_frame(rows, duplicates="keep")
             return ratings.users, ratings.items, ratings.values
-        return rows, cols, np.asarray(values, dtype=np.float64)
+        values = np.asarray(values, dtype=np.float64)
+        if not np.shape(rows) == np.shape(cols) == values.shape:
+            raise ValueError(f"rows, cols and values must have equal length, got "
+                             f"{np.shape(rows)}, {np.shape(cols)} and {values.shape}")
+        if not np.all(np.isfinite(values)):
+            raise ValueError("values must be finite (found NaN or inf)")
+        return rows, cols, values
 
     def evaluate(self, rows: Any, cols: Any = None, values: Any = None) -> dict[str, float]:
         """``{"rmse": …, "mae": …}`` of :meth:`predict` against ``values`` (or a DataFrame);
-        explicit feedback only."""
+        explicit feedback only. ``ValueError`` on unequal lengths and on no or non-finite
+        values."""
         check_is_fitted(self, "model_")
         if self.feedback == "implicit":
             raise ValueError("feedback='implicit' predicts preference scores, not ratings: "
@@ -606,8 +615,6 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
         if values.size == 0:
             raise ValueError("no observations to evaluate on")
         predicted = self.predict(rows, cols)
-        if predicted.shape != values.shape:
-            raise ValueError(f"values must have shape {predicted.shape}, got {values.shape}")
         return {"rmse": rmse(predicted, values), "mae": mae(predicted, values)}
 
     def score(self, rows: Any, cols: Any = None, values: Any = None) -> float:
