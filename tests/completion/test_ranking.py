@@ -27,3 +27,12 @@ def test_average_padding_and_errors() -> None:
         ranking_metrics(np.array([[1]]), [np.array([])], k=1)
     with pytest.raises(ValueError, match="k must"):
         ranking_metrics(np.array([[1]]), [np.array([1])], k=2)
+
+
+def test_k_of_any_integer_type_but_bool() -> None:
+    """k = np.int64(2) (from numpy arithmetic) was refused as 'not an integer'; k=True was
+    taken as k = 1 and gave keys like 'precision@True'."""
+    metrics = ranking_metrics(np.array([[1, 2]]), [np.array([2])], k=np.int64(2))
+    assert metrics["precision@2"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="k must be an integer"):
+        ranking_metrics(np.array([[1, 2]]), [np.array([2])], k=True)

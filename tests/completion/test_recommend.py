@@ -63,3 +63,21 @@ def test_single_five_star_item_does_not_top_the_list() -> None:
         assert np.all(np.diff(scores[:, :5], axis=1) < 0)
         seen = set(zip(rows.tolist(), cols.tolist(), strict=True))
         assert not any((u, i) in seen for u, row in zip(users, items, strict=True) for i in row)
+
+
+def test_integer_arguments_of_any_integer_type_but_bool() -> None:
+    """recommend and ranking_metrics refused k = np.int64(3) ('k must be an integer'),
+    ranking_metrics took k=True for 1 and then failed with a TypeError, and recommend
+    refused batch_size=np.int64(2) but took batch_size=True."""
+    rows, cols, values, *_ = low_rank_ratings(m=12, n=8, fraction=0.7, seed=6)
+    est = DeepMatrixCompletion(rank=2, max_steps=5).fit(rows, cols, values, shape=(12, 8))
+    items, _ = est.recommend(np.arange(12), k=np.int64(3), batch_size=np.int64(5))
+    np.testing.assert_array_equal(items, est.recommend(np.arange(12), k=3)[0])
+    metrics = est.ranking_metrics(rows, cols, values, k=np.int64(3), exclude_seen=False)
+    assert "ndcg@3" in metrics
+    for call in (lambda: est.recommend([0], k=True),
+                 lambda: est.ranking_metrics(rows, cols, values, k=True)):
+        with pytest.raises(ValueError, match="k must be an integer"):
+            call()
+    with pytest.raises(ValueError, match="batch_size must be an integer"):
+        est.recommend([0], k=3, batch_size=True)

@@ -12,21 +12,33 @@ relevant set R (|R| >= 1), with ``hit_i = [r_i ∈ R]``:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+
+
+def check_integer(name: str, value: Any, low: int, high: int | None = None) -> int:
+    """``value`` as an ``int`` in ``[low, high]`` (any integer type, numpy's included, but not
+    ``bool``); ``ValueError`` naming ``name`` otherwise."""
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and low <= value and (high is None or value <= high)):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
+    return int(value)
 
 
 def ranking_metrics(recommended: np.ndarray, relevant: Sequence[np.ndarray], k: int
                     ) -> dict[str, float]:
     """Mean precision/recall/NDCG/MAP@k; ``recommended`` (u×k'), k' >= k, ``relevant[i]`` the
-    relevant item indices of user i (non-empty)."""
+    relevant item indices of user i (non-empty). Keys ``precision@k``, ``recall@k``,
+    ``ndcg@k``, ``map@k``."""
     recommended = np.asarray(recommended)
     if recommended.ndim != 2 or recommended.shape[0] != len(relevant):
         raise ValueError(f"recommended must be (users × k) with {len(relevant)} users, got "
                          f"shape {recommended.shape}")
-    if not (isinstance(k, int) and 1 <= k <= recommended.shape[1]):
-        raise ValueError(f"k must be an integer in [1, {recommended.shape[1]}], got {k!r}")
+    k = check_integer("k", k, 1, recommended.shape[1])
     if not relevant or any(len(r) == 0 for r in relevant):
         raise ValueError("every user needs at least one relevant item")
     top = recommended[:, :k]

@@ -23,7 +23,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
-from deeplora.completion.ranking import ranking_metrics
+from deeplora.completion.ranking import check_integer, ranking_metrics
 
 
 def seen_crow(rows: np.ndarray, m: int) -> np.ndarray:
@@ -52,11 +52,9 @@ class RecommenderMixin:
         was fitted on a DataFrame; so are the returned items.
         """
         check_is_fitted(self, "model_")
-        n = self.shape_[1]
-        if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= n):
-            raise ValueError(f"k must be an integer in [1, {n}], got {k!r}")
-        if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        k = check_integer("k", k, 1, self.shape_[1])
+        if batch_size is not None:
+            batch_size = check_integer("batch_size", batch_size, 1)
         if exclude_seen and getattr(self, "_seen", None) is None:
             raise ValueError("this model does not know its training entries (saved before "
                              "format 2); pass exclude_seen=False")
@@ -142,8 +140,7 @@ class RecommenderMixin:
         if users.size == 0:
             raise ValueError(f"no held-out rating >= {threshold} by a known user")
         truth = [cols[keep][inverse == u] for u in range(users.size)]
-        if not (isinstance(k, int) and 1 <= k <= self.shape_[1]):
-            raise ValueError(f"k must be an integer in [1, {self.shape_[1]}], got {k!r}")
+        k = check_integer("k", k, 1, self.shape_[1])
         recommended, _ = self._top_k(users, k, exclude_seen, None)
         metrics = ranking_metrics(recommended, truth, k)
         skipped = np.unique(rows[relevant & (rows >= m)]).size
