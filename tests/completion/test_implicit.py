@@ -92,3 +92,15 @@ def test_implicit_mode_errors(params: dict, call: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         est.fit(rows, cols, values)
         getattr(est, call)(rows, cols, values)
+
+
+def test_negative_confidences_are_refused() -> None:
+    """Values below -1/α (Jester-style ratings in [-10, 10], every one a positive) made
+    confidences 1 + α·r < 0: the loss was unbounded below and training ran off to a train
+    loss of about -10⁴ without a warning. A threshold that keeps only r >= -1/α fits."""
+    rows, cols, values = [0, 1, 2, 3], [0, 1, 2, 3], [-10.0, 4.0, 8.0, 2.0]
+    est = DeepMatrixCompletion(feedback="implicit", rank=1, max_steps=2,
+                               validation_fraction=0.0)
+    with pytest.raises(ValueError, match=r"confidences 1 \+ alpha·r >= 0.*value -10 gives -9"):
+        est.fit(rows, cols, values)
+    assert est.set_params(positive_threshold=0.0).fit(rows, cols, values).n_steps_ == 2

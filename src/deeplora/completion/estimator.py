@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from deeplora.completion.data import IdIndex, _lookup, ratings_from_frame
 from deeplora.completion.distributed import DataParallel, check_process_group, local_cuda_index
-from deeplora.completion.implicit import check_positives, positives
+from deeplora.completion.implicit import check_confidences, check_positives, positives
 from deeplora.completion.observations import as_index, check_clip, check_observations, mae, rmse
 from deeplora.completion.persistence import PersistenceMixin
 from deeplora.completion.recommend import RecommenderMixin, seen_crow
@@ -124,7 +124,8 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
             and ``bias_reg`` are plain (not count-weighted) L2 penalties ``½λ‖A‖² / |P|``,
             and early stopping uses the validation NDCG@10 of the held-out positives
             (``history_["val_ndcg"]``); not with ``distributed``.
-        alpha: confidence ``c = 1 + α·r`` of a positive with value r (implicit).
+        alpha: confidence ``c = 1 + α·r`` of a positive with value r (implicit); fit refuses
+            a positive with ``c < 0``.
         positive_threshold: an observation with value >= this is positive (implicit); ``None``:
             every observation (clicks, plays).
         shrinkage: λ_s of :meth:`recommend`'s explicit ranking score, which shrinks each item's
@@ -353,8 +354,9 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
         m, n = shape
         implicit = self.feedback == "implicit"
         if implicit:
-            check_positives(int(positives(values, self.positive_threshold, 0)[0].sum()),
-                            values.size, self.positive_threshold)
+            mask, confidence = positives(values, self.positive_threshold, self.alpha)
+            check_positives(int(mask.sum()), values.size, self.positive_threshold)
+            check_confidences(values[mask], confidence, self.alpha)
         self.clip_: tuple[float, float] | None = None  # implicit: scores are not clipped
         if self.clip == "auto" and not implicit:  # the training range; none if all are equal
             low, high = float(values.min()), float(values.max())

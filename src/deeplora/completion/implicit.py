@@ -38,6 +38,16 @@ def check_positives(count: int, total: int, threshold: float | None) -> None:
                          f"{total} observations is >= positive_threshold={threshold}")
 
 
+def check_confidences(values: np.ndarray, confidence: np.ndarray, alpha: float) -> None:
+    """``ValueError`` when a positive's confidence ``1 + α·r`` (``confidence``, of the positives'
+    ``values``) is negative: its term ``c (1 − x)²`` would make the loss unbounded below."""
+    if confidence.size and confidence.min() < 0:
+        i = int(np.argmin(confidence))
+        raise ValueError(f"feedback='implicit' needs confidences 1 + alpha·r >= 0, but value "
+                         f"{values[i]:g} gives {confidence[i]:g} (alpha={alpha:g}); use a "
+                         f"positive_threshold >= {-1 / alpha:g} or non-negative values")
+
+
 def gramian_norm(a: Tensor, b: Tensor) -> Tensor:
     """``‖A Bᵀ‖_F² = ⟨AᵀA, BᵀB⟩`` for A (m×k), B (n×k), in O((m + n)·k²)."""
     return torch.sum((a.T @ a) * (b.T @ b))
