@@ -193,3 +193,20 @@ def test_held_out_ratings_are_checked(method: str, rows: list, cols: list, value
     est = DeepMatrixCompletion(rank=1, max_steps=1).fit([0, 1, 2], [0, 1, 2], [1.0, 2, 3])
     with pytest.raises(ValueError, match=match):
         getattr(est, method)(rows, cols, values)
+
+
+def test_raw_integer_ids_are_looked_up_one_by_one() -> None:
+    """On a model fitted on integer raw ids, one id that is not an integer ("new user")
+    made every id of the call unknown (user 1 got the unknown user's list), and 100.5 was
+    truncated to item 100."""
+    rows, cols, values, *_ = low_rank_ratings(seed=5)
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"userId": rows + 1, "movieId": cols + 100, "rating": values})
+    est = DeepMatrixCompletion(rank=2, max_steps=20, validation_fraction=0.0).fit(frame)
+    mean_plus_user = est.global_bias_ + est.row_bias_[0]  # user 1, unknown item
+    np.testing.assert_allclose(est.predict([1, 1, 1, "new user"], [100, 100.0, 100.5, 100]),
+                               [*est.predict([1, 1], [100, 100]), mean_plus_user,
+                                est.predict([10**6], [100])[0]])
+    mixed, _ = est.recommend([1, "new user"], k=3)
+    np.testing.assert_array_equal(mixed, np.concatenate([est.recommend([1], k=3)[0],
+                                                         est.recommend([10**6], k=3)[0]]))

@@ -20,6 +20,7 @@ checks in :mod:`~deeplora.completion.observations`, data-parallel training in
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 import time
 from collections.abc import Callable
@@ -666,14 +667,28 @@ def _is_frame(value: Any) -> bool:
 
 
 def _lookup_raw(known: np.ndarray, ids: Any) -> np.ndarray:
-    """Positions of raw ``ids`` in the sorted ``known`` ids; unknown ones map to len(known)."""
+    """Positions of raw ``ids`` in the sorted ``known`` ids; unknown ones map to len(known).
+    Against integer ``known`` ids each id is converted on its own (``3``, ``3.0`` and ``"3"``
+    are 3; ``"new"`` and ``2.5`` are unknown)."""
     ids = np.atleast_1d(np.asarray(ids))
-    if known.dtype.kind in "iu":
-        try:
-            ids = ids.astype(np.int64)
-        except (ValueError, TypeError, OverflowError):
-            return np.full(ids.size, known.size, dtype=np.int64)
-    else:
-        ids = ids.astype(str)
-    return _lookup(known, ids)
+    if known.dtype.kind not in "iu":
+        return _lookup(known, ids.astype(str))
+    if ids.dtype.kind in "iu":
+        return _lookup(known, ids.astype(np.int64))
+    parsed = [_integer(x) for x in ids]
+    found = np.array([x is not None for x in parsed], dtype=bool)
+    positions = _lookup(known, np.array([x or 0 for x in parsed], dtype=np.int64))
+    return np.where(found, positions, known.size)
 
+
+def _integer(value: Any) -> int | None:
+    """``value`` as an int64-sized ``int`` if it is an integer (``3``, ``3.0``, ``" 3"``), else
+    ``None``."""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        number = int(value) if math.isfinite(value) and float(value).is_integer() else None
+    else:
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            return None
+    return number if number is not None and -2**63 <= number < 2**63 else None
