@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from deeplora.completion.estimator import DeepMatrixCompletion
@@ -22,3 +23,16 @@ def test_load_names_the_path_of_missing_empty_truncated_or_foreign_files(tmp_pat
         with pytest.raises(ValueError, match=rf"{name}' is not a readable saved "
                            r"DeepMatrixCompletion \(empty, truncated"):
             DeepMatrixCompletion.load(tmp_path / name)
+
+
+def test_numpy_scalar_parameters_save_and_load(tmp_path: Path) -> None:
+    """lr = np.float64(0.1) (from np.logspace, say) fitted fine, but save wrote a numpy scalar
+    into the file and load refused it as 'empty, truncated or another kind of file'."""
+    rows, cols, values, _, _ = low_rank_ratings()
+    params = {"lr": np.float64(0.1), "reg": np.float64(0.05), "clip": (np.float64(1), 5)}
+    est = DeepMatrixCompletion(rank=2, max_steps=2, **params).fit(rows, cols, values)
+    est.save(tmp_path / "m.pt")
+    loaded = DeepMatrixCompletion.load(tmp_path / "m.pt")
+    assert loaded.get_params() == est.get_params()
+    assert all(type(loaded.get_params()[key]) is float for key in ("lr", "reg"))
+    np.testing.assert_array_equal(loaded.predict(rows, cols), est.predict(rows, cols))

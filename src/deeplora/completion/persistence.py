@@ -35,23 +35,22 @@ class PersistenceMixin:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write parameters and fitted state to ``path`` (``torch.save`` of tensors, lists and
-        strings only, atomically; read back with ``weights_only`` loading)."""
+        strings only, numpy scalars as Python numbers, atomically; read back with
+        ``weights_only`` loading)."""
         from deeplora.output import write_atomic
 
         check_is_fitted(self, "model_")
-        params = self.get_params()
-        if params["clip"] is not None and params["clip"] != "auto":
-            params["clip"] = [float(c) for c in params["clip"]]
+        params = _plain(self.get_params())
         ids = None if self.ids_ is None else [_id_list(self.ids_.users),
                                               _id_list(self.ids_.items)]
         state = {"format": FORMAT, "params": params, "shape": list(self.shape_),
                  "factors": [f.detach().cpu() for f in self.model_.factors],
                  "model_init": self.model_.init, "model_scale": self.model_.scale,
                  "mean": self._mean.detach().cpu(), "row_bias": self._row_bias.detach().cpu(),
-                 "col_bias": self._col_bias.detach().cpu(), "history": self.history_,
+                 "col_bias": self._col_bias.detach().cpu(), "history": _plain(self.history_),
                  "clip": None if self.clip_ is None else list(self.clip_), "ids": ids,
                  "seen": list(self._seen),
-                 "fitted": {k: getattr(self, k) for k in FITTED_SCALARS}}
+                 "fitted": _plain({k: getattr(self, k) for k in FITTED_SCALARS})}
         write_atomic(path, lambda tmp: torch.save(state, tmp))
 
     @classmethod
@@ -98,6 +97,18 @@ class PersistenceMixin:
         for key, value in state["fitted"].items():
             setattr(est, key, value)
         return est
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers and tuples as lists, in dicts and lists:
+    what ``weights_only`` loading reads back (it refuses numpy scalars)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
 
 
 def _id_list(ids: np.ndarray) -> Tensor | list[str]:
