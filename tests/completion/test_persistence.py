@@ -36,3 +36,24 @@ def test_numpy_scalar_parameters_save_and_load(tmp_path: Path) -> None:
     assert loaded.get_params() == est.get_params()
     assert all(type(loaded.get_params()[key]) is float for key in ("lr", "reg"))
     np.testing.assert_array_equal(loaded.predict(rows, cols), est.predict(rows, cols))
+
+
+def test_format_1_model_ranks_and_saves_again(tmp_path: Path) -> None:
+    """A model loaded from a format-1 file (no training entries) failed with TypeErrors in
+    ranking_metrics (exclude_seen=True, the default) and in save."""
+    import torch
+
+    rows, cols, values, _, _ = low_rank_ratings()
+    est = DeepMatrixCompletion(rank=2, max_steps=2).fit(rows, cols, values)
+    est.save(tmp_path / "m.pt")
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    for key in ("clip", "ids", "seen"):
+        del state[key]
+    torch.save({**state, "format": 1}, tmp_path / "old.pt")
+    old = DeepMatrixCompletion.load(tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="pass exclude_seen=False"):
+        old.ranking_metrics(rows, cols, values + 5)
+    metrics = old.ranking_metrics(rows, cols, values + 5, exclude_seen=False)
+    old.save(tmp_path / "again.pt")
+    again = DeepMatrixCompletion.load(tmp_path / "again.pt")
+    assert again.ranking_metrics(rows, cols, values + 5, exclude_seen=False) == metrics

@@ -4,10 +4,10 @@ The file is one ``torch.save`` of a dict holding only tensors, lists, numbers an
 back with ``weights_only`` loading), written atomically. Format 2: ``format``, ``params``
 (``get_params()``), ``shape``, ``factors`` (W_1 … W_L), ``model_init``, ``model_scale``,
 ``mean``, ``row_bias``, ``col_bias``, ``history``, ``clip`` (the fitted ``clip_``), ``ids``
-(raw user and item ids, or ``None``), ``seen`` (CSR ``crow``, ``col`` of the training entries)
-and ``fitted`` (the scalar attributes ending in ``_``, plus ``selected_`` and ``path_``, the
-chosen penalty: dicts and lists of numbers). Format 1 lacks ``clip``, ``ids`` and
-``seen``.
+(raw user and item ids, or ``None``), ``seen`` (CSR ``crow``, ``col`` of the training entries;
+``None`` when re-saving a model loaded from format 1) and ``fitted`` (the scalar attributes
+ending in ``_``, plus ``selected_`` and ``path_``, the chosen penalty: dicts and lists of
+numbers). Format 1 lacks ``clip``, ``ids`` and ``seen``.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class PersistenceMixin:
                  "mean": self._mean.detach().cpu(), "row_bias": self._row_bias.detach().cpu(),
                  "col_bias": self._col_bias.detach().cpu(), "history": _plain(self.history_),
                  "clip": None if self.clip_ is None else list(self.clip_), "ids": ids,
-                 "seen": list(self._seen),
+                 "seen": None if self._seen is None else list(self._seen),
                  "fitted": _plain({k: getattr(self, k) for k in FITTED_SCALARS})}
         write_atomic(path, lambda tmp: torch.save(state, tmp))
 

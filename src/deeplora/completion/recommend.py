@@ -55,9 +55,7 @@ class RecommenderMixin:
         k = check_integer("k", k, 1, self.shape_[1])
         if batch_size is not None:
             batch_size = check_integer("batch_size", batch_size, 1)
-        if exclude_seen and getattr(self, "_seen", None) is None:
-            raise ValueError("this model does not know its training entries (saved before "
-                             "format 2); pass exclude_seen=False")
+        self._check_seen(exclude_seen)
         items, scores = self._top_k(self._lookup_users(np.atleast_1d(np.asarray(users))), k,
                                     exclude_seen, batch_size)
         if self.ids_ is None:
@@ -65,6 +63,13 @@ class RecommenderMixin:
         raw = np.empty(items.shape, dtype=object)
         raw[items >= 0] = self.ids_.items[items[items >= 0]]
         return raw, scores
+
+    def _check_seen(self, exclude_seen: bool) -> None:
+        """``ValueError`` if ``exclude_seen`` but the training entries are not known (a model
+        loaded from a format-1 file)."""
+        if exclude_seen and getattr(self, "_seen", None) is None:
+            raise ValueError("this model does not know its training entries (saved before "
+                             "format 2); pass exclude_seen=False")
 
     def _item_weights(self) -> Tensor:
         """w_j = n_j / (n_j + λ_s) (n,); ones for implicit feedback, λ_s = 0 or no ``_seen``."""
@@ -131,6 +136,7 @@ class RecommenderMixin:
         them. Also returns ``users`` (evaluated) and ``skipped_unknown`` (relevant users the
         model never saw)."""
         check_is_fitted(self, "model_")
+        self._check_seen(exclude_seen)
         rows, cols, values = self._targets(rows, cols, values)
         rows, cols = self._indices(rows, cols)
         relevant = values >= threshold
