@@ -478,3 +478,13 @@ def test_add_weighted_adapter_sums_delta_w_and_refactors_it() -> None:
         model.add_weighted_adapter(["default"], [1.0], "sum")
     with pytest.raises(ValueError, match="one weight per adapter"):
         model.add_weighted_adapter(["default", "other"], [1.0], "third")
+
+
+def test_add_weighted_adapter_refused_for_its_rank_leaves_no_adapter_behind() -> None:
+    """A rank above a layer's smallest dimension is refused; the name stays free, so a retry
+    with a fitting rank works and saving does not meet an adapter without layers."""
+    model = wrap(tiny_bert(), r=2, target_modules="all-dense")
+    with pytest.raises(ValueError, match="rank r=100"):
+        model.add_weighted_adapter(["default"], [1.0], "mix", r=100)
+    assert list(model.peft_config) == ["default"]
+    assert max(model.add_weighted_adapter(["default"], [1.0], "mix", r=2).values()) < 1e-6

@@ -314,8 +314,9 @@ class DeepLoraModel(BaseTuner):
 
         Raises:
             ValueError: unknown or non-Deep-LoRA adapters, a taken name, weights of another
-                length, or several of the adapters with their own copy of one module
-                (``modules_to_save``, e.g. two task heads: they cannot be summed).
+                length, several of the adapters with their own copy of one module
+                (``modules_to_save``, e.g. two task heads: they cannot be summed), or ``r``
+                above min(d_out, d_in) of a layer; nothing is added then.
         """
         if adapter_name in self.peft_config:
             raise ValueError(f"adapter {adapter_name!r} already exists")
@@ -340,7 +341,11 @@ class DeepLoraModel(BaseTuner):
             configs[0], r=rank, depth=new_depth, init="orthogonal", target_modules=sorted(layers),
             target_shapes=None, inference_mode=True, modules_to_save=None,
         )
-        self.inject_adapter(self.model, adapter_name)
+        try:  # the checks run before any module changes (prepare_targets)
+            self.inject_adapter(self.model, adapter_name)
+        except Exception:
+            del self.peft_config[adapter_name]  # as PeftModel.add_adapter does
+            raise
         cuts = {}
         for name, layer in layers.items():
             delta = sum(w * layer.get_delta_weight(a).double()
