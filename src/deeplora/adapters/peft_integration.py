@@ -9,7 +9,8 @@ Importing :mod:`deeplora.adapters` (or ``from deeplora import DeepLoraConfig``) 
 after that ``get_peft_model``, ``save_pretrained``, ``PeftModel.from_pretrained`` and
 ``merge_and_unload`` work as for any built-in method. The tuner follows ``BaseTuner`` /
 ``BaseTunerLayer``; the hooks overridden are ``_prepare_model``, ``_create_and_replace``,
-``_remove_adapter_name_from_key`` and the layer's ``_move_adapter_to_device_of_base_layer``.
+``_remove_adapter_name_from_key``, ``_enable_peft_forward_hooks`` (to refuse
+``adapter_names``) and the layer's ``_move_adapter_to_device_of_base_layer``.
 ``pyproject.toml`` requires peft 0.21.x and transformers 5.x; the tests prove peft 0.21.2 with
 transformers 5.24.0.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -272,6 +274,20 @@ class DeepLoraModel(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """``PeftModel.forward``/``generate`` enter this with the call's arguments (while an
+        adapter is enabled). PEFT's LoRA routes ``adapter_names`` (one adapter per row) through
+        it; Deep LoRA has no per-row routing, and PEFT would otherwise drop the argument and
+        apply the active adapter to every row, so it is refused."""
+        if kwargs.get("adapter_names") is not None:
+            raise ValueError(
+                "Deep LoRA does not support mixed-adapter batches (adapter_names="
+                f"{kwargs['adapter_names']!r}): run one batch per adapter after "
+                "set_adapter(name), or use disable_adapter() for the base model"
+            )
+        yield
 
     def _check_merge_allowed(self) -> None:
         """Before any layer merges: refuse quantized base weights (see
