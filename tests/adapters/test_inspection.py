@@ -75,7 +75,16 @@ def test_principal_angles_between_two_checkpoints() -> None:
     np.testing.assert_allclose(angles["v"], [0.0, 0.0], atol=1e-7)
     np.testing.assert_allclose(adapter_principal_angles(before, after, 2, side="right")["q"],
                                [0.0, 0.0], atol=1e-7)
-    cosines = adapter_subspace_cosines(before, after, rank=2)
-    assert cosines["q"] == pytest.approx(math.cos(0.3)) and cosines["v"] == pytest.approx(1.0)
+    strict = adapter_subspace_cosines(before, after, rank=2, angle="largest")
+    assert strict["q"] == pytest.approx(math.cos(0.3)) and strict["v"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="side"):
         adapter_principal_angles(before, after, side="up")
+
+
+def test_subspace_cosine_is_the_papers_figure_1_quantity() -> None:
+    """PAPER.md (corrected 2026-11-30): the authors plot σ_max(U_tᵀ U_T), the cosine of the
+    *smallest* principal angle; e₀ is shared by both checkpoints' subspaces, so it is 1."""
+    cosines = adapter_subspace_cosines({"q": rotated(0.0)}, {"q": rotated(0.3)}, rank=2)
+    assert cosines["q"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="angle"):
+        adapter_subspace_cosines({"q": rotated(0.0)}, {"q": rotated(0.3)}, angle="mean")

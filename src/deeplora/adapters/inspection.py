@@ -13,7 +13,6 @@ import numpy as np
 from torch import Tensor
 
 from deeplora.factorization.subspace import (
-    largest_principal_angle_cos,
     numerical_rank,
     principal_angles,
     singular_values,
@@ -57,9 +56,21 @@ def adapter_principal_angles(
 
 
 def adapter_subspace_cosines(
-    deltas_a: Mapping[str, Tensor], deltas_b: Mapping[str, Tensor], rank: int = 8
+    deltas_a: Mapping[str, Tensor],
+    deltas_b: Mapping[str, Tensor],
+    rank: int = 8,
+    angle: str = "smallest",
 ) -> dict[str, float]:
-    """cos of the largest principal angle between top-``rank`` left singular subspaces (the
-    paper's Figure 1): 1 = same subspace, 0 = some direction orthogonal."""
-    return {name: largest_principal_angle_cos(deltas_a[name], deltas_b[name], rank)
-            for name in deltas_a.keys() & deltas_b.keys()}
+    """cos of the smallest (default) or the largest principal angle between the top-``rank``
+    left singular subspaces U_a, U_b of ΔW at two checkpoints, for every layer present in both.
+
+    ``"smallest"``: σ_max(U_aᵀ U_b), what the authors' code plots in the paper's Figure 1
+    (PAPER.md, corrected 2026-11-30): 1 as soon as the subspaces share a direction.
+    ``"largest"``: σ_min(U_aᵀ U_b), the stricter one: 1 only when they coincide, 0 when some
+    direction of one is orthogonal to the other.
+    """
+    if angle not in ("smallest", "largest"):
+        raise ValueError(f'angle must be "smallest" or "largest", got {angle!r}')
+    pick = np.min if angle == "smallest" else np.max
+    return {name: float(np.cos(pick(angles)))
+            for name, angles in adapter_principal_angles(deltas_a, deltas_b, rank).items()}
