@@ -57,6 +57,18 @@ def test_spectrum_and_rank_of_a_fresh_deep_lora() -> None:
     assert set(adapter_numerical_ranks(deltas, atol=1e-3).values()) == {0}
 
 
+def test_default_rank_tolerance_follows_the_dtype_of_delta_w_as_matrix_rank_does() -> None:
+    """A float32 rank-2 ΔW = B A carries float32 rounding (~1e-7·σ₁) in its other singular
+    values: NumPy's matrix_rank (the paper's LoRA count) says 2, a float64 eps said 16."""
+    generator = torch.Generator().manual_seed(0)
+    b = torch.linalg.qr(torch.randn(16, 2, generator=generator))[0]
+    a = torch.linalg.qr(torch.randn(32, 2, generator=generator))[0].T
+    deltas = {"q": b @ a, "q64": b.double() @ a.double()}
+    assert adapter_numerical_ranks(deltas) == {"q": 2, "q64": 2}
+    assert adapter_numerical_ranks(deltas) == {
+        name: int(np.linalg.matrix_rank(delta.numpy())) for name, delta in deltas.items()}
+
+
 def rotated(theta: float) -> torch.Tensor:
     """A rank-2 6×6 matrix whose top-2 left subspace is span(e₀, cos θ e₁ + sin θ e₂)."""
     left = torch.zeros(6, 2, dtype=torch.float64)

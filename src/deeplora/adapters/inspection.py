@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from deeplora.factorization.subspace import (
@@ -30,10 +31,16 @@ def adapter_numerical_ranks(
 ) -> dict[str, int]:
     """Numerical rank of each ΔW: the number of singular values above ``max(atol, rtol·σ_max)``.
 
-    Defaults (NumPy's ``matrix_rank``): ``atol = 0``, ``rtol = max(d_out, d_in)·2.2e-16``. The
-    paper counts Deep LoRA ranks with ``atol=1e-3`` (singular values above 1e-3).
+    Defaults (NumPy's ``matrix_rank``): ``atol = 0``, ``rtol = max(d_out, d_in)·eps`` with eps
+    of ΔW's dtype (1.2e-7 for the float32 adapters, 2.2e-16 for float64): the singular values
+    below are rounding of the product. The paper counts LoRA ranks this way and Deep LoRA
+    ranks with ``atol=1e-3`` (singular values above 1e-3).
     """
-    return {name: numerical_rank(delta, atol=atol, rtol=rtol) for name, delta in deltas.items()}
+    ranks = {}
+    for name, delta in deltas.items():
+        tol = max(delta.shape) * torch.finfo(delta.dtype).eps if rtol is None else rtol
+        ranks[name] = numerical_rank(delta, atol=atol, rtol=tol)
+    return ranks
 
 
 def adapter_principal_angles(
