@@ -323,7 +323,8 @@ class DeepLoraModel(BaseTuner):
         (:func:`deeplora.adapters.factors.balanced_factors`), like LoRA's ``"svd"`` combination.
 
         ``r`` defaults to the sum of the adapters' ranks (capped by the smallest layer), which
-        makes the result exact; ``depth`` to the first adapter's (number of factors). The new
+        makes the result exact; ``depth`` (the result's number of factors) to the first adapter's
+        ``depth`` (L, also for a compressed adapter holding L + 2 factors). The new
         adapter is frozen and inactive (``set_adapter`` to use it) and has no
         ``modules_to_save``. Returns per layer the relative spectral error σ_{r+1}/σ_1 of the
         truncation (0 when exact).
