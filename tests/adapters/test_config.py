@@ -34,6 +34,12 @@ def test_compressed_holds_depth_plus_two_factors() -> None:
         ({"init": "compressed", "r": 5}, "even r"),
         ({"dropout": 1.0}, "dropout"),
         ({"target_modules": None}, "target_modules"),
+        # wrong types name the field (they were TypeErrors from a comparison or from PEFT)
+        ({"dropout": "0.1"}, "dropout"),
+        ({"dropout": None}, "dropout"),
+        ({"target_modules": 5}, "target_modules"),
+        ({"target_modules": ["query", 5]}, "target_modules"),
+        ({"modules_to_save": "classifier"}, r"modules_to_save.*\['classifier'\]"),
     ],
 )
 def test_bad_settings_raise_one_clear_error(kwargs: dict, message: str) -> None:

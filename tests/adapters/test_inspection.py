@@ -57,6 +57,18 @@ def test_spectrum_and_rank_of_a_fresh_deep_lora() -> None:
     assert set(adapter_numerical_ranks(deltas, atol=1e-3).values()) == {0}
 
 
+def test_default_rank_tolerance_follows_the_dtype_of_delta_w_as_matrix_rank_does() -> None:
+    """A float32 rank-2 ΔW = B A carries float32 rounding (~1e-7·σ₁) in its other singular
+    values: NumPy's matrix_rank (the paper's LoRA count) says 2, a float64 eps said 16."""
+    generator = torch.Generator().manual_seed(0)
+    b = torch.linalg.qr(torch.randn(16, 2, generator=generator))[0]
+    a = torch.linalg.qr(torch.randn(32, 2, generator=generator))[0].T
+    deltas = {"q": b @ a, "q64": b.double() @ a.double()}
+    assert adapter_numerical_ranks(deltas) == {"q": 2, "q64": 2}
+    assert adapter_numerical_ranks(deltas) == {
+        name: int(np.linalg.matrix_rank(delta.numpy())) for name, delta in deltas.items()}
+
+
 def rotated(theta: float) -> torch.Tensor:
     """A rank-2 6×6 matrix whose top-2 left subspace is span(e₀, cos θ e₁ + sin θ e₂)."""
     left = torch.zeros(6, 2, dtype=torch.float64)
@@ -75,7 +87,16 @@ def test_principal_angles_between_two_checkpoints() -> None:
     np.testing.assert_allclose(angles["v"], [0.0, 0.0], atol=1e-7)
     np.testing.assert_allclose(adapter_principal_angles(before, after, 2, side="right")["q"],
                                [0.0, 0.0], atol=1e-7)
-    cosines = adapter_subspace_cosines(before, after, rank=2)
-    assert cosines["q"] == pytest.approx(math.cos(0.3)) and cosines["v"] == pytest.approx(1.0)
+    strict = adapter_subspace_cosines(before, after, rank=2, angle="largest")
+    assert strict["q"] == pytest.approx(math.cos(0.3)) and strict["v"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="side"):
         adapter_principal_angles(before, after, side="up")
+
+
+def test_subspace_cosine_is_the_papers_figure_1_quantity() -> None:
+    """PAPER.md (corrected 2026-11-30): the authors plot σ_max(U_tᵀ U_T), the cosine of the
+    *smallest* principal angle; e₀ is shared by both checkpoints' subspaces, so it is 1."""
+    cosines = adapter_subspace_cosines({"q": rotated(0.0)}, {"q": rotated(0.3)}, rank=2)
+    assert cosines["q"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="angle"):
+        adapter_subspace_cosines({"q": rotated(0.0)}, {"q": rotated(0.3)}, angle="mean")

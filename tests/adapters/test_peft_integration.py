@@ -478,3 +478,25 @@ def test_add_weighted_adapter_sums_delta_w_and_refactors_it() -> None:
         model.add_weighted_adapter(["default"], [1.0], "sum")
     with pytest.raises(ValueError, match="one weight per adapter"):
         model.add_weighted_adapter(["default", "other"], [1.0], "third")
+
+
+def test_add_weighted_adapter_refused_for_its_rank_leaves_no_adapter_behind() -> None:
+    """A rank above a layer's smallest dimension is refused; the name stays free, so a retry
+    with a fitting rank works and saving does not meet an adapter without layers."""
+    model = wrap(tiny_bert(), r=2, target_modules="all-dense")
+    with pytest.raises(ValueError, match="rank r=100"):
+        model.add_weighted_adapter(["default"], [1.0], "mix", r=100)
+    assert list(model.peft_config) == ["default"]
+    assert max(model.add_weighted_adapter(["default"], [1.0], "mix", r=2).values()) < 1e-6
+
+
+def test_mixed_adapter_batches_are_refused_not_ignored() -> None:
+    """PEFT's LoRA routes ``model(..., adapter_names=[...])`` per sample; Deep LoRA does not,
+    and used to drop the argument silently (every row got the active adapter)."""
+    model = wrap(tiny_bert(), init_scale=0.5)
+    inputs = inputs_for(model)
+    with pytest.raises(ValueError, match=r"adapter_names.*set_adapter"):
+        logits(model, {**inputs, "adapter_names": ["__base__"] * 3})
+    with model.disable_adapter():  # nothing active: the argument is moot, as in PEFT
+        torch.testing.assert_close(logits(model, {**inputs, "adapter_names": ["__base__"] * 3}),
+                                   logits(tiny_bert(), inputs))

@@ -46,6 +46,30 @@ def test_all_dense_on_gpt2_adds_token_and_position_embeddings() -> None:
     assert names[2:] == resolve_target_modules(tiny_gpt2(), "all-linear")
 
 
+def tiny_opt() -> PreTrainedModel:
+    """1-layer OPT: its learned position embedding computes positions + 2 from the attention
+    mask in its own forward (so does BART's from the ids' shape)."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(0)
+    return OPTForCausalLM(OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1,
+                                    ffn_dim=32, num_attention_heads=2, word_embed_proj_dim=16,
+                                    max_position_embeddings=32)).eval()
+
+
+def test_all_dense_skips_embeddings_whose_forward_does_not_look_up_its_input() -> None:
+    """The adapter looks up ``W_1[:, x]`` of the layer input x: right for nn.Embedding, wrong
+    for an OPT/BART position embedding, whose input is a mask or the ids (it used to crash)."""
+    model = tiny_opt()
+    names = resolve_target_modules(model, "all-dense")
+    assert names[0] == "model.decoder.embed_tokens" and "model.decoder.embed_positions" not in names
+    assert layer_shape(model.model.decoder.embed_positions) is None
+    peft_model = get_peft_model(model, DeepLoraConfig(r=2, target_modules="all-dense"))
+    assert peft_model(input_ids=torch.randint(0, 64, (2, 5))).logits.shape == (2, 5, 64)
+    with pytest.raises(ValueError, match=r"embed_positions.*OPTLearnedPositionalEmbedding"):
+        resolve_target_modules(tiny_opt(), ["embed_positions"])
+
+
 def test_all_dense_refuses_an_embedding_weight_shared_by_several_modules() -> None:
     with pytest.raises(ValueError, match=r"shared by several modules.*encoder\.embed_tokens"):
         resolve_target_modules(tiny_t5(), "all-dense")

@@ -14,7 +14,9 @@ factors).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from numbers import Real
 
 from peft import PeftConfig
 
@@ -23,6 +25,14 @@ from deeplora.factorization.init import check_scale
 PEFT_TYPE = "DEEPLORA"
 INITS = ("orthogonal", "lora", "lora-hu", "compressed")
 LORA_INITS = ("lora", "lora-hu")
+
+
+def module_names(field_name: str, names: object) -> list[str]:
+    """``names`` (an iterable of str) as a list, else a ``ValueError`` naming the field."""
+    listed = list(names) if isinstance(names, Iterable) else None
+    if listed is None or not all(isinstance(name, str) for name in listed):
+        raise ValueError(f"{field_name} must be module names (str), got {names!r}")
+    return listed
 
 
 @dataclass
@@ -78,12 +88,18 @@ class DeepLoraConfig(PeftConfig):
         if self.init == "compressed" and self.r % 2:
             raise ValueError(f'init="compressed" needs an even r (half from the gradient), '
                              f"got r={self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if (isinstance(self.dropout, bool) or not isinstance(self.dropout, Real)
+                or not 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if self.target_modules is None:
             raise ValueError("target_modules is required: names, a regex or a preset")
         if not isinstance(self.target_modules, str):
-            self.target_modules = list(self.target_modules)
+            self.target_modules = module_names("target_modules", self.target_modules)
+        if isinstance(self.modules_to_save, str):
+            raise ValueError(f"modules_to_save must be a list of module names, got "
+                             f"{self.modules_to_save!r} (write [{self.modules_to_save!r}])")
+        if self.modules_to_save is not None:
+            self.modules_to_save = module_names("modules_to_save", self.modules_to_save)
 
     @property
     def num_factors(self) -> int:

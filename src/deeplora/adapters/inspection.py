@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from deeplora.factorization.subspace import (
-    largest_principal_angle_cos,
     numerical_rank,
     principal_angles,
     singular_values,
@@ -31,10 +31,16 @@ def adapter_numerical_ranks(
 ) -> dict[str, int]:
     """Numerical rank of each ΔW: the number of singular values above ``max(atol, rtol·σ_max)``.
 
-    Defaults (NumPy's ``matrix_rank``): ``atol = 0``, ``rtol = max(d_out, d_in)·2.2e-16``. The
-    paper counts Deep LoRA ranks with ``atol=1e-3`` (singular values above 1e-3).
+    Defaults (NumPy's ``matrix_rank``): ``atol = 0``, ``rtol = max(d_out, d_in)·eps`` with eps
+    of ΔW's dtype (1.2e-7 for the float32 adapters, 2.2e-16 for float64): the singular values
+    below are rounding of the product. The paper counts LoRA ranks this way and Deep LoRA
+    ranks with ``atol=1e-3`` (singular values above 1e-3).
     """
-    return {name: numerical_rank(delta, atol=atol, rtol=rtol) for name, delta in deltas.items()}
+    ranks = {}
+    for name, delta in deltas.items():
+        tol = max(delta.shape) * torch.finfo(delta.dtype).eps if rtol is None else rtol
+        ranks[name] = numerical_rank(delta, atol=atol, rtol=tol)
+    return ranks
 
 
 def adapter_principal_angles(
@@ -57,9 +63,21 @@ def adapter_principal_angles(
 
 
 def adapter_subspace_cosines(
-    deltas_a: Mapping[str, Tensor], deltas_b: Mapping[str, Tensor], rank: int = 8
+    deltas_a: Mapping[str, Tensor],
+    deltas_b: Mapping[str, Tensor],
+    rank: int = 8,
+    angle: str = "smallest",
 ) -> dict[str, float]:
-    """cos of the largest principal angle between top-``rank`` left singular subspaces (the
-    paper's Figure 1): 1 = same subspace, 0 = some direction orthogonal."""
-    return {name: largest_principal_angle_cos(deltas_a[name], deltas_b[name], rank)
-            for name in deltas_a.keys() & deltas_b.keys()}
+    """cos of the smallest (default) or the largest principal angle between the top-``rank``
+    left singular subspaces U_a, U_b of ΔW at two checkpoints, for every layer present in both.
+
+    ``"smallest"``: σ_max(U_aᵀ U_b), what the authors' code plots in the paper's Figure 1
+    (PAPER.md, corrected 2026-11-30): 1 as soon as the subspaces share a direction.
+    ``"largest"``: σ_min(U_aᵀ U_b), the stricter one: 1 only when they coincide, 0 when some
+    direction of one is orthogonal to the other.
+    """
+    if angle not in ("smallest", "largest"):
+        raise ValueError(f'angle must be "smallest" or "largest", got {angle!r}')
+    pick = np.min if angle == "smallest" else np.max
+    return {name: float(np.cos(pick(angles)))
+            for name, angles in adapter_principal_angles(deltas_a, deltas_b, rank).items()}

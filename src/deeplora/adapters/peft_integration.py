@@ -9,7 +9,8 @@ Importing :mod:`deeplora.adapters` (or ``from deeplora import DeepLoraConfig``) 
 after that ``get_peft_model``, ``save_pretrained``, ``PeftModel.from_pretrained`` and
 ``merge_and_unload`` work as for any built-in method. The tuner follows ``BaseTuner`` /
 ``BaseTunerLayer``; the hooks overridden are ``_prepare_model``, ``_create_and_replace``,
-``_remove_adapter_name_from_key`` and the layer's ``_move_adapter_to_device_of_base_layer``.
+``_remove_adapter_name_from_key``, ``_enable_peft_forward_hooks`` (to refuse
+``adapter_names``) and the layer's ``_move_adapter_to_device_of_base_layer``.
 ``pyproject.toml`` requires peft 0.21.x and transformers 5.x; the tests prove peft 0.21.2 with
 transformers 5.24.0.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -273,6 +275,20 @@ class DeepLoraModel(BaseTuner):
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
 
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """``PeftModel.forward``/``generate`` enter this with the call's arguments (while an
+        adapter is enabled). PEFT's LoRA routes ``adapter_names`` (one adapter per row) through
+        it; Deep LoRA has no per-row routing, and PEFT would otherwise drop the argument and
+        apply the active adapter to every row, so it is refused."""
+        if kwargs.get("adapter_names") is not None:
+            raise ValueError(
+                "Deep LoRA does not support mixed-adapter batches (adapter_names="
+                f"{kwargs['adapter_names']!r}): run one batch per adapter after "
+                "set_adapter(name), or use disable_adapter() for the base model"
+            )
+        yield
+
     def _check_merge_allowed(self) -> None:
         """Before any layer merges: refuse quantized base weights (see
         :func:`quantized_merge_message`) and an embedding whose weight is also the output
@@ -307,15 +323,17 @@ class DeepLoraModel(BaseTuner):
         (:func:`deeplora.adapters.factors.balanced_factors`), like LoRA's ``"svd"`` combination.
 
         ``r`` defaults to the sum of the adapters' ranks (capped by the smallest layer), which
-        makes the result exact; ``depth`` to the first adapter's (number of factors). The new
+        makes the result exact; ``depth`` (the result's number of factors) to the first adapter's
+        ``depth`` (L, also for a compressed adapter holding L + 2 factors). The new
         adapter is frozen and inactive (``set_adapter`` to use it) and has no
         ``modules_to_save``. Returns per layer the relative spectral error σ_{r+1}/σ_1 of the
         truncation (0 when exact).
 
         Raises:
             ValueError: unknown or non-Deep-LoRA adapters, a taken name, weights of another
-                length, or several of the adapters with their own copy of one module
-                (``modules_to_save``, e.g. two task heads: they cannot be summed).
+                length, several of the adapters with their own copy of one module
+                (``modules_to_save``, e.g. two task heads: they cannot be summed), or ``r``
+                above min(d_out, d_in) of a layer; nothing is added then.
         """
         if adapter_name in self.peft_config:
             raise ValueError(f"adapter {adapter_name!r} already exists")
@@ -340,7 +358,11 @@ class DeepLoraModel(BaseTuner):
             configs[0], r=rank, depth=new_depth, init="orthogonal", target_modules=sorted(layers),
             target_shapes=None, inference_mode=True, modules_to_save=None,
         )
-        self.inject_adapter(self.model, adapter_name)
+        try:  # the checks run before any module changes (prepare_targets)
+            self.inject_adapter(self.model, adapter_name)
+        except Exception:
+            del self.peft_config[adapter_name]  # as PeftModel.add_adapter does
+            raise
         cuts = {}
         for name, layer in layers.items():
             delta = sum(w * layer.get_delta_weight(a).double()

@@ -2,7 +2,9 @@
 
 Adaptable layers are ``torch.nn.Linear``, transformers' ``Conv1D`` (GPT-2 style, weight stored
 d_in×d_out) and ``torch.nn.Embedding`` (weight num_embeddings×dim, seen as the map
-ΔW (dim×num_embeddings) applied to one-hot token vectors, as PEFT's LoRA does). The presets
+ΔW (dim×num_embeddings) applied to one-hot token vectors, as PEFT's LoRA does) when its forward
+looks up its input ids (:func:`looks_up_its_input`; not BART's/OPT's/Whisper's learned
+position embeddings). The presets
 select by module type, never by width (the paper's "both dimensions ≥ 512" rule would adapt
 nothing in a 384-wide model):
 
@@ -42,15 +44,26 @@ Preset = Callable[[nn.Module, dict[str, nn.Module]], list[str]]
 be targeted, adapter wrappers standing for their (unwrapped) base layer."""
 
 
+def looks_up_its_input(module: nn.Embedding) -> bool:
+    """The Embedding's output is the lookup of its input ids: ``nn.Embedding.forward``, or a
+    scaled word embedding (``embed_scale`` times that lookup, as PEFT assumes). Learned position
+    embeddings that compute their positions in their own forward (BART's and OPT's, offset by
+    2, from the ids' shape or the attention mask; Whisper's) are not: the adapter, which looks
+    up ``W_1[:, x]`` of the layer input x, would index the wrong rows or fail."""
+    return type(module).forward is nn.Embedding.forward or hasattr(module, "embed_scale")
+
+
 def layer_shape(module: nn.Module) -> tuple[int, int] | None:
-    """``(d_out, d_in)`` of an adaptable layer (Linear, Conv1D, Embedding), else ``None``.
+    """``(d_out, d_in)`` of an adaptable layer (Linear, Conv1D, an Embedding that
+    :func:`looks_up_its_input`), else ``None``.
 
     An Embedding's weight (num_embeddings×dim) is ΔWᵀ's layout: d_out = dim,
     d_in = num_embeddings.
     """
     if isinstance(module, nn.Linear):
         return module.out_features, module.in_features
-    if isinstance(module, Conv1D | nn.Embedding):
+    if isinstance(module, Conv1D) or (isinstance(module, nn.Embedding)
+                                      and looks_up_its_input(module)):
         d_in, d_out = module.weight.shape
         return d_out, d_in
     return None
@@ -229,6 +242,8 @@ def resolve_target_modules(
     if unsupported:
         raise ValueError(
             f"only torch.nn.Linear, transformers Conv1D and torch.nn.Embedding layers can be "
-            f"adapted; target_modules also matched {unsupported}"
+            f"adapted (embeddings whose forward looks up its input ids, not learned position "
+            f"embeddings that compute positions themselves); target_modules also matched "
+            f"{unsupported}"
         )
     return names
