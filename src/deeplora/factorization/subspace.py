@@ -60,10 +60,10 @@ def top_singular_subspaces(matrix: Tensor, rank: int) -> tuple[Tensor, Tensor, T
 
 
 def largest_principal_angle_cos(a: Tensor, b: Tensor, rank: int) -> float:
-    """cos of the largest principal angle between the top-``rank`` left singular subspaces.
-
-    The paper's Figure 1 quantity: 1 means the subspaces coincide, 0 means some direction of one
-    is orthogonal to the other.
+    """cos of the largest principal angle between the top-``rank`` left singular subspaces,
+    σ_min(U_aᵀ U_b): 1 means the subspaces coincide, 0 means some direction of one is
+    orthogonal to the other. (The paper's Figure 1 plots the cosine of the *smallest* angle,
+    σ_max(U_aᵀ U_b): :func:`~deeplora.adapters.inspection.adapter_subspace_cosines`.)
     """
     ua = top_singular_subspaces(a.detach().double(), rank)[0]
     ub = top_singular_subspaces(b.detach().double(), rank)[0]
