@@ -279,7 +279,7 @@ DEPTH_RESUME_KEYS = ("size", "rank", "seeds", "steps", "init_scale", "lr_scale",
         Arg("--rank", type=int, default=10, help="r, the target's rank (also r̂)"),
         Arg("--fractions", type=float, nargs="+",
             default=[0.25, 0.3, 0.4, 0.5],
-            help="observed fractions (below 20 %, the rank-10 100×100 target's degrees of "
+            help="observed fractions (below 20 %%, the rank-10 100×100 target's degrees of "
                  "freedom, nothing can recover)"),
         Arg("--depths", type=int, nargs="+", choices=sorted(AUTHORS_DEPTH_STEP), default=[2, 3]),
         Arg("--methods", nargs="+", choices=("original", "compressed"),
