@@ -35,3 +35,13 @@ def test_dmc_lag_refuses_an_empty_selection_writing_nothing(
     err = capsys.readouterr().err
     assert err.startswith("deeplora: error: ") and err.count("\n") == 1 and message in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [["--steps", "-1"], ["--every", "0"]])
+def test_dmc_theory_bad_step_counts_are_user_errors(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
+    assert main(["experiment", "dmc-theory", "--size", "6", "--rank", "1", "--out",
+                 str(tmp_path / "theory"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("deeplora: error: need --steps >= 0 and --every >= 1, got ")
+    assert list(tmp_path.iterdir()) == []

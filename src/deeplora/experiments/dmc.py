@@ -548,6 +548,8 @@ def dmc_theory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     steps, every = (3000, 50) if args.fast else (args.steps, args.every)
     if 2 * args.rank > args.size or args.depth < 2:
         raise ValueError("need depth >= 2 and 2 × rank <= size")
+    if steps < 0 or every < 1:
+        raise ValueError(f"need --steps >= 0 and --every >= 1, got {steps} and {every}")
     rec = _theory_run(args.size, args.rank, args.depth, args.init_scale, args.lr, steps, every,
                       args.seed)
     sv = np.array(rec["singular_values"])  # (checkpoints, L, d)
