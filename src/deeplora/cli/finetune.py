@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from deeplora.cli import HelpFormatter
+from deeplora.cli import HelpFormatter, given_options
 from deeplora.finetune.config import (
     HEADS,
     METHODS,
@@ -181,8 +181,7 @@ def run_e2e(args: argparse.Namespace, seeds: tuple[int, ...]) -> int:
     ``--preset``, the cpu preset on a machine without a GPU (said in one line)."""
     from deeplora.nlg.config import default_preset, nlg_preset
 
-    given = [f"--{dest.replace('_', '-')}" for dest, default in args.glue_defaults.items()
-             if getattr(args, dest) != default]
+    given = given_options(args, args.glue_defaults)
     if given:
         raise ValueError(f"{' '.join(given)}: not an option of --task e2e (a GLUE task's; "
                          "see docs/nlg.md for what e2e takes)")
