@@ -16,6 +16,7 @@ from deeplora.cli import (
     ratings_file_options,
 )
 from deeplora.completion.data import IdIndex, Ratings, read_ratings
+from deeplora.experiments import random_seed
 from deeplora.output import check_writable, write_atomic, write_json
 
 FIT_ONLY = ("feedback", "positive_threshold", "alpha", "shrinkage", "save_model", "rank",
@@ -68,7 +69,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="maximum steps (default: preset)")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when available), cpu, cuda, cuda:1, …")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=random_seed, default=0)
     p.add_argument("--distributed", action="store_true",
                    help="shard the training ratings over the processes started by torchrun "
                    "(gloo on CPU, NCCL on GPUs); rank 0 writes the outputs")

@@ -39,7 +39,7 @@ from deeplora.completion import (
     random_low_rank,
 )
 from deeplora.completion.methods import PAPER_GD_GAMMA
-from deeplora.experiments import Arg, experiment
+from deeplora.experiments import Arg, experiment, random_seed
 from deeplora.experiments.plots import plot_runs
 from deeplora.factorization import (
     DeepFactorization,
@@ -137,7 +137,7 @@ RESUME_KEYS = ("size", "rank", "observed", "depth", "init_scale", "gd_lr", "gd_g
             help="steps of the Adam view at r̂ = r (0: skip it)"),
         Arg("--adam-methods", nargs="+", choices=METHODS, default=list(METHODS)),
         Arg("--init-scale", type=float, default=1e-3, help="ε"),
-        Arg("--seed", type=int, default=0),
+        Arg("--seed", type=random_seed, default=0),
     ],
 )
 def dmc_efficiency(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -541,7 +541,7 @@ def _theory_run(size: int, rank: int, depth: int, scale: float, lr: float, steps
         Arg("--lr", type=float, default=0.2, help="GD step on ½‖X − Φ‖²"),
         Arg("--steps", type=int, default=10000),
         Arg("--every", type=int, default=100, help="record every N steps"),
-        Arg("--seed", type=int, default=0),
+        Arg("--seed", type=random_seed, default=0),
     ],
 )
 def dmc_theory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
