@@ -199,3 +199,21 @@ def test_ratings_ids_beyond_int64_are_labels_not_an_overflow(tmp_path, capsys):
     assert main(["complete", "--ratings", str(train), "--rank", "1", "--steps", "2",
                  "--quiet", "--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["shape"] == [4, 3]
+
+
+@pytest.mark.parametrize("argv", [["complete", "--size", "20", "--rank", "2", "--seed"],
+                                  ["recommend", "--ratings", "r.csv", "--output", "o.csv",
+                                   "--seed"],
+                                  ["experiment", "topk", "--seed"],
+                                  ["experiment", "dmc-theory", "--seed"],
+                                  ["experiment", "movielens", "--random-seeds", "0"]])
+@pytest.mark.parametrize("value", ["-1", str(2**64 - 1), "1.5"])
+def test_seed_out_of_range_names_the_option(capsys, argv, value):
+    """They were 'deeplora: error: expected non-negative integer' or 'Overflow when unpacking
+    long long', after the data was read."""
+    with pytest.raises(SystemExit) as exit:
+        main([*argv, value])
+    assert exit.value.code == 2
+    option = next(a for a in argv if a in ("--seed", "--random-seeds"))
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        f"error: argument {option}: must be an integer in [0, 2**32), got '{value}'")

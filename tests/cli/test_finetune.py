@@ -106,3 +106,19 @@ def test_diverged_runs_are_reported_and_exit_1(tiny_model: str, tmp_path: Path, 
     captured = capsys.readouterr()
     assert "lora seed 0: diverged (training loss not finite at step 1)" in captured.out
     assert captured.err == "deeplora: 1 run(s) diverged; lower --lr\n"
+
+
+@pytest.mark.parametrize("args", [["--jobs", "2"], ["--head", "prompt"], ["--template", "plain"],
+                                  ["--heldout-samples", "4"], ["--eval-every", "5"],
+                                  ["--padding", "longest"], ["--max-length", "64"],
+                                  ["--targets", "query-value"]])
+def test_e2e_refuses_the_glue_only_options(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           args: list[str]) -> None:
+    """They were silently ignored: ``--jobs 2`` ran one run at a time."""
+    out = tmp_path / "out"
+    assert main(["finetune", "--task", "e2e", "--preset", "cpu", "--out", str(out), "--quiet",
+                 *args]) == 2
+    assert capsys.readouterr().err == (f"deeplora: error: {args[0]}: not an option of --task "
+                                       "e2e (a GLUE task's; see docs/nlg.md for what e2e "
+                                       "takes)\n")
+    assert not out.exists()

@@ -158,3 +158,25 @@ def test_output_into_missing_folders_creates_them(tmp_path: Path) -> None:
     assert main(["recommend", "--ratings", str(train), "--output", str(out), "--k", "2",
                  "--steps", "2", "--quiet"]) == 0
     assert out.read_text().startswith("user,item,rank,score,predicted_rating\n")
+
+
+def test_model_refuses_the_options_of_fitting(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """With ``--model`` they were silently ignored (``--save-model`` wrote nothing,
+    ``--feedback implicit`` gave an explicit model's list)."""
+    train, _ = _ratings_csv(tmp_path)
+    model = tmp_path / "m.pt"
+    assert main(["recommend", "--ratings", str(train), "--output", str(tmp_path / "a.csv"),
+                 "--save-model", str(model), "--rank", "2", "--steps", "2", "--quiet"]) == 0
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for flags in (["--save-model", str(tmp_path / "m2.pt")], ["--feedback", "implicit"],
+                  ["--rank", "3"], ["--steps", "5"], ["--seed", "1"], ["--shrinkage", "5"],
+                  ["--feedback", "implicit", "--alpha", "2"], ["--distributed"]):
+        assert main(["recommend", "--ratings", str(train), "--model", str(model), "--output",
+                     str(tmp_path / "b.csv"), "--quiet", *flags]) == 2
+        given = " ".join(flag for flag in flags if flag.startswith("--"))
+        assert capsys.readouterr().err == (f"deeplora: error: {given}: options of fitting a "
+                                           f"model; --model {model} is already fitted\n")
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert main(["recommend", "--ratings", str(train), "--model", str(model), "--output",
+                 str(tmp_path / "b.csv"), "--seed", "0", "--quiet"]) == 0  # the default: fine

@@ -21,6 +21,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib import import_module
+from typing import Any
 
 from deeplora import __version__
 
@@ -71,6 +72,14 @@ def ratings_file_options(args: argparse.Namespace) -> dict[str, str | None]:
     :func:`add_ratings_file_arguments`' options."""
     return {name: getattr(args, name)
             for name in ("format", "sep", "user_col", "item_col", "rating_col")}
+
+
+def given_options(args: argparse.Namespace, defaults: dict[str, Any]) -> list[str]:
+    """The flags (``--dest-name``) among ``defaults`` (destination -> parser default, recorded
+    with ``parser.set_defaults``) whose value in ``args`` is not the default: the options the
+    user gave (unless at their default value)."""
+    return [f"--{dest.replace('_', '-')}" for dest, default in defaults.items()
+            if getattr(args, dest) != default]
 
 
 class UsageError(ValueError):

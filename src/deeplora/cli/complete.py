@@ -25,6 +25,7 @@ from deeplora.completion.data import IdIndex, read_ratings
 from deeplora.completion.methods import check_synthetic_fits
 from deeplora.completion.observations import check_clip
 from deeplora.completion.problems import random_low_rank
+from deeplora.experiments import random_seed
 from deeplora.output import check_writable, write_json
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -75,7 +76,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-every", type=int, default=None,
                    help=f"steps between evaluations (default: 10; {_RATINGS})")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=random_seed, default=0)
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: 1 for compressed/narrow, whose steps are too "
                    "small to gain from more and slow down badly on a busy machine; torch's "

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from deeplora.cli import HelpFormatter
+from deeplora.cli import HelpFormatter, given_options
 from deeplora.finetune.config import (
     HEADS,
     METHODS,
@@ -34,6 +34,10 @@ from deeplora.finetune.sweep import (
     zero_shot_cell,
 )
 from deeplora.output import check_writable_dir, write_atomic
+
+GLUE_ONLY = ("head", "template", "heldout_samples", "eval_every", "padding", "max_length",
+             "targets", "jobs")
+"""Options of the GLUE tasks that ``--task e2e`` (its presets, :mod:`deeplora.nlg`) has not."""
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -96,7 +100,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="train this many runs at once, in separate processes that split the CPU "
                    "cores (and share the GPU, if any)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, glue_defaults={dest: p.get_default(dest) for dest in GLUE_ONLY})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -177,6 +181,10 @@ def run_e2e(args: argparse.Namespace, seeds: tuple[int, ...]) -> int:
     ``--preset``, the cpu preset on a machine without a GPU (said in one line)."""
     from deeplora.nlg.config import default_preset, nlg_preset
 
+    given = given_options(args, args.glue_defaults)
+    if given:
+        raise ValueError(f"{' '.join(given)}: not an option of --task e2e (a GLUE task's; "
+                         "see docs/nlg.md for what e2e takes)")
     preset, notice = (args.preset, None) if args.preset else default_preset()
     methods = tuple(dict.fromkeys(m.strip() for m in args.method.split(",")))
     cells = [(nlg_preset(preset, method=method, rank=args.rank, samples=args.samples,

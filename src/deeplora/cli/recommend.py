@@ -9,9 +9,19 @@ from typing import Any
 
 import numpy as np
 
-from deeplora.cli import HelpFormatter, add_ratings_file_arguments, ratings_file_options
+from deeplora.cli import (
+    HelpFormatter,
+    add_ratings_file_arguments,
+    given_options,
+    ratings_file_options,
+)
 from deeplora.completion.data import IdIndex, Ratings, read_ratings
+from deeplora.experiments import random_seed
 from deeplora.output import check_writable, write_atomic, write_json
+
+FIT_ONLY = ("feedback", "positive_threshold", "alpha", "shrinkage", "save_model", "rank",
+            "steps", "seed", "distributed")
+"""Options of fitting, which a model loaded with ``--model`` has already had."""
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -51,25 +61,30 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=4.0,
                    help="a held-out rating >= this is relevant (ranking metrics)")
     p.add_argument("--model", metavar="PATH", default=None,
-                   help="load a model saved with --save-model instead of fitting")
+                   help="load a model saved with --save-model instead of fitting (the "
+                   "options of fitting, --feedback to --seed and --distributed, are refused "
+                   "with it)")
     p.add_argument("--save-model", metavar="PATH", default=None, help="save the fitted model")
     p.add_argument("--rank", type=int, default=None, help="r̂ (default: the preset's)")
     p.add_argument("--steps", type=int, default=None, help="maximum steps (default: preset)")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when available), cpu, cuda, cuda:1, …")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=random_seed, default=0)
     p.add_argument("--distributed", action="store_true",
                    help="shard the training ratings over the processes started by torchrun "
                    "(gloo on CPU, NCCL on GPUs); rank 0 writes the outputs")
     p.add_argument("--json", metavar="PATH|-", default=None, help="write a summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_ratings_file_arguments(p.add_argument_group("ratings file format"))
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, fit_defaults={dest: p.get_default(dest) for dest in FIT_ONLY})
 
 
 def run(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
+    if args.model and (given := given_options(args, args.fit_defaults)):
+        raise ValueError(f"{' '.join(given)}: options of fitting a model; --model "
+                         f"{args.model} is already fitted")
     if args.feedback == "explicit":
         for flag, value in (("--positive-threshold", args.positive_threshold),
                             ("--alpha", args.alpha)):
@@ -80,8 +95,6 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.output, args.json, args.save_model):
         check_writable(path)
     if args.distributed:
-        if args.model:
-            raise ValueError("--distributed trains a model; it cannot be used with --model")
         return _run_distributed(args)
     return _run(args)
 
@@ -149,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     write_atomic(args.output, lambda tmp: pd.DataFrame(out).to_csv(tmp, index=False))
-    if args.save_model and not args.model:
+    if args.save_model:
         estimator.save(args.save_model)
     if args.json:
         write_json(args.json, result)

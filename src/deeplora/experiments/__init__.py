@@ -23,6 +23,18 @@ from typing import Any
 Runner = Callable[[argparse.Namespace, Path], Any]
 
 
+def random_seed(text: str) -> int:
+    """argparse ``type`` of a seed option: an integer in [0, 2**32) (NumPy's and
+    scikit-learn's range), else an error naming the option."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Arg:
     """One command-line option: ``Arg("--size", type=int, default=500, help="…")``."""

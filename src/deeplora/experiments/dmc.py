@@ -39,7 +39,7 @@ from deeplora.completion import (
     random_low_rank,
 )
 from deeplora.completion.methods import PAPER_GD_GAMMA
-from deeplora.experiments import Arg, experiment
+from deeplora.experiments import Arg, experiment, random_seed
 from deeplora.experiments.plots import plot_runs
 from deeplora.factorization import (
     DeepFactorization,
@@ -137,7 +137,7 @@ RESUME_KEYS = ("size", "rank", "observed", "depth", "init_scale", "gd_lr", "gd_g
             help="steps of the Adam view at r̂ = r (0: skip it)"),
         Arg("--adam-methods", nargs="+", choices=METHODS, default=list(METHODS)),
         Arg("--init-scale", type=float, default=1e-3, help="ε"),
-        Arg("--seed", type=int, default=0),
+        Arg("--seed", type=random_seed, default=0),
     ],
 )
 def dmc_efficiency(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -279,7 +279,7 @@ DEPTH_RESUME_KEYS = ("size", "rank", "seeds", "steps", "init_scale", "lr_scale",
         Arg("--rank", type=int, default=10, help="r, the target's rank (also r̂)"),
         Arg("--fractions", type=float, nargs="+",
             default=[0.25, 0.3, 0.4, 0.5],
-            help="observed fractions (below 20 %, the rank-10 100×100 target's degrees of "
+            help="observed fractions (below 20 %%, the rank-10 100×100 target's degrees of "
                  "freedom, nothing can recover)"),
         Arg("--depths", type=int, nargs="+", choices=sorted(AUTHORS_DEPTH_STEP), default=[2, 3]),
         Arg("--methods", nargs="+", choices=("original", "compressed"),
@@ -541,13 +541,15 @@ def _theory_run(size: int, rank: int, depth: int, scale: float, lr: float, steps
         Arg("--lr", type=float, default=0.2, help="GD step on ½‖X − Φ‖²"),
         Arg("--steps", type=int, default=10000),
         Arg("--every", type=int, default=100, help="record every N steps"),
-        Arg("--seed", type=int, default=0),
+        Arg("--seed", type=random_seed, default=0),
     ],
 )
 def dmc_theory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     steps, every = (3000, 50) if args.fast else (args.steps, args.every)
     if 2 * args.rank > args.size or args.depth < 2:
         raise ValueError("need depth >= 2 and 2 × rank <= size")
+    if steps < 0 or every < 1:
+        raise ValueError(f"need --steps >= 0 and --every >= 1, got {steps} and {every}")
     rec = _theory_run(args.size, args.rank, args.depth, args.init_scale, args.lr, steps, every,
                       args.seed)
     sv = np.array(rec["singular_values"])  # (checkpoints, L, d)

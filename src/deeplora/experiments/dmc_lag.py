@@ -189,11 +189,22 @@ def dmc_lag(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 "tol_authors": args.tol, "stall_window": 100 if args.fast else args.stall_window,
                 "stall_rtol": args.stall_rtol, "snapshot_every": 100 if args.fast else 500}
     folder = out / "runs"
-    folder.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        for cell in grid:
-            if cell.group not in args.groups or (args.cells and cell.name not in args.cells):
-                continue
+        cells = [cell for cell in grid
+                 if cell.group in args.groups and (not args.cells or cell.name in args.cells)]
+        unknown = sorted(set(args.cells or ()) - {cell.name for cell in grid})
+        if unknown:
+            raise ValueError(f"--cells: no cell named {', '.join(unknown)}; the cells are "
+                             f"{', '.join(cell.name for cell in grid)}")
+        if not cells:
+            raise ValueError(f"--groups {' '.join(args.groups)}"
+                             f"{' with --cells' if args.cells else ''} select no cell; the "
+                             f"cells are {', '.join(f'{c.name} ({c.group})' for c in grid)}")
+        if seeds < 1 or settings["steps"] < 1:
+            raise ValueError(f"--seeds and --steps must be >= 1, got {seeds} and "
+                             f"{settings['steps']}")
+        folder.mkdir(parents=True, exist_ok=True)
+        for cell in cells:
             for seed in range(seeds):
                 path = folder / f"{cell.name}-s{seed}.json"
                 if path.is_file():
@@ -203,6 +214,8 @@ def dmc_lag(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                         continue
                 write_json(path, {"settings": settings, **_lag_problem(cell, seed, settings)})
     records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    if not records:
+        raise ValueError(f"{folder}: no runs (run dmc-lag without --report-only first)")
     authors = out / "authors-code.json"
     (out / "dmc-lag.md").write_text(lag_report(
         records, json.loads(authors.read_text()) if authors.is_file() else None))

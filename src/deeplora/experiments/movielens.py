@@ -45,7 +45,7 @@ from deeplora.completion.data import (
 )
 from deeplora.completion.estimator import DeepMatrixCompletion
 from deeplora.completion.observations import mae, rmse
-from deeplora.experiments import Arg, experiment
+from deeplora.experiments import Arg, experiment, random_seed
 from deeplora.output import write_atomic, write_json
 from deeplora.plotting import new_figure, save_figure
 
@@ -128,7 +128,7 @@ def experiment_splits(name: str, folds: list[str], seeds: list[int], temporal: b
         Arg("--root", default=None, help="ml-100k folder (default: see deeplora.completion.data)"),
         Arg("--splits", nargs="*", default=None,
             help="official MovieLens folds (default: u1 … u5; none for filmtrust)"),
-        Arg("--random-seeds", nargs="*", type=int, default=[0, 1, 2],
+        Arg("--random-seeds", nargs="*", type=random_seed, default=[0, 1, 2],
             help="seeds of random 80/20 splits of u.data"),
         Arg("--methods", nargs="+", default=None, choices=list(SOURCES),
             help="run only these (default: all; Surprise rows need scikit-surprise)"),

@@ -43,7 +43,7 @@ from deeplora.completion.data import (
 )
 from deeplora.completion.estimator import DeepMatrixCompletion
 from deeplora.completion.ranking import ranking_metrics
-from deeplora.experiments import Arg, experiment
+from deeplora.experiments import Arg, experiment, random_seed
 from deeplora.experiments.movielens import LOADERS
 from deeplora.output import write_atomic, write_json
 
@@ -237,7 +237,7 @@ def report(folder: Path) -> str:
             "ml-100k-<split> or the --train file's stem)"),
         Arg("--k", type=int, default=10, help="list length"),
         Arg("--threshold", type=float, default=4.0, help="relevant: rating >= this"),
-        Arg("--seed", type=int, default=0, help="seeds the splits and the models"),
+        Arg("--seed", type=random_seed, default=0, help="seeds the splits and the models"),
     ],
 )
 def topk(args: argparse.Namespace, out: Path) -> dict[str, Any]:
