@@ -1,3 +1,4 @@
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -262,3 +263,52 @@ FAILS_WITH = {
 def test_wrong_constructions_fail_the_shape_checks(construction: str,
                                                    wrong_construction) -> None:
     assert wrong_construction(construction, SHAPE_CHECKS) == FAILS_WITH[construction]
+
+
+def two_adapter_bert() -> PeftModel:
+    """Tiny BERT with Deep LoRA adapters ``one`` (active, trainable, an O(1) ΔW that changes the
+    gradient) and ``two`` (added, inactive, frozen), each with its own classifier copy."""
+    config = DeepLoraConfig(r=4, depth=3, target_modules="query-value",
+                            modules_to_save=["classifier"])
+    model = get_peft_model(tiny_bert(), config, adapter_name="one")
+    model.add_adapter("two", config)
+    generator = torch.Generator().manual_seed(5)
+    for factorization in adapter_factorizations(model, "one").values():
+        with torch.no_grad():
+            for factor in factorization.factors:
+                factor.copy_(torch.randn(factor.shape, generator=generator))
+    return model
+
+
+def test_compress_named_inactive_adapter_takes_its_own_gradient() -> None:
+    model = two_adapter_bert()
+    inputs = inputs_for(model)
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    alone = copy.deepcopy(model)
+    alone.set_adapter("two")  # the gradient the named adapter's own model gives
+    expected = compress_adapters(alone, inputs, "two", torch.Generator().manual_seed(3))
+    assert compress_adapters(model, inputs, "two", torch.Generator().manual_seed(3)) == expected
+
+    for name, factorization in adapter_factorizations(model, "two").items():
+        for factor, want in zip(factorization.factors,
+                                adapter_factorizations(alone, "two")[name].factors, strict=True):
+            torch.testing.assert_close(factor, want, atol=1e-6, rtol=0)
+    assert model.active_adapters == ["one"] and model.peft_config["two"].init == "compressed"
+    # every flag as before; the new factors of the frozen adapter frozen too
+    assert {name: p.requires_grad for name, p in model.named_parameters()
+            if ".two." not in name} == {
+        name: flag for name, flag in flags.items() if ".two." not in name}
+    assert not any(p.requires_grad for name, p in model.named_parameters() if ".two." in name)
+
+
+def test_compress_restores_the_active_adapter_after_an_error() -> None:
+    model = two_adapter_bert()
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+
+    def failing(m: PeftModel) -> torch.Tensor:
+        raise RuntimeError("loss failed")
+
+    with pytest.raises(RuntimeError, match="loss failed"):
+        compress_adapters(model, failing, "two")
+    assert model.active_adapters == ["one"] and model.peft_config["two"].init == "orthogonal"
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags

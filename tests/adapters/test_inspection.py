@@ -14,6 +14,11 @@ from deeplora.adapters import (
     adapter_subspace_cosines,
     build_adapter_config,
 )
+from deeplora.adapters.inspection import (
+    adapter_subspaces,
+    principal_angle_cosines,
+    subspace_principal_angles,
+)
 
 from .helpers import tiny_bert, tiny_gpt2
 
@@ -91,6 +96,23 @@ def test_principal_angles_between_two_checkpoints() -> None:
     assert strict["q"] == pytest.approx(math.cos(0.3)) and strict["v"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="side"):
         adapter_principal_angles(before, after, side="up")
+
+
+def test_angles_from_kept_bases_equal_those_from_the_deltas() -> None:
+    """A run keeps only the top-r bases of each snapshot (adapter_subspaces): the angles and
+    cosines from them are those of the ΔWs, for the layers of both, in the first one's order."""
+    before = {"v": rotated(0.0), "q": rotated(0.0)}
+    after = {"q": rotated(0.3), "v": rotated(0.1), "only_after": rotated(1.0)}
+    bases = adapter_subspaces(before, rank=2)
+    assert [b.shape for b in bases.values()] == [(6, 2), (6, 2)]
+    assert adapter_subspaces(before, rank=1, side="right")["q"].shape == (6, 1)
+    angles = subspace_principal_angles(bases, adapter_subspaces(after, rank=2))
+    assert list(angles) == ["v", "q"]
+    np.testing.assert_allclose(angles["q"], adapter_principal_angles(before, after, 2)["q"])
+    for kind in ("smallest", "largest"):
+        assert principal_angle_cosines(angles, kind) == adapter_subspace_cosines(
+            before, after, 2, kind)
+    assert principal_angle_cosines(angles, "largest")["v"] == pytest.approx(math.cos(0.1))
 
 
 def test_subspace_cosine_is_the_papers_figure_1_quantity() -> None:

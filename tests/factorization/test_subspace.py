@@ -25,6 +25,12 @@ def test_numerical_rank_and_cos():
     x = torch.diag(torch.tensor([1.0, 1e-2, 1e-17], dtype=torch.float64))
     assert numerical_rank(x) == 2
     assert numerical_rank(x, atol=1e-1) == 1
+    # float64 eps by default also for float32: a float32 rank-2 product reads as full rank
+    # (rounding ~1e-7·σ₁), float32's eps (NumPy's default for it) gives 2
+    product = (torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+               @ torch.randn(2, 8, generator=torch.Generator().manual_seed(1)))
+    assert numerical_rank(product) > 2
+    assert numerical_rank(product, rtol=8 * torch.finfo(torch.float32).eps) == 2
     assert largest_principal_angle_cos(x, 2 * x, 2) == pytest.approx(1.0)
 
 

@@ -55,6 +55,7 @@ from torch import Tensor, nn
 
 from deeplora.adapters.peft_integration import (
     active_adapter_name,
+    adapter_activated,
     adapter_factorizations,
     deeplora_config,
     deeplora_layers,
@@ -127,6 +128,9 @@ def compress_adapters(
         loss_fn_or_batch: ``loss_fn(model) -> scalar`` or a batch for ``model(**batch).loss``;
             one backward pass of it gives each layer's G = ∂ℒ/∂ΔW (see module docstring).
             Call ``model.eval()`` first for a gradient without dropout.
+        adapter_name: the adapter to compress, by default the one active adapter. The pass
+            runs with only this adapter active (its ΔW and its ``modules_to_save`` copies);
+            the adapters active before, and every ``requires_grad``, are restored afterwards.
         generator: draws the Haar partial isometries Q.
 
     Returns:
@@ -167,9 +171,10 @@ def compress_adapters(
 
     handles = [layer.register_forward_hook(capture(name)) for name, layer in layers.items()]
     try:
-        loss = _loss(model, loss_fn_or_batch)
-        if probes:
-            torch.autograd.grad(loss, probes, allow_unused=True)
+        with adapter_activated(model, adapter_name):  # ℒ at this adapter's ΔW, not another's
+            loss = _loss(model, loss_fn_or_batch)
+            if probes:
+                torch.autograd.grad(loss, probes, allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()

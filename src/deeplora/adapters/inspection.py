@@ -43,6 +43,39 @@ def adapter_numerical_ranks(
     return ranks
 
 
+def adapter_subspaces(
+    deltas: Mapping[str, Tensor], rank: int = 8, side: str = "left"
+) -> dict[str, Tensor]:
+    """Orthonormal bases of the top-``rank`` left (d_out×rank) or right (d_in×rank) singular
+    subspace of each ΔW, float64 on the CPU: what a checkpoint needs to keep for the angles
+    below (a training run keeps these instead of every ΔW)."""
+    if side not in ("left", "right"):
+        raise ValueError(f'side must be "left" or "right", got {side!r}')
+    index = 0 if side == "left" else 2
+    return {name: top_singular_subspaces(delta.detach().cpu().double(), rank)[index]
+            for name, delta in deltas.items()}
+
+
+def subspace_principal_angles(
+    bases_a: Mapping[str, Tensor], bases_b: Mapping[str, Tensor]
+) -> dict[str, np.ndarray]:
+    """Principal angles (radians, descending) between the bases (n×p, n×q) of every layer
+    present in both, in the order of ``bases_a``."""
+    return {name: principal_angles(basis, bases_b[name])
+            for name, basis in bases_a.items() if name in bases_b}
+
+
+def principal_angle_cosines(
+    angles: Mapping[str, np.ndarray], angle: str = "smallest"
+) -> dict[str, float]:
+    """Per layer, cos of the smallest (σ_max(U_aᵀ U_b), default) or the largest
+    (σ_min(U_aᵀ U_b)) of its principal angles."""
+    if angle not in ("smallest", "largest"):
+        raise ValueError(f'angle must be "smallest" or "largest", got {angle!r}')
+    pick = np.min if angle == "smallest" else np.max
+    return {name: float(np.cos(pick(values))) for name, values in angles.items()}
+
+
 def adapter_principal_angles(
     deltas_a: Mapping[str, Tensor],
     deltas_b: Mapping[str, Tensor],
@@ -51,15 +84,8 @@ def adapter_principal_angles(
 ) -> dict[str, np.ndarray]:
     """Principal angles (radians, descending) between the top-``rank`` left (or right)
     singular subspaces of ΔW at two checkpoints, for every layer present in both."""
-    if side not in ("left", "right"):
-        raise ValueError(f'side must be "left" or "right", got {side!r}')
-    index = 0 if side == "left" else 2
-    angles = {}
-    for name in deltas_a.keys() & deltas_b.keys():
-        a = top_singular_subspaces(deltas_a[name].detach().cpu().double(), rank)[index]
-        b = top_singular_subspaces(deltas_b[name].detach().cpu().double(), rank)[index]
-        angles[name] = principal_angles(a, b)
-    return angles
+    return subspace_principal_angles(adapter_subspaces(deltas_a, rank, side),
+                                     adapter_subspaces(deltas_b, rank, side))
 
 
 def adapter_subspace_cosines(
@@ -76,8 +102,4 @@ def adapter_subspace_cosines(
     ``"largest"``: σ_min(U_aᵀ U_b), the stricter one: 1 only when they coincide, 0 when some
     direction of one is orthogonal to the other.
     """
-    if angle not in ("smallest", "largest"):
-        raise ValueError(f'angle must be "smallest" or "largest", got {angle!r}')
-    pick = np.min if angle == "smallest" else np.max
-    return {name: float(np.cos(pick(angles)))
-            for name, angles in adapter_principal_angles(deltas_a, deltas_b, rank).items()}
+    return principal_angle_cosines(adapter_principal_angles(deltas_a, deltas_b, rank), angle)

@@ -30,8 +30,14 @@ from peft.mapping import (
     PEFT_TYPE_TO_TUNER_MAPPING,
 )
 from peft.tuners.lora import LoraLayer
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_adapters_to_merge
+from peft.tuners.tuners_utils import (
+    BaseTuner,
+    BaseTunerLayer,
+    check_adapters_to_merge,
+    set_adapter,
+)
 from peft.utils import ModulesToSaveWrapper
+from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import Tensor, nn
 from torch.nn import functional as F
 from transformers.pytorch_utils import Conv1D
@@ -404,6 +410,30 @@ def active_adapter_name(model: nn.Module, adapter_name: str | None) -> str:
     if len(active) > 1:
         raise ValueError(f"several adapters are active ({sorted(active)}); pass adapter_name")
     return active.pop() if active else "default"
+
+
+@contextmanager
+def adapter_activated(model: nn.Module, adapter_name: str) -> Iterator[None]:
+    """Within the block only ``adapter_name`` is active in ``model``: in its PEFT layers and
+    ``modules_to_save`` copies (PEFT's ``set_adapter``) and its tuner's ``active_adapter``.
+    On leaving, also by an exception, the adapters active before and the ``requires_grad`` of
+    every parameter (which ``set_adapter`` changes) are restored."""
+    layers = [(m, m._active_adapter) for m in model.modules()
+              if isinstance(m, BaseTunerLayer | AuxiliaryTrainingWrapper)]
+    tuners = [(m, m.active_adapter) for m in model.modules() if isinstance(m, BaseTuner)]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        set_adapter(model, adapter_name)
+        for tuner, _ in tuners:
+            tuner.active_adapter = adapter_name
+        yield
+    finally:
+        for module, active in layers:
+            module._active_adapter = active
+        for tuner, active in tuners:
+            tuner.active_adapter = active
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
 
 
 def deeplora_layers(model: nn.Module, adapter_name: str) -> Iterator[tuple[str, DeepLoraLayer]]:

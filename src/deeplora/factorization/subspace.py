@@ -29,8 +29,12 @@ def singular_values(matrix: Tensor) -> Tensor:
 def numerical_rank(matrix: Tensor, atol: float | None = None, rtol: float | None = None) -> int:
     """Number of singular values above ``max(atol, rtol · σ_max)``.
 
-    Default: ``rtol = max(rows, cols) · float64 eps`` (NumPy's ``matrix_rank`` convention) and
-    ``atol = 0``. The paper counts Deep LoRA ranks with ``atol = 1e-3`` on the spectral norm scale.
+    Default: ``atol = 0`` and ``rtol = max(rows, cols) · eps`` with float64's eps whatever the
+    input dtype, since the SVD runs in float64: NumPy's ``matrix_rank`` tolerance for a float64
+    matrix. For a float32 one NumPy takes float32's eps; pass that ``rtol`` (as
+    :func:`~deeplora.adapters.inspection.adapter_numerical_ranks` does), or the float32
+    rounding of the entries counts as rank. The paper counts Deep LoRA ranks with
+    ``atol = 1e-3`` on the spectral norm scale.
     """
     s = singular_values(matrix)
     if s.numel() == 0 or s[0] == 0:

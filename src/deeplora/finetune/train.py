@@ -26,11 +26,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from deeplora.adapters import adapter_deltas, adapter_param_groups, compress_adapters
-from deeplora.factorization.subspace import (
-    principal_angles,
-    singular_values,
-    top_singular_subspaces,
+from deeplora.adapters.inspection import (
+    adapter_subspaces,
+    principal_angle_cosines,
+    subspace_principal_angles,
 )
+from deeplora.factorization.subspace import singular_values
 from deeplora.finetune.config import FinetuneConfig
 from deeplora.finetune.data import few_shot, get_task, hold_out, load_split
 from deeplora.finetune.estimate import UnitCosts, seconds_per_step
@@ -306,10 +307,8 @@ def run_finetune(
 
     def snapshot(step: int) -> None:
         if track and step in config.snapshot_steps:
-            snapshots[step] = {
-                name: top_singular_subspaces(delta.double().cpu(), config.subspace_rank)[0]
-                for name, delta in adapter_deltas(adapted_backbone(task_model)).items()
-            }
+            snapshots[step] = adapter_subspaces(adapter_deltas(adapted_backbone(task_model)),
+                                                config.subspace_rank)
 
     def record_eval(step: int) -> dict[str, float]:
         entry: dict[str, Any] = {"step": step}
@@ -406,17 +405,19 @@ def _subspace_cosines(
     snapshots: dict[int, dict[str, Tensor]], final: dict[str, Tensor], rank: int
 ) -> dict[str, dict[str, list[float]]]:
     """Per layer, between the top-``rank`` left singular subspace of ΔW at each snapshot step
-    and at the end: ``cos_smallest_angle`` = σ_max(U_tᵀ U_T), the authors' Figure 1 quantity,
-    and ``cos_largest_angle`` = σ_min(U_tᵀ U_T), the stricter one (every direction kept)."""
+    (``snapshots``: the bases, :func:`~deeplora.adapters.inspection.adapter_subspaces`) and at
+    the end (``final``: ΔW): ``cos_smallest_angle`` = σ_max(U_tᵀ U_T), the authors' Figure 1
+    quantity, and ``cos_largest_angle`` = σ_min(U_tᵀ U_T), the stricter one (every direction
+    kept)."""
     steps = sorted(snapshots)
-    out = {}
-    for name, delta in final.items():
-        end = top_singular_subspaces(delta.double().cpu(), rank)[0]
-        angles = [principal_angles(snapshots[s][name], end) for s in steps]
-        out[name] = {"steps": steps,
-                     "cos_smallest_angle": [float(np.cos(a.min())) for a in angles],
-                     "cos_largest_angle": [float(np.cos(a.max())) for a in angles]}
-    return out
+    end = adapter_subspaces(final, rank)
+    angles = [subspace_principal_angles(snapshots[s], end) for s in steps]
+    cosines = {kind: [principal_angle_cosines(a, kind) for a in angles]
+               for kind in ("smallest", "largest")}
+    return {name: {"steps": steps,
+                   "cos_smallest_angle": [c[name] for c in cosines["smallest"]],
+                   "cos_largest_angle": [c[name] for c in cosines["largest"]]}
+            for name in end}
 
 
 def _optimizer(
