@@ -227,6 +227,10 @@ def test_compress_refuses_lora_and_odd_rank_and_unused_layers() -> None:
     with pytest.raises(ValueError, match="does not depend on the adapted layers"):
         compress_adapters(model, unrelated)
     assert model.peft_config["default"].init == "orthogonal"
+    model.merge_adapter()  # new factors under a merged ΔW would break a later unmerge
+    with pytest.raises(ValueError, match="unmerge_adapter"):
+        compress_adapters(model, inputs)
+    assert model.peft_config["default"].init == "orthogonal"
 
 
 def test_param_groups_give_outer_factors_gamma_lr() -> None:

@@ -124,7 +124,7 @@ def compress_adapters(
 
     Args:
         model: a PEFT model with a Deep LoRA adapter of ``init`` ``"orthogonal"`` or
-            ``"compressed"`` and even r.
+            ``"compressed"`` and even r, not merged into the base weights (``ValueError``).
         loss_fn_or_batch: ``loss_fn(model) -> scalar`` or a batch for ``model(**batch).loss``;
             one backward pass of it gives each layer's G = ∂ℒ/∂ΔW (see module docstring).
             Call ``model.eval()`` first for a gradient without dropout.
@@ -144,6 +144,10 @@ def compress_adapters(
             f"got init={config.init!r}, r={config.r}"
         )
     layers = dict(deeplora_layers(model, adapter_name))
+    merged = [name for name, layer in layers.items() if adapter_name in layer.merged_adapters]
+    if merged:  # new factors under a merged ΔW: a later unmerge would subtract the wrong one
+        raise ValueError(f"adapter {adapter_name!r} is merged into {len(merged)} layers (e.g. "
+                         f"{merged[0]!r}); call unmerge_adapter() before compressing it")
     pending = dict.fromkeys(layers, 0)  # forward calls whose gradient has not arrived yet
     grads: dict[str, Tensor] = {}
     built: dict[str, list[Tensor]] = {}
