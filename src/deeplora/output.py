@@ -7,9 +7,11 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
 
 
 def check_writable(path: str | os.PathLike[str] | None) -> None:
@@ -83,3 +85,25 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
         sys.stdout.flush()
         return
     write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def read_result(path: Path, required: Sequence[str]) -> dict[str, Any] | None:
+    """The result at ``path``: a JSON object with every key of ``required``; ``None`` if there
+    is none, or if it is not valid JSON or not such an object (cut short, edited by hand): then
+    it is renamed ``*.invalid``, with a message naming it, so that the run is redone."""
+    try:
+        result = json.loads(path.read_text())
+        if not isinstance(result, dict):
+            raise ValueError(f"a JSON {type(result).__name__}, not an object")
+        missing = [key for key in required if key not in result]
+        if missing:
+            raise ValueError(f"no key(s) {missing}")
+        return result
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as exc:
+        aside = path.with_name(path.name + ".invalid")
+        os.replace(path, aside)
+        tqdm.write(f"deeplora: {path} is not a valid result ({exc}); moved to {aside.name}, "
+                   "the seed runs again", file=sys.stderr)
+        return None

@@ -91,6 +91,18 @@ def test_invalid_result_file_counts_as_unfinished(glue_dir: Path, tiny_model: st
     assert path.with_name("seed-0.json.invalid").read_text() != path.read_text()
 
 
+@pytest.mark.parametrize("text", ["null", "[]", "{}", '{"seed": 0, "config": {}}'])
+def test_json_that_is_not_a_result_counts_as_unfinished(tmp_path: Path, capsys,
+                                                        text: str) -> None:
+    config = FinetuneConfig()
+    path = runs.result_path(tmp_path, config, 0)
+    path.parent.mkdir(parents=True)
+    path.write_text(text)  # valid JSON, edited by hand: no result a report could read
+    assert runs.load_results(tmp_path, config, [0]) == []
+    assert f"{path} is not a valid result" in capsys.readouterr().err
+    assert path.with_name("seed-0.json.invalid").read_text() == text and not path.exists()
+
+
 def test_non_finite_loss_stops_the_run_with_a_status(tiny_model: str, tmp_path: Path,
                                                      make_glue) -> None:
     data = make_glue(tmp_path / "glue", n=8)

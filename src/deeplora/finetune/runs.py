@@ -5,8 +5,8 @@ Layout: ``<out>/<config.key()>/config.json`` and ``seed-<k>.json`` (the result) 
 ``seed-<k>.log.jsonl`` (the training log). A result file appears only complete (temp file +
 ``os.replace``; NaN is written as null), so a killed sweep leaves no partial result and a
 rerun trains exactly the seeds without one. A result file that is not valid JSON (cut by a
-full disk, edited by hand) counts as unfinished: it is renamed ``seed-<k>.json.invalid`` and
-the seed runs again, with a message.
+full disk, edited by hand) or not an object with a result's keys counts as unfinished: it is
+renamed ``seed-<k>.json.invalid`` and the seed runs again, with a message.
 
 While a seed runs, its process holds an exclusive lock (``flock``) on ``seed-<k>.lock``;
 another sweep into the same ``out`` skips that seed, runs the others, then waits for the lock
@@ -18,7 +18,6 @@ whose data, model or settings are rejected.
 from __future__ import annotations
 
 import fcntl
-import json
 import math
 import multiprocessing
 import os
@@ -43,6 +42,7 @@ from deeplora.finetune.train import (
     run_finetune,
     trains,
 )
+from deeplora.output import read_result as read_json_result
 from deeplora.output import write_json
 
 
@@ -50,19 +50,15 @@ def result_path(out: str | os.PathLike[str], config: FinetuneConfig, seed: int) 
     return Path(out) / config.key() / f"seed-{seed}.json"
 
 
+RESULT_KEYS = ("config", "seed", "metrics", "wall_time_s")
+"""Keys every result file has (the reports read them); a file without one is not a result."""
+
+
 def read_result(path: Path) -> dict[str, Any] | None:
-    """The result at ``path``; ``None`` if there is none or it is not valid JSON (then it is
-    renamed ``*.invalid``, with a message, so that the seed runs again)."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (ValueError, UnicodeDecodeError) as exc:
-        aside = path.with_name(path.name + ".invalid")
-        os.replace(path, aside)
-        tqdm.write(f"deeplora: {path} is not a valid result ({exc}); moved to {aside.name}, "
-                   "the seed runs again", file=sys.stderr)
-        return None
+    """The result at ``path``; ``None`` if there is none or it is not one (not JSON, or not an
+    object with :data:`RESULT_KEYS`; then it is renamed ``*.invalid``, with a message naming
+    it, so that the seed runs again)."""
+    return read_json_result(path, RESULT_KEYS)
 
 
 def load_results(out: str | os.PathLike[str], config: FinetuneConfig,
