@@ -11,6 +11,7 @@ from deeplora.nlg.config import nlg_preset
 from deeplora.nlg.train import (
     checkpoint_folder,
     estimate_nlg,
+    load_nlg_results,
     result_path,
     run_nlg,
     run_nlg_sweep,
@@ -69,6 +70,22 @@ def test_sweep_resumes_and_checks_before_writing(model_dir: Path, e2e_dir: Path,
     with pytest.raises(DataError, match="no such file"):
         run_nlg_sweep(config, [1], tmp_path / "other", tmp_path / "nowhere", progress=False)
     assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("text", ["{\"seed\": 0, \"config\"", "null", "{}"])
+def test_sweep_reruns_a_seed_whose_file_is_not_a_result(model_dir: Path, e2e_dir: Path,
+                                                        tmp_path: Path, capsys,
+                                                        text: str) -> None:
+    config = _config(model_dir, method="lora", steps=1)
+    path = result_path(tmp_path, config, 0)
+    path.parent.mkdir(parents=True)
+    path.write_text(text)  # cut short by a full disk, or edited by hand
+    assert load_nlg_results(tmp_path, config, [0]) == []
+    assert f"{path} is not a valid result" in capsys.readouterr().err
+    assert path.with_name("seed-0.json.invalid").read_text() == text
+    path.write_text(text)
+    result = run_nlg_sweep(config, [0], tmp_path, e2e_dir, progress=False)[0]
+    assert json.loads(path.read_text())["seed"] == result["seed"] == 0
 
 
 @pytest.mark.parametrize("tied", [False, True])

@@ -39,7 +39,7 @@ from deeplora.nlg.models import (
     load_generative,
     resolve_generative_model,
 )
-from deeplora.output import write_atomic, write_json
+from deeplora.output import read_result, write_atomic, write_json
 
 LEFT_INIT_ATOL = 1e-3
 """A run whose every ΔW has spectral norm at most this never left its initialization."""
@@ -360,11 +360,16 @@ def result_path(out: str | os.PathLike[str], config: NLGConfig, seed: int) -> Pa
     return Path(out) / config.key() / f"seed-{seed}.json"
 
 
+RESULT_KEYS = ("config", "seed", "metrics", "train_loss")
+"""Keys every result file has (the reports read them); a file without one is not a result."""
+
+
 def load_nlg_results(out: str | os.PathLike[str], config: NLGConfig,
                      seeds: Iterable[int]) -> list[dict[str, Any]]:
-    """The finished results of ``config`` among ``seeds`` (missing seeds left out)."""
-    paths = (result_path(out, config, seed) for seed in seeds)
-    return [json.loads(p.read_text()) for p in paths if p.is_file()]
+    """The finished results of ``config`` among ``seeds`` (missing seeds left out; a file that
+    is not a result is renamed ``*.invalid``, with a message naming it, and left out too)."""
+    results = (read_result(result_path(out, config, seed), RESULT_KEYS) for seed in seeds)
+    return [r for r in results if r is not None]
 
 
 def run_nlg_sweep(config: NLGConfig, seeds: Iterable[int], out: str | os.PathLike[str],
@@ -373,13 +378,16 @@ def run_nlg_sweep(config: NLGConfig, seeds: Iterable[int], out: str | os.PathLik
     """Run ``config`` for every seed without a result file under ``out``; all results.
 
     Data and model are checked before a seed's run, so bad input raises
-    :class:`~deeplora.finetune.data.DataError` with nothing written.
+    :class:`~deeplora.finetune.data.DataError` with nothing written. A result file that is not
+    a result (not JSON, cut short, edited by hand) is renamed ``*.invalid``, with a message
+    naming it, and the seed runs again.
     """
     results = []
     for seed in seeds:
         path = result_path(out, config, seed)
-        if path.is_file():
-            results.append(json.loads(path.read_text()))
+        found = read_result(path, RESULT_KEYS)
+        if found is not None:
+            results.append(found)
             continue
         prepared = PreparedNLG(config, seed, data_dir)
         result = run_nlg(config, seed, data_dir, progress=progress, prepared=prepared,
