@@ -38,6 +38,9 @@ def test_presets_differ_in_head_padding_adam_eps_and_sampling() -> None:
         ({"init_scale": 0.0}, "init_scale must be a finite number > 0, got 0.0"),
         ({"lr_outer_ratio": -1.0}, "lr_outer_ratio must be a finite number >= 0"),
         ({"singular_values": -1}, r"singular_values must be >= 0 \(or None\), got -1"),
+        ({"steps": 500, "snapshot_steps": (0, 1000)},
+         r"snapshot_steps must lie in 0\.\.500 \(the training steps\), got \[1000\]"),
+        ({"snapshot_steps": (-1, 10)}, r"snapshot_steps must lie in 0\.\.500.*got \[-1\]"),
     ],
 )
 def test_bad_values_are_one_line_errors(overrides: dict, message: str) -> None:

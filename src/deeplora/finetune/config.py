@@ -45,7 +45,8 @@ class FinetuneConfig:
     few-shot draw, are a held-out dev set scored at every evaluation (for checkpoint and
     learning-rate selection; the GLUE dev split then serves as the test set).
     ``singular_values``: how many of each ΔW's top singular values a result keeps (``None``:
-    min(2·rank, 64)); σ₁ and the ranks are kept whatever it is.
+    min(2·rank, 64)); σ₁ and the ranks are kept whatever it is. ``snapshot_steps``: the steps
+    (in 0..``steps``) at which ΔW's top-``subspace_rank`` subspace is compared with the end's.
     """
 
     task: str = "stsb"
@@ -103,6 +104,10 @@ class FinetuneConfig:
         if self.singular_values is not None and self.singular_values < 0:
             raise DataError(f"singular_values must be >= 0 (or None), got "
                             f"{self.singular_values}")
+        outside = [s for s in self.snapshot_steps if not 0 <= s <= self.steps]
+        if outside:
+            raise DataError(f"snapshot_steps must lie in 0..{self.steps} (the training steps), "
+                            f"got {outside}")
         if self.dev_samples is not None and self.dev_samples < 1:
             raise DataError(f"dev_samples must be >= 1 (or None: the whole dev split), got "
                             f"{self.dev_samples}")
