@@ -70,6 +70,17 @@ def test_bad_input_writes_nothing(glue_dir: Path, tiny_model: str, tmp_path: Pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_seed_outside_numpys_range_writes_nothing(glue_dir: Path, tiny_model: str,
+                                                  tmp_path: Path, seed: int) -> None:
+    for sampling in ("authors", "without-replacement"):
+        config = preset("paper", model=tiny_model, samples=4, sampling=sampling)
+        with pytest.raises(DataError, match=rf"seed must be an integer in \[0, 2\*\*32\), "
+                                            rf"got {seed}"):
+            runs.run_sweep(config, [seed], tmp_path / "out", glue_dir, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def _strict_json(text: str):
     def bare(token: str):
         raise ValueError(f"bare {token} in JSON")

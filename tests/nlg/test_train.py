@@ -69,6 +69,8 @@ def test_sweep_resumes_and_checks_before_writing(model_dir: Path, e2e_dir: Path,
     assert path.stat().st_mtime_ns == stamp and again == first
     with pytest.raises(DataError, match="no such file"):
         run_nlg_sweep(config, [1], tmp_path / "other", tmp_path / "nowhere", progress=False)
+    with pytest.raises(DataError, match=r"seed must be an integer in \[0, 2\*\*32\), got -1"):
+        run_nlg_sweep(config, [-1], tmp_path / "other", e2e_dir, progress=False)
     assert not (tmp_path / "other").exists()
 
 

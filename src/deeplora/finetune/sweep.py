@@ -7,12 +7,14 @@ themselves are in :mod:`deeplora.finetune.runs`, the tables in :mod:`deeplora.fi
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from deeplora.finetune.config import FinetuneConfig, padding_override, preset
+from deeplora.finetune.data import DataError
 
 Config = TypeVar("Config")
 
@@ -101,6 +103,13 @@ def parse_seeds(text: str) -> tuple[int, ...]:
             raise ValueError(f"--seeds {text!r}: more than {MAX_SEEDS} seeds")
         seeds += range(first, last + 1)
     return tuple(dict.fromkeys(seeds))
+
+
+def check_seed(seed: int) -> None:
+    """:class:`~deeplora.finetune.data.DataError` unless ``seed`` is an integer in
+    [0, :data:`SEED_LIMIT`) (numpy's global seeding takes no other)."""
+    if not (isinstance(seed, numbers.Integral) and 0 <= seed < SEED_LIMIT):
+        raise DataError(f"seed must be an integer in [0, 2**32), got {seed!r}")
 
 
 def check_jobs(jobs: int) -> None:

@@ -47,6 +47,7 @@ from deeplora.finetune.models import (
     resolve_model,
 )
 from deeplora.finetune.prompt import PromptCollator, answer_words
+from deeplora.finetune.sweep import check_seed
 from deeplora.output import finite_json
 
 if TYPE_CHECKING:
@@ -176,6 +177,7 @@ class Prepared:
     :func:`deeplora.finetune.data.hold_out`; ``None`` without)."""
 
     def __init__(self, config: FinetuneConfig, seed: int, data_dir: str | os.PathLike[str] | None):
+        check_seed(seed)
         self.task = get_task(config.task)
         self.model_path = resolve_model(config.model)
         check_max_length(config.max_length, self.model_path)

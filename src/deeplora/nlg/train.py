@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deeplora.finetune.estimate import Estimate, UnitCosts, seconds_per_step
+from deeplora.finetune.sweep import check_seed
 from deeplora.nlg.config import NLGConfig
 from deeplora.nlg.data import Example, eval_subset, few_shot, hold_out, load_e2e
 from deeplora.nlg.metrics import generation_metrics
@@ -51,6 +52,7 @@ class PreparedNLG:
 
     def __init__(self, config: NLGConfig, seed: int,
                  data_dir: str | os.PathLike[str] | None) -> None:
+        check_seed(seed)
         self.model_path = resolve_generative_model(config.model)
         pool, self.dev = load_e2e("dev", data_dir), []
         if config.dev_mrs:
