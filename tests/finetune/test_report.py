@@ -70,3 +70,21 @@ def test_runs_that_never_left_the_init_are_marked_and_left_out() -> None:
     assert "| 1.0e-02 | 1 of 3 |" in text  # median σ₁ over runs and layers
     stuck = [(cell, [_trained(cell.labels["method"], 0, 1e-9)]) for cell, _ in results[:1]]
     assert "**all 1: no conclusion**" in markdown("t", summarize(stuck))
+
+
+def test_runs_without_a_metric_are_left_out_of_the_pairs_and_said() -> None:
+    deep = [_result("deep-lora", 0, 0.5), _result("deep-lora", 1, 0.6),
+            {**_result("deep-lora", 2, 0.0), "metrics": {}, "status": "diverged"},
+            _result("deep-lora", 3, float("nan"))]  # constant prediction
+    lora = [_result("lora", s, 0.4) for s in range(4)]
+    results = [(Cell(preset("paper", method=m), (0, 1, 2, 3), {"method": m, "head": "cross"}),
+                runs) for m, runs in (("deep-lora", deep), ("lora", lora))]
+    summary = summarize(results)
+    assert summary["rows"][0]["no_metric"] == 2 and summary["rows"][1]["no_metric"] == 0
+    (diff,) = summary["differences"]
+    assert diff["seeds"] == [0, 1] and diff["n"] == 2 and diff["undefined_seeds"] == [2, 3]
+    assert diff["values"] == pytest.approx([0.1, 0.2]) and diff["mean"] == pytest.approx(0.15)
+    text = markdown("t", summary)
+    assert "| 4 (2 without a metric) | 0.5500 ± 0.0707 |" in text
+    assert "| head=cross | 2 | +0.1500 |" in text  # 2 pairs, not 4
+    assert "no metric (diverged or constant output): seeds [2, 3]" in text

@@ -7,7 +7,9 @@ resamples, fixed random state). Fewer than two pairs give no interval.
 
 A run "did not train" when every adapted layer ends with σ₁(ΔW) < 10·ε^L (ε the init scale, L
 the adapter depth; 2 for LoRA): it never left its initialization, so it is no evidence. Rows
-count such runs; paired differences leave out every seed where either run did not train.
+count such runs; paired differences leave out every seed where either run did not train. A run
+without a main metric (diverged, or a constant prediction: NaN correlation) counts in its row's
+seeds, said beside them, but not in the mean; paired differences leave its seed out, saying so.
 """
 
 from __future__ import annotations
@@ -77,13 +79,21 @@ def mean_std(values: Sequence[float | None]) -> tuple[float, float]:
 
 def paired_difference(a: dict[int, float | None], b: dict[int, float | None]
                       ) -> dict[str, Any]:
-    """Per seed ``a[s] − b[s]`` over the seeds where both are known: ``{"seeds", "values",
-    "n", "mean", "ci_low", "ci_high"}`` (:func:`bootstrap_ci` of the differences)."""
-    seeds = sorted(s for s in a if s in b and a[s] is not None and b[s] is not None)
+    """Per seed ``a[s] − b[s]`` over the seeds where both are known and finite: ``{"seeds",
+    "values", "n", "mean", "ci_low", "ci_high"}`` (:func:`bootstrap_ci` of the differences),
+    plus ``"undefined_seeds"``: the seeds of both where either value is ``None`` or NaN (a
+    diverged run, a constant prediction), left out."""
+    both = sorted(s for s in a if s in b)
+    seeds = [s for s in both if _known(a[s]) and _known(b[s])]
     values = [a[s] - b[s] for s in seeds]
     low, high = bootstrap_ci(values)
     return {"seeds": seeds, "values": values, "n": len(values),
-            "mean": float(np.mean(values)) if values else None, "ci_low": low, "ci_high": high}
+            "mean": float(np.mean(values)) if values else None, "ci_low": low, "ci_high": high,
+            "undefined_seeds": [s for s in both if s not in seeds]}
+
+
+def _known(value: float | None) -> bool:
+    return value is not None and bool(np.isfinite(value))
 
 
 def _setting(labels: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -107,7 +117,7 @@ def summarize(results: Results) -> dict[str, Any]:
         rows.append({
             **cell.labels, "metric": metric, "seeds": [r["seed"] for r in runs],
             "values": values, "n": len(runs),
-            "mean": mean, "std": std,
+            "mean": mean, "std": std, "no_metric": sum(not _known(v) for v in values),
             "wall_time_s": float(np.mean([r["wall_time_s"] for r in runs])) if runs else None,
             "did_not_train": sum(did_not_train(r) for r in runs),
             "sigma_max_median": _median_sigma(runs),
@@ -119,17 +129,12 @@ def summarize(results: Results) -> dict[str, Any]:
     for setting, methods in by_setting.items():
         if "deep-lora" not in methods or "lora" not in methods:
             continue
-        lora = {r["seed"]: main_metric(r) for r in methods["lora"] if not did_not_train(r)}
-        paired = {r["seed"]: main_metric(r) - lora[r["seed"]]
-                  for r in methods["deep-lora"] if r["seed"] in lora and not did_not_train(r)}
+        deep, lora = ({r["seed"]: main_metric(r) for r in methods[m] if not did_not_train(r)}
+                      for m in ("deep-lora", "lora"))
         untrained = sorted({r["seed"] for runs in (methods["lora"], methods["deep-lora"])
                             for r in runs if did_not_train(r)})
-        values = [paired[s] for s in sorted(paired)]
-        low, high = bootstrap_ci(values)
-        diffs.append({**dict(setting), "seeds": sorted(paired), "values": values,
-                      "untrained_seeds": untrained,
-                      "n": len(values), "mean": float(np.nanmean(values)) if values else None,
-                      "ci_low": low, "ci_high": high})
+        diffs.append({**dict(setting), **paired_difference(deep, lora),
+                      "untrained_seeds": untrained})
     return {"rows": rows, "differences": diffs}
 
 
@@ -159,7 +164,9 @@ def markdown(name: str, summary: dict[str, Any]) -> str:
                 f"{stuck} of {row['n']}")
         sigma = row.get("sigma_max_median")
         sigma = "-" if sigma is None else f"{sigma:.1e}"
-        lines.append(f"| {setting} | {row['method']} | {row['metric']} | {row['n']} | "
+        seeds = f"{row['n']}" + (f" ({row['no_metric']} without a metric)"
+                                 if row.get("no_metric") else "")
+        lines.append(f"| {setting} | {row['method']} | {row['metric']} | {seeds} | "
                      f"{_pm(row['mean'], row['std'])}{_others(row)} | {wall} | {sigma} "
                      f"| {flag} |")
     if summary["differences"]:
@@ -173,6 +180,9 @@ def markdown(name: str, summary: dict[str, Any]) -> str:
                   if np.isfinite(d["ci_low"]) else "n/a (< 2 pairs)")
             if d.get("untrained_seeds"):
                 ci += f"; left out, did not train: seeds {d['untrained_seeds']}"
+            if d.get("undefined_seeds"):
+                ci += (f"; left out, no metric (diverged or constant output): seeds "
+                       f"{d['undefined_seeds']}")
             lines.append(f"| {setting} | {d['n']} | {mean} | {ci} |")
     return "\n".join(lines) + "\n"
 
