@@ -43,6 +43,16 @@ def test_best_checkpoint_is_chosen_on_heldout_rows_without_reading_test() -> Non
     assert best_checkpoint(_history([None, math.nan]), "accuracy") is None
 
 
+def test_best_checkpoint_refuses_what_it_cannot_select_on() -> None:
+    with pytest.raises(ValueError, match=r"no held-out metric 'acuracy' in the history; it "
+                                         r"has \['accuracy'\]"):
+        best_checkpoint(_history([0.5, 0.7]), "acuracy")  # not None: a typo selects nothing
+    without = [{"step": 0, "metrics": Sealed()}]  # a run without heldout_samples
+    with pytest.raises(ValueError, match=r"entry 0 \(step 0\) has no held-out metrics"):
+        best_checkpoint(without, "accuracy")
+    assert best_checkpoint([], "accuracy") is None
+
+
 def test_best_checkpoint_does_not_follow_the_test_scores() -> None:
     test = [{"accuracy": v} for v in (0.9, 0.1, 0.8)]
     assert best_checkpoint(_history([0.2, 0.6, 0.4], test), "accuracy") == 1

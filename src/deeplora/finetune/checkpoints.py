@@ -30,12 +30,26 @@ def _finite(value: Any) -> bool:
 def best_checkpoint(history: Sequence[Mapping[str, Any]], metric: str) -> int | None:
     """Index into ``history`` of the entry with the highest ``entry["heldout"][metric]`` (the
     earliest of equals); ``None`` when no entry has a finite held-out value. Reads nothing but
-    ``"heldout"`` of each entry."""
-    best, best_value = None, -math.inf
+    ``"heldout"`` of each entry.
+
+    Raises:
+        ValueError: an entry has no ``"heldout"`` (a run without held-out rows: there is
+            nothing to select on, and the test metrics are never used), or no entry has
+            ``metric`` (e.g. a misspelt name, which would otherwise select nothing silently).
+    """
+    best, best_value, named = None, -math.inf, False
     for i, entry in enumerate(history):
+        if "heldout" not in entry:
+            raise ValueError(f"history entry {i} (step {entry.get('step')}) has no held-out "
+                             "metrics: checkpoints are chosen on a run with held-out rows "
+                             "(heldout_samples > 0), never on the test metrics")
+        named = named or metric in entry["heldout"]
         value = entry["heldout"].get(metric)
         if _finite(value) and value > best_value:
             best, best_value = i, value
+    if history and not named:
+        raise ValueError(f"no held-out metric {metric!r} in the history; it has "
+                         f"{sorted(history[0]['heldout'])}")
     return best
 
 
