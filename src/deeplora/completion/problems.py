@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from deeplora.completion.observations import as_index
 from deeplora.factorization import DeepFactorization
 from deeplora.factorization.sampled import ObservedIndex, squared_loss_and_grads
 from deeplora.memory import check_fits
@@ -145,6 +146,14 @@ def _relative_error(model: DeepFactorization, target: LowRankMatrix) -> float:
         return math.sqrt(max(float(x_sq - 2 * cross) + phi_sq, 0.0) / phi_sq)
 
 
+def _as_index(name: str, value: Tensor | Sequence[int]) -> Tensor:
+    """``value`` as CPU int64 indices by :func:`~deeplora.completion.observations.as_index`
+    (integral floats accepted, fractional, boolean or NaN ones refused)."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu()
+    return torch.from_numpy(as_index(name, value))
+
+
 class Problem:
     """Base class: a target Φ and a loss on what is observed of it."""
 
@@ -185,8 +194,7 @@ class MatrixCompletion(Problem):
     def __init__(self, target: LowRankMatrix, rows: Tensor, cols: Tensor,
                  values: Tensor | None = None) -> None:
         m, n = target.shape
-        rows = torch.as_tensor(rows, dtype=torch.long)
-        cols = torch.as_tensor(cols, dtype=torch.long)
+        rows, cols = _as_index("rows", rows), _as_index("cols", cols)
         if rows.ndim != 1 or rows.shape != cols.shape or rows.numel() == 0:
             raise ValueError(f"rows and cols must be non-empty 1-D and of equal length, got "
                              f"{tuple(rows.shape)} and {tuple(cols.shape)}")
