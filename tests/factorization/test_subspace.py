@@ -60,3 +60,21 @@ def test_deviation_zero_for_block_form_and_positive_otherwise():
     assert invariant_subspace_deviation(block, eps * orth, v, eps) < 1e-12
     off = block + 1e-3 * torch.randn(d, d, dtype=torch.float64, generator=gen)
     assert invariant_subspace_deviation(off, eps * orth, v, eps) > 1e-5
+
+
+def test_deviation_with_a_basis_of_the_whole_space_and_bad_bases():
+    # 2r = n: every layer has the block form (no complement); the best-fitting ρ was 0/0 of
+    # round-off and the deviation came out O(1) at random
+    gen = torch.Generator().manual_seed(2)
+    d, eps = 6, 1e-2
+    orth = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64, generator=gen)).Q
+    v = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64, generator=gen)).Q
+    layer = torch.randn(d, d, dtype=torch.float64, generator=gen)
+    assert invariant_subspace_deviation(layer, eps * orth, v, eps) < 1e-12
+    assert invariant_subspace_deviation(layer.float(), eps * orth.float(), v, eps) < 1e-6
+    with pytest.raises(ValueError, match="orthonormal columns"):
+        invariant_subspace_deviation(layer, eps * orth, 3 * v[:, :2], eps)
+    with pytest.raises(ValueError, match="layer_at_init / scale"):
+        invariant_subspace_deviation(layer, eps * orth, v[:, :2], 10 * eps)
+    with pytest.raises(ValueError, match="shapes"):
+        invariant_subspace_deviation(layer, eps * orth, v[:5, :2], eps)
