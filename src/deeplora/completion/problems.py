@@ -163,7 +163,18 @@ class Problem:
     def shape(self) -> tuple[int, int]:
         return self.target.shape
 
+    def check_model(self, model: DeepFactorization) -> None:
+        """``ValueError`` unless ``model`` is m×n, the shape of Φ."""
+        if tuple(model.shape) != tuple(self.shape):
+            raise ValueError(f"model is {model.shape[0]}×{model.shape[1]}, the problem's matrix "
+                             f"{self.shape[0]}×{self.shape[1]}")
+
     def loss(self, model: DeepFactorization) -> Tensor:
+        """ℒ(model) (0-dim); ``ValueError`` for a model of another shape."""
+        self.check_model(model)
+        return self._loss(model)
+
+    def _loss(self, model: DeepFactorization) -> Tensor:
         raise NotImplementedError
 
     def loss_and_grads(self, model: DeepFactorization) -> tuple[Tensor, list[Tensor]]:
@@ -173,6 +184,7 @@ class Problem:
 
     def recovery_error(self, model: DeepFactorization) -> float:
         """``‖X − Φ‖_F / ‖Φ‖_F`` over all m·n entries."""
+        self.check_model(model)
         return _relative_error(model, self.target)
 
 
@@ -183,7 +195,7 @@ class MatrixFactorization(Problem):
         self.target = target
         self._dense = target.dense()
 
-    def loss(self, model: DeepFactorization) -> Tensor:
+    def _loss(self, model: DeepFactorization) -> Tensor:
         first = model.factors[0]
         return 0.5 * torch.sum((model.product() - self._dense.to(first.device, first.dtype)) ** 2)
 
@@ -237,7 +249,7 @@ class MatrixCompletion(Problem):
             self._index = self.observed_index.to(first.device)
         return self.observed_index, self._values_as
 
-    def loss(self, model: DeepFactorization) -> Tensor:
+    def _loss(self, model: DeepFactorization) -> Tensor:
         index, values = self._observed(model)
         if model.factors[0].device.type == "cpu":
             return 0.5 * torch.mean((model.entries(self.rows, self.cols) - values) ** 2)
@@ -250,6 +262,7 @@ class MatrixCompletion(Problem):
         (:func:`~deeplora.factorization.sampled.squared_loss_and_grads`), autograd otherwise."""
         if not model.narrow:
             return super().loss_and_grads(model)
+        self.check_model(model)
         index, values = self._observed(model)
         return squared_loss_and_grads(list(model.factors), index, values)
 
@@ -267,7 +280,7 @@ class MatrixSensing(Problem):
         self.operator /= math.sqrt(measurements)
         self.values = self.operator @ target.dense().double().reshape(-1)
 
-    def loss(self, model: DeepFactorization) -> Tensor:
+    def _loss(self, model: DeepFactorization) -> Tensor:
         dtype = model.factors[0].dtype
         residual = self.operator.to(dtype) @ model.product().reshape(-1) - self.values.to(dtype)
         return 0.5 * torch.sum(residual**2)
