@@ -217,3 +217,21 @@ def test_seed_out_of_range_names_the_option(capsys, argv, value):
     option = next(a for a in argv if a in ("--seed", "--random-seeds"))
     assert capsys.readouterr().err.splitlines()[-1].endswith(
         f"error: argument {option}: must be an integer in [0, 2**32), got '{value}'")
+
+
+def test_plot_takes_the_format_of_its_suffix_and_refuses_stdout(tmp_path, capsys, monkeypatch):
+    """``--plot r.pdf`` wrote PNG bytes into r.pdf and ``--plot -`` a file named ``-``."""
+    monkeypatch.chdir(tmp_path)
+    args = ["complete", "--size", "20", "--rank", "2", "--steps", "5", "--quiet", "--plot"]
+    for name, start in (("r.pdf", b"%PDF"), ("r.SVG", b"<?xml"), ("r", b"\x89PNG")):
+        assert main([*args, name]) == 0
+        assert (tmp_path / name).read_bytes().startswith(start)
+    capsys.readouterr()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for name, error in (("-", "--plot -: a figure is written to a file, not to stdout; give a "
+                              "file name"),
+                        ("r.xyz", "cannot save a figure as 'r.xyz': unknown suffix .xyz "
+                                  "(known: .png, .pdf, .svg,")):
+        assert main([*args, name]) == 2
+        assert capsys.readouterr().err.startswith(f"deeplora: error: {error}")
+        assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -180,3 +180,27 @@ def test_model_refuses_the_options_of_fitting(tmp_path: Path,
         assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert main(["recommend", "--ratings", str(train), "--model", str(model), "--output",
                  str(tmp_path / "b.csv"), "--seed", "0", "--quiet"]) == 0  # the default: fine
+
+
+def test_output_dash_is_stdout_and_binary_outputs_refuse_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--output -`` and ``--save-model -`` wrote files named ``-``."""
+    train, _ = _ratings_csv(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    args = ["recommend", "--ratings", str(train), "--k", "2", "--steps", "2", "--quiet"]
+    assert main([*args, "--output", "recs.csv"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--output", "-", "--json", "s.json"]) == 0
+    assert capsys.readouterr().out == Path("recs.csv").read_text()  # the CSV alone
+    assert json.loads(Path("s.json").read_text())["output"] == "-"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for flags, error in (
+            (["--output", "-", "--json", "-"], "--output - and --json -: only one of them can "
+                                               "go to stdout"),
+            (["--output", "r.csv", "--save-model", "-"], "--save-model -: a model is written "
+                                                          "to a file, not to stdout; give a "
+                                                          "file name")):
+        assert main([*args, *flags]) == 2
+        assert capsys.readouterr().err == f"deeplora: error: {error}\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == before

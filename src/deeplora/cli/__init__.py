@@ -82,6 +82,14 @@ def given_options(args: argparse.Namespace, defaults: dict[str, Any]) -> list[st
             if getattr(args, dest) != default]
 
 
+def check_file_only(flag: str, path: str | None, what: str) -> None:
+    """``ValueError`` if ``path`` is ``-``: ``what`` (binary) goes to a file, and ``-``
+    (stdout) is for text outputs (``--json``, ``recommend --output``)."""
+    if path == "-":
+        raise ValueError(f"{flag} -: {what} is written to a file, not to stdout; give a file "
+                         "name")
+
+
 class UsageError(ValueError):
     """Bad input from the user; printed as one line, exit status 2."""
 

@@ -13,7 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from deeplora.cli import HelpFormatter, add_ratings_file_arguments, ratings_file_options
+from deeplora.cli import (
+    HelpFormatter,
+    add_ratings_file_arguments,
+    check_file_only,
+    ratings_file_options,
+)
 from deeplora.completion import (
     METHODS,
     MatrixCompletion,
@@ -82,7 +87,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                    "small to gain from more and slow down badly on a busy machine; torch's "
                    "default for original)")
     p.add_argument("--json", metavar="PATH|-", default=None, help="write the result as JSON")
-    p.add_argument("--plot", metavar="PATH", default=None, help="write a PNG of the run")
+    p.add_argument("--plot", metavar="PATH", default=None,
+                   help="write a figure of the run, in the format of PATH's suffix (.png, .pdf, "
+                   ".svg, …; PNG without one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     ratings = p.add_argument_group(
         "ratings file", "with --ratings: fit DeepMatrixCompletion.ratings() (the preset tuned "
@@ -200,7 +207,12 @@ def run(args: argparse.Namespace) -> int:
                          DTYPES[args.dtype].itemsize, what=f"--size {args.size} --cols {cols} "
                          f"({args.method}): the synthetic problem", size_name="--size")
     check_writable(args.json)
-    check_writable(args.plot)
+    if args.plot is not None:
+        from deeplora.plotting import figure_format
+
+        check_file_only("--plot", args.plot, "a figure")
+        figure_format(args.plot)
+        check_writable(args.plot)
 
     if args.threads or args.method != "original":
         torch.set_num_threads(args.threads or 1)
