@@ -235,3 +235,23 @@ def test_plot_takes_the_format_of_its_suffix_and_refuses_stdout(tmp_path, capsys
         assert main([*args, name]) == 2
         assert capsys.readouterr().err.startswith(f"deeplora: error: {error}")
         assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_options_of_the_other_kind_of_run_are_refused(tmp_path, capsys):
+    """With --ratings, --threads 0 was accepted and --lr-patience, --plot, --size, … ignored;
+    without it, --test and --clip were ignored."""
+    train = _ratings(tmp_path / "train.tsv", range(12), range(10))
+    out = tmp_path / "r.json"
+    ratings = ["complete", "--ratings", str(train), "--rank", "2", "--steps", "2", "--quiet",
+               "--json", str(out)]
+    for argv, error in (
+            ([*ratings, "--threads", "0"], "--threads must be >= 1, got 0"),
+            ([*ratings, "--lr-patience", "5", "--plot", "p.png", "--size", "50"],
+             "--size --lr-patience --plot: only for the synthetic problem, not with --ratings"),
+            (["complete", "--test", str(train), "--clip", "1", "5", "--json", str(out)],
+             "--test --clip: only with --ratings")):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == f"deeplora: error: {error}\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["train.tsv"]
+    assert main([*ratings, "--threads", "1", "--size", "1000"]) == 0  # --size at its default
+    assert json.loads(out.read_text())["rank"] == 2

@@ -17,6 +17,7 @@ from deeplora.cli import (
     HelpFormatter,
     add_ratings_file_arguments,
     check_file_only,
+    given_options,
     ratings_file_options,
 )
 from deeplora.completion import (
@@ -37,6 +38,9 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Defaults of the synthetic problem; with --ratings, unset options take the ratings preset's.
 SYNTHETIC_DEFAULTS = {"rank": 5, "steps": 5000, "depth": 3, "init_scale": 1e-3, "eval_every": 10}
 _RATINGS = "with --ratings: DeepMatrixCompletion.ratings()'s"
+# Options of one kind of run only, refused with the other (destinations).
+SYNTHETIC_ONLY = ("size", "cols", "observed", "lr_patience", "tol", "target_error", "plot")
+RATINGS_ONLY = ("test", "format", "sep", "user_col", "item_col", "rating_col", "clip")
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -85,7 +89,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: 1 for compressed/narrow, whose steps are too "
                    "small to gain from more and slow down badly on a busy machine; torch's "
-                   "default for original)")
+                   "default for original and with --ratings)")
     p.add_argument("--json", metavar="PATH|-", default=None, help="write the result as JSON")
     p.add_argument("--plot", metavar="PATH", default=None,
                    help="write a figure of the run, in the format of PATH's suffix (.png, .pdf, "
@@ -94,15 +98,17 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     ratings = p.add_argument_group(
         "ratings file", "with --ratings: fit DeepMatrixCompletion.ratings() (the preset tuned "
         "for ratings; options given here override it) on a (user, item, rating) file instead "
-        "of a synthetic matrix; --rank is r̂, and --size, --cols, --observed, --tol, "
-        "--target-error, --plot are ignored")
+        "of a synthetic matrix; --rank is r̂. The synthetic problem's --size, --cols, "
+        "--observed, --lr-patience, --tol, --target-error and --plot are refused with "
+        "--ratings, the options below without it")
     ratings.add_argument("--ratings", metavar="PATH", default=None, help="training ratings")
     ratings.add_argument("--test", metavar="PATH", default=None,
                          help="ratings to report RMSE/MAE on (default: the training file)")
     add_ratings_file_arguments(ratings)
     ratings.add_argument("--clip", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
                          help="clip predictions (default: the training ratings' range)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, mode_defaults={dest: p.get_default(dest)
+                                            for dest in SYNTHETIC_ONLY + RATINGS_ONLY})
 
 
 def run_ratings(args: argparse.Namespace) -> int:
@@ -135,6 +141,8 @@ def run_ratings(args: argparse.Namespace) -> int:
         method=args.method, clip=clip if clip[0] < clip[1] else None, dtype=args.dtype,
         random_state=args.seed, progress=not args.quiet,
         **{key: value for key, value in given.items() if value is not None})
+    if args.threads:
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     with warnings.catch_warnings():  # divergence is reported below, once
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -168,6 +176,14 @@ def run_ratings(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    other = SYNTHETIC_ONLY if args.ratings else RATINGS_ONLY
+    given = given_options(args, {dest: args.mode_defaults[dest] for dest in other})
+    if given:
+        raise ValueError(f"{' '.join(given)}: only for the synthetic problem, not with "
+                         f"--ratings" if args.ratings else f"{' '.join(given)}: only with "
+                         "--ratings")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.ratings:
         return run_ratings(args)
     for name, value in SYNTHETIC_DEFAULTS.items():
@@ -193,8 +209,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--observed must be in (0, 1], got {args.observed}")
     if not (math.isfinite(args.init_scale) and args.init_scale > 0):
         raise ValueError(f"--init-scale must be > 0, got {args.init_scale}")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.lr_patience is not None and args.lr_patience < 0:
         raise ValueError(f"--lr-patience must be >= 0, got {args.lr_patience}")
     optimizer, lr, gamma = default_settings(args.method, args.optimizer, args.lr, args.gamma,
