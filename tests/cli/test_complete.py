@@ -255,3 +255,21 @@ def test_options_of_the_other_kind_of_run_are_refused(tmp_path, capsys):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["train.tsv"]
     assert main([*ratings, "--threads", "1", "--size", "1000"]) == 0  # --size at its default
     assert json.loads(out.read_text())["rank"] == 2
+
+
+@pytest.mark.parametrize("flags, error", [
+    (["--steps", "-1"], "--steps must be an integer >= 0, got -1"),
+    (["--rank", "0"], "--rank must be an integer >= 1, got 0"),
+    (["--assumed-rank", "0"], "--assumed-rank must be an integer >= 1, got 0"),  # was ignored
+    (["--depth", "1"], "--depth must be an integer >= 2, got 1"),
+    (["--eval-every", "0"], "--eval-every must be an integer >= 1, got 0"),
+    (["--init-scale", "0"], "--init-scale must be a finite number > 0, got 0.0"),
+    (["--gamma", "nan"], "--gamma must be a finite number >= 0, got nan"),
+])
+def test_ratings_errors_name_the_flag_not_the_parameter(tmp_path, capsys, flags, error):
+    """They said max_steps, rank, eval_every, init_scale … (the estimator's parameters)."""
+    train = _ratings(tmp_path / "train.tsv", range(12), range(10))
+    assert main(["complete", "--ratings", str(train), "--quiet", "--json",
+                 str(tmp_path / "r.json"), *flags]) == 2
+    assert capsys.readouterr().err == f"deeplora: error: {error}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.tsv"]

@@ -138,6 +138,10 @@ def test_recommend_implicit_feedback_with_threshold(tmp_path: Path,
     (["--feedback", "implicit", "--shrinkage", "5"], "--shrinkage applies to --feedback "
                                                      "explicit"),
     (["--feedback", "implicit", "--positive-threshold", "9"], "needs at least one positive"),
+    # the estimator's checks, naming the flag (they said max_steps, rank, alpha)
+    (["--steps", "-1"], "error: --steps must be an integer >= 0, got -1"),
+    (["--rank", "0"], "error: --rank must be an integer >= 1, got 0"),
+    (["--feedback", "implicit", "--alpha", "-1"], "error: --alpha must be a finite number >= 0"),
 ])
 def test_bad_requests_one_error_nothing_written(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str],

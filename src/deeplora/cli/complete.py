@@ -18,6 +18,7 @@ from deeplora.cli import (
     add_ratings_file_arguments,
     check_file_only,
     given_options,
+    parameters_as_flags,
     ratings_file_options,
 )
 from deeplora.completion import (
@@ -134,7 +135,9 @@ def run_ratings(args: argparse.Namespace) -> int:
     rows, cols = ids.transform(train)
     clip = tuple(args.clip) if args.clip else (float(train.values.min()),
                                                 float(train.values.max()))
-    given = {"rank": args.assumed_rank or args.rank, "depth": args.depth,
+    rank_flag = "--rank" if args.assumed_rank is None else "--assumed-rank"
+    given = {"rank": args.rank if args.assumed_rank is None else args.assumed_rank,
+             "depth": args.depth,
              "init_scale": args.init_scale, "optimizer": args.optimizer, "lr": args.lr,
              "gamma": args.gamma, "max_steps": args.steps, "eval_every": args.eval_every}
     estimator = DeepMatrixCompletion.ratings(
@@ -144,8 +147,8 @@ def run_ratings(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    with warnings.catch_warnings():  # divergence is reported below, once
-        warnings.simplefilter("ignore", RuntimeWarning)
+    with warnings.catch_warnings(), parameters_as_flags(rank=rank_flag):
+        warnings.simplefilter("ignore", RuntimeWarning)  # divergence is reported below, once
         estimator.fit(rows, cols, train.values, ids.shape)
     seconds = time.perf_counter() - start
     test_rows, test_cols = ids.transform(test)

@@ -15,6 +15,7 @@ from deeplora.cli import (
     add_ratings_file_arguments,
     check_file_only,
     given_options,
+    parameters_as_flags,
     ratings_file_options,
 )
 from deeplora.completion.data import IdIndex, Ratings, read_ratings
@@ -143,7 +144,8 @@ def _run(args: argparse.Namespace) -> int:
     _check_request(args, known, "--model" if args.model else "--ratings")
     if not args.model:
         estimator = _estimator(args)
-        estimator.fit(frame)
+        with parameters_as_flags():
+            estimator.fit(frame)
     seconds = time.perf_counter() - start
     if args.output is None:  # a distributed worker other than rank 0
         return 0
