@@ -14,6 +14,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 
+def existing_ancestor(path: Path) -> Path:
+    """``path`` itself or its nearest ancestor that exists (``.`` for a relative path none of
+    whose ancestors exists)."""
+    return next((p for p in (path, *path.parents) if p.exists()), Path("."))
+
+
 def check_writable(path: str | os.PathLike[str] | None) -> None:
     """Raise ``OSError`` now if ``path`` (a file to be created later) could not be written.
 
@@ -24,8 +30,7 @@ def check_writable(path: str | os.PathLike[str] | None) -> None:
     target = Path(path)
     if target.is_dir():
         raise OSError(f"output path {str(target)!r} is a directory")
-    parent = target.parent if str(target.parent) else Path(".")
-    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    existing = existing_ancestor(target.parent)
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise OSError(f"cannot write {str(target)!r}: {str(existing)!r} is not a writable folder")
 
@@ -35,7 +40,7 @@ def check_writable_dir(path: str | os.PathLike[str]) -> None:
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise OSError(f"output folder {str(folder)!r} exists and is not a folder")
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    existing = existing_ancestor(folder)
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise OSError(f"cannot write to {str(folder)!r}: {str(existing)!r} is not a writable "
                       "folder")
@@ -51,9 +56,14 @@ def current_umask() -> int:
 def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
 
-    Nothing is left at ``path`` (or beside it) if ``write`` raises.
+    Missing folders of ``path`` are created; ``NotADirectoryError`` naming ``path`` if one of
+    its ancestors is a file. Nothing is left at ``path`` (or beside it) if ``write`` raises.
     """
     target = Path(path)
+    existing = existing_ancestor(target.parent)
+    if not existing.is_dir():
+        raise NotADirectoryError(f"cannot write {str(target)!r}: {str(existing)!r} is a file, "
+                                 "not a folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
     os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; keep the user's umask

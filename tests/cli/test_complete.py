@@ -217,3 +217,59 @@ def test_seed_out_of_range_names_the_option(capsys, argv, value):
     option = next(a for a in argv if a in ("--seed", "--random-seeds"))
     assert capsys.readouterr().err.splitlines()[-1].endswith(
         f"error: argument {option}: must be an integer in [0, 2**32), got '{value}'")
+
+
+def test_plot_takes_the_format_of_its_suffix_and_refuses_stdout(tmp_path, capsys, monkeypatch):
+    """``--plot r.pdf`` wrote PNG bytes into r.pdf and ``--plot -`` a file named ``-``."""
+    monkeypatch.chdir(tmp_path)
+    args = ["complete", "--size", "20", "--rank", "2", "--steps", "5", "--quiet", "--plot"]
+    for name, start in (("r.pdf", b"%PDF"), ("r.SVG", b"<?xml"), ("r", b"\x89PNG")):
+        assert main([*args, name]) == 0
+        assert (tmp_path / name).read_bytes().startswith(start)
+    capsys.readouterr()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for name, error in (("-", "--plot -: a figure is written to a file, not to stdout; give a "
+                              "file name"),
+                        ("r.xyz", "cannot save a figure as 'r.xyz': unknown suffix .xyz "
+                                  "(known: .png, .pdf, .svg,")):
+        assert main([*args, name]) == 2
+        assert capsys.readouterr().err.startswith(f"deeplora: error: {error}")
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_options_of_the_other_kind_of_run_are_refused(tmp_path, capsys):
+    """With --ratings, --threads 0 was accepted and --lr-patience, --plot, --size, … ignored;
+    without it, --test and --clip were ignored."""
+    train = _ratings(tmp_path / "train.tsv", range(12), range(10))
+    out = tmp_path / "r.json"
+    ratings = ["complete", "--ratings", str(train), "--rank", "2", "--steps", "2", "--quiet",
+               "--json", str(out)]
+    for argv, error in (
+            ([*ratings, "--threads", "0"], "--threads must be >= 1, got 0"),
+            ([*ratings, "--lr-patience", "5", "--plot", "p.png", "--size", "50"],
+             "--size --lr-patience --plot: only for the synthetic problem, not with --ratings"),
+            (["complete", "--test", str(train), "--clip", "1", "5", "--json", str(out)],
+             "--test --clip: only with --ratings")):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == f"deeplora: error: {error}\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["train.tsv"]
+    assert main([*ratings, "--threads", "1", "--size", "1000"]) == 0  # --size at its default
+    assert json.loads(out.read_text())["rank"] == 2
+
+
+@pytest.mark.parametrize("flags, error", [
+    (["--steps", "-1"], "--steps must be an integer >= 0, got -1"),
+    (["--rank", "0"], "--rank must be an integer >= 1, got 0"),
+    (["--assumed-rank", "0"], "--assumed-rank must be an integer >= 1, got 0"),  # was ignored
+    (["--depth", "1"], "--depth must be an integer >= 2, got 1"),
+    (["--eval-every", "0"], "--eval-every must be an integer >= 1, got 0"),
+    (["--init-scale", "0"], "--init-scale must be a finite number > 0, got 0.0"),
+    (["--gamma", "nan"], "--gamma must be a finite number >= 0, got nan"),
+])
+def test_ratings_errors_name_the_flag_not_the_parameter(tmp_path, capsys, flags, error):
+    """They said max_steps, rank, eval_every, init_scale … (the estimator's parameters)."""
+    train = _ratings(tmp_path / "train.tsv", range(12), range(10))
+    assert main(["complete", "--ratings", str(train), "--quiet", "--json",
+                 str(tmp_path / "r.json"), *flags]) == 2
+    assert capsys.readouterr().err == f"deeplora: error: {error}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.tsv"]

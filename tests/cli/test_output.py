@@ -24,3 +24,16 @@ def test_json_never_holds_bare_nan(tmp_path):
     write_json(tmp_path / "r.json", {"a": float("nan"), "b": [float("inf"), 1.5]})
     text = (tmp_path / "r.json").read_text()
     assert json.loads(text) == {"a": None, "b": [None, 1.5]} and "NaN" not in text
+
+
+@pytest.mark.parametrize("below", ["m.pt", "sub/m.pt"])
+def test_a_file_in_the_path_is_named_and_nothing_is_written(tmp_path, below):
+    """It was "FileExistsError: File exists: '…/file'" (or "Not a directory: '…/file/sub'")."""
+    (tmp_path / "file").write_text("x")
+    target = tmp_path / "file" / below
+    with pytest.raises(NotADirectoryError) as error:
+        write_atomic(target, lambda tmp: tmp.write_text("y"))
+    assert str(error.value) == (f"cannot write {str(target)!r}: {str(tmp_path / 'file')!r} is "
+                                "a file, not a folder")
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+    assert (tmp_path / "file").read_text() == "x"

@@ -138,6 +138,10 @@ def test_recommend_implicit_feedback_with_threshold(tmp_path: Path,
     (["--feedback", "implicit", "--shrinkage", "5"], "--shrinkage applies to --feedback "
                                                      "explicit"),
     (["--feedback", "implicit", "--positive-threshold", "9"], "needs at least one positive"),
+    # the estimator's checks, naming the flag (they said max_steps, rank, alpha)
+    (["--steps", "-1"], "error: --steps must be an integer >= 0, got -1"),
+    (["--rank", "0"], "error: --rank must be an integer >= 1, got 0"),
+    (["--feedback", "implicit", "--alpha", "-1"], "error: --alpha must be a finite number >= 0"),
 ])
 def test_bad_requests_one_error_nothing_written(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str],
@@ -180,3 +184,27 @@ def test_model_refuses_the_options_of_fitting(tmp_path: Path,
         assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert main(["recommend", "--ratings", str(train), "--model", str(model), "--output",
                  str(tmp_path / "b.csv"), "--seed", "0", "--quiet"]) == 0  # the default: fine
+
+
+def test_output_dash_is_stdout_and_binary_outputs_refuse_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--output -`` and ``--save-model -`` wrote files named ``-``."""
+    train, _ = _ratings_csv(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    args = ["recommend", "--ratings", str(train), "--k", "2", "--steps", "2", "--quiet"]
+    assert main([*args, "--output", "recs.csv"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--output", "-", "--json", "s.json"]) == 0
+    assert capsys.readouterr().out == Path("recs.csv").read_text()  # the CSV alone
+    assert json.loads(Path("s.json").read_text())["output"] == "-"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for flags, error in (
+            (["--output", "-", "--json", "-"], "--output - and --json -: only one of them can "
+                                               "go to stdout"),
+            (["--output", "r.csv", "--save-model", "-"], "--save-model -: a model is written "
+                                                          "to a file, not to stdout; give a "
+                                                          "file name")):
+        assert main([*args, *flags]) == 2
+        assert capsys.readouterr().err == f"deeplora: error: {error}\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -57,3 +57,28 @@ def test_format_1_model_ranks_and_saves_again(tmp_path: Path) -> None:
     old.save(tmp_path / "again.pt")
     again = DeepMatrixCompletion.load(tmp_path / "again.pt")
     assert again.ranking_metrics(rows, cols, values + 5, exclude_seen=False) == metrics
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (lambda s: {"shape": [s["shape"][0] + 1, s["shape"][1]]},
+     r"factors W_1 … W_L of shapes \[.*\] do not multiply to 21×15"),
+    (lambda s: {"factors": s["factors"][:1]}, r"1 factors, at least 2 matrices needed"),
+    (lambda s: {"factors": [*s["factors"][:-1], s["factors"][-1].T]},
+     r"factors W_1 … W_L of shapes .* do not multiply"),
+    (lambda s: {"row_bias": s["row_bias"][:5]}, r"row_bias has shape \(5,\), not \(20,\)"),
+    (lambda s: {"shape": [20]}, r"shape \[20\] is not two positive integers"),
+])
+def test_load_refuses_parts_that_do_not_fit_the_shape(tmp_path: Path, change, problem) -> None:
+    """A shape the factors contradict loaded and failed at predict; one factor gave 'need at
+    least 2 factors, got 1' without the path; a short bias gave an IndexError at predict."""
+    import torch
+
+    rows, cols, values, _, _ = low_rank_ratings(m=20, n=15)
+    DeepMatrixCompletion(rank=2, max_steps=2).fit(rows, cols, values).save(tmp_path / "m.pt")
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert state["shape"] == [20, 15]
+    bad = tmp_path / "bad.pt"
+    torch.save({**state, **change(state)}, bad)
+    with pytest.raises(ValueError, match=rf"^'{bad}' is an inconsistent saved "
+                       rf"DeepMatrixCompletion: {problem}"):
+        DeepMatrixCompletion.load(bad)

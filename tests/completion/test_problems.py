@@ -85,6 +85,36 @@ def test_bad_input():
         MatrixCompletion(target, torch.tensor([0]), torch.tensor([0]), torch.tensor([1.0, 2.0]))
 
 
+def test_completion_refuses_fractional_or_boolean_indices():
+    # torch.as_tensor(..., dtype=long) truncated 0.7 to 0 and read a mask as indices 1/0: the
+    # problem silently observed other entries than the ones given
+    target = random_low_rank(4, 3, 1, seed=0)
+    with pytest.raises(ValueError, match="rows must be integer indices, got dtype float"):
+        MatrixCompletion(target, torch.tensor([0.7, 1.2]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="cols must be integer indices, got dtype bool"):
+        MatrixCompletion(target, [0, 1], [True, False])
+    with pytest.raises(ValueError, match="cols must be integer indices, found NaN"):
+        MatrixCompletion(target, [0, 1], [0.0, math.nan])
+    integral = MatrixCompletion(target, torch.tensor([0.0, 3.0]), [2, 1])  # as the estimator
+    assert integral.rows.tolist() == [0, 3] and integral.rows.dtype == torch.int64
+
+
+@pytest.mark.parametrize("width", [None, 2])
+def test_a_model_of_another_shape_is_refused(width):
+    # a 40×40 model on a 30×20 completion problem got a loss (its entries at Ω are in range)
+    # and trained; fit then failed with a broadcasting error at the first recovery error
+    target = random_low_rank(30, 20, 1, seed=0)
+    completion = MatrixCompletion.random(target, 0.5, seed=1)
+    problems = (completion, MatrixFactorization(target), MatrixSensing(target, 10))
+    for shape in ((40, 40), (20, 30)):
+        model = DeepFactorization(*shape, depth=3, width=width)
+        for problem in problems:
+            for measure in (problem.loss, problem.loss_and_grads, problem.recovery_error):
+                with pytest.raises(ValueError, match=rf"model is {shape[0]}×{shape[1]}, the "
+                                                     r"problem's matrix 30×20"):
+                    measure(model)
+
+
 def test_huge_synthetic_targets_refused_before_allocating(monkeypatch):
     import deeplora.memory
     from deeplora.completion.problems import random_entries

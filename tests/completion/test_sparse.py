@@ -227,6 +227,17 @@ def test_random_observations_distinct_sorted_and_excluding() -> None:
     assert dense_rows.numel() == 18
 
 
+def test_random_observations_excludes_unsorted_or_repeated_positions() -> None:
+    # exclude was searched as if sorted: [2, 0, 1] let position 0 through; repeats shrank the
+    # count allowed below what is free
+    for exclude in ([2, 0, 1], [0, 1, 2, 2, 0]):
+        rows, cols = random_observations(3, 3, 6, seed=0, exclude=torch.tensor(exclude))
+        assert sorted((rows * 3 + cols).tolist()) == [3, 4, 5, 6, 7, 8]
+    for exclude in ([9], [-1]):
+        with pytest.raises(ValueError, match=r"exclude must hold flat indices in \[0, 9\)"):
+            random_observations(3, 3, 2, exclude=torch.tensor(exclude))
+
+
 class TransposedIsometry:
     """Qᵀ of a :class:`RandomDCT` Q, with the same interface."""
 

@@ -95,6 +95,10 @@ def test_compress_bad_input():
     gaussian = DeepFactorization(10, 10, 3, init="gaussian", dtype=torch.float64)
     with pytest.raises(ValueError, match="orthogonal"):
         compress(gaussian, problem.loss, 2)
+    deep = DeepFactorization(10, 10, 15, scale=1e-3)  # ε^L = 1e-45: float32 reads Q as 0
+    with pytest.raises(ValueError, match="underflows; use float64"):
+        compress(deep, problem.loss, 2)
+    assert compress(deep.double(), problem.loss, 2).factors[-1].abs().sum() > 0
 
 
 def transposed_problem(problem: MatrixCompletion) -> MatrixCompletion:

@@ -9,6 +9,7 @@ from deeplora.factorization import (
     numerical_rank,
     orthonormal_union,
     principal_angles,
+    top_singular_subspaces,
 )
 
 
@@ -60,3 +61,34 @@ def test_deviation_zero_for_block_form_and_positive_otherwise():
     assert invariant_subspace_deviation(block, eps * orth, v, eps) < 1e-12
     off = block + 1e-3 * torch.randn(d, d, dtype=torch.float64, generator=gen)
     assert invariant_subspace_deviation(off, eps * orth, v, eps) > 1e-5
+
+
+def test_deviation_with_a_basis_of_the_whole_space_and_bad_bases():
+    # 2r = n: every layer has the block form (no complement); the best-fitting ρ was 0/0 of
+    # round-off and the deviation came out O(1) at random
+    gen = torch.Generator().manual_seed(2)
+    d, eps = 6, 1e-2
+    orth = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64, generator=gen)).Q
+    v = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64, generator=gen)).Q
+    layer = torch.randn(d, d, dtype=torch.float64, generator=gen)
+    assert invariant_subspace_deviation(layer, eps * orth, v, eps) < 1e-12
+    assert invariant_subspace_deviation(layer.float(), eps * orth.float(), v, eps) < 1e-6
+    with pytest.raises(ValueError, match="orthonormal columns"):
+        invariant_subspace_deviation(layer, eps * orth, 3 * v[:, :2], eps)
+    with pytest.raises(ValueError, match="layer_at_init / scale"):
+        invariant_subspace_deviation(layer, eps * orth, v[:, :2], 10 * eps)
+    with pytest.raises(ValueError, match="shapes"):
+        invariant_subspace_deviation(layer, eps * orth, v[:5, :2], eps)
+
+
+def test_top_singular_subspaces_refuses_a_rank_below_one():
+    # rank -1 sliced u[:, :-1]: every direction but the last, and a cosine of 1 for any pair
+    x = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for rank in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match=f"rank must be an integer >= 1, got {rank!r}"):
+            top_singular_subspaces(x, rank)
+        with pytest.raises(ValueError, match="rank must be an integer >= 1"):
+            largest_principal_angle_cos(x, x.flip(0), rank)
+    u, s, v = top_singular_subspaces(x, np.int64(2))
+    assert u.shape == (6, 2) and s.shape == (2,) and v.shape == (5, 2)
+    assert top_singular_subspaces(x, 9)[0].shape == (6, 5)  # capped at min(m, n), as documented

@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from importlib import import_module
 from typing import Any
 
@@ -80,6 +81,37 @@ def given_options(args: argparse.Namespace, defaults: dict[str, Any]) -> list[st
     user gave (unless at their default value)."""
     return [f"--{dest.replace('_', '-')}" for dest, default in defaults.items()
             if getattr(args, dest) != default]
+
+
+def check_file_only(flag: str, path: str | None, what: str) -> None:
+    """``ValueError`` if ``path`` is ``-``: ``what`` (binary) goes to a file, and ``-``
+    (stdout) is for text outputs (``--json``, ``recommend --output``)."""
+    if path == "-":
+        raise ValueError(f"{flag} -: {what} is written to a file, not to stdout; give a file "
+                         "name")
+
+
+# DeepMatrixCompletion's parameters that ``complete --ratings`` and ``recommend`` take from flags.
+PARAMETER_FLAGS = {"rank": "--rank", "depth": "--depth", "init_scale": "--init-scale",
+                   "lr": "--lr", "gamma": "--gamma", "max_steps": "--steps",
+                   "eval_every": "--eval-every", "random_state": "--seed",
+                   "alpha": "--alpha", "positive_threshold": "--positive-threshold",
+                   "shrinkage": "--shrinkage"}
+
+
+@contextmanager
+def parameters_as_flags(**flags: str) -> Iterator[None]:
+    """Re-raise the estimator's ``ValueError("<parameter> must be …")`` of a parameter set by a
+    flag (:data:`PARAMETER_FLAGS`, updated by ``flags``) as ``ValueError("--flag must be …")``;
+    other errors pass unchanged."""
+    try:
+        yield
+    except ValueError as exc:
+        parameter, _, requirement = str(exc).partition(" ")
+        flag = {**PARAMETER_FLAGS, **flags}.get(parameter)
+        if flag is None or not requirement.startswith("must be "):
+            raise
+        raise ValueError(f"{flag} {requirement}") from None
 
 
 class UsageError(ValueError):

@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from deeplora.cli import HelpFormatter, add_ratings_file_arguments, ratings_file_options
+from deeplora.cli import (
+    HelpFormatter,
+    add_ratings_file_arguments,
+    check_file_only,
+    given_options,
+    parameters_as_flags,
+    ratings_file_options,
+)
 from deeplora.completion import (
     METHODS,
     MatrixCompletion,
@@ -32,6 +39,9 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Defaults of the synthetic problem; with --ratings, unset options take the ratings preset's.
 SYNTHETIC_DEFAULTS = {"rank": 5, "steps": 5000, "depth": 3, "init_scale": 1e-3, "eval_every": 10}
 _RATINGS = "with --ratings: DeepMatrixCompletion.ratings()'s"
+# Options of one kind of run only, refused with the other (destinations).
+SYNTHETIC_ONLY = ("size", "cols", "observed", "lr_patience", "tol", "target_error", "plot")
+RATINGS_ONLY = ("test", "format", "sep", "user_col", "item_col", "rating_col", "clip")
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -80,22 +90,26 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: 1 for compressed/narrow, whose steps are too "
                    "small to gain from more and slow down badly on a busy machine; torch's "
-                   "default for original)")
+                   "default for original and with --ratings)")
     p.add_argument("--json", metavar="PATH|-", default=None, help="write the result as JSON")
-    p.add_argument("--plot", metavar="PATH", default=None, help="write a PNG of the run")
+    p.add_argument("--plot", metavar="PATH", default=None,
+                   help="write a figure of the run, in the format of PATH's suffix (.png, .pdf, "
+                   ".svg, …; PNG without one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     ratings = p.add_argument_group(
         "ratings file", "with --ratings: fit DeepMatrixCompletion.ratings() (the preset tuned "
         "for ratings; options given here override it) on a (user, item, rating) file instead "
-        "of a synthetic matrix; --rank is r̂, and --size, --cols, --observed, --tol, "
-        "--target-error, --plot are ignored")
+        "of a synthetic matrix; --rank is r̂. The synthetic problem's --size, --cols, "
+        "--observed, --lr-patience, --tol, --target-error and --plot are refused with "
+        "--ratings, the options below without it")
     ratings.add_argument("--ratings", metavar="PATH", default=None, help="training ratings")
     ratings.add_argument("--test", metavar="PATH", default=None,
                          help="ratings to report RMSE/MAE on (default: the training file)")
     add_ratings_file_arguments(ratings)
     ratings.add_argument("--clip", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
                          help="clip predictions (default: the training ratings' range)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, mode_defaults={dest: p.get_default(dest)
+                                            for dest in SYNTHETIC_ONLY + RATINGS_ONLY})
 
 
 def run_ratings(args: argparse.Namespace) -> int:
@@ -121,16 +135,20 @@ def run_ratings(args: argparse.Namespace) -> int:
     rows, cols = ids.transform(train)
     clip = tuple(args.clip) if args.clip else (float(train.values.min()),
                                                 float(train.values.max()))
-    given = {"rank": args.assumed_rank or args.rank, "depth": args.depth,
+    rank_flag = "--rank" if args.assumed_rank is None else "--assumed-rank"
+    given = {"rank": args.rank if args.assumed_rank is None else args.assumed_rank,
+             "depth": args.depth,
              "init_scale": args.init_scale, "optimizer": args.optimizer, "lr": args.lr,
              "gamma": args.gamma, "max_steps": args.steps, "eval_every": args.eval_every}
     estimator = DeepMatrixCompletion.ratings(
         method=args.method, clip=clip if clip[0] < clip[1] else None, dtype=args.dtype,
         random_state=args.seed, progress=not args.quiet,
         **{key: value for key, value in given.items() if value is not None})
+    if args.threads:
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    with warnings.catch_warnings():  # divergence is reported below, once
-        warnings.simplefilter("ignore", RuntimeWarning)
+    with warnings.catch_warnings(), parameters_as_flags(rank=rank_flag):
+        warnings.simplefilter("ignore", RuntimeWarning)  # divergence is reported below, once
         estimator.fit(rows, cols, train.values, ids.shape)
     seconds = time.perf_counter() - start
     test_rows, test_cols = ids.transform(test)
@@ -161,6 +179,14 @@ def run_ratings(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    other = SYNTHETIC_ONLY if args.ratings else RATINGS_ONLY
+    given = given_options(args, {dest: args.mode_defaults[dest] for dest in other})
+    if given:
+        raise ValueError(f"{' '.join(given)}: only for the synthetic problem, not with "
+                         f"--ratings" if args.ratings else f"{' '.join(given)}: only with "
+                         "--ratings")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.ratings:
         return run_ratings(args)
     for name, value in SYNTHETIC_DEFAULTS.items():
@@ -186,8 +212,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--observed must be in (0, 1], got {args.observed}")
     if not (math.isfinite(args.init_scale) and args.init_scale > 0):
         raise ValueError(f"--init-scale must be > 0, got {args.init_scale}")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.lr_patience is not None and args.lr_patience < 0:
         raise ValueError(f"--lr-patience must be >= 0, got {args.lr_patience}")
     optimizer, lr, gamma = default_settings(args.method, args.optimizer, args.lr, args.gamma,
@@ -200,7 +224,12 @@ def run(args: argparse.Namespace) -> int:
                          DTYPES[args.dtype].itemsize, what=f"--size {args.size} --cols {cols} "
                          f"({args.method}): the synthetic problem", size_name="--size")
     check_writable(args.json)
-    check_writable(args.plot)
+    if args.plot is not None:
+        from deeplora.plotting import figure_format
+
+        check_file_only("--plot", args.plot, "a figure")
+        figure_format(args.plot)
+        check_writable(args.plot)
 
     if args.threads or args.method != "original":
         torch.set_num_threads(args.threads or 1)

@@ -4,6 +4,7 @@ write the top-k items of every user (or of ``--users``) to a CSV file."""
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
@@ -12,7 +13,9 @@ import numpy as np
 from deeplora.cli import (
     HelpFormatter,
     add_ratings_file_arguments,
+    check_file_only,
     given_options,
+    parameters_as_flags,
     ratings_file_options,
 )
 from deeplora.completion.data import IdIndex, Ratings, read_ratings
@@ -37,7 +40,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     p.add_argument("--ratings", metavar="PATH", required=True, help="training ratings")
-    p.add_argument("--output", metavar="PATH", required=True, help="CSV file to write")
+    p.add_argument("--output", metavar="PATH|-", required=True,
+                   help="CSV file to write (-: stdout)")
     p.add_argument("--k", type=int, default=10,
                    help="items per user (1 to the number of items; fewer when a user has "
                    "rated all but fewer than k)")
@@ -64,7 +68,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="load a model saved with --save-model instead of fitting (the "
                    "options of fitting, --feedback to --seed and --distributed, are refused "
                    "with it)")
-    p.add_argument("--save-model", metavar="PATH", default=None, help="save the fitted model")
+    p.add_argument("--save-model", metavar="PATH", default=None,
+                   help="save the fitted model (a file)")
     p.add_argument("--rank", type=int, default=None, help="r̂ (default: the preset's)")
     p.add_argument("--steps", type=int, default=None, help="maximum steps (default: preset)")
     p.add_argument("--device", default="auto",
@@ -92,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"{flag} applies to --feedback implicit")
     elif args.shrinkage is not None:
         raise ValueError("--shrinkage applies to --feedback explicit")
+    if args.output == args.json == "-":
+        raise ValueError("--output - and --json -: only one of them can go to stdout")
+    check_file_only("--save-model", args.save_model, "a model")
     for path in (args.output, args.json, args.save_model):
         check_writable(path)
     if args.distributed:
@@ -136,7 +144,8 @@ def _run(args: argparse.Namespace) -> int:
     _check_request(args, known, "--model" if args.model else "--ratings")
     if not args.model:
         estimator = _estimator(args)
-        estimator.fit(frame)
+        with parameters_as_flags():
+            estimator.fit(frame)
     seconds = time.perf_counter() - start
     if args.output is None:  # a distributed worker other than rank 0
         return 0
@@ -161,12 +170,15 @@ def _run(args: argparse.Namespace) -> int:
                           **estimator.ranking_metrics(held_out, k=k, threshold=args.threshold)}
     import pandas as pd
 
-    write_atomic(args.output, lambda tmp: pd.DataFrame(out).to_csv(tmp, index=False))
+    if args.output == "-":
+        pd.DataFrame(out).to_csv(sys.stdout, index=False)
+    else:
+        write_atomic(args.output, lambda tmp: pd.DataFrame(out).to_csv(tmp, index=False))
     if args.save_model:
         estimator.save(args.save_model)
     if args.json:
         write_json(args.json, result)
-    if args.json != "-":
+    if "-" not in (args.output, args.json):  # stdout holds the CSV or the JSON
         scores_line = "" if test is None else "; test " + ", ".join(
             f"{name} {result['test'][key]:.4f}" for name, key in (
                 ("RMSE", "rmse"), (f"precision@{k}", f"precision@{k}"),

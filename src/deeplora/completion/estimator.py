@@ -216,7 +216,9 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
         self.shrinkage = shrinkage
 
     def _check_params(self) -> None:
-        """Raise ``ValueError`` for any invalid parameter (the only place they are checked)."""
+        """Raise ``ValueError`` for any invalid parameter (the only place they are checked);
+        a message about one parameter's value starts ``"<name> must be"`` (the CLI puts its
+        flag in place of the name: :func:`deeplora.cli.parameters_as_flags`)."""
 
         def integer(name: str, low: int) -> None:
             value = getattr(self, name)

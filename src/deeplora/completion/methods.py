@@ -20,6 +20,7 @@ from deeplora.completion.problems import (
 )
 from deeplora.completion.sparse import compressed_factorization
 from deeplora.factorization import DeepFactorization, compress
+from deeplora.factorization.optim import OPTIMIZERS
 from deeplora.memory import check_fits, check_square_fits
 
 METHODS = ("original", "compressed", "narrow")
@@ -56,13 +57,16 @@ def default_settings(method: str, optimizer: str | None = None, lr: float | None
                      ) -> tuple[str, float, float]:
     """``(optimizer, lr, γ)`` for ``method``, each taken from the arguments when given.
 
-    Adam: :data:`ADAM_DEFAULTS`. GD: the paper's step (:data:`PAPER_GD_STEP` rescaled to
-    our loss) and γ = 0.01 for ``compressed``. γ is 1 for ``original`` and ``narrow``.
+    Adam and AdamW: :data:`ADAM_DEFAULTS`. GD/SGD: the paper's step (:data:`PAPER_GD_STEP`
+    rescaled to our loss) and γ = 0.01 for ``compressed``. γ is 1 for ``original`` and
+    ``narrow``. ``ValueError`` for an unknown method or optimizer.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     optimizer = optimizer or DEFAULT_OPTIMIZER
-    if optimizer == "adam":
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {list(OPTIMIZERS)}")
+    if optimizer in ("adam", "adamw"):
         default_lr, default_gamma = ADAM_DEFAULTS[method]
     else:
         default_lr = PAPER_GD_STEP * observed_fraction

@@ -13,6 +13,7 @@ numbers). Format 1 lacks ``clip``, ``ids`` and ``seen``.
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 from typing import Any
 
@@ -58,7 +59,8 @@ class PersistenceMixin:
         """Read an estimator written by :meth:`save` (onto its ``device``).
 
         ``FileNotFoundError`` if ``path`` does not exist; ``ValueError`` naming ``path`` if it
-        is empty, truncated or not written by :meth:`save`."""
+        is empty, truncated, not written by :meth:`save`, or its factors, biases, ids or
+        training entries do not fit its ``shape`` (m, n)."""
         name = os.fspath(path)
         if not os.path.isfile(name):
             raise FileNotFoundError(f"no saved DeepMatrixCompletion at {name!r}")
@@ -71,10 +73,13 @@ class PersistenceMixin:
         if not (isinstance(state, dict) and state.get("format") in (1, 2)):
             raise ValueError(f"{name!r} is not a saved DeepMatrixCompletion")
         try:
-            return cls._from_state(state)
+            mismatch = _shape_mismatch(state)
+            if mismatch is None:
+                return cls._from_state(state)
         except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as exc:
             raise ValueError(f"{name!r} is an incomplete saved DeepMatrixCompletion "
                              f"({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"{name!r} is an inconsistent saved DeepMatrixCompletion: {mismatch}")
 
     @classmethod
     def _from_state(cls, state: dict[str, Any]) -> Any:
@@ -97,6 +102,33 @@ class PersistenceMixin:
         for key, value in state["fitted"].items():
             setattr(est, key, value)
         return est
+
+
+def _shape_mismatch(state: dict[str, Any]) -> str | None:
+    """What of ``state``'s factors ``W_1 … W_L`` (their product ``W_L⋯W_1`` is m × n), biases
+    (m,) and (n,), ids (m and n) and training entries (CSR row pointer (m + 1,)) disagrees
+    with its ``shape`` (m, n); ``None`` if nothing does."""
+    shape = tuple(state["shape"])
+    if not (len(shape) == 2 and all(isinstance(d, int) and d >= 1 for d in shape)):
+        return f"shape {list(shape)} is not two positive integers"
+    m, n = shape
+    factors = state["factors"]
+    if len(factors) < 2 or not all(isinstance(f, Tensor) and f.dim() == 2 for f in factors):
+        return f"{len(factors)} factors, at least 2 matrices needed"
+    shapes = [tuple(f.shape) for f in factors]
+    chained = all(high[1] == low[0] for low, high in itertools.pairwise(shapes))
+    if not (chained and (shapes[-1][0], shapes[0][1]) == shape):
+        return f"factors W_1 … W_L of shapes {shapes} do not multiply to {m}×{n}"
+    for key, size in (("row_bias", m), ("col_bias", n)):
+        if tuple(state[key].shape) != (size,):
+            return f"{key} has shape {tuple(state[key].shape)}, not ({size},)"
+    ids = state.get("ids")
+    if ids is not None and (len(ids[0]), len(ids[1])) != shape:
+        return f"{len(ids[0])} user ids and {len(ids[1])} item ids for {m}×{n}"
+    seen = state.get("seen")
+    if seen is not None and len(seen[0]) != m + 1:
+        return f"the training entries' row pointer has {len(seen[0])} entries, not {m + 1}"
+    return None
 
 
 def _plain(value: Any) -> Any:

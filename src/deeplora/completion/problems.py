@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from deeplora.completion.observations import as_index
 from deeplora.factorization import DeepFactorization
 from deeplora.factorization.sampled import ObservedIndex, squared_loss_and_grads
 from deeplora.memory import check_fits
@@ -145,6 +146,14 @@ def _relative_error(model: DeepFactorization, target: LowRankMatrix) -> float:
         return math.sqrt(max(float(x_sq - 2 * cross) + phi_sq, 0.0) / phi_sq)
 
 
+def _as_index(name: str, value: Tensor | Sequence[int]) -> Tensor:
+    """``value`` as CPU int64 indices by :func:`~deeplora.completion.observations.as_index`
+    (integral floats accepted, fractional, boolean or NaN ones refused)."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu()
+    return torch.from_numpy(as_index(name, value))
+
+
 class Problem:
     """Base class: a target Φ and a loss on what is observed of it."""
 
@@ -154,7 +163,18 @@ class Problem:
     def shape(self) -> tuple[int, int]:
         return self.target.shape
 
+    def check_model(self, model: DeepFactorization) -> None:
+        """``ValueError`` unless ``model`` is m×n, the shape of Φ."""
+        if tuple(model.shape) != tuple(self.shape):
+            raise ValueError(f"model is {model.shape[0]}×{model.shape[1]}, the problem's matrix "
+                             f"{self.shape[0]}×{self.shape[1]}")
+
     def loss(self, model: DeepFactorization) -> Tensor:
+        """ℒ(model) (0-dim); ``ValueError`` for a model of another shape."""
+        self.check_model(model)
+        return self._loss(model)
+
+    def _loss(self, model: DeepFactorization) -> Tensor:
         raise NotImplementedError
 
     def loss_and_grads(self, model: DeepFactorization) -> tuple[Tensor, list[Tensor]]:
@@ -164,6 +184,7 @@ class Problem:
 
     def recovery_error(self, model: DeepFactorization) -> float:
         """``‖X − Φ‖_F / ‖Φ‖_F`` over all m·n entries."""
+        self.check_model(model)
         return _relative_error(model, self.target)
 
 
@@ -174,7 +195,7 @@ class MatrixFactorization(Problem):
         self.target = target
         self._dense = target.dense()
 
-    def loss(self, model: DeepFactorization) -> Tensor:
+    def _loss(self, model: DeepFactorization) -> Tensor:
         first = model.factors[0]
         return 0.5 * torch.sum((model.product() - self._dense.to(first.device, first.dtype)) ** 2)
 
@@ -185,8 +206,7 @@ class MatrixCompletion(Problem):
     def __init__(self, target: LowRankMatrix, rows: Tensor, cols: Tensor,
                  values: Tensor | None = None) -> None:
         m, n = target.shape
-        rows = torch.as_tensor(rows, dtype=torch.long)
-        cols = torch.as_tensor(cols, dtype=torch.long)
+        rows, cols = _as_index("rows", rows), _as_index("cols", cols)
         if rows.ndim != 1 or rows.shape != cols.shape or rows.numel() == 0:
             raise ValueError(f"rows and cols must be non-empty 1-D and of equal length, got "
                              f"{tuple(rows.shape)} and {tuple(cols.shape)}")
@@ -229,7 +249,7 @@ class MatrixCompletion(Problem):
             self._index = self.observed_index.to(first.device)
         return self.observed_index, self._values_as
 
-    def loss(self, model: DeepFactorization) -> Tensor:
+    def _loss(self, model: DeepFactorization) -> Tensor:
         index, values = self._observed(model)
         if model.factors[0].device.type == "cpu":
             return 0.5 * torch.mean((model.entries(self.rows, self.cols) - values) ** 2)
@@ -242,6 +262,7 @@ class MatrixCompletion(Problem):
         (:func:`~deeplora.factorization.sampled.squared_loss_and_grads`), autograd otherwise."""
         if not model.narrow:
             return super().loss_and_grads(model)
+        self.check_model(model)
         index, values = self._observed(model)
         return squared_loss_and_grads(list(model.factors), index, values)
 
@@ -259,7 +280,7 @@ class MatrixSensing(Problem):
         self.operator /= math.sqrt(measurements)
         self.values = self.operator @ target.dense().double().reshape(-1)
 
-    def loss(self, model: DeepFactorization) -> Tensor:
+    def _loss(self, model: DeepFactorization) -> Tensor:
         dtype = model.factors[0].dtype
         residual = self.operator.to(dtype) @ model.product().reshape(-1) - self.values.to(dtype)
         return 0.5 * torch.sum(residual**2)

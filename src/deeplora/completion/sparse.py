@@ -129,8 +129,14 @@ def random_observations(rows: int, cols: int, count: int, seed: int = 0,
                         exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``count`` distinct entries drawn uniformly, sorted row-major, as (rows, cols).
 
-    Memory O(count), not O(m·n). ``exclude``: sorted flat indices ``i·n + j`` to avoid.
+    Memory O(count), not O(m·n). ``exclude``: flat indices ``i·n + j`` to avoid (any order,
+    repeats allowed).
     """
+    if exclude is not None:
+        exclude = torch.unique(torch.as_tensor(exclude))
+        if exclude.numel() and not (int(exclude[0]) >= 0 and int(exclude[-1]) < rows * cols):
+            raise ValueError(f"exclude must hold flat indices in [0, {rows * cols}), got "
+                             f"{int(exclude[0])} to {int(exclude[-1])}")
     total = rows * cols - (0 if exclude is None else exclude.numel())
     if not (isinstance(count, int) and 1 <= count <= total):
         raise ValueError(f"count must be an integer in [1, {total}], got {count!r}")

@@ -131,6 +131,10 @@ def compress(
                          f"min(m, n) = {min(m, n)}, got {rank!r}")
     first = wide.factors[0]
     dtype, device, scale = first.dtype, first.device, wide.scale**wide.depth
+    if scale < torch.finfo(dtype).tiny:  # X(0) = ε^L Q underflows: Q read back as 0
+        raise ValueError(f"ε^L = {wide.scale:g}^{wide.depth} = {scale:.3g} is below the "
+                         f"smallest normal {dtype} ({torch.finfo(dtype).tiny:.3g}): the wide "
+                         f"model's product underflows; use float64, a larger ε or fewer layers")
     with torch.no_grad():
         start = wide.product()
     # X itself as the trainable factor of a 2-factor model X·I: its gradient is E = ∇_X ℒ.

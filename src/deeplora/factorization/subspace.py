@@ -13,6 +13,8 @@ far a trained layer is from that form.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import scipy.linalg
 import torch
@@ -58,7 +60,11 @@ def principal_angles(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> np.ndarr
 
 
 def top_singular_subspaces(matrix: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Top-``rank`` singular triplets ``(U (m×r), S (r), V (n×r))`` of a dense 2-D tensor."""
+    """Top-``rank`` singular triplets ``(U (m×r), S (r), V (n×r))`` of a dense 2-D tensor,
+    r = min(rank, m, n); ``ValueError`` unless ``rank`` is an integer >= 1."""
+    if not (isinstance(rank, numbers.Integral) and not isinstance(rank, bool) and rank >= 1):
+        raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
+    rank = int(rank)
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     return u[:, :rank], s[:rank], vh[:rank].T
 
@@ -90,21 +96,44 @@ def complement_projector(basis: Tensor) -> Tensor:
     return torch.eye(basis.shape[0], dtype=basis.dtype, device=basis.device) - basis @ basis.T
 
 
+def _check_orthonormal_columns(name: str, matrix: Tensor, atol: float = 1e-4) -> None:
+    """``ValueError`` unless ``matrixᵀ matrix = I`` to ``atol`` (float32 round-off passes)."""
+    eye = torch.eye(matrix.shape[1], dtype=matrix.dtype, device=matrix.device)
+    gap = float((matrix.T @ matrix - eye).abs().max()) if matrix.numel() else 0.0
+    if not gap <= atol:
+        raise ValueError(f"{name} must have orthonormal columns (|QᵀQ − I| up to {atol:g}), "
+                         f"off by {gap:.3g}")
+
+
 def invariant_subspace_deviation(
     layer: Tensor, layer_at_init: Tensor, right_basis: Tensor, scale: float
 ) -> float:
     """Relative distance of a trained layer from the theorem's block form.
 
-    With ``O = W_l(0)/ε`` orthogonal, right basis ``V`` (n×2r, orthonormal) and left basis
-    ``U = O V``, the theorem says ``W_l(t) = U Uᵀ W_l(t) V Vᵀ + ρ(t) · O (I − V Vᵀ)``. Returns
-    ``‖W_l(t) − that‖_F / ‖W_l(t)‖_F`` with the best-fitting ρ(t).
+    With ``O = W_l(0)/ε`` (k×n, orthonormal columns), right basis ``V`` (n×p, p = 2r,
+    orthonormal) and left basis ``U = O V``, the theorem says
+    ``W_l(t) = U Uᵀ W_l(t) V Vᵀ + ρ(t) · O (I − V Vᵀ)``. Returns
+    ``‖W_l(t) − that‖_F / ‖W_l(t)‖_F`` with the best-fitting ρ(t) (ρ = 0 when p = n: there is
+    no complement, every layer has the form). Computed in float64; ``ValueError`` for
+    mismatched shapes, a non-orthonormal ``V`` or an ``O`` that is not (the ``scale`` of
+    ``W_l(0)``).
     """
-    orth = layer_at_init / scale
+    if not (layer.ndim == right_basis.ndim == 2 and layer_at_init.shape == layer.shape
+            and right_basis.shape[0] == layer.shape[1] <= layer.shape[0]
+            and right_basis.shape[1] <= layer.shape[1]):
+        raise ValueError(f"shapes must be layer k×n (k >= n), layer_at_init k×n and right_basis "
+                         f"n×p (p <= n), got {tuple(layer.shape)}, {tuple(layer_at_init.shape)} "
+                         f"and {tuple(right_basis.shape)}")
+    layer, right_basis = layer.double(), right_basis.to(layer.device, torch.float64)
+    orth = layer_at_init.to(layer.device, torch.float64) / scale
+    _check_orthonormal_columns("right_basis", right_basis)
+    _check_orthonormal_columns("layer_at_init / scale", orth)
     left_basis = orth @ right_basis
     outside = orth @ complement_projector(right_basis)
     inside = left_basis @ (left_basis.T @ layer @ right_basis) @ right_basis.T
-    rho = torch.sum(layer * outside) / torch.sum(outside * outside)
-    residual = layer - inside - rho * outside
+    residual = layer - inside
+    if right_basis.shape[1] < right_basis.shape[0]:
+        residual = residual - torch.sum(layer * outside) / torch.sum(outside * outside) * outside
     return float(torch.linalg.matrix_norm(residual) / torch.linalg.matrix_norm(layer))
 
 
