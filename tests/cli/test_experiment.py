@@ -45,3 +45,22 @@ def test_dmc_theory_bad_step_counts_are_user_errors(
     err = capsys.readouterr().err
     assert err.startswith("deeplora: error: need --steps >= 0 and --every >= 1, got ")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [
+    ["stsb-fewshot", "--preset", "practical", "--head", "bi"],
+    ["prompt-fewshot"],
+    ["nlg-fewshot", "--preset", "cpu"],
+    ["nlg-checkpoints"],
+    ["nlg-checkpoints", "--score-only"],
+])
+def test_report_only_without_finished_runs_is_an_error_writing_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
+    """A report of no runs (a wrong --out, or flags other than the runs') would read as n/a
+    everywhere and overwrite a good report: refused, naming the folder looked in."""
+    out = tmp_path / "report"
+    flag = [] if "--score-only" in args else ["--report-only"]
+    assert main(["experiment", *args, *flag, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"deeplora: error: {out / 'runs'}: no finished run of these settings")
+    assert err.count("\n") == 1 and list(tmp_path.iterdir()) == []

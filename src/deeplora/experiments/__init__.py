@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
@@ -33,6 +33,15 @@ def random_seed(text: str) -> int:
     if not 0 <= value < 2**32:
         raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text!r}")
     return value
+
+
+def require_runs(name: str, results: Sequence[tuple[Any, Sequence[Any]]], runs: Path) -> None:
+    """Refuse to report ``results`` (``[(cell, finished runs)]``) when no cell has a finished
+    run under ``runs``: a report of nothing (a wrong ``--out``, or flags other than the runs')
+    reads as n/a everywhere and would overwrite a good one."""
+    if not any(found for _, found in results):
+        raise FileNotFoundError(f"{runs}: no finished run of these settings (run {name} without "
+                                "--report-only first, or give the flags the runs were made with)")
 
 
 @dataclass(frozen=True)

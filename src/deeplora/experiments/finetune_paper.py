@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from deeplora.experiments import Arg, experiment
+from deeplora.experiments import Arg, experiment, require_runs
 from deeplora.finetune.config import PADDINGS, PRESETS
 from deeplora.finetune.data import DATA_DIR_ENV, DataError, available_tasks, resolve_data_dir
 from deeplora.finetune.sweep import (
@@ -189,6 +189,8 @@ def run_experiment(
         else:  # run_parallel rejects jobs < 1
             run_parallel(sweeps, root / "runs", data_dir, jobs=jobs, progress=progress)
     results = [(cell, load_results(root / "runs", cell.config, cell.seeds)) for cell in cells]
+    if not train:
+        require_runs(name, results, root / "runs")
     return write_report(name, results, root)
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from deeplora.experiments import Arg, experiment
+from deeplora.experiments import Arg, experiment, require_runs
 from deeplora.experiments.nlg_fewshot import COLORS, LABELS
 from deeplora.finetune.checkpoints import (
     best_checkpoint,
@@ -370,6 +370,8 @@ def run_experiment(cells: list[Cell], out: str | os.PathLike[str],
             chosen = select(load(), lr_seeds)["lr"]
             train_where(lambda config, seed: chosen.get(config.method) == config.lr)
     results = load()
+    if not train:
+        require_runs(NAME, results, root / "runs")
     if score:
         for run, step in needed(select(results, lr_seeds)):
             score_checkpoint(NLGConfig(**run["config"]), run["seed"], step, root / "runs",

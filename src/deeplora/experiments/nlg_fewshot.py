@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from deeplora.experiments import Arg, experiment
+from deeplora.experiments import Arg, experiment, require_runs
 from deeplora.nlg.config import PRESETS, NLGConfig, default_preset, nlg_preset
 from deeplora.nlg.metrics import METRICS
 
@@ -79,6 +79,8 @@ def run_nlg_experiment(cells: Cells, out: str | os.PathLike[str],
             run_nlg_sweep(config, [seed], root / "runs", data_dir, progress=progress)
     results = [(config, load_nlg_results(root / "runs", config, seeds))
                for config, seeds in cells]
+    if not train:
+        require_runs("nlg-fewshot", results, root / "runs")
     return write_nlg_report("nlg-fewshot", results, root)
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from deeplora.experiments import Arg, experiment
+from deeplora.experiments import Arg, experiment, require_runs
 from deeplora.finetune.checkpoints import best_checkpoint, choose_lr, matched_checkpoints
 from deeplora.finetune.config import preset
 from deeplora.finetune.data import DATA_DIR_ENV, get_task
@@ -345,6 +345,8 @@ def run_experiment(cells: list[Cell], out: str | os.PathLike[str],
         else:
             run_parallel(sweeps, root / "runs", data_dir, jobs=jobs, progress=progress)
     results = [(cell, load_results(root / "runs", cell.config, cell.seeds)) for cell in cells]
+    if not train:
+        require_runs(NAME, results, root / "runs")
     return write_report(results, root)
 
 
