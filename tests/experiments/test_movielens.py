@@ -139,6 +139,7 @@ def test_experiment_book_crossing_from_data_dir(tmp_path: Path,
     monkeypatch.setenv("DEEPLORA_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setattr(data, "BOOKCROSSING_SHA256", sha256(path))
     out = tmp_path / "out"
+    other = _split_file(out, "book-crossing-5", "random-0", 1.5)  # the 5-core's, kept
     assert main(["experiment", "movielens", "--dataset", "book-crossing", "--random-seeds", "0",
                  "--steps", "20", "--methods", "deep compressed (ours)", "SoftImpute",
                  "--out", str(out)]) == 0
@@ -146,3 +147,29 @@ def test_experiment_book_crossing_from_data_dir(tmp_path: Path,
     assert split["n_train"] + split["n_test"] == int((ratings > 0).sum())
     assert json.loads((out / "book-crossing.json").read_text())["clip"] == [1.0, 10.0]
     assert "| random 80/20 | SoftImpute |" in (out / "book-crossing.md").read_text()
+    assert json.loads(other.read_text())["results"]["SoftImpute"]["rmse"] == 1.5
+
+
+def _split_file(out: Path, name: str, split: str, value: float) -> Path:
+    """A per-split file of dataset ``name`` with one method scoring ``value``."""
+    out.mkdir(exist_ok=True)
+    record = {"split": split, "rmse": value, "mae": value, "fit_seconds": 1.0}
+    path = out / f"{name}-{split}.json"
+    path.write_text(json.dumps({"split": split, "results": {"SoftImpute": record}}))
+    return path
+
+
+def test_report_only_reads_only_its_own_dataset_s_splits(tmp_path: Path) -> None:
+    """``book-crossing-5-random-0.json`` and the ``book-crossing-5.json`` summary match
+    ``book-crossing-*.json`` but are no split of ``book-crossing``: not averaged in."""
+    out = tmp_path / "out"
+    _split_file(out, "book-crossing", "random-0", 2.0)
+    for split in ("random-0", "random-1"):
+        _split_file(out, "book-crossing-5", split, 3.0)
+    assert main(["experiment", "movielens", "--dataset", "book-crossing-5", "--report-only",
+                 "--out", str(out)]) == 0
+    assert main(["experiment", "movielens", "--dataset", "book-crossing", "--report-only",
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "book-crossing.json").read_text())
+    assert summary["splits"] == ["random-0"]
+    assert [r["rmse"] for r in summary["results"]["random 80/20"]["SoftImpute"]] == [2.0]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import time
 from collections.abc import Callable
 from functools import partial
@@ -33,6 +34,7 @@ import numpy as np
 
 from deeplora.completion.baselines import BiasedALS, SoftImpute, Surprise
 from deeplora.completion.data import (
+    MOVIELENS_SPLITS,
     IdIndex,
     Ratings,
     book_crossing,
@@ -155,7 +157,7 @@ def movielens(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     data = experiment_splits(name, splits, seeds, args.temporal, args.root)
     if not data:
         raise ValueError("no splits: give --splits, --random-seeds and/or --temporal")
-    for old in out.glob(f"{name}-*.json"):  # the report reads every per-split file
+    for old in split_files(out, name):  # the report reads every per-split file
         old.unlink()
     for split, (train, test) in data.items():
         seed = int(split.split("-")[1]) if split.startswith("random") else 0
@@ -184,6 +186,15 @@ def movielens(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return report(out, name, steps)
 
 
+def split_files(out: Path, name: str) -> list[Path]:
+    """The per-split files ``<name>-<split>.json`` in ``out``, sorted (``<split>``: an official
+    fold, ``random-S`` or ``temporal``); not another dataset's whose name starts with ``name``
+    (``book-crossing-5-random-0.json`` is no split of ``book-crossing``)."""
+    return sorted(path for path in out.glob(f"{name}-*.json")
+                  if re.fullmatch("|".join([*MOVIELENS_SPLITS, r"random-\d+", "temporal"]),
+                                  path.stem.removeprefix(f"{name}-")))
+
+
 def _family(split: str) -> str:
     return FAMILIES["u" if split.startswith("u") else split.split("-")[0]]
 
@@ -193,7 +204,7 @@ def report(out: Path, name: str = "movielens", steps: int | None = None) -> dict
     (families in :data:`FAMILIES` order, splits sorted by name)."""
     import json
 
-    files = sorted(out.glob(f"{name}-*.json"))
+    files = split_files(out, name)
     if not files:
         raise FileNotFoundError(f"no {name}-<split>.json in {out}")
     splits = [json.loads(f.read_text()) for f in files]
