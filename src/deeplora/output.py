@@ -97,21 +97,32 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
+def read_json_object(path: Path, required: Sequence[str]) -> dict[str, Any]:
+    """The JSON object at ``path``, which has every key of ``required``; ``ValueError`` saying
+    what is wrong if it is not valid JSON or not such an object (cut short, edited by hand)."""
+    try:
+        result = json.loads(path.read_text())
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(result, dict):
+        raise ValueError(f"a JSON {type(result).__name__}, not an object")
+    missing = [key for key in required if key not in result]
+    if missing:
+        raise ValueError(f"no key(s) {missing}")
+    return result
+
+
 def read_result(path: Path, required: Sequence[str]) -> dict[str, Any] | None:
     """The result at ``path``: a JSON object with every key of ``required``; ``None`` if there
     is none, or if it is not valid JSON or not such an object (cut short, edited by hand): then
     it is renamed ``*.invalid``, with a message naming it, so that the run is redone."""
     try:
-        result = json.loads(path.read_text())
-        if not isinstance(result, dict):
-            raise ValueError(f"a JSON {type(result).__name__}, not an object")
-        missing = [key for key in required if key not in result]
-        if missing:
-            raise ValueError(f"no key(s) {missing}")
-        return result
+        return read_json_object(path, required)
     except FileNotFoundError:
         return None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:
         aside = path.with_name(path.name + ".invalid")
         os.replace(path, aside)
         tqdm.write(f"deeplora: {path} is not a valid result ({exc}); moved to {aside.name}, "

@@ -173,3 +173,22 @@ def test_report_only_reads_only_its_own_dataset_s_splits(tmp_path: Path) -> None
     summary = json.loads((out / "book-crossing.json").read_text())
     assert summary["splits"] == ["random-0"]
     assert [r["rmse"] for r in summary["results"]["random 80/20"]["SoftImpute"]] == [2.0]
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ('{"split": "u2", "res', "not valid JSON"),  # cut short
+    ("null", "a JSON NoneType, not an object"),
+    ('{"dataset": "filmtrust", "k": 10, "results": {}}', "no key(s) ['split']"),  # topk's
+    ('{"split": "u3", "results": {}}', "holds split 'u3', not 'u2'"),
+])
+def test_report_only_names_a_per_split_file_that_is_no_result(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, reason: str) -> None:
+    """One line naming the file and what is wrong with it; no report half-written."""
+    out = tmp_path / "out"
+    _split_file(out, "movielens", "u1", 0.9)
+    (out / "movielens-u2.json").write_text(text)
+    assert main(["experiment", "movielens", "--report-only", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"deeplora: error: {out / 'movielens-u2.json'}: not a per-split "
+                          "result of `deeplora experiment movielens` (") and reason in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["movielens-u1.json", "movielens-u2.json"]

@@ -48,7 +48,7 @@ from deeplora.completion.data import (
 from deeplora.completion.estimator import DeepMatrixCompletion
 from deeplora.completion.observations import mae, rmse
 from deeplora.experiments import Arg, experiment, random_seed
-from deeplora.output import write_atomic, write_json
+from deeplora.output import read_json_object, write_atomic, write_json
 from deeplora.plotting import new_figure, save_figure
 
 DATASETS = {"movielens": ("MovieLens 100K", (1.0, 5.0)), "filmtrust": ("FilmTrust", (0.5, 4.0)),
@@ -195,6 +195,22 @@ def split_files(out: Path, name: str) -> list[Path]:
                                   path.stem.removeprefix(f"{name}-")))
 
 
+def read_split(path: Path, name: str) -> dict[str, Any]:
+    """The per-split result in ``path`` (``<name>-<split>.json``); a ``ValueError`` naming the
+    file if it is none (cut short, ``null``, another experiment's, another split's)."""
+    split = path.stem.removeprefix(f"{name}-")
+    try:
+        result = read_json_object(path, ("split", "results"))
+        if result["split"] != split:
+            raise ValueError(f"holds split {result['split']!r}, not {split!r}")
+        if not isinstance(result["results"], dict):
+            raise ValueError("its 'results' is not an object")
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a per-split result of `deeplora experiment movielens` "
+                         f"({exc})") from None
+    return result
+
+
 def _family(split: str) -> str:
     return FAMILIES["u" if split.startswith("u") else split.split("-")[0]]
 
@@ -202,12 +218,10 @@ def _family(split: str) -> str:
 def report(out: Path, name: str = "movielens", steps: int | None = None) -> dict[str, Any]:
     """Rebuild ``<name>.md``/``.json``/``.png`` from the ``<name>-<split>.json`` in ``out``
     (families in :data:`FAMILIES` order, splits sorted by name)."""
-    import json
-
     files = split_files(out, name)
     if not files:
         raise FileNotFoundError(f"no {name}-<split>.json in {out}")
-    splits = [json.loads(f.read_text()) for f in files]
+    splits = [read_split(f, name) for f in files]
     order = list(FAMILIES.values())
     splits.sort(key=lambda s: (order.index(_family(s["split"])), s["split"]))
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
