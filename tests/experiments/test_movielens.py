@@ -150,7 +150,7 @@ def test_experiment_book_crossing_from_data_dir(tmp_path: Path,
     assert json.loads(other.read_text())["results"]["SoftImpute"]["rmse"] == 1.5
 
 
-def _split_file(out: Path, name: str, split: str, value: float) -> Path:
+def _split_file(out: Path, name: str, split: str, value: float | None) -> Path:
     """A per-split file of dataset ``name`` with one method scoring ``value``."""
     out.mkdir(exist_ok=True)
     record = {"split": split, "rmse": value, "mae": value, "fit_seconds": 1.0}
@@ -192,3 +192,18 @@ def test_report_only_names_a_per_split_file_that_is_no_result(
     assert err.startswith(f"deeplora: error: {out / 'movielens-u2.json'}: not a per-split "
                           "result of `deeplora experiment movielens` (") and reason in err, err
     assert sorted(p.name for p in out.iterdir()) == ["movielens-u1.json", "movielens-u2.json"]
+
+
+def test_report_only_with_a_diverged_run_warns_instead_of_crashing(tmp_path: Path) -> None:
+    """A NaN RMSE (stored as JSON null) shows as nan in the table; the plot leaves that bar
+    out with a warning instead of failing on NaN axis limits."""
+    out = tmp_path / "out"
+    _split_file(out, "movielens", "u1", 0.9)
+    _split_file(out, "movielens", "u2", None)
+    _split_file(out, "movielens", "temporal", 1.0)
+    with pytest.warns(UserWarning, match="official folds: no finite mean RMSE of SoftImpute"):
+        assert main(["experiment", "movielens", "--report-only", "--out", str(out)]) == 0
+    table = (out / "movielens.md").read_text()
+    assert "| official folds | SoftImpute | nan ± nan | nan ± nan | 1.00 ± 0.00 | 2 |" in table
+    assert "| temporal (each user's last 20 %) | SoftImpute | 1.0000 ± 0.0000 |" in table
+    assert (out / "movielens.png").stat().st_size > 0

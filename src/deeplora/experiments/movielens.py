@@ -25,6 +25,7 @@ import argparse
 import importlib.util
 import re
 import time
+import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -89,13 +90,14 @@ def _methods(args: argparse.Namespace, seed: int, steps: int | None,
 
 
 def table(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:
-    """Markdown table: per split family and method, RMSE, MAE and fit seconds (mean ± std)."""
+    """Markdown table: per split family and method, RMSE, MAE and fit seconds (mean ± std;
+    nan when a run's value is NaN, stored as JSON null)."""
     lines = ["| splits | method | RMSE | MAE | fit s | runs |", "|---|---|---|---|---|---|"]
     for family, methods in results.items():
         for name, runs in methods.items():
             cells = []
             for key, digits in (("rmse", 4), ("mae", 4), ("fit_seconds", 2)):
-                values = np.array([r[key] for r in runs])
+                values = np.array([r[key] for r in runs], dtype=float)  # null: NaN
                 spread = values.std(ddof=1) if len(values) > 1 else 0.0
                 cells.append(f"{values.mean():.{digits}f} ± {spread:.{digits}f}")
             lines.append(f"| {family} | {name} | {' | '.join(cells)} | {len(runs)} |")
@@ -244,16 +246,24 @@ def report(out: Path, name: str = "movielens", steps: int | None = None) -> dict
 
 def _plot(results: dict[str, dict[str, list[dict[str, float]]]], path: Path, title: str
           ) -> None:
+    """Per family a bar of each method's mean test RMSE and a dot per split; a method whose
+    mean is NaN (a diverged run) gets no bar and a warning."""
     fig, axes = new_figure(ncols=len(results), width=6.0, height=3.8)
     for ax, (family, methods) in zip(axes, results.items(), strict=True):
         names = list(methods)
-        means = [np.mean([r["rmse"] for r in methods[n]]) for n in names]
-        ax.barh(names, means, color=["tab:red" if n == OURS else "tab:blue" for n in names],
-                alpha=0.8)
-        for i, name in enumerate(names):
-            ax.scatter([r["rmse"] for r in methods[name]], [i] * len(methods[name]),
-                       color="k", s=8, zorder=3)
-        ax.set_xlim(min(means) - 0.02, max(means) + 0.02)
+        rmses = [np.array([r["rmse"] for r in methods[n]], dtype=float) for n in names]
+        means = np.array([values.mean() for values in rmses])
+        if not np.isfinite(means).all():
+            nan = [n for n, m in zip(names, means, strict=True) if not np.isfinite(m)]
+            warnings.warn(f"{title}, {family}: no finite mean RMSE of {', '.join(nan)}; left "
+                          "out of the plot", stacklevel=2)
+        ax.barh(names, np.nan_to_num(means), alpha=0.8,
+                color=["tab:red" if n == OURS else "tab:blue" for n in names])
+        for i, values in enumerate(rmses):
+            ax.scatter(values, [i] * len(values), color="k", s=8, zorder=3)
+        finite = means[np.isfinite(means)]
+        if finite.size:
+            ax.set_xlim(finite.min() - 0.02, finite.max() + 0.02)
         ax.set_xlabel("test RMSE (bars: mean; dots: splits)")
         ax.invert_yaxis()
         ax.set_title(f"{title}, {family}")
