@@ -207,3 +207,24 @@ def test_report_only_with_a_diverged_run_warns_instead_of_crashing(tmp_path: Pat
     assert "| official folds | SoftImpute | nan ± nan | nan ± nan | 1.00 ± 0.00 | 2 |" in table
     assert "| temporal (each user's last 20 %) | SoftImpute | 1.0000 ± 0.0000 |" in table
     assert (out / "movielens.png").stat().st_size > 0
+
+
+def test_methods_rerun_updates_them_in_the_per_split_files(ml100k: Path, tmp_path: Path) -> None:
+    """``--methods "deep compressed (ours)"`` into a folder of a full run (how docs/results.md
+    reran ours) replaces ours' records and keeps the other methods' of the same split."""
+    out = tmp_path / "out"
+    assert _two_methods(ml100k, out, "--random-seeds", "3") == 0
+    before = json.loads((out / "movielens-random-3.json").read_text())["results"]
+    assert main(["experiment", "movielens", "--root", str(ml100k), "--out", str(out),
+                 "--splits", "--random-seeds", "3", "--steps", "10", "--methods",
+                 "deep compressed (ours)"]) == 0
+    after = json.loads((out / "movielens-random-3.json").read_text())["results"]
+    assert list(after) == list(before) and after["biased MF (ALS-WR)"] == \
+        before["biased MF (ALS-WR)"]
+    assert after["deep compressed (ours)"] != before["deep compressed (ours)"]  # rerun
+    assert "| random 80/20 | biased MF (ALS-WR) |" in (out / "movielens.md").read_text()
+    path = out / "movielens-random-3.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "n_train": 1}))  # other data
+    assert main(["experiment", "movielens", "--root", str(ml100k), "--out", str(out),
+                 "--splits", "--random-seeds", "3", "--methods", "SoftImpute"]) == 2
+    assert json.loads(path.read_text())["results"] == after

@@ -15,7 +15,8 @@ validation split carved from ``u1.base``; its penalty is chosen on a validation 
 each training set, ``selected_``), the Surprise baselines run at the library's defaults.
 Writes ``<dataset>-<split>.json`` per split, ``<dataset>.json`` (all), ``<dataset>.md``
 (RMSE, MAE, fit seconds: mean ± std per split family) and ``<dataset>.png`` (``<dataset>``:
-a ``--dataset`` name); predictions are clipped to the rating scale;
+a ``--dataset`` name); predictions are clipped to the rating scale; with ``--methods``
+only those are rerun, the other methods' records of the same splits are kept;
 ``--report-only`` rebuilds the last three from the per-split files.
 """
 
@@ -135,7 +136,8 @@ def experiment_splits(name: str, folds: list[str], seeds: list[int], temporal: b
         Arg("--random-seeds", nargs="*", type=random_seed, default=[0, 1, 2],
             help="seeds of random 80/20 splits of u.data"),
         Arg("--methods", nargs="+", default=None, choices=list(SOURCES),
-            help="run only these (default: all; Surprise rows need scikit-surprise)"),
+            help="run only these, keeping the other methods' records in the per-split files "
+            "of the same splits in --out (default: all; Surprise rows need scikit-surprise)"),
         Arg("--temporal", action="store_true",
             help="also a temporal split of u.data (each user's latest 20 %% as test set)"),
         Arg("--steps", type=int, default=None, help="maximum steps of ours (default: preset)"),
@@ -159,8 +161,10 @@ def movielens(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     data = experiment_splits(name, splits, seeds, args.temporal, args.root)
     if not data:
         raise ValueError("no splits: give --splits, --random-seeds and/or --temporal")
+    earlier = {} if args.methods is None else _earlier(out, name, data)
     for old in split_files(out, name):  # the report reads every per-split file
-        old.unlink()
+        if old.stem.removeprefix(f"{name}-") not in earlier:
+            old.unlink()
     for split, (train, test) in data.items():
         seed = int(split.split("-")[1]) if split.startswith("random") else 0
         ids = IdIndex.fit(train)
@@ -184,7 +188,8 @@ def movielens(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                   flush=True)
         write_json(out / f"{name}-{split}.json",
                    {"split": split, "n_train": len(train), "n_test": len(test),
-                    "shape": list(ids.shape), "results": per_split})
+                    "shape": list(ids.shape),
+                    "results": {**earlier.get(split, {}), **per_split}})
     return report(out, name, steps)
 
 
@@ -211,6 +216,25 @@ def read_split(path: Path, name: str) -> dict[str, Any]:
         raise ValueError(f"{path}: not a per-split result of `deeplora experiment movielens` "
                          f"({exc})") from None
     return result
+
+
+def _earlier(out: Path, name: str, data: dict[str, tuple[Ratings, Ratings]]
+             ) -> dict[str, dict[str, Any]]:
+    """``{split: results}`` of the per-split files in ``out`` of the splits in ``data``, whose
+    other methods' records a run of some ``--methods`` keeps; a ``ValueError`` naming a file
+    whose rating counts are not the split's (other data)."""
+    earlier = {}
+    for split, (train, test) in data.items():
+        path = out / f"{name}-{split}.json"
+        if path.exists():
+            found = read_split(path, name)
+            counts = (found.get("n_train"), found.get("n_test"))
+            if counts != (len(train), len(test)):
+                raise ValueError(f"{path}: {counts[0]} training and {counts[1]} test ratings, "
+                                 f"this run's split has {len(train)} and {len(test)} (other "
+                                 "data: move the file away or run every method)")
+            earlier[split] = found["results"]
+    return earlier
 
 
 def _family(split: str) -> str:
