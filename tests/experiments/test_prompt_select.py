@@ -84,3 +84,7 @@ def test_fast_run_shares_passes_and_report_only_rebuilds(
     data = json.loads((out / "prompt-select.json").read_text())
     assert sorted(data["labels"]) == ["sst2", "stsb"] and len(data["records"]) == 3 * 2 + 2
     assert "| stsb | chat | Same? | no, yes | pearson |" in (out / "prompt-select.md").read_text()
+    capsys.readouterr()
+    (out / "prompt-select.json").write_text("null")  # not a result: one line naming the file
+    assert main([*argv, "--report-only"]) == 2
+    assert "prompt-select.json: not a result of prompt-select" in capsys.readouterr().err

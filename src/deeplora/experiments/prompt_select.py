@@ -164,6 +164,16 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _read(path: Path) -> dict[str, Any]:
+    """The contents of a ``prompt-select.json``; ``DataError`` naming it if it is not one."""
+    from deeplora.output import read_json_object
+
+    try:
+        return read_json_object(path, ("model", "heldout_samples", "records", "labels"))
+    except ValueError as exc:
+        raise DataError(f"{path}: not a result of prompt-select ({exc})") from None
+
+
 def write_report(data: dict[str, Any], out: Path) -> list[dict[str, Any]]:
     """``prompt-select.md`` from ``data`` (the contents of ``prompt-select.json``)."""
     from deeplora.output import write_atomic
@@ -196,7 +206,7 @@ def prompt_select(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
         if not path.is_file():
             raise DataError(f"{path}: no such file (run prompt-select without --report-only "
                             "first)")
-        rows = write_report(json.loads(path.read_text()), out)
+        rows = write_report(_read(path), out)
         print((out / f"{NAME}.md").read_text())
         return rows
     from transformers import AutoModelForCausalLM
@@ -222,7 +232,7 @@ def prompt_select(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     data: dict[str, Any] = {"model": args.model, "heldout_samples": n, "records": [],
                             "labels": {}}
     if path.is_file():  # keep the other tasks of an earlier call with the same settings
-        earlier = json.loads(path.read_text())
+        earlier = _read(path)
         if (earlier["model"], earlier["heldout_samples"]) == (args.model, n):
             data["records"] = [r for r in earlier["records"] if r["task"] not in tasks]
             data["labels"] = {t: v for t, v in earlier["labels"].items() if t not in tasks}
