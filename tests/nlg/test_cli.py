@@ -123,9 +123,14 @@ def test_an_explicit_paper_preset_is_kept_without_gpu(
 def test_nlg_fewshot_default_preset_follows_the_gpu(
         gpu: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
+    import deeplora.experiments.nlg_fewshot as nlg_fewshot
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     assert default_preset() == (("paper", None) if gpu else ("cpu", CPU_NOTICE))
     argv = ["experiment", "nlg-fewshot", "--report-only", "--out", str(tmp_path)]
+    assert main(argv) == 2  # no finished run to report
+    assert "no finished run of these settings" in capsys.readouterr().err
+    monkeypatch.setattr(nlg_fewshot, "require_runs", lambda *args: None)  # the empty report
     assert main(argv) == 0
     out, err = capsys.readouterr()
     assert f"# nlg-fewshot ({'paper' if gpu else 'cpu'} preset)" in out
