@@ -1,4 +1,5 @@
-"""Every ```python block of README.md and docs/*.md runs, so the docs cannot drift from the code.
+"""Every ```python block of README.md and docs/*.md runs, and every ``deeplora`` command line
+of those files and BENCHMARKS.md parses, so the docs cannot drift from the code.
 
 The blocks of one file run in order in one namespace (a later block may use what an earlier one
 defined), in a fresh temporary working folder whose ``../shared`` is the repository's
@@ -14,8 +15,11 @@ Markdown renderers do not show the comments. Nothing else is skipped or rewritte
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +29,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 OVERRIDE = re.compile(r"<!--\s*docs-test:\s*(.*?)\s*=>\s*(.*?)\s*-->")
+COMMAND = re.compile(r"^(?:\$ )?(?:[A-Z_]+=\S+ )*deeplora((?:\s.*)?)$")
+"""A ``deeplora`` command line, after an optional prompt and environment assignments."""
+SHELL_FENCES = {"```", "```bash", "```sh", "```console"}
 
 
 @dataclass
@@ -52,6 +59,58 @@ def python_blocks(path: Path) -> list[Block]:
         blocks.append(Block(i + 2, "\n".join(lines[i + 1:end]) + "\n", replacements))
         i = end + 1
     return blocks
+
+
+def shell_commands(path: Path) -> list[tuple[int, list[str]]]:
+    """``(line, argv)`` of each ``deeplora`` command in a file's shell blocks (fenced as bash,
+    sh, console or plain, or indented by 4 spaces), backslash continuations joined, cut at the
+    first pipe, redirection, ``;``, ``&&`` or comment."""
+    commands: list[tuple[int, list[str]]] = []
+    fence: str | None = None
+    pending: tuple[int, str] | None = None
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        text = line.strip()
+        if text.startswith("```"):
+            fence = text if fence is None else None
+            continue
+        if not ((fence in SHELL_FENCES) or (fence is None and line.startswith("    "))):
+            continue
+        if pending is not None:
+            pending = (pending[0], pending[1] + " " + text)
+        elif match := COMMAND.match(text):
+            pending = (number, match.group(1))
+        if pending is not None and not text.endswith("\\"):
+            start, command = pending
+            pending = None
+            command = re.split(r"\s(?:#|\||>|2>|&&|;)", command.replace("\\", " ") + " ")[0]
+            commands.append((start, shlex.split(command)))
+    return commands
+
+
+def test_shell_commands_finds_continued_and_prefixed_lines(tmp_path: Path) -> None:
+    doc = tmp_path / "x.md"
+    doc.write_text("```bash\ndeeplora complete --size 10 \\\n    --rank 2  # note\n```\n"
+                   "```python\ndeeplora = 1\n```\n\n    OMP_NUM_THREADS=1 deeplora recommend "
+                   "--k 5 > x.csv\n")
+    assert shell_commands(doc) == [(2, ["complete", "--size", "10", "--rank", "2"]),
+                                   (9, ["recommend", "--k", "5"])]
+
+
+@pytest.mark.parametrize("path", [p for p in [*DOCS, ROOT / "BENCHMARKS.md"]
+                                  if shell_commands(p)],
+                         ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_shell_commands_parse(path: Path) -> None:
+    """Every documented ``deeplora`` command is accepted by the command's parser (flags,
+    choices, value types; nothing runs)."""
+    from deeplora.cli import build_parser
+
+    for line, argv in shell_commands(path):
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                build_parser(argv).parse_args(argv)
+            except SystemExit as exc:
+                assert not exc.code, f"{path.name}:{line}: {stderr.getvalue().strip()}"
 
 
 def test_parser_finds_overrides(tmp_path: Path) -> None:
