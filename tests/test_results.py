@@ -4,6 +4,8 @@ every row of its tables stands in ``docs/results.md``."""
 
 from __future__ import annotations
 
+import json
+import math
 from functools import partial
 from pathlib import Path
 
@@ -19,6 +21,17 @@ def _rows(markdown: str) -> list[str]:
     return [line for i, line in enumerate(lines) if line.startswith("| ")
             and not line.startswith("|---") and not (i + 1 < len(lines)
                                                       and lines[i + 1].startswith("|---"))]
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal JSON values, floats to a relative 1e-9 (summation order may differ by machine)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or math.isclose(a, b, rel_tol=1e-9) or (math.isnan(a) and math.isnan(b))
+    return type(a) is type(b) and a == b
 
 
 def _rebuild_nlg(out: Path) -> str:
@@ -71,7 +84,6 @@ def _rebuild_stsb(name: str, out: Path) -> str:
 def _rebuild_finetune_command(out: Path) -> str:
     """``deeplora finetune --method deep-lora,lora`` on the embedded SmolLM2: the zero-shot
     cell, then the methods in the command's order, seeds as found."""
-    import json
 
     from deeplora.finetune.config import FinetuneConfig
     from deeplora.finetune.report import markdown, summarize
@@ -130,7 +142,6 @@ def _rebuild_prompt(folder: str, out: Path) -> str:
 
 def _rebuild_prompt_select(out: Path) -> str:
     """``deeplora experiment prompt-select --report-only --out docs/results/prompt-select``."""
-    import json
 
     from deeplora.experiments.prompt_select import NAME, write_report
 
@@ -161,7 +172,6 @@ def _rebuild_topk(out: Path) -> str:
 
 def _rebuild_dmc_depth(out: Path) -> str:
     """``deeplora experiment dmc-depth --out docs/results/dmc``: the report from the runs."""
-    import json
 
     from deeplora.experiments.dmc import depth_report
 
@@ -172,7 +182,6 @@ def _rebuild_dmc_depth(out: Path) -> str:
 
 def _rebuild_dmc_lag(out: Path) -> str:
     """``deeplora experiment dmc-lag --report-only --out docs/results/dmc/lag``."""
-    import json
 
     from deeplora.experiments.dmc_lag import lag_report
 
@@ -202,6 +211,9 @@ def test_report_rebuilds_from_committed_runs_and_stands_in_results_md(
     name = rebuild(tmp_path)
     rebuilt = (tmp_path / name).read_text()
     assert rebuilt == (RESULTS / folder / name).read_text()
+    for written in tmp_path.glob("*.json"):  # the report's JSON twin, numbers to round-off
+        committed = json.loads((RESULTS / folder / written.name).read_text())
+        assert _same(json.loads(written.read_text()), committed), written.name
     document = (ROOT / "docs" / "results.md").read_text()
     rows = _rows(rebuilt)
     assert rows and [row for row in rows if row not in document] == []
@@ -211,7 +223,6 @@ def test_every_published_dmc_run_that_never_left_its_initialization_is_flagged()
     """A GD run whose train loss never halved measured nothing (project rule: flag it): the
     committed ``dmc-depth`` runs all left it, and the ``dmc-lag`` report counts the ones that
     did not."""
-    import json
 
     depth = json.loads((RESULTS / "dmc" / "dmc-depth.json").read_text())["runs"]
     assert len(depth) > 20 and all(run["outcome"] != "never left init" for run in depth)
