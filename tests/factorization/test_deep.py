@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -62,6 +63,18 @@ def test_bad_input():
         DeepFactorization(3, 3, width=0)
     with pytest.raises(ValueError, match="chain"):
         DeepFactorization.from_factors([torch.zeros(2, 3), torch.zeros(4, 5)])
+
+
+def test_numpy_integer_sizes_and_scale_are_accepted_bools_refused():
+    """DeepFactorization(np.int64(7), …) and scale=np.float32(0.7) were refused as 'not an
+    integer' / 'not a finite number'; rows=True was taken as 1."""
+    model = DeepFactorization(np.int64(7), np.int32(5), np.int64(3), np.int64(6),
+                              scale=np.float32(0.5))
+    assert (model.shape, model.depth, model.width) == ((7, 5), 3, 6)
+    assert type(model.scale) is float and model.scale == 0.5
+    for args in ((True, 5), (7, 5, True), (7, 5, 3, 6.0)):
+        with pytest.raises(ValueError, match="must be an integer"):
+            DeepFactorization(*args)
 
 
 def test_from_factors_stores_contiguous_parameters():

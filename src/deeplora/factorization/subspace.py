@@ -13,12 +13,12 @@ far a trained layer is from that form.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import scipy.linalg
 import torch
 from torch import Tensor
+
+from deeplora.checks import check_integer
 
 
 def singular_values(matrix: Tensor) -> Tensor:
@@ -62,9 +62,7 @@ def principal_angles(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> np.ndarr
 def top_singular_subspaces(matrix: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
     """Top-``rank`` singular triplets ``(U (m×r), S (r), V (n×r))`` of a dense 2-D tensor,
     r = min(rank, m, n); ``ValueError`` unless ``rank`` is an integer >= 1."""
-    if not (isinstance(rank, numbers.Integral) and not isinstance(rank, bool) and rank >= 1):
-        raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
-    rank = int(rank)
+    rank = check_integer("rank", rank, 1)
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     return u[:, :rank], s[:rank], vh[:rank].T
 
