@@ -37,6 +37,11 @@ def test_bad_arguments():
         discrepant_param_groups([p], [p], 0.1, 0.1)
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer("lbfgs", [{"params": [p], "lr": 0.1}])
+    # torch takes eps = inf (every Adam step 0: nothing trains) and an infinite weight decay
+    for name, key in [("adam", "eps"), ("adamw", "weight_decay"), ("gd", "momentum")]:
+        for value in (float("inf"), float("nan")):
+            with pytest.raises(ValueError, match=f"{key} must be a finite number, got {value}"):
+                make_optimizer(name, [{"params": [p], "lr": 0.1}], **{key: value})
 
 
 def test_adam_is_fused_unless_told_otherwise():

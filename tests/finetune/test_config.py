@@ -36,6 +36,8 @@ def test_presets_differ_in_head_padding_adam_eps_and_sampling() -> None:
         ({"lr": -1.0}, "lr must be a finite number > 0, got -1.0"),
         ({"lr": float("nan")}, "lr must be a finite number > 0, got nan"),
         ({"init_scale": 0.0}, "init_scale must be a finite number > 0, got 0.0"),
+        ({"adam_eps": 0.0}, "adam_eps must be a finite number > 0, got 0.0"),
+        ({"adam_eps": float("inf")}, "adam_eps must be a finite number > 0, got inf"),
         ({"lr_outer_ratio": -1.0}, "lr_outer_ratio must be a finite number >= 0"),
         ({"singular_values": -1}, r"singular_values must be >= 0 \(or None\), got -1"),
         ({"steps": 500, "snapshot_steps": (0, 1000)},

@@ -99,8 +99,6 @@ class FinetuneConfig:
         for name in ("steps", "eval_every", "heldout_samples"):
             if getattr(self, name) < 0:
                 raise DataError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not self.adam_eps > 0:
-            raise DataError(f"adam_eps must be > 0, got {self.adam_eps}")
         if self.singular_values is not None and self.singular_values < 0:
             raise DataError(f"singular_values must be >= 0 (or None), got "
                             f"{self.singular_values}")
@@ -111,7 +109,7 @@ class FinetuneConfig:
         if self.dev_samples is not None and self.dev_samples < 1:
             raise DataError(f"dev_samples must be >= 1 (or None: the whole dev split), got "
                             f"{self.dev_samples}")
-        check_finite_positive(self, "lr", "init_scale")
+        check_finite_positive(self, "lr", "init_scale", "adam_eps")
         if not (math.isfinite(self.lr_outer_ratio) and self.lr_outer_ratio >= 0):
             raise DataError(f"lr_outer_ratio must be a finite number >= 0, got "
                             f"{self.lr_outer_ratio}")

@@ -85,9 +85,7 @@ class NLGConfig:
             raise DataError(f"depth must be >= 2, got {self.depth}")
         if self.steps < 0:
             raise DataError(f"steps must be >= 0, got {self.steps}")
-        if not self.adam_eps > 0:
-            raise DataError(f"adam_eps must be > 0, got {self.adam_eps}")
-        check_finite_positive(self, "lr", "init_scale")
+        check_finite_positive(self, "lr", "init_scale", "adam_eps")
         if self.test_mrs is not None and self.test_mrs < 1:
             raise DataError(f"test_mrs must be >= 1, got {self.test_mrs}")
         if self.eval_every < 0 or self.dev_mrs < 0:
