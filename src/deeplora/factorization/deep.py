@@ -65,9 +65,13 @@ class DeepFactorization(nn.Module):
     def from_factors(
         cls, factors: Sequence[Tensor], init: str = "given", scale: float = 1e-3
     ) -> DeepFactorization:
-        """Wrap explicit factors ``[W_1, …, W_L]`` (copied; shapes must chain)."""
+        """Wrap explicit factors ``[W_1, …, W_L]`` (2-D tensors, copied; shapes must chain)."""
         if len(factors) < 2:
             raise ValueError(f"need at least 2 factors, got {len(factors)}")
+        for i, factor in enumerate(factors):
+            if not (isinstance(factor, Tensor) and factor.ndim == 2):
+                shape = tuple(factor.shape) if isinstance(factor, Tensor) else type(factor).__name__
+                raise ValueError(f"factors[{i}] (W_{i + 1}) must be a 2-D tensor, got {shape}")
         for low, high in itertools.pairwise(factors):
             if high.shape[1] != low.shape[0]:
                 raise ValueError(
