@@ -39,6 +39,11 @@ def test_largest_repeated_cluster():
     s = torch.tensor([3.0, 1.0, 1.0 + 1e-12, 1.0 - 1e-12, 0.5], dtype=torch.float64)
     assert largest_repeated_cluster(s, 1e-9) == 3
     assert largest_repeated_cluster(s, 1e-15) == 1
+    assert largest_repeated_cluster(s, 0) == 1
+    # rtol < 0 was an IndexError past the end; NaN counted every value as one cluster (5)
+    for rtol in (-0.1, float("nan"), float("inf"), None):
+        with pytest.raises(ValueError, match=f"rtol must be a finite number >= 0, got {rtol}"):
+            largest_repeated_cluster(s, rtol)
 
 
 def test_orthonormal_union_is_scale_invariant():

@@ -18,7 +18,7 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
-from deeplora.checks import check_integer
+from deeplora.checks import check_integer, is_finite_number
 
 
 def singular_values(matrix: Tensor) -> Tensor:
@@ -79,7 +79,10 @@ def largest_principal_angle_cos(a: Tensor, b: Tensor, rank: int) -> float:
 
 
 def largest_repeated_cluster(values: Tensor, rtol: float) -> int:
-    """Size of the largest set of ``values`` lying within ``rtol`` (relative) of each other."""
+    """Size of the largest set of ``values`` lying within ``rtol`` (relative) of each other;
+    ``ValueError`` unless ``rtol`` is a finite number >= 0."""
+    if not (is_finite_number(rtol) and rtol >= 0):
+        raise ValueError(f"rtol must be a finite number >= 0, got {rtol!r}")
     s = torch.sort(values.detach().double().flatten(), descending=True).values
     best, start = 0, 0
     for stop in range(s.numel()):
