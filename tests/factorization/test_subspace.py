@@ -32,6 +32,11 @@ def test_numerical_rank_and_cos():
                @ torch.randn(2, 8, generator=torch.Generator().manual_seed(1)))
     assert numerical_rank(product) > 2
     assert numerical_rank(product, rtol=8 * torch.finfo(torch.float32).eps) == 2
+    # atol = NaN gave rank 0 (every σ > NaN is False), a negative or NaN rtol the count of σ > 0
+    for name in ("atol", "rtol"):
+        for tol in (-1e-3, float("nan"), float("inf")):
+            with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0, got {tol}"):
+                numerical_rank(x, **{name: tol})
     assert largest_principal_angle_cos(x, 2 * x, 2) == pytest.approx(1.0)
 
 

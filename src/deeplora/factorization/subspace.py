@@ -36,8 +36,12 @@ def numerical_rank(matrix: Tensor, atol: float | None = None, rtol: float | None
     matrix. For a float32 one NumPy takes float32's eps; pass that ``rtol`` (as
     :func:`~deeplora.adapters.inspection.adapter_numerical_ranks` does), or the float32
     rounding of the entries counts as rank. The paper counts Deep LoRA ranks with
-    ``atol = 1e-3`` on the spectral norm scale.
+    ``atol = 1e-3`` on the spectral norm scale. ``ValueError`` unless each given tolerance is a
+    finite number >= 0.
     """
+    for name, tol in (("atol", atol), ("rtol", rtol)):
+        if tol is not None and not (is_finite_number(tol) and tol >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {tol!r}")
     s = singular_values(matrix)
     if s.numel() == 0 or s[0] == 0:
         return 0
