@@ -9,6 +9,7 @@ from deeplora.factorization import (
     numerical_rank,
     orthonormal_union,
     principal_angles,
+    singular_values,
     top_singular_subspaces,
 )
 
@@ -102,3 +103,11 @@ def test_top_singular_subspaces_refuses_a_rank_below_one():
     u, s, v = top_singular_subspaces(x, np.int64(2))
     assert u.shape == (6, 2) and s.shape == (2,) and v.shape == (5, 2)
     assert top_singular_subspaces(x, 9)[0].shape == (6, 5)  # capped at min(m, n), as documented
+
+
+def test_a_vector_is_refused_as_no_matrix():
+    """A 1-D tensor was an IndexError in singular_values and numerical_rank, a RuntimeError of
+    torch in top_singular_subspaces."""
+    for call in (singular_values, numerical_rank, lambda v: top_singular_subspaces(v, 1)):
+        with pytest.raises(ValueError, match=r"matrix must be a 2-D tensor, got \(4,\)"):
+            call(torch.ones(4))

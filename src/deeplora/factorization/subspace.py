@@ -21,9 +21,17 @@ from torch import Tensor
 from deeplora.checks import check_integer, is_finite_number
 
 
+def _check_matrix(matrix: Tensor) -> None:
+    """``ValueError`` unless ``matrix`` is a 2-D tensor."""
+    if not (isinstance(matrix, Tensor) and matrix.ndim == 2):
+        got = tuple(matrix.shape) if isinstance(matrix, Tensor) else type(matrix).__name__
+        raise ValueError(f"matrix must be a 2-D tensor, got {got}")
+
+
 def singular_values(matrix: Tensor) -> Tensor:
     """Singular values of a 2-D tensor, descending, computed in float64 on the CPU (of the tall
     orientation: LAPACK is several times slower on very wide matrices, e.g. embedding ΔWs)."""
+    _check_matrix(matrix)
     matrix = matrix.detach().to("cpu", torch.float64)
     return torch.linalg.svdvals(matrix.T if matrix.shape[0] < matrix.shape[1] else matrix)
 
@@ -66,6 +74,7 @@ def principal_angles(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> np.ndarr
 def top_singular_subspaces(matrix: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
     """Top-``rank`` singular triplets ``(U (m×r), S (r), V (n×r))`` of a dense 2-D tensor,
     r = min(rank, m, n); ``ValueError`` unless ``rank`` is an integer >= 1."""
+    _check_matrix(matrix)
     rank = check_integer("rank", rank, 1)
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     return u[:, :rank], s[:rank], vh[:rank].T
