@@ -7,7 +7,6 @@ factors close to the subspaces found at initialization by giving them a smaller 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,9 +31,9 @@ def discrepant_param_groups(
     Groups are tagged with ``"name"`` (``"outer"``/``"inner"``) so schedulers and logs can tell
     them apart. Parameters must not be shared between the two iterables.
     """
-    if not (math.isfinite(lr) and lr > 0):
+    if not (is_finite_number(lr) and lr > 0):
         raise ValueError(f"learning rate must be a finite number > 0, got {lr!r}")
-    if not (math.isfinite(gamma) and gamma >= 0):
+    if not (is_finite_number(gamma) and gamma >= 0):
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
     outer, inner = list(outer), list(inner)
     if {id(p) for p in outer} & {id(p) for p in inner}:
