@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -79,6 +80,7 @@ class FinetuneConfig:
     singular_values: int | None = None
 
     def __post_init__(self) -> None:
+        plain_numbers(self)
         get_task(self.task)
         for value, allowed, what in [
             (self.method, METHODS, "method"),
@@ -135,6 +137,22 @@ class FinetuneConfig:
             f"{self.task}-{self.method}-{self.head}-{self.preset}-r{self.rank}"
             f"-n{'all' if self.samples is None else self.samples}-t{self.steps}-{digest[:10]}"
         )
+
+
+def plain_numbers(config: Any) -> None:
+    """Set the numpy numbers among the fields of ``config`` (a frozen dataclass), also inside
+    tuples, to Python ``int``/``float``: :meth:`~FinetuneConfig.key` hashes the fields as JSON,
+    which has no numpy types."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return tuple(plain(item) for item in value)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return value
+        return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+    for name in (f.name for f in dataclasses.fields(config)):
+        object.__setattr__(config, name, plain(getattr(config, name)))
 
 
 def check_finite_positive(config: Any, *names: str) -> None:

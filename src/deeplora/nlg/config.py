@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from deeplora.finetune.config import check_finite_positive, factor_adam_eps
+from deeplora.finetune.config import check_finite_positive, factor_adam_eps, plain_numbers
 from deeplora.finetune.data import DataError
 
 TASKS = ("e2e",)
@@ -69,6 +69,7 @@ class NLGConfig:
     dev_mrs: int = 0
 
     def __post_init__(self) -> None:
+        plain_numbers(self)
         for value, allowed, what in [
             (self.task, TASKS, "task"),
             (self.method, METHODS, "method"),
