@@ -1,5 +1,8 @@
+import json
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 import deeplora
@@ -45,3 +48,16 @@ def test_compressed_holds_depth_plus_two_factors() -> None:
 def test_bad_settings_raise_one_clear_error(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DeepLoraConfig(**kwargs)
+
+
+def test_numpy_numbers_are_accepted_and_saved_as_python_numbers(tmp_path: Path) -> None:
+    """r=np.int64(4) (a grid over np.arange) was refused as 'not an integer'; dropout of
+    np.float32 was accepted, then save_pretrained failed: 'float32 is not JSON serializable'."""
+    config = DeepLoraConfig(r=np.int64(4), depth=np.int64(3), init_scale=np.float32(0.5),
+                            dropout=np.float32(0.25))
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert [saved[k] for k in ("r", "depth", "init_scale", "dropout")] == [4, 3, 0.5, 0.25]
+    assert type(config.r) is int and type(config.dropout) is float
+    with pytest.raises(ValueError, match="r must be an integer >= 1, got True"):
+        DeepLoraConfig(r=True)

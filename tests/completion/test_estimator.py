@@ -79,6 +79,26 @@ def test_bad_params_fail_at_fit(params: dict, match: str) -> None:
         est.fit(rows, cols, values)
 
 
+@pytest.mark.parametrize("method", ["compressed", "narrow"])
+def test_numpy_integer_and_float_parameters_fit(method: str) -> None:
+    """rank=np.int64(2) (a grid over np.arange) was refused as 'not an integer', lr and
+    init_scale of np.float32 as 'not a finite number'; bools stay refused."""
+    rows, cols, values, *_ = low_rank_ratings()
+    params = {"rank": np.int64(2), "depth": np.int64(3), "max_steps": np.int64(4),
+              "patience": np.int64(2), "eval_every": np.int64(2), "batch_size": np.int64(64),
+              "random_state": np.int64(1), "lr": np.float32(0.01),
+              "init_scale": np.float32(1e-3), "clip": (np.float32(0), np.int64(9))}
+    est = DeepMatrixCompletion(method=method, **params).fit(rows, cols, values)
+    plain = DeepMatrixCompletion(method=method, **{k: v.item() for k, v in params.items()
+                                                   if k != "clip"}, clip=(0.0, 9)
+                                 ).fit(rows, cols, values)
+    assert est.model_.depth == (5 if method == "compressed" else 3)
+    np.testing.assert_array_equal(est.predict(rows, cols), plain.predict(rows, cols))
+    for name in ("rank", "max_steps"):
+        with pytest.raises(ValueError, match=f"{name} must be an integer >= ., got True"):
+            DeepMatrixCompletion(**{name: True}).fit(rows, cols, values)
+
+
 def test_clip_that_misses_the_training_range_is_refused_at_fit() -> None:
     rows, cols, values, *_ = low_rank_ratings(seed=2)
     high = float(values.max())

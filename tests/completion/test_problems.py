@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -128,3 +129,16 @@ def test_huge_synthetic_targets_refused_before_allocating(monkeypatch):
     assert target.shape == (100_000, 100_000)
     with pytest.raises(deeplora.memory.TooLargeError, match="sampling 2,000,000,000 of"):
         random_entries(100_000, 100_000, 0.2)
+
+
+def test_numpy_integer_and_float_sizes_are_accepted():
+    """rank=np.int64(2), fraction=np.float32(0.5), measurements=np.int64(30) (from numpy grids)
+    were refused as 'not an integer' / 'not in (0, 1]'; rank=True was taken as 1."""
+    target = random_low_rank(10, 8, np.int64(2), seed=0)
+    assert target.rank == 2
+    assert random_entries(10, 8, np.float32(0.5))[0].numel() == 40
+    assert MatrixSensing(target, np.int64(30)).operator.shape == (30, 80)
+    with pytest.raises(ValueError, match=r"rank must be an integer in .*, got True"):
+        random_low_rank(10, 8, True)
+    with pytest.raises(ValueError, match="measurements must be an integer >= 1, got True"):
+        MatrixSensing(target, True)

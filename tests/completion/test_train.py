@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -76,6 +77,22 @@ def test_bad_arguments(problem):
         build_model("wide", problem)
     with pytest.raises(ValueError, match="rank"):
         build_model("compressed", problem, rank=21)
+    for name in ("steps", "eval_every"):
+        with pytest.raises(ValueError, match=f"{name} must be an integer >= ., got True"):
+            fit(model, problem, **{name: True}, progress=False)
+
+
+@pytest.mark.parametrize("method", ["compressed", "narrow"])
+def test_numpy_integers_are_accepted(problem, method):
+    """build_model(rank=np.int64(2)), fit(steps=np.int64(3)), Plateau(np.int64(5)) (grids over
+    np.arange) were refused as 'not an integer'."""
+    from deeplora.completion import Plateau
+
+    model, _ = build_model(method, problem, depth=np.int64(3), rank=np.int64(2))
+    assert model.width == 4
+    history = fit(model, problem, "adam", 1e-2, steps=np.int64(3), eval_every=np.int64(2),
+                  lr_patience=np.int64(1), stall=Plateau(np.int64(5)), progress=False)
+    assert history.steps == [0, 2, 3]
 
 
 @pytest.mark.parametrize("method", ["compressed", "narrow"])

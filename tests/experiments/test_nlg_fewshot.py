@@ -48,5 +48,6 @@ def test_cpu_preset_scales_adam_eps_to_the_factor_gradients() -> None:
     assert nlg_preset("cpu", init_scale=1e-2, depth=2).adam_eps == pytest.approx(1e-8)
     assert nlg_preset("cpu", adam_eps=1e-8).adam_eps == 1e-8
     assert nlg_preset("paper").adam_eps == 1e-6  # the authors' value, exactly
-    with pytest.raises(DataError, match="adam_eps must be > 0"):
-        nlg_preset("paper", adam_eps=0.0)
+    for eps in (0.0, float("inf")):  # inf was accepted: Adam's steps all 0, nothing trained
+        with pytest.raises(DataError, match=f"adam_eps must be a finite number > 0, got {eps}"):
+            nlg_preset("paper", adam_eps=eps)

@@ -1,5 +1,6 @@
 """The paper's theorem and compression, checked through a whole training run."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,6 +93,9 @@ def test_compress_bad_input():
         compress(wide, problem.loss, 6)
     with pytest.raises(ValueError, match="assumed rank"):
         compress(wide, problem.loss, 0)
+    with pytest.raises(ValueError, match="assumed rank"):
+        compress(wide, problem.loss, True)
+    assert compress(wide, problem.loss, np.int64(2)).width == 4  # was refused as no integer
     gaussian = DeepFactorization(10, 10, 3, init="gaussian", dtype=torch.float64)
     with pytest.raises(ValueError, match="orthogonal"):
         compress(gaussian, problem.loss, 2)

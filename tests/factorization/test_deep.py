@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -62,6 +63,30 @@ def test_bad_input():
         DeepFactorization(3, 3, width=0)
     with pytest.raises(ValueError, match="chain"):
         DeepFactorization.from_factors([torch.zeros(2, 3), torch.zeros(4, 5)])
+
+
+@pytest.mark.parametrize(("factors", "message"), [
+    ([torch.zeros(3), torch.zeros(4, 3)], r"factors\[0\] \(W_1\) must be a 2-D tensor, got \(3,\)"),
+    ([torch.zeros(3, 4), torch.zeros(3)], r"factors\[1\] \(W_2\) must be a 2-D tensor, got \(3,\)"),
+    ([torch.zeros(2, 3, 4), torch.zeros(4, 3)], r"factors\[0\] .* got \(2, 3, 4\)"),
+    ([np.zeros((3, 4)), torch.zeros(4, 3)], r"factors\[0\] .* got ndarray"),
+])
+def test_from_factors_names_a_factor_that_is_no_matrix(factors, message):
+    """A 1-D factor was an IndexError (tuple index out of range), a 3-D one 'do not chain'."""
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        DeepFactorization.from_factors(factors)
+
+
+def test_numpy_integer_sizes_and_scale_are_accepted_bools_refused():
+    """DeepFactorization(np.int64(7), …) and scale=np.float32(0.7) were refused as 'not an
+    integer' / 'not a finite number'; rows=True was taken as 1."""
+    model = DeepFactorization(np.int64(7), np.int32(5), np.int64(3), np.int64(6),
+                              scale=np.float32(0.5))
+    assert (model.shape, model.depth, model.width) == ((7, 5), 3, 6)
+    assert type(model.scale) is float and model.scale == 0.5
+    for args in ((True, 5), (7, 5, True), (7, 5, 3, 6.0)):
+        with pytest.raises(ValueError, match="must be an integer"):
+            DeepFactorization(*args)
 
 
 def test_from_factors_stores_contiguous_parameters():

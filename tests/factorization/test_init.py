@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -31,6 +32,14 @@ def test_gaussian_and_identity():
 def test_bad_scale(scale):
     with pytest.raises(ValueError, match="init scale"):
         orthogonal_(torch.empty(2, 2), scale)
+
+
+def test_numpy_float_scale_is_accepted_bool_refused():
+    """np.float32(0.5) (a float32 grid) was refused as 'not a finite number'; True was 1.0."""
+    torch.testing.assert_close(scaled_identity_(torch.empty(2, 2), np.float32(0.5)),
+                               0.5 * torch.eye(2))
+    with pytest.raises(ValueError, match="init scale must be a finite number > 0, got True"):
+        orthogonal_(torch.empty(2, 2), True)
 
 
 def test_bad_shapes_and_names():

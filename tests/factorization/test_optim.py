@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -33,10 +34,23 @@ def test_bad_arguments():
         discrepant_param_groups([], [p], 0.0, 0.1)
     with pytest.raises(ValueError, match="gamma"):
         discrepant_param_groups([], [p], 0.1, -1.0)
+    # True was taken as lr 1, a string or None was a TypeError of math.isfinite
+    for lr in (True, "0.1", None):
+        with pytest.raises(ValueError, match=f"learning rate must be a finite number > 0, got "
+                                             f"{lr!r}"):
+            discrepant_param_groups([], [p], lr, 0.1)
+    with pytest.raises(ValueError, match="gamma must be a finite number >= 0, got None"):
+        discrepant_param_groups([], [p], 0.1, None)
+    assert discrepant_param_groups([p], [], np.float32(0.5), np.int64(1))[0]["lr"] == 0.5
     with pytest.raises(ValueError, match="both outer and inner"):
         discrepant_param_groups([p], [p], 0.1, 0.1)
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer("lbfgs", [{"params": [p], "lr": 0.1}])
+    # torch takes eps = inf (every Adam step 0: nothing trains) and an infinite weight decay
+    for name, key in [("adam", "eps"), ("adamw", "weight_decay"), ("gd", "momentum")]:
+        for value in (float("inf"), float("nan")):
+            with pytest.raises(ValueError, match=f"{key} must be a finite number, got {value}"):
+                make_optimizer(name, [{"params": [p], "lr": 0.1}], **{key: value})
 
 
 def test_adam_is_fused_unless_told_otherwise():

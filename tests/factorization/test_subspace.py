@@ -9,6 +9,7 @@ from deeplora.factorization import (
     numerical_rank,
     orthonormal_union,
     principal_angles,
+    singular_values,
     top_singular_subspaces,
 )
 
@@ -32,6 +33,11 @@ def test_numerical_rank_and_cos():
                @ torch.randn(2, 8, generator=torch.Generator().manual_seed(1)))
     assert numerical_rank(product) > 2
     assert numerical_rank(product, rtol=8 * torch.finfo(torch.float32).eps) == 2
+    # atol = NaN gave rank 0 (every σ > NaN is False), a negative or NaN rtol the count of σ > 0
+    for name in ("atol", "rtol"):
+        for tol in (-1e-3, float("nan"), float("inf")):
+            with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0, got {tol}"):
+                numerical_rank(x, **{name: tol})
     assert largest_principal_angle_cos(x, 2 * x, 2) == pytest.approx(1.0)
 
 
@@ -39,6 +45,11 @@ def test_largest_repeated_cluster():
     s = torch.tensor([3.0, 1.0, 1.0 + 1e-12, 1.0 - 1e-12, 0.5], dtype=torch.float64)
     assert largest_repeated_cluster(s, 1e-9) == 3
     assert largest_repeated_cluster(s, 1e-15) == 1
+    assert largest_repeated_cluster(s, 0) == 1
+    # rtol < 0 was an IndexError past the end; NaN counted every value as one cluster (5)
+    for rtol in (-0.1, float("nan"), float("inf"), None):
+        with pytest.raises(ValueError, match=f"rtol must be a finite number >= 0, got {rtol}"):
+            largest_repeated_cluster(s, rtol)
 
 
 def test_orthonormal_union_is_scale_invariant():
@@ -92,3 +103,11 @@ def test_top_singular_subspaces_refuses_a_rank_below_one():
     u, s, v = top_singular_subspaces(x, np.int64(2))
     assert u.shape == (6, 2) and s.shape == (2,) and v.shape == (5, 2)
     assert top_singular_subspaces(x, 9)[0].shape == (6, 5)  # capped at min(m, n), as documented
+
+
+def test_a_vector_is_refused_as_no_matrix():
+    """A 1-D tensor was an IndexError in singular_values and numerical_rank, a RuntimeError of
+    torch in top_singular_subspaces."""
+    for call in (singular_values, numerical_rank, lambda v: top_singular_subspaces(v, 1)):
+        with pytest.raises(ValueError, match=r"matrix must be a 2-D tensor, got \(4,\)"):
+            call(torch.ones(4))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from deeplora.finetune.config import FinetuneConfig, padding_override, preset
@@ -36,6 +37,8 @@ def test_presets_differ_in_head_padding_adam_eps_and_sampling() -> None:
         ({"lr": -1.0}, "lr must be a finite number > 0, got -1.0"),
         ({"lr": float("nan")}, "lr must be a finite number > 0, got nan"),
         ({"init_scale": 0.0}, "init_scale must be a finite number > 0, got 0.0"),
+        ({"adam_eps": 0.0}, "adam_eps must be a finite number > 0, got 0.0"),
+        ({"adam_eps": float("inf")}, "adam_eps must be a finite number > 0, got inf"),
         ({"lr_outer_ratio": -1.0}, "lr_outer_ratio must be a finite number >= 0"),
         ({"singular_values": -1}, r"singular_values must be >= 0 \(or None\), got -1"),
         ({"steps": 500, "snapshot_steps": (0, 1000)},
@@ -67,3 +70,14 @@ def test_padding_override_keeps_or_replaces_the_presets_choice() -> None:
     assert preset("practical", **padding_override("max-length")).pad_to_max_length
     with pytest.raises(DataError, match="unknown padding 'none'; choose one of max-length"):
         padding_override("none")
+
+
+def test_numpy_numbers_become_python_numbers_and_keep_the_key() -> None:
+    """rank=np.int64(4), lr=np.float32(…) or snapshot_steps of np.int64 (numpy grids) were
+    accepted, then key() failed: 'Object of type int64 is not JSON serializable'."""
+    given = preset("paper", rank=np.int64(4), lr=np.float64(2e-4), steps=np.int64(10),
+                   snapshot_steps=(np.int64(0), 5))
+    plain = preset("paper", rank=4, lr=2e-4, steps=10, snapshot_steps=(0, 5))
+    assert given == plain and given.key() == plain.key()
+    assert type(given.rank) is int and type(given.lr) is float
+    assert type(given.snapshot_steps[0]) is int

@@ -19,3 +19,13 @@ def test_checkpoints_need_dev_mrs() -> None:
         nlg_preset("cpu", eval_every=10)
     with pytest.raises(DataError, match=">= 0"):
         nlg_preset("cpu", dev_mrs=-1)
+
+
+def test_numpy_numbers_keep_the_key() -> None:
+    """rank=np.int64(4) (a numpy grid) was accepted, then key() failed: 'Object of type int64
+    is not JSON serializable'."""
+    import numpy as np
+
+    given = nlg_preset("cpu", rank=np.int64(4), lr=np.float32(0.5))
+    assert given.key() == nlg_preset("cpu", rank=4, lr=0.5).key()
+    assert type(given.rank) is int and type(given.lr) is float

@@ -20,6 +20,7 @@ from numbers import Real
 
 from peft import PeftConfig
 
+from deeplora.checks import check_integer
 from deeplora.factorization.init import check_scale
 
 PEFT_TYPE = "DEEPLORA"
@@ -75,10 +76,7 @@ class DeepLoraConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PEFT_TYPE
-        if isinstance(self.r, bool) or not (isinstance(self.r, int) and self.r >= 1):
-            raise ValueError(f"r must be an integer >= 1, got {self.r!r}")
-        if isinstance(self.depth, bool) or not (isinstance(self.depth, int) and self.depth >= 2):
-            raise ValueError(f"depth must be an integer >= 2, got {self.depth!r}")
+        self.r, self.depth = check_integer("r", self.r, 1), check_integer("depth", self.depth, 2)
         self.init_scale = check_scale(self.init_scale)
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
@@ -91,6 +89,7 @@ class DeepLoraConfig(PeftConfig):
         if (isinstance(self.dropout, bool) or not isinstance(self.dropout, Real)
                 or not 0.0 <= self.dropout < 1.0):
             raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        self.dropout = float(self.dropout)
         if self.target_modules is None:
             raise ValueError("target_modules is required: names, a regex or a preset")
         if not isinstance(self.target_modules, str):

@@ -33,6 +33,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 
+from deeplora.checks import check_integer, is_finite_number
 from deeplora.completion.data import IdIndex, _lookup, ratings_from_frame
 from deeplora.completion.distributed import DataParallel, check_process_group, local_cuda_index
 from deeplora.completion.implicit import check_confidences, check_positives, positives
@@ -221,16 +222,13 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
         flag in place of the name: :func:`deeplora.cli.parameters_as_flags`)."""
 
         def integer(name: str, low: int) -> None:
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+            check_integer(name, getattr(self, name), low)
 
         def number(name: str, low: float, *, strict: bool, optional: bool = False) -> None:
             value = getattr(self, name)
             if optional and value is None:
                 return
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            if not (ok and math.isfinite(value) and (value > low if strict else value >= low)):
+            if not (is_finite_number(value) and (value > low if strict else value >= low)):
                 raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} "
                                  f"{low}, got {value!r}")
 
@@ -299,8 +297,8 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
             check_process_group()
         if self.clip is not None and self.clip != "auto":
             clip = tuple(self.clip)
-            if not (len(clip) == 2 and all(isinstance(c, int | float) and math.isfinite(c)
-                                           for c in clip) and clip[0] < clip[1]):
+            if not (len(clip) == 2 and all(is_finite_number(c) for c in clip)
+                    and clip[0] < clip[1]):
                 raise ValueError(f"clip must be None, 'auto' or (low, high) with low < high, got "
                                  f"{self.clip!r}")
 
@@ -469,7 +467,7 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
             return compressed_factorization(index, torch.from_numpy(residual), self.rank,
                                             self.depth, self.init_scale, self.random_state,
                                             dtype)
-        gen = torch.Generator().manual_seed(self.random_state)
+        gen = torch.Generator().manual_seed(int(self.random_state))
         return DeepFactorization(m, n, self.depth, 2 * self.rank, "orthogonal",
                                  self.init_scale, gen, dtype)
 

@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from deeplora.checks import is_integer
 from deeplora.completion.problems import (
     MatrixCompletion,
     Problem,
@@ -145,9 +146,10 @@ def build_model(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     m, n = problem.shape
-    if not (isinstance(rank, int) and rank >= 1 and 2 * rank <= min(m, n)):
+    if not (is_integer(rank) and rank >= 1 and 2 * rank <= min(m, n)):
         raise ValueError(f"rank must be an integer with 1 <= rank and 2*rank <= min(m, n) = "
                          f"{min(m, n)}, got {rank!r}")
+    rank = int(rank)
     check_dtype(dtype)
     check_fits(model_bytes(method, (m, n), depth, rank, torch.finfo(dtype).bits // 8),
                f"the {method} model of a {m}×{n} matrix (depth {depth})",

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from deeplora.checks import check_integer, is_finite_number, is_integer
 from deeplora.completion.observations import as_index
 from deeplora.factorization import DeepFactorization
 from deeplora.factorization.sampled import ObservedIndex, squared_loss_and_grads
@@ -71,10 +72,11 @@ class LowRankMatrix:
         return LowRankMatrix(self.left.to(dtype), self.right.to(dtype))
 
 
-def _check_rank(rows: int, cols: int, rank: int) -> None:
-    if not (isinstance(rank, int) and 1 <= rank <= min(rows, cols)):
+def _check_rank(rows: int, cols: int, rank: int) -> int:
+    if not (is_integer(rank) and 1 <= rank <= min(rows, cols)):
         raise ValueError(f"rank must be an integer in [1, min(m, n)] = [1, {min(rows, cols)}], "
                          f"got {rank!r}")
+    return int(rank)
 
 
 def random_low_rank(
@@ -91,7 +93,7 @@ def random_low_rank(
     m×n matrix of i.i.d. N(0, 1) entries (top singular values ≈ √m + √n). Otherwise
     ``P diag(σ) Qᵀ`` with Haar-random orthonormal P (m×r), Q (n×r) and the given σ.
     """
-    _check_rank(rows, cols, rank)
+    rank = _check_rank(rows, cols, rank)
     gen = torch.Generator().manual_seed(seed)
     if singular_values is None:
         check_fits(dense_target_bytes(rows, cols),
@@ -115,7 +117,7 @@ def random_entries(
     rows: int, cols: int, fraction: float, seed: int = 0
 ) -> tuple[Tensor, Tensor]:
     """Ω: a uniformly random set of ``round(fraction·m·n)`` distinct entries, as (rows, cols)."""
-    if not (isinstance(fraction, int | float) and 0 < fraction <= 1):
+    if not (is_finite_number(fraction) and 0 < fraction <= 1):
         raise ValueError(f"observed fraction must be in (0, 1], got {fraction!r}")
     count = max(1, round(fraction * rows * cols))
     check_fits(random_entries_bytes(rows, cols, fraction),
@@ -272,8 +274,7 @@ class MatrixSensing(Problem):
 
     def __init__(self, target: LowRankMatrix, measurements: int, seed: int = 0) -> None:
         m, n = target.shape
-        if not (isinstance(measurements, int) and measurements >= 1):
-            raise ValueError(f"measurements must be an integer >= 1, got {measurements!r}")
+        measurements = check_integer("measurements", measurements, 1)
         gen = torch.Generator().manual_seed(seed)
         self.target = target
         self.operator = torch.randn(measurements, m * n, dtype=torch.float64, generator=gen)

@@ -12,21 +12,11 @@ relevant set R (|R| >= 1), with ``hit_i = [r_i ∈ R]``:
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
-
-def check_integer(name: str, value: Any, low: int, high: int | None = None) -> int:
-    """``value`` as an ``int`` in ``[low, high]`` (any integer type, numpy's included, but not
-    ``bool``); ``ValueError`` naming ``name`` otherwise."""
-    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool)
-            and low <= value and (high is None or value <= high)):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
-    return int(value)
+from deeplora.checks import check_integer
 
 
 def ranking_metrics(recommended: np.ndarray, relevant: Sequence[np.ndarray], k: int

@@ -23,7 +23,8 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
-from deeplora.completion.ranking import check_integer, ranking_metrics
+from deeplora.checks import check_integer
+from deeplora.completion.ranking import ranking_metrics
 
 
 def seen_crow(rows: np.ndarray, m: int) -> np.ndarray:

@@ -18,6 +18,7 @@ import scipy.fft
 import torch
 from torch import Tensor
 
+from deeplora.checks import check_integer, is_integer
 from deeplora.factorization import DeepFactorization
 from deeplora.factorization.compress import compressed_bases
 from deeplora.factorization.init import check_scale
@@ -101,11 +102,10 @@ def compressed_factorization(
     """
     m, n = index.shape
     scale = check_scale(scale)
-    if not (isinstance(rank, int) and rank >= 1 and 2 * rank <= min(m, n)):
+    if not (is_integer(rank) and rank >= 1 and 2 * rank <= min(m, n)):
         raise ValueError(f"rank must be an integer with 1 <= rank and 2*rank <= min(m, n) = "
                          f"{min(m, n)}, got {rank!r}")
-    if not (isinstance(depth, int) and depth >= 2):
-        raise ValueError(f"depth must be an integer >= 2, got {depth!r}")
+    rank, depth = int(rank), check_integer("depth", depth, 2)
     values = torch.as_tensor(values).double()
     if values.shape != (index.nnz,) or index.nnz == 0:
         raise ValueError(f"need {index.nnz} > 0 values, got shape {tuple(values.shape)}")
@@ -138,8 +138,7 @@ def random_observations(rows: int, cols: int, count: int, seed: int = 0,
             raise ValueError(f"exclude must hold flat indices in [0, {rows * cols}), got "
                              f"{int(exclude[0])} to {int(exclude[-1])}")
     total = rows * cols - (0 if exclude is None else exclude.numel())
-    if not (isinstance(count, int) and 1 <= count <= total):
-        raise ValueError(f"count must be an integer in [1, {total}], got {count!r}")
+    count = check_integer("count", count, 1, total)
     gen = torch.Generator().manual_seed(seed)
     if exclude is None and 2 * count > total:  # dense sample: a permutation is cheaper
         flat = torch.randperm(total, generator=gen)[:count].sort().values

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from deeplora.checks import check_integer, is_integer
 from deeplora.completion.methods import check_dtype, optimizer_options
 from deeplora.completion.problems import Problem
 from deeplora.factorization import DeepFactorization, discrepant_param_groups, make_optimizer
@@ -73,7 +74,7 @@ class Plateau:
     since: int = 0
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.window, int) and self.window >= 1 and 0 < self.rtol < 1):
+        if not (is_integer(self.window) and self.window >= 1 and 0 < self.rtol < 1):
             raise ValueError(f"need window >= 1 and 0 < rtol < 1, got {self.window}, "
                              f"{self.rtol}")
 
@@ -120,11 +121,8 @@ def fit(
     (:class:`torch.optim.lr_scheduler.ReduceLROnPlateau`): it damps the late oscillations of
     Adam at a fixed step size.
     """
-    if not (isinstance(steps, int) and steps >= 0):
-        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
-    if not (isinstance(eval_every, int) and eval_every >= 1):
-        raise ValueError(f"eval_every must be an integer >= 1, got {eval_every!r}")
-    if lr_patience is not None and not (isinstance(lr_patience, int) and lr_patience >= 0):
+    steps, eval_every = check_integer("steps", steps, 0), check_integer("eval_every", eval_every, 1)
+    if lr_patience is not None and not (is_integer(lr_patience) and lr_patience >= 0):
         raise ValueError(f"lr_patience must be an integer >= 0 or None, got {lr_patience!r}")
     check_dtype(model.factors[0].dtype)
     outer = model.outer_parameters()

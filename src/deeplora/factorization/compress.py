@@ -54,6 +54,7 @@ import scipy.sparse.linalg
 import torch
 from torch import Tensor
 
+from deeplora.checks import is_integer
 from deeplora.factorization.deep import DeepFactorization
 from deeplora.factorization.subspace import orthonormal_union, top_singular_subspaces
 
@@ -126,9 +127,10 @@ def compress(
     if wide.width < max(m, n):
         raise ValueError(f"compression needs the wide model (width >= max(m, n) = {max(m, n)}), "
                          f"got width {wide.width}")
-    if not (isinstance(rank, int) and rank >= 1 and 2 * rank <= min(m, n)):
+    if not (is_integer(rank) and rank >= 1 and 2 * rank <= min(m, n)):
         raise ValueError(f"assumed rank must be an integer with 1 <= rank and 2*rank <= "
                          f"min(m, n) = {min(m, n)}, got {rank!r}")
+    rank = int(rank)
     first = wide.factors[0]
     dtype, device, scale = first.dtype, first.device, wide.scale**wide.depth
     if scale < torch.finfo(dtype).tiny:  # X(0) = ε^L Q underflows: Q read back as 0

@@ -14,16 +14,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from deeplora.checks import check_integer
 from deeplora.factorization.init import check_scale, init_
 from deeplora.factorization.sampled import ObservedIndex, sampled_product
 
 
-def _check_shape(rows: int, cols: int, depth: int, width: int) -> None:
-    for name, value in (("rows", rows), ("cols", cols), ("width", width)):
-        if not (isinstance(value, int) and value >= 1):
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if not (isinstance(depth, int) and depth >= 2):
-        raise ValueError(f"depth must be an integer >= 2, got {depth!r}")
+def _check_shape(rows: int, cols: int, depth: int, width: int) -> tuple[int, int, int, int]:
+    """``(rows, cols, depth, width)`` as ``int`` s (numpy's integers accepted)."""
+    return (check_integer("rows", rows, 1), check_integer("cols", cols, 1),
+            check_integer("depth", depth, 2), check_integer("width", width, 1))
 
 
 class DeepFactorization(nn.Module):
@@ -54,7 +53,7 @@ class DeepFactorization(nn.Module):
     ) -> None:
         super().__init__()
         width = max(rows, cols) if width is None else width
-        _check_shape(rows, cols, depth, width)
+        rows, cols, depth, width = _check_shape(rows, cols, depth, width)
         self.init, self.scale = init, check_scale(scale)
         shapes = [(width, cols)] + [(width, width)] * (depth - 2) + [(rows, width)]
         self.factors = nn.ParameterList(
@@ -66,9 +65,13 @@ class DeepFactorization(nn.Module):
     def from_factors(
         cls, factors: Sequence[Tensor], init: str = "given", scale: float = 1e-3
     ) -> DeepFactorization:
-        """Wrap explicit factors ``[W_1, …, W_L]`` (copied; shapes must chain)."""
+        """Wrap explicit factors ``[W_1, …, W_L]`` (2-D tensors, copied; shapes must chain)."""
         if len(factors) < 2:
             raise ValueError(f"need at least 2 factors, got {len(factors)}")
+        for i, factor in enumerate(factors):
+            if not (isinstance(factor, Tensor) and factor.ndim == 2):
+                shape = tuple(factor.shape) if isinstance(factor, Tensor) else type(factor).__name__
+                raise ValueError(f"factors[{i}] (W_{i + 1}) must be a 2-D tensor, got {shape}")
         for low, high in itertools.pairwise(factors):
             if high.shape[1] != low.shape[0]:
                 raise ValueError(

@@ -13,10 +13,12 @@ import math
 import torch
 from torch import Tensor
 
+from deeplora.checks import is_finite_number
+
 
 def check_scale(scale: float) -> float:
     """Return ``scale`` as a float, or raise if it is not a finite positive number."""
-    if not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
+    if not (is_finite_number(scale) and scale > 0):
         raise ValueError(f"init scale must be a finite number > 0, got {scale!r}")
     return float(scale)
 

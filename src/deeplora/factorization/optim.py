@@ -7,14 +7,17 @@ factors close to the subspaces found at initialization by giving them a smaller 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
+from deeplora.checks import is_finite_number
+
 OPTIMIZERS = ("gd", "sgd", "adam", "adamw")
+FINITE_OPTIONS = ("eps", "weight_decay", "momentum", "dampening")
+"""Optimizer options that torch checks only for sign: :func:`make_optimizer` refuses inf/NaN."""
 
 
 def discrepant_param_groups(
@@ -28,9 +31,9 @@ def discrepant_param_groups(
     Groups are tagged with ``"name"`` (``"outer"``/``"inner"``) so schedulers and logs can tell
     them apart. Parameters must not be shared between the two iterables.
     """
-    if not (math.isfinite(lr) and lr > 0):
+    if not (is_finite_number(lr) and lr > 0):
         raise ValueError(f"learning rate must be a finite number > 0, got {lr!r}")
-    if not (math.isfinite(gamma) and gamma >= 0):
+    if not (is_finite_number(gamma) and gamma >= 0):
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
     outer, inner = list(outer), list(inner)
     if {id(p) for p in outer} & {id(p) for p in inner}:
@@ -48,11 +51,16 @@ def make_optimizer(
 
     ``"gd"``/``"sgd"``: :class:`torch.optim.SGD` (plain gradient descent when the whole problem
     is one batch); ``"adam"``/``"adamw"``: :class:`torch.optim.Adam` / ``AdamW``. ``kwargs`` go
-    to the optimizer (e.g. ``betas``, ``eps``, ``weight_decay``, ``momentum``). Adam runs
-    torch's fused implementation where it applies, unless ``foreach`` or ``fused`` is given.
+    to the optimizer (e.g. ``betas``, ``eps``, ``weight_decay``, ``momentum``); ``ValueError``
+    for a non-finite ``eps``, ``weight_decay``, ``momentum`` or ``dampening`` (torch takes an
+    infinite one). Adam runs torch's fused implementation where it applies, unless ``foreach``
+    or ``fused`` is given.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
+    for key in FINITE_OPTIONS:
+        if key in kwargs and not is_finite_number(kwargs[key]):
+            raise ValueError(f"{key} must be a finite number, got {kwargs[key]!r}")
     if name in ("gd", "sgd"):
         return torch.optim.SGD(groups, lr=groups[0]["lr"], **kwargs)
     if _fusable(groups) and "foreach" not in kwargs:

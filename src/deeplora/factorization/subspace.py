@@ -13,17 +13,25 @@ far a trained layer is from that form.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import scipy.linalg
 import torch
 from torch import Tensor
 
+from deeplora.checks import check_integer, is_finite_number
+
+
+def _check_matrix(matrix: Tensor) -> None:
+    """``ValueError`` unless ``matrix`` is a 2-D tensor."""
+    if not (isinstance(matrix, Tensor) and matrix.ndim == 2):
+        got = tuple(matrix.shape) if isinstance(matrix, Tensor) else type(matrix).__name__
+        raise ValueError(f"matrix must be a 2-D tensor, got {got}")
+
 
 def singular_values(matrix: Tensor) -> Tensor:
     """Singular values of a 2-D tensor, descending, computed in float64 on the CPU (of the tall
     orientation: LAPACK is several times slower on very wide matrices, e.g. embedding ΔWs)."""
+    _check_matrix(matrix)
     matrix = matrix.detach().to("cpu", torch.float64)
     return torch.linalg.svdvals(matrix.T if matrix.shape[0] < matrix.shape[1] else matrix)
 
@@ -36,8 +44,12 @@ def numerical_rank(matrix: Tensor, atol: float | None = None, rtol: float | None
     matrix. For a float32 one NumPy takes float32's eps; pass that ``rtol`` (as
     :func:`~deeplora.adapters.inspection.adapter_numerical_ranks` does), or the float32
     rounding of the entries counts as rank. The paper counts Deep LoRA ranks with
-    ``atol = 1e-3`` on the spectral norm scale.
+    ``atol = 1e-3`` on the spectral norm scale. ``ValueError`` unless each given tolerance is a
+    finite number >= 0.
     """
+    for name, tol in (("atol", atol), ("rtol", rtol)):
+        if tol is not None and not (is_finite_number(tol) and tol >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {tol!r}")
     s = singular_values(matrix)
     if s.numel() == 0 or s[0] == 0:
         return 0
@@ -62,9 +74,8 @@ def principal_angles(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> np.ndarr
 def top_singular_subspaces(matrix: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
     """Top-``rank`` singular triplets ``(U (m×r), S (r), V (n×r))`` of a dense 2-D tensor,
     r = min(rank, m, n); ``ValueError`` unless ``rank`` is an integer >= 1."""
-    if not (isinstance(rank, numbers.Integral) and not isinstance(rank, bool) and rank >= 1):
-        raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
-    rank = int(rank)
+    _check_matrix(matrix)
+    rank = check_integer("rank", rank, 1)
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     return u[:, :rank], s[:rank], vh[:rank].T
 
@@ -81,7 +92,10 @@ def largest_principal_angle_cos(a: Tensor, b: Tensor, rank: int) -> float:
 
 
 def largest_repeated_cluster(values: Tensor, rtol: float) -> int:
-    """Size of the largest set of ``values`` lying within ``rtol`` (relative) of each other."""
+    """Size of the largest set of ``values`` lying within ``rtol`` (relative) of each other;
+    ``ValueError`` unless ``rtol`` is a finite number >= 0."""
+    if not (is_finite_number(rtol) and rtol >= 0):
+        raise ValueError(f"rtol must be a finite number >= 0, got {rtol!r}")
     s = torch.sort(values.detach().double().flatten(), descending=True).values
     best, start = 0, 0
     for stop in range(s.numel()):

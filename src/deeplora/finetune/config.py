@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -79,6 +80,7 @@ class FinetuneConfig:
     singular_values: int | None = None
 
     def __post_init__(self) -> None:
+        plain_numbers(self)
         get_task(self.task)
         for value, allowed, what in [
             (self.method, METHODS, "method"),
@@ -99,8 +101,6 @@ class FinetuneConfig:
         for name in ("steps", "eval_every", "heldout_samples"):
             if getattr(self, name) < 0:
                 raise DataError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not self.adam_eps > 0:
-            raise DataError(f"adam_eps must be > 0, got {self.adam_eps}")
         if self.singular_values is not None and self.singular_values < 0:
             raise DataError(f"singular_values must be >= 0 (or None), got "
                             f"{self.singular_values}")
@@ -111,7 +111,7 @@ class FinetuneConfig:
         if self.dev_samples is not None and self.dev_samples < 1:
             raise DataError(f"dev_samples must be >= 1 (or None: the whole dev split), got "
                             f"{self.dev_samples}")
-        check_finite_positive(self, "lr", "init_scale")
+        check_finite_positive(self, "lr", "init_scale", "adam_eps")
         if not (math.isfinite(self.lr_outer_ratio) and self.lr_outer_ratio >= 0):
             raise DataError(f"lr_outer_ratio must be a finite number >= 0, got "
                             f"{self.lr_outer_ratio}")
@@ -137,6 +137,22 @@ class FinetuneConfig:
             f"{self.task}-{self.method}-{self.head}-{self.preset}-r{self.rank}"
             f"-n{'all' if self.samples is None else self.samples}-t{self.steps}-{digest[:10]}"
         )
+
+
+def plain_numbers(config: Any) -> None:
+    """Set the numpy numbers among the fields of ``config`` (a frozen dataclass), also inside
+    tuples, to Python ``int``/``float``: :meth:`~FinetuneConfig.key` hashes the fields as JSON,
+    which has no numpy types."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return tuple(plain(item) for item in value)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return value
+        return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+    for name in (f.name for f in dataclasses.fields(config)):
+        object.__setattr__(config, name, plain(getattr(config, name)))
 
 
 def check_finite_positive(config: Any, *names: str) -> None:

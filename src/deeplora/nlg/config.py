@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from deeplora.finetune.config import check_finite_positive, factor_adam_eps
+from deeplora.finetune.config import check_finite_positive, factor_adam_eps, plain_numbers
 from deeplora.finetune.data import DataError
 
 TASKS = ("e2e",)
@@ -69,6 +69,7 @@ class NLGConfig:
     dev_mrs: int = 0
 
     def __post_init__(self) -> None:
+        plain_numbers(self)
         for value, allowed, what in [
             (self.task, TASKS, "task"),
             (self.method, METHODS, "method"),
@@ -85,9 +86,7 @@ class NLGConfig:
             raise DataError(f"depth must be >= 2, got {self.depth}")
         if self.steps < 0:
             raise DataError(f"steps must be >= 0, got {self.steps}")
-        if not self.adam_eps > 0:
-            raise DataError(f"adam_eps must be > 0, got {self.adam_eps}")
-        check_finite_positive(self, "lr", "init_scale")
+        check_finite_positive(self, "lr", "init_scale", "adam_eps")
         if self.test_mrs is not None and self.test_mrs < 1:
             raise DataError(f"test_mrs must be >= 1, got {self.test_mrs}")
         if self.eval_every < 0 or self.dev_mrs < 0:
