@@ -64,3 +64,26 @@ def test_report_only_without_finished_runs_is_an_error_writing_nothing(
     err = capsys.readouterr().err
     assert err.startswith(f"deeplora: error: {out / 'runs'}: no finished run of these settings")
     assert err.count("\n") == 1 and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["prompt-fewshot", "--steps", "-1"], "--steps must be >= 0, got -1"),
+    (["prompt-fewshot", "--lrs", "1e-3,nan"], "--lrs must be a finite number > 0, got nan"),
+    (["prompt-fewshot", "--ranks", "8,0"], "--ranks must be >= 1, got 0"),
+    (["prompt-fewshot", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["prompt-fewshot", "--eval-every", "-1"], "--eval-every must be >= 0, got -1"),
+    (["prompt-fewshot", "--heldout-samples", "-1"], "--heldout-samples must be >= 0, got -1"),
+    (["prompt-fewshot", "--test-samples", "0"],
+     "--test-samples must be >= 1 (or None: the whole dev split), got 0"),
+    (["nlg-checkpoints", "--lrs", "1e-3,nan"], "--lrs must be a finite number > 0, got nan"),
+    (["nlg-checkpoints", "--eval-every", "-2"], "--eval-every must be >= 0, got -2"),
+    (["nlg-checkpoints", "--dev-mrs", "-1"], "--dev-mrs must be >= 0, got -1"),
+])
+def test_a_bad_value_is_named_by_its_option(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    """The configurations' field names were shown (``rank must be``, ``dev_samples must be``
+    for --test-samples, ``eval_every and dev_mrs must be >= 0``)."""
+    assert main(["experiment", *args, "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"deeplora: error: {message}\n"
+    assert list(tmp_path.iterdir()) == []

@@ -62,7 +62,7 @@ def test_prompt_head_with_held_out_rows(split_glue: Path, tiny_llama: str, tmp_p
         (["--model", "NOTMODEL"], "not a transformers model"),
         (["--max-length", "200"], "max_length 200 is more than the 128 positions of "),
         (["--rank", "1000", "--method", "deep-lora"], "1000"),
-        (["--lr", "-1"], "lr must be a finite number > 0, got -1.0"),
+        (["--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
         (["--dev-samples", "0"], "--dev-samples must be >= 1 (unset: the whole dev split; "
          "e2e: the preset's test MRs), got 0"),
         (["--task", "stsb", "--data-dir", "NANLABEL"], "STS-B/train.tsv:3: score 'nan' is not a "
@@ -121,4 +121,28 @@ def test_e2e_refuses_the_glue_only_options(tmp_path: Path, capsys: pytest.Captur
     assert capsys.readouterr().err == (f"deeplora: error: {args[0]}: not an option of --task "
                                        "e2e (a GLUE task's; see docs/nlg.md for what e2e "
                                        "takes)\n")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--rank", "0"], "--rank must be >= 1, got 0"),
+    (["--samples", "0"], "--samples must be >= 1 (or None: the whole split), got 0"),
+    (["--steps", "-1"], "--steps must be >= 0, got -1"),
+    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--max-length", "0"], "--max-length must be >= 1, got 0"),
+    (["--eval-every", "-1"], "--eval-every must be >= 0, got -1"),
+    (["--heldout-samples", "-1"], "--heldout-samples must be >= 0, got -1"),
+    (["--task", "e2e", "--preset", "cpu", "--rank", "0"], "--rank must be >= 1, got 0"),
+    (["--task", "e2e", "--preset", "cpu", "--samples", "0"], "--samples must be >= 1, got 0"),
+    (["--task", "e2e", "--preset", "cpu", "--steps", "-1"], "--steps must be >= 0, got -1"),
+    (["--task", "e2e", "--preset", "cpu", "--lr", "0"],
+     "--lr must be a finite number > 0, got 0.0"),
+])
+def test_a_bad_value_is_named_by_its_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          args: list[str], message: str) -> None:
+    """The configuration's field names (``rank``, ``max_length``) were shown instead of the
+    flags the user typed."""
+    out = tmp_path / "out"
+    assert main(["finetune", "--out", str(out), "--quiet", *args]) == 2
+    assert capsys.readouterr().err == f"deeplora: error: {message}\n"
     assert not out.exists()

@@ -61,6 +61,35 @@ def test_recommend_movielens_csv_end_to_end(tmp_path: Path,
     assert [r for r in rows if r["user"] in ("1", "2")] == chosen
 
 
+def test_recommend_with_a_model_excludes_what_the_users_rated_in_ratings(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--model m.pt --ratings newer.csv``: each user's items in newer.csv are excluded too
+    (they were recommended: only the model's training items were); a user of newer.csv the
+    model does not know is refused (it got a cold-start list without a word)."""
+    train, _test = _ratings_csv(tmp_path)
+    model = tmp_path / "model.pt"
+    assert main(["recommend", "--ratings", str(train), "--save-model", str(model), "--k", "5",
+                 "--output", str(tmp_path / "recs.csv"), "--quiet"]) == 0
+    rated = {line.split(",")[1] for line in train.read_text().splitlines()[1:]
+             if line.startswith("1,")}
+    unrated = sorted({str(10 * c + 7) for c in range(25)} - rated)
+    newer = tmp_path / "newer.csv"
+    newer.write_text("userId,movieId,rating\n" + "".join(f"1,{item},3\n"
+                                                         for item in unrated[:-2]))
+    capsys.readouterr()
+    assert main(["recommend", "--ratings", str(newer), "--model", str(model), "--k", "5",
+                 "--output", "-"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "user,item,rank,score,predicted_rating"
+    assert sorted(line.split(",")[1] for line in lines[1:]) == unrated[-2:]
+    newer.write_text(newer.read_text() + "999,7,4\n")
+    assert main(["recommend", "--ratings", str(newer), "--model", str(model), "--output",
+                 str(tmp_path / "new.csv")]) == 2
+    assert capsys.readouterr().err == ("deeplora: error: --ratings: 1 id(s) not among the 30 "
+                                       "users of --model: 999 (give --users)\n")
+    assert not (tmp_path / "new.csv").exists()
+
+
 def test_complete_ratings_uses_preset_on_csv(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     train, test = _ratings_csv(tmp_path, seed=1)

@@ -26,6 +26,23 @@ def test_recommend_batches_exclude_seen_and_padding() -> None:
         est.recommend([0], k=9)
 
 
+def test_recommend_excludes_given_entries_too() -> None:
+    """``exclude`` (ratings made since the fit, raw ids) drops its entries besides the
+    training ones (or alone, without ``exclude_seen``); unknown users and items are ignored."""
+    import pandas as pd
+
+    rows, cols, values, _full, _ = low_rank_ratings(m=12, n=8, fraction=0.5, seed=6)
+    frame = pd.DataFrame({"user": rows + 100, "item": cols, "rating": values})
+    est = DeepMatrixCompletion(rank=2, max_steps=50).fit(frame)
+    user, seen = 100, set(cols[rows == 0])
+    unseen = [item for item in range(8) if item not in seen]
+    newer = pd.DataFrame({"user": [user, user, 999], "item": [unseen[0], 77, unseen[1]]})
+    items, _ = est.recommend([user], k=8, exclude=newer)
+    assert set(items[0][items[0] != None]) == set(unseen[1:])  # noqa: E711
+    items, _ = est.recommend([user], k=8, exclude_seen=False, exclude=(newer.user, newer.item))
+    assert set(items[0][items[0] != None]) == set(range(8)) - {unseen[0]}  # noqa: E711
+
+
 def test_ranking_metrics_of_estimator() -> None:
     rows, cols, values, full, mask = low_rank_ratings(m=30, n=25, fraction=0.5, seed=7)
     est = DeepMatrixCompletion(rank=2, gamma=0.1, max_steps=300).fit(rows, cols, values)

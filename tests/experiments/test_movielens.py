@@ -228,3 +228,18 @@ def test_methods_rerun_updates_them_in_the_per_split_files(ml100k: Path, tmp_pat
     assert main(["experiment", "movielens", "--root", str(ml100k), "--out", str(out),
                  "--splits", "--random-seeds", "3", "--methods", "SoftImpute"]) == 2
     assert json.loads(path.read_text())["results"] == after
+
+
+def test_negative_steps_is_refused_by_its_flag_before_anything_is_written(
+        ml100k: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--steps -3`` is one error naming ``--steps`` (not the estimator's ``max_steps``),
+    before the per-split files of an earlier run are deleted; also with ``--report-only``."""
+    out = tmp_path / "out"
+    kept = _split_file(out, "movielens", "u1", 0.9).read_text()
+    for extra in ([], ["--report-only"]):
+        assert main(["experiment", "movielens", "--root", str(ml100k), "--out", str(out),
+                     "--splits", "u1", "--random-seeds", "--steps", "-3", *extra]) == 2
+        assert capsys.readouterr().err == \
+            "deeplora: error: --steps must be an integer >= 0, got -3\n"
+        assert [p.name for p in out.iterdir()] == ["movielens-u1.json"]
+        assert (out / "movielens-u1.json").read_text() == kept

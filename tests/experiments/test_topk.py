@@ -61,3 +61,36 @@ def test_topk_table_and_selection_never_reads_the_test_file(
     assert all(0 <= r["ndcg@10"] <= 1 for r in clean["results"].values())
     assert report(tmp_path / "clean") == (tmp_path / "clean" / "topk.md").read_text()
     assert "| ours implicit (tuned on validation) |" in report(tmp_path / "clean")
+
+
+def test_report_only_rebuilds_the_table_from_the_committed_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--report-only`` writes topk.md from the ``topk-*.json`` in --out, reading no data (the
+    committed ML-100K, FilmTrust and Book-Crossing runs give docs/results/topk/topk.md)."""
+    import shutil
+
+    committed = Path(__file__).parents[2] / "docs" / "results" / "topk"
+    out = tmp_path / "out"
+    out.mkdir()
+    for path in committed.glob("topk-*.json"):
+        shutil.copy(path, out)
+    assert main(["experiment", "topk", "--report-only", "--root", str(tmp_path / "none"),
+                 "--out", str(out)]) == 0
+    assert (out / "topk.md").read_text() == (committed / "topk.md").read_text()
+    assert capsys.readouterr().out == f"wrote results to {out}/\n"
+
+
+def test_report_only_refuses_a_folder_without_runs_and_names_a_file_that_is_no_result(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main(["experiment", "topk", "--report-only", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"deeplora: error: {out}: no topk-*.json (run topk "
+                                       "without --report-only first)\n")
+    assert not out.exists()
+    out.mkdir()
+    (out / "topk-tiny.json").write_text('{"split": "u1", "results": {}}')  # movielens'
+    assert main(["experiment", "topk", "--report-only", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"deeplora: error: {out / 'topk-tiny.json'}: not a result of `deeplora experiment "
+        "topk` (no key(s) ['dataset', 'k', ")
+    assert [p.name for p in out.iterdir()] == ["topk-tiny.json"]

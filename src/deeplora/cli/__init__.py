@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import import_module
 from typing import Any
@@ -100,15 +100,16 @@ PARAMETER_FLAGS = {"rank": "--rank", "depth": "--depth", "init_scale": "--init-s
 
 
 @contextmanager
-def parameters_as_flags(**flags: str) -> Iterator[None]:
-    """Re-raise the estimator's ``ValueError("<parameter> must be …")`` of a parameter set by a
-    flag (:data:`PARAMETER_FLAGS`, updated by ``flags``) as ``ValueError("--flag must be …")``;
-    other errors pass unchanged."""
+def parameters_as_flags(parameters: Mapping[str, str] = PARAMETER_FLAGS, /,
+                        **flags: str) -> Iterator[None]:
+    """Re-raise a ``ValueError("<parameter> must be …")`` (the estimator's, a configuration's)
+    of a parameter set by a flag (``parameters``, default :data:`PARAMETER_FLAGS`, updated by
+    ``flags``) as ``ValueError("--flag must be …")``; other errors pass unchanged."""
     try:
         yield
     except ValueError as exc:
         parameter, _, requirement = str(exc).partition(" ")
-        flag = {**PARAMETER_FLAGS, **flags}.get(parameter)
+        flag = {**parameters, **flags}.get(parameter)
         if flag is None or not requirement.startswith("must be "):
             raise
         raise ValueError(f"{flag} {requirement}") from None

@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
-from deeplora.cli import HelpFormatter
+from deeplora.cli import HelpFormatter, parameters_as_flags
 from deeplora.experiments import Runner, load_all
 from deeplora.output import check_writable_dir
 
@@ -26,17 +26,18 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                          help="smaller settings for a smoke test (minutes on 2 cores)")
         for arg in exp.arguments:
             sub.add_argument(arg.flag, **arg.kwargs)
-        sub.set_defaults(func=_runner(exp.run))
+        sub.set_defaults(func=_runner(exp.run, exp.flags))
 
 
-def _runner(run: Runner) -> Callable[[argparse.Namespace], int]:
+def _runner(run: Runner, flags: dict[str, str]) -> Callable[[argparse.Namespace], int]:
     def call(args: argparse.Namespace) -> int:
         check_writable_dir(args.out)
         out = Path(args.out)
         created = [folder for folder in (out, *out.parents) if not folder.exists()]
         out.mkdir(parents=True, exist_ok=True)
         try:
-            run(args, out)
+            with parameters_as_flags(flags):
+                run(args, out)
         except BaseException:  # bad input found by the experiment: leave no empty folders
             for folder in created:  # innermost first; one holding results stays
                 with contextlib.suppress(OSError):

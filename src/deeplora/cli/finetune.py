@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from deeplora.cli import HelpFormatter, given_options
+from deeplora.cli import HelpFormatter, given_options, parameters_as_flags
 from deeplora.finetune.config import (
     HEADS,
     METHODS,
@@ -38,6 +38,12 @@ from deeplora.output import check_writable_dir, write_atomic
 GLUE_ONLY = ("head", "template", "heldout_samples", "eval_every", "padding", "max_length",
              "targets", "jobs")
 """Options of the GLUE tasks that ``--task e2e`` (its presets, :mod:`deeplora.nlg`) has not."""
+
+# FinetuneConfig's and NLGConfig's fields set by flags, for errors about their values.
+CONFIG_FLAGS = {"rank": "--rank", "samples": "--samples", "steps": "--steps", "lr": "--lr",
+                "eval_every": "--eval-every", "max_length": "--max-length",
+                "heldout_samples": "--heldout-samples", "dev_samples": "--dev-samples",
+                "test_mrs": "--dev-samples"}
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -117,15 +123,16 @@ def run(args: argparse.Namespace) -> int:
     args.steps = 500 if args.steps is None else args.steps
     args.lr = 1e-4 if args.lr is None else args.lr
     methods = tuple(dict.fromkeys(m.strip() for m in args.method.split(",")))
-    configs = [
-        preset(args.preset, task=args.task, method=method, rank=args.rank, samples=args.samples,
-               steps=args.steps, head=args.head, targets=args.targets, model=args.model,
-               lr=args.lr, eval_every=args.eval_every, dev_samples=args.dev_samples,
-               template=args.template, heldout_samples=args.heldout_samples,
-               **padding_override(args.padding),
-               **({} if args.max_length is None else {"max_length": args.max_length}))
-        for method in methods
-    ]
+    with parameters_as_flags(CONFIG_FLAGS):
+        configs = [
+            preset(args.preset, task=args.task, method=method, rank=args.rank, samples=args.samples,
+                   steps=args.steps, head=args.head, targets=args.targets, model=args.model,
+                   lr=args.lr, eval_every=args.eval_every, dev_samples=args.dev_samples,
+                   template=args.template, heldout_samples=args.heldout_samples,
+                   **padding_override(args.padding),
+                   **({} if args.max_length is None else {"max_length": args.max_length}))
+            for method in methods
+        ]
     check_writable_dir(args.out)
     from deeplora.finetune.models import quiet_transformers
     from deeplora.finetune.report import main_metric, markdown, summarize
@@ -187,11 +194,12 @@ def run_e2e(args: argparse.Namespace, seeds: tuple[int, ...]) -> int:
                          "see docs/nlg.md for what e2e takes)")
     preset, notice = (args.preset, None) if args.preset else default_preset()
     methods = tuple(dict.fromkeys(m.strip() for m in args.method.split(",")))
-    cells = [(nlg_preset(preset, method=method, rank=args.rank, samples=args.samples,
-                         steps=args.steps, lr=args.lr, model=args.model,
-                         test_mrs=args.dev_samples),
-              (seeds[0],) if method == "zero-shot" else seeds)
-             for method in methods]
+    with parameters_as_flags(CONFIG_FLAGS):
+        cells = [(nlg_preset(preset, method=method, rank=args.rank, samples=args.samples,
+                             steps=args.steps, lr=args.lr, model=args.model,
+                             test_mrs=args.dev_samples),
+                  (seeds[0],) if method == "zero-shot" else seeds)
+                 for method in methods]
     check_writable_dir(args.out)
     from deeplora.experiments.nlg_fewshot import run_nlg_experiment
     from deeplora.finetune.models import quiet_transformers

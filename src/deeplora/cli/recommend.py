@@ -39,7 +39,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "report precision/recall/NDCG/MAP@k (and, explicit, RMSE/MAE) on held-out ratings.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--ratings", metavar="PATH", required=True, help="training ratings")
+    p.add_argument("--ratings", metavar="PATH", required=True,
+                   help="training ratings (with --model: the users and what each rated, "
+                   "excluded as are the model's training items)")
     p.add_argument("--output", metavar="PATH|-", required=True,
                    help="CSV file to write (-: stdout)")
     p.add_argument("--k", type=int, default=10,
@@ -141,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
         known = estimator.ids_
     else:
         known = IdIndex.fit(train)
-    _check_request(args, known, "--model" if args.model else "--ratings")
+    _check_request(args, known, "--model" if args.model else "--ratings", train.users)
     if not args.model:
         estimator = _estimator(args)
         with parameters_as_flags():
@@ -151,7 +153,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     users = np.unique(train.users) if args.users is None else np.asarray(args.users)
     k = args.k
-    items, scores = estimator.recommend(users, k, exclude_seen=not args.include_seen)
+    exclude = frame if args.model and not args.include_seen else None  # what they rated
+    items, scores = estimator.recommend(users, k, exclude_seen=not args.include_seen,
+                                        exclude=exclude)
     found = np.array([[item is not None for item in row] for row in items], dtype=bool)
     user_column = np.repeat(users, k).reshape(len(users), k)
     rank_column = np.tile(np.arange(1, k + 1), (len(users), 1))
@@ -202,17 +206,19 @@ def _estimator(args: argparse.Namespace) -> Any:
                   progress=not args.quiet, **overrides)
 
 
-def _check_request(args: argparse.Namespace, known: IdIndex, source: str) -> None:
-    """``--k`` at most the number of items and every ``--users`` id known to ``source``."""
+def _check_request(args: argparse.Namespace, known: IdIndex, source: str,
+                   rated: np.ndarray) -> None:
+    """``--k`` at most the number of items and every ``--users`` id (default: the users of
+    ``--ratings``, ``rated``) known to ``source``."""
     if args.k > known.items.size:
         raise ValueError(f"--k {args.k} is more than the {known.items.size} items of {source}")
-    if args.users is not None:
-        names = {str(user) for user in known.users}
-        unknown = [user for user in args.users if str(user) not in names]
-        if unknown:
-            shown = " ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
-            raise ValueError(f"--users: {len(unknown)} id(s) not among the {known.users.size} "
-                             f"users of {source}: {shown}")
+    flag, wanted = ("--users", args.users) if args.users is not None else ("--ratings", rated)
+    names = {str(user) for user in known.users}
+    unknown = list(dict.fromkeys(str(user) for user in wanted if str(user) not in names))
+    if unknown:
+        shown = " ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
+        raise ValueError(f"{flag}: {len(unknown)} id(s) not among the {known.users.size} users "
+                         f"of {source}: {shown}" + ("" if args.users else " (give --users)"))
 
 
 def _frame(ratings: Ratings) -> Any:

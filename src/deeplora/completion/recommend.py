@@ -38,7 +38,8 @@ class RecommenderMixin:
     ``_end_to_end()``, ``_lookup_users()``, ``_indices()`` and ``_targets()``."""
 
     def recommend(self, users: Any, k: int = 10, exclude_seen: bool = True,
-                  batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  batch_size: int | None = None, exclude: Any = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items for each of ``users``: ``(items, scores)``, each (len(users), k),
         best first.
 
@@ -46,19 +47,23 @@ class RecommenderMixin:
         training counts, see the module docstring; for implicit feedback the preference
         ``b_u + c_j + (A Bᵀ)_uj``) for a block of users at a time (``batch_size`` users;
         default: as many as fit in ~2²² scores), so memory is O(batch·n), never m×n;
-        ``exclude_seen`` drops the user's training items. :meth:`predict` gives the (clipped)
-        predicted ratings of the items. A user unknown to the model gets the items with the
-        highest ``w_j c_j``. Slots left empty (fewer than k unseen items) hold index -1 (or
-        ``None`` for raw ids) and score NaN. ``users`` are indices, or raw ids when the model
-        was fitted on a DataFrame; so are the returned items.
+        ``exclude_seen`` drops the user's training items; ``exclude`` (a DataFrame with user
+        and item columns, or ``(users, items)``) drops its entries too, e.g. ratings made
+        since the fit (those of users or items unknown to the model are ignored).
+        :meth:`predict` gives the (clipped) predicted ratings of the items. A user unknown to
+        the model gets the items with the highest ``w_j c_j``. Slots left empty (fewer than k
+        unseen items) hold index -1 (or ``None`` for raw ids) and score NaN. ``users`` are
+        indices, or raw ids when the model was fitted on a DataFrame; so are the returned
+        items.
         """
         check_is_fitted(self, "model_")
         k = check_integer("k", k, 1, self.shape_[1])
         if batch_size is not None:
             batch_size = check_integer("batch_size", batch_size, 1)
         self._check_seen(exclude_seen)
+        seen = None if exclude is None else self._excluded(exclude, exclude_seen)
         items, scores = self._top_k(self._lookup_users(np.atleast_1d(np.asarray(users))), k,
-                                    exclude_seen, batch_size)
+                                    exclude_seen or seen is not None, batch_size, seen)
         if self.ids_ is None:
             return items, scores
         raw = np.empty(items.shape, dtype=object)
@@ -71,6 +76,21 @@ class RecommenderMixin:
         if exclude_seen and getattr(self, "_seen", None) is None:
             raise ValueError("this model does not know its training entries (saved before "
                              "format 2); pass exclude_seen=False")
+
+    def _excluded(self, exclude: Any, exclude_seen: bool) -> tuple[Tensor, Tensor]:
+        """CSR ``(crow, col)`` of the known entries of ``exclude`` (a DataFrame or ``(users,
+        items)``), and of the training entries if ``exclude_seen``."""
+        rows, cols = (self._indices(*exclude) if isinstance(exclude, tuple)
+                      else self._indices(exclude, None))
+        m, n = self.shape_
+        known = (rows < m) & (cols < n)
+        rows, cols = rows[known].astype(np.int64), cols[known].astype(np.int64)
+        if exclude_seen:
+            crow, col = self._seen
+            rows = np.concatenate([np.repeat(np.arange(m), np.diff(crow.numpy())), rows])
+            cols = np.concatenate([col.numpy(), cols])
+        order = np.argsort(rows, kind="stable")
+        return torch.from_numpy(seen_crow(rows[order], m)), torch.from_numpy(cols[order])
 
     def _item_weights(self) -> Tensor:
         """w_j = n_j / (n_j + λ_s) (n,); ones for implicit feedback, λ_s = 0 or no ``_seen``."""

@@ -7,7 +7,9 @@ Each module in this package registers its experiments with :func:`experiment`::
 
 ``deeplora experiment NAME [--out DIR] [--fast] [options]`` then parses the declared options,
 checks that ``--out`` is writable, and calls the function, which writes its PNG/JSON/Markdown
-files into ``out``. Registered experiments are listed in :data:`EXPERIMENTS`.
+files into ``out``; an error ``"<field> must be …"`` about a configuration field named in
+``flags`` (``{"rank": "--ranks"}``) names the option instead. Registered experiments are
+listed in :data:`EXPERIMENTS`.
 """
 
 from __future__ import annotations
@@ -62,19 +64,21 @@ class Experiment:
     help: str
     arguments: tuple[Arg, ...]
     run: Runner
+    flags: dict[str, str] = field(default_factory=dict)
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
 
 
-def experiment(name: str, help: str, arguments: list[Arg] | tuple[Arg, ...] = ()
-               ) -> Callable[[Runner], Runner]:
-    """Register the decorated function as experiment ``name``."""
+def experiment(name: str, help: str, arguments: list[Arg] | tuple[Arg, ...] = (),
+               flags: dict[str, str] | None = None) -> Callable[[Runner], Runner]:
+    """Register the decorated function as experiment ``name``; ``flags``: configuration
+    field -> the option that sets it, for errors about its value."""
 
     def register(run: Runner) -> Runner:
         if name in EXPERIMENTS:
             raise ValueError(f"experiment {name!r} is registered twice")
-        EXPERIMENTS[name] = Experiment(name, help, tuple(arguments), run)
+        EXPERIMENTS[name] = Experiment(name, help, tuple(arguments), run, dict(flags or {}))
         return run
 
     return register

@@ -147,6 +147,8 @@ def experiment_splits(name: str, folds: list[str], seeds: list[int], temporal: b
 )
 def movielens(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     name, clip = args.dataset, DATASETS[args.dataset][1]
+    if args.steps is not None and args.steps < 0:
+        raise ValueError(f"--steps must be an integer >= 0, got {args.steps}")
     if args.report_only:
         return report(out, name, args.steps)
     folds = (["u1", "u2", "u3", "u4", "u5"] if args.splits is None and name == "movielens"

@@ -403,7 +403,7 @@ def _floats(text: str) -> tuple[float, ...]:
     Arg("--report-only", action="store_true",
         help="write the report from the finished runs and scores; train and generate nothing"),
     Arg("--quiet", action="store_true", help="no progress bars"),
-])
+], flags={"lr": "--lrs", "eval_every": "--eval-every", "dev_mrs": "--dev-mrs"})
 def nlg_checkpoints(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from deeplora.finetune.models import quiet_transformers
     from deeplora.finetune.sweep import parse_seeds

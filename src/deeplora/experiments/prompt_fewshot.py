@@ -381,7 +381,9 @@ def _ints(text: str) -> tuple[int, ...]:
         help="write the report from the runs already finished under --out; train nothing"),
     Arg("--jobs", type=int, default=1, help="train this many runs at once (processes)"),
     Arg("--quiet", action="store_true", help="no progress bars"),
-])
+], flags={"samples": "--samples", "rank": "--ranks", "lr": "--lrs", "steps": "--steps",
+          "eval_every": "--eval-every", "heldout_samples": "--heldout-samples",
+          "dev_samples": "--test-samples", "batch_size": "--batch-size"})
 def prompt_fewshot(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from deeplora.finetune.models import quiet_transformers
 

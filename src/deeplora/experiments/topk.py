@@ -16,7 +16,8 @@ file is read only for the final scores. Both ours implicit and ALS are also repo
 (``DeepMatrixCompletion.implicit()`` as is, with its own early stopping inside the training
 file; ALS at its defaults), so each tuned row has its counterpart. Writes
 ``topk-<name>.json`` (selection grids with their validation scores, chosen settings, test
-metrics) and ``topk.md`` (the table of every ``topk-*.json`` in the folder).
+metrics) and ``topk.md`` (the table of every ``topk-*.json`` in the folder);
+``--report-only`` rebuilds ``topk.md`` from them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import itertools
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,7 +45,7 @@ from deeplora.completion.estimator import DeepMatrixCompletion
 from deeplora.completion.ranking import ranking_metrics
 from deeplora.experiments import Arg, experiment, random_seed
 from deeplora.experiments.movielens import LOADERS
-from deeplora.output import write_atomic, write_json
+from deeplora.output import read_json_object, write_atomic, write_json
 
 EXPLICIT, UNSHRUNK = ("ours explicit (ratings preset, shrunk ranking)",
                       "ours explicit, unshrunk ranking (λ_s = 0)")
@@ -197,11 +197,21 @@ def evaluate(train: Ratings, test: Ratings, chosen: dict[str, dict[str, Any]],
     return {"users": int(split.users.size), "results": results}
 
 
+def read_run(path: Path) -> dict[str, Any]:
+    """The result in ``path`` (a ``topk-<name>.json``); a ``ValueError`` naming the file if it
+    is none (cut short, ``null``, another experiment's)."""
+    try:
+        return read_json_object(path, ("dataset", "k", "threshold", "users", "seed", "results",
+                                       "chosen"))
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a result of `deeplora experiment topk` ({exc})") from None
+
+
 def report(folder: Path) -> str:
     """Markdown tables of every ``topk-*.json`` in ``folder`` (sorted by name)."""
     blocks = []
     for path in sorted(folder.glob("topk-*.json")):
-        run = json.loads(path.read_text())
+        run = read_run(path)
         k = run["k"]
         lines = [f"{run['dataset']} (relevant: test rating >= {run['threshold']:g}, "
                  f"{run['users']} users, seed {run['seed']})", "",
@@ -238,11 +248,19 @@ def report(folder: Path) -> str:
         Arg("--k", type=int, default=10, help="list length"),
         Arg("--threshold", type=float, default=4.0, help="relevant: rating >= this"),
         Arg("--seed", type=random_seed, default=0, help="seeds the splits and the models"),
+        Arg("--report-only", action="store_true",
+            help="rebuild topk.md from the topk-*.json in --out without running anything"),
     ],
 )
 def topk(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
+    if args.report_only:
+        runs = sorted(out.glob("topk-*.json"))
+        if not runs:
+            raise FileNotFoundError(f"{out}: no topk-*.json (run topk without --report-only "
+                                    "first)")
+        return {"runs": [path.name for path in runs], "table": write_report(out)}
     if args.train is None and args.dataset in LOADERS:
         train, test = random_split(LOADERS[args.dataset](), args.seed)
         name = args.name or args.dataset
@@ -267,6 +285,12 @@ def topk(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if "als" not in selection["chosen"]:
         result["note"] = "ALS rows skipped: the optional extra `implicit` is not installed"
     write_json(out / f"topk-{name}.json", result)
+    write_report(out)
+    return result
+
+
+def write_report(out: Path) -> str:
+    """Write ``topk.md``, the :func:`report` of ``out``; its text."""
     text = report(out)
     write_atomic(out / "topk.md", lambda tmp: tmp.write_text(text))
-    return result
+    return text

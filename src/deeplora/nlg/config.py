@@ -89,8 +89,9 @@ class NLGConfig:
         check_finite_positive(self, "lr", "init_scale", "adam_eps")
         if self.test_mrs is not None and self.test_mrs < 1:
             raise DataError(f"test_mrs must be >= 1, got {self.test_mrs}")
-        if self.eval_every < 0 or self.dev_mrs < 0:
-            raise DataError("eval_every and dev_mrs must be >= 0")
+        for name in ("eval_every", "dev_mrs"):
+            if getattr(self, name) < 0:
+                raise DataError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.eval_every and not self.dev_mrs:
             raise DataError("eval_every needs dev_mrs > 0 (the dev MRs the checkpoints are "
                             "scored on)")
