@@ -3,8 +3,9 @@ vanilla LoRA vs PEFT LoRA, with checkpoints and a learning-rate grid chosen on h
 
 Every run (``head="prompt"``, see :mod:`deeplora.finetune.prompt`) holds out
 ``heldout_samples`` training rows (the dev set; the same rows for every run, never among the
-few-shot examples) and scores them and ``dev_samples`` rows of the GLUE dev split (the test
-set) every ``eval_every`` steps. Per (task, samples, rank, method) the report gives, with
+few-shot examples nor repeating one's text, see :func:`~deeplora.finetune.data.hold_out`) and
+scores them and ``dev_samples`` rows of the GLUE dev split (the test set) every ``eval_every``
+steps. Per (task, samples, rank, method) the report gives, with
 :mod:`deeplora.finetune.checkpoints`:
 
 - each learning rate of the grid: test score at the last step and at the best held-out
