@@ -73,6 +73,8 @@ def test_available_tasks(glue_dir: Path, tmp_path: Path) -> None:
         ("STS-B", "train.tsv", 4, "1\tg\tf\ty\t0\tn\tn\ta\tb\tnan", "score 'nan' is not a finite"),
         ("STS-B", "train.tsv", 2, "1\tg\tf\ty\t0\tn\tn\ta\tb\t1e400", "score '1e400' is not a fin"),
         ("STS-B", "dev.tsv", 3, "1\tg\tf\ty\t0\tn\tn\ta\tb\t-inf", "score '-inf' is not a finite"),
+        ("STS-B", "train.tsv", 3, "1\tg\tf\ty\t0\tn\tn\ta\tb\t7.2", "score '7.2' is not in"),
+        ("STS-B", "dev.tsv", 2, "1\tg\tf\ty\t0\tn\tn\ta\tb\t-1", "score '-1' is not in"),
         ("CoLA", "train.tsv", 2, "gj04\t7\t\tx", "label '7'"),
         ("RTE", "train.tsv", 4, "1\ta\tb\tmaybe", "label 'maybe'"),
     ],

@@ -109,6 +109,9 @@ TASKS: dict[str, GlueTask] = {
 
 SPLITS = ("train", "dev")
 
+SCORE_RANGE = (0.0, 5.0)
+"""STS-B's similarity scores lie in this closed range."""
+
 
 def get_task(name: str) -> GlueTask:
     """The :class:`GlueTask` called ``name`` (case-insensitive; ``sts-b``/``sst-2`` accepted)."""
@@ -139,6 +142,10 @@ def _parse_label(task: GlueTask, raw: str, where: str) -> int | float:
             raise DataError(f"{where}: score {raw!r} is not a number") from None
         if not math.isfinite(score):
             raise DataError(f"{where}: score {raw!r} is not a finite number")
+        low, high = SCORE_RANGE
+        if not low <= score <= high:
+            raise DataError(f"{where}: score {raw!r} is not in [{low:g}, {high:g}] "
+                            f"(the range of {task.name} scores)")
         return score
     if raw not in task.labels:
         raise DataError(f"{where}: label {raw!r} is not one of {list(task.labels)}")
