@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -76,7 +77,10 @@ def test_counts_pending_steps_and_evaluations(glue_dir: Path, tiny_model: str, t
     assert (estimate.runs, estimate.steps, estimate.items) == (3, 20, 40 + 2 * 4 * 8)
     done = runs.result_path(tmp_path, every, 1)
     done.parent.mkdir(parents=True)
-    done.write_text("{}")
+    done.write_text('{"config": {}, "seed": 1, "metrics": {}')  # cut short: runs again
+    assert runs.estimate(pairs, tmp_path, glue_dir).runs == 3
+    assert not done.exists() and done.with_name("seed-1.json.invalid").is_file()
+    done.write_text(json.dumps({key: {} for key in runs.RESULT_KEYS}))
     assert runs.estimate(pairs, tmp_path, glue_dir).runs == 2
     assert runs.estimate(pairs[2:], tmp_path, glue_dir) is None
 
