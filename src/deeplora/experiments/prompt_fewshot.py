@@ -337,9 +337,11 @@ def run_experiment(cells: list[Cell], out: str | os.PathLike[str],
 
     root = Path(out)
     if train:
-        for task in dict.fromkeys(c.config.task for c in cells):
-            first = next(c for c in cells if c.config.task == task)
-            Prepared(first.config, first.seeds[0], data_dir)  # validate before any run
+        firsts: dict[tuple[str, int | None], Cell] = {}
+        for cell in cells:  # validate before any run: each task's data and few-shot draw
+            firsts.setdefault((cell.config.task, cell.config.samples), cell)
+        for first in firsts.values():
+            Prepared(first.config, first.seeds[0], data_dir)
         sweeps = [(cell.config, cell.seeds) for cell in cells]
         if jobs == 1:
             run_pairs(seed_major(sweeps), root / "runs", data_dir, progress=progress)
