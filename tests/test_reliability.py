@@ -59,11 +59,12 @@ def make_files(folder: Path, write_glue: Callable[..., Path]) -> None:
     (folder / "model.pt").unlink()
     write_glue(folder / "glue", n=8)
     (folder / "empty").mkdir()
-    write_glue(folder / "glue-nan", n=8)
-    stsb = folder / "glue-nan" / "STS-B" / "train.tsv"
-    lines = stsb.read_text().splitlines()
-    lines[2] = lines[2].rsplit("\t", 1)[0] + "\tnan"
-    stsb.write_text("\n".join(lines) + "\n")
+    for name, score in (("glue-nan", "nan"), ("glue-range", "7.2")):
+        write_glue(folder / name, n=8)
+        stsb = folder / name / "STS-B" / "train.tsv"
+        lines = stsb.read_text().splitlines()
+        lines[2] = lines[2].rsplit("\t", 1)[0] + "\t" + score
+        stsb.write_text("\n".join(lines) + "\n")
     from peft import get_peft_model
 
     from deeplora.adapters import DeepLoraConfig

@@ -53,3 +53,15 @@ def test_fast_run_and_report_only(tmp_path: Path, split_glue: Path, tiny_llama: 
     (out / "prompt-fewshot.md").unlink()
     assert main([*argv, "--report-only"]) == 0
     assert (out / "prompt-fewshot.md").read_text() == report
+
+
+def test_samples_above_the_pool_are_refused_before_any_run(tmp_path: Path, split_glue: Path,
+                                                           tiny_llama: str, capsys) -> None:
+    from deeplora.cli import main
+
+    out = tmp_path / "prompt"  # 40 training rows, 8 held out (--fast): 32 to draw from
+    assert main(["experiment", "prompt-fewshot", "--fast", "--task", "sst2", "--samples",
+                 "16,33", "--methods", "lora", "--seeds", "0", "--lrs", "1e-2", "--model",
+                 tiny_llama, "--data-dir", str(split_glue), "--out", str(out), "--quiet"]) == 2
+    assert "--samples 33 is not in 1..32" in capsys.readouterr().err
+    assert not out.exists()

@@ -73,6 +73,8 @@ def test_available_tasks(glue_dir: Path, tmp_path: Path) -> None:
         ("STS-B", "train.tsv", 4, "1\tg\tf\ty\t0\tn\tn\ta\tb\tnan", "score 'nan' is not a finite"),
         ("STS-B", "train.tsv", 2, "1\tg\tf\ty\t0\tn\tn\ta\tb\t1e400", "score '1e400' is not a fin"),
         ("STS-B", "dev.tsv", 3, "1\tg\tf\ty\t0\tn\tn\ta\tb\t-inf", "score '-inf' is not a finite"),
+        ("STS-B", "train.tsv", 3, "1\tg\tf\ty\t0\tn\tn\ta\tb\t7.2", "score '7.2' is not in"),
+        ("STS-B", "dev.tsv", 2, "1\tg\tf\ty\t0\tn\tn\ta\tb\t-1", "score '-1' is not in"),
         ("CoLA", "train.tsv", 2, "gj04\t7\t\tx", "label '7'"),
         ("RTE", "train.tsv", 4, "1\ta\tb\tmaybe", "label 'maybe'"),
     ],
@@ -130,3 +132,22 @@ def test_held_out_rows_are_apart_from_the_few_shot_pool_and_the_test_split(
     assert list(again["sentence"]) == list(heldout["sentence"])  # the same rows every run
     with pytest.raises(DataError, match="only 30 training rows"):
         hold_out(task, train, 31, test)
+
+
+def test_held_out_rows_never_repeat_a_training_rows_text() -> None:
+    import datasets
+
+    task = get_task("sst2")  # every text twice, as GLUE training splits repeat some texts
+    train = datasets.Dataset.from_dict({"sentence": [f"s{i % 20}" for i in range(40)],
+                                        "label": [i % 2 for i in range(40)]})
+    test = datasets.Dataset.from_dict({"sentence": ["s19"], "label": [1]})
+    pool, heldout = hold_out(task, train, 6, test)
+    for seed in range(5):
+        trained = few_shot(pool, 8, seed)
+        again, kept = hold_out(task, train, 6, test, trained)
+        assert list(again["sentence"]) == list(pool["sentence"])  # the pool does not change
+        assert len(kept) == 6 and not _texts(kept) & (_texts(trained) | _texts(test))
+        unrepeated = [s for s in heldout["sentence"] if s not in _texts(trained)]
+        assert kept["sentence"][:len(unrepeated)] == unrepeated  # only repeats are replaced
+    with pytest.raises(DataError, match="only 2 training rows of sst2 are neither"):
+        hold_out(task, train, 6, test, pool)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -74,9 +76,14 @@ def test_counts_pending_steps_and_evaluations(glue_dir: Path, tiny_model: str, t
     assert probed == [(every, 0)]  # the first pending run that trains
     # zero-shot: 40 dev rows once; each trained run: 8 rows at steps 0, 4, 8 and the end
     assert (estimate.runs, estimate.steps, estimate.items) == (3, 20, 40 + 2 * 4 * 8)
+    held = replace(every, heldout_samples=6)  # scored beside the dev rows at each evaluation
+    assert runs.estimate([(held, 0)], tmp_path, glue_dir).items == 4 * (8 + 6)
     done = runs.result_path(tmp_path, every, 1)
     done.parent.mkdir(parents=True)
-    done.write_text("{}")
+    done.write_text('{"config": {}, "seed": 1, "metrics": {}')  # cut short: runs again
+    assert runs.estimate(pairs, tmp_path, glue_dir).runs == 3
+    assert not done.exists() and done.with_name("seed-1.json.invalid").is_file()
+    done.write_text(json.dumps({key: {} for key in runs.RESULT_KEYS}))
     assert runs.estimate(pairs, tmp_path, glue_dir).runs == 2
     assert runs.estimate(pairs[2:], tmp_path, glue_dir) is None
 

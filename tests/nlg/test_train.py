@@ -86,6 +86,8 @@ def test_sweep_reruns_a_seed_whose_file_is_not_a_result(model_dir: Path, e2e_dir
     assert f"{path} is not a valid result" in capsys.readouterr().err
     assert path.with_name("seed-0.json.invalid").read_text() == text
     path.write_text(text)
+    estimate = estimate_nlg([(config, 0)], tmp_path, e2e_dir)  # the seed is to run
+    assert estimate is not None and estimate.runs == 1 and not path.exists()
     result = run_nlg_sweep(config, [0], tmp_path, e2e_dir, progress=False)[0]
     assert json.loads(path.read_text())["seed"] == result["seed"] == 0
 

@@ -3,8 +3,9 @@ vanilla LoRA vs PEFT LoRA, with checkpoints and a learning-rate grid chosen on h
 
 Every run (``head="prompt"``, see :mod:`deeplora.finetune.prompt`) holds out
 ``heldout_samples`` training rows (the dev set; the same rows for every run, never among the
-few-shot examples) and scores them and ``dev_samples`` rows of the GLUE dev split (the test
-set) every ``eval_every`` steps. Per (task, samples, rank, method) the report gives, with
+few-shot examples nor repeating one's text, see :func:`~deeplora.finetune.data.hold_out`) and
+scores them and ``dev_samples`` rows of the GLUE dev split (the test set) every ``eval_every``
+steps. Per (task, samples, rank, method) the report gives, with
 :mod:`deeplora.finetune.checkpoints`:
 
 - each learning rate of the grid: test score at the last step and at the best held-out
@@ -336,9 +337,11 @@ def run_experiment(cells: list[Cell], out: str | os.PathLike[str],
 
     root = Path(out)
     if train:
-        for task in dict.fromkeys(c.config.task for c in cells):
-            first = next(c for c in cells if c.config.task == task)
-            Prepared(first.config, first.seeds[0], data_dir)  # validate before any run
+        firsts: dict[tuple[str, int | None], Cell] = {}
+        for cell in cells:  # validate before any run: each task's data and few-shot draw
+            firsts.setdefault((cell.config.task, cell.config.samples), cell)
+        for first in firsts.values():
+            Prepared(first.config, first.seeds[0], data_dir)
         sweeps = [(cell.config, cell.seeds) for cell in cells]
         if jobs == 1:
             run_pairs(seed_major(sweeps), root / "runs", data_dir, progress=progress)

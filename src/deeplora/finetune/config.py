@@ -43,8 +43,9 @@ class FinetuneConfig:
     method's γ (outer factors train at γ·lr). ``template``: how the ``prompt`` head writes the
     task (``chat``: the tokenizer's chat template; ``plain``: text ending in ``Answer:``).
     ``heldout_samples``: that many training rows, drawn once (seed 0) before and apart from the
-    few-shot draw, are a held-out dev set scored at every evaluation (for checkpoint and
-    learning-rate selection; the GLUE dev split then serves as the test set).
+    few-shot draw and repeating no few-shot row's text, are a held-out dev set scored at every
+    evaluation (for checkpoint and learning-rate selection; the GLUE dev split then serves as
+    the test set).
     ``singular_values``: how many of each ΔW's top singular values a result keeps (``None``:
     min(2·rank, 64)); σ₁ and the ranks are kept whatever it is. ``snapshot_steps``: the steps
     (in 0..``steps``) at which ΔW's top-``subspace_rank`` subspace is compared with the end's.

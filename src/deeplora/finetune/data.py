@@ -109,6 +109,9 @@ TASKS: dict[str, GlueTask] = {
 
 SPLITS = ("train", "dev")
 
+SCORE_RANGE = (0.0, 5.0)
+"""STS-B's similarity scores lie in this closed range."""
+
 
 def get_task(name: str) -> GlueTask:
     """The :class:`GlueTask` called ``name`` (case-insensitive; ``sts-b``/``sst-2`` accepted)."""
@@ -139,6 +142,10 @@ def _parse_label(task: GlueTask, raw: str, where: str) -> int | float:
             raise DataError(f"{where}: score {raw!r} is not a number") from None
         if not math.isfinite(score):
             raise DataError(f"{where}: score {raw!r} is not a finite number")
+        low, high = SCORE_RANGE
+        if not low <= score <= high:
+            raise DataError(f"{where}: score {raw!r} is not in [{low:g}, {high:g}] "
+                            f"(the range of {task.name} scores)")
         return score
     if raw not in task.labels:
         raise DataError(f"{where}: label {raw!r} is not one of {list(task.labels)}")
@@ -221,23 +228,39 @@ HELDOUT_SEED = 0
 """Seed of the held-out draw: every run of a task holds out the same training rows."""
 
 
-def hold_out(task: GlueTask, train: datasets.Dataset, n: int, test: datasets.Dataset
+def hold_out(task: GlueTask, train: datasets.Dataset, n: int, test: datasets.Dataset,
+             trained: datasets.Dataset | None = None
              ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Split ``train`` into (pool, held-out dev of ``n`` rows): the first ``n`` rows of a
-    seed-:data:`HELDOUT_SEED` shuffle whose texts do not occur in ``test``, and every other
-    row. Few-shot examples are then drawn from the pool, so the held-out rows are never
-    trained on and never part of the test split."""
+    """Split ``train`` into (pool, held-out dev of ``n`` rows). Both walk a seed-
+    :data:`HELDOUT_SEED` shuffle of the rows whose texts do not occur in ``test``: the pool is
+    every row but the first ``n`` of them, and few-shot examples are drawn from it; the held-out
+    rows are the first ``n`` whose texts are not those of a row of ``trained`` either (the run's
+    training rows, drawn from the pool: training splits repeat some texts). So the held-out
+    rows are never trained on, never repeat a training row's text and are never part of the
+    test split; they are the same for every run but where a run's training rows repeat one."""
     import numpy as np
 
-    texts = set(zip(*(test[c] for c in task.text_columns), strict=True))
+    texts = set(_row_texts(task, test))
     order = np.random.default_rng(HELDOUT_SEED).permutation(len(train))
-    rows = list(zip(*(train[c] for c in task.text_columns), strict=True))
-    chosen = [int(i) for i in order if rows[i] not in texts][:n]
+    rows = _row_texts(task, train)
+    candidates = [int(i) for i in order if rows[i] not in texts]
+    if len(candidates) < n:
+        raise DataError(f"--heldout-samples {n}: only {len(candidates)} training rows of "
+                        f"{task.name} are not in its test (dev) split")
+    taken = set(candidates[:n])
+    pool = train.select([i for i in range(len(train)) if i not in taken])
+    seen = set() if trained is None else set(_row_texts(task, trained))
+    chosen = [i for i in candidates if rows[i] not in seen][:n]
     if len(chosen) < n:
         raise DataError(f"--heldout-samples {n}: only {len(chosen)} training rows of "
-                        f"{task.name} are not in its test (dev) split")
-    taken = set(chosen)
-    return train.select([i for i in range(len(train)) if i not in taken]), train.select(chosen)
+                        f"{task.name} are neither in its test (dev) split nor repeat the text "
+                        "of a training row")
+    return pool, train.select(chosen)
+
+
+def _row_texts(task: GlueTask, rows: datasets.Dataset) -> list[tuple[str, ...]]:
+    """Every row's input: its values of the task's text columns."""
+    return list(zip(*(rows[c] for c in task.text_columns), strict=True))
 
 
 def available_tasks(data_dir: str | os.PathLike[str]) -> list[str]:

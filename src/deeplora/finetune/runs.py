@@ -159,12 +159,13 @@ def run_pairs(
 def estimate(pairs: Sequence[tuple[FinetuneConfig, int]], out: str | os.PathLike[str],
              data_dir: str | os.PathLike[str] | None = None, processes: int = 1
              ) -> Estimate | None:
-    """What the (config, seed) ``pairs`` without a result file under ``out`` will cost, from
+    """What the (config, seed) ``pairs`` without a result under ``out`` will cost (a file that
+    is not a result is renamed ``*.invalid`` by :func:`read_result`, and its seed counted), from
     a probe of the first of them that trains (else the first); ``None`` if none is pending.
-    Counts each run's training steps and its dev evaluations (at step 0 and every
-    ``eval_every`` steps when set, and at the end)."""
+    Counts each run's training steps and its evaluations (at step 0 and every ``eval_every``
+    steps when set, and at the end), each of the dev rows and the held-out rows."""
     todo = [(config, seed) for config, seed in pairs
-            if not result_path(out, config, seed).is_file()]
+            if read_result(result_path(out, config, seed)) is None]
     if not todo:
         return None
     probe = next((pair for pair in todo if trains(pair[0])), todo[0])
@@ -179,7 +180,8 @@ def estimate(pairs: Sequence[tuple[FinetuneConfig, int]], out: str | os.PathLike
             steps += config.steps
             if config.eval_every:
                 evaluations += 1 + (config.steps - 1) // config.eval_every
-        rows += evaluations * min(dev_rows[config.task], config.dev_samples or math.inf)
+        scored = min(dev_rows[config.task], config.dev_samples or math.inf)
+        rows += evaluations * (scored + config.heldout_samples)
     return Estimate(len(todo), steps, int(rows), "dev rows evaluated", costs, processes)
 
 

@@ -173,8 +173,9 @@ def training_rows(config: FinetuneConfig, train: datasets.Dataset, model_path: s
 class Prepared:
     """Everything a run needs, built and validated before any training step: ``train`` (the
     few-shot rows), ``dev`` (the GLUE dev rows scored, the test set when ``heldout`` is used)
-    and ``heldout`` (``config.heldout_samples`` training rows apart from the few-shot pool, see
-    :func:`deeplora.finetune.data.hold_out`; ``None`` without)."""
+    and ``heldout`` (``config.heldout_samples`` training rows apart from the few-shot pool that
+    repeat no training row's text, see :func:`deeplora.finetune.data.hold_out`; ``None``
+    without)."""
 
     def __init__(self, config: FinetuneConfig, seed: int, data_dir: str | os.PathLike[str] | None):
         check_seed(seed)
@@ -183,10 +184,10 @@ class Prepared:
         check_max_length(config.max_length, self.model_path)
         train = load_split(self.task, "train", data_dir)
         full_dev = load_split(self.task, "dev", data_dir)
-        self.heldout = None
-        if config.heldout_samples:
-            train, self.heldout = hold_out(self.task, train, config.heldout_samples, full_dev)
-        self.train = training_rows(config, train, self.model_path, seed)
+        n = config.heldout_samples
+        pool = hold_out(self.task, train, n, full_dev)[0] if n else train
+        self.train = training_rows(config, pool, self.model_path, seed)
+        self.heldout = hold_out(self.task, train, n, full_dev, self.train)[1] if n else None
         dev = full_dev
         if config.dev_samples is not None and config.dev_samples < len(dev):
             dev = few_shot(dev, config.dev_samples, seed=0)

@@ -322,12 +322,13 @@ def measure_nlg_costs(config: NLGConfig, seed: int,
 
 def estimate_nlg(pairs: Sequence[tuple[NLGConfig, int]], out: str | os.PathLike[str],
                  data_dir: str | os.PathLike[str] | None = None) -> Estimate | None:
-    """What the (config, seed) ``pairs`` without a result file under ``out`` will cost, from
-    a probe of the first of them that trains (else the first); ``None`` if none is pending.
+    """What the (config, seed) ``pairs`` without a result under ``out`` will cost (a file that
+    is not a result is renamed ``*.invalid``, and its seed counted), from a probe of the first
+    of them that trains (else the first); ``None`` if none is pending.
     A checkpointed run counts its dev MRs at each checkpoint and test MRs at
     :data:`SCORED_CHECKPOINTS` checkpoints (what a selection scores at most)."""
     todo = [(config, seed) for config, seed in pairs
-            if not result_path(out, config, seed).is_file()]
+            if read_result(result_path(out, config, seed), RESULT_KEYS) is None]
     if not todo:
         return None
     probe = next((pair for pair in todo if trains(pair[0])), todo[0])
