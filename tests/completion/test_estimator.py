@@ -71,6 +71,8 @@ def test_bad_observations(rows, cols, values, shape, match: str) -> None:
     ({"bias": "rows"}, "bias"), ({"init_scale": float("inf")}, "init_scale"),
     ({"reg_uniform": 1.5}, "reg_uniform"), ({"reg_uniform": -0.1}, "reg_uniform"),
     ({"reg_uniform": 0.5, "feedback": "implicit", "reg": 1.0}, "reg_uniform"),
+    ({"feedback": "implicit", "positive_threshold": float("nan")},
+     r"^positive_threshold must be a finite number, got nan$"),
 ])
 def test_bad_params_fail_at_fit(params: dict, match: str) -> None:
     rows, cols, values, *_ = low_rank_ratings()

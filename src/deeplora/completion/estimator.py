@@ -229,8 +229,8 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
             if optional and value is None:
                 return
             if not (is_finite_number(value) and (value > low if strict else value >= low)):
-                raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} "
-                                 f"{low}, got {value!r}")
+                bound = "" if low == -math.inf else f" {'>' if strict else '>='} {low}"
+                raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
 
         def choice(name: str, options: tuple[str, ...]) -> None:
             if getattr(self, name) not in options:
