@@ -71,6 +71,9 @@ def test_bad_observations(rows, cols, values, shape, match: str) -> None:
     ({"bias": "rows"}, "bias"), ({"init_scale": float("inf")}, "init_scale"),
     ({"reg_uniform": 1.5}, "reg_uniform"), ({"reg_uniform": -0.1}, "reg_uniform"),
     ({"reg_uniform": 0.5, "feedback": "implicit", "reg": 1.0}, "reg_uniform"),
+    # 2**32 was taken by torch (numpy's global seeding and the CLI's --seed refuse it)
+    ({"random_state": 2**32}, r"random_state must be an integer in \[0, 2\*\*32\), got 4294967296"),
+    ({"random_state": 1.5}, r"random_state must be an integer in \[0, 2\*\*32\), got 1.5"),
 ])
 def test_bad_params_fail_at_fit(params: dict, match: str) -> None:
     rows, cols, values, *_ = low_rank_ratings()
