@@ -13,10 +13,16 @@ def is_integer(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is a real number of any type (``int``, ``float``, ``np.float32``, …;
+    NaN and ±inf too), not a ``bool``."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def is_finite_number(value: Any) -> bool:
     """Whether ``value`` is a finite real number of any type (``int``, ``float``,
     ``np.float32``, …), not a ``bool``."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    return is_number(value) and math.isfinite(value)
 
 
 def check_integer(name: str, value: Any, low: int, high: int | None = None) -> int:

@@ -19,9 +19,11 @@ import hashlib
 import json
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from deeplora.checks import is_integer, is_number
 from deeplora.finetune.data import DataError, get_task
 
 METHODS = ("deep-lora", "lora", "lora-hu", "peft-lora", "deep-lora-compressed", "zero-shot")
@@ -81,6 +83,7 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         plain_numbers(self)
+        check_number_types(self)
         get_task(self.task)
         for value, allowed, what in [
             (self.method, METHODS, "method"),
@@ -153,6 +156,31 @@ def plain_numbers(config: Any) -> None:
 
     for name in (f.name for f in dataclasses.fields(config)):
         object.__setattr__(config, name, plain(getattr(config, name)))
+
+
+NUMBER_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "int": ("an integer", is_integer),
+    "float": ("a number", is_number),
+    "tuple[int, ...]": ("a tuple of integers",
+                        lambda value: isinstance(value, tuple) and all(map(is_integer, value))),
+}
+"""The numeric field annotations of the configs: what a value must be, and its test."""
+
+
+def check_number_types(config: Any) -> None:
+    """:class:`DataError` naming the first field of ``config`` (a frozen dataclass) annotated
+    with a type of :data:`NUMBER_TYPES` (``| None`` allowing ``None``) whose value is not of it:
+    ``rank=2.5`` or ``rank="8"``, which the range checks that follow took or failed on with a
+    ``TypeError``. Integers and numbers of numpy's types pass (``bool`` not)."""
+    for field in dataclasses.fields(config):
+        annotation = str(field.type)
+        optional = annotation.endswith(" | None")
+        kind = NUMBER_TYPES.get(annotation.removesuffix(" | None"))
+        value = getattr(config, field.name)
+        if kind is None or (optional and value is None) or kind[1](value):
+            continue
+        allowed = f"{kind[0]} (or None)" if optional else kind[0]
+        raise DataError(f"{field.name} must be {allowed}, got {value!r}")
 
 
 def check_finite_positive(config: Any, *names: str) -> None:

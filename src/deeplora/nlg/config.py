@@ -23,7 +23,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from deeplora.finetune.config import check_finite_positive, factor_adam_eps, plain_numbers
+from deeplora.finetune.config import (
+    check_finite_positive,
+    check_number_types,
+    factor_adam_eps,
+    plain_numbers,
+)
 from deeplora.finetune.data import DataError
 
 TASKS = ("e2e",)
@@ -70,6 +75,7 @@ class NLGConfig:
 
     def __post_init__(self) -> None:
         plain_numbers(self)
+        check_number_types(self)
         for value, allowed, what in [
             (self.task, TASKS, "task"),
             (self.method, METHODS, "method"),
