@@ -108,3 +108,21 @@ def test_numeric_fields_of_another_type_are_named(overrides: dict, message: str)
 def test_every_numeric_field_checks_its_type(name: str) -> None:
     with pytest.raises(DataError, match=f"^{name} must be (an integer|a number|a tuple)"):
         FinetuneConfig(**{name: "1"})
+
+
+def test_practical_eps_that_underflows_names_the_settings_it_came_from() -> None:
+    """The derived eps 1e-6·ε^(L−1) rounded to 0.0 and the error named adam_eps, which the user
+    never gave; init_scale=1e300 was an OverflowError, init_scale="1e-3" a TypeError of **."""
+    with pytest.raises(DataError, match=r"^adam_eps derived from init_scale=1e-200 and depth=3 "
+                                        r"\(the practical preset's 1e-6·init_scale\^\(depth−1\)\) "
+                                        r"underflows to 0; give adam_eps, a larger init_scale"):
+        preset("practical", init_scale=1e-200)
+    with pytest.raises(DataError, match=r"init_scale=0.001 and depth=10000 .* underflows to 0"):
+        preset("practical", depth=10_000)
+    with pytest.raises(DataError, match=r"init_scale=1e\+300 and depth=3 .* overflows; give "
+                                        r"adam_eps or a smaller init_scale"):
+        preset("practical", init_scale=1e300)
+    with pytest.raises(DataError, match=r"^init_scale must be a number, got '1e-3'$"):
+        preset("practical", init_scale="1e-3")
+    assert preset("practical", init_scale=1e-200, adam_eps=1e-9).adam_eps == 1e-9
+    assert preset("paper", init_scale=1e-200).adam_eps == 1e-6  # paper's eps is not derived

@@ -50,3 +50,14 @@ def test_numeric_fields_of_another_type_are_named(overrides: dict, message: str)
 def test_every_numeric_field_checks_its_type(name: str) -> None:
     with pytest.raises(DataError, match=f"^{name} must be (an integer|a number)"):
         NLGConfig(**{name: "1"})
+
+
+def test_cpu_eps_that_underflows_names_the_settings_it_came_from() -> None:
+    """The derived eps 1e-6·ε^(L−1) rounded to 0.0 and the error named adam_eps, which the user
+    never gave; init_scale="1e-3" was a TypeError of **."""
+    with pytest.raises(DataError, match=r"^adam_eps derived from init_scale=1e-200 and depth=3 "
+                                        r"\(the cpu preset's .* underflows to 0"):
+        nlg_preset("cpu", init_scale=1e-200)
+    with pytest.raises(DataError, match=r"^init_scale must be a number, got '1e-3'$"):
+        nlg_preset("cpu", init_scale="1e-3")
+    assert nlg_preset("cpu", init_scale=1e-200, adam_eps=1e-9).adam_eps == 1e-9

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from deeplora.checks import is_integer, is_number
+from deeplora.checks import is_finite_number, is_integer, is_number
 from deeplora.finetune.data import DataError, get_task
 
 METHODS = ("deep-lora", "lora", "lora-hu", "peft-lora", "deep-lora-compressed", "zero-shot")
@@ -209,6 +209,25 @@ def factor_adam_eps(init_scale: float, depth: int, base: float = 1e-6) -> float:
     return base * init_scale ** (depth - 1)
 
 
+def preset_adam_eps(preset: str, init_scale: Any, depth: Any) -> float | None:
+    """:func:`factor_adam_eps`, the eps of ``preset`` (``practical``, ``cpu``) when none is
+    given: ``None`` when ``init_scale`` or ``depth`` is invalid itself (the config names it);
+    :class:`DataError` naming both when the eps is 0 or too large for a float."""
+    if not (is_finite_number(init_scale) and init_scale > 0 and is_integer(depth) and depth >= 1):
+        return None
+    try:
+        eps = factor_adam_eps(init_scale, depth)
+    except OverflowError:
+        eps = math.inf
+    if eps == 0 or math.isinf(eps):
+        raise DataError(
+            f"adam_eps derived from init_scale={init_scale!r} and depth={depth!r} (the {preset} "
+            f"preset's 1e-6·init_scale^(depth−1)) "
+            + ("underflows to 0; give adam_eps, a larger init_scale or a smaller depth"
+               if eps == 0 else "overflows; give adam_eps or a smaller init_scale"))
+    return eps
+
+
 def preset(name: str, **overrides: Any) -> FinetuneConfig:
     """A :class:`FinetuneConfig` for preset ``name`` with ``overrides`` applied."""
     if name not in PRESETS:
@@ -217,9 +236,10 @@ def preset(name: str, **overrides: Any) -> FinetuneConfig:
     base: dict[str, Any] = {"preset": name, "train_head": practical,
                             "pad_to_max_length": not practical,
                             "sampling": "without-replacement" if practical else "authors"}
-    if practical:
+    if practical and "adam_eps" not in overrides:
         defaults = FinetuneConfig()
-        scale = overrides.get("init_scale", defaults.init_scale)
-        depth = overrides.get("depth", defaults.depth)
-        base["adam_eps"] = factor_adam_eps(scale, depth)
+        eps = preset_adam_eps(name, overrides.get("init_scale", defaults.init_scale),
+                              overrides.get("depth", defaults.depth))
+        if eps is not None:
+            base["adam_eps"] = eps
     return FinetuneConfig(**{**base, **overrides})

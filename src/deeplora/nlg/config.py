@@ -26,8 +26,8 @@ from typing import Any
 from deeplora.finetune.config import (
     check_finite_positive,
     check_number_types,
-    factor_adam_eps,
     plain_numbers,
+    preset_adam_eps,
 )
 from deeplora.finetune.data import DataError
 
@@ -144,9 +144,10 @@ def nlg_preset(name: str, **overrides: Any) -> NLGConfig:
     values = {**PRESET_VALUES[name], **{k: v for k, v in overrides.items() if v is not None}}
     if name == "cpu" and "adam_eps" not in values:
         defaults = NLGConfig()
-        scale = values.get("init_scale", defaults.init_scale)
-        depth = values.get("depth", defaults.depth)
-        values["adam_eps"] = factor_adam_eps(scale, depth)
+        eps = preset_adam_eps(name, values.get("init_scale", defaults.init_scale),
+                              values.get("depth", defaults.depth))
+        if eps is not None:
+            values["adam_eps"] = eps
     if values.get("method") == "zero-shot":
         values["steps"] = 0
     return NLGConfig(preset=name, **values)
