@@ -102,11 +102,13 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(seeds))
 
 
-def check_seed(seed: int) -> None:
-    """:class:`~deeplora.finetune.data.DataError` unless ``seed`` is an integer in
+def check_seed(seed: int) -> int:
+    """``seed`` as an ``int`` (numpy's integers are no seed for ``random.seed`` or
+    ``torch.Generator``); :class:`~deeplora.finetune.data.DataError` unless it is an integer in
     [0, :data:`SEED_LIMIT`) (:func:`deeplora.checks.is_seed`)."""
     if not is_seed(seed):
         raise DataError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    return int(seed)
 
 
 def check_jobs(jobs: int) -> None:
