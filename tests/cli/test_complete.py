@@ -20,6 +20,14 @@ def test_complete_json_to_stdout(capsys):
     assert result["recovery_error"] < 1e-2 and result["seconds_to_1e-2"] > 0
 
 
+def test_complete_takes_the_largest_seed(capsys):
+    """--seed 4294967295 (allowed) drew Ω with seed 2**32, which the library refuses: Ω's seed
+    seed + 1 wraps around to 0."""
+    assert main(["complete", "--size", "20", "--rank", "2", "--steps", "1", "--quiet",
+                 "--seed", str(2**32 - 1), "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 1
+
+
 def test_complete_writes_json_and_plot(tmp_path):
     out, png = tmp_path / "sub" / "r.json", tmp_path / "r.png"
     assert main(["complete", "--size", "40", "--cols", "30", "--rank", "2", "--method",

@@ -38,3 +38,17 @@ def test_unknown_ids_fall_back_and_clip() -> None:
     assert out[1] == pytest.approx(np.clip(model.mean_ + model.row_bias_[0], 1, 5))
     with pytest.raises(ValueError, match="duplicate"):
         GlobalMean().fit([0, 0], [1, 1], [1.0, 2.0])
+
+
+@pytest.mark.parametrize("baseline", [SoftImpute, BiasedALS])
+def test_random_state_of_numpy_type_is_used_and_a_bad_one_named(baseline) -> None:
+    """random_state=-1 or 1.5 was numpy's 'expected non-negative integer' / 'SeedSequence
+    expects int'."""
+    rows, cols, values, *_ = _data()
+    fitted = baseline(random_state=np.int64(2)).fit(rows, cols, values)
+    same = baseline(random_state=2).fit(rows, cols, values)
+    np.testing.assert_array_equal(fitted.predict(rows, cols), same.predict(rows, cols))
+    for bad in (-1, 1.5, 2**32, True):
+        with pytest.raises(ValueError, match=rf"random_state must be an integer in "
+                                             rf"\[0, 2\*\*32\), got {bad!r}"):
+            baseline(random_state=bad).fit(rows, cols, values)

@@ -141,6 +141,9 @@ def test_temporal_split_holds_out_each_users_latest_ratings() -> None:
     with pytest.raises(ValueError, match="times"):
         temporal_split(Ratings(users, users, times))
     train, test = random_split(ratings, seed=1)
+    np.testing.assert_array_equal(random_split(ratings, seed=np.int64(1))[1].times, test.times)
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\), got -1"):
+        random_split(ratings, seed=-1)  # was numpy's 'expected non-negative integer'
     assert len(test) == round(0.2 * len(ratings)) and len(train) + len(test) == len(ratings)
     np.testing.assert_array_equal(np.sort(np.concatenate([train.times, test.times])),
                                   np.sort(times))

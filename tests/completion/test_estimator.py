@@ -73,6 +73,9 @@ def test_bad_observations(rows, cols, values, shape, match: str) -> None:
     ({"reg_uniform": 0.5, "feedback": "implicit", "reg": 1.0}, "reg_uniform"),
     ({"feedback": "implicit", "positive_threshold": float("nan")},
      r"^positive_threshold must be a finite number, got nan$"),
+    # 2**32 was taken by torch (numpy's global seeding and the CLI's --seed refuse it)
+    ({"random_state": 2**32}, r"random_state must be an integer in \[0, 2\*\*32\), got 4294967296"),
+    ({"random_state": 1.5}, r"random_state must be an integer in \[0, 2\*\*32\), got 1.5"),
 ])
 def test_bad_params_fail_at_fit(params: dict, match: str) -> None:
     rows, cols, values, *_ = low_rank_ratings()

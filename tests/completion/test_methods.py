@@ -1,6 +1,14 @@
+import numpy as np
 import pytest
+import torch
 
-from deeplora.completion import METHODS, default_settings
+from deeplora.completion import (
+    METHODS,
+    MatrixCompletion,
+    build_model,
+    default_settings,
+    random_low_rank,
+)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -16,3 +24,17 @@ def test_adamw_gets_adams_defaults(method: str) -> None:
 def test_unknown_optimizer_is_refused() -> None:
     with pytest.raises(ValueError, match=r"unknown optimizer 'Adam'; choose one of \['gd', "):
         default_settings("compressed", "Adam")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_build_model_takes_numpy_seeds_and_names_bad_ones(method: str) -> None:
+    """seed=np.int64(1) was a TypeError of torch.Generator.manual_seed, 1.5 its RuntimeError,
+    -1 was taken (as 2**64 - 1)."""
+    problem = MatrixCompletion.random(random_low_rank(12, 10, 2), 0.5)
+    model, _ = build_model(method, problem, rank=2, seed=np.int64(1), dtype=torch.float64)
+    same, _ = build_model(method, problem, rank=2, seed=1, dtype=torch.float64)
+    torch.testing.assert_close(model.product(), same.product())
+    for bad in (1.5, -1, 2**32, True):
+        with pytest.raises(ValueError, match=rf"seed must be an integer in \[0, 2\*\*32\), "
+                                             rf"got {bad!r}"):
+            build_model(method, problem, rank=2, seed=bad)

@@ -142,3 +142,31 @@ def test_numpy_integer_and_float_sizes_are_accepted():
         random_low_rank(10, 8, True)
     with pytest.raises(ValueError, match="measurements must be an integer >= 1, got True"):
         MatrixSensing(target, True)
+
+
+
+def test_seeds_of_numpy_integer_type_draw_as_ints():
+    """seed=np.int64(1) was a TypeError of torch.Generator.manual_seed ('an integer is
+    required')."""
+    target = random_low_rank(10, 8, 2, seed=np.int64(1))
+    torch.testing.assert_close(target.dense(), random_low_rank(10, 8, 2, seed=1).dense())
+    torch.testing.assert_close(random_entries(10, 8, 0.5, seed=np.int64(1)),
+                               random_entries(10, 8, 0.5, seed=1))
+    torch.testing.assert_close(MatrixSensing(target, 5, seed=np.int64(1)).operator,
+                               MatrixSensing(target, 5, seed=1).operator)
+
+
+@pytest.mark.parametrize("bad", [1.5, -1, 2**32, True])
+def test_bad_seeds_are_named(bad):
+    """1.5 was torch's RuntimeError 'manual_seed expected a long', -1 was taken (as
+    2**64 - 1)."""
+    target = random_low_rank(10, 8, 2)
+    message = rf"seed must be an integer in \[0, 2\*\*32\), got {bad!r}"
+    with pytest.raises(ValueError, match=message):
+        random_low_rank(10, 8, 2, seed=bad)
+    with pytest.raises(ValueError, match=message):
+        random_entries(10, 8, 0.5, seed=bad)
+    with pytest.raises(ValueError, match=message):
+        MatrixCompletion.random(target, 0.5, seed=bad)
+    with pytest.raises(ValueError, match=message):
+        MatrixSensing(target, 5, seed=bad)

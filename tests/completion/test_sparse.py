@@ -216,6 +216,24 @@ def test_compressed_factorization_rejects_bad_rank() -> None:
         compressed_factorization(index, torch.ones(2), rank=2)
 
 
+def test_sparse_seeds_of_numpy_type_are_used_and_bad_ones_named() -> None:
+    """random_observations(seed=np.int64(1)) was a TypeError of torch.Generator.manual_seed,
+    seed=-1 in compressed_factorization numpy's 'expected non-negative integer'."""
+    torch.testing.assert_close(random_observations(8, 6, 20, seed=np.int64(1)),
+                               random_observations(8, 6, 20, seed=1))
+    index = ObservedIndex(*random_observations(8, 6, 20, seed=0), (8, 6))
+    values = torch.linspace(-1, 1, 20, dtype=torch.float64)
+    torch.testing.assert_close(
+        compressed_factorization(index, values, 2, seed=np.int64(3)).product(),
+        compressed_factorization(index, values, 2, seed=3).product())
+    for bad in (1.5, -1, 2**32, True):
+        message = rf"seed must be an integer in \[0, 2\*\*32\), got {bad!r}"
+        with pytest.raises(ValueError, match=message):
+            random_observations(8, 6, 20, seed=bad)
+        with pytest.raises(ValueError, match=message):
+            compressed_factorization(index, values, 2, seed=bad)
+
+
 def test_random_observations_distinct_sorted_and_excluding() -> None:
     rows, cols = random_observations(50, 40, 300, seed=0)
     flat = rows * 40 + cols

@@ -81,3 +81,48 @@ def test_numpy_numbers_become_python_numbers_and_keep_the_key() -> None:
     assert given == plain and given.key() == plain.key()
     assert type(given.rank) is int and type(given.lr) is float
     assert type(given.snapshot_steps[0]) is int
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"rank": 2.5}, "rank must be an integer, got 2.5"),  # was accepted (key …-r2.5-…)
+    ({"rank": "8"}, "rank must be an integer, got '8'"),  # was a TypeError of '<'
+    ({"steps": 10.0}, "steps must be an integer, got 10.0"),
+    ({"samples": "all"}, r"samples must be an integer \(or None\), got 'all'"),
+    ({"dev_samples": 1.5}, r"dev_samples must be an integer \(or None\), got 1.5"),
+    ({"singular_values": True}, r"singular_values must be an integer \(or None\), got True"),
+    ({"snapshot_steps": (0, 2.5)}, r"snapshot_steps must be a tuple of integers, got \(0, 2.5\)"),
+    ({"lr": "1e-4"}, "lr must be a number, got '1e-4'"),
+    ({"decay_ratio": None}, "decay_ratio must be a number, got None"),
+    ({"lr_outer_ratio": True}, "lr_outer_ratio must be a number, got True"),
+])
+def test_numeric_fields_of_another_type_are_named(overrides: dict, message: str) -> None:
+    with pytest.raises(DataError, match=f"^{message}$"):
+        preset("practical", **overrides)
+
+
+
+@pytest.mark.parametrize("name", [
+    "rank", "depth", "init_scale", "samples", "steps", "lr", "lr_outer_ratio", "decay_ratio",
+    "batch_size", "eval_batch_size", "max_length", "eval_every", "dev_samples",
+    "snapshot_steps", "adam_eps", "subspace_rank", "heldout_samples", "singular_values"])
+def test_every_numeric_field_checks_its_type(name: str) -> None:
+    with pytest.raises(DataError, match=f"^{name} must be (an integer|a number|a tuple)"):
+        FinetuneConfig(**{name: "1"})
+
+
+def test_practical_eps_that_underflows_names_the_settings_it_came_from() -> None:
+    """The derived eps 1e-6·ε^(L−1) rounded to 0.0 and the error named adam_eps, which the user
+    never gave; init_scale=1e300 was an OverflowError, init_scale="1e-3" a TypeError of **."""
+    with pytest.raises(DataError, match=r"^adam_eps derived from init_scale=1e-200 and depth=3 "
+                                        r"\(the practical preset's 1e-6·init_scale\^\(depth−1\)\) "
+                                        r"underflows to 0; give adam_eps, a larger init_scale"):
+        preset("practical", init_scale=1e-200)
+    with pytest.raises(DataError, match=r"init_scale=0.001 and depth=10000 .* underflows to 0"):
+        preset("practical", depth=10_000)
+    with pytest.raises(DataError, match=r"init_scale=1e\+300 and depth=3 .* overflows; give "
+                                        r"adam_eps or a smaller init_scale"):
+        preset("practical", init_scale=1e300)
+    with pytest.raises(DataError, match=r"^init_scale must be a number, got '1e-3'$"):
+        preset("practical", init_scale="1e-3")
+    assert preset("practical", init_scale=1e-200, adam_eps=1e-9).adam_eps == 1e-9
+    assert preset("paper", init_scale=1e-200).adam_eps == 1e-6  # paper's eps is not derived

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from deeplora.finetune.sweep import check_jobs, parse_seeds
+from deeplora.finetune.data import DataError
+from deeplora.finetune.sweep import check_jobs, check_seed, parse_seeds
 
 
 def test_parse_seeds() -> None:
@@ -19,3 +21,10 @@ def test_parse_seeds() -> None:
     check_jobs(1)
     with pytest.raises(ValueError, match="--jobs must be >= 1, got 0"):
         check_jobs(0)
+
+
+def test_check_seed_refuses_a_bool() -> None:
+    """seed=True was taken as seed 1 (a bool is a numbers.Integral)."""
+    check_seed(np.int64(3))
+    with pytest.raises(DataError, match=r"seed must be an integer in \[0, 2\*\*32\), got True"):
+        check_seed(True)

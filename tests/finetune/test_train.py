@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from deeplora.finetune.config import preset
@@ -151,3 +152,12 @@ def test_prepared_held_out_rows_are_never_trained_on_nor_tested(split_glue: Path
         assert not texts(prepared.heldout) & texts(prepared.train)
         assert not texts(prepared.heldout) & texts(prepared.dev)
     assert Prepared(preset("practical", task="stsb"), 0, split_glue).heldout is None
+
+
+def test_seed_of_numpy_type_is_the_same_run(stsb_run, glue_dir: Path) -> None:
+    """run_finetune(config, np.int64(3)) passed the seed check, then was a TypeError of
+    random.seed ('The only supported seed types are …')."""
+    config, first, _ = stsb_run
+    result = run_finetune(config, np.int64(3), glue_dir, progress=False)
+    assert type(result["seed"]) is int and result["seed"] == 3
+    assert result["train_loss"] == pytest.approx(first["train_loss"], rel=1e-5)

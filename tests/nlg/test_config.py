@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from deeplora.finetune.data import DataError
-from deeplora.nlg.config import nlg_preset
+from deeplora.nlg.config import NLGConfig, nlg_preset
 
 
 def test_fields_added_later_keep_the_keys_of_published_runs() -> None:
@@ -29,3 +29,35 @@ def test_numpy_numbers_keep_the_key() -> None:
     given = nlg_preset("cpu", rank=np.int64(4), lr=np.float32(0.5))
     assert given.key() == nlg_preset("cpu", rank=4, lr=0.5).key()
     assert type(given.rank) is int and type(given.lr) is float
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"rank": 2.5}, "rank must be an integer, got 2.5"),  # was accepted (key …-r2.5-…)
+    ({"rank": "8"}, "rank must be an integer, got '8'"),  # was a TypeError of '<'
+    ({"test_mrs": 24.0}, r"test_mrs must be an integer \(or None\), got 24.0"),
+    ({"num_beams": True}, "num_beams must be an integer, got True"),
+    ({"lr": "1e-3"}, "lr must be a number, got '1e-3'"),
+])
+def test_numeric_fields_of_another_type_are_named(overrides: dict, message: str) -> None:
+    with pytest.raises(DataError, match=f"^{message}$"):
+        nlg_preset("cpu", **overrides)
+
+
+@pytest.mark.parametrize("name", [
+    "rank", "depth", "init_scale", "samples", "steps", "lr", "batch_size", "eval_batch_size",
+    "max_input_length", "max_output_length", "num_beams", "test_mrs", "adam_eps", "eval_every",
+    "dev_mrs"])
+def test_every_numeric_field_checks_its_type(name: str) -> None:
+    with pytest.raises(DataError, match=f"^{name} must be (an integer|a number)"):
+        NLGConfig(**{name: "1"})
+
+
+def test_cpu_eps_that_underflows_names_the_settings_it_came_from() -> None:
+    """The derived eps 1e-6·ε^(L−1) rounded to 0.0 and the error named adam_eps, which the user
+    never gave; init_scale="1e-3" was a TypeError of **."""
+    with pytest.raises(DataError, match=r"^adam_eps derived from init_scale=1e-200 and depth=3 "
+                                        r"\(the cpu preset's .* underflows to 0"):
+        nlg_preset("cpu", init_scale=1e-200)
+    with pytest.raises(DataError, match=r"^init_scale must be a number, got '1e-3'$"):
+        nlg_preset("cpu", init_scale="1e-3")
+    assert nlg_preset("cpu", init_scale=1e-200, adam_eps=1e-9).adam_eps == 1e-9

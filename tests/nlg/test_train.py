@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,3 +143,12 @@ def test_checkpointed_run_generates_only_where_scored(model_dir: Path, e2e_dir: 
     assert set(entry["metrics"]) >= {"bleu", "rougeL"} and len(entry["predictions"]) == 3
     saved = json.loads(result_path(tmp_path, config, 0).read_text())
     assert [bool(e["metrics"]) for e in saved["history"]] == [False, True, False, False]
+
+
+def test_seed_of_numpy_type_is_the_same_run(model_dir: Path, e2e_dir: Path) -> None:
+    """run_nlg(config, np.int64(0)) passed the seed check, then was a TypeError of
+    random.seed ('The only supported seed types are …')."""
+    config = _config(model_dir, method="lora", steps=1)
+    result = run_nlg(config, np.int64(0), e2e_dir, progress=False)
+    assert type(result["seed"]) is int
+    assert result["train_loss"] == run_nlg(config, 0, e2e_dir, progress=False)["train_loss"]

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deeplora.checks import SEED_LIMIT
 from deeplora.cli import (
     HelpFormatter,
     add_ratings_file_arguments,
@@ -234,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads or args.method != "original":
         torch.set_num_threads(args.threads or 1)
     target = random_low_rank(args.size, cols, args.rank, seed=args.seed)
-    problem = MatrixCompletion.random(target, args.observed, seed=args.seed + 1)
+    problem = MatrixCompletion.random(target, args.observed, seed=(args.seed + 1) % SEED_LIMIT)
     model, build_seconds = build_model(args.method, problem, args.depth, rank_hat,
                                        args.init_scale, args.seed, DTYPES[args.dtype])
     with warnings.catch_warnings():  # divergence is reported below, once

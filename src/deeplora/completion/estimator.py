@@ -33,7 +33,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 
-from deeplora.checks import check_integer, is_finite_number
+from deeplora.checks import check_integer, check_seed, is_finite_number
 from deeplora.completion.data import IdIndex, _lookup, ratings_from_frame
 from deeplora.completion.distributed import DataParallel, check_process_group, local_cuda_index
 from deeplora.completion.implicit import check_confidences, check_positives, positives
@@ -105,7 +105,8 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
         unknown: at predict time, a row id >= m or column id >= n is unknown. ``"bias"``: predict
             μ plus the known side's bias (X's term is 0); ``"raise"``: error.
         dtype: ``"float32"`` or ``"float64"``.
-        random_state: seeds the split, the batches and the initialization.
+        random_state: seeds the split, the batches and the initialization; an integer in
+            [0, 2**32).
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
             Parameters and the observed index live there; the compressed model's construction
             (a sparse SVD) runs on the CPU first.
@@ -242,7 +243,7 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
         integer("max_steps", 0)
         integer("patience", 1)
         integer("eval_every", 1)
-        integer("random_state", 0)
+        check_seed("random_state", self.random_state)
         if self.batch_size is not None:
             integer("batch_size", 1)
         number("init_scale", 0, strict=True)

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from deeplora.checks import is_integer
+from deeplora.checks import check_seed, is_integer
 from deeplora.completion.problems import (
     MatrixCompletion,
     Problem,
@@ -149,7 +149,7 @@ def build_model(
     if not (is_integer(rank) and rank >= 1 and 2 * rank <= min(m, n)):
         raise ValueError(f"rank must be an integer with 1 <= rank and 2*rank <= min(m, n) = "
                          f"{min(m, n)}, got {rank!r}")
-    rank = int(rank)
+    rank, seed = int(rank), check_seed("seed", seed)
     check_dtype(dtype)
     check_fits(model_bytes(method, (m, n), depth, rank, torch.finfo(dtype).bits // 8),
                f"the {method} model of a {m}×{n} matrix (depth {depth})",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from deeplora.checks import check_integer, is_finite_number, is_integer
+from deeplora.checks import check_integer, check_seed, is_finite_number, is_integer
 from deeplora.completion.observations import as_index
 from deeplora.factorization import DeepFactorization
 from deeplora.factorization.sampled import ObservedIndex, squared_loss_and_grads
@@ -93,7 +93,7 @@ def random_low_rank(
     m×n matrix of i.i.d. N(0, 1) entries (top singular values ≈ √m + √n). Otherwise
     ``P diag(σ) Qᵀ`` with Haar-random orthonormal P (m×r), Q (n×r) and the given σ.
     """
-    rank = _check_rank(rows, cols, rank)
+    rank, seed = _check_rank(rows, cols, rank), check_seed("seed", seed)
     gen = torch.Generator().manual_seed(seed)
     if singular_values is None:
         check_fits(dense_target_bytes(rows, cols),
@@ -119,6 +119,7 @@ def random_entries(
     """Ω: a uniformly random set of ``round(fraction·m·n)`` distinct entries, as (rows, cols)."""
     if not (is_finite_number(fraction) and 0 < fraction <= 1):
         raise ValueError(f"observed fraction must be in (0, 1], got {fraction!r}")
+    seed = check_seed("seed", seed)
     count = max(1, round(fraction * rows * cols))
     check_fits(random_entries_bytes(rows, cols, fraction),
                f"sampling {count:,} of {rows}×{cols} entries")
@@ -275,6 +276,7 @@ class MatrixSensing(Problem):
     def __init__(self, target: LowRankMatrix, measurements: int, seed: int = 0) -> None:
         m, n = target.shape
         measurements = check_integer("measurements", measurements, 1)
+        seed = check_seed("seed", seed)
         gen = torch.Generator().manual_seed(seed)
         self.target = target
         self.operator = torch.randn(measurements, m * n, dtype=torch.float64, generator=gen)

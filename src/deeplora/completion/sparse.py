@@ -18,7 +18,7 @@ import scipy.fft
 import torch
 from torch import Tensor
 
-from deeplora.checks import check_integer, is_integer
+from deeplora.checks import check_integer, check_seed, is_integer
 from deeplora.factorization import DeepFactorization
 from deeplora.factorization.compress import compressed_bases
 from deeplora.factorization.init import check_scale
@@ -106,6 +106,7 @@ def compressed_factorization(
         raise ValueError(f"rank must be an integer with 1 <= rank and 2*rank <= min(m, n) = "
                          f"{min(m, n)}, got {rank!r}")
     rank, depth = int(rank), check_integer("depth", depth, 2)
+    seed = check_seed("seed", seed)
     values = torch.as_tensor(values).double()
     if values.shape != (index.nnz,) or index.nnz == 0:
         raise ValueError(f"need {index.nnz} > 0 values, got shape {tuple(values.shape)}")
@@ -138,7 +139,7 @@ def random_observations(rows: int, cols: int, count: int, seed: int = 0,
             raise ValueError(f"exclude must hold flat indices in [0, {rows * cols}), got "
                              f"{int(exclude[0])} to {int(exclude[-1])}")
     total = rows * cols - (0 if exclude is None else exclude.numel())
-    count = check_integer("count", count, 1, total)
+    count, seed = check_integer("count", count, 1, total), check_seed("seed", seed)
     gen = torch.Generator().manual_seed(seed)
     if exclude is None and 2 * count > total:  # dense sample: a permutation is cheaper
         flat = torch.randperm(total, generator=gen)[:count].sort().values

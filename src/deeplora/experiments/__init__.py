@@ -22,17 +22,19 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
+from deeplora.checks import is_seed
+
 Runner = Callable[[argparse.Namespace, Path], Any]
 
 
 def random_seed(text: str) -> int:
-    """argparse ``type`` of a seed option: an integer in [0, 2**32) (NumPy's and
-    scikit-learn's range), else an error naming the option."""
+    """argparse ``type`` of a seed option: an integer in [0, 2**32)
+    (:func:`deeplora.checks.is_seed`), else an error naming the option."""
     try:
         value = int(text)
     except ValueError:
         value = -1
-    if not 0 <= value < 2**32:
+    if not is_seed(value):
         raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text!r}")
     return value
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deeplora.checks import SEED_LIMIT
 from deeplora.completion import (
     METHODS,
     History,
@@ -164,7 +165,7 @@ def dmc_efficiency(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         raise ValueError(f"need ranks r̂ >= 1 with 2 r̂ <= size = {size}, rank >= 1 and "
                          f"max-steps >= 1, got ranks {ranks}, rank {rank}")
     target = random_low_rank(size, size, rank, seed=args.seed)
-    problem = MatrixCompletion.random(target, observed, seed=args.seed + 1)
+    problem = MatrixCompletion.random(target, observed, seed=(args.seed + 1) % SEED_LIMIT)
     tol = train_loss_tol(tol_authors, problem.observed_fraction)
     gd: dict[str, dict[str, Any]] = {"compressed": {}, "narrow": {}}
     title = (f"GD (the paper's setting): {size}×{size}, rank {rank}, {observed:.0%} observed, "

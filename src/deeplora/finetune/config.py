@@ -19,9 +19,11 @@ import hashlib
 import json
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from deeplora.checks import is_finite_number, is_integer, is_number
 from deeplora.finetune.data import DataError, get_task
 
 METHODS = ("deep-lora", "lora", "lora-hu", "peft-lora", "deep-lora-compressed", "zero-shot")
@@ -82,6 +84,7 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         plain_numbers(self)
+        check_number_types(self)
         get_task(self.task)
         for value, allowed, what in [
             (self.method, METHODS, "method"),
@@ -156,6 +159,31 @@ def plain_numbers(config: Any) -> None:
         object.__setattr__(config, name, plain(getattr(config, name)))
 
 
+NUMBER_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "int": ("an integer", is_integer),
+    "float": ("a number", is_number),
+    "tuple[int, ...]": ("a tuple of integers",
+                        lambda value: isinstance(value, tuple) and all(map(is_integer, value))),
+}
+"""The numeric field annotations of the configs: what a value must be, and its test."""
+
+
+def check_number_types(config: Any) -> None:
+    """:class:`DataError` naming the first field of ``config`` (a frozen dataclass) annotated
+    with a type of :data:`NUMBER_TYPES` (``| None`` allowing ``None``) whose value is not of it:
+    ``rank=2.5`` or ``rank="8"``, which the range checks that follow took or failed on with a
+    ``TypeError``. Integers and numbers of numpy's types pass (``bool`` not)."""
+    for field in dataclasses.fields(config):
+        annotation = str(field.type)
+        optional = annotation.endswith(" | None")
+        kind = NUMBER_TYPES.get(annotation.removesuffix(" | None"))
+        value = getattr(config, field.name)
+        if kind is None or (optional and value is None) or kind[1](value):
+            continue
+        allowed = f"{kind[0]} (or None)" if optional else kind[0]
+        raise DataError(f"{field.name} must be {allowed}, got {value!r}")
+
+
 def check_finite_positive(config: Any, *names: str) -> None:
     """:class:`DataError` naming the first of the fields ``names`` of ``config`` that is not a
     finite number > 0."""
@@ -182,6 +210,25 @@ def factor_adam_eps(init_scale: float, depth: int, base: float = 1e-6) -> float:
     return base * init_scale ** (depth - 1)
 
 
+def preset_adam_eps(preset: str, init_scale: Any, depth: Any) -> float | None:
+    """:func:`factor_adam_eps`, the eps of ``preset`` (``practical``, ``cpu``) when none is
+    given: ``None`` when ``init_scale`` or ``depth`` is invalid itself (the config names it);
+    :class:`DataError` naming both when the eps is 0 or too large for a float."""
+    if not (is_finite_number(init_scale) and init_scale > 0 and is_integer(depth) and depth >= 1):
+        return None
+    try:
+        eps = factor_adam_eps(init_scale, depth)
+    except OverflowError:
+        eps = math.inf
+    if eps == 0 or math.isinf(eps):
+        raise DataError(
+            f"adam_eps derived from init_scale={init_scale!r} and depth={depth!r} (the {preset} "
+            f"preset's 1e-6·init_scale^(depth−1)) "
+            + ("underflows to 0; give adam_eps, a larger init_scale or a smaller depth"
+               if eps == 0 else "overflows; give adam_eps or a smaller init_scale"))
+    return eps
+
+
 def preset(name: str, **overrides: Any) -> FinetuneConfig:
     """A :class:`FinetuneConfig` for preset ``name`` with ``overrides`` applied."""
     if name not in PRESETS:
@@ -190,9 +237,10 @@ def preset(name: str, **overrides: Any) -> FinetuneConfig:
     base: dict[str, Any] = {"preset": name, "train_head": practical,
                             "pad_to_max_length": not practical,
                             "sampling": "without-replacement" if practical else "authors"}
-    if practical:
+    if practical and "adam_eps" not in overrides:
         defaults = FinetuneConfig()
-        scale = overrides.get("init_scale", defaults.init_scale)
-        depth = overrides.get("depth", defaults.depth)
-        base["adam_eps"] = factor_adam_eps(scale, depth)
+        eps = preset_adam_eps(name, overrides.get("init_scale", defaults.init_scale),
+                              overrides.get("depth", defaults.depth))
+        if eps is not None:
+            base["adam_eps"] = eps
     return FinetuneConfig(**{**base, **overrides})

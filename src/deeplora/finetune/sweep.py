@@ -7,12 +7,12 @@ themselves are in :mod:`deeplora.finetune.runs`, the tables in :mod:`deeplora.fi
 
 from __future__ import annotations
 
-import numbers
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from deeplora.checks import SEED_LIMIT, is_seed
 from deeplora.finetune.config import FinetuneConfig, padding_override, preset
 from deeplora.finetune.data import DataError
 
@@ -73,9 +73,6 @@ def zero_shot_cell(options: Options, task: str = "stsb", head: str = "bi", **ove
     return Cell(config, (0,), {"method": "zero-shot", "head": head})
 
 
-SEED_LIMIT = 2**32
-"""Seeds must lie in [0, 2**32): numpy's global seeding (``accelerate.utils.set_seed``) takes
-no larger one."""
 MAX_SEEDS = 10_000
 """The most seeds one sweep accepts (a typo such as ``0-99999`` is refused, not run)."""
 SEED_PART = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
@@ -105,11 +102,13 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(seeds))
 
 
-def check_seed(seed: int) -> None:
-    """:class:`~deeplora.finetune.data.DataError` unless ``seed`` is an integer in
-    [0, :data:`SEED_LIMIT`) (numpy's global seeding takes no other)."""
-    if not (isinstance(seed, numbers.Integral) and 0 <= seed < SEED_LIMIT):
+def check_seed(seed: int) -> int:
+    """``seed`` as an ``int`` (numpy's integers are no seed for ``random.seed`` or
+    ``torch.Generator``); :class:`~deeplora.finetune.data.DataError` unless it is an integer in
+    [0, :data:`SEED_LIMIT`) (:func:`deeplora.checks.is_seed`)."""
+    if not is_seed(seed):
         raise DataError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    return int(seed)
 
 
 def check_jobs(jobs: int) -> None:

@@ -242,6 +242,7 @@ def measure_costs(config: FinetuneConfig, seed: int,
     training step (``None`` if it
     does not train) and one dev row (one evaluation batch of ``eval_batch_size`` rows, per
     row). Trains a throwaway model; writes nothing."""
+    seed = check_seed(seed)
     start = time.perf_counter()
     prepared = Prepared(config, seed, data_dir)
     dev = prepared.dev.select(range(min(config.eval_batch_size, len(prepared.dev))))
@@ -290,6 +291,7 @@ def run_finetune(
     ``status`` is ``"finished"``, or ``"diverged"`` when the training loss became non-finite:
     training stops at that step (``diverged_at_step``), ``metrics`` and ``layers`` are empty.
     """
+    seed = check_seed(seed)
     start = time.perf_counter()
     prepared = prepared or Prepared(config, seed, data_dir)
     model, collate, train_loader, dev_loader = _setup(config, prepared, seed, prepared.dev)

@@ -23,7 +23,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from deeplora.finetune.config import check_finite_positive, factor_adam_eps, plain_numbers
+from deeplora.finetune.config import (
+    check_finite_positive,
+    check_number_types,
+    plain_numbers,
+    preset_adam_eps,
+)
 from deeplora.finetune.data import DataError
 
 TASKS = ("e2e",)
@@ -70,6 +75,7 @@ class NLGConfig:
 
     def __post_init__(self) -> None:
         plain_numbers(self)
+        check_number_types(self)
         for value, allowed, what in [
             (self.task, TASKS, "task"),
             (self.method, METHODS, "method"),
@@ -139,9 +145,10 @@ def nlg_preset(name: str, **overrides: Any) -> NLGConfig:
     values = {**PRESET_VALUES[name], **{k: v for k, v in overrides.items() if v is not None}}
     if name == "cpu" and "adam_eps" not in values:
         defaults = NLGConfig()
-        scale = values.get("init_scale", defaults.init_scale)
-        depth = values.get("depth", defaults.depth)
-        values["adam_eps"] = factor_adam_eps(scale, depth)
+        eps = preset_adam_eps(name, values.get("init_scale", defaults.init_scale),
+                              values.get("depth", defaults.depth))
+        if eps is not None:
+            values["adam_eps"] = eps
     if values.get("method") == "zero-shot":
         values["steps"] = 0
     return NLGConfig(preset=name, **values)

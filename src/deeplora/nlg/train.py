@@ -99,6 +99,7 @@ def run_nlg(config: NLGConfig, seed: int, data_dir: str | os.PathLike[str] | Non
     """
     from deeplora.finetune.train import device_name, library_versions
 
+    seed = check_seed(seed)
     start = time.perf_counter()
     prepared = prepared or PreparedNLG(config, seed, data_dir)
     model, formatter = _setup(config, prepared, seed)
@@ -206,6 +207,7 @@ def score_checkpoint(config: NLGConfig, seed: int, step: int, out: str | os.Path
     """Generate for the test MRs with run (``config``, ``seed``)'s adapters at ``step`` (its
     checkpoint under ``out``, merged) and write ``metrics``, ``predictions`` and
     ``generate_seconds`` into that step's ``history`` entry of its result file; the entry."""
+    seed = check_seed(seed)
     path = result_path(out, config, seed)
     result = json.loads(path.read_text())
     entry = next(e for e in result["history"] if e["step"] == step)
@@ -296,6 +298,7 @@ def measure_nlg_costs(config: NLGConfig, seed: int,
     split. Trains a throwaway model; writes nothing."""
     from deeplora.finetune.train import device_name
 
+    seed = check_seed(seed)
     start = time.perf_counter()
     prepared = PreparedNLG(config, seed, data_dir)
     model, formatter = _setup(config, prepared, seed)
