@@ -259,3 +259,16 @@ def test_surprise_wrapper_predicts_as_surprise(algorithm: str, params: dict, cli
     np.testing.assert_allclose(model.predict(q_rows, q_cols), expected, atol=1e-12)
     low, high = clip or (values.min(), values.max())
     assert np.all((model.predict(q_rows, q_cols) >= low) & (model.predict(q_rows, q_cols) <= high))
+
+
+def test_unregularized_biases_of_unrated_indices_are_zero() -> None:
+    """reg=0 with a row and a column of the shape never rated gave them 0/0 = NaN biases (and
+    NaN predictions); their bias is 0 and the others are the least-squares fit."""
+    rows, cols, values, _ = _noisy()
+    model = Biases(reg=0.0, iterations=300).fit(rows, cols, values, shape=(31, 26))
+    assert model.row_bias_[30] == model.col_bias_[25] == 0.0
+    assert np.all(np.isfinite(model.predict([30, 0, 30], [0, 25, 25])))
+    residual = values - model.predict(rows, cols)
+    # Least squares: the residual of every row and column sums to zero.
+    np.testing.assert_allclose(np.bincount(rows, weights=residual), 0.0, atol=1e-8)
+    np.testing.assert_allclose(np.bincount(cols, weights=residual), 0.0, atol=1e-8)

@@ -75,8 +75,9 @@ def _biases(rows: np.ndarray, cols: np.ndarray, residual: np.ndarray, shape: tup
             reg: float, iterations: int) -> tuple[np.ndarray, np.ndarray]:
     """argmin Σ (r − b_u − c_i)² + reg (‖b‖² + ‖c‖²) by alternating exact updates."""
     m, n = shape
-    row_count = np.bincount(rows, minlength=m) + reg
-    col_count = np.bincount(cols, minlength=n) + reg
+    # An index with no rating has a zero sum: at least 1 keeps its bias 0 when reg = 0.
+    row_count = np.maximum(np.bincount(rows, minlength=m), 1) + reg
+    col_count = np.maximum(np.bincount(cols, minlength=n), 1) + reg
     b, c = np.zeros(m), np.zeros(n)
     for _ in range(iterations):
         c = np.bincount(cols, weights=residual - b[rows], minlength=n) / col_count
