@@ -272,3 +272,25 @@ def test_unregularized_biases_of_unrated_indices_are_zero() -> None:
     # Least squares: the residual of every row and column sums to zero.
     np.testing.assert_allclose(np.bincount(rows, weights=residual), 0.0, atol=1e-8)
     np.testing.assert_allclose(np.bincount(cols, weights=residual), 0.0, atol=1e-8)
+
+
+@pytest.mark.parametrize("make", [GlobalMean, lambda **kw: Biases(reg=1.0, **kw),
+                                  lambda **kw: SoftImpute(max_rank=5, n_lambdas=4, **kw),
+                                  lambda **kw: BiasedALS(rank=2, **kw)])
+def test_every_baseline_falls_back_clips_and_refuses_duplicates(make) -> None:
+    """An unknown row, column or both gets μ plus the known side's bias (no interaction); a
+    known pair μ + b + c + interaction; all clipped; a duplicate (row, col) pair is refused."""
+    rows, cols, values, _ = _noisy()
+    model = make(clip=(2.0, 4.5)).fit(rows, cols, values, shape=(30, 25))
+    free = make().fit(rows, cols, values, shape=(30, 25))
+    out = free.predict([30, 0, 30, 3], [0, 25, 25, 4])
+    expected = free.mean_ + np.array([free.col_bias_[0], free.row_bias_[0], 0.0,
+                                      free.row_bias_[3] + free.col_bias_[4]])
+    np.testing.assert_allclose(out[:3], expected[:3], atol=1e-12)
+    interaction = free._interaction(np.array([3]), np.array([4]))[0]
+    assert out[3] == pytest.approx(expected[3] + interaction, abs=1e-12)
+    everything = np.nonzero(np.ones((31, 26), bool))
+    np.testing.assert_allclose(model.predict(*everything),
+                               np.clip(free.predict(*everything), 2.0, 4.5), atol=1e-12)
+    with pytest.raises(ValueError, match="1 duplicate"):
+        make().fit(np.r_[rows, rows[0]], np.r_[cols, cols[0]], np.r_[values, 1.0])
