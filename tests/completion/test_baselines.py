@@ -274,6 +274,71 @@ def test_unregularized_biases_of_unrated_indices_are_zero() -> None:
     np.testing.assert_allclose(np.bincount(cols, weights=residual), 0.0, atol=1e-8)
 
 
+@pytest.mark.parametrize("make,message", [
+    (lambda: Biases(reg=-1.0), "reg must be a finite number >= 0, got -1.0"),
+    (lambda: Biases(reg=float("nan")), "reg must be a finite number >= 0, got nan"),
+    (lambda: Biases(iterations=0), "iterations must be an integer >= 1, got 0"),
+    (lambda: Biases(iterations=2.5), "iterations must be an integer >= 1, got 2.5"),
+    (lambda: SoftImpute(max_rank=0), "max_rank must be an integer >= 1, got 0"),
+    (lambda: SoftImpute(n_lambdas=0), "n_lambdas must be an integer >= 1, got 0"),
+    (lambda: SoftImpute(lambda_min_ratio=0.0),
+     r"lambda_min_ratio must be a finite number in \(0, 1\], got 0.0"),
+    (lambda: SoftImpute(lambda_min_ratio=2.0),
+     r"lambda_min_ratio must be a finite number in \(0, 1\], got 2.0"),
+    (lambda: SoftImpute(iterations=0), "iterations must be an integer >= 1, got 0"),
+    (lambda: SoftImpute(tol=-1e-4), "tol must be a finite number >= 0, got -0.0001"),
+    (lambda: SoftImpute(validation_fraction=0.0),
+     r"validation_fraction must be a finite number in \(0, 1\), got 0.0"),
+    (lambda: SoftImpute(validation_fraction=1.0),
+     r"validation_fraction must be a finite number in \(0, 1\), got 1.0"),
+    (lambda: SoftImpute(bias_reg=-5.0), "bias_reg must be a finite number >= 0, got -5.0"),
+    (lambda: SoftImpute(random_state=-1), "random_state must be an integer >= 0, got -1"),
+    (lambda: BiasedALS(rank=0), "rank must be an integer >= 1, got 0"),
+    (lambda: BiasedALS(rank=-1), "rank must be an integer >= 1, got -1"),
+    (lambda: BiasedALS(reg=0.0), "reg must be a finite number > 0, got 0.0"),
+    (lambda: BiasedALS(reg=-0.1), "reg must be a finite number > 0, got -0.1"),
+    (lambda: BiasedALS(iterations=0), "iterations must be an integer >= 1, got 0"),
+    (lambda: BiasedALS(random_state=None), "random_state must be an integer >= 0, got None"),
+    (lambda: GlobalMean(clip=(5.0, 1.0)),
+     r"clip must be None or \(low, high\) with low < high, got \(5.0, 1.0\)"),
+    (lambda: Biases(clip=(10.0, 20.0)), r"clip \(10, 20\) does not overlap the ratings' range"),
+    (lambda: BiasedALS(clip=(1.0, float("inf"))), "clip must be None or"),
+])
+def test_bad_parameters_raise_naming_them(make, message: str) -> None:
+    """They were accepted: silent garbage (reg=-1, iterations=0, rank=0, validation_fraction=0
+    fitting λ_max, a reversed or missing clip mapping every prediction to one value) or an
+    error from deep inside NumPy/ARPACK naming no parameter. Checked before anything is set."""
+    rows, cols, values, _ = _noisy()
+    model = make()
+    with pytest.raises(ValueError, match=message):
+        model.fit(rows, cols, values)
+    assert not hasattr(model, "shape_")
+
+
+def test_soft_impute_refuses_an_empty_validation_or_training_part() -> None:
+    """Three ratings at validation_fraction=0.01 drew no validation rating: every λ scored NaN
+    and λ_max (a zero interaction) was kept without a word; at 0.99 no training rating (an
+    ARPACK error)."""
+    with pytest.raises(ValueError, match=r"validation_fraction=0\.01 leaves 0 of the 3 ratings"):
+        SoftImpute(validation_fraction=0.01).fit([0, 1, 1], [1, 0, 1], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match=r"validation_fraction=0\.99 leaves 3 of the 3 ratings"):
+        SoftImpute(validation_fraction=0.99).fit([0, 1, 1], [1, 0, 1], [1.0, 2.0, 3.0])
+
+
+def test_surprise_wrapper_checks_algorithm_and_clip() -> None:
+    pytest.importorskip("surprise")
+    from deeplora.completion.baselines import Surprise
+
+    rows, cols, values, _ = _noisy()
+    for model, message in (
+            (Surprise("Foo"), "algorithm must name a surprise algorithm .*got 'Foo'"),
+            (Surprise("Dataset"), "algorithm must name a surprise algorithm"),
+            (Surprise("BaselineOnly", clip=(5.0, 1.0)), "clip must be None or")):
+        with pytest.raises(ValueError, match=message):
+            model.fit(rows, cols, values)
+        assert not hasattr(model, "shape_")
+
+
 @pytest.mark.parametrize("make", [GlobalMean, lambda **kw: Biases(reg=1.0, **kw),
                                   lambda **kw: SoftImpute(max_rank=5, n_lambdas=4, **kw),
                                   lambda **kw: BiasedALS(rank=2, **kw)])
