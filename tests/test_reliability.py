@@ -143,6 +143,7 @@ def namespace() -> dict[str, Any]:
         fit,
         random_low_rank,
     )
+    from deeplora.completion.baselines import BiasedALS, Biases, SoftImpute
     from deeplora.finetune import preset
 
     target = random_low_rank(20, 20, 2)
@@ -151,7 +152,8 @@ def namespace() -> dict[str, Any]:
     return {"np": np, "torch": torch, "tiny_bert": _tiny_bert, "DeepLoraConfig": DeepLoraConfig,
             "load_adapter": load_adapter, "get_peft_model": get_peft_model,
             "build_adapter_config": build_adapter_config,
-            "DeepMatrixCompletion": DeepMatrixCompletion,
+            "DeepMatrixCompletion": DeepMatrixCompletion, "Biases": Biases,
+            "SoftImpute": SoftImpute, "BiasedALS": BiasedALS,
             "MatrixCompletion": MatrixCompletion, "build_model": build_model, "fit": fit,
             "random_low_rank": random_low_rank, "preset": preset, "target": target,
             "problem": problem, "model": model}

@@ -2,7 +2,8 @@
 
 All share ``fit(rows, cols, values, shape)`` / ``predict(rows, cols)``; ids >= the fitted shape
 are unknown and get the global mean plus the known side's bias. Predictions are clipped to
-``clip`` when given.
+``clip`` when given. ``fit`` checks the parameters first: a bad one (``rank=0``, ``reg=-1``, a
+``clip`` that misses the ratings' range, …) is a ``ValueError`` naming it.
 
 - :class:`GlobalMean`: μ.
 - :class:`Biases`: ``μ + b_u + c_i``, ridge-regularized, by alternating exact minimization
@@ -31,8 +32,28 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
 
-from deeplora.checks import check_seed
-from deeplora.completion.observations import as_index, check_observations
+from deeplora.checks import check_integer, check_seed, is_finite_number
+from deeplora.completion.observations import as_index, check_clip, check_observations
+
+
+def _check_number(name: str, value: Any, low: float, high: float = math.inf, *,
+                  low_open: bool = False, high_open: bool = True) -> None:
+    """``ValueError`` naming ``name`` unless ``value`` is a finite number in the interval."""
+    if not (is_finite_number(value) and (low < value if low_open else low <= value)
+            and (value < high if high_open else value <= high)):
+        bounds = (f"{'>' if low_open else '>='} {low:g}" if high == math.inf else
+                  f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+        raise ValueError(f"{name} must be a finite number {bounds}, got {value!r}")
+
+
+def _check_clip(clip: Any, values: np.ndarray) -> None:
+    """``clip`` is None or ``(low, high)``, finite, ``low < high``, overlapping ``values``."""
+    if clip is None:
+        return
+    if not (isinstance(clip, (tuple, list)) and len(clip) == 2
+            and all(is_finite_number(c) for c in clip) and clip[0] < clip[1]):
+        raise ValueError(f"clip must be None or (low, high) with low < high, got {clip!r}")
+    check_clip(clip, values)
 
 
 class _Baseline:
@@ -40,12 +61,17 @@ class _Baseline:
 
     def fit(self, rows: Any, cols: Any, values: Any,
             shape: tuple[int, int] | None = None) -> _Baseline:
-        rows, cols, values, self.shape_ = check_observations(rows, cols, values, shape)
-        self.mean_ = float(values.mean())
+        self._check_params()
+        rows, cols, values, shape = check_observations(rows, cols, values, shape)
+        _check_clip(self.clip, values)
+        self.shape_, self.mean_ = shape, float(values.mean())
         m, n = self.shape_
         self.row_bias_, self.col_bias_ = np.zeros(m), np.zeros(n)
         self._fit(rows, cols, values)
         return self
+
+    def _check_params(self) -> None:
+        """``ValueError`` naming the first bad parameter (``clip`` is checked in ``fit``)."""
 
     def _fit(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
         """Set biases (and factors) after ``mean_`` and ``shape_``."""
@@ -76,8 +102,9 @@ def _biases(rows: np.ndarray, cols: np.ndarray, residual: np.ndarray, shape: tup
             reg: float, iterations: int) -> tuple[np.ndarray, np.ndarray]:
     """argmin Σ (r − b_u − c_i)² + reg (‖b‖² + ‖c‖²) by alternating exact updates."""
     m, n = shape
-    row_count = np.bincount(rows, minlength=m) + reg
-    col_count = np.bincount(cols, minlength=n) + reg
+    # An index with no rating has a zero sum: at least 1 keeps its bias 0 when reg = 0.
+    row_count = np.maximum(np.bincount(rows, minlength=m), 1) + reg
+    col_count = np.maximum(np.bincount(cols, minlength=n), 1) + reg
     b, c = np.zeros(m), np.zeros(n)
     for _ in range(iterations):
         c = np.bincount(cols, weights=residual - b[rows], minlength=n) / col_count
@@ -91,6 +118,10 @@ class Biases(_Baseline):
     def __init__(self, reg: float = 5.0, iterations: int = 20,
                  clip: tuple[float, float] | None = None) -> None:
         self.reg, self.iterations, self.clip = reg, iterations, clip
+
+    def _check_params(self) -> None:
+        _check_number("reg", self.reg, 0)
+        check_integer("iterations", self.iterations, 1)
 
     def _fit(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
         self.row_bias_, self.col_bias_ = _biases(rows, cols, values - self.mean_, self.shape_,
@@ -158,6 +189,17 @@ class SoftImpute(_Baseline):
         self.iterations, self.tol, self.validation_fraction = iterations, tol, validation_fraction
         self.bias_reg, self.random_state, self.clip = bias_reg, random_state, clip
 
+    def _check_params(self) -> None:
+        check_integer("max_rank", self.max_rank, 1)
+        check_integer("n_lambdas", self.n_lambdas, 1)
+        _check_number("lambda_min_ratio", self.lambda_min_ratio, 0, 1, low_open=True,
+                      high_open=False)
+        check_integer("iterations", self.iterations, 1)
+        _check_number("tol", self.tol, 0)
+        _check_number("validation_fraction", self.validation_fraction, 0, 1, low_open=True)
+        _check_number("bias_reg", self.bias_reg, 0)
+        check_seed("random_state", self.random_state)
+
     def _path(self, rows: np.ndarray, cols: np.ndarray, residual: np.ndarray,
               lambdas: np.ndarray) -> list[tuple[np.ndarray, ...]]:
         order = np.lexsort((cols, rows))
@@ -171,7 +213,6 @@ class SoftImpute(_Baseline):
         return fits
 
     def _fit(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
-        check_seed("random_state", self.random_state)
         self.row_bias_, self.col_bias_ = _biases(rows, cols, values - self.mean_, self.shape_,
                                                  self.bias_reg, 20)
         residual = values - self.mean_ - self.row_bias_[rows] - self.col_bias_[cols]
@@ -181,6 +222,9 @@ class SoftImpute(_Baseline):
         lambdas = top * np.geomspace(1.0, self.lambda_min_ratio, self.n_lambdas)
         rng = np.random.default_rng(self.random_state)
         val = rng.random(rows.size) < self.validation_fraction
+        if not 0 < val.sum() < val.size:
+            raise ValueError(f"validation_fraction={self.validation_fraction} leaves {val.sum()} "
+                             f"of the {val.size} ratings for validation; each part needs one")
         fits = self._path(rows[~val], cols[~val], residual[~val], lambdas)
         errors = [math.sqrt(np.mean((np.einsum("ij,ij->i", u[rows[val]] * s, v[cols[val]])
                                      - residual[val]) ** 2)) for u, s, v in fits]
@@ -205,6 +249,12 @@ class BiasedALS(_Baseline):
         self.rank, self.reg, self.iterations = rank, reg, iterations
         self.random_state, self.clip = random_state, clip
 
+    def _check_params(self) -> None:
+        check_integer("rank", self.rank, 1)
+        _check_number("reg", self.reg, 0, low_open=True)
+        check_integer("iterations", self.iterations, 1)
+        check_seed("random_state", self.random_state)
+
     @staticmethod
     def _solve(groups: np.ndarray, size: int, features: np.ndarray, target: np.ndarray,
                reg: float) -> np.ndarray:
@@ -221,7 +271,7 @@ class BiasedALS(_Baseline):
 
     def _fit(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
         m, n = self.shape_
-        rng = np.random.default_rng(check_seed("random_state", self.random_state))
+        rng = np.random.default_rng(self.random_state)
         p = 0.1 * rng.standard_normal((m, self.rank))
         q = 0.1 * rng.standard_normal((n, self.rank))
         b, c = np.zeros(m), np.zeros(n)
@@ -259,7 +309,14 @@ class Surprise:
 
         if self.random_state is not None:
             check_seed("random_state", self.random_state)
-        rows, cols, values, self.shape_ = check_observations(rows, cols, values, shape)
+        algorithm = getattr(surprise, self.algorithm, None) if isinstance(self.algorithm,
+                                                                           str) else None
+        if not (isinstance(algorithm, type) and issubclass(algorithm, surprise.AlgoBase)):
+            raise ValueError("algorithm must name a surprise algorithm (BaselineOnly, SVD, SVDpp, "
+                             f"KNNBaseline, …), got {self.algorithm!r}")
+        rows, cols, values, shape = check_observations(rows, cols, values, shape)
+        _check_clip(self.clip, values)
+        self.shape_ = shape
         scale = self.clip or (float(values.min()), float(values.max()))
         data = surprise.Dataset.load_from_folds([], surprise.Reader(rating_scale=scale))
         self.trainset_ = data.construct_trainset(
@@ -268,7 +325,7 @@ class Surprise:
         options = dict(self.params)
         if self.random_state is not None and "random_state" in _signature(self.algorithm):
             options["random_state"] = self.random_state
-        self.model_ = getattr(surprise, self.algorithm)(**options)
+        self.model_ = algorithm(**options)
         self.model_.fit(self.trainset_)
         return self
 
