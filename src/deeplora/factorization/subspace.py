@@ -152,7 +152,8 @@ def invariant_subspace_deviation(
 
 
 def orthonormal_union(a: Tensor, b: Tensor) -> Tensor:
-    """Orthonormal basis (n×(p+q)) of ``span(a) + span(b)`` for ``a`` (n×p), ``b`` (n×q).
+    """Orthonormal basis (n×min(p+q, n)) of ``span(a) + span(b)`` for ``a`` (n×p), ``b``
+    (n×q); callers keep p + q <= n (2r̂ <= min(m, n)), where it is n×(p+q).
 
     Each part is orthonormalized on its own first, so the result does not depend on the
     relative scale of ``a`` and ``b`` (stacking an ε-small block next to an O(1) one and taking
