@@ -94,6 +94,8 @@ def test_numpy_numbers_become_python_numbers_and_keep_the_key() -> None:
     ({"lr": "1e-4"}, "lr must be a number, got '1e-4'"),
     ({"decay_ratio": None}, "decay_ratio must be a number, got None"),
     ({"lr_outer_ratio": True}, "lr_outer_ratio must be a number, got True"),
+    ({"train_head": "no"}, "train_head must be True or False, got 'no'"),  # counted as true
+    ({"pad_to_max_length": 0}, "pad_to_max_length must be True or False, got 0"),
 ])
 def test_numeric_fields_of_another_type_are_named(overrides: dict, message: str) -> None:
     with pytest.raises(DataError, match=f"^{message}$"):

@@ -84,7 +84,7 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         plain_numbers(self)
-        check_number_types(self)
+        check_field_types(self)
         get_task(self.task)
         for value, allowed, what in [
             (self.method, METHODS, "method"),
@@ -159,24 +159,27 @@ def plain_numbers(config: Any) -> None:
         object.__setattr__(config, name, plain(getattr(config, name)))
 
 
-NUMBER_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+FIELD_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "int": ("an integer", is_integer),
     "float": ("a number", is_number),
     "tuple[int, ...]": ("a tuple of integers",
                         lambda value: isinstance(value, tuple) and all(map(is_integer, value))),
+    "bool": ("True or False", lambda value: isinstance(value, bool)),
 }
-"""The numeric field annotations of the configs: what a value must be, and its test."""
+"""The numeric and boolean field annotations of the configs: what a value must be, and its
+test."""
 
 
-def check_number_types(config: Any) -> None:
+def check_field_types(config: Any) -> None:
     """:class:`DataError` naming the first field of ``config`` (a frozen dataclass) annotated
-    with a type of :data:`NUMBER_TYPES` (``| None`` allowing ``None``) whose value is not of it:
+    with a type of :data:`FIELD_TYPES` (``| None`` allowing ``None``) whose value is not of it:
     ``rank=2.5`` or ``rank="8"``, which the range checks that follow took or failed on with a
-    ``TypeError``. Integers and numbers of numpy's types pass (``bool`` not)."""
+    ``TypeError``, or ``train_head="no"``, which counted as true. Integers and numbers of
+    numpy's types pass (``bool`` not, except for a boolean field)."""
     for field in dataclasses.fields(config):
         annotation = str(field.type)
         optional = annotation.endswith(" | None")
-        kind = NUMBER_TYPES.get(annotation.removesuffix(" | None"))
+        kind = FIELD_TYPES.get(annotation.removesuffix(" | None"))
         value = getattr(config, field.name)
         if kind is None or (optional and value is None) or kind[1](value):
             continue

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from deeplora.finetune.config import (
+    check_field_types,
     check_finite_positive,
-    check_number_types,
     plain_numbers,
     preset_adam_eps,
 )
@@ -75,7 +75,7 @@ class NLGConfig:
 
     def __post_init__(self) -> None:
         plain_numbers(self)
-        check_number_types(self)
+        check_field_types(self)
         for value, allowed, what in [
             (self.task, TASKS, "task"),
             (self.method, METHODS, "method"),
