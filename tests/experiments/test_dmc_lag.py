@@ -35,6 +35,28 @@ def test_dmc_lag_fast(tmp_path):
     assert (tmp_path / "dmc-lag.md").read_text() == report
 
 
+def test_dmc_lag_reruns_a_problem_whose_file_is_not_a_run(tmp_path, capsys):
+    """A per-problem file cut short (an interrupted write, an edit) is set aside as
+    ``.invalid`` with a line naming it and its problem runs again; under --report-only it is a
+    one-line error naming the file."""
+    argv = ["experiment", "dmc-lag", "--fast", "--cells", "d16-r2-p0.6-lr0.05", "--out",
+            str(tmp_path)]
+    assert main(argv) == 0
+    path = tmp_path / "runs" / "d16-r2-p0.6-lr0.05-s0.json"
+    finished = json.loads(path.read_text())
+    cut = path.read_text()[:200]
+    path.write_text(cut)
+    capsys.readouterr()
+    assert main(["experiment", "dmc-lag", "--fast", "--report-only", "--out",
+                 str(tmp_path)]) == 2
+    assert f"{path}: not a file of `deeplora experiment dmc-lag` (not valid JSON" in \
+        capsys.readouterr().err
+    assert main(argv) == 0
+    assert f"{path} is not a valid result" in capsys.readouterr().err
+    assert path.with_name(path.name + ".invalid").read_text() == cut
+    assert json.loads(path.read_text())["original"]["curve"] == finished["original"]["curve"]
+
+
 def test_d200_cells_match_the_reference_cells_rate() -> None:
     """The d = 200 cells' step × gives GD the top-mode rate η·σ₁^{4/3}·p/d² of the reference
     cell (d, r, p) = (100, 10, 25 %) at the authors' step, with the targets' own σ₁ (within

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from deeplora.experiments.dmc import (
     train_loss_tol,
 )
 from deeplora.factorization import DeepFactorization, compress
-from deeplora.output import write_json
+from deeplora.output import read_json_object, read_result, write_json
 from deeplora.plotting import new_figure, save_figure
 
 
@@ -77,6 +76,9 @@ FAST_LAG_GRID = (LagCell("gamma", 16, 2, 0.6, (0.01, 0.1), lr_scale=0.05),
                  LagCell("r/d", 16, 2, 0.8, lr_scale=0.05))
 LAG_RESUME_KEYS = ("steps", "init_scale", "tol_authors", "stall_window", "stall_rtol",
                    "snapshot_every")
+# what every per-problem file of ``out/runs`` holds (a file without them is not one)
+RECORD_KEYS = ("settings", "group", "size", "rank", "fraction", "lr_scale", "seed",
+               "subspace_miss_at_init", "original", "original_outside", "compressed")
 
 
 def _outside(matrix: Tensor, left: Tensor, right: Tensor) -> float:
@@ -207,22 +209,31 @@ def dmc_lag(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         for cell in cells:
             for seed in range(seeds):
                 path = folder / f"{cell.name}-s{seed}.json"
-                if path.is_file():
-                    earlier = json.loads(path.read_text())
-                    if all(earlier["settings"].get(k) == settings[k] for k in LAG_RESUME_KEYS) \
-                            and set(map(str, cell.gammas)) <= set(earlier["compressed"]):
-                        continue
+                earlier = read_result(path, RECORD_KEYS)  # not one: set aside, run again
+                if earlier is not None and all(earlier["settings"].get(k) == settings[k]
+                                               for k in LAG_RESUME_KEYS) \
+                        and set(map(str, cell.gammas)) <= set(earlier["compressed"]):
+                    continue
                 write_json(path, {"settings": settings, **_lag_problem(cell, seed, settings)})
-    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    records = [read_record(p, RECORD_KEYS) for p in sorted(folder.glob("*.json"))]
     if not records:
         raise ValueError(f"{folder}: no runs (run dmc-lag without --report-only first)")
     authors = out / "authors-code.json"
     (out / "dmc-lag.md").write_text(lag_report(
-        records, json.loads(authors.read_text()) if authors.is_file() else None))
+        records, read_record(authors, ("settings", "runs")) if authors.is_file() else None))
     _plot_lag(records, out / "dmc-lag.png")
     return {"problems": len(records),
             "outcomes": dict(Counter(run["outcome"] for rec in records
                                      for run in [rec["original"], *rec["compressed"].values()]))}
+
+
+def read_record(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON object in ``path`` (a per-problem run, ``authors-code.json``) with the keys
+    ``required``; a ``ValueError`` naming the file if it is none (cut short, edited)."""
+    try:
+        return read_json_object(path, required)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a file of `deeplora experiment dmc-lag` ({exc})") from None
 
 
 def _lag_ratio(record: dict[str, Any], gamma: str) -> float | None:
