@@ -35,6 +35,15 @@ def test_dmc_lag_fast(tmp_path):
     assert (tmp_path / "dmc-lag.md").read_text() == report
 
 
+def test_dmc_lag_draws_a_report_without_the_gamma_cells(tmp_path):
+    """Only some groups run (here r/d): the figure leaves out the panels of the others
+    instead of failing on the missing γ cells."""
+    assert main(["experiment", "dmc-lag", "--fast", "--groups", "r/d", "--out",
+                 str(tmp_path)]) == 0
+    assert (tmp_path / "dmc-lag.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| 16, 2, 80% |" in (tmp_path / "dmc-lag.md").read_text()
+
+
 def test_dmc_lag_reruns_a_problem_whose_file_is_not_a_run(tmp_path, capsys):
     """A per-problem file cut short (an interrupted write, an edit) is set aside as
     ``.invalid`` with a line naming it and its problem runs again; under --report-only it is a

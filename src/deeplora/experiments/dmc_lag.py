@@ -351,8 +351,9 @@ def _plot_lag(records: list[dict[str, Any]], path: Path) -> None:
                 color=f"C{i}")
     axes[0].set_xscale("log")
     axes[0].set_xlabel("γ (outer factors step at γ·η)")
-    first = min((r for r in records if r["group"] == "gamma"), key=lambda r: r["fraction"])
-    size, rank = first["size"], first["rank"]
+    gamma_recs = [r for r in records if r["group"] == "gamma"]
+    first = min(gamma_recs, key=lambda r: r["fraction"]) if gamma_recs else None  # none run
+    size, rank = (first["size"], first["rank"]) if first else (None, None)
     cell = [r for r in records if (r["size"], r["rank"]) == (size, rank)
             and paper in r["compressed"]]  # colours by the step scales of this cell only
     for i, scale in enumerate(sorted({r["lr_scale"] for r in cell}, reverse=True)):
@@ -364,8 +365,8 @@ def _plot_lag(records: list[dict[str, Any]], path: Path) -> None:
     def where(r: dict[str, Any]) -> tuple[int, int, float, float]:
         return r["size"], r["rank"], r["fraction"], r["lr_scale"]
 
-    baseline = where(first)
-    cells = sorted({where(r) for r in records if r["group"] in ("r/d", "size")} | {baseline})
+    cells = sorted({where(r) for r in records if r["group"] in ("r/d", "size")}
+                   | ({where(first)} if first else set()))
     labels = [f"d={d}, r={k}\np={p:g}" + ("" if s == 1 else f"\nstep ×{s:g}")
               for d, k, p, s in cells]
     scatter(axes[2], [(float(i), ratio) for i, c in enumerate(cells) for r in records
@@ -379,7 +380,6 @@ def _plot_lag(records: list[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    gamma_recs = [r for r in records if r["group"] == "gamma"]
     for rec in gamma_recs[: 2 * 3]:
         for j, gamma in enumerate(g for g in rec["compressed"] if g in (paper, "0.1")):
             gap = rec["compressed"][gamma]["gap"]
