@@ -58,6 +58,23 @@ def test_dmc_efficiency_resumes_finished_ranks(tmp_path, monkeypatch):
     assert len(calls) == 2 + 4  # another problem: every r̂ again
 
 
+def test_dmc_efficiency_reruns_a_sweep_whose_file_is_not_a_result(tmp_path, capsys):
+    """dmc-efficiency.json cut short (an interrupted write, an edit) is set aside as
+    ``.invalid`` with a line naming it, and every r̂ runs again."""
+    argv = ["experiment", "dmc-efficiency", "--fast", "--ranks", "2", "--adam-steps", "0",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    path = tmp_path / "dmc-efficiency.json"
+    finished = json.loads(path.read_text())
+    path.write_text(path.read_text()[:100])
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert f"{path} is not a valid result" in capsys.readouterr().err
+    assert path.with_name("dmc-efficiency.json.invalid").stat().st_size == 100
+    again = json.loads(path.read_text())["gd"]["narrow"]["2"]
+    assert again["steps"] == finished["gd"]["narrow"]["2"]["steps"]
+
+
 def test_dmc_depth_fast(tmp_path):
     from deeplora.experiments.dmc import OUTCOMES, depth_report
 
@@ -113,3 +130,33 @@ def test_dmc_depth_report_only_redraws_from_the_json(tmp_path, monkeypatch):
     monkeypatch.setattr(dmc, "run_gd", None)  # nothing may run
     assert main(["experiment", "dmc-depth", "--report-only", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "dmc-depth.md").read_text() == report
+
+
+def test_dmc_depth_report_only_names_a_missing_or_broken_file(tmp_path, capsys):
+    path = tmp_path / "dmc-depth.json"
+    assert main(["experiment", "dmc-depth", "--report-only", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"deeplora: error: {path}: no such file (run dmc-depth "
+                                       "without --report-only first)\n")
+    assert list(tmp_path.iterdir()) == []
+    path.write_text('{"size": 16, "rank"')
+    assert main(["experiment", "dmc-depth", "--report-only", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"deeplora: error: {path}: not a result of `deeplora experiment dmc-depth` (not valid "
+        "JSON")
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_dmc_depth_reruns_a_sweep_whose_file_is_not_a_result(tmp_path, capsys):
+    argv = ["experiment", "dmc-depth", "--fast", "--depths", "2", "--methods", "original",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    path = tmp_path / "dmc-depth.json"
+    finished = json.loads(path.read_text())
+    path.write_text(path.read_text()[:100])
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert f"{path} is not a valid result" in capsys.readouterr().err
+    assert path.with_name("dmc-depth.json.invalid").stat().st_size == 100
+    again = json.loads(path.read_text())["runs"]
+    assert [run["final_error"] for run in again] == [run["final_error"]
+                                                     for run in finished["runs"]]

@@ -20,7 +20,7 @@ import json
 import math
 import textwrap
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from deeplora.factorization import (
     principal_angles,
     singular_values,
 )
-from deeplora.output import write_json
+from deeplora.output import read_json_object, read_result, write_json
 from deeplora.plotting import new_figure, save_figure
 
 # The authors' GD steps on their loss ½ Σ_Ω (X − Φ)² / (m n), by depth, in the depth-comparison
@@ -221,10 +221,8 @@ def _finished_gd(path: Path, summary: dict[str, Any]) -> dict[str, dict[str, Any
     """The GD runs already in ``path`` (an earlier, possibly interrupted sweep) when it was
     made with the same settings as ``summary``; none otherwise. Both methods of an r̂ are kept
     only together."""
-    if not path.is_file():
-        return {"compressed": {}, "narrow": {}}
-    earlier = json.loads(path.read_text())
-    if any(earlier.get(key) != summary[key] for key in RESUME_KEYS):
+    earlier = read_result(path, (*RESUME_KEYS, "gd"), "every r̂ runs again")
+    if earlier is None or any(earlier[key] != summary[key] for key in RESUME_KEYS):
         return {"compressed": {}, "narrow": {}}
     both = set(earlier["gd"]["compressed"]) & set(earlier["gd"]["narrow"])
     return {method: {r: run for r, run in earlier["gd"][method].items() if r in both}
@@ -268,6 +266,7 @@ def _plot_gd_sweep(gd: dict[str, dict[str, Any]], ranks: list[int], path: Path,
 
 DEPTH_RESUME_KEYS = ("size", "rank", "seeds", "steps", "init_scale", "lr_scale", "tol_authors",
                      "stall_window", "stall_rtol")
+DEPTH_KEYS = (*DEPTH_RESUME_KEYS, "fractions", "runs")  # what the report and figure read
 
 
 @experiment(
@@ -321,7 +320,13 @@ def dmc_depth(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         raise ValueError("need 2 × rank <= size, some fractions, seeds >= 1 and steps >= 1")
     path = out / "dmc-depth.json"
     if args.report_only:
-        summary = json.loads(path.read_text())
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file (run dmc-depth without --report-only first)")
+        try:
+            summary = read_json_object(path, DEPTH_KEYS)
+        except ValueError as exc:
+            raise ValueError(f"{path}: not a result of `deeplora experiment dmc-depth` ({exc})"
+                             ) from None
     else:
         summary = {"size": size, "rank": rank, "fractions": fractions, "seeds": seeds,
                    "steps": steps, "init_scale": scale, "lr_scale": lr_scale,
@@ -370,15 +375,13 @@ def _depth_sweep(summary: dict[str, Any], depths: list[int], methods: list[str],
                     write_json(path, summary)  # after each run: an interrupted sweep resumes
 
 
-def _finished_runs(path: Path, summary: dict[str, Any], keys: Iterable[str]
+def _finished_runs(path: Path, summary: dict[str, Any], keys: Sequence[str]
                    ) -> dict[tuple[Any, ...], dict[str, Any]]:
     """The runs of ``path`` (an earlier, possibly interrupted ``dmc-depth``), keyed by
     (fraction, seed, depth, method), when it was made with the settings ``keys`` of
     ``summary``; none otherwise."""
-    if not path.is_file():
-        return {}
-    earlier = json.loads(path.read_text())
-    if any(earlier.get(key) != summary[key] for key in keys):
+    earlier = read_result(path, (*keys, "runs"), "every run runs again")
+    if earlier is None or any(earlier[key] != summary[key] for key in keys):
         return {}
     return {(run["fraction"], run["seed"], run["depth"], run["method"]): run
             for run in earlier["runs"]}

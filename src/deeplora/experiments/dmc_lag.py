@@ -209,7 +209,8 @@ def dmc_lag(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         for cell in cells:
             for seed in range(seeds):
                 path = folder / f"{cell.name}-s{seed}.json"
-                earlier = read_result(path, RECORD_KEYS)  # not one: set aside, run again
+                earlier = read_result(path, RECORD_KEYS,  # not one: set aside, run again
+                                      "the problem runs again")
                 if earlier is not None and all(earlier["settings"].get(k) == settings[k]
                                                for k in LAG_RESUME_KEYS) \
                         and set(map(str, cell.gammas)) <= set(earlier["compressed"]):
