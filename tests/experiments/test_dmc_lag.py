@@ -44,6 +44,22 @@ def test_dmc_lag_draws_a_report_without_the_gamma_cells(tmp_path):
     assert "| 16, 2, 80% |" in (tmp_path / "dmc-lag.md").read_text()
 
 
+def test_dmc_lag_reports_only_the_runs_of_its_settings(tmp_path, capsys):
+    """Problems in out/runs from a call with other settings (here --steps) are not mixed into
+    the report: left out with a line; none of these settings is an error."""
+    assert main(["experiment", "dmc-lag", "--fast", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["experiment", "dmc-lag", "--fast", "--steps", "300", "--groups", "gamma",
+                 "--out", str(tmp_path)]) == 0
+    assert "1 of the 2 problems in " in capsys.readouterr().err
+    report = (tmp_path / "dmc-lag.md").read_text()
+    assert "| 16, 2, 60% |" in report and "| 16, 2, 80% |" not in report
+    assert main(["experiment", "dmc-lag", "--report-only", "--out", str(tmp_path)]) == 2
+    assert "runs: no runs of these settings (run dmc-lag without --report-only first, or give " \
+        "the flags the runs were made with)" in capsys.readouterr().err
+    assert (tmp_path / "dmc-lag.md").read_text() == report
+
+
 def test_dmc_lag_reruns_a_problem_whose_file_is_not_a_run(tmp_path, capsys):
     """A per-problem file cut short (an interrupted write, an edit) is set aside as
     ``.invalid`` with a line naming it and its problem runs again; under --report-only it is a

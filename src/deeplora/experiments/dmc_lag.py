@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -179,7 +180,8 @@ def dmc_lag(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     and the compressed model built from that same initialization, at each γ of the cell; GD
     with the authors' L = 3 step, until the train loss reaches the tolerance, stalls or the
     budget. One JSON per problem in ``out/runs`` (a problem already there with the same
-    settings is not rerun), then ``dmc-lag.md`` and ``dmc-lag.png`` from all of them;
+    settings is not rerun), then ``dmc-lag.md`` and ``dmc-lag.png`` from all of them made with
+    these settings (the others are left out, with a line saying how many);
     ``out/authors-code.json`` (the authors' code on the same problems, run outside this
     package), when present, adds their steps beside ours.
     ``--fast``: :data:`FAST_LAG_GRID` (d = 16, r = 2), one seed, 400 steps, ε = 0.05.
@@ -211,14 +213,21 @@ def dmc_lag(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 path = folder / f"{cell.name}-s{seed}.json"
                 earlier = read_result(path, RECORD_KEYS,  # not one: set aside, run again
                                       "the problem runs again")
-                if earlier is not None and all(earlier["settings"].get(k) == settings[k]
-                                               for k in LAG_RESUME_KEYS) \
+                if earlier is not None and _made_with(earlier, settings) \
                         and set(map(str, cell.gammas)) <= set(earlier["compressed"]):
                     continue
                 write_json(path, {"settings": settings, **_lag_problem(cell, seed, settings)})
-    records = [read_record(p, RECORD_KEYS) for p in sorted(folder.glob("*.json"))]
+    found = [read_record(p, RECORD_KEYS) for p in sorted(folder.glob("*.json"))]
+    records = [rec for rec in found if _made_with(rec, settings)]
+    if found and not records:
+        raise ValueError(f"{folder}: no runs of these settings (run dmc-lag without "
+                         "--report-only first, or give the flags the runs were made with)")
     if not records:
         raise ValueError(f"{folder}: no runs (run dmc-lag without --report-only first)")
+    if len(records) < len(found):
+        print(f"deeplora: {len(found) - len(records)} of the {len(found)} problems in {folder} "
+              "were run with other settings (--steps, --stall-window, --stall-rtol, --tol, "
+              "--init-scale, --fast): left out of the report", file=sys.stderr)
     authors = out / "authors-code.json"
     (out / "dmc-lag.md").write_text(lag_report(
         records, read_record(authors, ("settings", "runs")) if authors.is_file() else None))
@@ -226,6 +235,12 @@ def dmc_lag(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return {"problems": len(records),
             "outcomes": dict(Counter(run["outcome"] for rec in records
                                      for run in [rec["original"], *rec["compressed"].values()]))}
+
+
+def _made_with(record: dict[str, Any], settings: dict[str, Any]) -> bool:
+    """Whether the per-problem ``record`` was run with ``settings`` (:data:`LAG_RESUME_KEYS`)."""
+    made = record["settings"]
+    return isinstance(made, dict) and all(made.get(k) == settings[k] for k in LAG_RESUME_KEYS)
 
 
 def read_record(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
