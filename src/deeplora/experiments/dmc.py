@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deeplora.checks import check_integer
 from deeplora.completion import (
     METHODS,
     History,
@@ -60,6 +61,40 @@ AUTHORS_DEPTH_STEP = {2: 1e2, 3: 3e2}
 def train_loss_tol(tol: float, observed: float) -> float:
     """The authors' train-loss tolerance (on ½ Σ_Ω / (m n)) on our ½ mean_Ω loss."""
     return tol / observed
+
+
+def check_positive(flag: str, value: float) -> None:
+    """``ValueError`` naming ``flag`` unless ``value`` is a finite number > 0."""
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{flag} must be a finite number > 0, got {value:g}")
+
+
+def check_fraction(flag: str, value: float) -> None:
+    """``ValueError`` naming ``flag`` unless ``value`` is an observed fraction in (0, 1]."""
+    if not 0 < value <= 1:
+        raise ValueError(f"{flag} must be a fraction in (0, 1], got {value:g}")
+
+
+def check_tol(value: float) -> None:
+    """``ValueError`` unless ``--tol`` is a finite number >= 0."""
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"--tol must be a finite number >= 0, got {value:g}")
+
+
+def check_stall(window: int, rtol: float) -> None:
+    """``ValueError`` naming the flag unless ``--stall-window`` >= 1 and ``--stall-rtol`` in
+    (0, 1) (:class:`Plateau`'s rule)."""
+    check_integer("--stall-window", window, 1)
+    if not 0 < rtol < 1:
+        raise ValueError(f"--stall-rtol must be in (0, 1), got {rtol:g}")
+
+
+def check_shape(size: int, rank: int) -> None:
+    """``ValueError`` naming the flag unless ``--rank`` >= 1 and ``--size`` >= 2 × ``--rank``
+    (the compressed model's width 2r)."""
+    check_integer("--rank", rank, 1)
+    if size < 2 * rank:
+        raise ValueError(f"--size must be >= 2 × --rank = {2 * rank}, got {size}")
 
 
 RECOVERED = 1e-2  # recovery error ‖X − Φ‖/‖Φ‖ at or below which a run has recovered Φ
@@ -149,6 +184,17 @@ def dmc_efficiency(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     whose two runs are in ``out/dmc-efficiency.json`` from a run with the same settings is not
     run again.
     """
+    check_shape(args.size, args.rank)
+    for assumed in args.ranks:
+        check_integer("--ranks", assumed, 1, args.size // 2)
+    check_fraction("--observed", args.observed)
+    check_integer("--depth", args.depth, 2)
+    check_tol(args.tol)
+    if args.lr is not None:
+        check_positive("--lr", args.lr)
+    check_integer("--max-steps", args.max_steps, 1)
+    check_integer("--adam-steps", args.adam_steps, 0)
+    check_positive("--init-scale", args.init_scale)
     tol_authors = args.tol
     if args.fast:
         size, rank, observed, ranks, adam_steps = 24, 2, 0.6, [2, 4], min(args.adam_steps, 200)
@@ -160,9 +206,6 @@ def dmc_efficiency(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         scale = args.init_scale
         lr = default_settings("compressed", "gd", observed_fraction=observed)[1] \
             if args.lr is None else args.lr
-    if any(not 1 <= r <= size // 2 for r in ranks) or rank < 1 or args.max_steps < 1:
-        raise ValueError(f"need ranks r̂ >= 1 with 2 r̂ <= size = {size}, rank >= 1 and "
-                         f"max-steps >= 1, got ranks {ranks}, rank {rank}")
     target = random_low_rank(size, size, rank, seed=args.seed)
     problem = MatrixCompletion.random(target, observed, seed=args.seed + 1)
     tol = train_loss_tol(tol_authors, problem.observed_fraction)
@@ -309,6 +352,15 @@ def dmc_depth(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     ``--fast`` (a smoke test): d = 16, r = 2, fractions {0.4, 0.8}, one seed, 300 steps,
     ε = 0.05, steps × 0.05 (the authors' steps diverge at small d), stall window 100.
     """
+    check_shape(args.size, args.rank)
+    for fraction in args.fractions:
+        check_fraction("--fractions", fraction)
+    check_integer("--steps", args.steps, 1)
+    check_stall(args.stall_window, args.stall_rtol)
+    check_tol(args.tol)
+    check_integer("--seeds", args.seeds, 1)
+    check_positive("--init-scale", args.init_scale)
+    check_positive("--lr-scale", args.lr_scale)
     if args.fast:
         size, rank, fractions, seeds, steps = 16, 2, [0.4, 0.8], 1, min(args.steps, 300)
         scale, lr_scale, window = 0.05, 0.05, 100
@@ -316,8 +368,6 @@ def dmc_depth(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         size, rank, fractions, seeds, steps = (args.size, args.rank, args.fractions, args.seeds,
                                                args.steps)
         scale, lr_scale, window = args.init_scale, args.lr_scale, args.stall_window
-    if 2 * rank > size or not fractions or seeds < 1 or steps < 1:
-        raise ValueError("need 2 × rank <= size, some fractions, seeds >= 1 and steps >= 1")
     path = out / "dmc-depth.json"
     if args.report_only:
         if not path.is_file():
@@ -549,8 +599,10 @@ def _theory_run(size: int, rank: int, depth: int, scale: float, lr: float, steps
 )
 def dmc_theory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     steps, every = (3000, 50) if args.fast else (args.steps, args.every)
-    if 2 * args.rank > args.size or args.depth < 2:
-        raise ValueError("need depth >= 2 and 2 × rank <= size")
+    check_shape(args.size, args.rank)
+    check_integer("--depth", args.depth, 2)
+    check_positive("--init-scale", args.init_scale)
+    check_positive("--lr", args.lr)
     if steps < 0 or every < 1:
         raise ValueError(f"need --steps >= 0 and --every >= 1, got {steps} and {every}")
     rec = _theory_run(args.size, args.rank, args.depth, args.init_scale, args.lr, steps, every,

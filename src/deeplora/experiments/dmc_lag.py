@@ -26,6 +26,9 @@ from deeplora.experiments.dmc import (
     AUTHORS_DEPTH_STEP,
     OUTCOMES,
     SHORT,
+    check_positive,
+    check_stall,
+    check_tol,
     median_or_none,
     run_gd,
     steps_cell,
@@ -207,6 +210,9 @@ def dmc_lag(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         if seeds < 1 or settings["steps"] < 1:
             raise ValueError(f"--seeds and --steps must be >= 1, got {seeds} and "
                              f"{settings['steps']}")
+        check_stall(args.stall_window, args.stall_rtol)
+        check_tol(args.tol)
+        check_positive("--init-scale", args.init_scale)
         folder.mkdir(parents=True, exist_ok=True)
         for cell in cells:
             for seed in range(seeds):
