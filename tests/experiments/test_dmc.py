@@ -16,6 +16,22 @@ def test_dmc_theory_fast(tmp_path):
     assert (tmp_path / "dmc-theory.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize(("lr", "diverged"), [(1e-9, False), (100.0, True)])
+def test_dmc_theory_flags_a_run_that_never_left_its_initialization_or_diverged(
+        tmp_path, lr, diverged):
+    """A GD step too small to move (train loss never halved: the equal singular values hold
+    trivially) or so large that it diverges (it crashed in the SVD of a non-finite layer) is a
+    result, flagged in the JSON and the figure."""
+    assert main(["experiment", "dmc-theory", "--size", "12", "--rank", "2", "--lr", str(lr),
+                 "--steps", "60", "--every", "10", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "dmc-theory.json").read_text())
+    assert summary["left_init"] is False
+    assert (summary["diverged_at_step"] is not None) == diverged
+    record = summary["record"]
+    assert len(record["train_loss"]) == len(record["steps"]) == len(record["singular_values"])
+    assert (tmp_path / "dmc-theory.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_dmc_efficiency_fast(tmp_path):
     assert main(["experiment", "dmc-efficiency", "--fast", "--adam-methods", "compressed",
                  "narrow", "--out", str(tmp_path)]) == 0

@@ -563,12 +563,18 @@ def _theory_run(size: int, rank: int, depth: int, scale: float, lr: float, steps
         right = layer @ right / scale
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     record: dict[str, list] = {"steps": [], "error": [], "singular_values": [],
-                               "deviation": [], "angle_to_fixed": []}
+                               "deviation": [], "angle_to_fixed": [], "train_loss": [],
+                               "diverged_at": None}
     for step in range(steps + 1):
+        loss = problem.loss(model)
+        if not math.isfinite(loss.item()):  # diverged: nothing more to record
+            record["diverged_at"] = step
+            break
         if step % every == 0:
             with torch.no_grad():
                 layers = [f.detach() for f in model.factors]
                 record["steps"].append(step)
+                record["train_loss"].append(loss.item())
                 record["error"].append(problem.recovery_error(model))
                 record["singular_values"].append([singular_values(w).tolist() for w in layers])
                 record["deviation"].append([
@@ -578,7 +584,7 @@ def _theory_run(size: int, rank: int, depth: int, scale: float, lr: float, steps
                     float(principal_angles(torch.linalg.svd(w).Vh[:rank].T, v).max())
                     for w, v in zip(layers, bases, strict=True)])
         optimizer.zero_grad()
-        problem.loss(model).backward()
+        loss.backward()
         optimizer.step()
     return record
 
@@ -636,11 +642,18 @@ def dmc_theory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         ax.legend()
     repeated = [min(largest_repeated_cluster(torch.from_numpy(s), 1e-9) for s in layer_sv)
                 for layer_sv in sv.transpose(1, 0, 2)]
+    # flagged: a run that never left its initialization (train loss never halved, at the
+    # recorded steps) or diverged shows the theorem trivially or not at all
+    left_init = min(rec["train_loss"]) < 0.5 * rec["train_loss"][0]
+    diverged = rec["diverged_at"]
     bottom[2].axis("off")
     bottom[3].axis("off")
     bottom[2].text(0, 0.5, "\n".join([
         f"d = {args.size}, r = {args.rank}, L = {args.depth}, ε = {args.init_scale:g}",
         f"GD η = {args.lr:g}, {steps} steps",
+        *([f"DIVERGED at step {diverged} (non-finite loss): recorded until then"]
+          if diverged is not None else []),
+        *([] if left_init else ["NEVER LEFT ITS INITIALIZATION (train loss never halved)"]),
         f"max distance from block form: {deviation.max():.1e}",
         "largest group of equal singular values (rtol 1e-9),",
         f"smallest over training, per layer: {repeated} (d − 2r = {args.size - 2 * args.rank})",
@@ -650,6 +663,7 @@ def dmc_theory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     save_figure(fig, out / "dmc-theory.png")
     summary = {"size": args.size, "rank": args.rank, "depth": args.depth,
                "init_scale": args.init_scale, "lr": args.lr, "steps": steps,
+               "left_init": left_init, "diverged_at_step": diverged,
                "max_deviation": float(deviation.max()), "smallest_equal_group": repeated,
                "max_angle_to_fixed_degrees_after_escape": float(angle[-1].max()),
                "record": rec}
