@@ -12,6 +12,7 @@ def test_dmc_theory_fast(tmp_path):
                  str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "dmc-theory.json").read_text())
     assert summary["max_deviation"] < 1e-9
+    assert summary["left_init"] and summary["record"]["error"][-1] < 1e-2  # not trivially
     assert summary["smallest_equal_group"] == [24, 24, 24]
     assert (tmp_path / "dmc-theory.png").read_bytes()[:4] == b"\x89PNG"
 
