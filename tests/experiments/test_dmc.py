@@ -92,6 +92,26 @@ def test_dmc_efficiency_reruns_a_sweep_whose_file_is_not_a_result(tmp_path, caps
     assert again["steps"] == finished["gd"]["narrow"]["2"]["steps"]
 
 
+@pytest.mark.parametrize(("args", "why"), [(["--max-steps", "2"], "never left init"),
+                                           (["--lr", "1e4"], "diverged")])
+def test_dmc_efficiency_figure_says_why_a_run_missed_the_tolerance(tmp_path, monkeypatch, args,
+                                                                    why):
+    """A GD run that never left its initialization or diverged is labelled so in the figure,
+    not as a run out of budget."""
+    import deeplora.experiments.dmc as dmc
+
+    labels = []
+    save_figure = dmc.save_figure
+    monkeypatch.setattr(dmc, "save_figure", lambda fig, path: labels.extend(
+        t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts())
+        or save_figure(fig, path))
+    assert main(["experiment", "dmc-efficiency", "--fast", "--ranks", "2", "--adam-steps", "0",
+                 *args, "--out", str(tmp_path)]) == 0
+    runs = json.loads((tmp_path / "dmc-efficiency.json").read_text())["gd"]
+    assert {runs[method]["2"]["outcome"] for method in runs} == {why}
+    assert set(labels) == {f"{method}: not reached ({why})" for method in runs}
+
+
 def test_dmc_depth_fast(tmp_path):
     from deeplora.experiments.dmc import OUTCOMES, depth_report
 

@@ -279,10 +279,19 @@ def _without_histories(value: Any) -> Any:
     return value
 
 
+def _missed(run: dict[str, Any]) -> str:
+    """Why a GD run of the sweep that did not reach the tolerance stopped: ``diverged``,
+    ``never left init`` (train loss never halved) or ``budget`` (from its flags, which files of
+    every version hold)."""
+    if run["diverged"]:
+        return "diverged"
+    return "budget" if run["left_init"] else "never left init"
+
+
 def _plot_gd_sweep(gd: dict[str, dict[str, Any]], ranks: list[int], path: Path,
                    title: str) -> None:
-    """Iterations and seconds to the tolerance against r̂; an unreached run is an × at its
-    budget."""
+    """Iterations and seconds to the tolerance against r̂; an unreached run is a black marker
+    at its last step, labelled with why (:func:`_missed`; markers :data:`OUTCOME_MARKERS`)."""
     fig, axes = new_figure(ncols=2)
     for ax, key, label in ((axes[0], "steps", "GD iterations to tolerance"),
                            (axes[1], "seconds", "wall-clock seconds to tolerance (incl. build)")):
@@ -292,11 +301,12 @@ def _plot_gd_sweep(gd: dict[str, dict[str, Any]], ranks: list[int], path: Path,
                     if run["reached_tol"]]
             if done:
                 ax.plot(*zip(*done, strict=True), marker=marker, label=method)
-            missed = [(r, run["history"]["steps" if key == "steps" else "seconds"][-1])
-                      for r, run in zip(ranks, runs, strict=True) if not run["reached_tol"]]
-            if missed:
-                ax.plot(*zip(*missed, strict=True), ls="none", marker="x", color="k",
-                        label=f"{method}: not reached (budget)")
+            for why in ("budget", "diverged", "never left init"):
+                missed = [(r, run["history"][key][-1]) for r, run in zip(ranks, runs, strict=True)
+                          if not run["reached_tol"] and _missed(run) == why]
+                if missed:
+                    ax.plot(*zip(*missed, strict=True), ls="none", marker=OUTCOME_MARKERS[why],
+                            color="k", label=f"{method}: not reached ({why})")
         ax.set_xlabel("assumed rank r̂ (width 2r̂)")
         ax.set_ylabel(label)
         ax.set_xticks(ranks)
