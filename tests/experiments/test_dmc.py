@@ -157,6 +157,26 @@ def test_dmc_depth_resumes_finished_runs(tmp_path, monkeypatch):
     assert len(calls) == 2  # other settings: run again
 
 
+def test_dmc_depth_keeps_the_runs_a_call_does_not_select(tmp_path, monkeypatch):
+    """A call for some depths after one for others (same settings) adds its runs to those
+    already in dmc-depth.json instead of dropping them."""
+    import deeplora.experiments.dmc as dmc
+
+    argv = ["experiment", "dmc-depth", "--fast", "--methods", "compressed", "--out",
+            str(tmp_path)]
+    assert main([*argv, "--depths", "2"]) == 0
+    path = tmp_path / "dmc-depth.json"
+    first = json.loads(path.read_text())["runs"]
+    assert main([*argv, "--depths", "3"]) == 0
+    summary = json.loads(path.read_text())
+    assert [run for run in summary["runs"] if run["depth"] == 2] == first
+    assert {run["depth"] for run in summary["runs"]} == {2, 3} and len(summary["runs"]) == 4
+    assert "| L = 2, compressed |" in (tmp_path / "dmc-depth.md").read_text()
+    monkeypatch.setattr(dmc, "run_gd", None)  # all four from the file now
+    assert main([*argv, "--depths", "2", "3"]) == 0
+    assert len(json.loads(path.read_text())["runs"]) == 4
+
+
 def test_dmc_depth_report_only_redraws_from_the_json(tmp_path, monkeypatch):
     import deeplora.experiments.dmc as dmc
 

@@ -358,7 +358,9 @@ def dmc_depth(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     train loss reaches the tolerance, stalls (:class:`~deeplora.completion.Plateau`) or uses
     the step budget, and is classified by :func:`outcome`; recovery error ‖X − Φ‖_F/‖Φ‖_F over
     all d² entries. Resumable: a run already in ``out/dmc-depth.json`` from a call with the same
-    settings is not run again; ``--report-only`` redraws the report and figure from it.
+    settings is not run again, and one this call does not select (other ``--depths``,
+    ``--methods``, ``--fractions``) is kept; ``--report-only`` redraws the report and figure
+    from it.
     ``--fast`` (a smoke test): d = 16, r = 2, fractions {0.4, 0.8}, one seed, 300 steps,
     ε = 0.05, steps × 0.05 (the authors' steps diverge at small d), stall window 100.
     """
@@ -408,10 +410,18 @@ def dmc_depth(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 def _depth_sweep(summary: dict[str, Any], depths: list[int], methods: list[str],
                  path: Path) -> None:
     """Fill ``summary["runs"]`` with every (fraction, problem, depth, method) run of the
-    settings in ``summary``, taking those already in ``path`` and saving after each new one."""
+    settings in ``summary``, taking those already in ``path`` and saving after each new one.
+    The runs of ``path`` with these settings that this call does not select (other depths,
+    methods, fractions) are kept, their fractions added to ``summary["fractions"]``."""
     done = _finished_runs(path, summary, DEPTH_RESUME_KEYS)
-    size, rank, runs = summary["size"], summary["rank"], summary["runs"]
-    for fraction in summary["fractions"]:
+    size, rank, runs, fractions = (summary["size"], summary["rank"], summary["runs"],
+                                   list(summary["fractions"]))
+    selected = {(f, s, d, m) for f in fractions for s in range(summary["seeds"]) for d in depths
+                for m in methods}
+    runs += [run for key, run in done.items() if key not in selected]
+    summary["fractions"] = [*fractions, *sorted({run["fraction"] for run in runs}
+                                                - set(fractions))]
+    for fraction in fractions:
         for seed in range(summary["seeds"]):
             target = random_low_rank(size, size, rank, seed=seed)
             problem = MatrixCompletion.random(target, fraction, seed=seed + 1000)
