@@ -35,6 +35,24 @@ def test_dmc_lag_fast(tmp_path):
     assert (tmp_path / "dmc-lag.md").read_text() == report
 
 
+def test_lag_report_leaves_out_the_snapshots_of_a_run_that_diverged_there(tmp_path):
+    """A run diverging at a snapshot step records its gap and subspace miss there as null
+    (non-finite): the report's minima leave them out instead of failing on None < float."""
+    from deeplora.experiments.dmc_lag import _plot_lag, lag_report
+
+    assert main(["experiment", "dmc-lag", "--fast", "--cells", "d16-r2-p0.6-lr0.05", "--out",
+                 str(tmp_path)]) == 0
+    (path,) = (tmp_path / "runs").glob("*.json")
+    record = json.loads(path.read_text())
+    report = lag_report([record])
+    for run in record["compressed"].values():
+        run["gap"].append([run["gap"][-1][0] + 100, None])
+    record["original_outside"].append([record["original_outside"][-1][0] + 100, None])
+    assert lag_report([record]) == report
+    _plot_lag([record], tmp_path / "diverged.png")
+    assert (tmp_path / "diverged.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_dmc_lag_draws_a_report_without_the_gamma_cells(tmp_path):
     """Only some groups run (here r/d): the figure leaves out the panels of the others
     instead of failing on the missing γ cells."""

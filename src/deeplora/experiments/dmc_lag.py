@@ -275,6 +275,12 @@ def _gap_at_original_recovery(record: dict[str, Any], gamma: str) -> float | Non
     return [g for s, g in compressed["gap"] if s <= reached][-1]
 
 
+def _smallest(series: list[list[Any]]) -> float | None:
+    """The smallest value of ``[[step, value], …]`` (``null``: not finite, a run diverging at a
+    snapshot), ``None`` if there is none."""
+    return min((value for _, value in series if value is not None), default=None)
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
@@ -308,9 +314,9 @@ def lag_report(records: list[dict[str, Any]], authors: dict[str, Any] | None = N
                              [rec["compressed"][gamma] for rec in recs]))
             gaps = [g for g in (_gap_at_original_recovery(rec, gamma) for rec in recs)
                     if g is not None]
-            closest = [min(g for _, g in rec["compressed"][gamma]["gap"]) for rec in recs
-                       if rec["compressed"][gamma]["gap"]]
-            inside = [min(o for _, o in rec["original_outside"]) for rec in recs]
+            closest = [g for rec in recs
+                       if (g := _smallest(rec["compressed"][gamma]["gap"])) is not None]
+            inside = [o for rec in recs if (o := _smallest(rec["original_outside"])) is not None]
             ratio = "—" if not ratios else (f"{np.median(ratios):.2f} "
                                             f"({min(ratios):.2f}–{max(ratios):.2f})")
             lines.append(
