@@ -217,3 +217,24 @@ def test_dmc_depth_reruns_a_sweep_whose_file_is_not_a_result(tmp_path, capsys):
     again = json.loads(path.read_text())["runs"]
     assert [run["final_error"] for run in again] == [run["final_error"]
                                                      for run in finished["runs"]]
+
+
+@pytest.mark.parametrize("name", ["dmc-depth", "dmc-lag"])
+def test_dmc_reports_are_written_atomically(tmp_path, monkeypatch, name):
+    """A report write cut short (full disk, a kill) leaves the earlier report whole."""
+    import pathlib
+
+    assert main(["experiment", name, "--fast", "--out", str(tmp_path)]) == 0
+    report = (tmp_path / f"{name}.md").read_text()
+    write_text = pathlib.Path.write_text
+
+    def cut_short(path, text, *args, **kwargs):
+        if f"{name}.md" in path.name:
+            write_text(path, text[:10], *args, **kwargs)
+            raise OSError(28, "No space left on device")
+        return write_text(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", cut_short)
+    assert main(["experiment", name, "--fast", "--report-only", "--out", str(tmp_path)]) == 2
+    assert (tmp_path / f"{name}.md").read_text() == report
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -50,7 +50,7 @@ from deeplora.factorization import (
     principal_angles,
     singular_values,
 )
-from deeplora.output import read_json_object, read_result, write_json
+from deeplora.output import read_json_object, read_result, write_atomic, write_json
 from deeplora.plotting import new_figure, save_figure
 
 # The authors' GD steps on their loss ½ Σ_Ω (X − Φ)² / (m n), by depth, in the depth-comparison
@@ -403,7 +403,8 @@ def dmc_depth(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 f"fall of the best train loss in {summary['stall_window']} steps; "
                 f"{summary['seeds']} problem(s) per fraction")
     write_json(path, summary)
-    (out / "dmc-depth.md").write_text(depth_report(summary))
+    report = depth_report(summary)
+    write_atomic(out / "dmc-depth.md", lambda tmp: tmp.write_text(report))
     return summary
 
 

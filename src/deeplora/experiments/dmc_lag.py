@@ -35,7 +35,7 @@ from deeplora.experiments.dmc import (
     train_loss_tol,
 )
 from deeplora.factorization import DeepFactorization, compress
-from deeplora.output import read_json_object, read_result, write_json
+from deeplora.output import read_json_object, read_result, write_atomic, write_json
 from deeplora.plotting import new_figure, save_figure
 
 
@@ -235,8 +235,9 @@ def dmc_lag(args: argparse.Namespace, out: Path) -> dict[str, Any]:
               "were run with other settings (--steps, --stall-window, --stall-rtol, --tol, "
               "--init-scale, --fast): left out of the report", file=sys.stderr)
     authors = out / "authors-code.json"
-    (out / "dmc-lag.md").write_text(lag_report(
-        records, read_record(authors, ("settings", "runs")) if authors.is_file() else None))
+    report = lag_report(records, read_record(authors, ("settings", "runs"))
+                        if authors.is_file() else None)
+    write_atomic(out / "dmc-lag.md", lambda tmp: tmp.write_text(report))
     _plot_lag(records, out / "dmc-lag.png")
     return {"problems": len(records),
             "outcomes": dict(Counter(run["outcome"] for rec in records
