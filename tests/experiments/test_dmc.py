@@ -93,11 +93,13 @@ def test_dmc_efficiency_reruns_a_sweep_whose_file_is_not_a_result(tmp_path, caps
 
 
 @pytest.mark.parametrize(("args", "why"), [(["--max-steps", "2"], "never left init"),
+                                           (["--tol", "1e3"], "never left init"),
                                            (["--lr", "1e4"], "diverged")])
 def test_dmc_efficiency_figure_says_why_a_run_missed_the_tolerance(tmp_path, monkeypatch, args,
                                                                     why):
-    """A GD run that never left its initialization or diverged is labelled so in the figure,
-    not as a run out of budget."""
+    """A GD run that never left its initialization (out of steps, or within the tolerance from
+    the start: "reached" at step 0) or diverged is labelled so in the figure, not as a run out
+    of budget nor as one that reached the tolerance."""
     import deeplora.experiments.dmc as dmc
 
     labels = []
@@ -109,7 +111,7 @@ def test_dmc_efficiency_figure_says_why_a_run_missed_the_tolerance(tmp_path, mon
                  *args, "--out", str(tmp_path)]) == 0
     runs = json.loads((tmp_path / "dmc-efficiency.json").read_text())["gd"]
     assert {runs[method]["2"]["outcome"] for method in runs} == {why}
-    assert set(labels) == {f"{method}: not reached ({why})" for method in runs}
+    assert set(labels) == {f"{method}: {why}" for method in runs}
 
 
 def test_dmc_depth_fast(tmp_path):

@@ -279,34 +279,39 @@ def _without_histories(value: Any) -> Any:
     return value
 
 
-def _missed(run: dict[str, Any]) -> str:
-    """Why a GD run of the sweep that did not reach the tolerance stopped: ``diverged``,
-    ``never left init`` (train loss never halved) or ``budget`` (from its flags, which files of
-    every version hold)."""
+def _missed(run: dict[str, Any]) -> str | None:
+    """Why a GD run of the sweep does not count as reaching the tolerance: ``diverged``,
+    ``never left init`` (train loss never halved, also when it started within the tolerance)
+    or ``budget``; ``None`` if it reached it (from its flags, which files of every version
+    hold)."""
     if run["diverged"]:
         return "diverged"
-    return "budget" if run["left_init"] else "never left init"
+    if not run["left_init"]:
+        return "never left init"
+    return None if run["reached_tol"] else "budget"
 
 
 def _plot_gd_sweep(gd: dict[str, dict[str, Any]], ranks: list[int], path: Path,
                    title: str) -> None:
-    """Iterations and seconds to the tolerance against r̂; an unreached run is a black marker
-    at its last step, labelled with why (:func:`_missed`; markers :data:`OUTCOME_MARKERS`)."""
+    """Iterations and seconds to the tolerance against r̂; a run that missed it or never left
+    its initialization is a black marker at its last step, labelled with why (:func:`_missed`;
+    markers :data:`OUTCOME_MARKERS`)."""
     fig, axes = new_figure(ncols=2)
     for ax, key, label in ((axes[0], "steps", "GD iterations to tolerance"),
                            (axes[1], "seconds", "wall-clock seconds to tolerance (incl. build)")):
         for method, marker in (("compressed", "o"), ("narrow", "s")):
             runs = [gd[method][str(r)] for r in ranks]
             done = [(r, run[key]) for r, run in zip(ranks, runs, strict=True)
-                    if run["reached_tol"]]
+                    if _missed(run) is None]
             if done:
                 ax.plot(*zip(*done, strict=True), marker=marker, label=method)
             for why in ("budget", "diverged", "never left init"):
                 missed = [(r, run["history"][key][-1]) for r, run in zip(ranks, runs, strict=True)
-                          if not run["reached_tol"] and _missed(run) == why]
+                          if _missed(run) == why]
                 if missed:
                     ax.plot(*zip(*missed, strict=True), ls="none", marker=OUTCOME_MARKERS[why],
-                            color="k", label=f"{method}: not reached ({why})")
+                            color="k", label=f"{method}: "
+                            + ("not reached (budget)" if why == "budget" else why))
         ax.set_xlabel("assumed rank r̂ (width 2r̂)")
         ax.set_ylabel(label)
         ax.set_xticks(ranks)
