@@ -89,6 +89,14 @@ def check_stall(window: int, rtol: float) -> None:
         raise ValueError(f"--stall-rtol must be in (0, 1), got {rtol:g}")
 
 
+def check_distinct(flag: str, values: Sequence[Any]) -> None:
+    """``ValueError`` naming ``flag`` if a value is given twice (its runs would be run and
+    counted twice)."""
+    twice = [value for value, count in Counter(values).items() if count > 1]
+    if twice:
+        raise ValueError(f"{flag}: {twice[0]} given twice")
+
+
 def check_shape(size: int, rank: int) -> None:
     """``ValueError`` naming the flag unless ``--rank`` >= 1 and ``--size`` >= 2 × ``--rank``
     (the compressed model's width 2r)."""
@@ -187,6 +195,8 @@ def dmc_efficiency(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     check_shape(args.size, args.rank)
     for assumed in args.ranks:
         check_integer("--ranks", assumed, 1, args.size // 2)
+    check_distinct("--ranks", args.ranks)
+    check_distinct("--adam-methods", args.adam_methods)
     check_fraction("--observed", args.observed)
     check_integer("--depth", args.depth, 2)
     check_tol(args.tol)
@@ -372,6 +382,9 @@ def dmc_depth(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     check_shape(args.size, args.rank)
     for fraction in args.fractions:
         check_fraction("--fractions", fraction)
+    for flag, values in (("--fractions", args.fractions), ("--depths", args.depths),
+                         ("--methods", args.methods)):
+        check_distinct(flag, values)
     check_integer("--steps", args.steps, 1)
     check_stall(args.stall_window, args.stall_rtol)
     check_tol(args.tol)
