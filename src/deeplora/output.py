@@ -114,10 +114,12 @@ def read_json_object(path: Path, required: Sequence[str]) -> dict[str, Any]:
     return result
 
 
-def read_result(path: Path, required: Sequence[str]) -> dict[str, Any] | None:
+def read_result(path: Path, required: Sequence[str],
+                again: str = "the seed runs again") -> dict[str, Any] | None:
     """The result at ``path``: a JSON object with every key of ``required``; ``None`` if there
     is none, or if it is not valid JSON or not such an object (cut short, edited by hand): then
-    it is renamed ``*.invalid``, with a message naming it, so that the run is redone."""
+    it is renamed ``*.invalid``, with a message naming it and ending in ``again`` (what is
+    redone), so that the run is redone."""
     try:
         return read_json_object(path, required)
     except FileNotFoundError:
@@ -126,5 +128,5 @@ def read_result(path: Path, required: Sequence[str]) -> dict[str, Any] | None:
         aside = path.with_name(path.name + ".invalid")
         os.replace(path, aside)
         tqdm.write(f"deeplora: {path} is not a valid result ({exc}); moved to {aside.name}, "
-                   "the seed runs again", file=sys.stderr)
+                   f"{again}", file=sys.stderr)
         return None

@@ -47,6 +47,44 @@ def test_dmc_theory_bad_step_counts_are_user_errors(
     assert list(tmp_path.iterdir()) == []
 
 
+DMC_SMALL = {"dmc-theory": ["--size", "8", "--rank", "1", "--steps", "20", "--every", "10"],
+             "dmc-efficiency": ["--size", "12", "--rank", "2", "--ranks", "2", "--max-steps",
+                                "30", "--adam-steps", "20", "--init-scale", "0.05", "--lr", "1"],
+             "dmc-depth": ["--size", "12", "--rank", "2", "--fractions", "0.5", "--seeds", "1",
+                           "--steps", "30", "--stall-window", "10", "--init-scale", "0.05",
+                           "--lr-scale", "0.05"],
+             "dmc-lag": ["--cells", "d100-r5-p0.25", "--seeds", "1", "--steps", "1"]}
+
+
+@pytest.mark.parametrize(("name", "args", "message"), [
+    ("dmc-theory", ["--lr", "0"], "--lr must be a finite number > 0, got 0"),
+    ("dmc-theory", ["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+    ("dmc-theory", ["--depth", "1"], "--depth must be an integer >= 2, got 1"),
+    ("dmc-theory", ["--rank", "5"], "--size must be >= 2 × --rank = 10, got 8"),
+    ("dmc-efficiency", ["--tol", "nan"], "--tol must be a finite number >= 0, got nan"),
+    ("dmc-efficiency", ["--adam-steps", "-5"], "--adam-steps must be an integer >= 0, got -5"),
+    ("dmc-efficiency", ["--ranks", "2", "7"], "--ranks must be an integer in [1, 6], got 7"),
+    ("dmc-efficiency", ["--observed", "0"], "--observed must be a fraction in (0, 1], got 0"),
+    ("dmc-depth", ["--fractions", "0.5", "0"], "--fractions must be a fraction in (0, 1], got 0"),
+    ("dmc-depth", ["--tol", "-1"], "--tol must be a finite number >= 0, got -1"),
+    ("dmc-depth", ["--seeds", "0"], "--seeds must be an integer >= 1, got 0"),
+    ("dmc-depth", ["--stall-rtol", "1"], "--stall-rtol must be in (0, 1), got 1"),
+    ("dmc-depth", ["--depths", "2", "2"], "--depths: 2 given twice"),
+    ("dmc-depth", ["--fractions", "0.5", "0.5"], "--fractions: 0.5 given twice"),
+    ("dmc-efficiency", ["--ranks", "2", "3", "2"], "--ranks: 2 given twice"),
+    ("dmc-lag", ["--tol", "nan"], "--tol must be a finite number >= 0, got nan"),
+    ("dmc-lag", ["--stall-window", "-1"], "--stall-window must be an integer >= 1, got -1"),
+    ("dmc-lag", ["--init-scale", "0"], "--init-scale must be a finite number > 0, got 0"),
+])
+def test_dmc_bad_flag_values_are_one_line_naming_the_flag_writing_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, args: list[str],
+        message: str) -> None:
+    assert main(["experiment", name, "--out", str(tmp_path / "out"), *DMC_SMALL[name],
+                 *args]) == 2
+    assert capsys.readouterr().err == f"deeplora: error: {message}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("args", [
     ["stsb-fewshot", "--preset", "practical", "--head", "bi"],
     ["prompt-fewshot"],

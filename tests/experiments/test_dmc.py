@@ -12,7 +12,24 @@ def test_dmc_theory_fast(tmp_path):
                  str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "dmc-theory.json").read_text())
     assert summary["max_deviation"] < 1e-9
+    assert summary["left_init"] and summary["record"]["error"][-1] < 1e-2  # not trivially
     assert summary["smallest_equal_group"] == [24, 24, 24]
+    assert (tmp_path / "dmc-theory.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(("lr", "diverged"), [(1e-9, False), (100.0, True)])
+def test_dmc_theory_flags_a_run_that_never_left_its_initialization_or_diverged(
+        tmp_path, lr, diverged):
+    """A GD step too small to move (train loss never halved: the equal singular values hold
+    trivially) or so large that it diverges (it crashed in the SVD of a non-finite layer) is a
+    result, flagged in the JSON and the figure."""
+    assert main(["experiment", "dmc-theory", "--size", "12", "--rank", "2", "--lr", str(lr),
+                 "--steps", "60", "--every", "10", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "dmc-theory.json").read_text())
+    assert summary["left_init"] is False
+    assert (summary["diverged_at_step"] is not None) == diverged
+    record = summary["record"]
+    assert len(record["train_loss"]) == len(record["steps"]) == len(record["singular_values"])
     assert (tmp_path / "dmc-theory.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -56,6 +73,45 @@ def test_dmc_efficiency_resumes_finished_ranks(tmp_path, monkeypatch):
     assert set(again["gd"]["narrow"]) == {"2", "4"}
     assert main([*argv, "--seed", "1"]) == 0
     assert len(calls) == 2 + 4  # another problem: every r̂ again
+
+
+def test_dmc_efficiency_reruns_a_sweep_whose_file_is_not_a_result(tmp_path, capsys):
+    """dmc-efficiency.json cut short (an interrupted write, an edit) is set aside as
+    ``.invalid`` with a line naming it, and every r̂ runs again."""
+    argv = ["experiment", "dmc-efficiency", "--fast", "--ranks", "2", "--adam-steps", "0",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    path = tmp_path / "dmc-efficiency.json"
+    finished = json.loads(path.read_text())
+    path.write_text(path.read_text()[:100])
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert f"{path} is not a valid result" in capsys.readouterr().err
+    assert path.with_name("dmc-efficiency.json.invalid").stat().st_size == 100
+    again = json.loads(path.read_text())["gd"]["narrow"]["2"]
+    assert again["steps"] == finished["gd"]["narrow"]["2"]["steps"]
+
+
+@pytest.mark.parametrize(("args", "why"), [(["--max-steps", "2"], "never left init"),
+                                           (["--tol", "1e3"], "never left init"),
+                                           (["--lr", "1e4"], "diverged")])
+def test_dmc_efficiency_figure_says_why_a_run_missed_the_tolerance(tmp_path, monkeypatch, args,
+                                                                    why):
+    """A GD run that never left its initialization (out of steps, or within the tolerance from
+    the start: "reached" at step 0) or diverged is labelled so in the figure, not as a run out
+    of budget nor as one that reached the tolerance."""
+    import deeplora.experiments.dmc as dmc
+
+    labels = []
+    save_figure = dmc.save_figure
+    monkeypatch.setattr(dmc, "save_figure", lambda fig, path: labels.extend(
+        t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts())
+        or save_figure(fig, path))
+    assert main(["experiment", "dmc-efficiency", "--fast", "--ranks", "2", "--adam-steps", "0",
+                 *args, "--out", str(tmp_path)]) == 0
+    runs = json.loads((tmp_path / "dmc-efficiency.json").read_text())["gd"]
+    assert {runs[method]["2"]["outcome"] for method in runs} == {why}
+    assert set(labels) == {f"{method}: {why}" for method in runs}
 
 
 def test_dmc_depth_fast(tmp_path):
@@ -103,6 +159,26 @@ def test_dmc_depth_resumes_finished_runs(tmp_path, monkeypatch):
     assert len(calls) == 2  # other settings: run again
 
 
+def test_dmc_depth_keeps_the_runs_a_call_does_not_select(tmp_path, monkeypatch):
+    """A call for some depths after one for others (same settings) adds its runs to those
+    already in dmc-depth.json instead of dropping them."""
+    import deeplora.experiments.dmc as dmc
+
+    argv = ["experiment", "dmc-depth", "--fast", "--methods", "compressed", "--out",
+            str(tmp_path)]
+    assert main([*argv, "--depths", "2"]) == 0
+    path = tmp_path / "dmc-depth.json"
+    first = json.loads(path.read_text())["runs"]
+    assert main([*argv, "--depths", "3"]) == 0
+    summary = json.loads(path.read_text())
+    assert [run for run in summary["runs"] if run["depth"] == 2] == first
+    assert {run["depth"] for run in summary["runs"]} == {2, 3} and len(summary["runs"]) == 4
+    assert "| L = 2, compressed |" in (tmp_path / "dmc-depth.md").read_text()
+    monkeypatch.setattr(dmc, "run_gd", None)  # all four from the file now
+    assert main([*argv, "--depths", "2", "3"]) == 0
+    assert len(json.loads(path.read_text())["runs"]) == 4
+
+
 def test_dmc_depth_report_only_redraws_from_the_json(tmp_path, monkeypatch):
     import deeplora.experiments.dmc as dmc
 
@@ -113,3 +189,54 @@ def test_dmc_depth_report_only_redraws_from_the_json(tmp_path, monkeypatch):
     monkeypatch.setattr(dmc, "run_gd", None)  # nothing may run
     assert main(["experiment", "dmc-depth", "--report-only", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "dmc-depth.md").read_text() == report
+
+
+def test_dmc_depth_report_only_names_a_missing_or_broken_file(tmp_path, capsys):
+    path = tmp_path / "dmc-depth.json"
+    assert main(["experiment", "dmc-depth", "--report-only", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"deeplora: error: {path}: no such file (run dmc-depth "
+                                       "without --report-only first)\n")
+    assert list(tmp_path.iterdir()) == []
+    path.write_text('{"size": 16, "rank"')
+    assert main(["experiment", "dmc-depth", "--report-only", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"deeplora: error: {path}: not a result of `deeplora experiment dmc-depth` (not valid "
+        "JSON")
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_dmc_depth_reruns_a_sweep_whose_file_is_not_a_result(tmp_path, capsys):
+    argv = ["experiment", "dmc-depth", "--fast", "--depths", "2", "--methods", "original",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    path = tmp_path / "dmc-depth.json"
+    finished = json.loads(path.read_text())
+    path.write_text(path.read_text()[:100])
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert f"{path} is not a valid result" in capsys.readouterr().err
+    assert path.with_name("dmc-depth.json.invalid").stat().st_size == 100
+    again = json.loads(path.read_text())["runs"]
+    assert [run["final_error"] for run in again] == [run["final_error"]
+                                                     for run in finished["runs"]]
+
+
+@pytest.mark.parametrize("name", ["dmc-depth", "dmc-lag"])
+def test_dmc_reports_are_written_atomically(tmp_path, monkeypatch, name):
+    """A report write cut short (full disk, a kill) leaves the earlier report whole."""
+    import pathlib
+
+    assert main(["experiment", name, "--fast", "--out", str(tmp_path)]) == 0
+    report = (tmp_path / f"{name}.md").read_text()
+    write_text = pathlib.Path.write_text
+
+    def cut_short(path, text, *args, **kwargs):
+        if f"{name}.md" in path.name:
+            write_text(path, text[:10], *args, **kwargs)
+            raise OSError(28, "No space left on device")
+        return write_text(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", cut_short)
+    assert main(["experiment", name, "--fast", "--report-only", "--out", str(tmp_path)]) == 2
+    assert (tmp_path / f"{name}.md").read_text() == report
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -35,6 +35,71 @@ def test_dmc_lag_fast(tmp_path):
     assert (tmp_path / "dmc-lag.md").read_text() == report
 
 
+def test_lag_report_leaves_out_the_snapshots_of_a_run_that_diverged_there(tmp_path):
+    """A run diverging at a snapshot step records its gap and subspace miss there as null
+    (non-finite): the report's minima leave them out instead of failing on None < float."""
+    from deeplora.experiments.dmc_lag import _plot_lag, lag_report
+
+    assert main(["experiment", "dmc-lag", "--fast", "--cells", "d16-r2-p0.6-lr0.05", "--out",
+                 str(tmp_path)]) == 0
+    (path,) = (tmp_path / "runs").glob("*.json")
+    record = json.loads(path.read_text())
+    report = lag_report([record])
+    for run in record["compressed"].values():
+        run["gap"].append([run["gap"][-1][0] + 100, None])
+    record["original_outside"].append([record["original_outside"][-1][0] + 100, None])
+    assert lag_report([record]) == report
+    _plot_lag([record], tmp_path / "diverged.png")
+    assert (tmp_path / "diverged.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_dmc_lag_draws_a_report_without_the_gamma_cells(tmp_path):
+    """Only some groups run (here r/d): the figure leaves out the panels of the others
+    instead of failing on the missing γ cells."""
+    assert main(["experiment", "dmc-lag", "--fast", "--groups", "r/d", "--out",
+                 str(tmp_path)]) == 0
+    assert (tmp_path / "dmc-lag.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| 16, 2, 80% |" in (tmp_path / "dmc-lag.md").read_text()
+
+
+def test_dmc_lag_reports_only_the_runs_of_its_settings(tmp_path, capsys):
+    """Problems in out/runs from a call with other settings (here --steps) are not mixed into
+    the report: left out with a line; none of these settings is an error."""
+    assert main(["experiment", "dmc-lag", "--fast", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["experiment", "dmc-lag", "--fast", "--steps", "300", "--groups", "gamma",
+                 "--out", str(tmp_path)]) == 0
+    assert "1 of the 2 problems in " in capsys.readouterr().err
+    report = (tmp_path / "dmc-lag.md").read_text()
+    assert "| 16, 2, 60% |" in report and "| 16, 2, 80% |" not in report
+    assert main(["experiment", "dmc-lag", "--report-only", "--out", str(tmp_path)]) == 2
+    assert "runs: no runs of these settings (run dmc-lag without --report-only first, or give " \
+        "the flags the runs were made with)" in capsys.readouterr().err
+    assert (tmp_path / "dmc-lag.md").read_text() == report
+
+
+def test_dmc_lag_reruns_a_problem_whose_file_is_not_a_run(tmp_path, capsys):
+    """A per-problem file cut short (an interrupted write, an edit) is set aside as
+    ``.invalid`` with a line naming it and its problem runs again; under --report-only it is a
+    one-line error naming the file."""
+    argv = ["experiment", "dmc-lag", "--fast", "--cells", "d16-r2-p0.6-lr0.05", "--out",
+            str(tmp_path)]
+    assert main(argv) == 0
+    path = tmp_path / "runs" / "d16-r2-p0.6-lr0.05-s0.json"
+    finished = json.loads(path.read_text())
+    cut = path.read_text()[:200]
+    path.write_text(cut)
+    capsys.readouterr()
+    assert main(["experiment", "dmc-lag", "--fast", "--report-only", "--out",
+                 str(tmp_path)]) == 2
+    assert f"{path}: not a file of `deeplora experiment dmc-lag` (not valid JSON" in \
+        capsys.readouterr().err
+    assert main(argv) == 0
+    assert f"{path} is not a valid result" in capsys.readouterr().err
+    assert path.with_name(path.name + ".invalid").read_text() == cut
+    assert json.loads(path.read_text())["original"]["curve"] == finished["original"]["curve"]
+
+
 def test_d200_cells_match_the_reference_cells_rate() -> None:
     """The d = 200 cells' step × gives GD the top-mode rate η·σ₁^{4/3}·p/d² of the reference
     cell (d, r, p) = (100, 10, 25 %) at the authors' step, with the targets' own σ₁ (within

@@ -20,14 +20,14 @@ import json
 import math
 import textwrap
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from deeplora.checks import SEED_LIMIT
+from deeplora.checks import SEED_LIMIT, check_integer
 from deeplora.completion import (
     METHODS,
     History,
@@ -50,7 +50,7 @@ from deeplora.factorization import (
     principal_angles,
     singular_values,
 )
-from deeplora.output import write_json
+from deeplora.output import read_json_object, read_result, write_atomic, write_json
 from deeplora.plotting import new_figure, save_figure
 
 # The authors' GD steps on their loss ½ Σ_Ω (X − Φ)² / (m n), by depth, in the depth-comparison
@@ -61,6 +61,48 @@ AUTHORS_DEPTH_STEP = {2: 1e2, 3: 3e2}
 def train_loss_tol(tol: float, observed: float) -> float:
     """The authors' train-loss tolerance (on ½ Σ_Ω / (m n)) on our ½ mean_Ω loss."""
     return tol / observed
+
+
+def check_positive(flag: str, value: float) -> None:
+    """``ValueError`` naming ``flag`` unless ``value`` is a finite number > 0."""
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{flag} must be a finite number > 0, got {value:g}")
+
+
+def check_fraction(flag: str, value: float) -> None:
+    """``ValueError`` naming ``flag`` unless ``value`` is an observed fraction in (0, 1]."""
+    if not 0 < value <= 1:
+        raise ValueError(f"{flag} must be a fraction in (0, 1], got {value:g}")
+
+
+def check_tol(value: float) -> None:
+    """``ValueError`` unless ``--tol`` is a finite number >= 0."""
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"--tol must be a finite number >= 0, got {value:g}")
+
+
+def check_stall(window: int, rtol: float) -> None:
+    """``ValueError`` naming the flag unless ``--stall-window`` >= 1 and ``--stall-rtol`` in
+    (0, 1) (:class:`Plateau`'s rule)."""
+    check_integer("--stall-window", window, 1)
+    if not 0 < rtol < 1:
+        raise ValueError(f"--stall-rtol must be in (0, 1), got {rtol:g}")
+
+
+def check_distinct(flag: str, values: Sequence[Any]) -> None:
+    """``ValueError`` naming ``flag`` if a value is given twice (its runs would be run and
+    counted twice)."""
+    twice = [value for value, count in Counter(values).items() if count > 1]
+    if twice:
+        raise ValueError(f"{flag}: {twice[0]} given twice")
+
+
+def check_shape(size: int, rank: int) -> None:
+    """``ValueError`` naming the flag unless ``--rank`` >= 1 and ``--size`` >= 2 × ``--rank``
+    (the compressed model's width 2r)."""
+    check_integer("--rank", rank, 1)
+    if size < 2 * rank:
+        raise ValueError(f"--size must be >= 2 × --rank = {2 * rank}, got {size}")
 
 
 RECOVERED = 1e-2  # recovery error ‖X − Φ‖/‖Φ‖ at or below which a run has recovered Φ
@@ -150,6 +192,19 @@ def dmc_efficiency(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     whose two runs are in ``out/dmc-efficiency.json`` from a run with the same settings is not
     run again.
     """
+    check_shape(args.size, args.rank)
+    for assumed in args.ranks:
+        check_integer("--ranks", assumed, 1, args.size // 2)
+    check_distinct("--ranks", args.ranks)
+    check_distinct("--adam-methods", args.adam_methods)
+    check_fraction("--observed", args.observed)
+    check_integer("--depth", args.depth, 2)
+    check_tol(args.tol)
+    if args.lr is not None:
+        check_positive("--lr", args.lr)
+    check_integer("--max-steps", args.max_steps, 1)
+    check_integer("--adam-steps", args.adam_steps, 0)
+    check_positive("--init-scale", args.init_scale)
     tol_authors = args.tol
     if args.fast:
         size, rank, observed, ranks, adam_steps = 24, 2, 0.6, [2, 4], min(args.adam_steps, 200)
@@ -161,9 +216,6 @@ def dmc_efficiency(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         scale = args.init_scale
         lr = default_settings("compressed", "gd", observed_fraction=observed)[1] \
             if args.lr is None else args.lr
-    if any(not 1 <= r <= size // 2 for r in ranks) or rank < 1 or args.max_steps < 1:
-        raise ValueError(f"need ranks r̂ >= 1 with 2 r̂ <= size = {size}, rank >= 1 and "
-                         f"max-steps >= 1, got ranks {ranks}, rank {rank}")
     target = random_low_rank(size, size, rank, seed=args.seed)
     problem = MatrixCompletion.random(target, observed, seed=(args.seed + 1) % SEED_LIMIT)
     tol = train_loss_tol(tol_authors, problem.observed_fraction)
@@ -222,10 +274,8 @@ def _finished_gd(path: Path, summary: dict[str, Any]) -> dict[str, dict[str, Any
     """The GD runs already in ``path`` (an earlier, possibly interrupted sweep) when it was
     made with the same settings as ``summary``; none otherwise. Both methods of an r̂ are kept
     only together."""
-    if not path.is_file():
-        return {"compressed": {}, "narrow": {}}
-    earlier = json.loads(path.read_text())
-    if any(earlier.get(key) != summary[key] for key in RESUME_KEYS):
+    earlier = read_result(path, (*RESUME_KEYS, "gd"), "every r̂ runs again")
+    if earlier is None or any(earlier[key] != summary[key] for key in RESUME_KEYS):
         return {"compressed": {}, "narrow": {}}
     both = set(earlier["gd"]["compressed"]) & set(earlier["gd"]["narrow"])
     return {method: {r: run for r, run in earlier["gd"][method].items() if r in both}
@@ -239,24 +289,39 @@ def _without_histories(value: Any) -> Any:
     return value
 
 
+def _missed(run: dict[str, Any]) -> str | None:
+    """Why a GD run of the sweep does not count as reaching the tolerance: ``diverged``,
+    ``never left init`` (train loss never halved, also when it started within the tolerance)
+    or ``budget``; ``None`` if it reached it (from its flags, which files of every version
+    hold)."""
+    if run["diverged"]:
+        return "diverged"
+    if not run["left_init"]:
+        return "never left init"
+    return None if run["reached_tol"] else "budget"
+
+
 def _plot_gd_sweep(gd: dict[str, dict[str, Any]], ranks: list[int], path: Path,
                    title: str) -> None:
-    """Iterations and seconds to the tolerance against r̂; an unreached run is an × at its
-    budget."""
+    """Iterations and seconds to the tolerance against r̂; a run that missed it or never left
+    its initialization is a black marker at its last step, labelled with why (:func:`_missed`;
+    markers :data:`OUTCOME_MARKERS`)."""
     fig, axes = new_figure(ncols=2)
     for ax, key, label in ((axes[0], "steps", "GD iterations to tolerance"),
                            (axes[1], "seconds", "wall-clock seconds to tolerance (incl. build)")):
         for method, marker in (("compressed", "o"), ("narrow", "s")):
             runs = [gd[method][str(r)] for r in ranks]
             done = [(r, run[key]) for r, run in zip(ranks, runs, strict=True)
-                    if run["reached_tol"]]
+                    if _missed(run) is None]
             if done:
                 ax.plot(*zip(*done, strict=True), marker=marker, label=method)
-            missed = [(r, run["history"]["steps" if key == "steps" else "seconds"][-1])
-                      for r, run in zip(ranks, runs, strict=True) if not run["reached_tol"]]
-            if missed:
-                ax.plot(*zip(*missed, strict=True), ls="none", marker="x", color="k",
-                        label=f"{method}: not reached (budget)")
+            for why in ("budget", "diverged", "never left init"):
+                missed = [(r, run["history"][key][-1]) for r, run in zip(ranks, runs, strict=True)
+                          if _missed(run) == why]
+                if missed:
+                    ax.plot(*zip(*missed, strict=True), ls="none", marker=OUTCOME_MARKERS[why],
+                            color="k", label=f"{method}: "
+                            + ("not reached (budget)" if why == "budget" else why))
         ax.set_xlabel("assumed rank r̂ (width 2r̂)")
         ax.set_ylabel(label)
         ax.set_xticks(ranks)
@@ -269,6 +334,7 @@ def _plot_gd_sweep(gd: dict[str, dict[str, Any]], ranks: list[int], path: Path,
 
 DEPTH_RESUME_KEYS = ("size", "rank", "seeds", "steps", "init_scale", "lr_scale", "tol_authors",
                      "stall_window", "stall_rtol")
+DEPTH_KEYS = (*DEPTH_RESUME_KEYS, "fractions", "runs")  # what the report and figure read
 
 
 @experiment(
@@ -307,10 +373,24 @@ def dmc_depth(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     train loss reaches the tolerance, stalls (:class:`~deeplora.completion.Plateau`) or uses
     the step budget, and is classified by :func:`outcome`; recovery error ‖X − Φ‖_F/‖Φ‖_F over
     all d² entries. Resumable: a run already in ``out/dmc-depth.json`` from a call with the same
-    settings is not run again; ``--report-only`` redraws the report and figure from it.
+    settings is not run again, and one this call does not select (other ``--depths``,
+    ``--methods``, ``--fractions``) is kept; ``--report-only`` redraws the report and figure
+    from it.
     ``--fast`` (a smoke test): d = 16, r = 2, fractions {0.4, 0.8}, one seed, 300 steps,
     ε = 0.05, steps × 0.05 (the authors' steps diverge at small d), stall window 100.
     """
+    check_shape(args.size, args.rank)
+    for fraction in args.fractions:
+        check_fraction("--fractions", fraction)
+    for flag, values in (("--fractions", args.fractions), ("--depths", args.depths),
+                         ("--methods", args.methods)):
+        check_distinct(flag, values)
+    check_integer("--steps", args.steps, 1)
+    check_stall(args.stall_window, args.stall_rtol)
+    check_tol(args.tol)
+    check_integer("--seeds", args.seeds, 1)
+    check_positive("--init-scale", args.init_scale)
+    check_positive("--lr-scale", args.lr_scale)
     if args.fast:
         size, rank, fractions, seeds, steps = 16, 2, [0.4, 0.8], 1, min(args.steps, 300)
         scale, lr_scale, window = 0.05, 0.05, 100
@@ -318,11 +398,15 @@ def dmc_depth(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         size, rank, fractions, seeds, steps = (args.size, args.rank, args.fractions, args.seeds,
                                                args.steps)
         scale, lr_scale, window = args.init_scale, args.lr_scale, args.stall_window
-    if 2 * rank > size or not fractions or seeds < 1 or steps < 1:
-        raise ValueError("need 2 × rank <= size, some fractions, seeds >= 1 and steps >= 1")
     path = out / "dmc-depth.json"
     if args.report_only:
-        summary = json.loads(path.read_text())
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file (run dmc-depth without --report-only first)")
+        try:
+            summary = read_json_object(path, DEPTH_KEYS)
+        except ValueError as exc:
+            raise ValueError(f"{path}: not a result of `deeplora experiment dmc-depth` ({exc})"
+                             ) from None
     else:
         summary = {"size": size, "rank": rank, "fractions": fractions, "seeds": seeds,
                    "steps": steps, "init_scale": scale, "lr_scale": lr_scale,
@@ -337,17 +421,26 @@ def dmc_depth(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 f"fall of the best train loss in {summary['stall_window']} steps; "
                 f"{summary['seeds']} problem(s) per fraction")
     write_json(path, summary)
-    (out / "dmc-depth.md").write_text(depth_report(summary))
+    report = depth_report(summary)
+    write_atomic(out / "dmc-depth.md", lambda tmp: tmp.write_text(report))
     return summary
 
 
 def _depth_sweep(summary: dict[str, Any], depths: list[int], methods: list[str],
                  path: Path) -> None:
     """Fill ``summary["runs"]`` with every (fraction, problem, depth, method) run of the
-    settings in ``summary``, taking those already in ``path`` and saving after each new one."""
+    settings in ``summary``, taking those already in ``path`` and saving after each new one.
+    The runs of ``path`` with these settings that this call does not select (other depths,
+    methods, fractions) are kept, their fractions added to ``summary["fractions"]``."""
     done = _finished_runs(path, summary, DEPTH_RESUME_KEYS)
-    size, rank, runs = summary["size"], summary["rank"], summary["runs"]
-    for fraction in summary["fractions"]:
+    size, rank, runs, fractions = (summary["size"], summary["rank"], summary["runs"],
+                                   list(summary["fractions"]))
+    selected = {(f, s, d, m) for f in fractions for s in range(summary["seeds"]) for d in depths
+                for m in methods}
+    runs += [run for key, run in done.items() if key not in selected]
+    summary["fractions"] = [*fractions, *sorted({run["fraction"] for run in runs}
+                                                - set(fractions))]
+    for fraction in fractions:
         for seed in range(summary["seeds"]):
             target = random_low_rank(size, size, rank, seed=seed)
             problem = MatrixCompletion.random(target, fraction, seed=seed + 1000)
@@ -371,15 +464,13 @@ def _depth_sweep(summary: dict[str, Any], depths: list[int], methods: list[str],
                     write_json(path, summary)  # after each run: an interrupted sweep resumes
 
 
-def _finished_runs(path: Path, summary: dict[str, Any], keys: Iterable[str]
+def _finished_runs(path: Path, summary: dict[str, Any], keys: Sequence[str]
                    ) -> dict[tuple[Any, ...], dict[str, Any]]:
     """The runs of ``path`` (an earlier, possibly interrupted ``dmc-depth``), keyed by
     (fraction, seed, depth, method), when it was made with the settings ``keys`` of
     ``summary``; none otherwise."""
-    if not path.is_file():
-        return {}
-    earlier = json.loads(path.read_text())
-    if any(earlier.get(key) != summary[key] for key in keys):
+    earlier = read_result(path, (*keys, "runs"), "every run runs again")
+    if earlier is None or any(earlier[key] != summary[key] for key in keys):
         return {}
     return {(run["fraction"], run["seed"], run["depth"], run["method"]): run
             for run in earlier["runs"]}
@@ -511,12 +602,18 @@ def _theory_run(size: int, rank: int, depth: int, scale: float, lr: float, steps
         right = layer @ right / scale
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     record: dict[str, list] = {"steps": [], "error": [], "singular_values": [],
-                               "deviation": [], "angle_to_fixed": []}
+                               "deviation": [], "angle_to_fixed": [], "train_loss": [],
+                               "diverged_at": None}
     for step in range(steps + 1):
+        loss = problem.loss(model)
+        if not math.isfinite(loss.item()):  # diverged: nothing more to record
+            record["diverged_at"] = step
+            break
         if step % every == 0:
             with torch.no_grad():
                 layers = [f.detach() for f in model.factors]
                 record["steps"].append(step)
+                record["train_loss"].append(loss.item())
                 record["error"].append(problem.recovery_error(model))
                 record["singular_values"].append([singular_values(w).tolist() for w in layers])
                 record["deviation"].append([
@@ -526,7 +623,7 @@ def _theory_run(size: int, rank: int, depth: int, scale: float, lr: float, steps
                     float(principal_angles(torch.linalg.svd(w).Vh[:rank].T, v).max())
                     for w, v in zip(layers, bases, strict=True)])
         optimizer.zero_grad()
-        problem.loss(model).backward()
+        loss.backward()
         optimizer.step()
     return record
 
@@ -546,13 +643,20 @@ def _theory_run(size: int, rank: int, depth: int, scale: float, lr: float, steps
     ],
 )
 def dmc_theory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Paper Fig. 2 on a d×d rank-r target, GD from an ε-orthogonal initialization.
+
+    ``--fast`` (a smoke test): 3000 steps recorded every 50, ε = 0.01 (at ε = 1e-3 GD leaves
+    the initialization only after about 5000 steps).
+    """
     steps, every = (3000, 50) if args.fast else (args.steps, args.every)
-    if 2 * args.rank > args.size or args.depth < 2:
-        raise ValueError("need depth >= 2 and 2 × rank <= size")
+    scale = 0.01 if args.fast else args.init_scale
+    check_shape(args.size, args.rank)
+    check_integer("--depth", args.depth, 2)
+    check_positive("--init-scale", args.init_scale)
+    check_positive("--lr", args.lr)
     if steps < 0 or every < 1:
         raise ValueError(f"need --steps >= 0 and --every >= 1, got {steps} and {every}")
-    rec = _theory_run(args.size, args.rank, args.depth, args.init_scale, args.lr, steps, every,
-                      args.seed)
+    rec = _theory_run(args.size, args.rank, args.depth, scale, args.lr, steps, every, args.seed)
     sv = np.array(rec["singular_values"])  # (checkpoints, L, d)
     fig, axes = new_figure(ncols=args.depth + 1, nrows=2, width=4.0, height=3.4)
     top, bottom = axes[: args.depth + 1], axes[args.depth + 1:]
@@ -582,11 +686,18 @@ def dmc_theory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         ax.legend()
     repeated = [min(largest_repeated_cluster(torch.from_numpy(s), 1e-9) for s in layer_sv)
                 for layer_sv in sv.transpose(1, 0, 2)]
+    # flagged: a run that never left its initialization (train loss never halved, at the
+    # recorded steps) or diverged shows the theorem trivially or not at all
+    left_init = min(rec["train_loss"]) < 0.5 * rec["train_loss"][0]
+    diverged = rec["diverged_at"]
     bottom[2].axis("off")
     bottom[3].axis("off")
     bottom[2].text(0, 0.5, "\n".join([
-        f"d = {args.size}, r = {args.rank}, L = {args.depth}, ε = {args.init_scale:g}",
+        f"d = {args.size}, r = {args.rank}, L = {args.depth}, ε = {scale:g}",
         f"GD η = {args.lr:g}, {steps} steps",
+        *([f"DIVERGED at step {diverged} (non-finite loss): recorded until then"]
+          if diverged is not None else []),
+        *([] if left_init else ["NEVER LEFT ITS INITIALIZATION (train loss never halved)"]),
         f"max distance from block form: {deviation.max():.1e}",
         "largest group of equal singular values (rtol 1e-9),",
         f"smallest over training, per layer: {repeated} (d − 2r = {args.size - 2 * args.rank})",
@@ -595,7 +706,8 @@ def dmc_theory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                  "subspace")
     save_figure(fig, out / "dmc-theory.png")
     summary = {"size": args.size, "rank": args.rank, "depth": args.depth,
-               "init_scale": args.init_scale, "lr": args.lr, "steps": steps,
+               "init_scale": scale, "lr": args.lr, "steps": steps,
+               "left_init": left_init, "diverged_at_step": diverged,
                "max_deviation": float(deviation.max()), "smallest_equal_group": repeated,
                "max_angle_to_fixed_degrees_after_escape": float(angle[-1].max()),
                "record": rec}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
+import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,13 +26,16 @@ from deeplora.experiments.dmc import (
     AUTHORS_DEPTH_STEP,
     OUTCOMES,
     SHORT,
+    check_positive,
+    check_stall,
+    check_tol,
     median_or_none,
     run_gd,
     steps_cell,
     train_loss_tol,
 )
 from deeplora.factorization import DeepFactorization, compress
-from deeplora.output import write_json
+from deeplora.output import read_json_object, read_result, write_atomic, write_json
 from deeplora.plotting import new_figure, save_figure
 
 
@@ -77,6 +80,9 @@ FAST_LAG_GRID = (LagCell("gamma", 16, 2, 0.6, (0.01, 0.1), lr_scale=0.05),
                  LagCell("r/d", 16, 2, 0.8, lr_scale=0.05))
 LAG_RESUME_KEYS = ("steps", "init_scale", "tol_authors", "stall_window", "stall_rtol",
                    "snapshot_every")
+# what every per-problem file of ``out/runs`` holds (a file without them is not one)
+RECORD_KEYS = ("settings", "group", "size", "rank", "fraction", "lr_scale", "seed",
+               "subspace_miss_at_init", "original", "original_outside", "compressed")
 
 
 def _outside(matrix: Tensor, left: Tensor, right: Tensor) -> float:
@@ -177,7 +183,8 @@ def dmc_lag(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     and the compressed model built from that same initialization, at each γ of the cell; GD
     with the authors' L = 3 step, until the train loss reaches the tolerance, stalls or the
     budget. One JSON per problem in ``out/runs`` (a problem already there with the same
-    settings is not rerun), then ``dmc-lag.md`` and ``dmc-lag.png`` from all of them;
+    settings is not rerun), then ``dmc-lag.md`` and ``dmc-lag.png`` from all of them made with
+    these settings (the others are left out, with a line saying how many);
     ``out/authors-code.json`` (the authors' code on the same problems, run outside this
     package), when present, adds their steps beside ours.
     ``--fast``: :data:`FAST_LAG_GRID` (d = 16, r = 2), one seed, 400 steps, ε = 0.05.
@@ -203,26 +210,53 @@ def dmc_lag(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         if seeds < 1 or settings["steps"] < 1:
             raise ValueError(f"--seeds and --steps must be >= 1, got {seeds} and "
                              f"{settings['steps']}")
+        check_stall(args.stall_window, args.stall_rtol)
+        check_tol(args.tol)
+        check_positive("--init-scale", args.init_scale)
         folder.mkdir(parents=True, exist_ok=True)
         for cell in cells:
             for seed in range(seeds):
                 path = folder / f"{cell.name}-s{seed}.json"
-                if path.is_file():
-                    earlier = json.loads(path.read_text())
-                    if all(earlier["settings"].get(k) == settings[k] for k in LAG_RESUME_KEYS) \
-                            and set(map(str, cell.gammas)) <= set(earlier["compressed"]):
-                        continue
+                earlier = read_result(path, RECORD_KEYS,  # not one: set aside, run again
+                                      "the problem runs again")
+                if earlier is not None and _made_with(earlier, settings) \
+                        and set(map(str, cell.gammas)) <= set(earlier["compressed"]):
+                    continue
                 write_json(path, {"settings": settings, **_lag_problem(cell, seed, settings)})
-    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    found = [read_record(p, RECORD_KEYS) for p in sorted(folder.glob("*.json"))]
+    records = [rec for rec in found if _made_with(rec, settings)]
+    if found and not records:
+        raise ValueError(f"{folder}: no runs of these settings (run dmc-lag without "
+                         "--report-only first, or give the flags the runs were made with)")
     if not records:
         raise ValueError(f"{folder}: no runs (run dmc-lag without --report-only first)")
+    if len(records) < len(found):
+        print(f"deeplora: {len(found) - len(records)} of the {len(found)} problems in {folder} "
+              "were run with other settings (--steps, --stall-window, --stall-rtol, --tol, "
+              "--init-scale, --fast): left out of the report", file=sys.stderr)
     authors = out / "authors-code.json"
-    (out / "dmc-lag.md").write_text(lag_report(
-        records, json.loads(authors.read_text()) if authors.is_file() else None))
+    report = lag_report(records, read_record(authors, ("settings", "runs"))
+                        if authors.is_file() else None)
+    write_atomic(out / "dmc-lag.md", lambda tmp: tmp.write_text(report))
     _plot_lag(records, out / "dmc-lag.png")
     return {"problems": len(records),
             "outcomes": dict(Counter(run["outcome"] for rec in records
                                      for run in [rec["original"], *rec["compressed"].values()]))}
+
+
+def _made_with(record: dict[str, Any], settings: dict[str, Any]) -> bool:
+    """Whether the per-problem ``record`` was run with ``settings`` (:data:`LAG_RESUME_KEYS`)."""
+    made = record["settings"]
+    return isinstance(made, dict) and all(made.get(k) == settings[k] for k in LAG_RESUME_KEYS)
+
+
+def read_record(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON object in ``path`` (a per-problem run, ``authors-code.json``) with the keys
+    ``required``; a ``ValueError`` naming the file if it is none (cut short, edited)."""
+    try:
+        return read_json_object(path, required)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a file of `deeplora experiment dmc-lag` ({exc})") from None
 
 
 def _lag_ratio(record: dict[str, Any], gamma: str) -> float | None:
@@ -240,6 +274,12 @@ def _gap_at_original_recovery(record: dict[str, Any], gamma: str) -> float | Non
     if reached is None or compressed["steps_run"] < reached:
         return None
     return [g for s, g in compressed["gap"] if s <= reached][-1]
+
+
+def _smallest(series: list[list[Any]]) -> float | None:
+    """The smallest value of ``[[step, value], …]`` (``null``: not finite, a run diverging at a
+    snapshot), ``None`` if there is none."""
+    return min((value for _, value in series if value is not None), default=None)
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -275,9 +315,9 @@ def lag_report(records: list[dict[str, Any]], authors: dict[str, Any] | None = N
                              [rec["compressed"][gamma] for rec in recs]))
             gaps = [g for g in (_gap_at_original_recovery(rec, gamma) for rec in recs)
                     if g is not None]
-            closest = [min(g for _, g in rec["compressed"][gamma]["gap"]) for rec in recs
-                       if rec["compressed"][gamma]["gap"]]
-            inside = [min(o for _, o in rec["original_outside"]) for rec in recs]
+            closest = [g for rec in recs
+                       if (g := _smallest(rec["compressed"][gamma]["gap"])) is not None]
+            inside = [o for rec in recs if (o := _smallest(rec["original_outside"])) is not None]
             ratio = "—" if not ratios else (f"{np.median(ratios):.2f} "
                                             f"({min(ratios):.2f}–{max(ratios):.2f})")
             lines.append(
@@ -340,8 +380,9 @@ def _plot_lag(records: list[dict[str, Any]], path: Path) -> None:
                 color=f"C{i}")
     axes[0].set_xscale("log")
     axes[0].set_xlabel("γ (outer factors step at γ·η)")
-    first = min((r for r in records if r["group"] == "gamma"), key=lambda r: r["fraction"])
-    size, rank = first["size"], first["rank"]
+    gamma_recs = [r for r in records if r["group"] == "gamma"]
+    first = min(gamma_recs, key=lambda r: r["fraction"]) if gamma_recs else None  # none run
+    size, rank = (first["size"], first["rank"]) if first else (None, None)
     cell = [r for r in records if (r["size"], r["rank"]) == (size, rank)
             and paper in r["compressed"]]  # colours by the step scales of this cell only
     for i, scale in enumerate(sorted({r["lr_scale"] for r in cell}, reverse=True)):
@@ -353,8 +394,8 @@ def _plot_lag(records: list[dict[str, Any]], path: Path) -> None:
     def where(r: dict[str, Any]) -> tuple[int, int, float, float]:
         return r["size"], r["rank"], r["fraction"], r["lr_scale"]
 
-    baseline = where(first)
-    cells = sorted({where(r) for r in records if r["group"] in ("r/d", "size")} | {baseline})
+    cells = sorted({where(r) for r in records if r["group"] in ("r/d", "size")}
+                   | ({where(first)} if first else set()))
     labels = [f"d={d}, r={k}\np={p:g}" + ("" if s == 1 else f"\nstep ×{s:g}")
               for d, k, p, s in cells]
     scatter(axes[2], [(float(i), ratio) for i, c in enumerate(cells) for r in records
@@ -368,7 +409,6 @@ def _plot_lag(records: list[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    gamma_recs = [r for r in records if r["group"] == "gamma"]
     for rec in gamma_recs[: 2 * 3]:
         for j, gamma in enumerate(g for g in rec["compressed"] if g in (paper, "0.1")):
             gap = rec["compressed"][gamma]["gap"]
