@@ -678,3 +678,29 @@ def test_injected_factors_have_the_stated_shapes_and_every_singular_value_eps() 
         values = torch.linalg.svdvals(adapter_deltas(model)[name].double())
         torch.testing.assert_close(values[:r], torch.full((r,), eps**3, dtype=F64), rtol=1e-6,
                                    atol=0)
+
+
+@pytest.mark.parametrize("width", [1, 20])
+def test_resolved_names_are_adapted_exactly_not_as_suffixes(width: int, tmp_path: Path) -> None:
+    """A regex selecting top-level ``0`` … ``width-1`` resolves to those names; PEFT matched
+    them as dotted suffixes and also adapted the nested ``inner.0`` (and the saved adapter,
+    whose recorded shapes lack it, then failed to load: 'adapter does not fit this model').
+    With 20 names PEFT also condenses the list to suffixes before matching."""
+    def build() -> nn.Sequential:
+        torch.manual_seed(0)
+        model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(width)])
+        model.add_module("inner", nn.Sequential(nn.Linear(4, 4)))
+        return model.to(F64).eval()
+
+    wanted = [str(i) for i in range(width)]
+    model = get_peft_model(build(), DeepLoraConfig(r=2, target_modules=r"1?\d"))
+    assert sorted(adapter_deltas(model)) == sorted(wanted)
+    assert sorted(model.peft_config["default"].target_shapes) == sorted(wanted)
+    assert isinstance(model.get_base_model().inner[0], nn.Linear)
+    perturb(model)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(build(), tmp_path).eval()
+    assert sorted(adapter_deltas(loaded)) == sorted(wanted)
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
