@@ -192,3 +192,30 @@ def test_exported_lora_delta_is_the_factor_product_or_its_best_truncation(
     with torch.no_grad():
         difference = float((exported(x) - model(x)).abs().max())
     assert difference < (1e-5 if rtol > 1e-6 else 1e-12)
+
+
+@pytest.mark.parametrize("targets", [r"0|inner\.\d", r"0|inner\.1"])
+def test_exported_lora_adapts_exactly_the_exported_layers(targets: str, tmp_path: Path) -> None:
+    """Layer ``0`` exported at rank 1, the others at 3. The LoraConfig listed the names and
+    keyed rank_pattern by ``0``, which PEFT matches as suffixes: ``inner.0`` took rank 1 (the
+    export failed to load: size mismatch) or, not exported, got a LoRA layer of its own."""
+    def build() -> torch.nn.Sequential:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(5, 5))
+        model.add_module("inner", torch.nn.Sequential(torch.nn.Linear(5, 5),
+                                                      torch.nn.Linear(5, 5)))
+        return model.double().eval()
+
+    model = get_peft_model(build(), DeepLoraConfig(r=3, target_modules=targets,
+                                                   init_scale=0.5))
+    with torch.no_grad():
+        adapter_factorizations(model)["0"].factors[1][1:] = 0.0
+    report = export_lora(model, tmp_path / "lora")
+    exported = PeftModel.from_pretrained(build(), tmp_path / "lora").eval()
+    lora_ranks = {name: module.r["default"] for name, module in
+                  exported.get_base_model().named_modules() if hasattr(module, "lora_A")}
+    assert lora_ranks == report.ranks == {name: 1 if name == "0" else 3
+                                          for name in adapter_factorizations(model)}
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        assert float((exported(x) - model(x)).abs().max()) < 1e-6
