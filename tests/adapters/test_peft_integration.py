@@ -704,3 +704,16 @@ def test_resolved_names_are_adapted_exactly_not_as_suffixes(width: int, tmp_path
     x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_add_weighted_adapter_covers_exactly_the_layers_of_its_adapters() -> None:
+    """The combined adapter's layers were re-resolved from their names as dotted suffixes:
+    ``0`` also gave the nested ``inner.0`` (adapted by none of the adapters) fresh factors,
+    ΔW = ε³ instead of 0."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4))
+    model.add_module("inner", nn.Sequential(nn.Linear(4, 4)))
+    model = get_peft_model(model, DeepLoraConfig(r=2, target_modules="0"))
+    model.add_weighted_adapter(["default"], [1.0], "sum")
+    assert sorted(adapter_deltas(model, "sum")) == ["0"]
+    assert model.peft_config["sum"].target_modules == ["0"]

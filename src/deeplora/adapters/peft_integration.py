@@ -375,8 +375,9 @@ class DeepLoraModel(BaseTuner):
         smallest = min(min(layer.out_features, layer.in_features) for layer in layers.values())
         rank = min(sum(c.r for c in configs), smallest) if r is None else r
         new_depth = configs[0].depth if depth is None else depth
-        self.peft_config[adapter_name] = replace(
-            configs[0], r=rank, depth=new_depth, init="orthogonal", target_modules=sorted(layers),
+        self.peft_config[adapter_name] = replace(  # exactly these layers: a regex of the names
+            configs[0], r=rank, depth=new_depth, init="orthogonal",
+            target_modules="|".join(re.escape(name) for name in sorted(layers)),
             target_shapes=None, inference_mode=True, modules_to_save=None,
         )
         try:  # the checks run before any module changes (prepare_targets)
