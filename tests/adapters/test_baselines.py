@@ -1,4 +1,6 @@
+import copy
 import os
+import re
 
 import pytest
 import torch
@@ -35,7 +37,8 @@ def test_peft_lora_presets_need_the_model() -> None:
         build_adapter_config("peft-lora", target_modules="attention-mlp")
     model = tiny_bert()
     config = build_adapter_config("peft-lora", r=4, target_modules="attention-mlp", model=model)
-    assert sorted(config.target_modules) == sorted(resolve_target_modules(model, "attention-mlp"))
+    assert [n for n, _ in model.named_modules() if re.fullmatch(config.target_modules, n)] == (
+        resolve_target_modules(model, "attention-mlp"))
     wrapped = get_peft_model(model, config)
     assert len(adapter_deltas(wrapped)) == 12
     assert all(torch.count_nonzero(d) == 0 for d in adapter_deltas(wrapped).values())
@@ -100,3 +103,16 @@ def test_embedded_model_path_holds_the_minilm_files() -> None:
     path = embedded_model_path()
     assert os.path.isfile(os.path.join(path, "config.json"))
     assert os.path.isfile(os.path.join(path, "model.safetensors"))
+
+
+def test_peft_lora_from_a_model_adapts_exactly_the_resolved_names() -> None:
+    """A regex selecting top-level ``0`` resolved to ["0"], which PEFT's LoraConfig matched
+    as a dotted suffix: the nested ``inner.0`` got a LoRA layer too."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    model.add_module("inner", torch.nn.Sequential(torch.nn.Linear(4, 4)))
+    for targets in ("0", ["0"]):
+        config = build_adapter_config("peft-lora", r=2, target_modules=targets,
+                                      model=copy.deepcopy(model))
+        wrapped = get_peft_model(copy.deepcopy(model), config)
+        expected = ["0"] if isinstance(targets, str) else ["0", "inner.0"]  # names: suffixes
+        assert sorted(adapter_deltas(wrapped)) == expected

@@ -11,6 +11,7 @@ from transformers.pytorch_utils import Conv1D
 
 from deeplora.adapters import (
     DeepLoraConfig,
+    adapter_deltas,
     adapter_factorizations,
     adapter_param_groups,
     compress_adapters,
@@ -256,11 +257,13 @@ SHAPE_CHECKS = {
         test_sampled_isometry_keeps_the_gradient_directions(d_out, d_in)
         for d_out, d_in in ((8, 8), (12, 6), (6, 12))],
     "tall-vs-transposed": test_tall_layer_follows_its_gradient_as_well_as_the_transposed_layer,
+    "adapter-construction": lambda: [
+        test_compressed_adapter_is_the_documented_construction_of_its_gradient(d_out, d_in)
+        for d_out, d_in in ((6, 10), (8, 8), (10, 6))],
 }
-FAILS_WITH = {
-    "input-side": {"naive-wide-construction", "gradient-directions", "tall-vs-transposed"},
-    "stacked": {"naive-wide-construction", "gradient-directions", "tall-vs-transposed"},
-}
+ALL_CHECKS = {"naive-wide-construction", "gradient-directions", "tall-vs-transposed",
+              "adapter-construction"}
+FAILS_WITH = {"input-side": ALL_CHECKS, "stacked": ALL_CHECKS}
 
 
 @pytest.mark.parametrize("construction", sorted(FAILS_WITH))
@@ -316,3 +319,52 @@ def test_compress_restores_the_active_adapter_after_an_error() -> None:
         compress_adapters(model, failing, "two")
     assert model.active_adapters == ["one"] and model.peft_config["two"].init == "orthogonal"
     assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+
+
+@pytest.mark.parametrize(("d_out", "d_in"), [(6, 10), (8, 8), (10, 6)])
+def test_compressed_adapter_is_the_documented_construction_of_its_gradient(
+    d_out: int, d_in: int
+) -> None:
+    """float64 Linear, r = 4 (k = 2), L = 3: G = ∂ℒ/∂ΔW at ΔW(0), by autograd through a
+    materialized ΔW, and Q, redrawn from the same generator. As the module docstring says, the
+    layer becomes [V₁ᵀ, εI, εI, εI, U] with V₁ = orth[V_G[:, :k], Qᵀ U_G[:, :k]], U = Q V₁
+    (d_out <= d_in) or U = orth[U_G[:, :k], Q V_G[:, :k]], V₁ = Qᵀ U (d_out > d_in), so
+    ΔW(0) = ε³ U V₁ᵀ: the projection of ε³ Q onto the kept subspace."""
+    eps, rank, depth, k = 1e-3, 4, 3, 2
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(5, d_in, generator=generator, dtype=F64)
+    weights = torch.randn(5, d_out, generator=generator, dtype=F64)
+
+    def loss(output: torch.Tensor) -> torch.Tensor:
+        return torch.sum(torch.tanh(output) * weights)
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(d_in, d_out)).double()
+    model = get_peft_model(copy.deepcopy(base), DeepLoraConfig(
+        r=rank, depth=depth, init_scale=eps, target_modules=["0"]))
+    delta0 = next(iter(adapter_factorizations(model).values())).product().detach()
+    materialized = delta0.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(
+        loss(nn.functional.linear(x, base[0].weight + materialized, base[0].bias)), materialized)
+    u_g, _, vh_g = torch.linalg.svd(grad)
+    q = orthogonal_(torch.empty(d_out, d_in, dtype=F64), 1.0, torch.Generator().manual_seed(9))
+
+    compress_adapters(model, lambda m: loss(m(x)), generator=torch.Generator().manual_seed(9))
+    first, *inner, last = (f.detach() for f in adapter_factorizations(model)["0"].factors)
+    assert first.dtype == F64 and len(inner) == depth
+    for factor in inner:
+        assert torch.equal(factor, eps * torch.eye(rank, dtype=F64))
+    v1 = first.T
+    if d_out <= d_in:
+        torch.testing.assert_close(v1.T @ v1, torch.eye(rank, dtype=F64), atol=1e-12, rtol=0)
+        torch.testing.assert_close(span(v1), span(torch.cat([vh_g[:k].T, q.T @ u_g[:, :k]], 1)),
+                                   atol=1e-9, rtol=0)
+        torch.testing.assert_close(last, q @ v1, atol=1e-12, rtol=0)
+    else:
+        torch.testing.assert_close(last.T @ last, torch.eye(rank, dtype=F64), atol=1e-12, rtol=0)
+        torch.testing.assert_close(span(last), span(torch.cat([u_g[:, :k], q @ vh_g[:k].T], 1)),
+                                   atol=1e-9, rtol=0)
+        torch.testing.assert_close(v1, q.T @ last, atol=1e-12, rtol=0)
+    projected = span(last) @ q if d_out > d_in else q @ span(v1)
+    torch.testing.assert_close(adapter_deltas(model)["0"], eps**depth * projected,
+                               atol=1e-20, rtol=1e-9)

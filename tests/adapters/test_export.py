@@ -4,6 +4,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -147,3 +148,74 @@ def test_cli_export_lora(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert report["max_output_difference"] < 1e-5
     assert main(argv) == 2  # OUT is not empty now
     assert "not an empty folder" in capsys.readouterr().err
+
+
+def linear_mlp(seed: int = 0) -> torch.nn.Sequential:
+    """Linear(6, 5) → tanh → Linear(5, 7) → tanh → Linear(7, 4), float64."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 7),
+                               torch.nn.Tanh(), torch.nn.Linear(7, 4)).double().eval()
+
+
+@pytest.mark.parametrize("rtol", [1e-9, 1e-4])
+def test_exported_lora_delta_is_the_factor_product_or_its_best_truncation(
+    rtol: float, tmp_path: Path
+) -> None:
+    """float64: stock PEFT's LoRA ΔW of each exported layer (``get_delta_weight``, scaling
+    included) equals W₃W₂W₁ formed from the factors; layer "2" has σ₃/σ₁ ≈ 1e-6, kept at
+    rtol = 1e-9 (exact export: only rounding is cut), cut at 1e-4 with ‖ΔW − ΔW_k‖₂ = σ₃
+    (NumPy's SVD)."""
+    model = get_peft_model(linear_mlp(), DeepLoraConfig(r=3, target_modules=["0", "2", "4"]))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(0.3 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+        adapter_factorizations(model)["2"].factors[1].copy_(
+            torch.diag(torch.tensor([1.0, 0.5, 1e-6], dtype=torch.float64)))
+    products = {name: torch.linalg.multi_dot([f.detach() for f in reversed(fac.factors)])
+                for name, fac in adapter_factorizations(model).items()}
+    report = export_lora(model, tmp_path / "lora", rtol=rtol, dtype=torch.float64)
+    exported = PeftModel.from_pretrained(linear_mlp(), tmp_path / "lora").eval()
+    assert isinstance(exported.peft_config["default"], LoraConfig)
+    for name, product in products.items():
+        s = np.linalg.svd(product.numpy(), compute_uv=False)
+        layer = exported.get_base_model().get_submodule(name)
+        assert layer.scaling["default"] == 1.0
+        delta = layer.get_delta_weight("default")
+        kept = 2 if (name == "2" and rtol > 1e-6) else 3
+        assert report.ranks[name] == kept and layer.r["default"] == kept
+        assert report.truncation[name] == pytest.approx(s[kept] / s[0] if kept < 3 else 0.0)
+        gap = np.linalg.norm((delta - product).numpy(), ord=2)
+        assert gap == pytest.approx(s[kept] if kept < 3 else 0.0, rel=1e-6, abs=1e-12)
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        difference = float((exported(x) - model(x)).abs().max())
+    assert difference < (1e-5 if rtol > 1e-6 else 1e-12)
+
+
+@pytest.mark.parametrize("targets", [r"0|inner\.\d", r"0|inner\.1"])
+def test_exported_lora_adapts_exactly_the_exported_layers(targets: str, tmp_path: Path) -> None:
+    """Layer ``0`` exported at rank 1, the others at 3. The LoraConfig listed the names and
+    keyed rank_pattern by ``0``, which PEFT matches as suffixes: ``inner.0`` took rank 1 (the
+    export failed to load: size mismatch) or, not exported, got a LoRA layer of its own."""
+    def build() -> torch.nn.Sequential:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(5, 5))
+        model.add_module("inner", torch.nn.Sequential(torch.nn.Linear(5, 5),
+                                                      torch.nn.Linear(5, 5)))
+        return model.double().eval()
+
+    model = get_peft_model(build(), DeepLoraConfig(r=3, target_modules=targets,
+                                                   init_scale=0.5))
+    with torch.no_grad():
+        adapter_factorizations(model)["0"].factors[1][1:] = 0.0
+    report = export_lora(model, tmp_path / "lora")
+    exported = PeftModel.from_pretrained(build(), tmp_path / "lora").eval()
+    lora_ranks = {name: module.r["default"] for name, module in
+                  exported.get_base_model().named_modules() if hasattr(module, "lora_A")}
+    assert lora_ranks == report.ranks == {name: 1 if name == "0" else 3
+                                          for name in adapter_factorizations(model)}
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        assert float((exported(x) - model(x)).abs().max()) < 1e-6

@@ -122,3 +122,47 @@ def test_subspace_cosine_is_the_papers_figure_1_quantity() -> None:
     assert cosines["q"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="angle"):
         adapter_subspace_cosines({"q": rotated(0.0)}, {"q": rotated(0.3)}, angle="mean")
+
+
+def with_spectrum(values: list[float], shape: tuple[int, int], seed: int) -> np.ndarray:
+    """A d_out×d_in matrix U diag(values) Vᵀ with random orthonormal U, V."""
+    rng = np.random.default_rng(seed)
+    u = np.linalg.qr(rng.standard_normal((shape[0], len(values))))[0]
+    v = np.linalg.qr(rng.standard_normal((shape[1], len(values))))[0]
+    return u @ np.diag(values) @ v.T
+
+
+def test_spectrum_ranks_and_angles_agree_with_numpy() -> None:
+    """Hand-built ΔWs of known spectrum: singular values, ranks at every tolerance kind
+    (NumPy's matrix_rank with the same threshold) and principal angles / cosines
+    (arccos of the singular values of U_aᵀ U_b, U from NumPy's SVD) from independent code."""
+    spectrum = [2.0, 0.9, 3e-3, 5e-4, 1e-9]
+    a = {"tall": with_spectrum(spectrum, (12, 7), 0), "wide": with_spectrum(spectrum, (6, 11), 1)}
+    b = {"tall": with_spectrum(spectrum, (12, 7), 2), "wide": a["wide"] + 0.3 * with_spectrum(
+        [1.0, 0.5], (6, 11), 3)}
+    deltas_a = {k: torch.from_numpy(v) for k, v in a.items()}
+    deltas_b = {k: torch.from_numpy(v) for k, v in b.items()}
+    for values in adapter_singular_values(deltas_a).values():
+        np.testing.assert_allclose(values[:5].numpy(), spectrum, rtol=1e-9, atol=1e-14)
+    for atol, rtol in ((1e-3, 0.0), (0.0, 1e-3), (1e-3, 1e-6), (0.0, 1e-12)):
+        expected = {k: int(np.linalg.matrix_rank(v, tol=max(atol, rtol * 2.0)))
+                    for k, v in a.items()}
+        assert adapter_numerical_ranks(deltas_a, atol=atol, rtol=rtol) == expected
+    assert adapter_numerical_ranks(deltas_a, atol=1e-3) == {"tall": 3, "wide": 3}
+    assert adapter_numerical_ranks(deltas_a) == {k: int(np.linalg.matrix_rank(v))
+                                                 for k, v in a.items()} == {"tall": 5, "wide": 5}
+    for rank in (1, 2, 3):
+        for side, index in (("left", 0), ("right", 2)):
+            got = adapter_principal_angles(deltas_a, deltas_b, rank, side)
+            for name in a:
+                ua, ub = (np.linalg.svd(m[name])[index] for m in (a, b))
+                if side == "right":  # rows of Vᵀ
+                    ua, ub = ua.T, ub.T
+                cosines = np.linalg.svd(ua[:, :rank].T @ ub[:, :rank], compute_uv=False)
+                np.testing.assert_allclose(np.sort(got[name])[::-1],
+                                           np.arccos(np.clip(np.sort(cosines), -1, 1)),
+                                           atol=1e-7)
+                if side == "left":
+                    for angle, pick in (("smallest", cosines.max()), ("largest", cosines.min())):
+                        assert adapter_subspace_cosines(deltas_a, deltas_b, rank, angle)[
+                            name] == pytest.approx(pick, abs=1e-10)

@@ -1,3 +1,4 @@
+import copy
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,14 @@ from peft import (
 )
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedModel
+from transformers.pytorch_utils import Conv1D
 
-from deeplora.adapters import DeepLoraConfig, DeepLoraLayer, adapter_deltas
+from deeplora.adapters import (
+    DeepLoraConfig,
+    DeepLoraLayer,
+    adapter_deltas,
+    adapter_factorizations,
+)
 from deeplora.factorization.deep import DeepFactorization
 
 from .helpers import TINY, inputs_for, logits, tiny_bert, tiny_gpt2
@@ -500,3 +507,213 @@ def test_mixed_adapter_batches_are_refused_not_ignored() -> None:
     with model.disable_adapter():  # nothing active: the argument is moot, as in PEFT
         torch.testing.assert_close(logits(model, {**inputs, "adapter_names": ["__base__"] * 3}),
                                    logits(tiny_bert(), inputs))
+
+
+F64 = torch.float64
+
+
+def mlp(seed: int = 0) -> nn.Sequential:
+    """Linear(6, 5) → tanh → Conv1D(5 → 7) → tanh → Linear(7, 4, bias=False), float64."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), Conv1D(7, 5), nn.Tanh(),
+                         nn.Linear(7, 4, bias=False)).to(F64).eval()
+
+
+def by_hand(base: nn.Sequential, factors: dict[str, list[torch.Tensor]], x: torch.Tensor
+            ) -> torch.Tensor:
+    """The oracle: each adapted layer gives base(h) + h (W_L ⋯ W_1)ᵀ, the product formed here
+    from the factor tensors, no scaling (DeepLoraConfig: 'no α/r scaling')."""
+    for name, module in base.named_children():
+        y = module(x)
+        if name in factors:
+            delta = factors[name][0]
+            for factor in factors[name][1:]:
+                delta = factor @ delta
+            y = y + x @ delta.T
+        x = y
+    return x
+
+
+def factor_tensors(model: PeftModel) -> dict[str, list[torch.Tensor]]:
+    return {name.rpartition(".")[2]: [f.detach().clone() for f in layer.factors]
+            for name, layer in adapter_factorizations(model).items()}
+
+
+@pytest.mark.parametrize(("depth", "init"), [(3, "orthogonal"), (4, "orthogonal"), (2, "lora"),
+                                             (2, "lora-hu")])
+def test_forward_is_base_plus_the_factor_product_by_hand(depth: int, init: str) -> None:
+    """Linear and Conv1D layers of a float64 MLP: output = base(x) + x (W_L ⋯ W_1)ᵀ computed
+    from the factor tensors; also with adapter dropout in eval mode; disabled = base."""
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1), dtype=F64)
+    with torch.no_grad():
+        reference = mlp()(x)
+    for dropout in (0.0, 0.4):
+        model = get_peft_model(mlp(), DeepLoraConfig(r=3, depth=depth, init=init,
+                                                     init_scale=0.5, dropout=dropout,
+                                                     target_modules=["0", "2", "4"]))
+        perturb(model, scale=0.5)
+        model.eval()
+        factors = factor_tensors(model)
+        assert [tuple(f.shape) for f in factors["2"]] == (
+            [(3, 5)] + [(3, 3)] * (depth - 2) + [(7, 3)])
+        with torch.no_grad():
+            got = model(x)
+            torch.testing.assert_close(got, by_hand(mlp(), factors, x), rtol=1e-12, atol=1e-12)
+            assert (got - reference).abs().max() > 1e-2
+            with model.disable_adapter():
+                torch.testing.assert_close(model(x), reference, rtol=0, atol=0)
+            torch.testing.assert_close(model(x), got, rtol=0, atol=0)
+
+
+def test_adapter_dropout_in_training_drops_the_adapter_input_only() -> None:
+    """Train mode, one Linear: output = base(x) + dropout(x) ΔWᵀ with the mask and 1/(1 − p)
+    rescaling torch's dropout draws from the same seed."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(8, 6)).to(F64)
+    model = get_peft_model(copy.deepcopy(base), DeepLoraConfig(r=2, dropout=0.5,
+                                                                target_modules=["0"]))
+    perturb(model)
+    model.train()
+    (w1, w2, w3), = factor_tensors(model).values()
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(1), dtype=F64)
+    torch.manual_seed(5)
+    got = model(x)
+    torch.manual_seed(5)
+    dropped = nn.functional.dropout(x, 0.5, training=True)
+    assert 0 < torch.count_nonzero(dropped) < x.numel()
+    torch.testing.assert_close(got, base(x) + dropped @ (w3 @ w2 @ w1).T, rtol=1e-12, atol=1e-12)
+
+
+def test_merge_is_idempotent_and_unmerge_restores_the_base_weights() -> None:
+    """float64: merge adds W_L ⋯ W_1 (ᵀ for Conv1D) once, a second merge warns and changes
+    nothing, unmerge restores the base weights to round-off, merge_and_unload is a plain model
+    with the adapted outputs; safe_merge gives the same weights."""
+    from transformers.pytorch_utils import Conv1D
+
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1), dtype=F64)
+    original = snapshot(mlp())
+    model = get_peft_model(mlp(), DeepLoraConfig(r=3, target_modules=["0", "2", "4"]))
+    perturb(model, scale=0.5)
+    factors = factor_tensors(model)
+    with torch.no_grad():
+        adapted = model(x)
+    layers = {n: model.get_base_model().get_submodule(n) for n in factors}
+
+    def expected_weight(name: str) -> torch.Tensor:
+        w1, w2, w3 = factors[name]
+        delta = w3 @ w2 @ w1
+        transposed = isinstance(layers[name].get_base_layer(), Conv1D)
+        return original[f"{name}.weight"] + (delta.T if transposed else delta)
+
+    for safe in (False, True):
+        model.merge_adapter(safe_merge=safe)
+        with pytest.warns(UserWarning, match="already merged"):
+            model.merge_adapter()
+        for name, layer in layers.items():
+            assert layer.merged_adapters == ["default"]
+            torch.testing.assert_close(layer.get_base_layer().weight, expected_weight(name),
+                                       rtol=1e-14, atol=1e-14)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), adapted, rtol=1e-12, atol=1e-12)
+        model.unmerge_adapter()
+        for name, layer in layers.items():
+            assert not layer.merged
+            torch.testing.assert_close(layer.get_base_layer().weight, original[f"{name}.weight"],
+                                       rtol=0, atol=1e-15)
+    model.merge_adapter()
+    with torch.no_grad(), model.disable_adapter():  # disabling unmerges, as PEFT's LoRA does
+        torch.testing.assert_close(model(x), mlp()(x), rtol=0, atol=1e-15)
+    plain = model.merge_and_unload()
+    assert not any(isinstance(m, DeepLoraLayer) for m in plain.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), adapted, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("init", "depth"), [("orthogonal", 4), ("lora-hu", 2)])
+def test_saved_adapter_reloads_its_settings_and_exact_outputs(init: str, depth: int,
+                                                              tmp_path: Path) -> None:
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1), dtype=F64)
+    config = DeepLoraConfig(r=3, depth=depth, init=init, init_scale=2e-2, dropout=0.25,
+                            target_modules=["0", "2", "4"])
+    model = get_peft_model(mlp(), config)
+    perturb(model)
+    model.eval()
+    model.save_pretrained(tmp_path)
+    for seed in (0, 9):  # fresh factors drawn on load are overwritten whatever the seed
+        torch.manual_seed(seed)
+        loaded = PeftModel.from_pretrained(mlp(), tmp_path).eval()
+        got = loaded.peft_config["default"]
+        assert isinstance(got, DeepLoraConfig)
+        assert (got.r, got.depth, got.init, got.init_scale, got.dropout) == (
+            3, depth, init, 2e-2, 0.25)
+        assert sorted(got.target_modules) == ["0", "2", "4"]
+        assert got.target_shapes == {"0": [5, 6], "2": [7, 5], "4": [4, 7]}
+        for name, factors in factor_tensors(loaded).items():
+            assert all(f.dtype == F64 for f in factors)
+            for f, want in zip(factors, factor_tensors(model)[name], strict=True):
+                assert torch.equal(f, want)
+        with torch.no_grad():
+            assert torch.equal(loaded(x), model(x))
+
+
+def test_injected_factors_have_the_stated_shapes_and_every_singular_value_eps() -> None:
+    """Through get_peft_model on Linear (d_out×d_in = 5×6), Conv1D (7×5, weight stored 5×7)
+    and Embedding (dim×num_embeddings = 6×11): W₁ (r×d_in), W₂ (r×r), W₃ (d_out×r), each with
+    all r singular values ε (float32 adapters on a float32 base), ΔW(0) with r values ε³."""
+    eps, r = 1e-3, 2
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(11, 6), nn.Linear(6, 5), Conv1D(7, 5))
+    model = get_peft_model(model, DeepLoraConfig(r=r, init_scale=eps,
+                                                 target_modules=["0", "1", "2"]))
+    shapes = {"0": (6, 11), "1": (5, 6), "2": (7, 5)}
+    factorizations = adapter_factorizations(model)
+    assert factorizations.keys() == shapes.keys()
+    for name, (d_out, d_in) in shapes.items():
+        factors = [f.detach() for f in factorizations[name].factors]
+        assert [tuple(f.shape) for f in factors] == [(r, d_in), (r, r), (d_out, r)]
+        for factor in factors:
+            assert factor.dtype == torch.float32
+            torch.testing.assert_close(torch.linalg.svdvals(factor.double()),
+                                       torch.full((r,), eps, dtype=F64), rtol=1e-6, atol=0)
+        values = torch.linalg.svdvals(adapter_deltas(model)[name].double())
+        torch.testing.assert_close(values[:r], torch.full((r,), eps**3, dtype=F64), rtol=1e-6,
+                                   atol=0)
+
+
+@pytest.mark.parametrize("width", [1, 20])
+def test_resolved_names_are_adapted_exactly_not_as_suffixes(width: int, tmp_path: Path) -> None:
+    """A regex selecting top-level ``0`` … ``width-1`` resolves to those names; PEFT matched
+    them as dotted suffixes and also adapted the nested ``inner.0`` (and the saved adapter,
+    whose recorded shapes lack it, then failed to load: 'adapter does not fit this model').
+    With 20 names PEFT also condenses the list to suffixes before matching."""
+    def build() -> nn.Sequential:
+        torch.manual_seed(0)
+        model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(width)])
+        model.add_module("inner", nn.Sequential(nn.Linear(4, 4)))
+        return model.to(F64).eval()
+
+    wanted = [str(i) for i in range(width)]
+    model = get_peft_model(build(), DeepLoraConfig(r=2, target_modules=r"1?\d"))
+    assert sorted(adapter_deltas(model)) == sorted(wanted)
+    assert sorted(model.peft_config["default"].target_shapes) == sorted(wanted)
+    assert isinstance(model.get_base_model().inner[0], nn.Linear)
+    perturb(model)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(build(), tmp_path).eval()
+    assert sorted(adapter_deltas(loaded)) == sorted(wanted)
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_add_weighted_adapter_covers_exactly_the_layers_of_its_adapters() -> None:
+    """The combined adapter's layers were re-resolved from their names as dotted suffixes:
+    ``0`` also gave the nested ``inner.0`` (adapted by none of the adapters) fresh factors,
+    ΔW = ε³ instead of 0."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4))
+    model.add_module("inner", nn.Sequential(nn.Linear(4, 4)))
+    model = get_peft_model(model, DeepLoraConfig(r=2, target_modules="0"))
+    model.add_weighted_adapter(["default"], [1.0], "sum")
+    assert sorted(adapter_deltas(model, "sum")) == ["0"]
+    assert model.peft_config["sum"].target_modules == ["0"]

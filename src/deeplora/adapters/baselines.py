@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,6 +42,7 @@ def build_adapter_config(
     ``target_modules``: names, regex or preset (see :mod:`deeplora.adapters.targets`). Deep
     LoRA resolves presets when it is injected; PEFT's ``LoraConfig`` cannot, so ``"peft-lora"``
     with a preset needs ``model`` (the model to be wrapped), which resolves it to names here
+    (passed on as a regex of exactly those names: PEFT would match a list as dotted suffixes)
     and, as Deep LoRA does on injection, refuses an ``r`` above min(d_out, d_in) of a target
     (PEFT itself accepts it; the extra rank could never be used). ``kwargs`` go to the config
     (``depth``, ``init_scale``, ``dropout`` for Deep LoRA; any ``LoraConfig`` field, plus
@@ -58,6 +60,8 @@ def build_adapter_config(
                              f"pass model= (the model to wrap)")
         if model is not None:
             checked_shapes(model, target_modules, r)
+            # exactly these modules: PEFT matches a name list as dotted suffixes
+            target_modules = "|".join(re.escape(name) for name in target_modules)
         kwargs.setdefault("lora_dropout", kwargs.pop("dropout", 0.0))
         return LoraConfig(r=r, lora_alpha=r, target_modules=target_modules,
                           modules_to_save=modules_to_save, **kwargs)

@@ -159,10 +159,13 @@ def export_lora(
                     if ".deeplora_factors." not in k})
 
     rank = max(ranks.values())
-    pattern = {re.escape(name): k for name, k in ranks.items() if k != rank}
+    # exact names: PEFT matches a name list as dotted suffixes and a pattern key as
+    # "(.*\.)?key$", where "^" stops the prefix ("0" would also take "inner.0")
+    pattern = {f"^{re.escape(name)}": k for name, k in ranks.items() if k != rank}
     lora_config = LoraConfig(
         r=rank, lora_alpha=rank, rank_pattern=pattern, alpha_pattern=dict(pattern),
-        target_modules=sorted(ranks), lora_dropout=config.dropout, fan_in_fan_out=conv1d,
+        target_modules="|".join(re.escape(name) for name in sorted(ranks)),
+        lora_dropout=config.dropout, fan_in_fan_out=conv1d,
         modules_to_save=config.modules_to_save, task_type=config.task_type,
         base_model_name_or_path=config.base_model_name_or_path, revision=config.revision,
         bias="none", inference_mode=True,

@@ -8,7 +8,8 @@ registries that ``register_peft_method`` fills (``peft.mapping.PEFT_TYPE_TO_CONF
 Importing :mod:`deeplora.adapters` (or ``from deeplora import DeepLoraConfig``) registers it;
 after that ``get_peft_model``, ``save_pretrained``, ``PeftModel.from_pretrained`` and
 ``merge_and_unload`` work as for any built-in method. The tuner follows ``BaseTuner`` /
-``BaseTunerLayer``; the hooks overridden are ``_prepare_model``, ``_create_and_replace``,
+``BaseTunerLayer``; the hooks overridden are ``_prepare_model``,
+``_check_target_module_exists`` (the resolved names match exactly), ``_create_and_replace``,
 ``_remove_adapter_name_from_key``, ``_enable_peft_forward_hooks`` (to refuse
 ``adapter_names``) and the layer's ``_move_adapter_to_device_of_base_layer``.
 ``pyproject.toml`` requires peft 0.21.x and transformers 5.x; the tests prove peft 0.21.2 with
@@ -17,6 +18,7 @@ transformers 5.24.0.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -34,6 +36,7 @@ from peft.tuners.tuners_utils import (
     BaseTuner,
     BaseTunerLayer,
     check_adapters_to_merge,
+    check_target_module_exists,
     set_adapter,
 )
 from peft.utils import ModulesToSaveWrapper
@@ -233,9 +236,13 @@ def prepare_targets(model: nn.Module, config: DeepLoraConfig) -> None:
 
     Checks, before anything is modified: the targets exist and are adaptable, ``r`` fits
     each of them, and their shapes equal ``config.target_shapes`` when recorded (an adapter
-    saved from another model). Then records names and shapes in ``config``.
+    saved from another model). Then records names and shapes in ``config``. Recorded names
+    are full names and match exactly, not as dotted suffixes (``"0"`` is not ``"1.0"``).
     """
-    names = resolve_target_modules(model, config.target_modules, config.modules_to_save)
+    targets = config.target_modules
+    if config.target_shapes is not None:
+        targets = "|".join(re.escape(name) for name in config.target_shapes)
+    names = resolve_target_modules(model, targets, config.modules_to_save)
     shapes = checked_shapes(model, names, config.r)
     if config.target_shapes is not None:
         recorded = {n: list(s) for n, s in config.target_shapes.items()}
@@ -262,6 +269,14 @@ class DeepLoraModel(BaseTuner):
     def _prepare_model(self, peft_config: DeepLoraConfig, model: nn.Module) -> None:
         """Runs in every injection (new model, ``add_adapter``, loading) before any change."""
         prepare_targets(model, peft_config)
+
+    @staticmethod
+    def _check_target_module_exists(peft_config: DeepLoraConfig, key: str) -> bool:
+        """Exactly the modules :func:`prepare_targets` resolved: PEFT would match the names
+        as dotted suffixes (a regex selecting ``"0"`` would also adapt ``"1.0"``)."""
+        if peft_config.target_shapes is None:
+            return bool(check_target_module_exists(peft_config, key))
+        return key in peft_config.target_shapes
 
     def _create_and_replace(
         self,
@@ -360,8 +375,9 @@ class DeepLoraModel(BaseTuner):
         smallest = min(min(layer.out_features, layer.in_features) for layer in layers.values())
         rank = min(sum(c.r for c in configs), smallest) if r is None else r
         new_depth = configs[0].depth if depth is None else depth
-        self.peft_config[adapter_name] = replace(
-            configs[0], r=rank, depth=new_depth, init="orthogonal", target_modules=sorted(layers),
+        self.peft_config[adapter_name] = replace(  # exactly these layers: a regex of the names
+            configs[0], r=rank, depth=new_depth, init="orthogonal",
+            target_modules="|".join(re.escape(name) for name in sorted(layers)),
             target_shapes=None, inference_mode=True, modules_to_save=None,
         )
         try:  # the checks run before any module changes (prepare_targets)
