@@ -132,7 +132,7 @@ def test_e2e_refuses_the_glue_only_options(tmp_path: Path, capsys: pytest.Captur
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--rank", "0"], "--rank must be >= 1, got 0"),
-    (["--samples", "0"], "--samples must be >= 1 (or None: the whole split), got 0"),
+    (["--samples", "0"], "--samples must be >= 1, got 0"),
     (["--steps", "-1"], "--steps must be >= 0, got -1"),
     (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
     (["--max-length", "0"], "--max-length must be >= 1, got 0"),

@@ -39,7 +39,8 @@ SAMPLINGS = ("without-replacement", "authors")
 class FinetuneConfig:
     """Everything that determines one fine-tuning run except the seed.
 
-    ``model``: ``None`` means the embedded all-MiniLM-L6-v2. ``dev_samples``: evaluate on a
+    ``model``: ``None`` means the embedded all-MiniLM-L6-v2. ``samples``: few-shot training
+    examples, a seeded draw (``None``: the whole training split). ``dev_samples``: evaluate on a
     seeded subset of the dev split of this size (``None``: the full split). ``eval_every``:
     evaluate every that many steps (0: only at the end). ``lr_outer_ratio`` is the compressed
     method's γ (outer factors train at γ·lr). ``template``: how the ``prompt`` head writes the
@@ -97,7 +98,7 @@ class FinetuneConfig:
             if value not in allowed:
                 raise DataError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
         if self.samples is not None and self.samples < 1:
-            raise DataError(f"samples must be >= 1 (or None: the whole split), got {self.samples}")
+            raise DataError(f"samples must be >= 1, got {self.samples}")
         for name in ("rank", "batch_size", "eval_batch_size", "max_length", "depth",
                      "subspace_rank"):
             if getattr(self, name) < 1:
