@@ -240,3 +240,25 @@ def test_dmc_reports_are_written_atomically(tmp_path, monkeypatch, name):
     assert main(["experiment", name, "--fast", "--report-only", "--out", str(tmp_path)]) == 2
     assert (tmp_path / f"{name}.md").read_text() == report
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_defaults_are_the_papers_settings():
+    """PAPER.md, Sec. 3: d = 1000, r = 5, 20 % observed, L = 3, ε = 1e-3, r̂ from 5 to 20,
+    tolerance 1e-10; the depth comparison at d = 100, r = 10, 30 % observed, η = 3e2 (L = 3)
+    and 1e2 (L = 2)."""
+    from deeplora.experiments import load_all
+    from deeplora.experiments.dmc import AUTHORS_DEPTH_STEP
+
+    def defaults(name):
+        return {arg.flag: arg.kwargs.get("default") for arg in load_all()[name].arguments}
+
+    efficiency = defaults("dmc-efficiency")
+    assert {flag: efficiency[flag] for flag in ("--size", "--rank", "--observed", "--depth",
+                                                "--init-scale", "--tol")} == {
+        "--size": 1000, "--rank": 5, "--observed": 0.2, "--depth": 3, "--init-scale": 1e-3,
+        "--tol": 1e-10}
+    assert min(efficiency["--ranks"]) == 5 and max(efficiency["--ranks"]) == 20
+    depth = defaults("dmc-depth")
+    assert (depth["--size"], depth["--rank"], depth["--init-scale"]) == (100, 10, 1e-3)
+    assert 0.3 in depth["--fractions"] and depth["--depths"] == [2, 3]
+    assert AUTHORS_DEPTH_STEP == {2: 1e2, 3: 3e2}

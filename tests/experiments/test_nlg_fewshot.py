@@ -51,3 +51,10 @@ def test_cpu_preset_scales_adam_eps_to_the_factor_gradients() -> None:
     for eps in (0.0, float("inf")):  # inf was accepted: Adam's steps all 0, nothing trained
         with pytest.raises(DataError, match=f"adam_eps must be a finite number > 0, got {eps}"):
             nlg_preset("paper", adam_eps=eps)
+
+
+def test_paper_runs_ten_seeds() -> None:
+    """PAPER.md: the authors' NLG experiment averages 10 seeds."""
+    from deeplora.experiments.nlg_fewshot import PAPER_SEEDS
+
+    assert PAPER_SEEDS["paper"] == 10

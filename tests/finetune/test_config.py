@@ -9,16 +9,24 @@ from deeplora.finetune.config import FinetuneConfig, padding_override, preset
 from deeplora.finetune.data import DataError
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("depth", 3), ("rank", 8), ("init_scale", 1e-3), ("lr", 1e-4), ("adam_eps", 1e-6),
+    ("decay_ratio", 1.0), ("batch_size", 16), ("max_length", 128), ("pad_to_max_length", True),
+    ("eval_batch_size", 32), ("targets", "all-dense"), ("train_head", False),
+    ("samples", 16), ("steps", 500), ("sampling", "authors"), ("lr_outer_ratio", 1e-2),
+])
+def test_paper_preset_is_paper_md(field: str, value: object) -> None:
+    """PAPER.md, Deep LoRA (Sec. 4): few-shot STS-B, 500 steps, and the authors'
+    few-shot draw (drop rows over max length, draw with replacement); γ of the compressed
+    narrow model. Adam's betas, weight decay and the schedule: tests/finetune/test_train.py."""
+    assert getattr(preset("paper"), field) == value
+
+
 def test_presets_differ_in_head_padding_adam_eps_and_sampling() -> None:
     paper, practical = preset("paper").to_dict(), preset("practical").to_dict()
-    assert paper["lr"] == 1e-4 and paper["batch_size"] == 16 and paper["max_length"] == 128
-    assert paper["depth"] == 3 and paper["rank"] == 8 and paper["init_scale"] == 1e-3
-    assert paper["targets"] == "all-dense" and paper["decay_ratio"] == 1.0
-    assert paper["adam_eps"] == 1e-6
     diff = {k for k in paper if paper[k] != practical[k]}
     assert diff == {"preset", "train_head", "pad_to_max_length", "adam_eps", "sampling"}
-    assert paper["sampling"] == "authors"  # drop long rows, draw with replacement
-    assert not paper["train_head"] and practical["train_head"]
+    assert practical["train_head"] and practical["sampling"] == "without-replacement"
     # eps scaled to the factor gradients, ε^{L-1} times ∂L/∂ΔW
     assert practical["adam_eps"] == pytest.approx(1e-12)
     assert preset("practical", init_scale=1e-2, depth=2).adam_eps == pytest.approx(1e-8)

@@ -161,3 +161,41 @@ def test_seed_of_numpy_type_is_the_same_run(stsb_run, glue_dir: Path) -> None:
     result = run_finetune(config, np.int64(3), glue_dir, progress=False)
     assert type(result["seed"]) is int and result["seed"] == 3
     assert result["train_loss"] == pytest.approx(first["train_loss"], rel=1e-5)
+
+
+def test_paper_preset_trains_only_adapters_with_adam_and_a_linear_schedule(
+        glue_dir: Path, tiny_model: str) -> None:
+    """PAPER.md: Adam β = (0.9, 0.999), eps 1e-6, weight decay 0; lr linear from lr (no
+    warm-up) to decay_ratio·lr (0.1: the introduction figure); only the adapters train, the
+    head stays at its random initialization."""
+    import torch
+    from accelerate import Accelerator
+
+    from deeplora.finetune.train import Prepared, _optimizer, _setup, _step
+
+    config = preset("paper", model=tiny_model, steps=4, samples=8, max_length=24,
+                    decay_ratio=0.1)
+    prepared = Prepared(config, 0, glue_dir)
+    model, _, train_loader, _ = _setup(config, prepared, 0, prepared.dev)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("deeplora" in n for n in trainable), trainable
+    head = {n: p.detach().clone() for n, p in model.named_parameters() if "classifier" in n}
+    adapters = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert head
+    optimizer, scheduler = _optimizer(config, model)
+    (group,) = optimizer.param_groups
+    assert isinstance(optimizer, torch.optim.Adam) and group["betas"] == (0.9, 0.999)
+    assert (group["eps"], group["weight_decay"]) == (1e-6, 0.0)
+    assert {id(p) for p in group["params"]} == {id(p) for p in model.parameters()
+                                                  if p.requires_grad}
+    used = []
+    batch = next(iter(train_loader))
+    for _ in range(config.steps):
+        used.append(group["lr"])
+        _step(model, batch, optimizer, scheduler, Accelerator(cpu=True))
+    # the lr of each step: 1e-4 at step 0, then linear; decay_ratio·lr after the last
+    assert used == pytest.approx([1e-4 * (1 - 0.9 * k / 4) for k in range(4)])
+    assert scheduler.get_last_lr() == pytest.approx([1e-5])
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[n], value) for n, value in head.items())
+    assert any(not torch.equal(params[n], value) for n, value in adapters.items())

@@ -61,3 +61,16 @@ def test_cpu_eps_that_underflows_names_the_settings_it_came_from() -> None:
     with pytest.raises(DataError, match=r"^init_scale must be a number, got '1e-3'$"):
         nlg_preset("cpu", init_scale="1e-3")
     assert nlg_preset("cpu", init_scale=1e-200, adam_eps=1e-9).adam_eps == 1e-9
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("samples", 16), ("batch_size", 16), ("steps", 400), ("lr", 1e-4), ("adam_eps", 1e-6),
+    ("max_input_length", 64), ("max_output_length", 64), ("num_beams", 4),
+    ("targets", "all-dense"), ("init_scale", 1e-3), ("rank", 8), ("depth", 3),
+    ("test_mrs", None),
+])
+def test_paper_preset_is_paper_md(field: str, value: object) -> None:
+    """PAPER.md, the authors' ``nlg_fewshot.py``: 16 examples, batch 16, 400 steps at a
+    constant lr 1e-4, lengths (64, 64), 4 beams, all-dense adapters, ε = 1e-3, rank 8, Deep
+    LoRA depth 3; every test MR."""
+    assert getattr(nlg_preset("paper"), field) == value
