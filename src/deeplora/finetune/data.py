@@ -228,34 +228,49 @@ HELDOUT_SEED = 0
 """Seed of the held-out draw: every run of a task holds out the same training rows."""
 
 
+class HeldOut:
+    """The held-out split of ``train`` for ``n`` rows, drawn once: both parts walk a seed-
+    :data:`HELDOUT_SEED` shuffle of the rows whose texts do not occur in ``test``. ``pool`` is
+    every row but the first ``n`` of them, and few-shot examples are drawn from it;
+    :meth:`rows` are the first ``n`` whose texts are not those of a row of ``trained`` either
+    (the run's training rows, drawn from the pool: training splits repeat some texts). So the
+    held-out rows are never trained on, never repeat a training row's text and are never part
+    of the test split; they are the same for every run but where a run's training rows repeat
+    one."""
+
+    def __init__(self, task: GlueTask, train: datasets.Dataset, n: int,
+                 test: datasets.Dataset) -> None:
+        import numpy as np
+
+        texts = set(_row_texts(task, test))
+        order = np.random.default_rng(HELDOUT_SEED).permutation(len(train))
+        self._task, self._train, self._n = task, train, n
+        self._texts = _row_texts(task, train)
+        self._candidates = [int(i) for i in order if self._texts[i] not in texts]
+        if len(self._candidates) < n:
+            raise DataError(f"--heldout-samples {n}: only {len(self._candidates)} training rows "
+                            f"of {task.name} are not in its test (dev) split")
+        taken = set(self._candidates[:n])
+        self.pool = train.select([i for i in range(len(train)) if i not in taken])
+
+    def rows(self, trained: datasets.Dataset | None = None) -> datasets.Dataset:
+        """The ``n`` held-out rows, none repeating the text of a row of ``trained``."""
+        seen = set() if trained is None else set(_row_texts(self._task, trained))
+        chosen = [i for i in self._candidates if self._texts[i] not in seen][:self._n]
+        if len(chosen) < self._n:
+            raise DataError(f"--heldout-samples {self._n}: only {len(chosen)} training rows of "
+                            f"{self._task.name} are neither in its test (dev) split nor repeat "
+                            "the text of a training row")
+        return self._train.select(chosen)
+
+
 def hold_out(task: GlueTask, train: datasets.Dataset, n: int, test: datasets.Dataset,
              trained: datasets.Dataset | None = None
              ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Split ``train`` into (pool, held-out dev of ``n`` rows). Both walk a seed-
-    :data:`HELDOUT_SEED` shuffle of the rows whose texts do not occur in ``test``: the pool is
-    every row but the first ``n`` of them, and few-shot examples are drawn from it; the held-out
-    rows are the first ``n`` whose texts are not those of a row of ``trained`` either (the run's
-    training rows, drawn from the pool: training splits repeat some texts). So the held-out
-    rows are never trained on, never repeat a training row's text and are never part of the
-    test split; they are the same for every run but where a run's training rows repeat one."""
-    import numpy as np
-
-    texts = set(_row_texts(task, test))
-    order = np.random.default_rng(HELDOUT_SEED).permutation(len(train))
-    rows = _row_texts(task, train)
-    candidates = [int(i) for i in order if rows[i] not in texts]
-    if len(candidates) < n:
-        raise DataError(f"--heldout-samples {n}: only {len(candidates)} training rows of "
-                        f"{task.name} are not in its test (dev) split")
-    taken = set(candidates[:n])
-    pool = train.select([i for i in range(len(train)) if i not in taken])
-    seen = set() if trained is None else set(_row_texts(task, trained))
-    chosen = [i for i in candidates if rows[i] not in seen][:n]
-    if len(chosen) < n:
-        raise DataError(f"--heldout-samples {n}: only {len(chosen)} training rows of "
-                        f"{task.name} are neither in its test (dev) split nor repeat the text "
-                        "of a training row")
-    return pool, train.select(chosen)
+    """``(pool, held-out rows)`` of :class:`HeldOut` in one call (``trained`` known
+    beforehand)."""
+    split = HeldOut(task, train, n, test)
+    return split.pool, split.rows(trained)
 
 
 def _row_texts(task: GlueTask, rows: datasets.Dataset) -> list[tuple[str, ...]]:

@@ -33,7 +33,7 @@ from deeplora.adapters.inspection import (
 )
 from deeplora.factorization.subspace import singular_values
 from deeplora.finetune.config import FinetuneConfig
-from deeplora.finetune.data import few_shot, get_task, hold_out, load_split
+from deeplora.finetune.data import HeldOut, few_shot, get_task, load_split
 from deeplora.finetune.estimate import UnitCosts, seconds_per_step
 from deeplora.finetune.metrics import compute_metrics
 from deeplora.finetune.models import (
@@ -174,7 +174,7 @@ class Prepared:
     """Everything a run needs, built and validated before any training step: ``train`` (the
     few-shot rows), ``dev`` (the GLUE dev rows scored, the test set when ``heldout`` is used)
     and ``heldout`` (``config.heldout_samples`` training rows apart from the few-shot pool that
-    repeat no training row's text, see :func:`deeplora.finetune.data.hold_out`; ``None``
+    repeat no training row's text, see :class:`deeplora.finetune.data.HeldOut`; ``None``
     without)."""
 
     def __init__(self, config: FinetuneConfig, seed: int, data_dir: str | os.PathLike[str] | None):
@@ -184,10 +184,11 @@ class Prepared:
         check_max_length(config.max_length, self.model_path)
         train = load_split(self.task, "train", data_dir)
         full_dev = load_split(self.task, "dev", data_dir)
-        n = config.heldout_samples
-        pool = hold_out(self.task, train, n, full_dev)[0] if n else train
-        self.train = training_rows(config, pool, self.model_path, seed)
-        self.heldout = hold_out(self.task, train, n, full_dev, self.train)[1] if n else None
+        split = (HeldOut(self.task, train, config.heldout_samples, full_dev)
+                 if config.heldout_samples else None)
+        self.train = training_rows(config, train if split is None else split.pool,
+                                   self.model_path, seed)
+        self.heldout = None if split is None else split.rows(self.train)
         dev = full_dev
         if config.dev_samples is not None and config.dev_samples < len(dev):
             dev = few_shot(dev, config.dev_samples, seed=0)
