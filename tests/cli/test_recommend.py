@@ -166,8 +166,11 @@ def test_recommend_implicit_feedback_with_threshold(tmp_path: Path,
     (["--positive-threshold", "4"], "--positive-threshold applies to --feedback implicit"),
     (["--feedback", "implicit", "--shrinkage", "5"], "--shrinkage applies to --feedback "
                                                      "explicit"),
-    (["--feedback", "implicit", "--positive-threshold", "9"], "needs at least one positive"),
-    # the estimator's checks, naming the flag (they said max_steps, rank, alpha)
+    # the estimator's checks, naming the flags (they said feedback='implicit', max_steps, …)
+    (["--feedback", "implicit", "--positive-threshold", "9"],
+     "error: --feedback implicit needs at least one positive, but none of the"),
+    (["--feedback", "implicit", "--positive-threshold", "9"],
+     "observations is >= --positive-threshold 9.0\n"),
     (["--steps", "-1"], "error: --steps must be an integer >= 0, got -1"),
     (["--rank", "0"], "error: --rank must be an integer >= 1, got 0"),
     (["--feedback", "implicit", "--alpha", "-1"], "error: --alpha must be a finite number >= 0"),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -95,24 +96,35 @@ def check_file_only(flag: str, path: str | None, what: str) -> None:
 PARAMETER_FLAGS = {"rank": "--rank", "depth": "--depth", "init_scale": "--init-scale",
                    "lr": "--lr", "gamma": "--gamma", "max_steps": "--steps",
                    "eval_every": "--eval-every", "random_state": "--seed",
-                   "alpha": "--alpha", "positive_threshold": "--positive-threshold",
-                   "shrinkage": "--shrinkage"}
+                   "feedback": "--feedback", "alpha": "--alpha",
+                   "positive_threshold": "--positive-threshold", "shrinkage": "--shrinkage"}
 
 
 @contextmanager
 def parameters_as_flags(parameters: Mapping[str, str] = PARAMETER_FLAGS, /,
                         **flags: str) -> Iterator[None]:
-    """Re-raise a ``ValueError("<parameter> must be …")`` (the estimator's, a configuration's)
-    of a parameter set by a flag (``parameters``, default :data:`PARAMETER_FLAGS`, updated by
-    ``flags``) as ``ValueError("--flag must be …")``; other errors pass unchanged."""
+    """Re-raise a ``ValueError`` (the estimator's, a configuration's) naming parameters set by
+    flags (``parameters``, default :data:`PARAMETER_FLAGS`, updated by ``flags``) with the flags
+    as typed: ``"<parameter> must be …"`` as ``"--flag must be …"``, and anywhere in the message
+    ``parameter=value`` as ``--flag value`` and ``parameter`` before a comparison (``>``, ``<=``,
+    …) as ``--flag``; other errors pass unchanged."""
     try:
         yield
     except ValueError as exc:
-        parameter, _, requirement = str(exc).partition(" ")
-        flag = {**parameters, **flags}.get(parameter)
-        if flag is None or not requirement.startswith("must be "):
+        names = {**parameters, **flags}
+        message = str(exc)
+        parameter, _, requirement = message.partition(" ")
+        if parameter in names and requirement.startswith("must be "):
+            raise ValueError(f"{names[parameter]} {requirement}") from None
+        if not names:
             raise
-        raise ValueError(f"{flag} {requirement}") from None
+        pattern = (rf"(?<![\w-])({'|'.join(map(re.escape, names))})"
+                   r"(?:=(?:'([^']*)'|([^\s,;)]+))|(?= [<>]=? ))")
+        translated = re.sub(pattern, lambda m: " ".join(
+            [names[m[1]], *(value for value in m.group(2, 3) if value is not None)]), message)
+        if translated == message:
+            raise
+        raise ValueError(translated) from None
 
 
 class UsageError(ValueError):
