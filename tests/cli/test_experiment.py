@@ -116,12 +116,17 @@ def test_report_only_without_finished_runs_is_an_error_writing_nothing(
     (["nlg-checkpoints", "--lrs", "1e-3,nan"], "--lrs must be a finite number > 0, got nan"),
     (["nlg-checkpoints", "--eval-every", "-2"], "--eval-every must be >= 0, got -2"),
     (["nlg-checkpoints", "--dev-mrs", "-1"], "--dev-mrs must be >= 0, got -1"),
+    (["nlg-checkpoints", "--dev-mrs", "0"],
+     "--eval-every 10 needs --dev-mrs > 0 (the dev MRs the checkpoints are scored on)"),
+    (["nlg-checkpoints", "--eval-every", "5", "--dev-mrs", "0"],
+     "--eval-every 5 needs --dev-mrs > 0 (the dev MRs the checkpoints are scored on)"),
 ])
 def test_a_bad_value_is_named_by_its_option(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
     """The configurations' field names were shown (``rank must be``, ``dev_samples must be``
-    for --test-samples, ``eval_every and dev_mrs must be >= 0``)."""
+    for --test-samples, ``eval_every and dev_mrs must be >= 0``, ``eval_every needs dev_mrs >
+    0``)."""
     assert main(["experiment", *args, "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err == f"deeplora: error: {message}\n"
     assert list(tmp_path.iterdir()) == []

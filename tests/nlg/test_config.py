@@ -15,7 +15,7 @@ def test_fields_added_later_keep_the_keys_of_published_runs() -> None:
 
 
 def test_checkpoints_need_dev_mrs() -> None:
-    with pytest.raises(DataError, match="eval_every needs dev_mrs"):
+    with pytest.raises(DataError, match="eval_every=10 needs dev_mrs > 0"):
         nlg_preset("cpu", eval_every=10)
     with pytest.raises(DataError, match=">= 0"):
         nlg_preset("cpu", dev_mrs=-1)

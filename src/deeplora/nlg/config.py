@@ -99,8 +99,8 @@ class NLGConfig:
             if getattr(self, name) < 0:
                 raise DataError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.eval_every and not self.dev_mrs:
-            raise DataError("eval_every needs dev_mrs > 0 (the dev MRs the checkpoints are "
-                            "scored on)")
+            raise DataError(f"eval_every={self.eval_every} needs dev_mrs > 0 (the dev MRs the "
+                            "checkpoints are scored on)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
