@@ -243,3 +243,25 @@ def test_negative_steps_is_refused_by_its_flag_before_anything_is_written(
             "deeplora: error: --steps must be an integer >= 0, got -3\n"
         assert [p.name for p in out.iterdir()] == ["movielens-u1.json"]
         assert (out / "movielens-u1.json").read_text() == kept
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--steps", "50"], "--steps"),
+    (["--splits", "u2"], "--splits"),
+    (["--random-seeds", "0", "1", "2"], "--random-seeds"),  # even at the default seeds
+    (["--random-seeds", "4", "--steps", "10"], "--random-seeds and --steps"),
+])
+def test_fast_refuses_the_flags_it_would_override(
+        ml100k: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str],
+        named: str) -> None:
+    """``--fast`` runs u1 at 100 steps; it ignored ``--splits``, ``--random-seeds`` and
+    ``--steps`` (and deleted the per-split files of other splits in ``--out``)."""
+    out = tmp_path / "out"
+    kept = _split_file(out, "movielens", "u3", 0.9).read_text()
+    assert main(["experiment", "movielens", "--fast", "--root", str(ml100k), "--out", str(out),
+                 *flags]) == 2
+    assert capsys.readouterr().err == (
+        "deeplora: error: --fast runs a smoke test of its own splits and steps (u1, or random-0 "
+        f"without official folds; 100 steps): drop {named} or --fast\n")
+    assert [p.name for p in out.iterdir()] == ["movielens-u3.json"]
+    assert (out / "movielens-u3.json").read_text() == kept

@@ -133,8 +133,8 @@ def experiment_splits(name: str, folds: list[str], seeds: list[int], temporal: b
         Arg("--root", default=None, help="ml-100k folder (default: see deeplora.completion.data)"),
         Arg("--splits", nargs="*", default=None,
             help="official MovieLens folds (default: u1 … u5; none for filmtrust)"),
-        Arg("--random-seeds", nargs="*", type=random_seed, default=[0, 1, 2],
-            help="seeds of random 80/20 splits of u.data"),
+        Arg("--random-seeds", nargs="*", type=random_seed, default=None,
+            help="seeds of random 80/20 splits of u.data (default: 0 1 2)"),
         Arg("--methods", nargs="+", default=None, choices=list(SOURCES),
             help="run only these, keeping the other methods' records in the per-split files "
             "of the same splits in --out (default: all; Surprise rows need scikit-surprise)"),
@@ -149,6 +149,13 @@ def movielens(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     name, clip = args.dataset, DATASETS[args.dataset][1]
     if args.steps is not None and args.steps < 0:
         raise ValueError(f"--steps must be an integer >= 0, got {args.steps}")
+    given = [flag for flag, value in (("--splits", args.splits),
+                                      ("--random-seeds", args.random_seeds),
+                                      ("--steps", args.steps)) if value is not None]
+    if args.fast and given:
+        raise ValueError(f"--fast runs a smoke test of its own splits and steps (u1, or random-0 "
+                         f"without official folds; 100 steps): drop {' and '.join(given)} or "
+                         "--fast")
     if args.report_only:
         return report(out, name, args.steps)
     folds = (["u1", "u2", "u3", "u4", "u5"] if args.splits is None and name == "movielens"
@@ -159,7 +166,8 @@ def movielens(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if args.fast:
         splits, seeds, steps = (["u1"], [], 100) if name == "movielens" else ([], [0], 100)
     else:
-        splits, seeds, steps = folds, args.random_seeds, args.steps
+        seeds = [0, 1, 2] if args.random_seeds is None else args.random_seeds
+        splits, steps = folds, args.steps
     data = experiment_splits(name, splits, seeds, args.temporal, args.root)
     if not data:
         raise ValueError("no splits: give --splits, --random-seeds and/or --temporal")
