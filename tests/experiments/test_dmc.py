@@ -75,6 +75,32 @@ def test_dmc_efficiency_resumes_finished_ranks(tmp_path, monkeypatch):
     assert len(calls) == 2 + 4  # another problem: every r̂ again
 
 
+def test_dmc_efficiency_resumes_only_at_the_same_evaluation_interval(tmp_path, monkeypatch):
+    """The interval between recovery-error evaluations (10 GD steps with ``--fast``, else 100)
+    sets ``steps_to_1e-2`` and the histories; a run with every other setting equal resumed the
+    other interval's r̂ and mixed the two. A file without the interval (older) runs again."""
+    import deeplora.experiments.dmc as dmc
+
+    fast = ["experiment", "dmc-efficiency", "--fast", "--ranks", "2", "--adam-steps", "0",
+            "--out", str(tmp_path)]
+    same = ["experiment", "dmc-efficiency", "--size", "24", "--rank", "2", "--observed", "0.6",
+            "--init-scale", "0.05", "--lr", "10", "--tol", "1e-6", "--ranks", "2",
+            "--adam-steps", "0", "--out", str(tmp_path)]  # --fast's settings, spelled out
+    path = tmp_path / "dmc-efficiency.json"
+    assert main(fast) == 0
+    calls = []
+    run_gd = dmc.run_gd
+    monkeypatch.setattr(dmc, "run_gd", lambda *a, **k: calls.append(a[6]) or run_gd(*a, **k))
+    assert main(same) == 0
+    assert calls == [100, 100]  # both methods again, evaluated every 100 steps
+    assert json.loads(path.read_text())["gd_eval_every"] == 100
+    assert main(same) == 0 and len(calls) == 2  # same interval: resumed
+    older = json.loads(path.read_text())
+    del older["gd_eval_every"]
+    path.write_text(json.dumps(older))
+    assert main(same) == 0 and calls == [100] * 4
+
+
 def test_dmc_efficiency_reruns_a_sweep_whose_file_is_not_a_result(tmp_path, capsys):
     """dmc-efficiency.json cut short (an interrupted write, an edit) is set aside as
     ``.invalid`` with a line naming it, and every r̂ runs again."""

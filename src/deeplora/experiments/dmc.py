@@ -156,7 +156,9 @@ def run_gd(model: DeepFactorization, problem: MatrixCompletion, lr: float, gamma
 
 
 RESUME_KEYS = ("size", "rank", "observed", "depth", "init_scale", "gd_lr", "gd_gamma_compressed",
-               "tol_ours", "max_steps", "seed")
+               "tol_ours", "max_steps", "seed", "gd_eval_every")
+"""Settings of ``dmc-efficiency``'s GD runs: an earlier file's runs are kept only when every one
+is equal (a file from before ``gd_eval_every`` was recorded runs again)."""
 
 
 @experiment(
@@ -188,9 +190,10 @@ def dmc_efficiency(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
     ``--fast`` (a smoke test, not the paper's numbers): d = 24, r = 2, r̂ ∈ {2, 4}, 60 %
     observed, ε = 0.05, GD step 10 on our loss (the paper's 5e3 × p diverges at small d: the
-    curvature per entry grows as d shrinks), tolerance 1e-6, 200 Adam steps. Resumable: an r̂
-    whose two runs are in ``out/dmc-efficiency.json`` from a run with the same settings is not
-    run again.
+    curvature per entry grows as d shrinks), tolerance 1e-6, the recovery error every 10 GD
+    steps (else 100), 200 Adam steps. Resumable: an r̂ whose two runs are in
+    ``out/dmc-efficiency.json`` from a run with the same settings (:data:`RESUME_KEYS`, the
+    evaluation interval included) is not run again.
     """
     check_shape(args.size, args.rank)
     for assumed in args.ranks:
@@ -226,7 +229,8 @@ def dmc_efficiency(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     summary = {"size": size, "rank": rank, "observed": observed, "depth": args.depth,
                "init_scale": scale, "ranks": ranks, "gd_lr": lr,
                "gd_gamma_compressed": PAPER_GD_GAMMA, "tol_authors": tol_authors, "tol_ours": tol,
-               "max_steps": args.max_steps, "seed": args.seed, "gd": gd,
+               "max_steps": args.max_steps, "seed": args.seed,
+               "gd_eval_every": 10 if args.fast else 100, "gd": gd,
                "adam_steps": adam_steps, "adam": {}}
     gd.update(_finished_gd(out / "dmc-efficiency.json", summary))
 
@@ -242,7 +246,7 @@ def dmc_efficiency(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             model, build_seconds = build_model(method, problem, args.depth, assumed, scale,
                                                args.seed)
             gd[method][str(assumed)] = run_gd(model, problem, lr, gamma, args.max_steps, tol,
-                                               10 if args.fast else 100, build_seconds)
+                                               summary["gd_eval_every"], build_seconds)
         save()  # after each r̂, so that an interrupted sweep keeps what it measured
     if not todo:
         save()  # every r̂ from an earlier run: redraw the figure
@@ -274,8 +278,8 @@ def _finished_gd(path: Path, summary: dict[str, Any]) -> dict[str, dict[str, Any
     """The GD runs already in ``path`` (an earlier, possibly interrupted sweep) when it was
     made with the same settings as ``summary``; none otherwise. Both methods of an r̂ are kept
     only together."""
-    earlier = read_result(path, (*RESUME_KEYS, "gd"), "every r̂ runs again")
-    if earlier is None or any(earlier[key] != summary[key] for key in RESUME_KEYS):
+    earlier = read_result(path, ("gd",), "every r̂ runs again")
+    if earlier is None or any(earlier.get(key) != summary[key] for key in RESUME_KEYS):
         return {"compressed": {}, "narrow": {}}
     both = set(earlier["gd"]["compressed"]) & set(earlier["gd"]["narrow"])
     return {method: {r: run for r, run in earlier["gd"][method].items() if r in both}
