@@ -158,6 +158,15 @@ def test_ratings_divergence_fallback_count_and_bad_clip(tmp_path, capsys):
     assert result["n_fallback"] == 12 and result["diverged"] is False
     assert capsys.readouterr().err.startswith("12 of 24 test ratings (50%) have a user or item "
                                               "not in ")
+    assert result["left_init"] is True and result["interaction_rms"] > 0
+    assert main([*args, "--steps", "0"]) == 0  # a model of the biases alone: said, once
+    assert json.loads(out.read_text())["left_init"] is False
+    err = capsys.readouterr().err
+    assert err.endswith("\ndeeplora: the fit never left its initialization (X = A Bᵀ moved by "
+                        "RMS 0.0e+00 over the training ratings): its results are those of its "
+                        'biases alone, no evidence for the deep model (the JSON says '
+                        '"left_init": false). Penalty too strong, lr too small or too few '
+                        "steps?\n") and err.count("\n") == 2
     assert main([*args, "--lr", "1e6"]) == 1
     assert json.loads(out.read_text())["diverged"] is True
     assert "deeplora: run diverged" in capsys.readouterr().err

@@ -158,6 +158,31 @@ def test_recommend_implicit_feedback_with_threshold(tmp_path: Path,
     assert list(rows[0]) == ["user", "item", "rank", "score"] and len(rows) == 120
 
 
+@pytest.mark.parametrize("feedback", ["explicit", "implicit"])
+def test_a_fit_or_model_that_never_left_its_initialization_says_so(
+        feedback: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Its recommendations come from the biases alone: the JSON says ``"left_init": false``
+    and stderr says it once, after fitting and again when the saved model is loaded."""
+    train, _ = _ratings_csv(tmp_path)
+    args = ["recommend", "--ratings", str(train), "--output", str(tmp_path / "recs.csv"),
+            "--quiet", "--json", "-"]
+    assert main([*args, "--feedback", feedback]) == 0
+    assert json.loads(capsys.readouterr().out)["left_init"] is True
+    model = tmp_path / "model.pt"
+    assert main([*args, "--feedback", feedback, "--steps", "0", "--save-model",
+                 str(model)]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert summary["left_init"] is False and summary["interaction_rms"] == 0.0
+    assert err.startswith("deeplora: the fit never left its initialization (X = A Bᵀ moved by "
+                          "RMS 0.0e+00 over the training ratings): its results are those of "
+                          "its biases alone") and err.count("\n") == 1
+    assert main([*args, "--model", str(model)]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["left_init"] is False
+    assert err.startswith("deeplora: the fit never left its initialization")
+
+
 @pytest.mark.parametrize(("flags", "match"), [
     (["--k", "0"], "--k must be >= 1, got 0"),
     (["--k", "26"], "--k 26 is more than the 25 items of --ratings"),
@@ -204,6 +229,7 @@ def test_model_refuses_the_options_of_fitting(tmp_path: Path,
     model = tmp_path / "m.pt"
     assert main(["recommend", "--ratings", str(train), "--output", str(tmp_path / "a.csv"),
                  "--save-model", str(model), "--rank", "2", "--steps", "2", "--quiet"]) == 0
+    capsys.readouterr()  # 2 steps: the fit never left its initialization, says so
     before = sorted(p.name for p in tmp_path.iterdir())
     for flags in (["--save-model", str(tmp_path / "m2.pt")], ["--feedback", "implicit"],
                   ["--rank", "3"], ["--steps", "5"], ["--seed", "1"], ["--shrinkage", "5"],

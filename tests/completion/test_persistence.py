@@ -59,6 +59,22 @@ def test_format_1_model_ranks_and_saves_again(tmp_path: Path) -> None:
     assert again.ranking_metrics(rows, cols, values + 5, exclude_seen=False) == metrics
 
 
+def test_a_model_saved_before_left_init_was_measured_loads_it_as_unknown(tmp_path: Path
+                                                                         ) -> None:
+    import torch
+
+    rows, cols, values, _, _ = low_rank_ratings()
+    DeepMatrixCompletion(rank=2, max_steps=30).fit(rows, cols, values).save(tmp_path / "m.pt")
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    for key in ("interaction_rms_", "left_init_"):
+        del state["fitted"][key]
+    torch.save(state, tmp_path / "old.pt")
+    old = DeepMatrixCompletion.load(tmp_path / "old.pt")
+    assert old.left_init_ is None and old.interaction_rms_ is None
+    old.save(tmp_path / "again.pt")
+    assert DeepMatrixCompletion.load(tmp_path / "again.pt").left_init_ is None
+
+
 @pytest.mark.parametrize(("change", "problem"), [
     (lambda s: {"shape": [s["shape"][0] + 1, s["shape"][1]]},
      r"factors W_1 … W_L of shapes \[.*\] do not multiply to 21×15"),

@@ -1,6 +1,7 @@
 """The estimator's training loop: the objective, the validation score, divergence."""
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,39 @@ def test_divergence_is_flagged_warned_and_saved(tmp_path: Path) -> None:
     est.save(tmp_path / "m.pt")
     assert DeepMatrixCompletion.load(tmp_path / "m.pt").diverged_
     assert not DeepMatrixCompletion(rank=2, max_steps=3).fit(rows, cols, values).diverged_
+
+
+def test_a_fit_whose_interaction_term_grew_left_its_initialization() -> None:
+    rows, cols, values, _, _ = low_rank_ratings()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        explicit = DeepMatrixCompletion.ratings(rank=2, max_steps=200, clip=None
+                                                 ).fit(rows, cols, values)
+        implicit = DeepMatrixCompletion.implicit(rank=2, max_steps=100, positive_threshold=3.0
+                                                 ).fit(rows, cols, values)
+    assert explicit.left_init_ and implicit.left_init_
+    x = explicit.predict(rows, cols) - (explicit.global_bias_ + explicit.row_bias_[rows]
+                                        + explicit.col_bias_[cols])  # X at the entries
+    assert explicit.interaction_rms_ == pytest.approx(np.sqrt(np.mean(x**2)), rel=1e-3)
+    assert explicit.interaction_rms_ > 0.5 * np.std(values)
+
+
+@pytest.mark.parametrize("settings", [
+    {"max_steps": 0}, {"reg": 1e3}, {"lr": 1e-7},
+    {"max_steps": 0, "feedback": "implicit", "positive_threshold": 3.0},
+    {"reg": 1e4, "feedback": "implicit", "positive_threshold": 3.0}])
+def test_a_fit_held_at_its_initialization_is_flagged_warned_and_saved(
+        settings: dict, tmp_path: Path) -> None:
+    """With trainable biases, a fit whose X = A Bᵀ never grew is a model of its biases
+    alone: ``left_init_`` is False, with a warning, and a saved model keeps it."""
+    rows, cols, values, _, _ = low_rank_ratings()
+    with pytest.warns(RuntimeWarning, match="never left its initialization"):
+        est = DeepMatrixCompletion(rank=2, **{"max_steps": 50, **settings}
+                                   ).fit(rows, cols, values)
+    assert est.left_init_ is False and est.interaction_rms_ < 1e-3 * np.std(values)
+    est.save(tmp_path / "m.pt")
+    loaded = DeepMatrixCompletion.load(tmp_path / "m.pt")
+    assert loaded.left_init_ is False and loaded.interaction_rms_ == est.interaction_rms_
 
 
 def test_without_validation_the_last_step_is_kept_whatever_the_penalty() -> None:

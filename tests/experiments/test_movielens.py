@@ -209,6 +209,36 @@ def test_report_only_with_a_diverged_run_warns_instead_of_crashing(tmp_path: Pat
     assert (out / "movielens.png").stat().st_size > 0
 
 
+def test_a_run_of_ours_that_never_left_its_initialization_is_left_out_and_named(
+        ml100k: Path, tmp_path: Path) -> None:
+    """Ours with ``--steps 0`` is a model of its biases alone: its per-split record says
+    ``"left_init": false`` and the report leaves it out of ours' means, counts and names it;
+    a record without the key (written before it was measured) counts."""
+    out = tmp_path / "out"
+    with pytest.warns(RuntimeWarning, match="never left its initialization"):
+        assert main(["experiment", "movielens", "--root", str(ml100k), "--out", str(out),
+                     "--splits", "u1", "--random-seeds", "--steps", "0", "--methods",
+                     "deep compressed (ours)"]) == 0
+    record = json.loads((out / "movielens-u1.json").read_text())["results"][
+        "deep compressed (ours)"]
+    assert record["left_init"] is False and record["interaction_rms"] == 0.0
+    table = (out / "movielens.md").read_text()
+    assert ("| official folds | deep compressed (ours) | n/a | n/a | n/a | 0 (+1 never left "
+            "init) |") in table
+    assert ("\n\nNever left its initialization (X = A Bᵀ did not grow: a model of its "
+            "biases alone, no evidence for the method), left out of the means above: u1 deep "
+            "compressed (ours).\n") in table
+    for split, value, flag in (("u2", 0.9, {"left_init": True}), ("u3", 1.0, {})):
+        (out / f"movielens-{split}.json").write_text(json.dumps({"split": split, "results": {
+            "deep compressed (ours)": {"split": split, "rmse": value, "mae": value,
+                                       "fit_seconds": 1.0, **flag}}}))
+    assert main(["experiment", "movielens", "--report-only", "--out", str(out)]) == 0
+    table = (out / "movielens.md").read_text()
+    assert ("| official folds | deep compressed (ours) | 0.9500 ± 0.0707 | 0.9500 ± 0.0707 | "
+            "1.00 ± 0.00 | 2 (+1 never left init) |") in table
+    assert "left out of the means above: u1 deep compressed (ours)." in table
+
+
 def test_methods_rerun_updates_them_in_the_per_split_files(ml100k: Path, tmp_path: Path) -> None:
     """``--methods "deep compressed (ours)"`` into a folder of a full run (how docs/results.md
     reran ours) replaces ours' records and keeps the other methods' of the same split."""

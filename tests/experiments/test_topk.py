@@ -63,6 +63,34 @@ def test_topk_table_and_selection_never_reads_the_test_file(
     assert "| ours implicit (tuned on validation) |" in report(tmp_path / "clean")
 
 
+def test_a_fit_of_ours_that_never_left_its_initialization_is_marked(
+        files: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tuned implicit fit held at its start (0 steps) recommends from its biases alone:
+    its result says ``"left_init": false``, its row is marked and named under the table;
+    the other fits of ours left theirs, the baselines have no such key."""
+    from deeplora.experiments import topk
+
+    final = topk.final_implicit_params
+    monkeypatch.setattr(topk, "final_implicit_params",
+                        lambda seed, chosen: {**final(seed, chosen), "max_steps": 0})
+    train, test, _ = files
+    out = tmp_path / "out"
+    with pytest.warns(RuntimeWarning, match="never left its initialization"):
+        assert main(["experiment", "topk", "--fast", "--train", str(train), "--test",
+                     str(test), "--name", "tiny", "--out", str(out)]) == 0
+    results = json.loads((out / "topk-tiny.json").read_text())["results"]
+    assert results[topk.IMPLICIT]["left_init"] is False
+    assert results[topk.IMPLICIT]["interaction_rms"] == 0.0
+    assert all(results[name]["left_init"] is True
+               for name in (topk.EXPLICIT, topk.UNSHRUNK, topk.IMPLICIT_UNTUNED))
+    assert "left_init" not in results[topk.MOST_RATED]
+    text = (out / "topk.md").read_text()
+    assert f"| {topk.IMPLICIT} (never left init) | " in text
+    assert f"| {topk.IMPLICIT_UNTUNED} | " in text
+    assert text.endswith("\n\nNever left its initialization (X = A Bᵀ did not grow: a model of "
+                         f"its biases alone, no evidence for ours): {topk.IMPLICIT}.\n")
+
+
 def test_report_only_rebuilds_the_table_from_the_committed_runs(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--report-only`` writes topk.md from the ``topk-*.json`` in --out, reading no data (the

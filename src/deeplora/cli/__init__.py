@@ -127,6 +127,18 @@ def parameters_as_flags(parameters: Mapping[str, str] = PARAMETER_FLAGS, /,
         raise ValueError(translated) from None
 
 
+def report_left_init(estimator: Any) -> None:
+    """Say on stderr, when a fitted ``DeepMatrixCompletion``'s interaction term never left its
+    initialization (``left_init_`` False; ``None``, unknown, says nothing), that its results
+    are those of its biases alone."""
+    if estimator.left_init_ is False:
+        print(f"deeplora: the fit never left its initialization (X = A Bᵀ moved by RMS "
+              f"{estimator.interaction_rms_:.1e} over the training ratings): its results are "
+              'those of its biases alone, no evidence for the deep model (the JSON says '
+              '"left_init": false). Penalty too strong, lr too small or too few steps?',
+              file=sys.stderr)
+
+
 class UsageError(ValueError):
     """Bad input from the user; printed as one line, exit status 2."""
 

@@ -21,6 +21,7 @@ from deeplora.cli import (
     given_options,
     parameters_as_flags,
     ratings_file_options,
+    report_left_init,
 )
 from deeplora.completion import (
     METHODS,
@@ -149,7 +150,8 @@ def run_ratings(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     with warnings.catch_warnings(), parameters_as_flags(rank=rank_flag):
-        warnings.simplefilter("ignore", RuntimeWarning)  # divergence is reported below, once
+        # divergence and a fit that never left its initialization are reported below, once
+        warnings.simplefilter("ignore", RuntimeWarning)
         estimator.fit(rows, cols, train.values, ids.shape)
     seconds = time.perf_counter() - start
     test_rows, test_cols = ids.transform(test)
@@ -163,7 +165,8 @@ def run_ratings(args: argparse.Namespace) -> int:
         "steps": estimator.n_steps_, "best_step": estimator.best_step_,
         "selected": estimator.selected_,
         "clip": list(clip) if clip[0] < clip[1] else None, "seed": args.seed,
-        "n_fallback": fallback, "diverged": estimator.diverged_}
+        "n_fallback": fallback, "diverged": estimator.diverged_,
+        "left_init": estimator.left_init_, "interaction_rms": estimator.interaction_rms_}
     if args.json:
         write_json(args.json, result)
     if estimator.diverged_:
@@ -173,6 +176,7 @@ def run_ratings(args: argparse.Namespace) -> int:
         print(f"{fallback} of {len(test)} {result['evaluated_on']} ratings "
               f"({fallback / len(test):.0%}) have a user or item not in {args.ratings} and "
               "were predicted from the biases alone", file=sys.stderr)
+    report_left_init(estimator)
     if args.json != "-":
         print(f"{args.method}: RMSE {metrics['rmse']:.4f}, MAE {metrics['mae']:.4f} on "
               f"{result['evaluated_on']} ({len(test)} ratings), {seconds:.1f} s")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from deeplora.cli import (
     given_options,
     parameters_as_flags,
     ratings_file_options,
+    report_left_init,
 )
 from deeplora.completion.data import IdIndex, Ratings, read_ratings
 from deeplora.experiments import random_seed
@@ -146,7 +148,9 @@ def _run(args: argparse.Namespace) -> int:
     _check_request(args, known, "--model" if args.model else "--ratings", train.users)
     if not args.model:
         estimator = _estimator(args)
-        with parameters_as_flags():
+        with parameters_as_flags(), warnings.catch_warnings():
+            # reported below, once (as for a loaded model)
+            warnings.filterwarnings("ignore", "the interaction term", RuntimeWarning)
             estimator.fit(frame)
     seconds = time.perf_counter() - start
     if args.output is None:  # a distributed worker other than rank 0
@@ -166,7 +170,9 @@ def _run(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"ratings": str(args.ratings), "users": len(users), "k": k,
                               "feedback": estimator.feedback,
                               "rows_written": int(found.sum()), "fit_seconds": seconds,
-                              "shape": list(estimator.shape_), "output": str(args.output)}
+                              "shape": list(estimator.shape_), "output": str(args.output),
+                              "left_init": estimator.left_init_,
+                              "interaction_rms": estimator.interaction_rms_}
     if test is not None:
         held_out = _frame(test)
         result["test"] = {**({} if estimator.feedback == "implicit"
@@ -182,6 +188,7 @@ def _run(args: argparse.Namespace) -> int:
         estimator.save(args.save_model)
     if args.json:
         write_json(args.json, result)
+    report_left_init(estimator)
     if "-" not in (args.output, args.json):  # stdout holds the CSV or the JSON
         scores_line = "" if test is None else "; test " + ", ".join(
             f"{name} {result['test'][key]:.4f}" for name, key in (

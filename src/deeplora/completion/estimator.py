@@ -147,7 +147,12 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
     ``best_step_``, ``n_steps_``, ``build_seconds_`` (the compressed construction),
     ``eval_seconds_`` (validation and best-state copies), ``fit_seconds_`` (all),
     ``diverged_`` (the train loss became non-finite; training stopped, a warning was issued
-    and the best parameters before it were kept), ``clip_``, ``ids_`` (an
+    and the best parameters before it were kept), ``interaction_rms_`` (RMS over the final
+    fit's training entries, the positives for implicit feedback, of the change of ``X``
+    from its initialization) and ``left_init_`` (whether that exceeds
+    :data:`~deeplora.completion.training.LEFT_INIT_RTOL` × the spread of the targets: the
+    standard deviation of the ratings, 1 for implicit feedback; if not, a warning says the
+    fit is a model of its biases alone), ``clip_``, ``ids_`` (an
     :class:`~deeplora.completion.data.IdIndex` or ``None``).
     """
 
@@ -388,6 +393,7 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
         else:
             fit_rows, fit_cols, targets = rows[train], cols[train], values[train]
         batches = self._start(fit_rows, fit_cols, targets, rng, torch_dtype)
+        origin = self._origin()
         self.build_seconds_ = time.perf_counter() - start
         validation = (self._ndcg_validation(rows, cols, values, train, val, rng) if implicit
                       else self._rmse_validation(rows, cols, values, val))
@@ -424,11 +430,15 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
                 mask, targets = positives(values, self.positive_threshold, self.alpha)
                 batches = self._start(rows[mask], cols[mask], targets, rng, torch_dtype)
             else:
+                targets = values
                 batches = self._start(rows, cols, values, rng, torch_dtype)
+            origin = self._origin()
             self._train_one(batches, None, rng, start,
                             (self.selected_["reg"], self.selected_["bias_reg"]),
                             self.n_steps_ + 1, steps)
         self.fit_seconds_ = time.perf_counter() - start
+        # implicit: a positive's preference is 1
+        self._check_left_init(batches, origin, 1.0 if implicit else float(np.std(targets)))
         return self
 
     def _start(self, rows: np.ndarray, cols: np.ndarray, targets: np.ndarray,
@@ -445,6 +455,11 @@ class DeepMatrixCompletion(TrainingMixin, RecommenderMixin, PersistenceMixin,
                         torch.zeros(n, dtype=dtype, device=device))
         self._parallel.broadcast(self._parameters_list())
         return self._batches(rows, cols, targets, rng, dtype)
+
+    def _origin(self) -> tuple[Tensor, Tensor]:
+        """A copy of the end-to-end factors ``(A₀, B₀)`` a fit starts from."""
+        a, b = self._end_to_end()
+        return a.detach().clone(), b.detach().clone()
 
     def _check_memory(self, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> None:
         """:class:`~deeplora.memory.TooLargeError` unless an m×n model fits: per row and column

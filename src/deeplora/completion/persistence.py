@@ -7,7 +7,8 @@ back with ``weights_only`` loading), written atomically. Format 2: ``format``, `
 (raw user and item ids, or ``None``), ``seen`` (CSR ``crow``, ``col`` of the training entries;
 ``None`` when re-saving a model loaded from format 1) and ``fitted`` (the scalar attributes
 ending in ``_``, plus ``selected_`` and ``path_``, the chosen penalty: dicts and lists of
-numbers). Format 1 lacks ``clip``, ``ids`` and ``seen``.
+numbers). Format 1 lacks ``clip``, ``ids`` and ``seen``; a file saved before
+``interaction_rms_`` and ``left_init_`` were measured loads with both ``None`` (unknown).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from deeplora.factorization import DeepFactorization
 
 FORMAT = 2
 FITTED_SCALARS = ("best_step_", "n_steps_", "build_seconds_", "eval_seconds_", "fit_seconds_",
-                  "diverged_", "selected_", "path_")
+                  "diverged_", "interaction_rms_", "left_init_", "selected_", "path_")
 
 
 class PersistenceMixin:
@@ -99,6 +100,7 @@ class PersistenceMixin:
         est.ids_ = None if ids is None else IdIndex(_id_array(ids[0]), _id_array(ids[1]))
         est._seen = tuple(state["seen"]) if state.get("seen") is not None else None
         est.diverged_ = False
+        est.interaction_rms_ = est.left_init_ = None  # saved before they were measured
         for key, value in state["fitted"].items():
             setattr(est, key, value)
         return est

@@ -37,6 +37,10 @@ from deeplora.factorization.sampled import (
 
 VALIDATION_USERS = 2000
 """Implicit feedback: at most this many users score the validation NDCG."""
+LEFT_INIT_RTOL = 1e-3
+"""A fit left its initialization when the RMS change of its interaction term ``X = A Bᵀ`` over
+the training entries exceeds this share of the targets' spread
+(:meth:`TrainingMixin._check_left_init`)."""
 
 
 @dataclass
@@ -391,6 +395,40 @@ class TrainingMixin:
         self.best_step_ = first_step + candidate.best_step
         self.n_steps_ = first_step + candidate.last_step
         self.diverged_ = self.diverged_ or candidate.diverged
+
+    def _check_left_init(self, batches: list[tuple[ObservedIndex, Tensor, int]],
+                         origin: tuple[Tensor, Tensor], spread: float) -> None:
+        """Set ``interaction_rms_``, the RMS over the entries of ``batches`` (this process's
+        share of the final fit's training entries) of ``X − X₀`` (``X₀ = A₀ B₀ᵀ``, ``origin``:
+        the end-to-end factors the fit started from), and ``left_init_``, whether it exceeds
+        :data:`LEFT_INIT_RTOL` × ``spread`` (the targets' scale); warn when it does not.
+
+        The deep factors start at scale ε (at the presets' ε = 1e-3, X₀'s RMS is about 1e-11
+        of the spread) and the biases learn within a few steps, so a fit whose X never grew
+        (a penalty that holds it near 0, an η too small or too few steps to escape the small
+        initialization) is a model of its biases alone. Measured in units of the spread, the
+        ratings and implicit presets move X by 0.25 and 0.27 on MovieLens 100K ``u1.base``,
+        0.20 and 0.23 on FilmTrust (80 % split, seed 0), 0.15 and 0.24 on the Book-Crossing
+        10-core and 0.036 and 0.20 on its 5-core; fits held at their initialization by
+        ``max_steps=0`` (0), ``reg=1e3`` (explicit; 2e-5 and 9e-5), ``reg=1e4`` (implicit;
+        7e-5) or ``lr=1e-6`` (explicit; 8e-7 and 2e-6) stay below 1e-4: the threshold lies
+        36 times below the weakest fit and 10 times above the strongest held one."""
+        a0, b0 = origin
+        with torch.no_grad():
+            a, b = self._end_to_end()
+            squares = sum(float(torch.sum((sampled_product(a, b, index)
+                                           - sampled_product(a0, b0, index)) ** 2))
+                          for index, *_ in batches)
+        total = sum(size for *_, size in batches)
+        self.interaction_rms_ = math.sqrt(self._parallel.all_sum(squares, self._mean.device)
+                                          / total)
+        self.left_init_ = self.interaction_rms_ > LEFT_INIT_RTOL * spread
+        if not self.left_init_:
+            warnings.warn(f"the interaction term X = A Bᵀ never left its initialization (RMS "
+                          f"change {self.interaction_rms_:.1e} over the training entries, at "
+                          f"most {LEFT_INIT_RTOL:g} × the targets' spread {spread:.3g}): the "
+                          f"fit is a model of its biases alone (reg too strong, lr too small "
+                          f"or too few steps?)", RuntimeWarning, stacklevel=3)
 
     def _rmse_validation(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
                          val: np.ndarray) -> tuple[str, Callable[[], float]] | None:

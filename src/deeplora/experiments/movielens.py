@@ -17,7 +17,12 @@ Writes ``<dataset>-<split>.json`` per split, ``<dataset>.json`` (all), ``<datase
 (RMSE, MAE, fit seconds: mean ± std per split family) and ``<dataset>.png`` (``<dataset>``:
 a ``--dataset`` name); predictions are clipped to the rating scale; with ``--methods``
 only those are rerun, the other methods' records of the same splits are kept;
-``--report-only`` rebuilds the last three from the per-split files.
+``--report-only`` rebuilds the last three from the per-split files. Ours' records hold
+``left_init`` and ``interaction_rms``
+(:attr:`~deeplora.completion.estimator.DeepMatrixCompletion.left_init_`): a run whose
+interaction term never left its initialization is a model of its biases alone, no evidence
+for ours, so the report leaves it out of the means and names it (records without the key,
+written before it was measured, count as having left it).
 """
 
 from __future__ import annotations
@@ -90,18 +95,36 @@ def _methods(args: argparse.Namespace, seed: int, steps: int | None,
             if args.methods is None or name in args.methods}
 
 
+def left_init(record: dict[str, Any]) -> bool:
+    """Whether a run counts: not ``"left_init": false`` (the baselines' records, and ours
+    written before it was measured, have no such key)."""
+    return record.get("left_init") is not False
+
+
 def table(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:
     """Markdown table: per split family and method, RMSE, MAE and fit seconds (mean ± std;
-    nan when a run's value is NaN, stored as JSON null)."""
+    nan when a run's value is NaN, stored as JSON null) over the runs that left their
+    initialization (:func:`left_init`); the others are counted beside the runs and named
+    below the table."""
     lines = ["| splits | method | RMSE | MAE | fit s | runs |", "|---|---|---|---|---|---|"]
     for family, methods in results.items():
         for name, runs in methods.items():
+            kept = [r for r in runs if left_init(r)]
             cells = []
             for key, digits in (("rmse", 4), ("mae", 4), ("fit_seconds", 2)):
-                values = np.array([r[key] for r in runs], dtype=float)  # null: NaN
+                values = np.array([r[key] for r in kept], dtype=float)  # null: NaN
                 spread = values.std(ddof=1) if len(values) > 1 else 0.0
-                cells.append(f"{values.mean():.{digits}f} ± {spread:.{digits}f}")
-            lines.append(f"| {family} | {name} | {' | '.join(cells)} | {len(runs)} |")
+                cells.append(f"{values.mean():.{digits}f} ± {spread:.{digits}f}"
+                             if values.size else "n/a")
+            stuck = len(runs) - len(kept)
+            count = f"{len(kept)}" + (f" (+{stuck} never left init)" if stuck else "")
+            lines.append(f"| {family} | {name} | {' | '.join(cells)} | {count} |")
+    stuck_runs = [f"{r['split']} {name}" for methods in results.values()
+                  for name, runs in methods.items() for r in runs if not left_init(r)]
+    if stuck_runs:
+        lines += ["", "Never left its initialization (X = A Bᵀ did not grow: a model of its "
+                  "biases alone, no evidence for the method), left out of the means above: "
+                  + ", ".join(stuck_runs) + "."]
     return "\n".join(lines)
 
 
@@ -192,10 +215,12 @@ def movielens(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             if isinstance(model, DeepMatrixCompletion):
                 record.update(steps=model.n_steps_, best_step=model.best_step_,
                               build_seconds=model.build_seconds_, selected=model.selected_,
-                              path=model.path_)
+                              path=model.path_, left_init=model.left_init_,
+                              interaction_rms=model.interaction_rms_)
             per_split[method] = record
-            print(f"{split} {method}: RMSE {record['rmse']:.4f} ({record['fit_seconds']:.1f} s)",
-                  flush=True)
+            print(f"{split} {method}: RMSE {record['rmse']:.4f} ({record['fit_seconds']:.1f} s)"
+                  + ("" if left_init(record) else "; NEVER LEFT ITS INITIALIZATION (a model of "
+                     "its biases alone, left out of the means)"), flush=True)
         write_json(out / f"{name}-{split}.json",
                    {"split": split, "n_train": len(train), "n_test": len(test),
                     "shape": list(ids.shape),
@@ -280,13 +305,16 @@ def report(out: Path, name: str = "movielens", steps: int | None = None) -> dict
 
 def _plot(results: dict[str, dict[str, list[dict[str, float]]]], path: Path, title: str
           ) -> None:
-    """Per family a bar of each method's mean test RMSE and a dot per split; a method whose
-    mean is NaN (a diverged run) gets no bar and a warning."""
+    """Per family a bar of each method's mean test RMSE and a dot per split, over the runs
+    that left their initialization (:func:`left_init`; the others: a grey star each, out of
+    the mean); a method whose mean is NaN (a diverged run, or none left its initialization)
+    gets no bar and a warning."""
     fig, axes = new_figure(ncols=len(results), width=6.0, height=3.8)
     for ax, (family, methods) in zip(axes, results.items(), strict=True):
         names = list(methods)
-        rmses = [np.array([r["rmse"] for r in methods[n]], dtype=float) for n in names]
-        means = np.array([values.mean() for values in rmses])
+        rmses = [np.array([r["rmse"] for r in methods[n] if left_init(r)], dtype=float)
+                 for n in names]
+        means = np.array([values.mean() if values.size else np.nan for values in rmses])
         if not np.isfinite(means).all():
             nan = [n for n, m in zip(names, means, strict=True) if not np.isfinite(m)]
             warnings.warn(f"{title}, {family}: no finite mean RMSE of {', '.join(nan)}; left "
@@ -295,10 +323,15 @@ def _plot(results: dict[str, dict[str, list[dict[str, float]]]], path: Path, tit
                 color=["tab:red" if n == OURS else "tab:blue" for n in names])
         for i, values in enumerate(rmses):
             ax.scatter(values, [i] * len(values), color="k", s=8, zorder=3)
+            stuck = np.array([r["rmse"] for r in methods[names[i]] if not left_init(r)],
+                             dtype=float)
+            ax.scatter(stuck, [i] * len(stuck), color="tab:gray", marker="*", s=30, zorder=3)
         finite = means[np.isfinite(means)]
         if finite.size:
             ax.set_xlim(finite.min() - 0.02, finite.max() + 0.02)
-        ax.set_xlabel("test RMSE (bars: mean; dots: splits)")
+        stars = any(not left_init(r) for runs in methods.values() for r in runs)
+        ax.set_xlabel("test RMSE (bars: mean; dots: splits"
+                      + ("; stars: never left init, not in the mean)" if stars else ")"))
         ax.invert_yaxis()
         ax.set_title(f"{title}, {family}")
     save_figure(fig, path)

@@ -17,7 +17,10 @@ file is read only for the final scores. Both ours implicit and ALS are also repo
 file; ALS at its defaults), so each tuned row has its counterpart. Writes
 ``topk-<name>.json`` (selection grids with their validation scores, chosen settings, test
 metrics) and ``topk.md`` (the table of every ``topk-*.json`` in the folder);
-``--report-only`` rebuilds ``topk.md`` from them.
+``--report-only`` rebuilds ``topk.md`` from them. Ours' test results hold ``left_init`` and
+``interaction_rms``
+(:attr:`~deeplora.completion.estimator.DeepMatrixCompletion.left_init_`); the report marks a
+row whose fit never left its initialization (a model of its biases alone).
 """
 
 from __future__ import annotations
@@ -175,25 +178,38 @@ def evaluate(train: Ratings, test: Ratings, chosen: dict[str, dict[str, Any]],
     """Test metrics of every method, fitted on all of ``train``."""
     split = Split.of(train, test, args.threshold)
     seed, k = args.seed, args.k
-    methods: dict[str, Callable[[], np.ndarray]] = {
-        EXPLICIT: lambda: ours(split, k, **DeepMatrixCompletion.ratings(
-            random_state=seed, **chosen["shrinkage"]).get_params())[1],
-        UNSHRUNK: lambda: ours(split, k, **DeepMatrixCompletion.ratings(
-            random_state=seed, shrinkage=0.0).get_params())[1],
-        IMPLICIT: lambda: ours(split, k, **final_implicit_params(seed, chosen["implicit"]))[1],
-        IMPLICIT_UNTUNED: lambda: ours(split, k, **implicit_params(seed))[1],
-        MOST_RATED: lambda: most_rated(split, k)}
+
+    def deep(params: Callable[[], dict[str, Any]]
+             ) -> Callable[[], tuple[np.ndarray, DeepMatrixCompletion | None]]:
+        def run() -> tuple[np.ndarray, DeepMatrixCompletion | None]:
+            model, recommended = ours(split, k, **params())
+            return recommended, model
+        return run
+
+    methods: dict[str, Callable[[], tuple[np.ndarray, DeepMatrixCompletion | None]]] = {
+        EXPLICIT: deep(lambda: DeepMatrixCompletion.ratings(
+            random_state=seed, **chosen["shrinkage"]).get_params()),
+        UNSHRUNK: deep(lambda: DeepMatrixCompletion.ratings(
+            random_state=seed, shrinkage=0.0).get_params()),
+        IMPLICIT: deep(lambda: final_implicit_params(seed, chosen["implicit"])),
+        IMPLICIT_UNTUNED: deep(lambda: implicit_params(seed)),
+        MOST_RATED: lambda: (most_rated(split, k), None)}
     if "als" in chosen:
-        methods[ALS] = lambda: als(split, k, seed)
-        methods[ALS_TUNED] = lambda: als(split, k, seed, **chosen["als"])
+        methods[ALS] = lambda: (als(split, k, seed), None)
+        methods[ALS_TUNED] = lambda: (als(split, k, seed, **chosen["als"]), None)
     results = {}
     for name, recommend in methods.items():
         start = time.perf_counter()
-        recommended = recommend()
+        recommended, model = recommend()
         results[name] = {**split.score(recommended, k),
                          "seconds": time.perf_counter() - start}
+        if model is not None:
+            results[name].update(left_init=model.left_init_,
+                                 interaction_rms=model.interaction_rms_)
         log(f"test {name}: precision@{k} {results[name][f'precision@{k}']:.4f}, "
-            f"ndcg@{k} {results[name][f'ndcg@{k}']:.4f}")
+            f"ndcg@{k} {results[name][f'ndcg@{k}']:.4f}"
+            + ("; NEVER LEFT ITS INITIALIZATION (a model of its biases alone)"
+               if results[name].get("left_init") is False else ""))
     return {"users": int(split.users.size), "results": results}
 
 
@@ -208,7 +224,9 @@ def read_run(path: Path) -> dict[str, Any]:
 
 
 def report(folder: Path) -> str:
-    """Markdown tables of every ``topk-*.json`` in ``folder`` (sorted by name)."""
+    """Markdown tables of every ``topk-*.json`` in ``folder`` (sorted by name); a row of ours
+    whose fit never left its initialization (``"left_init": false``; results written before it
+    was measured have no such key) is marked and named below its table."""
     blocks = []
     for path in sorted(folder.glob("topk-*.json")):
         run = read_run(path)
@@ -217,13 +235,20 @@ def report(folder: Path) -> str:
                  f"{run['users']} users, seed {run['seed']})", "",
                  f"| method | precision@{k} | recall@{k} | NDCG@{k} | MAP@{k} | seconds |",
                  "|---|---|---|---|---|---|"]
+        stuck = [name for name, result in run["results"].items()
+                 if result.get("left_init") is False]
         for name, result in run["results"].items():
             cells = [f"{result[f'{metric}@{k}']:.4f}"
                      for metric in ("precision", "recall", "ndcg", "map")]
-            lines.append(f"| {name} | {' | '.join(cells)} | {result['seconds']:.1f} |")
+            label = f"{name} (never left init)" if name in stuck else name
+            lines.append(f"| {label} | {' | '.join(cells)} | {result['seconds']:.1f} |")
         chosen = "; ".join(f"{name}: " + ", ".join(f"{p}={v}" for p, v in params.items())
                            for name, params in run["chosen"].items())
-        blocks.append("\n".join([*lines, "", f"Chosen on validation: {chosen}."]))
+        lines += ["", f"Chosen on validation: {chosen}."]
+        if stuck:
+            lines += ["", "Never left its initialization (X = A Bᵀ did not grow: a model of its "
+                      "biases alone, no evidence for ours): " + "; ".join(stuck) + "."]
+        blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
 
