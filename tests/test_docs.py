@@ -1,5 +1,7 @@
-"""Every ```python block of README.md and docs/*.md runs, and every ``deeplora`` command line
-of those files and BENCHMARKS.md parses, so the docs cannot drift from the code.
+"""Every ```python block of README.md and docs/*.md runs, every ``deeplora`` command line
+of those files and BENCHMARKS.md parses, and the calls the docs write in code spans
+(``recommend(users, k, exclude_seen=True)``, API tables) name the library's parameters and
+defaults, so the docs cannot drift from the code.
 
 The blocks of one file run in order in one namespace (a later block may use what an earlier one
 defined), in a fresh temporary working folder whose ``../shared`` is the repository's
@@ -15,13 +17,17 @@ Markdown renderers do not show the comments. Nothing else is skipped or rewritte
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import inspect
 import io
 import os
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -145,3 +151,107 @@ def test_python_blocks_run(path: Path, tmp_path: Path, monkeypatch: pytest.Monke
         torch.manual_seed(0)
         exec(compile(code, where, "exec"), namespace)
     assert os.getcwd() == str(work)
+
+
+SIGNATURE = re.compile(r"`((?:\w+\.)*(\w+))\(([^`]*)\)`")
+"""A code span that writes a call, ``name(params)``: its dotted name, last name and params."""
+
+
+def signature_namespaces() -> dict[str, list[Any]]:
+    """Per doc, where the names of its call spans are looked up, first match wins."""
+    import deeplora
+    import deeplora.adapters
+    import deeplora.completion
+    import deeplora.completion.data
+    import deeplora.embedded_lm
+    import deeplora.nlg.config
+    from deeplora.adapters.peft_integration import DeepLoraModel
+    from deeplora.completion.estimator import DeepMatrixCompletion
+
+    return {"README.md": [deeplora.completion, DeepMatrixCompletion, deeplora.adapters],
+            "adapters.md": [deeplora.adapters, deeplora, DeepLoraModel],
+            "recommender.md": [DeepMatrixCompletion, deeplora.completion.data,
+                               deeplora.completion],
+            "nlg.md": [deeplora.nlg.config, deeplora.embedded_lm]}
+
+
+def resolve(name: str, namespaces: list[Any]) -> Callable[..., Any] | None:
+    """The first callable (not a module) called ``name`` in ``namespaces``."""
+    for namespace in namespaces:
+        found = getattr(namespace, name, None)
+        if callable(found) and not inspect.ismodule(found):
+            return found
+    return None
+
+
+def signature_problems(function: Callable[..., Any], params: str, table: bool = False
+                       ) -> list[str]:
+    """What the documented ``params`` of a call say that ``function``'s signature does not: a
+    keyword it has no parameter for (unless it takes ``**kwargs``), in an API table a
+    positional name it has no parameter for, and, where the span writes
+    the signature (in an API table, or naming the leading parameters in order, as
+    ``recommend(users, k, exclude_seen=True)``; not a call such as ``DeepLoraConfig(depth=2)``),
+    a value (``rtol=1e-4``, ``dtype=torch.float32``) other than the default. ``...`` stands for
+    any value."""
+    call = ast.parse(f"f({params})", mode="eval").body
+    assert isinstance(call, ast.Call)
+    parameters = inspect.signature(function).parameters
+    named = [name for name, p in parameters.items() if name not in ("self", "cls")
+             and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    written = [arg.id if isinstance(arg, ast.Name) else None for arg in call.args] + [
+        keyword.arg for keyword in call.keywords if keyword.arg is not None]
+    signature = table or written == named[:len(written)]
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    problems = [f"no parameter {name!r}" for name in written[:len(call.args)]
+                if table and name is not None and name not in parameters]
+    for keyword in call.keywords:
+        if keyword.arg is None:
+            if not takes_any:
+                problems.append("no **kwargs")
+            continue
+        if keyword.arg not in parameters:
+            if not takes_any:
+                problems.append(f"no parameter {keyword.arg!r}")
+            continue
+        if not signature:
+            continue
+        value = eval(compile(ast.Expression(keyword.value), "<doc>", "eval"), {"torch": torch})
+        default = parameters[keyword.arg].default
+        if value is not Ellipsis and value != default:
+            problems.append(f"{keyword.arg}={value!r}, but the default is {default!r}")
+    return problems
+
+
+def test_signature_problems_finds_wrong_names_and_defaults() -> None:
+    def f(model: object, rtol: float = 1e-4, dtype: torch.dtype = torch.float32) -> None:
+        """A documented function."""
+
+    assert signature_problems(f, "model, rtol=1e-4, dtype=torch.float32") == []
+    assert signature_problems(f, "model, rtol=1e-3, **kw") == [
+        "rtol=0.001, but the default is 0.0001", "no **kwargs"]
+    assert signature_problems(f, "dtype=torch.float64, tol=(a, b)") == ["no parameter 'tol'"]
+    assert signature_problems(f, "module, dtype=torch.float64", table=True) == [
+        "no parameter 'module'", "dtype=torch.float64, but the default is torch.float32"]
+
+
+@pytest.mark.parametrize("name", ["README.md", "adapters.md", "recommender.md", "nlg.md"])
+def test_documented_signatures_match_the_code(name: str) -> None:
+    """Every call a doc writes in a code span with keywords (``recommend(users, k,
+    exclude_seen=True)``) names real parameters and, where it shows a value, the default; in an
+    API table (a line starting with ``|``) every call must name a function of the library."""
+    path = next(p for p in DOCS if p.name == name)
+    namespaces = signature_namespaces()[name]
+    checked = 0
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        for match in SIGNATURE.finditer(line):
+            function = resolve(match.group(2), namespaces)
+            if function is None:
+                assert not line.startswith("|"), f"{name}:{number}: no {match.group(1)}"
+                continue
+            try:
+                problems = signature_problems(function, match.group(3), line.startswith("|"))
+            except SyntaxError:  # `ranking_metrics(…, k, threshold)`: prose, not a call
+                continue
+            assert not problems, f"{name}:{number}: {match.group(1)}: {'; '.join(problems)}"
+            checked += 1
+    assert checked
