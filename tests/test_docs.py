@@ -255,3 +255,22 @@ def test_documented_signatures_match_the_code(name: str) -> None:
             assert not problems, f"{name}:{number}: {match.group(1)}: {'; '.join(problems)}"
             checked += 1
     assert checked
+
+
+def cli_defaults(*argv: str) -> dict[str, Any]:
+    """The option values of ``deeplora ARGV`` as parsed (the defaults of the options not given)."""
+    from deeplora.cli import build_parser
+
+    return vars(build_parser(list(argv)).parse_args(list(argv)))
+
+
+def test_readme_names_the_e2e_commands_that_choose_their_preset_by_gpu() -> None:
+    """Without ``--preset`` (parsed as ``None``) the preset follows the GPU; README says which
+    commands do that and which one defaults to a fixed preset."""
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert cli_defaults("finetune")["preset"] is None
+    assert cli_defaults("experiment", "nlg-fewshot")["preset"] is None
+    assert ("`deeplora finetune --task e2e` and `deeplora experiment nlg-fewshot` use the paper's "
+            "settings where torch sees a GPU") in text
+    fixed = cli_defaults("experiment", "nlg-checkpoints")["preset"]
+    assert f"(`nlg-checkpoints` uses `{fixed}`;" in text
