@@ -274,3 +274,65 @@ def test_readme_names_the_e2e_commands_that_choose_their_preset_by_gpu() -> None
             "settings where torch sees a GPU") in text
     fixed = cli_defaults("experiment", "nlg-checkpoints")["preset"]
     assert f"(`nlg-checkpoints` uses `{fixed}`;" in text
+
+
+USAGE = re.compile(r"`deeplora ([^`\[]*?) ?(\[--[^`]*)`")
+"""An inline usage line, ``deeplora experiment NAME [--flag VALUE] [--switch] …``."""
+OPTION = re.compile(r"\[(--[\w-]+)(?: ([^\]]+))?\]")
+
+
+def usage_commands(path: Path) -> list[tuple[int, list[str]]]:
+    """``(line, argv)`` for each inline usage line of a file: its options with the first of
+    alternatives ``a|b`` (and one more argv per other alternative), a placeholder ``N`` as 2 and
+    other upper-case ones (``DIR``) as a word; ``NAME`` stands for each name in the first
+    column of the file's tables (``| `stsb-fewshot` | …``)."""
+    text = path.read_text()
+    names = re.findall(r"^\| `([\w-]+)` \|", text, flags=re.MULTILINE)
+    commands = []
+    for number, line in enumerate(text.splitlines(), 1):
+        for match in USAGE.finditer(line):
+            options = [(flag, value.split("|") if value else [])
+                       for flag, value in OPTION.findall(match.group(2))]
+            variants = [[0] * len(options)] + [
+                [k if i == j else 0 for j in range(len(options))]
+                for i, (_, values) in enumerate(options) for k in range(1, len(values))]
+            words = match.group(1).split()
+            for command in ([[*words[:-1], name] for name in names] if words[-1] == "NAME"
+                            else [words]):
+                for choice in variants:
+                    argv = list(command)
+                    for (flag, values), k in zip(options, choice, strict=True):
+                        value = values[k] if values else None
+                        if value is not None and value.isupper():
+                            value = "2" if value == "N" else value.lower()
+                        argv += [flag] if value is None else [flag, value]
+                    commands.append((number, argv))
+    return commands
+
+
+def test_usage_commands_expands_names_and_alternatives(tmp_path: Path) -> None:
+    doc = tmp_path / "x.md"
+    doc.write_text("`deeplora experiment NAME [--head a|b] [--jobs N] [--fast]`\n\n"
+                   "| `one` | x |\n| `two` | y |\n")
+    assert usage_commands(doc) == [
+        (1, ["experiment", "one", "--head", "a", "--jobs", "2", "--fast"]),
+        (1, ["experiment", "one", "--head", "b", "--jobs", "2", "--fast"]),
+        (1, ["experiment", "two", "--head", "a", "--jobs", "2", "--fast"]),
+        (1, ["experiment", "two", "--head", "b", "--jobs", "2", "--fast"])]
+
+
+@pytest.mark.parametrize("path", [p for p in DOCS if usage_commands(p)],
+                         ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_usage_lines_parse(path: Path) -> None:
+    """Every option of an inline usage line (``deeplora experiment prompt-select [--task
+    mrpc,cola] …``) is one the command has, with a value it accepts."""
+    from deeplora.cli import build_parser
+
+    for line, argv in usage_commands(path):
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                build_parser(argv).parse_args(argv)
+            except SystemExit as exc:
+                raise AssertionError(f"{path.name}:{line}: {' '.join(argv)}: "
+                                     f"{stderr.getvalue().strip()}") from exc
