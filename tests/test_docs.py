@@ -336,3 +336,19 @@ def test_usage_lines_parse(path: Path) -> None:
             except SystemExit as exc:
                 raise AssertionError(f"{path.name}:{line}: {' '.join(argv)}: "
                                      f"{stderr.getvalue().strip()}") from exc
+
+
+def test_recommender_doc_lists_the_keys_of_selected() -> None:
+    """docs/recommender.md writes out the keys of ``selected_`` after a λ search."""
+    import numpy as np
+
+    from deeplora.completion.estimator import DeepMatrixCompletion
+
+    text = " ".join((ROOT / "docs" / "recommender.md").read_text().split())
+    documented = re.search(r"`est\.selected_` holds the chosen `\{([^}]*)\}`", text)
+    assert documented, "recommender.md no longer lists selected_'s keys"
+    rng = np.random.default_rng(0)
+    rows, cols = np.nonzero(rng.random((20, 15)) < 0.5)
+    est = DeepMatrixCompletion.ratings(rank=2, max_steps=20, refit=False).fit(
+        rows, cols, rng.integers(1, 6, rows.size).astype(float))
+    assert set(re.findall(r'"(\w+)"', documented.group(1))) == set(est.selected_)
