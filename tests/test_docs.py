@@ -352,3 +352,150 @@ def test_recommender_doc_lists_the_keys_of_selected() -> None:
     est = DeepMatrixCompletion.ratings(rank=2, max_steps=20, refit=False).fit(
         rows, cols, rng.integers(1, 6, rows.size).astype(float))
     assert set(re.findall(r'"(\w+)"', documented.group(1))) == set(est.selected_)
+
+
+def forms(value: float) -> set[str]:
+    """The ways the docs write a number: ``0.001``, ``1e-3``, ``10⁴``, ``5`` for 5.0."""
+    written = {f"{value:g}"}
+    mantissa, exponent = f"{value:e}".split("e")
+    if float(mantissa).is_integer():
+        written.add(f"{int(float(mantissa))}e{int(exponent)}")
+        if float(mantissa) == 1:
+            written.add("10" + str(int(exponent)).translate(str.maketrans("-0123456789",
+                                                                          "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")))
+    return written
+
+
+def says(text: str, template: str, value: float) -> bool:
+    """Whether ``text`` holds ``template`` with ``{}`` replaced by one of ``value``'s forms."""
+    return any(template.format(form) in text for form in forms(value))
+
+
+def test_forms() -> None:
+    assert forms(1e-3) == {"0.001", "1e-3", "10⁻³"}
+    assert forms(3e-2) == {"0.03", "3e-2"}
+    assert forms(1e4) == {"10000", "1e4", "10⁴"}
+    assert forms(5.0) == {"5", "5e0"}
+
+
+def doc_text(name: str) -> str:
+    """A doc's text with every whitespace run one space (sentences wrap anywhere)."""
+    return " ".join(next(p for p in DOCS if p.name == name).read_text().split())
+
+
+def test_readme_states_the_synthetic_defaults() -> None:
+    """README's "Defaults: Adam, η = 3e-2 and γ = 0.01 for `compressed` …, ε = 1e-3, depth 3,
+    float32" are ``deeplora complete``'s."""
+    from deeplora.cli.complete import SYNTHETIC_DEFAULTS
+    from deeplora.completion.methods import ADAM_DEFAULTS, DEFAULT_OPTIMIZER
+
+    text = doc_text("README.md")
+    defaults = text[text.index("Defaults: "):]
+    defaults = defaults[:defaults.index(". ")]
+    lr, gamma = ADAM_DEFAULTS["compressed"]
+    assert defaults.startswith(f"Defaults: {DEFAULT_OPTIMIZER.capitalize()},"), defaults
+    assert says(defaults, "η = {}", lr) and says(defaults, "γ = {}", gamma), defaults
+    assert says(defaults, "ε = {}", SYNTHETIC_DEFAULTS["init_scale"]), defaults
+    assert f"depth {SYNTHETIC_DEFAULTS['depth']}" in defaults, defaults
+    assert cli_defaults("complete")["dtype"] in defaults, defaults
+
+
+def test_recommender_doc_states_the_ratings_preset() -> None:
+    """docs/recommender.md's account of ``RATINGS_PRESET`` (rank, depth, η, γ, penalties,
+    validation split, patience, shrinkage) is the preset's."""
+    from deeplora.completion.estimator import RATINGS_PRESET, DeepMatrixCompletion
+    from deeplora.completion.methods import default_settings
+
+    text = doc_text("recommender.md")
+    preset = DeepMatrixCompletion.ratings().get_params()
+    _, _, gamma = default_settings(preset["method"], preset["optimizer"], preset["lr"],
+                                   preset["gamma"])
+    for template, value in [("r̂ = {}, depth", preset["rank"]), ("depth {}, Adam", preset["depth"]),
+                            ("Adam at η = {} ", preset["lr"]), ("(γ = {} for the outer", gamma),
+                            ("`reg_uniform={}`", preset["reg_uniform"]),
+                            ("`bias_prior={}`", preset["bias_prior"]),
+                            ("worth κ = {} pseudo-ratings", preset["bias_prior"]),
+                            ("on a {} % validation split", 100 * preset["validation_fraction"]),
+                            ("(patience {} evaluations", preset["patience"]),
+                            ("evaluations of {} steps", preset["eval_every"]),
+                            ("`RATINGS_PRESET` has λ_s = {}", preset["shrinkage"])]:
+        assert says(text, template, value), template.format(value)
+    assert f'(`reg="{RATINGS_PRESET["reg"]}"`)' in text
+
+
+def table(name: str, header: str) -> dict[str, list[str]]:
+    """The rows of the table in doc ``name`` whose header line starts with ``header``: first
+    cell -> the other cells, bold marks removed."""
+    lines = next(p for p in DOCS if p.name == name).read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip().replace("**", "") for cell in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_nlg_doc_presets_table_is_the_presets() -> None:
+    from deeplora.nlg.config import PRESETS, nlg_preset
+
+    rows = table("nlg.md", "| | `paper` | `cpu` |")
+    for column, name in enumerate(PRESETS):
+        config = nlg_preset(name)
+        assert rows["batch / steps / lr"][column].startswith(
+            tuple(f"{config.batch_size} / {config.steps} / {lr}" for lr in forms(config.lr)))
+        optimizer = rows["optimizer"][column]  # "eps 1e-6" or "eps 1e-6·ε^{L−1} = 1e-12"
+        assert says(optimizer, "eps {}", config.adam_eps) or says(optimizer, "= {}",
+                                                                   config.adam_eps)
+        decoding = rows["decoding"][column]
+        assert decoding == "greedy" if config.num_beams == 1 else (
+            decoding == f"beam search, {config.num_beams} beams")
+        test_mrs = rows["test MRs"][column]
+        assert test_mrs.startswith("all ") if config.test_mrs is None else (
+            test_mrs.startswith(f"{config.test_mrs},"))
+        assert rows["adapters"][column] == f"r = {config.rank}, {config.targets}"
+    assert rows["lengths"][0].startswith(f"MR ≤ {config.max_input_length} tokens, output ≤ "
+                                         f"{config.max_output_length},")
+
+
+def test_finetune_doc_presets_table_is_the_presets() -> None:
+    from deeplora.finetune.config import PRESETS, preset
+
+    rows = table("finetune.md", "| | `paper` (default) | `practical` |")
+    paper, practical = (preset(name) for name in PRESETS)
+    assert cli_defaults("finetune")["preset"] is None  # finetune's run() takes "paper" then
+    assert says(rows["optimizer"][0], "eps {}, weight decay 0", paper.adam_eps)
+    assert says(rows["optimizer"][1], "({})", practical.adam_eps)
+    assert says(rows["learning rate"][0], "{}, linear", paper.lr)
+    for column, config in enumerate((paper, practical)):
+        assert rows["batch / max length"][column].startswith(
+            f"{config.batch_size} / {config.max_length}, padded to "
+            + (f"{config.max_length}" if config.pad_to_max_length else "the longest"))
+    assert rows["Deep LoRA"][0] == (f"depth {paper.depth}, r = {paper.rank}, ε = "
+                                    f"{'1e-3' if paper.init_scale == 1e-3 else paper.init_scale}")
+    assert rows["head"][0].startswith("frozen") != paper.train_head
+    assert rows["head"][1].startswith("trains") == practical.train_head
+    text = doc_text("finetune.md")
+    assert f"evaluation batches ({paper.eval_batch_size})" in text
+    assert f"(default {paper.max_length}, the paper's)" in text
+
+
+def test_finetune_doc_experiments_table_is_the_plans() -> None:
+    """Steps and seeds of each experiment in docs/finetune.md's table, and what ``--fast``
+    cuts them to, are the plans'."""
+    from deeplora.experiments.finetune_paper import plan
+    from deeplora.finetune.sweep import Options
+
+    rows = table("finetune.md", "| NAME | what |")
+    for name, (_, settings) in ((n.strip("`"), cells) for n, cells in rows.items()):
+        cells = [c for c in plan(name, Options(), ROOT.parent / "shared/data/glue")
+                 if c.config.method != "zero-shot"]
+        steps, = {c.config.steps for c in cells}
+        seeds, = {len(c.seeds) for c in cells}
+        assert settings.startswith(f"{steps} steps,"), (name, settings)
+        assert settings.endswith(f"{seeds} seeds" if seeds > 1 else f"{seeds} seed"), name
+    fast = Options(fast=True).config(500)
+    assert (f"`--fast` is a smoke test: {fast.steps} steps, {len(Options(fast=True).seed_list(5))}"
+            f" seeds, {fast.dev_samples} dev rows, {fast.max_length} tokens") in doc_text(
+                "finetune.md")
