@@ -499,3 +499,28 @@ def test_finetune_doc_experiments_table_is_the_plans() -> None:
     assert (f"`--fast` is a smoke test: {fast.steps} steps, {len(Options(fast=True).seed_list(5))}"
             f" seeds, {fast.dev_samples} dev rows, {fast.max_length} tokens") in doc_text(
                 "finetune.md")
+
+
+def flags_between(text: str, start: str, end: str) -> set[str]:
+    """The ``--flags`` in ``text`` between the first ``start`` and the next ``end``."""
+    after = text[text.index(start) + len(start):]
+    return set(re.findall(r"`(--[\w-]+)`", after[:after.index(end)]))
+
+
+def as_flags(destinations: tuple[str, ...]) -> set[str]:
+    return {"--" + dest.replace("_", "-") for dest in destinations}
+
+
+def test_docs_list_the_flags_each_mode_refuses() -> None:
+    """The lists of flags refused in one mode (``--task e2e``, ``recommend --model``,
+    ``complete --ratings``) are the code's."""
+    from deeplora.cli.complete import SYNTHETIC_ONLY
+    from deeplora.cli.finetune import GLUE_ONLY
+    from deeplora.cli.recommend import FIT_ONLY
+
+    nlg, recommender = doc_text("nlg.md"), doc_text("recommender.md")
+    assert flags_between(nlg, "The GLUE tasks' ", "are refused with") == as_flags(GLUE_ONLY)
+    assert flags_between(recommender, "With `--model` (already fitted) the options of fitting,",
+                         "are refused") == as_flags(FIT_ONLY)
+    assert flags_between(recommender, "refuses the synthetic problem's (", ")") == as_flags(
+        SYNTHETIC_ONLY)
