@@ -524,3 +524,19 @@ def test_docs_list_the_flags_each_mode_refuses() -> None:
                          "are refused") == as_flags(FIT_ONLY)
     assert flags_between(recommender, "refuses the synthetic problem's (", ")") == as_flags(
         SYNTHETIC_ONLY)
+
+
+def test_readme_names_keys_of_the_complete_json(tmp_path: Path, one_thread: None) -> None:
+    """README's "`--json -` prints one JSON object (method, size, …)" names keys it has."""
+    import json
+
+    from deeplora.cli import main
+
+    text = doc_text("README.md")
+    listed = text[text.index("`--json -` prints one JSON object (") + 35:]
+    keys = [key.strip() for key in listed[:listed.index(")")].split(",")]
+    out = tmp_path / "r.json"
+    assert main(["complete", "--size", "20", "--rank", "2", "--steps", "5", "--quiet", "--json",
+                 str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert keys[-1] == "…" and set(keys[:-1]) <= set(result), keys
