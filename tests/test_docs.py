@@ -540,3 +540,13 @@ def test_readme_names_keys_of_the_complete_json(tmp_path: Path, one_thread: None
                  str(out)]) == 0
     result = json.loads(out.read_text())
     assert keys[-1] == "…" and set(keys[:-1]) <= set(result), keys
+
+
+def test_readme_describes_dmc_theory_at_its_defaults() -> None:
+    """README: "`dmc-theory` trains a 60×60, depth-3 factorization of a rank-3 target …
+    each layer's 60 singular values (54 of them stay equal throughout)", i.e. d − 2r."""
+    defaults = cli_defaults("experiment", "dmc-theory")
+    size, depth, rank = defaults["size"], defaults["depth"], defaults["rank"]
+    assert (f"`dmc-theory` trains a {size}×{size}, depth-{depth} factorization of a rank-{rank} "
+            f"target by GD and shows each layer's {size} singular values ({size - 2 * rank} of "
+            "them stay equal throughout)") in doc_text("README.md")
