@@ -550,3 +550,16 @@ def test_readme_describes_dmc_theory_at_its_defaults() -> None:
     assert (f"`dmc-theory` trains a {size}×{size}, depth-{depth} factorization of a rank-{rank} "
             f"target by GD and shows each layer's {size} singular values ({size - 2 * rank} of "
             "them stay equal throughout)") in doc_text("README.md")
+
+
+def test_docs_state_the_constants_the_code_uses() -> None:
+    """Thresholds and sizes the docs quote: export-lora's held-out batch, a result's numerical
+    rank tolerance, NLG's "left its initialization" bound."""
+    from deeplora.cli.adapters import HELD_OUT
+    from deeplora.finetune.train import RANK_ATOL
+    from deeplora.nlg.train import LEFT_INIT_ATOL
+
+    assert (f"measured on {HELD_OUT['batch']}×{HELD_OUT['length']} random token ids"
+            in doc_text("adapters.md"))
+    assert says(doc_text("finetune.md"), "the numerical rank (σ > {})", RANK_ATOL)
+    assert says(doc_text("nlg.md"), "largest spectral norm of any ΔW above {})", LEFT_INIT_ATOL)
