@@ -438,6 +438,7 @@ def table(name: str, header: str) -> dict[str, list[str]]:
 
 
 def test_nlg_doc_presets_table_is_the_presets() -> None:
+    from deeplora.experiments.nlg_fewshot import PAPER_SEEDS
     from deeplora.nlg.config import PRESETS, nlg_preset
 
     rows = table("nlg.md", "| | `paper` | `cpu` |")
@@ -457,6 +458,7 @@ def test_nlg_doc_presets_table_is_the_presets() -> None:
         assert rows["adapters"][column] == f"r = {config.rank}, {config.targets}"
     assert rows["lengths"][0].startswith(f"MR ≤ {config.max_input_length} tokens, output ≤ "
                                          f"{config.max_output_length},")
+    assert rows["seeds (`nlg-fewshot`)"] == [str(PAPER_SEEDS[name]) for name in PRESETS]
 
 
 def test_finetune_doc_presets_table_is_the_presets() -> None:
