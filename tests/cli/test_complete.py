@@ -116,6 +116,18 @@ def test_help_states_each_default_once(argv, capsys):
         assert option.count("(default") <= 1, option
 
 
+def test_help_shows_the_default_of_an_option_without_help_text(capsys):
+    """``--dtype`` and ``--seed`` have no help text, and argparse then printed no default."""
+    from deeplora.cli import build_parser
+
+    defaults = build_parser(["complete"]).parse_args(["complete"])
+    with pytest.raises(SystemExit):
+        main(["complete", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"--dtype {{float32,float64}} (default: {defaults.dtype})" in text
+    assert f"--seed SEED (default: {defaults.seed})" in text
+
+
 def test_too_large_synthetic_problem_is_one_line_naming_what_fits(tmp_path, capsys, monkeypatch):
     import deeplora.memory
 

@@ -152,3 +152,15 @@ def test_a_bad_value_is_named_by_its_flag(tmp_path: Path, capsys: pytest.Capture
     assert main(["finetune", "--out", str(out), "--quiet", *args]) == 2
     assert capsys.readouterr().err == f"deeplora: error: {message}\n"
     assert not out.exists()
+
+
+def test_padding_help_pads_to_max_length_not_a_fixed_128(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--padding max-length`` pads to ``--max-length``; the help said "to 128 tokens", true
+    only at the default."""
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per option
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    padding = next(line for line in capsys.readouterr().out.splitlines()
+                   if line.strip().startswith("--padding"))
+    assert "pad training batches to --max-length tokens" in padding and "128" not in padding

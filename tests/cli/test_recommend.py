@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -242,6 +243,21 @@ def test_model_refuses_the_options_of_fitting(tmp_path: Path,
         assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert main(["recommend", "--ratings", str(train), "--model", str(model), "--output",
                  str(tmp_path / "b.csv"), "--seed", "0", "--quiet"]) == 0  # the default: fine
+
+
+def test_model_help_names_the_options_it_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--model``'s help said the options of fitting were "--feedback to --seed and
+    --distributed", a range of the help that holds --include-seen, --test, --threshold and
+    --device, which a loaded model takes; it names the refused options now."""
+    from deeplora.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per option
+    parser = build_parser(["recommend"])
+    args = parser.parse_args(["recommend", "--ratings", "r.csv", "--output", "o.csv"])
+    help = next(line for line in parser._subparsers._group_actions[0].choices["recommend"]
+                .format_help().splitlines() if line.strip().startswith("--model"))
+    named = set(re.findall(r"--[a-z-]+", help.split("options of fitting", 1)[1]))
+    assert named == {"--" + dest.replace("_", "-") for dest in args.fit_defaults}
 
 
 def test_output_dash_is_stdout_and_binary_outputs_refuse_it(

@@ -17,6 +17,7 @@ that fails on its own (divergence) says so and exits 1; any other exception is o
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import re
 import sys
@@ -42,13 +43,25 @@ COMMANDS = {
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends ``(default: …)`` only where it informs: not to help that already states its
-    default, nor for ``None`` / ``False`` defaults."""
+    default, nor for ``None`` / ``False`` defaults; an option without help text shows its
+    default alone (argparse would show nothing)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         help = action.help or ""
-        if "default" in help or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+        if "default" in help or not _informs(action.default):
             return action.help
         return super()._get_help_string(action)
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and action.option_strings and _informs(action.default):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+
+def _informs(default: Any) -> bool:
+    """Whether a default is worth showing in ``--help`` (not ``None``, ``False``, suppressed)."""
+    return not any(default is v for v in (None, False, argparse.SUPPRESS))
 
 
 def add_ratings_file_arguments(group: argparse._ArgumentGroup) -> None:

@@ -91,9 +91,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="evaluate on this many dev rows (default: all; e2e: this many test "
                    "MRs, default the preset's)")
     p.add_argument("--padding", default=None,
-                   help=f"one of {', '.join(PADDINGS)}: pad training batches to 128 tokens or "
-                   "to their longest input (same outputs, padding is masked; default: the "
-                   "preset's, paper: max-length)")
+                   help=f"one of {', '.join(PADDINGS)}: pad training batches to --max-length "
+                   "tokens or to their longest input (same outputs, padding is masked; default: "
+                   "the preset's, paper: max-length)")
     p.add_argument("--max-length", type=int, default=None,
                    help="longest input in tokens; longer inputs are truncated (default: 128; at "
                    "most the model's position embeddings)")

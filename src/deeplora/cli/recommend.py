@@ -29,6 +29,11 @@ FIT_ONLY = ("feedback", "positive_threshold", "alpha", "shrinkage", "save_model"
 """Options of fitting, which a model loaded with ``--model`` has already had."""
 
 
+def _flag(dest: str) -> str:
+    """The flag of an option's destination: ``save_model`` -> ``--save-model``."""
+    return "--" + dest.replace("_", "-")
+
+
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "recommend",
@@ -70,8 +75,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="a held-out rating >= this is relevant (ranking metrics)")
     p.add_argument("--model", metavar="PATH", default=None,
                    help="load a model saved with --save-model instead of fitting (the "
-                   "options of fitting, --feedback to --seed and --distributed, are refused "
-                   "with it)")
+                   f"options of fitting, {', '.join(_flag(dest) for dest in FIT_ONLY)}, are "
+                   "refused with it)")
     p.add_argument("--save-model", metavar="PATH", default=None,
                    help="save the fitted model (a file)")
     p.add_argument("--rank", type=int, default=None, help="r̂ (default: the preset's)")
