@@ -74,27 +74,48 @@ def _dense(rows, cols, values, shape) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("reg", [5.0, 0.5])
-def test_biases_are_the_ridge_minimizer(reg: float) -> None:
-    """Koren's baseline predictor: μ = the training mean, (b, c) = argmin Σ (y − μ − b_u − c_i)²
-    + reg (‖b‖² + ‖c‖²), here the direct solve of its normal equations; a row and a column
-    with no rating (shape larger than the data) get bias 0."""
-    rows, cols, values, _ = _noisy()
-    m, n = 31, 26
-    model = Biases(reg=reg, iterations=300).fit(rows, cols, values, shape=(m, n))
+def _ridge_biases(rows, cols, values, shape, reg: float) -> tuple[np.ndarray, np.ndarray]:
+    """argmin Σ (y − μ − b_u − c_i)² + reg (‖b‖² + ‖c‖²), μ the mean of ``values``: the direct
+    solve of its normal equations."""
+    m, n = shape
     design = np.zeros((rows.size, m + n))
     design[np.arange(rows.size), rows] = 1.0
     design[np.arange(rows.size), m + cols] = 1.0
     exact = np.linalg.solve(design.T @ design + reg * np.eye(m + n),
                             design.T @ (values - values.mean()))
+    return exact[:m], exact[m:]
+
+
+@pytest.mark.parametrize("reg", [5.0, 0.5])
+def test_biases_are_the_ridge_minimizer(reg: float) -> None:
+    """Koren's baseline predictor: μ = the training mean, (b, c) = argmin Σ (y − μ − b_u − c_i)²
+    + reg (‖b‖² + ‖c‖²); a row and a column with no rating (shape larger than the data) get
+    bias 0. At the defaults: the sweeps used to stop after 20, 0.003 short of the minimizer at
+    reg = 0.5; they now run until no bias moves by more than tol = 1e-8."""
+    rows, cols, values, _ = _noisy()
+    m, n = 31, 26
+    model = Biases(reg=reg).fit(rows, cols, values, shape=(m, n))
+    row_bias, col_bias = _ridge_biases(rows, cols, values, (m, n), reg)
     assert model.mean_ == pytest.approx(values.mean(), abs=1e-12)
-    np.testing.assert_allclose(model.row_bias_, exact[:m], atol=1e-9)
-    np.testing.assert_allclose(model.col_bias_, exact[m:], atol=1e-9)
+    np.testing.assert_allclose(model.row_bias_, row_bias, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(model.col_bias_, col_bias, rtol=0, atol=1e-6)
     assert model.row_bias_[30] == model.col_bias_[25] == 0.0
-    # The default 20 sweeps are already at the minimizer on this problem (κ = 5).
-    if reg == 5.0:
-        default = Biases(reg=reg).fit(rows, cols, values, shape=(m, n))
-        np.testing.assert_allclose(default.row_bias_, exact[:m], atol=1e-5)
+
+
+def test_biases_stop_at_tol_or_after_iterations_sweeps() -> None:
+    """``iterations`` caps the sweeps (tol = 0: exactly that many); a loose tol stops early,
+    short of the minimizer, a tight one reaches it."""
+    rows, cols, values, _ = _noisy()
+    row_bias, _ = _ridge_biases(rows, cols, values, (30, 25), 0.5)
+
+    def error(**params) -> float:
+        return float(np.abs(Biases(reg=0.5, **params).fit(rows, cols, values).row_bias_
+                            - row_bias).max())
+
+    assert error(iterations=20, tol=0.0) > 1e-3
+    assert error(iterations=21, tol=0.0) < error(iterations=20, tol=0.0)
+    assert 1e-6 < error(tol=1e-3) < 1e-1
+    assert error(tol=1e-12) < 1e-9
 
 
 def _svt(matrix: np.ndarray, lam: float, max_rank: int | None = None) -> np.ndarray:
@@ -160,36 +181,65 @@ def test_soft_impute_converges_to_the_fixed_point() -> None:
 
 
 def test_soft_impute_path_validation_and_refit() -> None:
-    """The whole fit against a dense reference: biases = Biases(bias_reg, 20 sweeps); λ path
-    = σ_max(P_Ω(residual))·geomspace(1, lambda_min_ratio, n_lambdas); each λ fitted on the
-    training part (random_state's draw of validation_fraction) warm-started; λ_ = the path's
-    best validation RMSE; the refit on all observations along the path up to λ_ predicts."""
-    rows, cols, values, mask = _noisy(seed=2)
+    """The whole fit against a dense reference. Selection on the training part (all but
+    random_state's draw of validation_fraction) alone: its mean and ridge biases (bias_reg),
+    the λ path σ_max(P_Ω(its residual))·geomspace(1, lambda_min_ratio, n_lambdas), each λ
+    fitted warm-started; λ_ = the best RMSE on the validation residual of those biases. Then
+    the biases on all observations and the path up to λ_ on their residual predict."""
+    rows, cols, values, mask = _noisy(seed=7)
     m, n = mask.shape
-    params = dict(max_rank=24, n_lambdas=6, lambda_min_ratio=0.05, iterations=25, tol=0.0,
+    params = dict(max_rank=24, n_lambdas=6, lambda_min_ratio=0.02, iterations=25, tol=0.0,
                   validation_fraction=0.2, bias_reg=5.0, random_state=3)
     model = SoftImpute(**params).fit(rows, cols, values)
-    biases = Biases(reg=5.0, iterations=20).fit(rows, cols, values)
-    np.testing.assert_allclose(model.row_bias_, biases.row_bias_, atol=1e-12)
-    np.testing.assert_allclose(model.col_bias_, biases.col_bias_, atol=1e-12)
-    residual = values - biases.predict(rows, cols)
-    observed = _dense(rows, cols, residual, (m, n))
-    lambdas = (np.linalg.svd(observed, compute_uv=False)[0]
-               * np.geomspace(1.0, 0.05, 6))
     val = np.random.default_rng(3).random(rows.size) < 0.2
+    train = Biases(reg=5.0).fit(rows[~val], cols[~val], values[~val], shape=(m, n))
+    residual = values - train.predict(rows, cols)
     train_mask = _dense(rows[~val], cols[~val], 1.0, (m, n)).astype(bool)
+    observed = _dense(rows[~val], cols[~val], residual[~val], (m, n))
+    lambdas = (np.linalg.svd(observed, compute_uv=False)[0]
+               * np.geomspace(1.0, 0.02, 6))
     errors = [float(np.sqrt(np.mean((z[rows[val], cols[val]] - residual[val]) ** 2)))
-              for z in _dense_soft_impute(np.where(train_mask, observed, 0.0), train_mask,
-                                          lambdas, 25)]
+              for z in _dense_soft_impute(observed, train_mask, lambdas, 25)]
     best = int(np.argmin(errors))
     assert 0 < best < 5 and sorted(errors)[1] - errors[best] > 1e-3  # a clear interior choice
     assert model.lambda_ == pytest.approx(lambdas[best], rel=1e-10)
     assert model.validation_rmse_ == pytest.approx(errors[best], abs=1e-8)
+    biases = Biases(reg=5.0).fit(rows, cols, values)
+    np.testing.assert_allclose(model.row_bias_, biases.row_bias_, atol=1e-12)
+    np.testing.assert_allclose(model.col_bias_, biases.col_bias_, atol=1e-12)
+    observed = _dense(rows, cols, values - biases.predict(rows, cols), (m, n))
     z = _dense_soft_impute(observed, mask, lambdas[: best + 1], 25)[-1]
     everything = np.nonzero(np.ones((m, n), bool))
     np.testing.assert_allclose(
         model.predict(*everything),
         biases.predict(*everything) + z[everything], atol=1e-8)
+
+
+def test_soft_impute_selection_never_sees_the_validation_ratings(monkeypatch) -> None:
+    """The biases were fitted on all observations before λ was chosen on a validation split of
+    them, so the validation ratings leaked into the residuals the path was fitted on and scored
+    against. Now the selection path is fitted on the same residuals, with the same λ's, whatever
+    the validation ratings are; only the final refit on all observations sees them."""
+    rows, cols, values, _ = _noisy(seed=2)
+    val = np.random.default_rng(3).random(rows.size) < 0.2
+    poisoned = np.where(val, values + 3.0 * np.random.default_rng(9).standard_normal(rows.size),
+                        values)
+    calls = []
+    original = SoftImpute._path
+
+    def spy(self, rows, cols, residual, lambdas):
+        calls.append((rows.copy(), cols.copy(), residual.copy(), lambdas.copy()))
+        return original(self, rows, cols, residual, lambdas)
+
+    monkeypatch.setattr(SoftImpute, "_path", spy)
+    for data in (values, poisoned):
+        SoftImpute(max_rank=5, n_lambdas=4, validation_fraction=0.2, random_state=3).fit(
+            rows, cols, data)
+    (clean, clean_refit), (dirty, dirty_refit) = calls[:2], calls[2:]
+    assert clean[0].size == (~val).sum()
+    for a, b in zip(clean, dirty, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)  # λ's: ARPACK's round-off
+    assert not np.allclose(clean_refit[2], dirty_refit[2])
 
 
 def _als_objective(model: BiasedALS, rows, cols, values) -> float:
@@ -280,7 +330,7 @@ def test_unregularized_biases_of_unrated_indices_are_zero() -> None:
     """reg=0 with a row and a column of the shape never rated gave them 0/0 = NaN biases (and
     NaN predictions); their bias is 0 and the others are the least-squares fit."""
     rows, cols, values, _ = _noisy()
-    model = Biases(reg=0.0, iterations=300).fit(rows, cols, values, shape=(31, 26))
+    model = Biases(reg=0.0).fit(rows, cols, values, shape=(31, 26))
     assert model.row_bias_[30] == model.col_bias_[25] == 0.0
     assert np.all(np.isfinite(model.predict([30, 0, 30], [0, 25, 25])))
     residual = values - model.predict(rows, cols)
@@ -294,6 +344,7 @@ def test_unregularized_biases_of_unrated_indices_are_zero() -> None:
     (lambda: Biases(reg=float("nan")), "reg must be a finite number >= 0, got nan"),
     (lambda: Biases(iterations=0), "iterations must be an integer >= 1, got 0"),
     (lambda: Biases(iterations=2.5), "iterations must be an integer >= 1, got 2.5"),
+    (lambda: Biases(tol=-1e-8), "tol must be a finite number >= 0, got -1e-08"),
     (lambda: SoftImpute(max_rank=0), "max_rank must be an integer >= 1, got 0"),
     (lambda: SoftImpute(n_lambdas=0), "n_lambdas must be an integer >= 1, got 0"),
     (lambda: SoftImpute(lambda_min_ratio=0.0),

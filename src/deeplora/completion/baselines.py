@@ -7,12 +7,13 @@ are unknown and get the global mean plus the known side's bias. Predictions are 
 
 - :class:`GlobalMean`: μ.
 - :class:`Biases`: ``μ + b_u + c_i``, ridge-regularized, by alternating exact minimization
-  (Koren 2008, "baseline predictors").
+  to convergence (Koren 2008, "baseline predictors").
 - :class:`SoftImpute`: nuclear-norm regularized completion of the bias residuals (Mazumder,
   Hastie & Tibshirani 2010, Alg. 1): ``Z ← S_λ(P_Ω(Y) + P_Ω⊥(Z))`` with S_λ soft-thresholding
   of singular values, over a decreasing λ path with warm starts; λ is chosen on a validation
-  split. ``P_Ω(Y − Z) + Z`` is kept as sparse + low-rank and its top singular triplets come
-  from ARPACK on a :class:`scipy.sparse.linalg.LinearOperator`, so nothing is m×n.
+  split that the biases and fits it scores never saw. ``P_Ω(Y − Z) + Z`` is kept as sparse +
+  low-rank and its top singular triplets come from ARPACK on a
+  :class:`scipy.sparse.linalg.LinearOperator`, so nothing is m×n.
 - :class:`BiasedALS`: ``μ + b_u + c_i + p_uᵀ q_i`` by alternating least squares with
   weighted-λ regularization (Zhou et al. 2008), each half-step an exact batch of ridge solves.
 
@@ -99,33 +100,41 @@ class GlobalMean(_Baseline):
 
 
 def _biases(rows: np.ndarray, cols: np.ndarray, residual: np.ndarray, shape: tuple[int, int],
-            reg: float, iterations: int) -> tuple[np.ndarray, np.ndarray]:
-    """argmin Σ (r − b_u − c_i)² + reg (‖b‖² + ‖c‖²) by alternating exact updates."""
+            reg: float, tol: float = 1e-8, max_sweeps: int = 1000
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """argmin Σ (r − b_u − c_i)² + reg (‖b‖² + ‖c‖²) by alternating exact updates, until no
+    bias moved by more than ``tol`` in a sweep (at most ``max_sweeps`` sweeps)."""
     m, n = shape
     # An index with no rating has a zero sum: at least 1 keeps its bias 0 when reg = 0.
     row_count = np.maximum(np.bincount(rows, minlength=m), 1) + reg
     col_count = np.maximum(np.bincount(cols, minlength=n), 1) + reg
     b, c = np.zeros(m), np.zeros(n)
-    for _ in range(iterations):
-        c = np.bincount(cols, weights=residual - b[rows], minlength=n) / col_count
-        b = np.bincount(rows, weights=residual - c[cols], minlength=m) / row_count
+    for _ in range(max_sweeps):
+        new_c = np.bincount(cols, weights=residual - b[rows], minlength=n) / col_count
+        new_b = np.bincount(rows, weights=residual - new_c[cols], minlength=m) / row_count
+        change = max(np.abs(new_b - b).max(initial=0.0), np.abs(new_c - c).max(initial=0.0))
+        b, c = new_b, new_c
+        if change <= tol:
+            break
     return b, c
 
 
 class Biases(_Baseline):
-    """``μ + b_u + c_i`` with ridge penalty ``reg`` on the biases."""
+    """``μ + b_u + c_i`` with ridge penalty ``reg`` on the biases: alternating sweeps until no
+    bias moves by more than ``tol`` (at most ``iterations`` sweeps)."""
 
-    def __init__(self, reg: float = 5.0, iterations: int = 20,
+    def __init__(self, reg: float = 5.0, iterations: int = 1000, tol: float = 1e-8,
                  clip: tuple[float, float] | None = None) -> None:
-        self.reg, self.iterations, self.clip = reg, iterations, clip
+        self.reg, self.iterations, self.tol, self.clip = reg, iterations, tol, clip
 
     def _check_params(self) -> None:
         _check_number("reg", self.reg, 0)
         check_integer("iterations", self.iterations, 1)
+        _check_number("tol", self.tol, 0)
 
     def _fit(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
         self.row_bias_, self.col_bias_ = _biases(rows, cols, values - self.mean_, self.shape_,
-                                                 self.reg, self.iterations)
+                                                 self.reg, self.tol, self.iterations)
 
 
 def _soft_impute(sparse: scipy.sparse.csr_array, rows: np.ndarray, cols: np.ndarray,
@@ -176,9 +185,11 @@ def _frobenius_diff_sq(u1: np.ndarray, s1: np.ndarray, v1: np.ndarray, u2: np.nd
 class SoftImpute(_Baseline):
     """Soft-Impute on the residuals of :class:`Biases`.
 
-    Path: ``n_lambdas`` values from λ_max = σ_max(P_Ω(residual)) down to
-    ``lambda_min_ratio·λ_max`` (geometric), warm-started; the λ with the best RMSE on a
-    ``validation_fraction`` split is refit on all observations.
+    λ is chosen on a ``validation_fraction`` split of the observations, everything else fitted
+    on the rest (the training part): its mean and biases (``bias_reg``), their residual, and the
+    path: ``n_lambdas`` values from λ_max = σ_max(P_Ω(residual)) down to
+    ``lambda_min_ratio·λ_max`` (geometric), warm-started. Then the biases are refit on all
+    observations and the path, up to the λ with the best validation RMSE, on their residual.
     """
 
     def __init__(self, max_rank: int = 50, n_lambdas: int = 12, lambda_min_ratio: float = 0.05,
@@ -212,24 +223,33 @@ class SoftImpute(_Baseline):
             fits.append(start)
         return fits
 
+    def _residual(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Biases (μ of ``values``, b, c by :func:`_biases`) and the residual they leave."""
+        centred = values - values.mean()
+        b, c = _biases(rows, cols, centred, self.shape_, self.bias_reg)
+        return b, c, centred - b[rows] - c[cols]
+
     def _fit(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
-        self.row_bias_, self.col_bias_ = _biases(rows, cols, values - self.mean_, self.shape_,
-                                                 self.bias_reg, 20)
-        residual = values - self.mean_ - self.row_bias_[rows] - self.col_bias_[cols]
-        top = scipy.sparse.linalg.svds(
-            scipy.sparse.csr_array((residual, (rows, cols)), shape=self.shape_), k=1,
-            return_singular_vectors=False)[0]
-        lambdas = top * np.geomspace(1.0, self.lambda_min_ratio, self.n_lambdas)
         rng = np.random.default_rng(self.random_state)
         val = rng.random(rows.size) < self.validation_fraction
         if not 0 < val.sum() < val.size:
             raise ValueError(f"validation_fraction={self.validation_fraction} leaves {val.sum()} "
                              f"of the {val.size} ratings for validation; each part needs one")
-        fits = self._path(rows[~val], cols[~val], residual[~val], lambdas)
+        # Selection sees the training part only: its mean, biases, λ path and fits.
+        fit_rows, fit_cols = rows[~val], cols[~val]
+        b, c, residual = self._residual(fit_rows, fit_cols, values[~val])
+        val_residual = values[val] - values[~val].mean() - b[rows[val]] - c[cols[val]]
+        top = scipy.sparse.linalg.svds(
+            scipy.sparse.csr_array((residual, (fit_rows, fit_cols)), shape=self.shape_), k=1,
+            return_singular_vectors=False)[0]
+        lambdas = top * np.geomspace(1.0, self.lambda_min_ratio, self.n_lambdas)
+        fits = self._path(fit_rows, fit_cols, residual, lambdas)
         errors = [math.sqrt(np.mean((np.einsum("ij,ij->i", u[rows[val]] * s, v[cols[val]])
-                                     - residual[val]) ** 2)) for u, s, v in fits]
+                                     - val_residual) ** 2)) for u, s, v in fits]
         best = int(np.argmin(errors))
         self.lambda_, self.validation_rmse_ = float(lambdas[best]), errors[best]
+        self.row_bias_, self.col_bias_, residual = self._residual(rows, cols, values)
         self.factors_ = self._path(rows, cols, residual, lambdas[: best + 1])[-1]
 
     def _interaction(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
