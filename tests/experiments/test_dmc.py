@@ -288,3 +288,18 @@ def test_defaults_are_the_papers_settings():
     assert (depth["--size"], depth["--rank"], depth["--init-scale"]) == (100, 10, 1e-3)
     assert 0.3 in depth["--fractions"] and depth["--depths"] == [2, 3]
     assert AUTHORS_DEPTH_STEP == {2: 1e2, 3: 3e2}
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--steps", "500"], "--steps"),
+    (["--every", "100", "--init-scale", "1e-3"], "--init-scale and --every"),  # the defaults
+])
+def test_dmc_theory_fast_refuses_the_flags_it_would_override(tmp_path, capsys, flags, named):
+    """``--fast`` runs 3000 steps recorded every 50 from ε = 0.01: it ignored ``--steps``,
+    ``--every`` and ``--init-scale``."""
+    out = tmp_path / "theory"
+    assert main(["experiment", "dmc-theory", "--fast", *flags, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        "deeplora: error: --fast runs a smoke test of its own steps and initialization (3000 "
+        f"steps recorded every 50, ε = 0.01): drop {named} or --fast\n")
+    assert list(tmp_path.iterdir()) == []

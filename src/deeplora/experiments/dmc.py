@@ -40,7 +40,7 @@ from deeplora.completion import (
     random_low_rank,
 )
 from deeplora.completion.methods import PAPER_GD_GAMMA
-from deeplora.experiments import Arg, experiment, random_seed
+from deeplora.experiments import Arg, Fast, experiment, random_seed
 from deeplora.experiments.plots import plot_runs
 from deeplora.factorization import (
     DeepFactorization,
@@ -645,12 +645,15 @@ def _theory_run(size: int, rank: int, depth: int, scale: float, lr: float, steps
         Arg("--every", type=int, default=100, help="record every N steps"),
         Arg("--seed", type=random_seed, default=0),
     ],
+    fast=Fast("steps and initialization (3000 steps recorded every 50, ε = 0.01)",
+              ("--init-scale", "--steps", "--every")),
 )
 def dmc_theory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Paper Fig. 2 on a d×d rank-r target, GD from an ε-orthogonal initialization.
 
     ``--fast`` (a smoke test): 3000 steps recorded every 50, ε = 0.01 (at ε = 1e-3 GD leaves
-    the initialization only after about 5000 steps).
+    the initialization only after about 5000 steps); ``--steps``, ``--every`` and
+    ``--init-scale`` are refused with it.
     """
     steps, every = (3000, 50) if args.fast else (args.steps, args.every)
     scale = 0.01 if args.fast else args.init_scale
