@@ -303,3 +303,36 @@ def test_dmc_theory_fast_refuses_the_flags_it_would_override(tmp_path, capsys, f
         "deeplora: error: --fast runs a smoke test of its own steps and initialization (3000 "
         f"steps recorded every 50, ε = 0.01): drop {named} or --fast\n")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--size", "200"], "--size"),
+    (["--observed", "0.2", "--rank", "5"], "--rank and --observed"),
+    (["--init-scale", "1e-3"], "--init-scale"),  # the default
+])
+def test_dmc_efficiency_fast_refuses_the_flags_it_would_override(tmp_path, capsys, flags,
+                                                                 named):
+    """``--fast`` runs its own 24×24 rank-2 problem, 60 % observed, from ε = 0.05: it ignored
+    ``--size``, ``--rank``, ``--observed`` and ``--init-scale``."""
+    out = tmp_path / "efficiency"
+    assert main(["experiment", "dmc-efficiency", "--fast", *flags, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        "deeplora: error: --fast runs a smoke test of its own problem (24×24, rank 2, 60 % "
+        f"observed, ε = 0.05): drop {named} or --fast\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dmc_efficiency_fast_honours_ranks_tol_and_adam_steps(tmp_path, capsys):
+    """``--fast`` ran r̂ ∈ {2, 4} whatever ``--ranks``, and at most 200 Adam steps and a
+    tolerance of at least 1e-6 whatever ``--adam-steps`` and ``--tol``; given, they are used
+    (``--ranks`` up to the 24×24 problem's 12)."""
+    assert main(["experiment", "dmc-efficiency", "--fast", "--ranks", "2", "--tol", "1e-7",
+                 "--adam-steps", "250", "--adam-methods", "narrow", "--out",
+                 str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "dmc-efficiency.json").read_text())
+    assert (summary["ranks"], summary["tol_authors"], summary["adam_steps"]) == ([2], 1e-7, 250)
+    assert set(summary["gd"]["narrow"]) == {"2"} and set(summary["adam"]) == {"narrow"}
+    assert main(["experiment", "dmc-efficiency", "--fast", "--ranks", "13", "--out",
+                 str(tmp_path / "other")]) == 2
+    assert capsys.readouterr().err.endswith(
+        "deeplora: error: --ranks must be an integer in [1, 12], got 13\n")
