@@ -336,3 +336,30 @@ def test_dmc_efficiency_fast_honours_ranks_tol_and_adam_steps(tmp_path, capsys):
                  str(tmp_path / "other")]) == 2
     assert capsys.readouterr().err.endswith(
         "deeplora: error: --ranks must be an integer in [1, 12], got 13\n")
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--fractions", "0.5"], "--fractions"),
+    (["--seeds", "3", "--size", "100", "--stall-window", "50000"],
+     "--size, --seeds and --stall-window"),  # --seeds and --stall-window at their defaults
+    (["--lr-scale", "1", "--rank", "3", "--init-scale", "0.01"],
+     "--rank, --init-scale and --lr-scale"),
+])
+def test_dmc_depth_fast_refuses_the_flags_it_would_override(tmp_path, capsys, flags, named):
+    """``--fast`` runs its own problems (16×16, rank 2, fractions 0.4 and 0.8, one seed) from
+    ε = 0.05 at the authors' steps × 0.05 with a stall window of 100: it ignored the flags of
+    these."""
+    out = tmp_path / "depth"
+    assert main(["experiment", "dmc-depth", "--fast", *flags, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        "deeplora: error: --fast runs a smoke test of its own problems and steps (16×16, rank 2, "
+        "fractions 0.4 and 0.8, one seed, ε = 0.05, steps × 0.05, stall window 100): drop "
+        f"{named} or --fast\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dmc_depth_fast_honours_steps(tmp_path):
+    """``--fast`` capped ``--steps`` at 300 (a given 400 ran 300 steps); given, it is used."""
+    assert main(["experiment", "dmc-depth", "--fast", "--steps", "400", "--depths", "2",
+                 "--methods", "original", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "dmc-depth.json").read_text())["steps"] == 400

@@ -355,7 +355,8 @@ DEPTH_KEYS = (*DEPTH_RESUME_KEYS, "fractions", "runs")  # what the report and fi
         Arg("--depths", type=int, nargs="+", choices=sorted(AUTHORS_DEPTH_STEP), default=[2, 3]),
         Arg("--methods", nargs="+", choices=("original", "compressed"),
             default=["original", "compressed"]),
-        Arg("--steps", type=int, default=150_000, help="GD step budget per run"),
+        Arg("--steps", type=int, default=150_000,
+            help="GD step budget per run (default: 150000; --fast: 300)"),
         Arg("--stall-window", type=int, default=50_000,
             help="stalled: the best train loss has not fallen by --stall-rtol within this many "
                  "steps (armed once the loss has halved)"),
@@ -368,6 +369,10 @@ DEPTH_KEYS = (*DEPTH_RESUME_KEYS, "fractions", "runs")  # what the report and fi
         Arg("--report-only", action="store_true",
             help="rebuild dmc-depth.md/png from out/dmc-depth.json without running anything"),
     ],
+    fast=Fast("problems and steps (16×16, rank 2, fractions 0.4 and 0.8, one seed, ε = 0.05, "
+              "steps × 0.05, stall window 100)",
+              ("--size", "--rank", "--fractions", "--seeds", "--init-scale", "--lr-scale",
+               "--stall-window"), {"--steps": 300}),
 )
 def dmc_depth(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Deeper factorizations recover from fewer samples (the authors' depth notebook).
@@ -380,8 +385,9 @@ def dmc_depth(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     settings is not run again, and one this call does not select (other ``--depths``,
     ``--methods``, ``--fractions``) is kept; ``--report-only`` redraws the report and figure
     from it.
-    ``--fast`` (a smoke test): d = 16, r = 2, fractions {0.4, 0.8}, one seed, 300 steps,
-    ε = 0.05, steps × 0.05 (the authors' steps diverge at small d), stall window 100.
+    ``--fast`` (a smoke test): d = 16, r = 2, fractions {0.4, 0.8}, one seed, ε = 0.05, steps
+    × 0.05 (the authors' steps diverge at small d), stall window 100 (the flags of these are
+    refused with it), and 300 steps unless ``--steps`` is given.
     """
     check_shape(args.size, args.rank)
     for fraction in args.fractions:
@@ -396,7 +402,7 @@ def dmc_depth(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     check_positive("--init-scale", args.init_scale)
     check_positive("--lr-scale", args.lr_scale)
     if args.fast:
-        size, rank, fractions, seeds, steps = 16, 2, [0.4, 0.8], 1, min(args.steps, 300)
+        size, rank, fractions, seeds, steps = 16, 2, [0.4, 0.8], 1, args.steps
         scale, lr_scale, window = 0.05, 0.05, 100
     else:
         size, rank, fractions, seeds, steps = (args.size, args.rank, args.fractions, args.seeds,
