@@ -130,3 +130,51 @@ def test_a_bad_value_is_named_by_its_option(
     assert main(["experiment", *args, "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err == f"deeplora: error: {message}\n"
     assert list(tmp_path.iterdir()) == []
+
+
+FAST_FLAGS = [(name, flag) for name, exp in sorted(load_all().items()) if exp.fast
+              for flag in exp.fast.options]
+
+
+@pytest.mark.parametrize(("name", "flag"), FAST_FLAGS)
+def test_an_option_fast_overrides_keeps_its_default_and_help(
+        name: str, flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An option ``--fast`` sets is recorded when given (to refuse it beside ``--fast``, or keep
+    it); unset, it has its declared default, and ``--help`` shows it as before."""
+    from deeplora.cli import build_parser
+
+    arg = next(arg for arg in load_all()[name].arguments if arg.flag == flag)
+    args = build_parser(["experiment"]).parse_args(["experiment", name])
+    assert getattr(args, flag[2:].replace("-", "_")) == arg.kwargs.get("default")
+    assert not hasattr(args, "given_flags")
+    with pytest.raises(SystemExit):
+        main(["experiment", name, "--help"])
+    default, help = arg.kwargs.get("default"), arg.kwargs.get("help")
+    if default is not None and help and "default" not in help:
+        assert f"(default: {default})" in " ".join(capsys.readouterr().out.split())
+
+
+def test_fast_names_every_option_it_would_override_in_its_order() -> None:
+    import argparse
+
+    from deeplora.experiments import Fast
+
+    fast = Fast("problem (d = 8)", ("--size", "--rank", "--steps"))
+    fast.apply(argparse.Namespace(), ["--out", "--seed"])
+    with pytest.raises(ValueError, match=r"^--fast runs a smoke test of its own problem \(d = 8\): "
+                       r"drop --size, --rank and --steps or --fast$"):
+        fast.apply(argparse.Namespace(), ["--steps", "--size", "--rank"])
+
+
+def test_fast_defaults_apply_to_the_options_not_given() -> None:
+    import argparse
+
+    from deeplora.experiments import Fast
+
+    fast = Fast("steps (300)", defaults={"--max-steps": 300, "--ranks": [2, 4]})
+    args = argparse.Namespace(max_steps=150_000, ranks=[5, 10])
+    fast.apply(args, ["--ranks"])
+    assert (args.max_steps, args.ranks) == (300, [5, 10])
+    fast.apply(args, [])
+    args.ranks.append(8)  # a copy
+    assert fast.defaults["--ranks"] == [2, 4]

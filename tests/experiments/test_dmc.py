@@ -288,3 +288,78 @@ def test_defaults_are_the_papers_settings():
     assert (depth["--size"], depth["--rank"], depth["--init-scale"]) == (100, 10, 1e-3)
     assert 0.3 in depth["--fractions"] and depth["--depths"] == [2, 3]
     assert AUTHORS_DEPTH_STEP == {2: 1e2, 3: 3e2}
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--steps", "500"], "--steps"),
+    (["--every", "100", "--init-scale", "1e-3"], "--init-scale and --every"),  # the defaults
+])
+def test_dmc_theory_fast_refuses_the_flags_it_would_override(tmp_path, capsys, flags, named):
+    """``--fast`` runs 3000 steps recorded every 50 from ε = 0.01: it ignored ``--steps``,
+    ``--every`` and ``--init-scale``."""
+    out = tmp_path / "theory"
+    assert main(["experiment", "dmc-theory", "--fast", *flags, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        "deeplora: error: --fast runs a smoke test of its own steps and initialization (3000 "
+        f"steps recorded every 50, ε = 0.01): drop {named} or --fast\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--size", "200"], "--size"),
+    (["--observed", "0.2", "--rank", "5"], "--rank and --observed"),
+    (["--init-scale", "1e-3"], "--init-scale"),  # the default
+])
+def test_dmc_efficiency_fast_refuses_the_flags_it_would_override(tmp_path, capsys, flags,
+                                                                 named):
+    """``--fast`` runs its own 24×24 rank-2 problem, 60 % observed, from ε = 0.05: it ignored
+    ``--size``, ``--rank``, ``--observed`` and ``--init-scale``."""
+    out = tmp_path / "efficiency"
+    assert main(["experiment", "dmc-efficiency", "--fast", *flags, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        "deeplora: error: --fast runs a smoke test of its own problem (24×24, rank 2, 60 % "
+        f"observed, ε = 0.05): drop {named} or --fast\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dmc_efficiency_fast_honours_ranks_tol_and_adam_steps(tmp_path, capsys):
+    """``--fast`` ran r̂ ∈ {2, 4} whatever ``--ranks``, and at most 200 Adam steps and a
+    tolerance of at least 1e-6 whatever ``--adam-steps`` and ``--tol``; given, they are used
+    (``--ranks`` up to the 24×24 problem's 12)."""
+    assert main(["experiment", "dmc-efficiency", "--fast", "--ranks", "2", "--tol", "1e-7",
+                 "--adam-steps", "250", "--adam-methods", "narrow", "--out",
+                 str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "dmc-efficiency.json").read_text())
+    assert (summary["ranks"], summary["tol_authors"], summary["adam_steps"]) == ([2], 1e-7, 250)
+    assert set(summary["gd"]["narrow"]) == {"2"} and set(summary["adam"]) == {"narrow"}
+    assert main(["experiment", "dmc-efficiency", "--fast", "--ranks", "13", "--out",
+                 str(tmp_path / "other")]) == 2
+    assert capsys.readouterr().err.endswith(
+        "deeplora: error: --ranks must be an integer in [1, 12], got 13\n")
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--fractions", "0.5"], "--fractions"),
+    (["--seeds", "3", "--size", "100", "--stall-window", "50000"],
+     "--size, --seeds and --stall-window"),  # --seeds and --stall-window at their defaults
+    (["--lr-scale", "1", "--rank", "3", "--init-scale", "0.01"],
+     "--rank, --init-scale and --lr-scale"),
+])
+def test_dmc_depth_fast_refuses_the_flags_it_would_override(tmp_path, capsys, flags, named):
+    """``--fast`` runs its own problems (16×16, rank 2, fractions 0.4 and 0.8, one seed) from
+    ε = 0.05 at the authors' steps × 0.05 with a stall window of 100: it ignored the flags of
+    these."""
+    out = tmp_path / "depth"
+    assert main(["experiment", "dmc-depth", "--fast", *flags, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        "deeplora: error: --fast runs a smoke test of its own problems and steps (16×16, rank 2, "
+        "fractions 0.4 and 0.8, one seed, ε = 0.05, steps × 0.05, stall window 100): drop "
+        f"{named} or --fast\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dmc_depth_fast_honours_steps(tmp_path):
+    """``--fast`` capped ``--steps`` at 300 (a given 400 ran 300 steps); given, it is used."""
+    assert main(["experiment", "dmc-depth", "--fast", "--steps", "400", "--depths", "2",
+                 "--methods", "original", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "dmc-depth.json").read_text())["steps"] == 400

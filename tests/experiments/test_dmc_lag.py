@@ -127,3 +127,26 @@ def test_d200_cells_match_the_reference_cells_rate() -> None:
         assert rate(cell) == pytest.approx(rate(reference), rel=0.05)
     (plain,) = [c for c in cells if c.lr_scale == 1]
     assert rate(plain) < rate(reference) / 4
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--seeds", "3"], "--seeds"),  # the default
+    (["--init-scale", "1e-3", "--stall-window", "500"], "--stall-window and --init-scale"),
+])
+def test_dmc_lag_fast_refuses_the_flags_it_would_override(tmp_path, capsys, flags, named):
+    """``--fast`` runs one problem per cell of FAST_LAG_GRID from ε = 0.05 with a stall window
+    of 100: it ignored ``--seeds``, ``--init-scale`` and ``--stall-window``."""
+    out = tmp_path / "lag"
+    assert main(["experiment", "dmc-lag", "--fast", *flags, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        "deeplora: error: --fast runs a smoke test of its own problems (FAST_LAG_GRID: d = 16, "
+        f"r = 2; one seed, ε = 0.05, stall window 100): drop {named} or --fast\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dmc_lag_fast_honours_steps(tmp_path):
+    """``--fast`` capped ``--steps`` at 400 (a given 500 ran 400 steps); given, it is used."""
+    assert main(["experiment", "dmc-lag", "--fast", "--steps", "500", "--cells",
+                 "d16-r2-p0.6-lr0.05", "--out", str(tmp_path)]) == 0
+    (run,) = (tmp_path / "runs").glob("*.json")
+    assert json.loads(run.read_text())["settings"]["steps"] == 500

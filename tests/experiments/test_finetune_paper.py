@@ -147,3 +147,18 @@ def test_one_job_runs_seed_major(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     trained = [c for c in calls if c[0] != "zero-shot"]
     assert [c[2] for c in trained] == [0] * 6 + [1] * 6
     assert trained[:2] == [("deep-lora", 16, 0), ("lora", 16, 0)]
+
+
+@pytest.mark.parametrize("name", ["stsb-fewshot", "glue-fewshot"])
+def test_fast_refuses_padding(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                              name: str) -> None:
+    """``--fast`` pads to the longest input of 32 tokens: it ignored ``--padding max-length``."""
+    from deeplora.cli import main
+
+    out = tmp_path / "paper"
+    assert main(["experiment", name, "--fast", "--padding", "max-length", "--out",
+                 str(out)]) == 2
+    assert capsys.readouterr().err == (
+        "deeplora: error: --fast runs a smoke test of its own steps and padding (2 steps, 32 dev "
+        "rows, inputs of 32 tokens padded to the longest): drop --padding or --fast\n")
+    assert list(tmp_path.iterdir()) == []

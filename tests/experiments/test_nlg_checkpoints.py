@@ -127,3 +127,21 @@ def test_tiny_sweep_scores_only_the_chosen_checkpoints_and_rebuilds(
                    lr_seeds=(0,))
     assert (rebuilt / "nlg-checkpoints.md").read_text() == text
     assert "Deep LoRA" in text and "matched train loss" in text
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--eval-every", "5"], "--eval-every"),
+    (["--dev-mrs", "24", "--eval-every", "10"], "--eval-every and --dev-mrs"),  # the defaults
+])
+def test_fast_refuses_the_flags_it_would_override(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], named: str) -> None:
+    """``--fast`` checkpoints every 2 steps on 4 dev MRs: it ignored ``--eval-every`` and
+    ``--dev-mrs``."""
+    from deeplora.cli import main
+
+    out = tmp_path / "nlg"
+    assert main(["experiment", "nlg-checkpoints", "--fast", *flags, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        "deeplora: error: --fast runs a smoke test of its own checkpoints (4 steps, one every 2 "
+        f"on 4 dev MRs; 4 test MRs): drop {named} or --fast\n")
+    assert list(tmp_path.iterdir()) == []

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from deeplora.experiments.prompt_fewshot import plan
 
 
@@ -65,3 +67,24 @@ def test_samples_above_the_pool_are_refused_before_any_run(tmp_path: Path, split
                  tiny_llama, "--data-dir", str(split_glue), "--out", str(out), "--quiet"]) == 2
     assert "--samples 33 is not in 1..32" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--steps", "100"], "--steps"),  # even at the default
+    (["--test-samples", "16", "--eval-every", "2"], "--eval-every and --test-samples"),
+    (["--heldout-samples", "8", "--steps", "4", "--eval-every", "1"],
+     "--steps, --eval-every and --heldout-samples"),
+])
+def test_fast_refuses_the_flags_it_would_override(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], named: str) -> None:
+    """``--fast`` runs 2 steps, a checkpoint every step, on 8 held-out and 8 test rows: it
+    ignored ``--steps``, ``--eval-every``, ``--heldout-samples`` and ``--test-samples``."""
+    from deeplora.cli import main
+
+    out = tmp_path / "prompt"
+    assert main(["experiment", "prompt-fewshot", "--fast", *flags, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        "deeplora: error: --fast runs a smoke test of its own steps and rows (2 steps, a "
+        f"checkpoint every step, 8 held-out and 8 test rows, 64 tokens): drop {named} or "
+        "--fast\n")
+    assert list(tmp_path.iterdir()) == []

@@ -88,3 +88,18 @@ def test_fast_run_shares_passes_and_report_only_rebuilds(
     (out / "prompt-select.json").write_text("null")  # not a result: one line naming the file
     assert main([*argv, "--report-only"]) == 2
     assert "prompt-select.json: not a result of prompt-select" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("samples", ["32", "128"])  # 128: the default
+def test_fast_refuses_heldout_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      samples: str) -> None:
+    """``--fast`` scores 8 rows: it ignored ``--heldout-samples``."""
+    from deeplora.cli import main
+
+    out = tmp_path / "select"
+    assert main(["experiment", "prompt-select", "--fast", "--heldout-samples", samples,
+                 "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        "deeplora: error: --fast runs a smoke test of its own held-out rows (8): drop "
+        "--heldout-samples or --fast\n")
+    assert list(tmp_path.iterdir()) == []

@@ -7,9 +7,10 @@ import argparse
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from deeplora.cli import HelpFormatter, parameters_as_flags
-from deeplora.experiments import Runner, load_all
+from deeplora.experiments import Experiment, load_all
 from deeplora.output import check_writable_dir
 
 
@@ -24,13 +25,29 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("--out", default=f"runs/{name}", help="output folder")
         sub.add_argument("--fast", action="store_true",
                          help="smaller settings for a smoke test (minutes on 2 cores)")
+        fast = exp.fast.options if exp.fast else ()
         for arg in exp.arguments:
-            sub.add_argument(arg.flag, **arg.kwargs)
-        sub.set_defaults(func=_runner(exp.run, exp.flags))
+            sub.add_argument(arg.flag, **({**arg.kwargs, "action": _Given}
+                                          if arg.flag in fast else arg.kwargs))
+        sub.set_defaults(func=_runner(exp))
 
 
-def _runner(run: Runner, flags: dict[str, str]) -> Callable[[argparse.Namespace], int]:
+class _Given(argparse.Action):
+    """``store`` that also records the option in ``namespace.given_flags``, so that an option
+    ``--fast`` sets is seen as given even at its default value."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given_flags = [*getattr(namespace, "given_flags", []), self.option_strings[0]]
+
+
+def _runner(exp: Experiment) -> Callable[[argparse.Namespace], int]:
+    run, flags = exp.run, exp.flags
+
     def call(args: argparse.Namespace) -> int:
+        if args.fast and exp.fast:
+            exp.fast.apply(args, getattr(args, "given_flags", []))
         check_writable_dir(args.out)
         out = Path(args.out)
         created = [folder for folder in (out, *out.parents) if not folder.exists()]

@@ -40,7 +40,7 @@ from deeplora.completion import (
     random_low_rank,
 )
 from deeplora.completion.methods import PAPER_GD_GAMMA
-from deeplora.experiments import Arg, experiment, random_seed
+from deeplora.experiments import Arg, Fast, experiment, random_seed
 from deeplora.experiments.plots import plot_runs
 from deeplora.factorization import (
     DeepFactorization,
@@ -171,54 +171,54 @@ is equal (a file from before ``gd_eval_every`` was recorded runs again)."""
         Arg("--observed", type=float, default=0.2),
         Arg("--depth", type=int, default=3),
         Arg("--ranks", type=int, nargs="*", default=[5, 10, 15, 20],
-            help="assumed ranks r̂ (width 2r̂) of the GD sweep; none: only the Adam view"),
+            help="assumed ranks r̂ (width 2r̂) of the GD sweep; none: only the Adam view "
+                 "(default: 5 10 15 20; --fast: 2 4)"),
         Arg("--tol", type=float, default=1e-10,
-            help="train-loss tolerance on the authors' ½ Σ_Ω (X − Φ)² / d² (notebook: 1e-10)"),
+            help="train-loss tolerance on the authors' ½ Σ_Ω (X − Φ)² / d² (default: the "
+                 "notebook's 1e-10; --fast: 1e-6)"),
         Arg("--lr", type=float,
             help="GD step on our ½ mean_Ω loss; default the paper's 5e3 on ½ Σ_Ω / d², i.e. "
-                 "5e3 × observed fraction"),
+                 "5e3 × observed fraction (--fast: 10)"),
         Arg("--max-steps", type=int, default=200_000, help="GD step budget per run"),
         Arg("--adam-steps", type=int, default=3000,
-            help="steps of the Adam view at r̂ = r (0: skip it)"),
+            help="steps of the Adam view at r̂ = r (0: skip it; default: 3000; --fast: 200)"),
         Arg("--adam-methods", nargs="+", choices=METHODS, default=list(METHODS)),
         Arg("--init-scale", type=float, default=1e-3, help="ε"),
         Arg("--seed", type=random_seed, default=0),
     ],
+    fast=Fast("problem (24×24, rank 2, 60 % observed, ε = 0.05)",
+              ("--size", "--rank", "--observed", "--init-scale"),
+              {"--ranks": [2, 4], "--lr": 10.0, "--tol": 1e-6, "--adam-steps": 200}),
 )
 def dmc_efficiency(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Paper Fig. 3 under GD, and (second figure) the same problem under Adam.
 
-    ``--fast`` (a smoke test, not the paper's numbers): d = 24, r = 2, r̂ ∈ {2, 4}, 60 %
-    observed, ε = 0.05, GD step 10 on our loss (the paper's 5e3 × p diverges at small d: the
-    curvature per entry grows as d shrinks), tolerance 1e-6, the recovery error every 10 GD
-    steps (else 100), 200 Adam steps. Resumable: an r̂ whose two runs are in
+    ``--fast`` (a smoke test, not the paper's numbers): d = 24, r = 2, 60 % observed,
+    ε = 0.05 (``--size``, ``--rank``, ``--observed`` and ``--init-scale`` are refused with it),
+    and unless given r̂ ∈ {2, 4}, GD step 10 on our loss (the paper's 5e3 × p diverges at small
+    d: the curvature per entry grows as d shrinks), tolerance 1e-6 and 200 Adam steps; the
+    recovery error every 10 GD steps (else 100). Resumable: an r̂ whose two runs are in
     ``out/dmc-efficiency.json`` from a run with the same settings (:data:`RESUME_KEYS`, the
     evaluation interval included) is not run again.
     """
-    check_shape(args.size, args.rank)
-    for assumed in args.ranks:
-        check_integer("--ranks", assumed, 1, args.size // 2)
-    check_distinct("--ranks", args.ranks)
+    size, rank, observed, scale = ((24, 2, 0.6, 0.05) if args.fast else
+                                   (args.size, args.rank, args.observed, args.init_scale))
+    ranks, tol_authors, adam_steps = args.ranks, args.tol, args.adam_steps
+    check_shape(size, rank)
+    for assumed in ranks:
+        check_integer("--ranks", assumed, 1, size // 2)
+    check_distinct("--ranks", ranks)
     check_distinct("--adam-methods", args.adam_methods)
-    check_fraction("--observed", args.observed)
+    check_fraction("--observed", observed)
     check_integer("--depth", args.depth, 2)
-    check_tol(args.tol)
+    check_tol(tol_authors)
     if args.lr is not None:
         check_positive("--lr", args.lr)
     check_integer("--max-steps", args.max_steps, 1)
-    check_integer("--adam-steps", args.adam_steps, 0)
-    check_positive("--init-scale", args.init_scale)
-    tol_authors = args.tol
-    if args.fast:
-        size, rank, observed, ranks, adam_steps = 24, 2, 0.6, [2, 4], min(args.adam_steps, 200)
-        lr = 10.0 if args.lr is None else args.lr
-        scale, tol_authors = 0.05, max(args.tol, 1e-6)
-    else:
-        size, rank, observed, ranks, adam_steps = (args.size, args.rank, args.observed,
-                                                   args.ranks, args.adam_steps)
-        scale = args.init_scale
-        lr = default_settings("compressed", "gd", observed_fraction=observed)[1] \
-            if args.lr is None else args.lr
+    check_integer("--adam-steps", adam_steps, 0)
+    check_positive("--init-scale", scale)
+    lr = default_settings("compressed", "gd", observed_fraction=observed)[1] \
+        if args.lr is None else args.lr
     target = random_low_rank(size, size, rank, seed=args.seed)
     problem = MatrixCompletion.random(target, observed, seed=(args.seed + 1) % SEED_LIMIT)
     tol = train_loss_tol(tol_authors, problem.observed_fraction)
@@ -355,7 +355,8 @@ DEPTH_KEYS = (*DEPTH_RESUME_KEYS, "fractions", "runs")  # what the report and fi
         Arg("--depths", type=int, nargs="+", choices=sorted(AUTHORS_DEPTH_STEP), default=[2, 3]),
         Arg("--methods", nargs="+", choices=("original", "compressed"),
             default=["original", "compressed"]),
-        Arg("--steps", type=int, default=150_000, help="GD step budget per run"),
+        Arg("--steps", type=int, default=150_000,
+            help="GD step budget per run (default: 150000; --fast: 300)"),
         Arg("--stall-window", type=int, default=50_000,
             help="stalled: the best train loss has not fallen by --stall-rtol within this many "
                  "steps (armed once the loss has halved)"),
@@ -368,6 +369,10 @@ DEPTH_KEYS = (*DEPTH_RESUME_KEYS, "fractions", "runs")  # what the report and fi
         Arg("--report-only", action="store_true",
             help="rebuild dmc-depth.md/png from out/dmc-depth.json without running anything"),
     ],
+    fast=Fast("problems and steps (16×16, rank 2, fractions 0.4 and 0.8, one seed, ε = 0.05, "
+              "steps × 0.05, stall window 100)",
+              ("--size", "--rank", "--fractions", "--seeds", "--init-scale", "--lr-scale",
+               "--stall-window"), {"--steps": 300}),
 )
 def dmc_depth(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Deeper factorizations recover from fewer samples (the authors' depth notebook).
@@ -380,8 +385,9 @@ def dmc_depth(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     settings is not run again, and one this call does not select (other ``--depths``,
     ``--methods``, ``--fractions``) is kept; ``--report-only`` redraws the report and figure
     from it.
-    ``--fast`` (a smoke test): d = 16, r = 2, fractions {0.4, 0.8}, one seed, 300 steps,
-    ε = 0.05, steps × 0.05 (the authors' steps diverge at small d), stall window 100.
+    ``--fast`` (a smoke test): d = 16, r = 2, fractions {0.4, 0.8}, one seed, ε = 0.05, steps
+    × 0.05 (the authors' steps diverge at small d), stall window 100 (the flags of these are
+    refused with it), and 300 steps unless ``--steps`` is given.
     """
     check_shape(args.size, args.rank)
     for fraction in args.fractions:
@@ -396,7 +402,7 @@ def dmc_depth(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     check_positive("--init-scale", args.init_scale)
     check_positive("--lr-scale", args.lr_scale)
     if args.fast:
-        size, rank, fractions, seeds, steps = 16, 2, [0.4, 0.8], 1, min(args.steps, 300)
+        size, rank, fractions, seeds, steps = 16, 2, [0.4, 0.8], 1, args.steps
         scale, lr_scale, window = 0.05, 0.05, 100
     else:
         size, rank, fractions, seeds, steps = (args.size, args.rank, args.fractions, args.seeds,
@@ -645,12 +651,15 @@ def _theory_run(size: int, rank: int, depth: int, scale: float, lr: float, steps
         Arg("--every", type=int, default=100, help="record every N steps"),
         Arg("--seed", type=random_seed, default=0),
     ],
+    fast=Fast("steps and initialization (3000 steps recorded every 50, ε = 0.01)",
+              ("--init-scale", "--steps", "--every")),
 )
 def dmc_theory(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Paper Fig. 2 on a d×d rank-r target, GD from an ε-orthogonal initialization.
 
     ``--fast`` (a smoke test): 3000 steps recorded every 50, ε = 0.01 (at ε = 1e-3 GD leaves
-    the initialization only after about 5000 steps).
+    the initialization only after about 5000 steps); ``--steps``, ``--every`` and
+    ``--init-scale`` are refused with it.
     """
     steps, every = (3000, 50) if args.fast else (args.steps, args.every)
     scale = 0.01 if args.fast else args.init_scale

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from deeplora.completion import MatrixCompletion, Plateau, build_model, random_low_rank
 from deeplora.completion.methods import PAPER_GD_GAMMA
-from deeplora.experiments import Arg, experiment
+from deeplora.experiments import Arg, Fast, experiment
 from deeplora.experiments.dmc import (
     AUTHORS_DEPTH_STEP,
     OUTCOMES,
@@ -166,7 +166,8 @@ def _compact(run: dict[str, Any]) -> dict[str, Any]:
         Arg("--cells", nargs="+", help="only these cells of the groups, by name (e.g. "
             "d100-r10-p0.25; LagCell.name)"),
         Arg("--seeds", type=int, default=3, help="problems per cell"),
-        Arg("--steps", type=int, default=150_000, help="GD step budget per run"),
+        Arg("--steps", type=int, default=150_000,
+            help="GD step budget per run (default: 150000; --fast: 400)"),
         Arg("--stall-window", type=int, default=50_000),
         Arg("--stall-rtol", type=float, default=0.05),
         Arg("--tol", type=float, default=1e-10,
@@ -175,6 +176,8 @@ def _compact(run: dict[str, Any]) -> dict[str, Any]:
         Arg("--report-only", action="store_true",
             help="rebuild dmc-lag.md/png from out/runs without running anything"),
     ],
+    fast=Fast("problems (FAST_LAG_GRID: d = 16, r = 2; one seed, ε = 0.05, stall window 100)",
+              ("--seeds", "--stall-window", "--init-scale"), {"--steps": 400}),
 )
 def dmc_lag(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Controlled runs behind the compressed model's lag (:data:`LAG_GRID`).
@@ -187,11 +190,13 @@ def dmc_lag(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     these settings (the others are left out, with a line saying how many);
     ``out/authors-code.json`` (the authors' code on the same problems, run outside this
     package), when present, adds their steps beside ours.
-    ``--fast``: :data:`FAST_LAG_GRID` (d = 16, r = 2), one seed, 400 steps, ε = 0.05.
+    ``--fast``: :data:`FAST_LAG_GRID` (d = 16, r = 2), one seed, ε = 0.05, stall window 100
+    (``--seeds``, ``--init-scale`` and ``--stall-window`` are refused with it), and 400 steps
+    unless ``--steps`` is given.
     """
     grid = FAST_LAG_GRID if args.fast else LAG_GRID
     seeds = 1 if args.fast else args.seeds
-    settings = {"steps": min(args.steps, 400) if args.fast else args.steps,
+    settings = {"steps": args.steps,
                 "init_scale": 0.05 if args.fast else args.init_scale,
                 "tol_authors": args.tol, "stall_window": 100 if args.fast else args.stall_window,
                 "stall_rtol": args.stall_rtol, "snapshot_every": 100 if args.fast else 500}

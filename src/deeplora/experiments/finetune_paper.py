@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from deeplora.experiments import Arg, experiment, require_runs
+from deeplora.experiments import Arg, Fast, experiment, require_runs
 from deeplora.finetune.config import PADDINGS, PRESETS
 from deeplora.finetune.data import DATA_DIR_ENV, DataError, available_tasks, resolve_data_dir
 from deeplora.finetune.sweep import (
@@ -223,6 +223,9 @@ ARGUMENTS = (
     Arg("--quiet", action="store_true", help="no progress bars"),
 )
 
+FAST = Fast("steps and padding (2 steps, 32 dev rows, inputs of 32 tokens padded to the "
+            "longest)", ("--padding",))
+
 
 def _register(name: str) -> None:
     def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -239,7 +242,7 @@ def _register(name: str) -> None:
         print((out / f"{name}.md").read_text())
         return summary
 
-    experiment(name, help=HELP[name], arguments=ARGUMENTS)(run)
+    experiment(name, help=HELP[name], arguments=ARGUMENTS, fast=FAST)(run)
 
 
 for _name in PLANS:

@@ -54,7 +54,7 @@ from deeplora.completion.data import (
 )
 from deeplora.completion.estimator import DeepMatrixCompletion
 from deeplora.completion.observations import mae, rmse
-from deeplora.experiments import Arg, experiment, random_seed
+from deeplora.experiments import Arg, Fast, experiment, random_seed
 from deeplora.output import read_json_object, write_atomic, write_json
 from deeplora.plotting import new_figure, save_figure
 
@@ -156,7 +156,7 @@ def experiment_splits(name: str, folds: list[str], seeds: list[int], temporal: b
         Arg("--root", default=None, help="ml-100k folder (default: see deeplora.completion.data)"),
         Arg("--splits", nargs="*", default=None,
             help="official MovieLens folds (default: u1 … u5; none for filmtrust)"),
-        Arg("--random-seeds", nargs="*", type=random_seed, default=None,
+        Arg("--random-seeds", nargs="*", type=random_seed, default=[0, 1, 2],
             help="seeds of random 80/20 splits of u.data (default: 0 1 2)"),
         Arg("--methods", nargs="+", default=None, choices=list(SOURCES),
             help="run only these, keeping the other methods' records in the per-split files "
@@ -167,18 +167,13 @@ def experiment_splits(name: str, folds: list[str], seeds: list[int], temporal: b
         Arg("--report-only", action="store_true",
             help="rebuild the table, JSON and plot from the <dataset>-<split>.json in --out"),
     ],
+    fast=Fast("splits and steps (u1, or random-0 without official folds; 100 steps)",
+              ("--splits", "--random-seeds", "--steps")),
 )
 def movielens(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     name, clip = args.dataset, DATASETS[args.dataset][1]
     if args.steps is not None and args.steps < 0:
         raise ValueError(f"--steps must be an integer >= 0, got {args.steps}")
-    given = [flag for flag, value in (("--splits", args.splits),
-                                      ("--random-seeds", args.random_seeds),
-                                      ("--steps", args.steps)) if value is not None]
-    if args.fast and given:
-        raise ValueError(f"--fast runs a smoke test of its own splits and steps (u1, or random-0 "
-                         f"without official folds; 100 steps): drop {' and '.join(given)} or "
-                         "--fast")
     if args.report_only:
         return report(out, name, args.steps)
     folds = (["u1", "u2", "u3", "u4", "u5"] if args.splits is None and name == "movielens"
@@ -189,8 +184,7 @@ def movielens(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if args.fast:
         splits, seeds, steps = (["u1"], [], 100) if name == "movielens" else ([], [0], 100)
     else:
-        seeds = [0, 1, 2] if args.random_seeds is None else args.random_seeds
-        splits, steps = folds, args.steps
+        splits, seeds, steps = folds, args.random_seeds, args.steps
     data = experiment_splits(name, splits, seeds, args.temporal, args.root)
     if not data:
         raise ValueError("no splits: give --splits, --random-seeds and/or --temporal")

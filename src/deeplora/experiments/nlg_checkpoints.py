@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from deeplora.experiments import Arg, experiment, require_runs
+from deeplora.experiments import Arg, Fast, experiment, require_runs
 from deeplora.experiments.nlg_fewshot import COLORS, LABELS
 from deeplora.finetune.checkpoints import (
     best_checkpoint,
@@ -403,7 +403,9 @@ def _floats(text: str) -> tuple[float, ...]:
     Arg("--report-only", action="store_true",
         help="write the report from the finished runs and scores; train and generate nothing"),
     Arg("--quiet", action="store_true", help="no progress bars"),
-], flags={"lr": "--lrs", "eval_every": "--eval-every", "dev_mrs": "--dev-mrs"})
+], flags={"lr": "--lrs", "eval_every": "--eval-every", "dev_mrs": "--dev-mrs"},
+    fast=Fast("checkpoints (4 steps, one every 2 on 4 dev MRs; 4 test MRs)",
+              ("--eval-every", "--dev-mrs")))
 def nlg_checkpoints(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from deeplora.finetune.models import quiet_transformers
     from deeplora.finetune.sweep import parse_seeds

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from deeplora.experiments import Arg, experiment, require_runs
+from deeplora.experiments import Arg, Fast, experiment, require_runs
 from deeplora.finetune.checkpoints import best_checkpoint, choose_lr, matched_checkpoints
 from deeplora.finetune.config import preset
 from deeplora.finetune.data import DATA_DIR_ENV, get_task
@@ -386,7 +386,9 @@ def _ints(text: str) -> tuple[int, ...]:
     Arg("--quiet", action="store_true", help="no progress bars"),
 ], flags={"samples": "--samples", "rank": "--ranks", "lr": "--lrs", "steps": "--steps",
           "eval_every": "--eval-every", "heldout_samples": "--heldout-samples",
-          "dev_samples": "--test-samples", "batch_size": "--batch-size"})
+          "dev_samples": "--test-samples", "batch_size": "--batch-size"},
+    fast=Fast("steps and rows (2 steps, a checkpoint every step, 8 held-out and 8 test rows, "
+              "64 tokens)", ("--steps", "--eval-every", "--heldout-samples", "--test-samples")))
 def prompt_fewshot(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from deeplora.finetune.models import quiet_transformers
 

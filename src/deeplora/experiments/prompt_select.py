@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from deeplora.experiments import Arg, experiment
+from deeplora.experiments import Arg, Fast, experiment
 from deeplora.finetune.data import DATA_DIR_ENV, DataError, get_task, hold_out, load_split
 from deeplora.finetune.metrics import compute_metrics
 from deeplora.finetune.prompt import VERBALIZERS, YES_NO, Verbalizer
@@ -195,7 +195,7 @@ def write_report(data: dict[str, Any], out: Path) -> list[dict[str, Any]]:
     Arg("--data-dir", default=None, help=f"GLUE folder; unset: ${DATA_DIR_ENV}, else the hub"),
     Arg("--report-only", action="store_true",
         help="rebuild prompt-select.md from prompt-select.json"),
-])
+], fast=Fast("held-out rows (8)", ("--heldout-samples",)))
 def prompt_select(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     import json
 
