@@ -57,6 +57,8 @@ def make_files(folder: Path, write_glue: Callable[..., Path]) -> None:
     est.save(folder / "model.pt")
     (folder / "cut.pt").write_bytes((folder / "model.pt").read_bytes()[:300])
     (folder / "model.pt").unlink()
+    DeepMatrixCompletion.implicit(rank=2, max_steps=1).fit(
+        np.arange(30) // 5, np.arange(30) % 5, np.linspace(1, 5, 30)).save(folder / "implicit.pt")
     write_glue(folder / "glue", n=8)
     (folder / "empty").mkdir()
     for name, score in (("glue-nan", "nan"), ("glue-range", "7.2")):

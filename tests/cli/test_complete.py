@@ -282,8 +282,27 @@ def test_options_of_the_other_kind_of_run_are_refused(tmp_path, capsys):
         assert main(argv) == 2
         assert capsys.readouterr().err == f"deeplora: error: {error}\n"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["train.tsv"]
-    assert main([*ratings, "--threads", "1", "--size", "1000"]) == 0  # --size at its default
+    assert main([*ratings, "--threads", "1"]) == 0
     assert json.loads(out.read_text())["rank"] == 2
+
+
+def test_options_of_the_other_kind_of_run_are_refused_at_their_default(tmp_path, capsys):
+    """They were refused only at another value than their default: ``--size 1000`` with
+    --ratings and ``--format auto`` without it were silently ignored."""
+    train = _ratings(tmp_path / "train.tsv", range(12), range(10))
+    ratings = ["complete", "--ratings", str(train), "--rank", "2", "--steps", "2", "--quiet",
+               "--json", str(tmp_path / "r.json")]
+    for argv, error in (
+            ([*ratings, "--size", "1000"], "--size: only for the synthetic problem, not with "
+                                           "--ratings"),
+            ([*ratings, "--tol", "1e-12", "--observed", "0.2", "--target-error", "0"],
+             "--observed --tol --target-error: only for the synthetic problem, not with "
+             "--ratings"),
+            (["complete", "--format", "auto", "--json", str(tmp_path / "r.json")],
+             "--format: only with --ratings")):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == f"deeplora: error: {error}\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["train.tsv"]
 
 
 @pytest.mark.parametrize("flags, error", [

@@ -130,6 +130,22 @@ def test_e2e_refuses_the_glue_only_options(tmp_path: Path, capsys: pytest.Captur
     assert not out.exists()
 
 
+@pytest.mark.parametrize("args", [["--jobs", "1"], ["--head", "cross"], ["--template", "chat"],
+                                  ["--heldout-samples", "0"], ["--eval-every", "0"],
+                                  ["--targets", "all-dense"]])
+def test_e2e_refuses_the_glue_only_options_typed_at_their_default(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
+    """They were refused only at another value than their default: ``--jobs 1`` was accepted
+    and ignored."""
+    out = tmp_path / "out"
+    assert main(["finetune", "--task", "e2e", "--preset", "cpu", "--out", str(out), "--quiet",
+                 *args]) == 2
+    assert capsys.readouterr().err == (f"deeplora: error: {args[0]}: not an option of --task "
+                                       "e2e (a GLUE task's; see docs/nlg.md for what e2e "
+                                       "takes)\n")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--rank", "0"], "--rank must be >= 1, got 0"),
     (["--samples", "0"], "--samples must be >= 1, got 0"),

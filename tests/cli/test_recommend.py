@@ -242,7 +242,27 @@ def test_model_refuses_the_options_of_fitting(tmp_path: Path,
                                            f"model; --model {model} is already fitted\n")
         assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert main(["recommend", "--ratings", str(train), "--model", str(model), "--output",
-                 str(tmp_path / "b.csv"), "--seed", "0", "--quiet"]) == 0  # the default: fine
+                 str(tmp_path / "b.csv"), "--quiet"]) == 0
+
+
+def test_model_refuses_the_options_of_fitting_typed_at_their_default(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """They were refused only at another value than their default: ``--model implicit.pt
+    --feedback explicit`` ran the implicit model, the flag silently ignored."""
+    train, _ = _ratings_csv(tmp_path)
+    model = tmp_path / "implicit.pt"
+    assert main(["recommend", "--ratings", str(train), "--output", str(tmp_path / "a.csv"),
+                 "--feedback", "implicit", "--save-model", str(model), "--rank", "2",
+                 "--steps", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for flags, given in ((["--feedback", "explicit"], "--feedback"), (["--seed", "0"], "--seed"),
+                         (["--seed", "0", "--feedback", "explicit"], "--feedback --seed")):
+        assert main(["recommend", "--ratings", str(train), "--model", str(model), "--output",
+                     str(tmp_path / "b.csv"), "--quiet", *flags]) == 2
+        assert capsys.readouterr().err == (f"deeplora: error: {given}: options of fitting a "
+                                           f"model; --model {model} is already fitted\n")
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_model_help_names_the_options_it_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -250,14 +270,32 @@ def test_model_help_names_the_options_it_refuses(monkeypatch: pytest.MonkeyPatch
     --distributed", a range of the help that holds --include-seen, --test, --threshold and
     --device, which a loaded model takes; it names the refused options now."""
     from deeplora.cli import build_parser
+    from deeplora.cli.recommend import FIT_ONLY
 
     monkeypatch.setenv("COLUMNS", "1000")  # one line per option
     parser = build_parser(["recommend"])
-    args = parser.parse_args(["recommend", "--ratings", "r.csv", "--output", "o.csv"])
     help = next(line for line in parser._subparsers._group_actions[0].choices["recommend"]
                 .format_help().splitlines() if line.strip().startswith("--model"))
     named = set(re.findall(r"--[a-z-]+", help.split("options of fitting", 1)[1]))
-    assert named == {"--" + dest.replace("_", "-") for dest in args.fit_defaults}
+    assert named == {"--" + dest.replace("_", "-") for dest in FIT_ONLY}
+
+
+def test_options_of_fitting_keep_their_defaults_and_are_recorded_when_given() -> None:
+    from deeplora.cli import build_parser
+
+    parser = build_parser(["recommend"])
+    args = parser.parse_args(["recommend", "--ratings", "r.csv", "--output", "o.csv"])
+    assert vars(args) | {"func": None} == {
+        "command": "recommend", "ratings": "r.csv", "output": "o.csv", "k": 10, "users": None,
+        "feedback": "explicit", "positive_threshold": None, "alpha": None, "shrinkage": None,
+        "include_seen": False, "test": None, "threshold": 4.0, "model": None,
+        "save_model": None, "rank": None, "steps": None, "device": "auto", "seed": 0,
+        "distributed": False, "json": None, "quiet": False, "format": "auto", "sep": None,
+        "user_col": None, "item_col": None, "rating_col": None, "func": None}
+    args = parser.parse_args(["recommend", "--ratings", "r.csv", "--output", "o.csv",
+                              "--distributed", "--seed", "0", "--sep", ","])
+    assert (args.distributed, args.seed, args.sep) == (True, 0, ",")
+    assert args.given_flags == ["--distributed", "--seed", "--sep"]
 
 
 def test_output_dash_is_stdout_and_binary_outputs_refuse_it(

@@ -7,11 +7,12 @@ exposing ``register_cli(subparsers)``; only the module of the command being run 
 ``deeplora complete`` never loads transformers or PEFT. The ratings-file options shared by
 ``complete --ratings`` and ``recommend`` are defined here (:func:`add_ratings_file_arguments`);
 reading and checking the file is the library's
-(:func:`~deeplora.completion.data.read_ratings`). Every error a user can cause is reported
-as one line ``deeplora: error: …`` with exit status 2, before any output file is written. A run
-that fails on its own (divergence) says so and exits 1; any other exception is one line
-``deeplora: internal error: …`` (exit 1), with the traceback only when the environment variable
-``DEEPLORA_TRACEBACK`` is set.
+(:func:`~deeplora.completion.data.read_ratings`). An option refused in some runs records, with
+the action :class:`Given`, that it was typed, so it is refused at any value. Every error a
+user can cause is reported as one line ``deeplora: error: …`` with exit status 2, before any
+output file is written. A run that fails on its own (divergence) says so and exits 1; any other
+exception is one line ``deeplora: internal error: …`` (exit 1), with the traceback only when the
+environment variable ``DEEPLORA_TRACEBACK`` is set.
 """
 
 from __future__ import annotations
@@ -64,20 +65,39 @@ def _informs(default: Any) -> bool:
     return not any(default is v for v in (None, False, argparse.SUPPRESS))
 
 
+class Given(argparse.Action):
+    """``store`` (with ``nargs=0``, ``store_const``: ``const=True`` for a switch) that also
+    records the option in ``namespace.given_flags``, so that it is seen as given even at its
+    default value (:func:`given_options`); its default and ``--help`` stay as they are."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        namespace.given_flags = [*getattr(namespace, "given_flags", []), self.option_strings[0]]
+
+
+def given_options(args: argparse.Namespace, dests: Sequence[str]) -> list[str]:
+    """The flags (``--dest-name``) of the destinations ``dests`` that the user typed, at any
+    value (their action :class:`Given` records them), in the order of ``dests``."""
+    given = getattr(args, "given_flags", [])
+    return [flag for flag in (f"--{dest.replace('_', '-')}" for dest in dests) if flag in given]
+
+
 def add_ratings_file_arguments(group: argparse._ArgumentGroup) -> None:
     """``--format``, ``--sep``, ``--user-col``, ``--item-col``, ``--rating-col`` (shared by
-    ``complete --ratings`` and ``recommend``); :func:`ratings_file_options` reads them back."""
+    ``complete --ratings`` and ``recommend``), each seen when given (:class:`Given`);
+    :func:`ratings_file_options` reads them back."""
     from deeplora.completion.data import FORMATS
 
-    group.add_argument("--format", choices=FORMATS, default="auto",
+    group.add_argument("--format", action=Given, choices=FORMATS, default="auto",
                        help="auto: Parquet by suffix, else a delimited file with a header "
                        "(userId,movieId,rating / user_id,item_id,rating / …) or without one "
                        "(user item rating [time], e.g. MovieLens' u.data); csv: delimited with "
                        "a header; movielens: delimited, no header; parquet")
-    group.add_argument("--sep", default=None,
+    group.add_argument("--sep", action=Given, default=None,
                        help="field delimiter (default: guessed from the first line)")
     for role in ("user", "item", "rating"):
-        group.add_argument(f"--{role}-col", default=None, metavar="NAME",
+        group.add_argument(f"--{role}-col", action=Given, default=None, metavar="NAME",
                            help=f"name of the {role} column (default: recognized from the "
                            f"header)")
 
@@ -87,14 +107,6 @@ def ratings_file_options(args: argparse.Namespace) -> dict[str, str | None]:
     :func:`add_ratings_file_arguments`' options."""
     return {name: getattr(args, name)
             for name in ("format", "sep", "user_col", "item_col", "rating_col")}
-
-
-def given_options(args: argparse.Namespace, defaults: dict[str, Any]) -> list[str]:
-    """The flags (``--dest-name``) among ``defaults`` (destination -> parser default, recorded
-    with ``parser.set_defaults``) whose value in ``args`` is not the default: the options the
-    user gave (unless at their default value)."""
-    return [f"--{dest.replace('_', '-')}" for dest, default in defaults.items()
-            if getattr(args, dest) != default]
 
 
 def check_file_only(flag: str, path: str | None, what: str) -> None:

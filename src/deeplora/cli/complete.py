@@ -15,6 +15,7 @@ import torch
 
 from deeplora.checks import SEED_LIMIT
 from deeplora.cli import (
+    Given,
     HelpFormatter,
     add_ratings_file_arguments,
     check_file_only,
@@ -41,7 +42,8 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Defaults of the synthetic problem; with --ratings, unset options take the ratings preset's.
 SYNTHETIC_DEFAULTS = {"rank": 5, "steps": 5000, "depth": 3, "init_scale": 1e-3, "eval_every": 10}
 _RATINGS = "with --ratings: DeepMatrixCompletion.ratings()'s"
-# Options of one kind of run only, refused with the other (destinations).
+# Options of one kind of run only, refused with the other when given, at any value (destinations;
+# their action is Given).
 SYNTHETIC_ONLY = ("size", "cols", "observed", "lr_patience", "tol", "target_error", "plot")
 RATINGS_ONLY = ("test", "format", "sep", "user_col", "item_col", "rating_col", "clip")
 
@@ -55,13 +57,15 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "factorization, and report the recovery error on all entries.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--size", type=int, default=1000, help="rows m")
-    p.add_argument("--cols", type=int, default=None, help="columns n (default: --size)")
+    p.add_argument("--size", action=Given, type=int, default=1000, help="rows m")
+    p.add_argument("--cols", action=Given, type=int, default=None,
+                   help="columns n (default: --size)")
     p.add_argument("--rank", type=int, default=None,
                    help=f"rank r of the target (default: 5; {_RATINGS} r̂)")
     p.add_argument("--assumed-rank", type=int, default=None,
                    help="r̂: compressed/narrow width is 2r̂ (default: --rank)")
-    p.add_argument("--observed", type=float, default=0.2, help="fraction of entries observed")
+    p.add_argument("--observed", action=Given, type=float, default=0.2,
+                   help="fraction of entries observed")
     p.add_argument("--depth", type=int, default=None,
                    help=f"number of layers L (default: 3; {_RATINGS})")
     p.add_argument("--method", choices=METHODS, default="compressed",
@@ -75,15 +79,16 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gamma", type=float, default=None,
                    help="discrepant rate γ of the outer factors (default 0.01 for compressed, "
                    "1 otherwise)")
-    p.add_argument("--lr-patience", type=int, default=None, metavar="P",
+    p.add_argument("--lr-patience", action=Given, type=int, default=None, metavar="P",
                    help="halve the step sizes whenever the train loss has gone more than P "
                    "steps without a new minimum (default: fixed step sizes)")
     p.add_argument("--init-scale", type=float, default=None,
                    help=f"ε (default: 1e-3; {_RATINGS})")
     p.add_argument("--steps", type=int, default=None,
                    help=f"maximum number of steps (default: 5000; {_RATINGS} max_steps)")
-    p.add_argument("--tol", type=float, default=1e-12, help="stop when the train loss <= tol")
-    p.add_argument("--target-error", type=float, default=0.0,
+    p.add_argument("--tol", action=Given, type=float, default=1e-12,
+                   help="stop when the train loss <= tol")
+    p.add_argument("--target-error", action=Given, type=float, default=0.0,
                    help="stop when the recovery error <= this")
     p.add_argument("--eval-every", type=int, default=None,
                    help=f"steps between evaluations (default: 10; {_RATINGS})")
@@ -94,7 +99,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                    "small to gain from more and slow down badly on a busy machine; torch's "
                    "default for original and with --ratings)")
     p.add_argument("--json", metavar="PATH|-", default=None, help="write the result as JSON")
-    p.add_argument("--plot", metavar="PATH", default=None,
+    p.add_argument("--plot", action=Given, metavar="PATH", default=None,
                    help="write a figure of the run, in the format of PATH's suffix (.png, .pdf, "
                    ".svg, …; PNG without one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -105,13 +110,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "--observed, --lr-patience, --tol, --target-error and --plot are refused with "
         "--ratings, the options below without it")
     ratings.add_argument("--ratings", metavar="PATH", default=None, help="training ratings")
-    ratings.add_argument("--test", metavar="PATH", default=None,
+    ratings.add_argument("--test", action=Given, metavar="PATH", default=None,
                          help="ratings to report RMSE/MAE on (default: the training file)")
     add_ratings_file_arguments(ratings)
-    ratings.add_argument("--clip", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+    ratings.add_argument("--clip", action=Given, type=float, nargs=2, metavar=("LOW", "HIGH"),
+                         default=None,
                          help="clip predictions (default: the training ratings' range)")
-    p.set_defaults(func=run, mode_defaults={dest: p.get_default(dest)
-                                            for dest in SYNTHETIC_ONLY + RATINGS_ONLY})
+    p.set_defaults(func=run)
 
 
 def run_ratings(args: argparse.Namespace) -> int:
@@ -185,7 +190,7 @@ def run_ratings(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     other = SYNTHETIC_ONLY if args.ratings else RATINGS_ONLY
-    given = given_options(args, {dest: args.mode_defaults[dest] for dest in other})
+    given = given_options(args, other)
     if given:
         raise ValueError(f"{' '.join(given)}: only for the synthetic problem, not with "
                          f"--ratings" if args.ratings else f"{' '.join(given)}: only with "

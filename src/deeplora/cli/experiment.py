@@ -7,9 +7,8 @@ import argparse
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from deeplora.cli import HelpFormatter, parameters_as_flags
+from deeplora.cli import Given, HelpFormatter, parameters_as_flags
 from deeplora.experiments import Experiment, load_all
 from deeplora.output import check_writable_dir
 
@@ -27,19 +26,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                          help="smaller settings for a smoke test (minutes on 2 cores)")
         fast = exp.fast.options if exp.fast else ()
         for arg in exp.arguments:
-            sub.add_argument(arg.flag, **({**arg.kwargs, "action": _Given}
+            sub.add_argument(arg.flag, **({**arg.kwargs, "action": Given}
                                           if arg.flag in fast else arg.kwargs))
         sub.set_defaults(func=_runner(exp))
-
-
-class _Given(argparse.Action):
-    """``store`` that also records the option in ``namespace.given_flags``, so that an option
-    ``--fast`` sets is seen as given even at its default value."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
-        setattr(namespace, self.dest, values)
-        namespace.given_flags = [*getattr(namespace, "given_flags", []), self.option_strings[0]]
 
 
 def _runner(exp: Experiment) -> Callable[[argparse.Namespace], int]:

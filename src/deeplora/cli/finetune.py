@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from deeplora.cli import HelpFormatter, given_options, parameters_as_flags
+from deeplora.cli import Given, HelpFormatter, given_options, parameters_as_flags
 from deeplora.finetune.config import (
     HEADS,
     METHODS,
@@ -37,7 +37,8 @@ from deeplora.output import check_writable_dir, write_atomic
 
 GLUE_ONLY = ("head", "template", "heldout_samples", "eval_every", "padding", "max_length",
              "targets", "jobs")
-"""Options of the GLUE tasks that ``--task e2e`` (its presets, :mod:`deeplora.nlg`) has not."""
+"""Options of the GLUE tasks that ``--task e2e`` (its presets, :mod:`deeplora.nlg`) has not,
+refused with it when given, at any value (their action is :class:`~deeplora.cli.Given`)."""
 
 # FinetuneConfig's and NLGConfig's fields set by flags, for errors about their values.
 CONFIG_FLAGS = {"rank": "--rank", "samples": "--samples", "steps": "--steps", "lr": "--lr",
@@ -68,33 +69,34 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="optimizer steps (default: 500; e2e: the preset's, 400 or 60)")
     p.add_argument("--seeds", default="0-4", help="seeds, e.g. 0-4 or 0,3,7")
-    p.add_argument("--head", default="cross",
+    p.add_argument("--head", action=Given, default="cross",
                    help=f"one of {', '.join(HEADS)} (prompt: a causal LM's label-word logits "
                    "after the task as a prompt, see docs/finetune.md)")
-    p.add_argument("--template", default="chat",
+    p.add_argument("--template", action=Given, default="chat",
                    help=f"prompt head: one of {', '.join(TEMPLATES)} (the tokenizer's chat "
                    "template, or plain text ending in 'Answer:')")
-    p.add_argument("--heldout-samples", type=int, default=0,
+    p.add_argument("--heldout-samples", action=Given, type=int, default=0,
                    help="hold out this many training rows (never trained on) and score them at "
                    "every evaluation, as a dev set for choosing checkpoints")
     p.add_argument("--preset", default=None,
                    help=f"one of {', '.join(PRESETS)}; e2e: paper or cpu (default: paper, and "
                    "for e2e paper with a GPU, cpu without, said in one line)")
-    p.add_argument("--targets", default="all-dense", help=f"one of {', '.join(TARGETS)}")
+    p.add_argument("--targets", action=Given, default="all-dense",
+                   help=f"one of {', '.join(TARGETS)}")
     p.add_argument("--model", default=None,
                    help="transformers model id or folder (default: embedded all-MiniLM-L6-v2)")
     p.add_argument("--lr", type=float, default=None,
                    help="learning rate (default: 1e-4; e2e: the preset's, 1e-4 or 1e-3)")
-    p.add_argument("--eval-every", type=int, default=0, help="steps between dev evaluations "
-                   "(0: only at the end)")
+    p.add_argument("--eval-every", action=Given, type=int, default=0,
+                   help="steps between dev evaluations (0: only at the end)")
     p.add_argument("--dev-samples", type=int, default=None,
                    help="evaluate on this many dev rows (default: all; e2e: this many test "
                    "MRs, default the preset's)")
-    p.add_argument("--padding", default=None,
+    p.add_argument("--padding", action=Given, default=None,
                    help=f"one of {', '.join(PADDINGS)}: pad training batches to --max-length "
                    "tokens or to their longest input (same outputs, padding is masked; default: "
                    "the preset's, paper: max-length)")
-    p.add_argument("--max-length", type=int, default=None,
+    p.add_argument("--max-length", action=Given, type=int, default=None,
                    help="longest input in tokens; longer inputs are truncated (default: 128; at "
                    "most the model's position embeddings)")
     p.add_argument("--data-dir", default=None,
@@ -102,11 +104,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                    "e2e: the E2E folder (or one holding e2e/), default $DEEPLORA_E2E_DIR, else "
                    "the hub GEM/e2e_nlg")
     p.add_argument("--out", default="runs/finetune", help="output folder")
-    p.add_argument("--jobs", type=int, default=1,
+    p.add_argument("--jobs", action=Given, type=int, default=1,
                    help="train this many runs at once, in separate processes that split the CPU "
                    "cores (and share the GPU, if any)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run, glue_defaults={dest: p.get_default(dest) for dest in GLUE_ONLY})
+    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -188,7 +190,7 @@ def run_e2e(args: argparse.Namespace, seeds: tuple[int, ...]) -> int:
     ``--preset``, the cpu preset on a machine without a GPU (said in one line)."""
     from deeplora.nlg.config import default_preset, nlg_preset
 
-    given = given_options(args, args.glue_defaults)
+    given = given_options(args, GLUE_ONLY)
     if given:
         raise ValueError(f"{' '.join(given)}: not an option of --task e2e (a GLUE task's; "
                          "see docs/nlg.md for what e2e takes)")

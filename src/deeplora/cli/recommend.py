@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from deeplora.cli import (
+    Given,
     HelpFormatter,
     add_ratings_file_arguments,
     check_file_only,
@@ -26,7 +27,8 @@ from deeplora.output import check_writable, write_atomic, write_json
 
 FIT_ONLY = ("feedback", "positive_threshold", "alpha", "shrinkage", "save_model", "rank",
             "steps", "seed", "distributed")
-"""Options of fitting, which a model loaded with ``--model`` has already had."""
+"""Options of fitting, which a model loaded with ``--model`` has already had (refused with it
+when given, at any value: their action is :class:`~deeplora.cli.Given`)."""
 
 
 def _flag(dest: str) -> str:
@@ -57,14 +59,15 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--users", nargs="+", default=None, metavar="ID",
                    help="recommend for these user ids only, each known to the model "
                    "(default: every user in --ratings)")
-    p.add_argument("--feedback", choices=("explicit", "implicit"), default="explicit",
+    p.add_argument("--feedback", action=Given, choices=("explicit", "implicit"),
+                   default="explicit",
                    help="explicit: fit the ratings; implicit: fit rated-vs-unrated (clicks, "
                    "or ratings >= --positive-threshold) with confidence 1 + α·rating")
-    p.add_argument("--positive-threshold", type=float, default=None, metavar="T",
+    p.add_argument("--positive-threshold", action=Given, type=float, default=None, metavar="T",
                    help="implicit: a rating >= T is a positive (default: every rating)")
-    p.add_argument("--alpha", type=float, default=None,
+    p.add_argument("--alpha", action=Given, type=float, default=None,
                    help="implicit: confidence slope α (default: the preset's)")
-    p.add_argument("--shrinkage", type=float, default=None,
+    p.add_argument("--shrinkage", action=Given, type=float, default=None,
                    help="explicit: λ_s of the ranking score, item terms × n/(n + λ_s) "
                    "(default: the preset's)")
     p.add_argument("--include-seen", action="store_true",
@@ -77,26 +80,28 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="load a model saved with --save-model instead of fitting (the "
                    f"options of fitting, {', '.join(_flag(dest) for dest in FIT_ONLY)}, are "
                    "refused with it)")
-    p.add_argument("--save-model", metavar="PATH", default=None,
+    p.add_argument("--save-model", action=Given, metavar="PATH", default=None,
                    help="save the fitted model (a file)")
-    p.add_argument("--rank", type=int, default=None, help="r̂ (default: the preset's)")
-    p.add_argument("--steps", type=int, default=None, help="maximum steps (default: preset)")
+    p.add_argument("--rank", action=Given, type=int, default=None,
+                   help="r̂ (default: the preset's)")
+    p.add_argument("--steps", action=Given, type=int, default=None,
+                   help="maximum steps (default: preset)")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when available), cpu, cuda, cuda:1, …")
-    p.add_argument("--seed", type=random_seed, default=0)
-    p.add_argument("--distributed", action="store_true",
+    p.add_argument("--seed", action=Given, type=random_seed, default=0)
+    p.add_argument("--distributed", action=Given, nargs=0, const=True, default=False,
                    help="shard the training ratings over the processes started by torchrun "
                    "(gloo on CPU, NCCL on GPUs); rank 0 writes the outputs")
     p.add_argument("--json", metavar="PATH|-", default=None, help="write a summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_ratings_file_arguments(p.add_argument_group("ratings file format"))
-    p.set_defaults(func=run, fit_defaults={dest: p.get_default(dest) for dest in FIT_ONLY})
+    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
-    if args.model and (given := given_options(args, args.fit_defaults)):
+    if args.model and (given := given_options(args, FIT_ONLY)):
         raise ValueError(f"{' '.join(given)}: options of fitting a model; --model "
                          f"{args.model} is already fitted")
     if args.feedback == "explicit":
