@@ -108,15 +108,23 @@ def test_shell_commands_finds_continued_and_prefixed_lines(tmp_path: Path) -> No
 def test_shell_commands_parse(path: Path) -> None:
     """Every documented ``deeplora`` command is accepted by the command's parser (flags,
     choices, value types; nothing runs)."""
+    for line, argv in shell_commands(path):
+        _assert_parses(path, line, argv)
+
+
+def _assert_parses(path: Path, line: int, argv: list[str]) -> None:
+    """``AssertionError`` naming ``path:line`` unless ``deeplora argv`` parses (``--help``,
+    which exits 0, counts as parsing)."""
     from deeplora.cli import build_parser
 
-    for line, argv in shell_commands(path):
-        stderr = io.StringIO()
-        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-            try:
-                build_parser(argv).parse_args(argv)
-            except SystemExit as exc:
-                assert not exc.code, f"{path.name}:{line}: {stderr.getvalue().strip()}"
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            build_parser(argv).parse_args(argv)
+        except SystemExit as exc:
+            if exc.code:
+                raise AssertionError(f"{path.name}:{line}: {' '.join(argv)}: "
+                                     f"{stderr.getvalue().strip()}") from exc
 
 
 def test_parser_finds_overrides(tmp_path: Path) -> None:
@@ -326,16 +334,8 @@ def test_usage_commands_expands_names_and_alternatives(tmp_path: Path) -> None:
 def test_usage_lines_parse(path: Path) -> None:
     """Every option of an inline usage line (``deeplora experiment prompt-select [--task
     mrpc,cola] …``) is one the command has, with a value it accepts."""
-    from deeplora.cli import build_parser
-
     for line, argv in usage_commands(path):
-        stderr = io.StringIO()
-        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-            try:
-                build_parser(argv).parse_args(argv)
-            except SystemExit as exc:
-                raise AssertionError(f"{path.name}:{line}: {' '.join(argv)}: "
-                                     f"{stderr.getvalue().strip()}") from exc
+        _assert_parses(path, line, argv)
 
 
 def test_recommender_doc_lists_the_keys_of_selected() -> None:
