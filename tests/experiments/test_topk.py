@@ -1,7 +1,11 @@
 """``deeplora experiment topk``: same-run top-k table, settings chosen without the test file."""
 
+from __future__ import annotations
+
+import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -89,6 +93,46 @@ def test_a_fit_of_ours_that_never_left_its_initialization_is_marked(
     assert f"| {topk.IMPLICIT_UNTUNED} | " in text
     assert text.endswith("\n\nNever left its initialization (X = A Bᵀ did not grow: a model of "
                          f"its biases alone, no evidence for ours): {topk.IMPLICIT}.\n")
+
+
+@pytest.mark.parametrize(("stuck", "chosen"), [({0.2}, 0.1), ({0.1, 0.2}, 0.2)])
+def test_selection_passes_over_grid_points_that_never_left_their_initialization(
+        files: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch, stuck: set[float],
+        chosen: float) -> None:
+    """A grid point whose fit never left its initialization is no evidence: the best NDCG
+    among the others is chosen (reg 0.2 scores best but is stuck), unless every point is
+    stuck; rows record ``left_init``, the chosen settings do not."""
+    from deeplora.completion.data import read_ratings
+    from deeplora.experiments import topk
+
+    class Fit:
+        best_step_ = 7
+
+        def __init__(self, reg: float | None) -> None:
+            self.left_init_ = reg not in stuck
+            self.ndcg = {0.1: 0.2, 0.2: 0.9}.get(reg, 0.5)
+
+        def set_params(self, **params: Any) -> Fit:
+            return self
+
+        def recommend(self, users: np.ndarray, k: int) -> tuple[np.ndarray]:
+            return (np.full((len(users), k), self.ndcg),)
+
+    def ours(split: Split, k: int, **params: Any) -> tuple[Fit, np.ndarray]:
+        fit = Fit(params.get("reg"))
+        return fit, fit.recommend(split.users, k)[0]
+
+    monkeypatch.setattr(topk, "ours", ours)
+    monkeypatch.setattr(Split, "score", lambda self, recommended, k: {
+        f"ndcg@{k}": float(recommended[0, 0])})
+    monkeypatch.setattr(topk.importlib.util, "find_spec", lambda name: None)  # no ALS grid
+    args = argparse.Namespace(seed=0, threshold=4.0, k=10)
+    result = topk.select(read_ratings(files[0]), args, {"implicit": {"reg": [0.1, 0.2]}},
+                         lambda line: None)
+    assert {(row["reg"], row["left_init"]) for row in result["grids"]["implicit"]} == {
+        (reg, reg not in stuck) for reg in (0.1, 0.2)}
+    assert result["chosen"]["implicit"]["reg"] == chosen
+    assert "left_init" not in result["chosen"]["implicit"]
 
 
 def test_report_only_rebuilds_the_table_from_the_committed_runs(

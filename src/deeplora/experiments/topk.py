@@ -20,7 +20,8 @@ metrics) and ``topk.md`` (the table of every ``topk-*.json`` in the folder);
 ``--report-only`` rebuilds ``topk.md`` from them. Ours' test results hold ``left_init`` and
 ``interaction_rms``
 (:attr:`~deeplora.completion.estimator.DeepMatrixCompletion.left_init_`); the report marks a
-row whose fit never left its initialization (a model of its biases alone).
+row whose fit never left its initialization (a model of its biases alone). The implicit
+grid's rows hold ``left_init`` too, and its selection passes over points that never left it.
 """
 
 from __future__ import annotations
@@ -147,7 +148,8 @@ def _grid(grid: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
 def select(train: Ratings, args: argparse.Namespace, grid: dict[str, dict[str, Sequence[Any]]],
            log: Callable[[str], None]) -> dict[str, Any]:
     """Validation scores of every grid point on a random 20 % of ``train``; the best of
-    each grid by NDCG@k."""
+    each grid by NDCG@k, among the implicit grid's points whose fit left its initialization
+    (``left_init``; all of them if none did: the final fit is then marked in the report)."""
     fit_part, val_part = random_split(train, args.seed)
     split = Split.of(fit_part, val_part, args.threshold)
     key = f"ndcg@{args.k}"
@@ -161,14 +163,17 @@ def select(train: Ratings, args: argparse.Namespace, grid: dict[str, dict[str, S
     for point in _grid({**grid["implicit"], "positive_threshold": thresholds}):
         model, recommended = ours(split, args.k, **implicit_params(args.seed, **point))
         grids["implicit"].append({**point, "steps": model.best_step_,
+                                  "left_init": model.left_init_,
                                   **split.score(recommended, args.k)})
         log(f"validation implicit {point}: {key} {grids['implicit'][-1][key]:.4f}")
     if importlib.util.find_spec("implicit") is not None:
         for point in _grid(grid["als"]):
             recommended = als(split, args.k, args.seed, **point)
             grids["als"].append({**point, **split.score(recommended, args.k)})
-    chosen = {name: {p: v for p, v in max(rows, key=lambda r: r[key]).items()
-                     if "@" not in p} for name, rows in grids.items() if rows}
+    chosen = {name: {p: v for p, v in max(
+        [r for r in rows if r.get("left_init") is not False] or rows,
+        key=lambda r: r[key]).items() if "@" not in p and p != "left_init"}
+        for name, rows in grids.items() if rows}
     return {"validation": {"n_train": len(fit_part), "n_validation": len(val_part),
                            "users": int(split.users.size)}, "grids": grids, "chosen": chosen}
 
