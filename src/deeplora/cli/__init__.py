@@ -76,11 +76,16 @@ class Given(argparse.Action):
         namespace.given_flags = [*getattr(namespace, "given_flags", []), self.option_strings[0]]
 
 
+def flag_of(dest: str) -> str:
+    """The flag of an option's destination: ``save_model`` -> ``--save-model``."""
+    return "--" + dest.replace("_", "-")
+
+
 def given_options(args: argparse.Namespace, dests: Sequence[str]) -> list[str]:
-    """The flags (``--dest-name``) of the destinations ``dests`` that the user typed, at any
+    """The flags (:func:`flag_of`) of the destinations ``dests`` that the user typed, at any
     value (their action :class:`Given` records them), in the order of ``dests``."""
     given = getattr(args, "given_flags", [])
-    return [flag for flag in (f"--{dest.replace('_', '-')}" for dest in dests) if flag in given]
+    return [flag for flag in map(flag_of, dests) if flag in given]
 
 
 def add_ratings_file_arguments(group: argparse._ArgumentGroup) -> None:

@@ -16,6 +16,7 @@ from deeplora.cli import (
     HelpFormatter,
     add_ratings_file_arguments,
     check_file_only,
+    flag_of,
     given_options,
     parameters_as_flags,
     ratings_file_options,
@@ -29,11 +30,6 @@ FIT_ONLY = ("feedback", "positive_threshold", "alpha", "shrinkage", "save_model"
             "steps", "seed", "distributed")
 """Options of fitting, which a model loaded with ``--model`` has already had (refused with it
 when given, at any value: their action is :class:`~deeplora.cli.Given`)."""
-
-
-def _flag(dest: str) -> str:
-    """The flag of an option's destination: ``save_model`` -> ``--save-model``."""
-    return "--" + dest.replace("_", "-")
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -78,7 +74,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="a held-out rating >= this is relevant (ranking metrics)")
     p.add_argument("--model", metavar="PATH", default=None,
                    help="load a model saved with --save-model instead of fitting (the "
-                   f"options of fitting, {', '.join(_flag(dest) for dest in FIT_ONLY)}, are "
+                   f"options of fitting, {', '.join(map(flag_of, FIT_ONLY))}, are "
                    "refused with it)")
     p.add_argument("--save-model", action=Given, metavar="PATH", default=None,
                    help="save the fitted model (a file)")
@@ -143,6 +139,7 @@ def _run_distributed(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from deeplora.completion.estimator import DeepMatrixCompletion
+    from deeplora.completion.training import NeverLeftInitWarning
 
     train = read_ratings(args.ratings, **ratings_file_options(args))
     test = read_ratings(args.test, **ratings_file_options(args)) if args.test else None
@@ -160,7 +157,7 @@ def _run(args: argparse.Namespace) -> int:
         estimator = _estimator(args)
         with parameters_as_flags(), warnings.catch_warnings():
             # reported below, once (as for a loaded model)
-            warnings.filterwarnings("ignore", "the interaction term", RuntimeWarning)
+            warnings.simplefilter("ignore", NeverLeftInitWarning)
             estimator.fit(frame)
     seconds = time.perf_counter() - start
     if args.output is None:  # a distributed worker other than rank 0

@@ -37,6 +37,11 @@ from deeplora.factorization.sampled import (
 
 VALIDATION_USERS = 2000
 """Implicit feedback: at most this many users score the validation NDCG."""
+class NeverLeftInitWarning(RuntimeWarning):
+    """A fit whose interaction term never left its initialization
+    (:meth:`TrainingMixin._check_left_init`): a model of its biases alone."""
+
+
 LEFT_INIT_RTOL = 1e-3
 """A fit left its initialization when the RMS change of its interaction term ``X = A Bᵀ`` over
 the training entries exceeds this share of the targets' spread
@@ -428,7 +433,7 @@ class TrainingMixin:
                           f"change {self.interaction_rms_:.1e} over the training entries, at "
                           f"most {LEFT_INIT_RTOL:g} × the targets' spread {spread:.3g}): the "
                           f"fit is a model of its biases alone (reg too strong, lr too small "
-                          f"or too few steps?)", RuntimeWarning, stacklevel=3)
+                          f"or too few steps?)", NeverLeftInitWarning, stacklevel=3)
 
     def _rmse_validation(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
                          val: np.ndarray) -> tuple[str, Callable[[], float]] | None:
