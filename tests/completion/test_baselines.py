@@ -256,6 +256,20 @@ def _ridge(features: np.ndarray, target: np.ndarray, penalty: float) -> np.ndarr
                            features.T @ target)
 
 
+def _assert_ridge_half_step(factors: np.ndarray, biases: np.ndarray, own: np.ndarray,
+                            other: np.ndarray, other_factors: np.ndarray,
+                            other_bias: np.ndarray, y: np.ndarray, reg: float) -> None:
+    """Each row u of ``factors``/``biases`` is the weighted-λ ridge solution of its ratings
+    (``own == u``) given the other side's factors and biases (ALS-WR's half-step)."""
+    k = factors.shape[1]
+    for u in range(len(factors)):
+        sel = own == u
+        x = _ridge(np.column_stack([other_factors[other[sel]], np.ones(sel.sum())]),
+                   y[sel] - other_bias[other[sel]], reg * sel.sum())
+        np.testing.assert_allclose(factors[u], x[:k], atol=1e-10)
+        assert biases[u] == pytest.approx(x[k], abs=1e-10)
+
+
 def test_biased_als_half_steps_are_weighted_lambda_ridge_solves() -> None:
     """ALS-WR (Zhou et al. 2008, biased): iteration t's user step is, for every user, the
     ridge solve of [p_u; b_u] against [q_i; 1] with penalty reg·n_u, given iteration t − 1's
@@ -267,18 +281,10 @@ def test_biased_als_half_steps_are_weighted_lambda_ridge_solves() -> None:
     after = BiasedALS(rank=k, reg=reg, iterations=5).fit(rows, cols, values, shape=(m, n))
     y = values - values.mean()
     assert after.mean_ == pytest.approx(values.mean(), abs=1e-12)
-    for u in range(30):
-        sel = rows == u
-        x = _ridge(np.column_stack([before.col_factors_[cols[sel]], np.ones(sel.sum())]),
-                   y[sel] - before.col_bias_[cols[sel]], reg * sel.sum())
-        np.testing.assert_allclose(after.row_factors_[u], x[:k], atol=1e-10)
-        assert after.row_bias_[u] == pytest.approx(x[k], abs=1e-10)
-    for i in range(25):
-        sel = cols == i
-        x = _ridge(np.column_stack([after.row_factors_[rows[sel]], np.ones(sel.sum())]),
-                   y[sel] - after.row_bias_[rows[sel]], reg * sel.sum())
-        np.testing.assert_allclose(after.col_factors_[i], x[:k], atol=1e-10)
-        assert after.col_bias_[i] == pytest.approx(x[k], abs=1e-10)
+    _assert_ridge_half_step(after.row_factors_[:30], after.row_bias_[:30], rows, cols,
+                            before.col_factors_, before.col_bias_, y, reg)
+    _assert_ridge_half_step(after.col_factors_[:25], after.col_bias_[:25], cols, rows,
+                            after.row_factors_, after.row_bias_, y, reg)
     assert not after.row_factors_[30].any() and after.row_bias_[30] == 0.0
     assert not after.col_factors_[25].any() and after.col_bias_[25] == 0.0
 

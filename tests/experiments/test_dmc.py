@@ -101,21 +101,25 @@ def test_dmc_efficiency_resumes_only_at_the_same_evaluation_interval(tmp_path, m
     assert main(same) == 0 and calls == [100] * 4
 
 
-def test_dmc_efficiency_reruns_a_sweep_whose_file_is_not_a_result(tmp_path, capsys):
-    """dmc-efficiency.json cut short (an interrupted write, an edit) is set aside as
-    ``.invalid`` with a line naming it, and every r̂ runs again."""
-    argv = ["experiment", "dmc-efficiency", "--fast", "--ranks", "2", "--adam-steps", "0",
-            "--out", str(tmp_path)]
+@pytest.mark.parametrize(("name", "flags", "outcome"), [
+    ("dmc-efficiency", ["--ranks", "2", "--adam-steps", "0"],
+     lambda result: result["gd"]["narrow"]["2"]["steps"]),
+    ("dmc-depth", ["--depths", "2", "--methods", "original"],
+     lambda result: [run["final_error"] for run in result["runs"]]),
+])
+def test_a_sweep_whose_file_is_not_a_result_runs_again(tmp_path, capsys, name, flags, outcome):
+    """The sweep's JSON cut short (an interrupted write, an edit) is set aside as ``.invalid``
+    with a line naming it, and every run runs again, with the same outcome."""
+    argv = ["experiment", name, "--fast", *flags, "--out", str(tmp_path)]
     assert main(argv) == 0
-    path = tmp_path / "dmc-efficiency.json"
+    path = tmp_path / f"{name}.json"
     finished = json.loads(path.read_text())
     path.write_text(path.read_text()[:100])
     capsys.readouterr()
     assert main(argv) == 0
     assert f"{path} is not a valid result" in capsys.readouterr().err
-    assert path.with_name("dmc-efficiency.json.invalid").stat().st_size == 100
-    again = json.loads(path.read_text())["gd"]["narrow"]["2"]
-    assert again["steps"] == finished["gd"]["narrow"]["2"]["steps"]
+    assert path.with_name(f"{name}.json.invalid").stat().st_size == 100
+    assert outcome(json.loads(path.read_text())) == outcome(finished)
 
 
 @pytest.mark.parametrize(("args", "why"), [(["--max-steps", "2"], "never left init"),
@@ -229,22 +233,6 @@ def test_dmc_depth_report_only_names_a_missing_or_broken_file(tmp_path, capsys):
         f"deeplora: error: {path}: not a result of `deeplora experiment dmc-depth` (not valid "
         "JSON")
     assert list(tmp_path.iterdir()) == [path]
-
-
-def test_dmc_depth_reruns_a_sweep_whose_file_is_not_a_result(tmp_path, capsys):
-    argv = ["experiment", "dmc-depth", "--fast", "--depths", "2", "--methods", "original",
-            "--out", str(tmp_path)]
-    assert main(argv) == 0
-    path = tmp_path / "dmc-depth.json"
-    finished = json.loads(path.read_text())
-    path.write_text(path.read_text()[:100])
-    capsys.readouterr()
-    assert main(argv) == 0
-    assert f"{path} is not a valid result" in capsys.readouterr().err
-    assert path.with_name("dmc-depth.json.invalid").stat().st_size == 100
-    again = json.loads(path.read_text())["runs"]
-    assert [run["final_error"] for run in again] == [run["final_error"]
-                                                     for run in finished["runs"]]
 
 
 @pytest.mark.parametrize("name", ["dmc-depth", "dmc-lag"])
