@@ -37,3 +37,22 @@ def test_a_file_in_the_path_is_named_and_nothing_is_written(tmp_path, below):
                                 "a file, not a folder")
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
     assert (tmp_path / "file").read_text() == "x"
+
+
+@pytest.mark.parametrize(("command", "module", "names"), [
+    ("recommend", "deeplora.cli.recommend", ("FIT_ONLY",)),
+    ("complete", "deeplora.cli.complete", ("SYNTHETIC_ONLY", "RATINGS_ONLY")),
+    ("finetune", "deeplora.cli.finetune", ("GLUE_ONLY",)),
+])
+def test_every_option_refused_in_some_runs_records_that_it_was_given(
+        command: str, module: str, names: tuple[str, ...]) -> None:
+    """``given_options`` sees only options whose action is ``Given``: one listed without it
+    would never be refused, whatever the user typed."""
+    import importlib
+
+    from deeplora.cli import Given, build_parser
+
+    subparser = build_parser([command])._subparsers._group_actions[0].choices[command]
+    actions = {action.dest: action for action in subparser._actions}
+    dests = [dest for name in names for dest in getattr(importlib.import_module(module), name)]
+    assert [dest for dest in dests if not isinstance(actions[dest], Given)] == []
