@@ -14,6 +14,8 @@ in OUT; the report compares every value with the first one, seeds averaged per s
         --values 0 0.25 0.5 0.75 1
     OMP_NUM_THREADS=1 python benchmarks/preset_choices.py OUT --param rank --values 10 8 6 4 \
         --seeds 0 1 2
+    OMP_NUM_THREADS=1 python benchmarks/preset_choices.py OUT --param batching \
+        --values '{}' '{"batch_size": 10000, "eval_every": 8}'   # several settings per value
     python benchmarks/preset_choices.py OUT --report   # the summary table from OUT
 
 ``--set KEY=VALUE`` (repeatable) changes another setting for every fit (e.g. ``--set rank=8``
@@ -66,19 +68,26 @@ def measure(out: Path, param: str, values: list[float], seeds: list[int],
         record = {"dataset": name, "split": split, "ratings": int(rows.size), "param": param,
                   "overrides": overrides, "fits": {}}
         for value in values:
-            fits = record["fits"][str(value)] = []
+            fits = record["fits"][_label(value)] = []
+            settings = value if isinstance(value, dict) else {param: value}
             for random_state in seeds:
                 start = time.process_time()
                 model = DeepMatrixCompletion.ratings(
-                    **{**overrides, param: value}, clip=clip, random_state=random_state).fit(
+                    **{**overrides, **settings}, clip=clip, random_state=random_state).fit(
                     rows, cols, fit.values, ids.shape)
                 fits.append({"random_state": random_state,
                              "val_rmse": rmse(model.predict(val_rows, val_cols), val.values),
                              "selected": model.selected_, "steps": int(model.n_steps_),
                              "cpu_seconds": time.process_time() - start})
-                print(name, split, f"{param}={value}", random_state,
+                print(name, split, f"{param}={_label(value)}", random_state,
                       round(fits[-1]["val_rmse"], 5), flush=True)
         (out / f"{name}-{split}.json").write_text(json.dumps(record, indent=1))
+
+
+def _label(value: Any) -> str:
+    """A value's key in the files: ``str(value)``, or for a JSON object of several settings
+    (``--values '{"batch_size": 10000, "eval_every": 8}'``) its compact JSON."""
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, dict) else str(value)
 
 
 def _mean(fits: list[dict] | dict, key: str) -> float:
@@ -120,7 +129,8 @@ def main() -> None:
                         help="the preset's setting to vary (an estimator parameter)")
     parser.add_argument("--values", type=json.loads, nargs="+",
                         default=[0.0, 0.25, 0.5, 0.75, 1.0],
-                        help="its values, each read as JSON (10 an integer, 0.5 a float); the "
+                        help="its values, each read as JSON (10 an integer, 0.5 a float; an "
+                             "object sets several settings at once, {} the preset's own); the "
                              "first is the reference")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="the estimator's random_state values, each fitted")
