@@ -3,6 +3,7 @@ import json
 import pytest
 
 from deeplora.cli import main
+from tests.experiments.refusals import assert_fast_refused
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -285,12 +286,8 @@ def test_defaults_are_the_papers_settings():
 def test_dmc_theory_fast_refuses_the_flags_it_would_override(tmp_path, capsys, flags, named):
     """``--fast`` runs 3000 steps recorded every 50 from ε = 0.01: it ignored ``--steps``,
     ``--every`` and ``--init-scale``."""
-    out = tmp_path / "theory"
-    assert main(["experiment", "dmc-theory", "--fast", *flags, "--out", str(out)]) == 2
-    assert capsys.readouterr().err == (
-        "deeplora: error: --fast runs a smoke test of its own steps and initialization (3000 "
-        f"steps recorded every 50, ε = 0.01): drop {named} or --fast\n")
-    assert list(tmp_path.iterdir()) == []
+    assert_fast_refused(tmp_path, capsys, "dmc-theory", flags, "steps and initialization "
+                        "(3000 steps recorded every 50, ε = 0.01)", named)
 
 
 @pytest.mark.parametrize(("flags", "named"), [
@@ -302,12 +299,8 @@ def test_dmc_efficiency_fast_refuses_the_flags_it_would_override(tmp_path, capsy
                                                                  named):
     """``--fast`` runs its own 24×24 rank-2 problem, 60 % observed, from ε = 0.05: it ignored
     ``--size``, ``--rank``, ``--observed`` and ``--init-scale``."""
-    out = tmp_path / "efficiency"
-    assert main(["experiment", "dmc-efficiency", "--fast", *flags, "--out", str(out)]) == 2
-    assert capsys.readouterr().err == (
-        "deeplora: error: --fast runs a smoke test of its own problem (24×24, rank 2, 60 % "
-        f"observed, ε = 0.05): drop {named} or --fast\n")
-    assert list(tmp_path.iterdir()) == []
+    assert_fast_refused(tmp_path, capsys, "dmc-efficiency", flags,
+                        "problem (24×24, rank 2, 60 % observed, ε = 0.05)", named)
 
 
 def test_dmc_efficiency_fast_honours_ranks_tol_and_adam_steps(tmp_path, capsys):

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from deeplora.cli import main
+from tests.experiments.refusals import assert_fast_refused
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -136,12 +137,8 @@ def test_d200_cells_match_the_reference_cells_rate() -> None:
 def test_dmc_lag_fast_refuses_the_flags_it_would_override(tmp_path, capsys, flags, named):
     """``--fast`` runs one problem per cell of FAST_LAG_GRID from ε = 0.05 with a stall window
     of 100: it ignored ``--seeds``, ``--init-scale`` and ``--stall-window``."""
-    out = tmp_path / "lag"
-    assert main(["experiment", "dmc-lag", "--fast", *flags, "--out", str(out)]) == 2
-    assert capsys.readouterr().err == (
-        "deeplora: error: --fast runs a smoke test of its own problems (FAST_LAG_GRID: d = 16, "
-        f"r = 2; one seed, ε = 0.05, stall window 100): drop {named} or --fast\n")
-    assert list(tmp_path.iterdir()) == []
+    assert_fast_refused(tmp_path, capsys, "dmc-lag", flags, "problems (FAST_LAG_GRID: "
+                        "d = 16, r = 2; one seed, ε = 0.05, stall window 100)", named)
 
 
 def test_dmc_lag_fast_honours_steps(tmp_path):

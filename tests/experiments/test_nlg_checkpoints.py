@@ -13,6 +13,7 @@ import torch
 
 from deeplora.experiments.nlg_checkpoints import needed, plan, run_experiment, select
 from deeplora.finetune.sweep import Cell
+from tests.experiments.refusals import assert_fast_refused
 from tests.nlg.conftest import DEV, TEST, tiny_model, word_tokenizer, write_csv
 
 
@@ -137,11 +138,5 @@ def test_fast_refuses_the_flags_it_would_override(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], named: str) -> None:
     """``--fast`` checkpoints every 2 steps on 4 dev MRs: it ignored ``--eval-every`` and
     ``--dev-mrs``."""
-    from deeplora.cli import main
-
-    out = tmp_path / "nlg"
-    assert main(["experiment", "nlg-checkpoints", "--fast", *flags, "--out", str(out)]) == 2
-    assert capsys.readouterr().err == (
-        "deeplora: error: --fast runs a smoke test of its own checkpoints (4 steps, one every 2 "
-        f"on 4 dev MRs; 4 test MRs): drop {named} or --fast\n")
-    assert list(tmp_path.iterdir()) == []
+    assert_fast_refused(tmp_path, capsys, "nlg-checkpoints", flags, "checkpoints (4 steps, "
+                        "one every 2 on 4 dev MRs; 4 test MRs)", named)
