@@ -138,6 +138,26 @@ def test_dense_residual_path_needs_distinct_entries_and_follows_new_values(
                                0.5 * torch.mean(product[rows, cols] ** 2))
 
 
+def test_csr_views_are_the_arrays_themselves_and_give_r_b_and_rt_a() -> None:
+    """``csr_views`` wraps the given value arrays without copying (written in place, the
+    products follow) and its products are ``left``/``right``; a tall matrix, whose products
+    SciPy computes, gets ``None``."""
+    generator = torch.Generator().manual_seed(0)
+    rows, cols = torch.tensor([3, 0, 2, 0, 4]), torch.tensor([1, 2, 0, 0, 2])
+    index = ObservedIndex(rows, cols, (5, 3))
+    values, transposed = torch.zeros(5), torch.zeros(5)
+    matrix, matrix_t = index.csr_views(values, transposed)
+    values.copy_(torch.randn(5, generator=generator))
+    transposed.copy_(values[index.transpose_order])
+    a, b = torch.randn(5, 2, generator=generator), torch.randn(3, 2, generator=generator)
+    torch.testing.assert_close(matrix @ b, index.left(values, b))
+    torch.testing.assert_close(matrix_t @ a, index.right(values, a))
+    torch.testing.assert_close(matrix.to_dense(), index.matrix(index.from_sorted(values))
+                               .to_dense())
+    tall = ObservedIndex(torch.arange(20), torch.zeros(20, dtype=torch.long), (20, 2))
+    assert tall.csr_views(torch.zeros(20), torch.zeros(20)) is None
+
+
 def test_index_cache_reuses_only_same_unmodified_tensors() -> None:
     rows, cols = torch.tensor([1, 0]), torch.tensor([0, 1])
     first = ObservedIndex.of(rows, cols, (2, 2))

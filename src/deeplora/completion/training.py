@@ -4,7 +4,8 @@
 Adam or another optimizer with the discrepant rates of the compressed model, early stopping
 on a validation score, best-state restore, divergence check), the objective it minimizes
 (:meth:`~TrainingMixin._loss`: data term plus the count-weighted penalties; for explicit
-feedback its gradients in closed form, :meth:`~TrainingMixin._loss_and_grads`) and the two
+feedback its gradients in closed form,
+:class:`~deeplora.completion.gradients.ExplicitGradients`) and the two
 validation scores early stopping uses: RMSE of the clipped predictions (explicit feedback)
 and NDCG@10 of held-out positives (implicit feedback). Recovery problems with a known
 ground truth train with :mod:`deeplora.completion.train` instead.
@@ -24,16 +25,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from deeplora.completion.gradients import ExplicitGradients
 from deeplora.completion.implicit import gramian_norm, implicit_loss, positives
 from deeplora.completion.methods import default_settings, optimizer_options
 from deeplora.completion.recommend import seen_crow
 from deeplora.factorization import discrepant_param_groups, make_optimizer
-from deeplora.factorization.sampled import (
-    ObservedIndex,
-    chain_rule,
-    sampled_product,
-    suffix_products,
-)
+from deeplora.factorization.optim import step_function
+from deeplora.factorization.sampled import ObservedIndex, sampled_product
 
 VALIDATION_USERS = 2000
 """Implicit feedback: at most this many users score the validation NDCG."""
@@ -78,6 +76,22 @@ def end_to_end(factors: list[Tensor]) -> tuple[Tensor, Tensor]:
     return a, factors[0].mT
 
 
+def stack_candidates(state: list[Tensor], count: int) -> list[nn.Parameter]:
+    """``count`` copies of a parameter ``state`` ``[W_1, …, W_L, μ, b, c]`` stacked along a
+    leading axis (K = ``count``), the first factor stored as ``B = W_1ᵀ`` (K×n×k, contiguous:
+    the sparse products read B and write its gradient row by row)."""
+    first, *rest = state
+    return [nn.Parameter(t.expand(count, *t.shape).clone(memory_format=torch.contiguous_format))
+            for t in (first.mT, *rest)]
+
+
+def candidate_state(params: list[Tensor], row: int) -> list[Tensor]:
+    """Row ``row`` of :func:`stack_candidates`' ``params`` as a state ``[W_1, …, c]`` (views,
+    detached)."""
+    first, *rest = params
+    return [first[row].detach().mT, *(p[row].detach() for p in rest)]
+
+
 class TrainingMixin:
     """Training for :class:`~deeplora.completion.estimator.DeepMatrixCompletion`.
 
@@ -111,15 +125,17 @@ class TrainingMixin:
         ``size`` observations (this process's part: ``index``, ``target``).
 
         ``params`` are the estimator's parameters (factors, μ, b, c) stacked along a leading
-        K axis; the K products at ``index`` are K sparse products of
+        K axis, the first factor as ``B = W_1ᵀ`` (:func:`stack_candidates`); the K products at
+        ``index`` are K sparse products of
         :func:`~deeplora.factorization.sampled.sampled_product`. Per candidate: the data term
         (½ mean squared error, or :func:`~deeplora.completion.implicit.implicit_loss`) plus,
         with ``(w_row, w_col) = weights``, ``½λ (w_rowᵀ ‖A‖²_rows + w_colᵀ ‖B‖²_rows)``, the
         same with ``bias_reg`` on the biases and ``½κ (‖b‖² + ‖c‖²) / total``; each process
         adds its share of the penalties. ``reg``/``bias_reg`` ``None``: no such penalty."""
         share = self._parallel.share
-        factors, (mean, row_bias, col_bias) = params[:-3], params[-3:]
-        a, b = end_to_end(factors)
+        b, *factors = params[:-3]
+        mean, row_bias, col_bias = params[-3:]
+        a, _ = end_to_end([b.mT, *factors])
         if self.bias == "all":  # μ rides in the row-bias column: [A, b + μ, 1]·[B, 1, c]ᵀ
             a_aug, b_aug = self._augmented(a, b, row_bias + mean[:, None], col_bias)
             predicted = sampled_product(a_aug, b_aug, index)
@@ -146,59 +162,6 @@ class TrainingMixin:
                 (row_bias * row_bias).sum(1) + (col_bias * col_bias).sum(1))
         return loss, data_loss
 
-    def _loss_and_grads(self, params: list[nn.Parameter], index: ObservedIndex, target: Tensor,
-                        size: int, total: int, weights: tuple[Tensor, Tensor],
-                        reg: Tensor | None, bias_reg: Tensor | None) -> Tensor:
-        """Explicit feedback: the data term (K,) of :meth:`_loss`, with the gradient of its
-        objective written to every parameter's ``.grad`` in closed form, without autograd.
-
-        With ``[A, b + μ, 1]`` and ``[B, 1, c]`` the augmented factors of each candidate and
-        ``R = P_Ω(X − y) / size`` its residual (m×n, sparse): ``[R B, R 1, R c] = R [B, 1, c]``
-        and ``[Rᵀ A, ·, Rᵀ 1] = Rᵀ [A, b + μ, 1]`` (two sparse products) give the data
-        term's gradients in A, b, B, c, and ``1ᵀ R 1`` in μ; the penalties add
-        ``λ share w_row ⊙ A`` and the like; the factors follow by the chain rule through
-        ``A = W_L ⋯ W_2`` and ``B = W_1ᵀ``. The same arithmetic as autograd on :meth:`_loss`
-        without its per-operation overhead, which dominates the step of this small model."""
-        share = self._parallel.share
-        biased = self.bias == "all"
-        with torch.no_grad():
-            factors, (mean, row_bias, col_bias) = params[:-3], params[-3:]
-            suffix, a = suffix_products(factors)
-            b = factors[0].mT
-            a_aug, b_aug = (self._augmented(a, b, row_bias + mean[:, None], col_bias)
-                            if biased else (a, b))
-            residual = torch.stack([index.sample(x, y) for x, y in zip(a_aug, b_aug,
-                                                                        strict=True)])
-            residual -= index.to_sorted(target)
-            if not biased:  # μ fixed
-                residual += mean[:, None]
-            data_loss = residual.square().sum(1).mul_(0.5 / size)
-            residual /= size
-            grad_a_aug = torch.stack([index.left(r, y) for r, y in zip(residual, b_aug,
-                                                                       strict=True)])
-            grad_b_aug = torch.stack([index.right(r, x) for r, x in zip(residual, a_aug,
-                                                                        strict=True)])
-            k = a.shape[-1]
-            grad_a, grad_b = grad_a_aug[..., :k], grad_b_aug[..., :k]
-            row_weight, col_weight = weights
-            if reg is not None:
-                scale = (share * reg)[:, None, None]
-                grad_a = grad_a + scale * row_weight[:, None] * a
-                grad_b = grad_b + scale * col_weight[:, None] * b
-            grads = chain_rule(factors, suffix, grad_a, grad_b)
-            if biased:
-                grad_row, grad_col = grad_a_aug[..., k], grad_b_aug[..., k + 1]
-                if bias_reg is not None:
-                    grad_row = grad_row + (share * bias_reg)[:, None] * row_weight * row_bias
-                    grad_col = grad_col + (share * bias_reg)[:, None] * col_weight * col_bias
-                if self.bias_prior:
-                    prior = self.bias_prior * share / total
-                    grad_row, grad_col = grad_row + prior * row_bias, grad_col + prior * col_bias
-                grads += [residual.sum(1), grad_row, grad_col]
-        for param, grad in zip(params[:len(grads)], grads, strict=True):
-            param.grad = grad.contiguous()
-        return data_loss
-
     def _optimizer(self, params: list[Tensor], lr: float, gamma: float
                    ) -> torch.optim.Optimizer:
         """The optimizer of the stacked ``params`` (ordered as :meth:`_parameters_list`): the
@@ -215,6 +178,17 @@ class TrainingMixin:
         return make_optimizer(self.optimizer, discrepant_param_groups(outer, inner, lr, gamma),
                               weight_decay=self.weight_decay, **optimizer_options(self.optimizer))
 
+    def _step(self, params: list[nn.Parameter], opt: torch.optim.Optimizer
+              ) -> tuple[ExplicitGradients | None, Callable[[], None]]:
+        """For the stacked ``params`` and their optimizer ``opt``: the explicit objective's
+        closed-form gradients (:class:`~deeplora.completion.gradients.ExplicitGradients`;
+        ``None`` for implicit feedback, which uses autograd) and the optimizer's update
+        (:func:`~deeplora.factorization.optim.step_function`)."""
+        gradients = (None if self.feedback == "implicit" else
+                     ExplicitGradients(params, self.bias == "all", self.bias_prior,
+                                       self._parallel.share))
+        return gradients, step_function(opt)
+
     def _train(self, batches: list[tuple[ObservedIndex, Tensor, int]],
                validation: tuple[str, Callable[[], float]] | None,
                rng: np.random.Generator, start: float, penalties: list[tuple[float, float]],
@@ -225,7 +199,8 @@ class TrainingMixin:
 
         The candidates' parameters are stacked along a leading K axis and trained by one
         optimizer on the sum of their objectives (:meth:`_loss`, whose gradients explicit
-        feedback takes from :meth:`_loss_and_grads`): their parameters are
+        feedback takes from :class:`~deeplora.completion.gradients.ExplicitGradients`): their
+        parameters are
         disjoint, so each gets exactly its own gradient, and Adam's update is elementwise, so
         every candidate follows the path it would follow alone (up to floating-point
         rounding) while the fixed cost of a step is paid once. Each candidate stops early on
@@ -251,8 +226,9 @@ class TrainingMixin:
         candidates = [Candidate(r, br, state=initial, history={
             "step": [], "train_loss": [], key: [], "seconds": []}) for r, br in penalties]
         running = list(range(len(candidates)))  # the candidates stacked in params
-        params = [nn.Parameter(t.expand(len(running), *t.shape).clone()) for t in initial]
+        params = stack_candidates(initial, len(running))
         opt = self._optimizer(params, lr, gamma)
+        gradients, opt_step = self._step(params, opt)
         reg, bias_reg = self._penalties(candidates, running)
         budget = self.max_steps if max_steps is None else max_steps
         order: list[int] = []
@@ -262,14 +238,13 @@ class TrainingMixin:
             if not order:
                 order = list(rng.permutation(len(batches)))
             index, target, size = batches[order.pop()]
-            opt.zero_grad(set_to_none=True)
-            if implicit:
+            if gradients is None:  # implicit
+                opt.zero_grad(set_to_none=True)
                 loss, data_loss = self._loss(params, index, target, size, total, weights, reg,
                                              bias_reg)
                 loss.sum().backward()
             else:
-                data_loss = self._loss_and_grads(params, index, target, size, total, weights,
-                                                 reg, bias_reg)
+                data_loss = gradients(index, target, size, total, weights, reg, bias_reg)
             values = self._parallel.reduce_gradients(params, data_loss).tolist()
             evaluate = step % self.eval_every == 0 or step == budget
             clock = time.perf_counter()
@@ -283,7 +258,7 @@ class TrainingMixin:
                                   f"{candidate.best_step} are kept", RuntimeWarning,
                                   stacklevel=3)
                 elif evaluate:
-                    self._evaluate(candidate, [p[row].detach() for p in params], step, value,
+                    self._evaluate(candidate, candidate_state(params, row), step, value,
                                    key, validate, start)
             if evaluate and validate is not None:
                 self._early_stop(candidates, running)
@@ -296,12 +271,13 @@ class TrainingMixin:
                     candidates[k].active, candidates[k].dropped = False, True
             if step == budget or not any(c.active for c in candidates):
                 break
-            opt.step()
+            opt_step()
             bar.update()
             if not all(candidates[k].active for k in running):  # unstack the stopped ones
                 keep = [row for row, k in enumerate(running) if candidates[k].active]
                 running = [running[row] for row in keep]
                 params, opt = self._compact(params, opt, keep, lr, gamma)
+                gradients, opt_step = self._step(params, opt)
                 reg, bias_reg = self._penalties(candidates, running)
         bar.close()
         self._restore(initial)

@@ -7,11 +7,13 @@ factors close to the subspaces found at initialization by giving them a smaller 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+import torch.optim.optimizer as torch_optimizer
 from torch import nn
+from torch.optim.adam import adam
 
 from deeplora.checks import is_finite_number
 
@@ -76,3 +78,52 @@ def _fusable(groups: list[dict[str, Any]]) -> bool:
     params = [p for group in groups for p in group["params"]]
     return bool(params) and all(
         p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params)
+
+
+def step_function(opt: torch.optim.Optimizer) -> Callable[[], None]:
+    """``opt.step``, or the same update without :class:`torch.optim.Optimizer`'s per-call
+    bookkeeping where that is exact.
+
+    For a fused :class:`torch.optim.Adam` or ``AdamW`` (what :func:`make_optimizer` builds on a
+    CPU or GPU) without amsgrad, maximize, capturable or differentiable, the returned callable
+    calls torch's functional update :func:`torch.optim.adam.adam` on each group's parameters
+    that have a gradient and on their state, with the arguments ``Adam.step`` passes, so the
+    update is bitwise the same; it skips the profiler record, the hook loops and the group scan
+    around it (0.1 ms of a 1.7 ms ratings step on one CPU core). Parameters without state yet
+    (the first step), gradient scaling or step hooks go through ``opt.step()``.
+    """
+    groups = opt.param_groups
+    if not (type(opt) in (torch.optim.Adam, torch.optim.AdamW) and all(
+            g["fused"] and not (g["amsgrad"] or g["maximize"] or g["capturable"]
+                                or g["differentiable"]) for g in groups)):
+        return opt.step
+    hooks = [getattr(torch_optimizer, name, {}) for name in
+             ("_global_optimizer_pre_hooks", "_global_optimizer_post_hooks")]
+    hooks += [getattr(opt, name, {}) for name in
+              ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks")]
+
+    def scaled() -> bool:
+        return any(getattr(opt, name, None) is not None for name in ("grad_scale", "found_inf"))
+
+    def step() -> None:
+        with torch.no_grad():
+            lists = []
+            for group in groups:
+                params = [p for p in group["params"] if p.grad is not None]
+                states = [opt.state.get(p) for p in params]
+                if not all(states) or any(hooks) or scaled():
+                    opt.step()
+                    return
+                lists.append((group, params, states))
+            for group, params, states in lists:
+                beta1, beta2 = group["betas"]
+                adam(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                     [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states],
+                     amsgrad=False, has_complex=any(torch.is_complex(p) for p in params),
+                     beta1=beta1, beta2=beta2, lr=group["lr"],
+                     weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+                     foreach=group["foreach"], capturable=False, differentiable=False,
+                     fused=True, grad_scale=None, found_inf=None,
+                     decoupled_weight_decay=group["decoupled_weight_decay"])
+
+    return step

@@ -191,12 +191,36 @@ class ObservedIndex:
             (sorted_values.detach().numpy(), self.col.numpy(), self.crow.numpy()),
             shape=self.shape)
 
+    @property
+    def dense_sample(self) -> bool:
+        """Whether :meth:`sample` gathers from a dense ``a bᵀ`` (at least 1/:attr:`DENSE_FRACTION`
+        of a matrix of at most :attr:`DENSE_LIMIT` entries observed) instead of a sampled
+        product."""
+        m, n = self.shape
+        return m * n <= self.DENSE_LIMIT and self.nnz * self.DENSE_FRACTION >= m * n
+
     def sample(self, a: Tensor, b: Tensor) -> Tensor:
         """``(a bᵀ)`` at Ω in row-major-sorted order, for a (m×k), b (n×k); no autograd."""
-        m, n = self.shape
-        if m * n <= self.DENSE_LIMIT and self.nnz * self.DENSE_FRACTION >= m * n:
+        if self.dense_sample:
             return (a @ b.T).view(-1).index_select(0, self.key)
         return torch.sparse.sampled_addmm(self._pattern(a.dtype), a, b.T, beta=0.0).values()
+
+    def csr_views(self, values: Tensor, transposed: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(R, Rᵀ)``, CSR tensors (m×n and n×m) whose values are the arrays ``values``
+        (|Ω|, row-major-sorted) and ``transposed`` (|Ω|, the same entries column-major:
+        ``values[transpose_order]``) themselves, not copies, for torch's kernels writing in
+        place (``out=``) on a CPU; ``None`` where :meth:`left` and :meth:`right` use SciPy
+        (above :attr:`TRANSPOSE_LIMIT` entries or for a tall matrix) or on another device."""
+        if self.col.device.type != "cpu" or self._use_scipy:
+            return None
+        _, crow, col = self._transposed
+        return (_csr(*self._kernel, values, self.shape),
+                _csr(crow, col, transposed, (self.shape[1], self.shape[0])))
+
+    @property
+    def transpose_order(self) -> Tensor:
+        """Positions that re-sort row-major-sorted entries column-major (Ωᵀ's CSR order)."""
+        return self._transposed[0]
 
     @cached_property
     def _kernel(self) -> tuple[Tensor, Tensor]:
@@ -326,17 +350,19 @@ def suffix_products(factors: Sequence[Tensor]) -> tuple[list[Tensor | None], Ten
 
 
 def chain_rule(factors: Sequence[Tensor], suffix: list[Tensor | None], grad_a: Tensor,
-               grad_b: Tensor) -> list[Tensor]:
+               grad_b: Tensor, first_as_b: bool = False) -> list[Tensor]:
     """``[∇_{W_1}, …, ∇_{W_L}]`` (contiguous) from the gradients in ``A = W_L ⋯ W_2`` (m×k)
     and ``B = W_1ᵀ`` (n×k), ``suffix`` from :func:`suffix_products`:
-    ``∇W_1 = (∇B)ᵀ``, ``∇W_l = (W_L ⋯ W_{l+1})ᵀ ∇A (W_{l−1} ⋯ W_2)ᵀ`` (l >= 2)."""
+    ``∇W_1 = (∇B)ᵀ``, ``∇W_l = (W_L ⋯ W_{l+1})ᵀ ∇A (W_{l−1} ⋯ W_2)ᵀ`` (l >= 2).
+    ``first_as_b``: the first one is ``∇B`` itself, for a first factor stored as B (``W_1``
+    is not read)."""
     inner = []
     left = grad_a  # (W_L ⋯ W_{i+2})ᵀ ∇A, from W_L down to W_2 (= factors[i])
     for i in range(len(factors) - 1, 0, -1):
         inner.append(left if suffix[i - 1] is None else left @ suffix[i - 1].mT)
         if i > 1:
             left = factors[i].mT @ left
-    return [g.contiguous() for g in (grad_b.mT, *reversed(inner))]
+    return [g.contiguous() for g in (grad_b if first_as_b else grad_b.mT, *reversed(inner))]
 
 
 def squared_loss_and_grads(
