@@ -1,6 +1,7 @@
-"""Fit time of the ratings preset vs Surprise's SVD on MovieLens 100K or FilmTrust, in one run.
+"""Fit time of the ratings preset vs Surprise's SVD on MovieLens 100K, FilmTrust or Book-Crossing.
 
-For each official fold (``u1``…``u5``; with ``--dataset filmtrust`` random 80/20 splits,
+For each official fold (``u1``…``u5``; with ``--dataset filmtrust``, ``book-crossing`` or
+``book-crossing-5`` random 80/20 splits of :mod:`deeplora.experiments.movielens`' data,
 ``--splits`` are seeds), ``--repeats`` times in alternation: Surprise SVD at its defaults
 (trainset construction + ``fit``), ``DeepMatrixCompletion.ratings()`` (``fit`` on re-indexed
 triples: validation split, compressed construction, the penalty search of
@@ -34,16 +35,17 @@ import numpy as np
 import torch
 
 from deeplora.completion.baselines import Surprise
-from deeplora.completion.data import IdIndex, filmtrust, movielens_100k, random_split
+from deeplora.completion.data import IdIndex, movielens_100k, random_split
 from deeplora.completion.estimator import DeepMatrixCompletion
 from deeplora.completion.observations import rmse
+from deeplora.experiments.movielens import DATASETS, LOADERS
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=("movielens", "filmtrust"), default="movielens")
+    parser.add_argument("--dataset", choices=list(DATASETS), default="movielens")
     parser.add_argument("--splits", nargs="+", default=None,
-                        help="official folds (default u1…u5); for filmtrust seeds (default 0…4)")
+                        help="official folds (default u1…u5); for the others seeds (default 0…4)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--root", default=None)
     parser.add_argument("--out", default=None, help="JSON file for the measurements")
@@ -59,10 +61,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     load = os.getloadavg()
     records = []
-    everything = filmtrust() if args.dataset == "filmtrust" else None
+    everything = LOADERS[args.dataset]() if args.dataset in LOADERS else None
     splits = args.splits or (["0", "1", "2", "3", "4"] if everything
                              else ["u1", "u2", "u3", "u4", "u5"])
-    clip = (0.5, 4.0) if everything else (1.0, 5.0)
+    clip = DATASETS[args.dataset][1]
     for split in splits:
         train, test = (random_split(everything, int(split)) if everything
                        else movielens_100k(split, args.root))

@@ -22,10 +22,11 @@ from deeplora.factorization.sampled import ObservedIndex, chain_rule, suffix_pro
 
 @dataclass
 class _BatchArrays:
-    """The arrays of one batch ``index`` (its |Ω| entries) for K candidates: ``residual``
-    (K×|Ω|, row-major-sorted), ``transposed`` (K×|Ω|, column-major), ``target`` (row-major-
-    sorted targets of the ``source`` tensor) and, where torch's CSR kernels apply, ``views``:
-    per candidate ``(R, Rᵀ)`` over ``residual[j]`` and ``transposed[j]``
+    """The arrays of one batch ``index`` (its |Ω| entries; held, so that the ``id`` the arrays
+    are found by stays its own) for K candidates: ``residual`` (K×|Ω|, row-major-sorted),
+    ``transposed`` (K×|Ω|, column-major), ``target`` (row-major-sorted targets of the
+    ``source`` tensor) and, where torch's CSR kernels apply, ``views``: per candidate
+    ``(R, Rᵀ)`` over ``residual[j]`` and ``transposed[j]``
     (:meth:`~deeplora.factorization.sampled.ObservedIndex.csr_views`)."""
 
     index: ObservedIndex
