@@ -24,16 +24,17 @@ from deeplora.factorization.sampled import ObservedIndex, chain_rule, suffix_pro
 class _BatchArrays:
     """The arrays of one batch ``index`` (its |Ω| entries; held, so that the ``id`` the arrays
     are found by stays its own) for K candidates: ``residual`` (K×|Ω|, row-major-sorted),
-    ``transposed`` (K×|Ω|, column-major), ``target`` (row-major-sorted targets of the
-    ``source`` tensor) and, where torch's CSR kernels apply, ``views``: per candidate
-    ``(R, Rᵀ)`` over ``residual[j]`` and ``transposed[j]``
-    (:meth:`~deeplora.factorization.sampled.ObservedIndex.csr_views`)."""
+    ``target`` (row-major-sorted targets of the ``source`` tensor) and, where torch's CSR
+    kernels apply, ``transposed`` (K×|Ω|, the residual column-major) and ``views``: per
+    candidate ``(R, Rᵀ)`` over ``residual[j]`` and ``transposed[j]``
+    (:meth:`~deeplora.factorization.sampled.ObservedIndex.csr_views`); both ``None`` where
+    SciPy computes the products."""
 
     index: ObservedIndex
     source: Tensor
     target: Tensor
     residual: Tensor
-    transposed: Tensor
+    transposed: Tensor | None
     views: list[tuple[Tensor, Tensor]] | None
 
 
@@ -80,8 +81,10 @@ class ExplicitGradients:
         residual = torch.zeros(count, index.nnz, **like)
         transposed = torch.zeros(count, index.nnz, **like)
         views = [index.csr_views(r, t) for r, t in zip(residual, transposed, strict=True)]
+        if views[0] is None:  # SciPy's products: no CSR tensors, no column-major copy
+            transposed, views = None, None
         arrays = _BatchArrays(index, target, index.to_sorted(target).contiguous(), residual,
-                              transposed, None if views[0] is None else views)
+                              transposed, views)
         self._batches[id(index)] = arrays
         return arrays
 
@@ -93,7 +96,7 @@ class ExplicitGradients:
         every trained parameter's ``.grad``; ``total`` training observations, penalty
         ``weights`` (rows (m,), columns (n,)), ``reg`` and ``bias_reg`` (K,) or ``None``."""
         arrays = self._arrays(index, target)
-        residual, views = arrays.residual, arrays.views
+        residual, transposed, views = arrays.residual, arrays.transposed, arrays.views
         a_aug, b_aug, grad_a_aug, grad_b_aug = (self.a_aug, self.b_aug, self.grad_a_aug,
                                                 self.grad_b_aug)
         factors, (mean, row_bias, col_bias) = self.params[:-3], self.params[-3:]
@@ -119,7 +122,7 @@ class ExplicitGradients:
             for j, r in enumerate(residual):
                 torch.dot(r, r, out=self.squares[j])
             residual /= size
-            if views is None:
+            if views is None or transposed is None:
                 for j, (r, x, y) in enumerate(zip(residual, a_aug, b_aug, strict=True)):
                     grad_a_aug[j] = index.left(r, y)
                     grad_b_aug[j] = index.right(r, x)
@@ -128,7 +131,7 @@ class ExplicitGradients:
                 for j, ((matrix, matrix_t), x, y) in enumerate(zip(views, a_aug, b_aug,
                                                                    strict=True)):
                     torch.mm(matrix, y, out=grad_a_aug[j])
-                    torch.index_select(residual[j], 0, order, out=arrays.transposed[j])
+                    torch.index_select(residual[j], 0, order, out=transposed[j])
                     torch.mm(matrix_t, x, out=grad_b_aug[j])
             grad_a, grad_b = grad_a_aug[..., :k], grad_b_aug[..., :k]
             row_weight, col_weight = weights
